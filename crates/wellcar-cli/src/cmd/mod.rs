@@ -1,0 +1,8 @@
+//! One module per subcommand; each owns its `Opts`/`Command` and `run`.
+
+pub mod build;
+pub mod ignition;
+pub mod key;
+pub mod payload;
+pub mod run;
+pub mod server;
