@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::layout::{PartitionSpec, ALIGNMENT, BUILD_DISK_GUID, LAYOUT, ROOT_BUILD_SIZE, SECTOR_SIZE};
+use crate::layout::{
+    PartitionSpec, ALIGNMENT, BUILD_DISK_GUID, LAYOUT, ROOT_BUILD_SIZE, SECTOR_SIZE,
+};
 
 /// Failures reading or writing a GPT; each names the disk it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,10 @@ pub struct PartitionLocation {
 
 /// Smallest disk the layout fits on: every partition at its build size, plus GPT overhead.
 pub fn minimum_disk_size() -> u64 {
-    let parts: u64 = LAYOUT.iter().map(|p| if p.size == 0 { ROOT_BUILD_SIZE } else { p.size }).sum();
+    let parts: u64 = LAYOUT
+        .iter()
+        .map(|p| if p.size == 0 { ROOT_BUILD_SIZE } else { p.size })
+        .sum();
     // 1 MiB of leading GPT space rounded to the alignment, 1 MiB for the backup GPT.
     parts + ALIGNMENT + ALIGNMENT
 }
@@ -82,19 +87,35 @@ pub fn minimum_disk_size() -> u64 {
 /// Unique GUID for partitions without a fixed one: derived from the disk's purpose, so builds
 /// are reproducible (Flatcar randomises the disk GUID on first boot, not these).
 fn derived_guid(spec: &PartitionSpec) -> Uuid {
-    spec.unique_guid
-        .unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("wellcar-partition-{}", spec.label).as_bytes()))
+    spec.unique_guid.unwrap_or_else(|| {
+        Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("wellcar-partition-{}", spec.label).as_bytes(),
+        )
+    })
 }
 
 /// Writes the protective MBR, primary and backup GPT of the Wellcar layout onto `disk`
 /// (`len` bytes long) and returns where every partition went. ROOT takes the rest.
-pub fn write_layout<D: Read + Write + Seek>(disk: &mut D, len: u64, path: &Path) -> Result<Vec<PartitionLocation>, DiskError> {
+pub fn write_layout<D: Read + Write + Seek>(
+    disk: &mut D,
+    len: u64,
+    path: &Path,
+) -> Result<Vec<PartitionLocation>, DiskError> {
     let needed = minimum_disk_size();
     if len < needed {
-        return Err(DiskError::TooSmall { path: path.into(), size: len, needed });
+        return Err(DiskError::TooSmall {
+            path: path.into(),
+            size: len,
+            needed,
+        });
     }
-    let gpt_err = |source| DiskError::Gpt { path: path.into(), source };
-    let mut gpt = gptman::GPT::new_from(disk, SECTOR_SIZE, BUILD_DISK_GUID.to_bytes_le()).map_err(gpt_err)?;
+    let gpt_err = |source| DiskError::Gpt {
+        path: path.into(),
+        source,
+    };
+    let mut gpt =
+        gptman::GPT::new_from(disk, SECTOR_SIZE, BUILD_DISK_GUID.to_bytes_le()).map_err(gpt_err)?;
     let align = ALIGNMENT / SECTOR_SIZE;
     gpt.align = align;
     let mut next = align; // first partition at 2 MiB, as Flatcar does
@@ -136,9 +157,19 @@ fn locations(gpt: &gptman::GPT) -> Vec<PartitionLocation> {
 }
 
 /// Reads the GPT (primary, else backup) of `disk` and lists its used partitions.
-pub fn read_gpt<D: Read + Seek>(disk: &mut D, path: &Path) -> Result<Vec<PartitionLocation>, DiskError> {
-    disk.seek(SeekFrom::Start(0)).map_err(|source| DiskError::Io { path: path.into(), source })?;
-    let gpt = gptman::GPT::read_from(disk, SECTOR_SIZE).map_err(|source| DiskError::Gpt { path: path.into(), source })?;
+pub fn read_gpt<D: Read + Seek>(
+    disk: &mut D,
+    path: &Path,
+) -> Result<Vec<PartitionLocation>, DiskError> {
+    disk.seek(SeekFrom::Start(0))
+        .map_err(|source| DiskError::Io {
+            path: path.into(),
+            source,
+        })?;
+    let gpt = gptman::GPT::read_from(disk, SECTOR_SIZE).map_err(|source| DiskError::Gpt {
+        path: path.into(),
+        source,
+    })?;
     Ok(locations(&gpt))
 }
 
@@ -161,14 +192,21 @@ impl std::fmt::Display for PartitionKey<'_> {
 }
 
 /// Finds one partition of `disk` by label or unique GUID.
-pub fn find_partition<D: Read + Seek>(disk: &mut D, path: &Path, key: PartitionKey<'_>) -> Result<PartitionLocation, DiskError> {
+pub fn find_partition<D: Read + Seek>(
+    disk: &mut D,
+    path: &Path,
+    key: PartitionKey<'_>,
+) -> Result<PartitionLocation, DiskError> {
     read_gpt(disk, path)?
         .into_iter()
         .find(|p| match key {
             PartitionKey::Label(l) => p.label == l,
             PartitionKey::Guid(g) => p.unique_guid == g,
         })
-        .ok_or_else(|| DiskError::Missing { path: path.into(), what: key.to_string() })
+        .ok_or_else(|| DiskError::Missing {
+            path: path.into(),
+            what: key.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -185,20 +223,30 @@ mod tests {
         let read = read_gpt(&mut f, Path::new("test.img")).unwrap();
         assert_eq!(written, read);
         assert_eq!(read.len(), 7);
-        let usr_a = find_partition(&mut f, Path::new("t"), PartitionKey::Guid(Slot::A.unique_guid())).unwrap();
+        let usr_a = find_partition(
+            &mut f,
+            Path::new("t"),
+            PartitionKey::Guid(Slot::A.unique_guid()),
+        )
+        .unwrap();
         assert_eq!((usr_a.number, usr_a.label.as_str()), (3, "USR-A"));
         assert_eq!(usr_a.size, 1 << 30);
         let root = find_partition(&mut f, Path::new("t"), PartitionKey::Label("ROOT")).unwrap();
         assert_eq!(root.type_guid, TYPE_ROOT_RESIZE);
         assert!(root.offset + root.size <= len - 33 * 512);
-        assert!(read.windows(2).all(|w| w[0].offset + w[0].size <= w[1].offset));
+        assert!(read
+            .windows(2)
+            .all(|w| w[0].offset + w[0].size <= w[1].offset));
     }
 
     #[test]
     fn too_small_names_sizes() {
         let mut f = tempfile::tempfile().unwrap();
         let err = write_layout(&mut f, 1 << 20, Path::new("small.img")).unwrap_err();
-        assert!(err.to_string().contains("small.img is 1048576 bytes"), "{err}");
+        assert!(
+            err.to_string().contains("small.img is 1048576 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -49,13 +49,55 @@ const MIB: u64 = 1024 * 1024;
 
 /// The Wellcar partition table, in partition-number order.
 pub const LAYOUT: [PartitionSpec; 7] = [
-    PartitionSpec { number: 1, label: "EFI-SYSTEM", type_guid: TYPE_EFI, unique_guid: None, size: 128 * MIB },
-    PartitionSpec { number: 2, label: "BIOS-BOOT", type_guid: TYPE_BIOS_BOOT, unique_guid: None, size: 2 * MIB },
-    PartitionSpec { number: 3, label: "USR-A", type_guid: TYPE_USR, unique_guid: Some(USR_A_GUID), size: 1024 * MIB },
-    PartitionSpec { number: 4, label: "USR-B", type_guid: TYPE_USR, unique_guid: Some(USR_B_GUID), size: 1024 * MIB },
-    PartitionSpec { number: 6, label: "OEM", type_guid: TYPE_LINUX_DATA, unique_guid: None, size: 128 * MIB },
-    PartitionSpec { number: 7, label: "OEM-CONFIG", type_guid: TYPE_FLATCAR_RESERVED, unique_guid: None, size: 64 * MIB },
-    PartitionSpec { number: 9, label: "ROOT", type_guid: TYPE_ROOT_RESIZE, unique_guid: None, size: 0 },
+    PartitionSpec {
+        number: 1,
+        label: "EFI-SYSTEM",
+        type_guid: TYPE_EFI,
+        unique_guid: None,
+        size: 128 * MIB,
+    },
+    PartitionSpec {
+        number: 2,
+        label: "BIOS-BOOT",
+        type_guid: TYPE_BIOS_BOOT,
+        unique_guid: None,
+        size: 2 * MIB,
+    },
+    PartitionSpec {
+        number: 3,
+        label: "USR-A",
+        type_guid: TYPE_USR,
+        unique_guid: Some(USR_A_GUID),
+        size: 1024 * MIB,
+    },
+    PartitionSpec {
+        number: 4,
+        label: "USR-B",
+        type_guid: TYPE_USR,
+        unique_guid: Some(USR_B_GUID),
+        size: 1024 * MIB,
+    },
+    PartitionSpec {
+        number: 6,
+        label: "OEM",
+        type_guid: TYPE_LINUX_DATA,
+        unique_guid: None,
+        size: 128 * MIB,
+    },
+    PartitionSpec {
+        number: 7,
+        label: "OEM-CONFIG",
+        type_guid: TYPE_FLATCAR_RESERVED,
+        unique_guid: None,
+        size: 64 * MIB,
+    },
+    PartitionSpec {
+        number: 9,
+        label: "ROOT",
+        type_guid: TYPE_ROOT_RESIZE,
+        unique_guid: None,
+        size: 0,
+    },
 ];
 
 /// Size of ROOT in a freshly built image; first boot grows it to the end of the disk.
@@ -142,7 +184,10 @@ mod tests {
         assert_eq!(Slot::A.other(), Slot::B);
         assert_eq!(Slot::parse("usr-b"), Some(Slot::B));
         assert_eq!(Slot::parse("c"), None);
-        assert_eq!(Slot::B.unique_guid().to_string(), "e03dd35c-7c2d-4a47-b3fe-27f15780a57c");
+        assert_eq!(
+            Slot::B.unique_guid().to_string(),
+            "e03dd35c-7c2d-4a47-b3fe-27f15780a57c"
+        );
     }
 }
 

@@ -11,4 +11,7 @@ pub mod gpt;
 pub mod layout;
 
 pub use gpt::{find_partition, read_gpt, write_layout, DiskError, PartitionKey, PartitionLocation};
-pub use layout::{PartitionSpec, Slot, LAYOUT, SECTOR_SIZE, USR_DATA_BLOCKS, USR_EXTRACT_SIZE, USR_VERITY_HASH_OFFSET, VERITY_BLOCK_SIZE};
+pub use layout::{
+    PartitionSpec, Slot, LAYOUT, SECTOR_SIZE, USR_DATA_BLOCKS, USR_EXTRACT_SIZE,
+    USR_VERITY_HASH_OFFSET, VERITY_BLOCK_SIZE,
+};
