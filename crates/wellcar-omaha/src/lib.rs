@@ -1,0 +1,61 @@
+//! Omaha v3 XML in the dialect spoken by Flatcar's `update_engine` and Nebraska.
+//!
+//! Contract:
+//! - [`Request::parse`] accepts what `update_engine`, Nebraska's tests and Google's Omaha clients send
+//!   (leading whitespace, no XML declaration, unknown elements and attributes, `<updatecheck>` and
+//!   `<event>` in one `<app>`). It rejects input that is not well-formed XML, whose root is not
+//!   `<request>`, or whose `protocol` is not `3.0`, with a [`ParseError`] naming what was wrong.
+//! - [`Response::to_xml`] writes the shape Nebraska writes (explicit end tags, children in the order
+//!   `ping`, `updatecheck`, `event`), which both `update_engine` and `ue-rs` accept.
+//! - [`Response::parse`] plus [`Response::update_decision`] read a response the way `update_engine`
+//!   does (first app, first `updatecheck`, first manifest, first package, the `postinstall` action),
+//!   so the update agent and the server's tests share one interpretation.
+//!
+//! This crate does no I/O and has no HTTP dependencies.
+
+mod codes;
+mod request;
+mod response;
+mod xml;
+
+pub use codes::{event_result, event_type, status, ErrorCode};
+pub use request::{AppRequest, Event, OsInfo, Request, UpdateCheckRequest};
+pub use response::{
+    Action, AppResponse, InterpretError, Manifest, Package, Response, UpdateCheckResponse,
+    UpdateDecision, UpdateInfo,
+};
+pub use xml::ParseError;
+
+/// Wellcar's Omaha application id (the `appid` our update agent sends).
+pub const WELLCAR_APP_ID: &str = "66ccd106-e1a0-49f8-92cf-29995de7c384";
+
+/// Flatcar Container Linux's Omaha application id, so a Wellcar server can also serve a Flatcar fleet.
+pub const FLATCAR_APP_ID: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
+
+/// Largest request body a server should accept (Nebraska's limit, 64 KiB).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Normalizes an Omaha application id for comparison: trims whitespace, strips `{}` and lowercases,
+/// as Nebraska matches appids case-insensitively with or without braces.
+pub fn normalize_app_id(app_id: &str) -> String {
+    app_id
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_ids_compare_without_braces_and_case() {
+        assert_eq!(
+            normalize_app_id("{E96281A6-D1AF-4BDE-9A0A-97B76E56DC57}"),
+            FLATCAR_APP_ID
+        );
+        assert_eq!(normalize_app_id(WELLCAR_APP_ID), WELLCAR_APP_ID);
+        assert_ne!(normalize_app_id(WELLCAR_APP_ID), FLATCAR_APP_ID);
+    }
+}
