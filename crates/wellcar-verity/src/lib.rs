@@ -1,0 +1,39 @@
+//! dm-verity hash trees in Rust, byte-compatible with `veritysetup format`.
+//!
+//! One flavour only, the one Flatcar and Wellcar use for /usr: superblock format version 1,
+//! hash type 1 ("normal": salt prepended, hash blocks zero-padded), sha256, 4096-byte data and
+//! hash blocks, data and hash area in the same image with the hash area at `hash_offset`.
+//!
+//! - [`format`] writes the superblock and tree and returns the root hash; given the same data,
+//!   salt and uuid it writes exactly the bytes `veritysetup format --salt=<hex> --uuid=<uuid>`
+//!   writes, so `veritysetup verify` and the kernel accept it.
+//! - [`read_superblock`] parses and validates the superblock (the initramfs learns the salt and
+//!   data block count from it); [`dm_table_params`] renders the kernel's dm-verity target line.
+//! - [`verify`] recomputes the tree and names the first bad block and level.
+//! - [`hash_area_size`] / [`TreeGeometry`] tell a layout how much room the hash area needs.
+//!
+//! The tests check all of this against the real `veritysetup` (Debian package `cryptsetup-bin`).
+
+mod error;
+pub mod geometry;
+pub mod superblock;
+pub mod table;
+mod tree;
+
+#[cfg(test)]
+mod test_support;
+
+pub use error::VerityError;
+pub use geometry::{hash_area_size, LevelExtent, TreeGeometry};
+pub use superblock::{read_superblock, Superblock, SUPERBLOCK_SIZE};
+pub use table::{dm_table_params, dm_target_sectors, parse_root_hash};
+pub use tree::{
+    format, format_with_threads, verify, verify_with_threads, VerityInfo, VerityParams,
+};
+
+/// Size of a data block and of a hash block, in bytes.
+pub const BLOCK_SIZE: u64 = 4096;
+/// Size of a sha256 digest, in bytes.
+pub const DIGEST_SIZE: usize = 32;
+/// Largest salt the superblock can hold, in bytes.
+pub const MAX_SALT_SIZE: usize = 256;
