@@ -2,12 +2,13 @@
 //! image laid out like a Flatcar USR slot (260094 data blocks, hash area at 1065345024).
 //!
 //! The data region holds 350 MiB of incompressible pseudo-random bytes (a typical /usr) and
-//! then zeros (a hole in the file, as a freshly built image has). Both tools format the same
+//! then zeros: a hole in the file, as a freshly built image has, or written-out zeros (as on a
+//! partition) with `WELLCAR_VERITY_BENCH_DENSE=1`. Both tools format the same
 //! file with the same salt and uuid, alternately, several rounds; the root hashes must agree.
 //! Printed: every run, the best time of each, and the ratio veritysetup / ours. The file is in
 //! the page cache for every run after the first, for both tools alike.
 //!
-//! Environment: `WELLCAR_VERITY_BENCH_DIR` (default: the system temp dir) holds the image;
+//! Environment: `WELLCAR_VERITY_BENCH_DENSE=1` (see above); `WELLCAR_VERITY_BENCH_DIR` (default: the system temp dir) holds the image;
 //! `WELLCAR_VERITY_BENCH_ROUNDS` (default 3).
 
 use std::fs::{File, OpenOptions};
@@ -41,7 +42,8 @@ fn main() {
         })
         .unwrap_or(3);
     let image_path = dir.path().join("usr.img");
-    write_usr_like_image(&image_path);
+    let dense = std::env::var_os("WELLCAR_VERITY_BENCH_DENSE").is_some_and(|v| v == "1");
+    write_usr_like_image(&image_path, dense);
     let salt: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(101) ^ 0xc3).collect();
     let params = VerityParams {
         data_blocks: DATA_BLOCKS,
@@ -51,8 +53,9 @@ fn main() {
     };
     let all_cpus = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
     println!(
-        "image: 1 GiB, {} MiB random + zero tail, {DATA_BLOCKS} data blocks, hash offset {HASH_OFFSET}, {} CPUs",
+        "image: 1 GiB, {} MiB random + zero tail ({}), {DATA_BLOCKS} data blocks, hash offset {HASH_OFFSET}, {} CPUs",
         RANDOM_BYTES >> 20,
+        if dense { "written zeros" } else { "hole" },
         all_cpus
     );
 
@@ -114,8 +117,8 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// 350 MiB of xorshift output, then a hole up to 1 GiB.
-fn write_usr_like_image(path: &Path) {
+/// 350 MiB of xorshift output, then zeros up to 1 GiB (a hole unless `dense`).
+fn write_usr_like_image(path: &Path, dense: bool) {
     let file = File::create(path).expect("create the bench image");
     let mut out = BufWriter::with_capacity(1 << 20, &file);
     let mut state: u64 = 0x853c_49e6_748f_ea9b;
@@ -128,6 +131,12 @@ fn write_usr_like_image(path: &Path) {
             word.copy_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
         }
         out.write_all(&block).unwrap();
+    }
+    if dense {
+        block.fill(0);
+        for _ in 0..(IMAGE_SIZE - RANDOM_BYTES) / block.len() as u64 {
+            out.write_all(&block).unwrap();
+        }
     }
     out.flush().unwrap();
     drop(out);

@@ -13,6 +13,10 @@
 //! - [`hash_area_size`] / [`TreeGeometry`] tell a layout how much room the hash area needs.
 //!
 //! The tests check all of this against the real `veritysetup` (Debian package `cryptsetup-bin`).
+//!
+//! Speed (`cargo bench -p wellcar-verity`, 1 GiB Flatcar-shaped USR image with 350 MiB of
+//! random data, 2 shared cores): `veritysetup format` ~850-930 ms, [`format`] ~130-250 ms
+//! (2 threads) and ~250 ms (1 thread), same root hash.
 
 mod error;
 pub mod geometry;
