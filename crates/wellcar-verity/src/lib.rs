@@ -9,7 +9,8 @@
 //!   writes, so `veritysetup verify` and the kernel accept it.
 //! - [`read_superblock`] parses and validates the superblock (the initramfs learns the salt and
 //!   data block count from it); [`dm_table_params`] renders the kernel's dm-verity target line.
-//! - [`verify`] recomputes the tree and names the first bad block and level.
+//! - [`verify`] recomputes the tree and names the first bad block and level;
+//!   [`stored_root_hash`] is the cheap early check (superblock + top block only).
 //! - [`hash_area_size`] / [`TreeGeometry`] tell a layout how much room the hash area needs.
 //!
 //! The tests check all of this against the real `veritysetup` (Debian package `cryptsetup-bin`).
@@ -32,7 +33,8 @@ pub use geometry::{hash_area_size, LevelExtent, TreeGeometry};
 pub use superblock::{read_superblock, Superblock, SUPERBLOCK_SIZE};
 pub use table::{dm_table_params, dm_target_sectors, parse_root_hash};
 pub use tree::{
-    format, format_with_threads, verify, verify_with_threads, VerityInfo, VerityParams,
+    format, format_with_threads, stored_root_hash, verify, verify_with_threads, VerityInfo,
+    VerityParams,
 };
 
 /// Size of a data block and of a hash block, in bytes.

@@ -20,6 +20,7 @@
 //! format leaves no superblock claiming a tree that is not there (if there was none before).
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +31,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::geometry::TreeGeometry;
-use crate::superblock::{Superblock, SUPERBLOCK_SIZE};
+use crate::superblock::{read_superblock, Superblock, SUPERBLOCK_SIZE};
 use crate::{table, VerityError, BLOCK_SIZE, DIGEST_SIZE, MAX_SALT_SIZE};
 
 const BLOCK: usize = BLOCK_SIZE as usize;
@@ -307,6 +308,33 @@ pub fn verify_with_threads(
     }
 }
 
+/// The root hash the stored tree claims: the digest of the stored top block (for a one-block
+/// image, of the data block), plus the superblock it was found with. Reads one superblock and
+/// one block and hashes one block, so the initramfs can compare it with `verity.usrhash=` and
+/// fail early with a clear message; it does not check the rest of the tree or the data (the
+/// kernel does that on every read).
+pub fn stored_root_hash<R: Read + Seek>(
+    reader: &mut R,
+    hash_offset: u64,
+) -> Result<(Superblock, [u8; DIGEST_SIZE]), VerityError> {
+    let superblock = read_superblock(reader, hash_offset)?;
+    let geometry = TreeGeometry::new(superblock.data_blocks)?;
+    let (offset, read_error): (u64, fn(u64, std::io::Error) -> VerityError) =
+        match geometry.levels().last() {
+            Some(top) => (hash_offset + top.byte_offset(), |offset, source| {
+                VerityError::ReadHashArea { offset, source }
+            }),
+            None => (0, |offset, source| VerityError::ReadData { offset, source }),
+        };
+    let mut block = vec![0u8; BLOCK];
+    reader
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| reader.read_exact(&mut block))
+        .map_err(|source| read_error(offset, source))?;
+    let root = BlockHasher::new(&superblock.salt).digest(&block);
+    Ok((superblock, root))
+}
+
 /// All CPUs the process may use (1 if that cannot be determined).
 fn default_threads() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
@@ -340,7 +368,6 @@ fn image_size(image: &File) -> Result<u64, VerityError> {
         return Ok(metadata.len());
     }
     // Seeking moves the shared file position; everything here uses positioned I/O.
-    use std::io::{Seek, SeekFrom};
     let mut handle = image;
     handle.seek(SeekFrom::End(0)).map_err(VerityError::Stat)
 }
@@ -623,6 +650,37 @@ mod tests {
             verify(&open_rw(&image), hash_offset, &info.root_hash),
             Err(VerityError::RootHashMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn stored_root_hash_reads_only_the_top_block() {
+        let dir = tempfile::tempdir().unwrap();
+        for data_blocks in [1, 129, 16_385] {
+            let hash_offset = data_blocks * BLOCK_SIZE;
+            let path = write_image(dir.path(), "img", data_blocks, data_blocks.min(200), 4);
+            let info = format(
+                &open_rw(&path),
+                &params(data_blocks, hash_offset, &salt32()),
+            )
+            .unwrap();
+            let (superblock, root) = stored_root_hash(&mut open_rw(&path), hash_offset).unwrap();
+            assert_eq!(root, info.root_hash, "{data_blocks} blocks");
+            assert_eq!(superblock.data_blocks, data_blocks);
+            assert_eq!(superblock.salt, salt32());
+        }
+        // A corrupt data block far below the top is not noticed; a corrupt top block is.
+        let path = dir.path().join("img");
+        let hash_offset = 16_385 * BLOCK_SIZE;
+        flip_bit(&path, 5 * BLOCK_SIZE);
+        let (_, root) = stored_root_hash(&mut open_rw(&path), hash_offset).unwrap();
+        let verdict = verify(&open_rw(&path), hash_offset, &root);
+        assert!(matches!(
+            expected,
+            Err(VerityError::DataBlockMismatch { block: 5, .. })
+        ));
+        flip_bit(&path, hash_offset + BLOCK_SIZE + 9);
+        let (_, corrupted_root) = stored_root_hash(&mut open_rw(&path), hash_offset).unwrap();
+        assert_ne!(corrupted_root, root);
     }
 
     #[test]
