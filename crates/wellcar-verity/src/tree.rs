@@ -675,7 +675,7 @@ mod tests {
         let (_, root) = stored_root_hash(&mut open_rw(&path), hash_offset).unwrap();
         let verdict = verify(&open_rw(&path), hash_offset, &root);
         assert!(matches!(
-            expected,
+            verdict,
             Err(VerityError::DataBlockMismatch { block: 5, .. })
         ));
         flip_bit(&path, hash_offset + BLOCK_SIZE + 9);
