@@ -1,0 +1,1 @@
+//! Corpus table test.

@@ -1,0 +1,1 @@
+//! Never-panic property tests.

@@ -1,0 +1,320 @@
+//! Ignition v3 provisioning for Wellcar: parse, validate, merge and apply the configs CoreOS and
+//! Flatcar users already have.
+//!
+//! Pipeline, as the initramfs runs it:
+//! 1. [`parse_config`]: any stable spec 3.0.0–3.6.0, translated to the 3.6.0 model
+//!    ([`Config`]); Ignition's validation rules and messages, each naming its JSON path; unknown
+//!    keys are warnings.
+//! 2. [`merge`]: base configs and the user config, child over parent.
+//! 3. [`resolve_references`]: `ignition.config.replace` / `ignition.config.merge` (`data:` URLs;
+//!    remote URLs fail with a message naming the URL because this stage has no network).
+//! 4. [`apply()`]: users and groups, files, directories, links, systemd units, ssh keys and the
+//!    result record, written inside a target root directory without chroot or systemctl.
+//!
+//! Not supported yet (parsed and validated, but [`apply()`] refuses them naming the field):
+//! `storage.disks`, `storage.raid`, `storage.luks`, `storage.filesystems`, `kernelArguments`.
+
+pub mod apply;
+pub mod fetch;
+pub mod merge;
+pub mod model;
+pub mod report;
+pub mod unitfile;
+pub mod validate;
+pub mod version;
+
+mod decode;
+
+pub use apply::{apply, ApplyError, ApplyReport};
+pub use merge::merge;
+pub use model::{Config, LATEST_SPEC};
+pub use report::{Entry, Severity};
+pub use validate::validate;
+
+use fetch::FetchError;
+use version::VersionProblem;
+
+/// A successfully parsed config and its non-fatal findings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The config, translated to the latest spec (`ignition.version` is [`LATEST_SPEC`]).
+    pub config: Config,
+    /// Warnings (unknown keys, ineffective settings); never fatal.
+    pub warnings: Vec<Entry>,
+}
+
+/// Why bytes are not an acceptable Ignition config. Messages are Ignition's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Zero bytes.
+    #[error("not a config (empty)")]
+    Empty,
+    /// Not JSON at all.
+    #[error("config is not valid: {message} at line {line} column {column}")]
+    Syntax {
+        /// The JSON parser's message.
+        message: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+    },
+    /// `ignition.version` missing or not a version.
+    #[error("invalid config version (couldn't parse): {version:?}")]
+    InvalidVersion {
+        /// The version string found ("" when missing).
+        version: String,
+    },
+    /// A version this implementation does not speak (2.x, 3.7.0, experimentals).
+    #[error("unsupported config version: {version:?} (supported: 3.0.0 to {latest})", latest = LATEST_SPEC)]
+    UnsupportedVersion {
+        /// The version string found.
+        version: String,
+    },
+    /// Wrong JSON types or failed validation rules.
+    #[error("config is not valid: {}", first_error(.entries))]
+    Invalid {
+        /// All findings, errors and warnings, each with its JSON path.
+        entries: Vec<Entry>,
+    },
+}
+
+fn first_error(entries: &[Entry]) -> String {
+    let errors: Vec<String> = entries
+        .iter()
+        .filter(|e| e.is_error())
+        .map(ToString::to_string)
+        .collect();
+    match errors.len() {
+        0 => "no errors".to_string(),
+        1 => errors[0].clone(),
+        n => format!("{} (and {} more)", errors[0], n - 1),
+    }
+}
+
+/// Parses and validates a config of any supported spec version.
+///
+/// Never panics, whatever the bytes.
+pub fn parse_config(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    if bytes.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ParseError::Syntax {
+            message: e
+                .to_string()
+                .split(" at line")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            line: e.line(),
+            column: e.column(),
+        })?;
+    let version = value
+        .get("ignition")
+        .and_then(|i| i.get("version"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let spec = match version::classify(&version) {
+        Ok(spec) => spec,
+        Err(VersionProblem::Unparseable) => return Err(ParseError::InvalidVersion { version }),
+        Err(VersionProblem::Unsupported) => return Err(ParseError::UnsupportedVersion { version }),
+    };
+    let (mut config, mut entries, type_error) = decode::decode(&value, spec);
+    if let Some(type_error) = type_error {
+        entries.push(type_error);
+        return Err(ParseError::Invalid { entries });
+    }
+    entries.extend(validate::validate_for_spec(&config, spec));
+    if entries.iter().any(Entry::is_error) {
+        return Err(ParseError::Invalid { entries });
+    }
+    config.ignition.version = LATEST_SPEC.to_string();
+    Ok(Parsed {
+        config,
+        warnings: entries,
+    })
+}
+
+/// Why `ignition.config.replace`/`merge` references could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// A referenced config could not be fetched.
+    #[error("fetching referenced config {field}")]
+    Fetch {
+        /// JSON path of the reference, e.g. `ignition.config.merge.0`.
+        field: String,
+        /// The fetch failure (names the URL).
+        #[source]
+        source: FetchError,
+    },
+    /// A referenced config is not a valid config.
+    #[error("parsing referenced config {field}")]
+    Parse {
+        /// JSON path of the reference.
+        field: String,
+        /// The parse failure.
+        #[source]
+        source: ParseError,
+    },
+    /// References nest deeper than [`MAX_REFERENCE_DEPTH`].
+    #[error("config references nest deeper than {MAX_REFERENCE_DEPTH} levels at {field}")]
+    TooDeep {
+        /// JSON path of the reference that went too deep.
+        field: String,
+    },
+    /// The merged result breaks a validation rule.
+    #[error("merging configs resulted in an invalid config: {}", first_error(.entries))]
+    InvalidResult {
+        /// The findings.
+        entries: Vec<Entry>,
+    },
+}
+
+/// How deep `ignition.config` references may nest.
+pub const MAX_REFERENCE_DEPTH: usize = 10;
+
+/// Renders `ignition.config.replace` and `ignition.config.merge` the way Ignition does: a set
+/// replace source replaces the whole config (its merge list is ignored); otherwise each merge
+/// reference is fetched, verified, parsed (any supported version), rendered recursively and
+/// merged on top, in order. The result has no references left and is re-validated.
+pub fn resolve_references(config: Config) -> Result<Config, ResolveError> {
+    let rendered = render(config, 0, "ignition.config")?;
+    let errors: Vec<Entry> = validate::validate(&rendered)
+        .into_iter()
+        .filter(Entry::is_error)
+        .collect();
+    if !errors.is_empty() {
+        return Err(ResolveError::InvalidResult { entries: errors });
+    }
+    Ok(rendered)
+}
+
+fn fetch_config(resource: &model::Resource, field: &str) -> Result<Config, ResolveError> {
+    let bytes = fetch::fetch(resource)
+        .map_err(|source| ResolveError::Fetch {
+            field: field.to_string(),
+            source,
+        })?
+        .unwrap_or_default();
+    let parsed = parse_config(&bytes).map_err(|source| ResolveError::Parse {
+        field: field.to_string(),
+        source,
+    })?;
+    for w in &parsed.warnings {
+        tracing::warn!("{field}: {w}");
+    }
+    Ok(parsed.config)
+}
+
+fn render(mut config: Config, depth: usize, field: &str) -> Result<Config, ResolveError> {
+    if depth > MAX_REFERENCE_DEPTH {
+        return Err(ResolveError::TooDeep {
+            field: field.to_string(),
+        });
+    }
+    let references = std::mem::take(&mut config.ignition.config);
+    if references.replace.source.is_some() {
+        let field = "ignition.config.replace";
+        tracing::info!("replacing config with {field}");
+        let replacement = fetch_config(&references.replace, field)?;
+        return render(replacement, depth + 1, field);
+    }
+    for (i, reference) in references.merge.iter().enumerate() {
+        let field = format!("ignition.config.merge.{i}");
+        tracing::info!("merging {field}");
+        let child = render(fetch_config(reference, &field)?, depth + 1, &field)?;
+        config = merge(config, child);
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_url(json: &str) -> String {
+        let encoded: String =
+            percent_encoding::utf8_percent_encode(json, percent_encoding::NON_ALPHANUMERIC)
+                .collect();
+        format!("data:,{encoded}")
+    }
+
+    #[test]
+    fn unknown_and_version_gated_keys_are_warnings_with_paths() {
+        let parsed = parse_config(br#"{"ignition":{"version":"3.0.0","proxy":{}},"storage":{"files":[{"path":"/a","Mode":420}]}}"#)
+            .unwrap();
+        let paths: Vec<&str> = parsed.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert!(paths.contains(&"ignition.proxy"), "{paths:?}");
+        assert!(paths.contains(&"storage.files.0.Mode"), "{paths:?}");
+        assert_eq!(
+            parsed.config.storage.files[0].mode,
+            Some(420),
+            "case-insensitive key is still read"
+        );
+        assert_eq!(parsed.config.ignition.version, LATEST_SPEC);
+    }
+
+    #[test]
+    fn type_errors_name_their_path() {
+        let err = parse_config(br#"{"ignition":{"version":"3.6.0"},"storage":{"files":[{"path":"/a","mode":"0644"}]}}"#)
+            .unwrap_err();
+        let ParseError::Invalid { entries } = err else {
+            panic!("wrong error {err:?}")
+        };
+        assert_eq!(entries.last().unwrap().path, "storage.files.0.mode");
+    }
+
+    #[test]
+    fn replace_discards_original_and_merge_applies_in_order() {
+        let child = r#"{"ignition":{"version":"3.0.0"},"storage":{"files":[{"path":"/child","contents":{"source":"data:,c"}}]}}"#;
+        let base = format!(
+            r#"{{"ignition":{{"version":"3.6.0","config":{{"merge":[{{"source":"{}"}}]}}}},"storage":{{"files":[{{"path":"/base"}}]}}}}"#,
+            data_url(child)
+        );
+        let merged = resolve_references(parse_config(base.as_bytes()).unwrap().config).unwrap();
+        let paths: Vec<&str> = merged
+            .storage
+            .files
+            .iter()
+            .map(|f| f.node.path.as_str())
+            .collect();
+        assert_eq!(paths, ["/base", "/child"]);
+        assert!(merged.ignition.config.merge.is_empty());
+
+        let replacing = format!(
+            r#"{{"ignition":{{"version":"3.6.0","config":{{"replace":{{"source":"{}"}}}}}},"storage":{{"files":[{{"path":"/base"}}]}}}}"#,
+            data_url(child)
+        );
+        let replaced =
+            resolve_references(parse_config(replacing.as_bytes()).unwrap().config).unwrap();
+        let paths: Vec<&str> = replaced
+            .storage
+            .files
+            .iter()
+            .map(|f| f.node.path.as_str())
+            .collect();
+        assert_eq!(paths, ["/child"]);
+    }
+
+    #[test]
+    fn remote_reference_fails_naming_the_url() {
+        let cfg = parse_config(
+            br#"{"ignition":{"version":"3.6.0","config":{"merge":[{"source":"https://example.com/cfg.ign"}]}}}"#,
+        )
+        .unwrap();
+        let err = resolve_references(cfg.config).unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("ignition.config.merge.0")
+                && chain.contains("https://example.com/cfg.ign"),
+            "{chain}"
+        );
+    }
+}
