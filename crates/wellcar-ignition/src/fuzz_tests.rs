@@ -1,1 +1,1 @@
-//! Never-panic property tests.
+//! Property tests: the parser never panics, whatever the bytes.
