@@ -1,0 +1,342 @@
+//! Wellcar's `/init`: the only program in the initramfs.
+//!
+//! Steps (each timed in the kernel log, so `dmesg | grep wellcar-init` profiles a boot):
+//! 1. `early-setup`: mount `/proc`, `/sys`, `/dev` (devtmpfs), `/run`; parse the command line
+//!    ([`cmdline`]); make a kernel panic (e.g. dm-verity corruption) reboot after the delay.
+//! 2. `load-modules`: `finit_module` every module the initramfs carries ([`kmod`]).
+//! 3. `find-disk`: wait for the USR and ROOT partitions, reading GPTs ourselves ([`disk`]).
+//! 4. `mount-root`, `prepare-root`: ROOT at `/sysroot`, its skeleton ([`sysroot`]).
+//! 5. `open-usr`, `mount-usr`: dm-verity mapping of the slot ([`verity`]), EROFS read-only
+//!    at `/sysroot/usr`; `mount-etc`: the `/etc` overlay.
+//! 6. First boot only: `ignition` (config from fw_cfg or the OEM partition), `grow-root`
+//!    ([`grow`]), `first-boot-flag` (removed last, only after all of that succeeded).
+//! 7. `switch-root`: move the API mounts, free the initramfs, chroot, exec systemd.
+//!
+//! Any failure prints one line on the console naming the step and the device or file, then
+//! reboots after `wellcar.init.reboot_delay` seconds (default 60), so GRUB's tries counter
+//! can fall back to the other slot.
+
+mod cmdline;
+mod disk;
+mod firstboot;
+mod grow;
+mod kmod;
+mod log;
+mod switchroot;
+mod sys;
+mod sysroot;
+mod verity;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rustix::mount::MountFlags;
+
+use cmdline::{BootParams, FirstBoot, UsrSource};
+use disk::Found;
+use log::Log;
+
+/// Where the new root is assembled.
+const SYSROOT: &str = "/sysroot";
+/// sysfs block class.
+const CLASS_BLOCK: &str = "/sys/class/block";
+/// fw_cfg entries by name.
+const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+
+/// A failed boot step: `step` names it, `source` says what and where.
+#[derive(Debug)]
+pub struct BootError {
+    /// The step that failed.
+    pub step: &'static str,
+    /// What went wrong.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for BootError {
+    /// The one console line: step, then the whole error chain.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {} failed: {}", self.step, self.source)?;
+        let mut cause = self.source.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    if rustix::process::getpid() != rustix::process::Pid::INIT {
+        eprintln!(
+            "wellcar-init: must run as PID 1 from the initramfs; refusing to touch this system"
+        );
+        std::process::exit(2);
+    }
+    let mut log = Log::new();
+    let mut reboot_delay = cmdline::DEFAULT_REBOOT_DELAY;
+    let err = boot(&mut log, &mut reboot_delay);
+    fail(&mut log, &err, reboot_delay);
+}
+
+/// Prints the failure, waits, reboots. Never returns (PID 1 must not exit).
+fn fail(log: &mut Log, err: &BootError, delay: Duration) -> ! {
+    log.console(&format!(
+        "FAILED: {err}; rebooting in {} s",
+        delay.as_secs()
+    ));
+    std::thread::sleep(delay);
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Mounts the API filesystems the rest of the boot needs.
+fn early_mounts() -> Result<(), sysroot::SysrootError> {
+    let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    sysroot::mount("proc", Path::new("/proc"), "proc", nosuid_nodev_noexec, "")?;
+    sysroot::mount("sysfs", Path::new("/sys"), "sysfs", nosuid_nodev_noexec, "")?;
+    match sysroot::mount(
+        "devtmpfs",
+        Path::new("/dev"),
+        "devtmpfs",
+        MountFlags::NOSUID,
+        "mode=0755",
+    ) {
+        // Already mounted by the kernel (CONFIG_DEVTMPFS_MOUNT).
+        Err(sysroot::SysrootError::Mount { source, .. })
+            if source.raw_os_error() == Some(libc::EBUSY) => {}
+        other => other?,
+    }
+    sysroot::mount(
+        "tmpfs",
+        Path::new("/run"),
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0755",
+    )?;
+    Ok(())
+}
+
+/// Makes a kernel panic reboot after `delay` unless the command line chose otherwise.
+fn reboot_on_panic(delay: Duration) -> std::io::Result<()> {
+    let path = "/proc/sys/kernel/panic";
+    if std::fs::read_to_string(path)?.trim() == "0" {
+        std::fs::write(path, format!("{}\n", delay.as_secs().max(1)))?;
+    }
+    Ok(())
+}
+
+/// Runs the boot; returns only on failure.
+fn boot(log: &mut Log, reboot_delay: &mut Duration) -> BootError {
+    match boot_steps(log, reboot_delay) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn boot_steps(
+    log: &mut Log,
+    reboot_delay: &mut Duration,
+) -> Result<std::convert::Infallible, BootError> {
+    let params = log.step("early-setup", |log| {
+        early_mounts()?;
+        log.open_kmsg();
+        let text = std::fs::read_to_string("/proc/cmdline")
+            .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
+        // Even if the rest is invalid, honour the reboot delay the user asked for.
+        *reboot_delay = BootParams::reboot_delay_of(&text);
+        let params = BootParams::parse(&text)?;
+        *reboot_delay = params.reboot_delay;
+        reboot_on_panic(params.reboot_delay)
+            .map_err(|e| format!("setting /proc/sys/kernel/panic: {e}"))?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(params)
+    })?;
+
+    log.step("load-modules", |log| {
+        let report = kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST))?;
+        log.info(&format!(
+            "modules: {} loaded, {} built in or already loaded, no device for {:?}",
+            report.loaded, report.already, report.no_device
+        ));
+        Ok::<_, kmod::ModuleError>(())
+    })?;
+
+    let usr_spec = match &params.usr {
+        UsrSource::Verity { device, .. } => device.clone(),
+        UsrSource::Plain(device) => device.clone(),
+    };
+    let (usr_found, root_found) = log.step("find-disk", |log| {
+        let found = disk::wait_for(
+            &[&usr_spec, &params.root],
+            Path::new(CLASS_BLOCK),
+            Path::new("/dev"),
+            params.disk_timeout,
+            Duration::from_millis(10),
+        )?;
+        let [usr, root]: [Found; 2] = found.try_into().expect("two specs give two results");
+        log.info(&format!(
+            "usr {} is {}, root {} is {}",
+            usr_spec,
+            usr.device().display(),
+            params.root,
+            root.device().display()
+        ));
+        Ok::<_, disk::WaitError>((usr, root))
+    })?;
+
+    let sysroot = Path::new(SYSROOT);
+    log.step("mount-root", |_| {
+        let (flags, data) = sysroot::split_flags(&params.root_flags);
+        sysroot::mount(
+            &root_found.device().display().to_string(),
+            sysroot,
+            &params.root_fstype,
+            flags,
+            &data,
+        )
+    })?;
+
+    log.step("prepare-root", |log| {
+        let created = sysroot::build_skeleton(sysroot)?;
+        if !created.is_empty() {
+            log.info(&format!("created on ROOT: {}", created.join(" ")));
+        }
+        Ok::<_, sysroot::SysrootError>(())
+    })?;
+
+    let usr_device = log.step("open-usr", |log| {
+        let device = match &params.usr {
+            UsrSource::Verity {
+                root_hash, name, ..
+            } => verity::open_verity(usr_found.device(), name, root_hash, Path::new("/dev"))?,
+            UsrSource::Plain(_) => usr_found.device().to_path_buf(),
+        };
+        log.info(&format!("/usr from {}", device.display()));
+        Ok::<_, verity::OpenUsrError>(device)
+    })?;
+
+    log.step("mount-usr", |_| {
+        let (mut flags, data) = sysroot::split_flags(&params.usr_flags);
+        flags |= MountFlags::RDONLY;
+        sysroot::mount(
+            &usr_device.display().to_string(),
+            &sysroot.join("usr"),
+            &params.usr_fstype,
+            flags,
+            &data,
+        )
+    })?;
+
+    log.step("mount-etc", |_| {
+        sysroot::mount_etc_overlay(sysroot)?;
+        sysroot::ensure_machine_id(sysroot)
+    })?;
+
+    if let Some(first_boot) = params.first_boot {
+        first_boot_steps(log, &params, first_boot, &root_found)?;
+    }
+
+    let init = log.step("pick-init", |_| {
+        switchroot::pick_init(sysroot, params.init.as_deref())
+    })?;
+    log.info(&format!(
+        "switching root, exec {init}; /init ran {:.1} ms",
+        log.elapsed().as_secs_f64() * 1000.0
+    ));
+    Err(BootError {
+        step: "switch-root",
+        source: Box::new(switchroot::switch_root(sysroot, &init)),
+    })
+}
+
+/// A partition of the boot disk found by GPT label.
+fn sibling(root: &Found, label: &str) -> Option<disk::Partition> {
+    let Found::Partition(root) = root else {
+        return None;
+    };
+    disk::scan(Path::new(CLASS_BLOCK), Path::new("/dev"))
+        .partitions
+        .into_iter()
+        .find(|p| p.disk == root.disk && p.location.label == label)
+}
+
+fn first_boot_steps(
+    log: &mut Log,
+    params: &BootParams,
+    first_boot: FirstBoot,
+    root_found: &Found,
+) -> Result<(), BootError> {
+    log.step("ignition", |log| provision(log, params, root_found))?;
+
+    log.step("grow-root", |log| {
+        let Found::Partition(root) = root_found else {
+            log.info("ROOT given as a device path, not growing it");
+            return Ok(());
+        };
+        let report = grow::grow_root(root, Path::new(SYSROOT), Path::new(CLASS_BLOCK))?;
+        log.info(&format!(
+            "ROOT is {} MiB, ext4 {} -> {} blocks",
+            report.partition_size >> 20,
+            report.fs_blocks.0,
+            report.fs_blocks.1
+        ));
+        Ok::<_, grow::GrowError>(())
+    })?;
+
+    if first_boot == FirstBoot::Detected {
+        log.step("first-boot-flag", |log| {
+            let esp = sibling(root_found, "EFI-SYSTEM").ok_or_else(|| {
+                format!(
+                    "no EFI-SYSTEM partition next to ROOT ({}) to remove the first-boot flag from",
+                    root_found.device().display()
+                )
+            })?;
+            let removed = firstboot::remove_flag(&esp.device, Path::new("/mnt/esp"))?;
+            if removed.is_empty() {
+                log.info("first-boot flag was already gone from the ESP");
+            } else {
+                log.info(&format!("removed {} from the ESP", removed.join(", ")));
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Finds the Ignition config and applies it to `/sysroot`; no config is fine.
+fn provision(
+    log: &mut Log,
+    params: &BootParams,
+    root_found: &Found,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut found = firstboot::fw_cfg_config(Path::new(FW_CFG_BY_NAME))?;
+    if found.is_none() {
+        if let Some(oem) = sibling(root_found, "OEM") {
+            found = firstboot::oem_config(&oem.device, Path::new("/mnt/oem"))?;
+        }
+    }
+    let Some(config) = found else {
+        log.info(&format!(
+            "no Ignition config (platform {}): the machine stays unprovisioned",
+            params.oem_id
+        ));
+        return Ok(());
+    };
+    log.info(&format!(
+        "Ignition config from {} ({} bytes)",
+        config.source,
+        config.bytes.len()
+    ));
+    let parsed = wellcar_ignition::parse_config(&config.bytes)
+        .map_err(|e| format!("Ignition config from {}: {e}", config.source))?;
+    for warning in &parsed.warnings {
+        log.info(&format!("Ignition warning: {warning}"));
+    }
+    let resolved = wellcar_ignition::resolve_references(parsed.config)
+        .map_err(|e| format!("Ignition config from {}: {e}", config.source))?;
+    let report = wellcar_ignition::apply(&resolved, Path::new(SYSROOT))?;
+    log.info(&format!("Ignition applied: {report:?}"));
+    Ok(())
+}
