@@ -1,12 +1,61 @@
-//! `wellcar build` (in progress).
+//! `wellcar build`: OS definition in, disk image and manifest out (crate `wellcar-image`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
 
 /// Options of `wellcar build`.
 #[derive(Debug, clap::Args)]
-pub struct Opts {}
+pub struct Opts {
+    /// Output directory.
+    #[arg(long, short, default_value = "out")]
+    pub output: PathBuf,
+    /// The OS definition.
+    #[arg(long, default_value = "os/wellcar.toml")]
+    pub definition: PathBuf,
+    /// Version to build (default: the definition's `os.version`).
+    #[arg(long = "os-version")]
+    pub os_version: Option<String>,
+    /// The static initramfs `/init` (default: the one `scripts/build-init.sh` builds).
+    #[arg(long)]
+    pub init_binary: Option<PathBuf>,
+}
 
 /// Runs `wellcar build`.
-pub fn run(_opts: Opts) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("wellcar build is not built yet")
+pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
+    let init_binary = match opts.init_binary {
+        Some(p) => p,
+        None => default_init_binary()?,
+    };
+    let build = wellcar_image::BuildOptions {
+        source_date_epoch: wellcar_image::default_source_date_epoch(&opts.definition),
+        definition: opts.definition,
+        output: opts.output.clone(),
+        version: opts.os_version,
+        init_binary,
+    };
+    let manifest = wellcar_image::build(&build).context("building the image")?;
+    println!(
+        "built Wellcar {} in {}: {} (verity root {})",
+        manifest.version,
+        opts.output.display(),
+        manifest.disk_image,
+        manifest.verity_root_hash
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `$WELLCAR_INIT_BINARY`, else the static build next to this executable's target directory.
+fn default_init_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WELLCAR_INIT_BINARY") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the wellcar executable")?;
+    // target/<profile>/wellcar -> target/x86_64-unknown-linux-gnu/initramfs/wellcar-init
+    let target = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("wellcar is not inside a cargo target directory")?;
+    Ok(target.join("x86_64-unknown-linux-gnu/initramfs/wellcar-init"))
 }

@@ -1,0 +1,219 @@
+//! The OS definition (`os/wellcar.toml` plus the `os/files/` tree): what goes into an image.
+//!
+//! The definition is data only; nothing here touches the host. Unknown keys are rejected so a
+//! typo does not silently build a different OS.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BuildError, Result};
+
+/// A parsed OS definition.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsDefinition {
+    /// Identity and version.
+    pub os: OsIdentity,
+    /// Where the packages come from and which.
+    pub debian: DebianSource,
+    /// The default user.
+    pub user: DefaultUser,
+    /// Units turned on in the image.
+    pub systemd: SystemdUnits,
+}
+
+/// `[os]`: identity written to `/usr/lib/os-release`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsIdentity {
+    /// NAME.
+    pub name: String,
+    /// ID.
+    pub id: String,
+    /// VERSION / VERSION_ID.
+    pub version: String,
+    /// Board (Flatcar's `amd64-usr`).
+    pub board: String,
+    /// HOME_URL.
+    pub home_url: String,
+}
+
+/// `[debian]`: the package set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianSource {
+    /// Debian suite (`bookworm`).
+    pub suite: String,
+    /// A deb822 `.sources` file naming the mirrors.
+    pub sources: PathBuf,
+    /// Packages installed on top of the Essential set.
+    pub packages: Vec<String>,
+    /// dpkg `path-exclude` globs.
+    #[serde(default)]
+    pub path_exclude: Vec<String>,
+}
+
+/// `[user]`: the default login user.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultUser {
+    /// Login name.
+    pub name: String,
+    /// uid and gid of its primary group.
+    pub uid: u32,
+    /// GECOS.
+    pub gecos: String,
+    /// Supplementary groups.
+    pub groups: Vec<String>,
+}
+
+/// `[systemd]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdUnits {
+    /// Units enabled (and preset on) in the image.
+    pub enable: Vec<String>,
+}
+
+impl OsDefinition {
+    /// Reads and validates a definition file.
+    pub fn load(path: &Path) -> Result<OsDefinition> {
+        let text = std::fs::read_to_string(path).map_err(|e| BuildError::Definition {
+            path: path.into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let def: OsDefinition = toml::from_str(&text).map_err(|e| BuildError::Definition {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        def.validate(path)?;
+        Ok(def)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |message: String| {
+            Err(BuildError::Definition {
+                path: path.into(),
+                message,
+            })
+        };
+        if self.debian.packages.is_empty() {
+            return bad("debian.packages is empty".into());
+        }
+        for (i, p) in self.debian.packages.iter().enumerate() {
+            let ok = !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+            if !ok {
+                return bad(format!(
+                    "debian.packages.{i}: `{p}` is not a Debian package name"
+                ));
+            }
+        }
+        if !self
+            .os
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.~_".contains(c))
+            || self.os.version.is_empty()
+        {
+            return bad(format!(
+                "os.version: `{}` must be non-empty [A-Za-z0-9.+~_-]",
+                self.os.version
+            ));
+        }
+        if !self
+            .os
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        {
+            return bad(format!(
+                "os.id: `{}` must be lower-case [a-z0-9._-]",
+                self.os.id
+            ));
+        }
+        if self.user.uid == 0 {
+            return bad("user.uid: the default user must not be root".into());
+        }
+        Ok(())
+    }
+
+    /// The definition's `files/` overlay directory (next to the TOML file).
+    pub fn files_dir(definition_path: &Path) -> PathBuf {
+        definition_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("files")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[os]
+name = "Wellcar"
+id = "wellcar"
+version = "1.2.3"
+board = "amd64-usr"
+home_url = "https://example.invalid/"
+[debian]
+suite = "bookworm"
+sources = "/etc/apt/sources.list.d/debian.sources"
+packages = ["systemd", "linux-image-cloud-amd64"]
+[user]
+name = "core"
+uid = 500
+gecos = "Core"
+groups = ["sudo"]
+[systemd]
+enable = ["ssh.service"]
+"#;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wellcar.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn loads_the_sample() {
+        let (_d, p) = write(SAMPLE);
+        let def = OsDefinition::load(&p).unwrap();
+        assert_eq!(def.os.version, "1.2.3");
+        assert_eq!(def.debian.packages.len(), 2);
+    }
+
+    #[test]
+    fn the_committed_definition_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../os/wellcar.toml");
+        let def = OsDefinition::load(&p).unwrap();
+        assert!(def
+            .debian
+            .packages
+            .iter()
+            .any(|p| p == "linux-image-cloud-amd64"));
+        assert_eq!(def.user.name, "core");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let (_d, p) = write(&SAMPLE.replace("[systemd]", "[systemd]\nenabel = []"));
+        let err = OsDefinition::load(&p).unwrap_err().to_string();
+        assert!(err.contains("enabel"), "{err}");
+    }
+
+    #[test]
+    fn bad_package_name_is_named() {
+        let (_d, p) = write(&SAMPLE.replace("\"systemd\",", "\"Sys temd\","));
+        let err = OsDefinition::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("debian.packages.0") && err.contains("Sys temd"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! The Wellcar image builder: OS definition in, bootable GPT disk image out.
+//!
+//! Pipeline (each step is a phase, timed and printed):
+//! 1. `rootfs`: the Debian tree from `mmdebstrap`, cached by content ([`rootfs`]);
+//! 2. `reshape`: a private copy becomes a /usr-only OS ([`reshape`]);
+//! 3. `initramfs`: the static Rust `/init` plus the boot modules (crate `wellcar-initramfs`);
+//! 4. `usr-image`: EROFS + dm-verity slot image ([`usr_image`]);
+//! 5. `grub`: BIOS core.img and UEFI BOOTX64.EFI ([`grub`]);
+//! 6. `partitions`: ESP, OEM and ROOT filesystem images ([`boot_files`]);
+//! 7. `disk`: the GPT image and its qcow2 twin ([`disk`]);
+//! 8. the manifest ([`manifest`]).
+//!
+//! Outputs in the output directory: `wellcar.img`, `wellcar.qcow2`, `usr.img`, `vmlinuz`,
+//! `initramfs.img`, `manifest.json`. Intermediate files stay in `<output>/.work`.
+
+pub mod boot_files;
+pub mod definition;
+pub mod disk;
+pub mod error;
+pub mod grub;
+pub mod manifest;
+pub mod reshape;
+pub mod rootfs;
+pub mod tools;
+pub mod usr_image;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use definition::OsDefinition;
+pub use error::{BuildError, Result};
+pub use manifest::BuildManifest;
+
+use error::IoContext;
+use wellcar_disk::{layout::LAYOUT, USR_DATA_BLOCKS, USR_EXTRACT_SIZE, USR_VERITY_HASH_OFFSET};
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The OS definition file (`os/wellcar.toml`); its `files/` sibling is the overlay.
+    pub definition: PathBuf,
+    /// Output directory.
+    pub output: PathBuf,
+    /// Overrides the definition's version.
+    pub version: Option<String>,
+    /// Timestamps for reproducible output.
+    pub source_date_epoch: u64,
+    /// The static `/init` binary for the initramfs.
+    pub init_binary: PathBuf,
+}
+
+/// Prints and records phase timings.
+#[derive(Debug, Default)]
+pub struct Phases {
+    done: Vec<(String, f64)>,
+}
+
+impl Phases {
+    /// Runs `f` as phase `name`, printing its duration.
+    pub fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        eprintln!("==> {name}");
+        let start = Instant::now();
+        let out = f();
+        let secs = start.elapsed().as_secs_f64();
+        match &out {
+            Ok(_) => eprintln!("    {name} done in {secs:.1} s"),
+            Err(_) => eprintln!("    {name} failed after {secs:.1} s"),
+        }
+        self.done.push((name.to_string(), secs));
+        out
+    }
+}
+
+/// Builds everything and writes the manifest.
+pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
+    let def = OsDefinition::load(&opts.definition)?;
+    if !opts.init_binary.is_file() {
+        return Err(BuildError::Rootfs {
+            path: opts.init_binary.clone(),
+            message: "the initramfs /init binary is missing; build it with `scripts/build-init.sh`"
+                .into(),
+        });
+    }
+    let version = opts
+        .version
+        .clone()
+        .unwrap_or_else(|| def.os.version.clone());
+    let out = opts.output.clone();
+    let work = out.join(".work");
+    std::fs::create_dir_all(&work).at("creating", &work)?;
+    let sde = opts.source_date_epoch;
+    let mut phases = Phases::default();
+
+    let cached = phases.run("rootfs", || {
+        let c = rootfs::ensure(&def.debian, sde)?;
+        eprintln!(
+            "    cache {} ({})",
+            c.key,
+            if c.created { "built" } else { "hit" }
+        );
+        Ok(c)
+    })?;
+    let identity = reshape::BuildIdentity {
+        version: version.clone(),
+        build_id: format!("{sde}"),
+    };
+    let files = OsDefinition::files_dir(&opts.definition);
+    let shaped = phases.run("reshape", || {
+        reshape::reshape(&cached.tree, &work, &def, &files, &identity)
+    })?;
+
+    let initramfs_path = out.join("initramfs.img");
+    let initramfs = phases.run("initramfs", || {
+        wellcar_initramfs::build_initramfs(&wellcar_initramfs::InitramfsOptions {
+            rootfs: cached.tree.clone(),
+            kernel_version: shaped.kernel_version.clone(),
+            init_binary: opts.init_binary.clone(),
+            modules: wellcar_initramfs::DEFAULT_MODULES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            output: initramfs_path.clone(),
+        })
+        .map_err(|e| BuildError::Rootfs {
+            path: initramfs_path.clone(),
+            message: format!("initramfs: {e}"),
+        })
+    })?;
+
+    let usr = phases.run("usr-image", || {
+        usr_image::build(&shaped.root.join("usr"), &work, &out, sde)
+    })?;
+    eprintln!(
+        "    /usr: tree {} MiB, EROFS {} MiB, verity root {}",
+        usr.tree_size >> 20,
+        usr.fs_size >> 20,
+        usr.root_hash
+    );
+    let kernel_path = out.join("vmlinuz");
+    std::fs::copy(&shaped.kernel, &kernel_path).at("copying kernel to", &kernel_path)?;
+
+    let (efi, core) = (work.join("BOOTX64.EFI"), work.join("core.img"));
+    phases.run("grub", || {
+        grub::build_bios_core(&work, &core)?;
+        grub::build_efi(&work, &efi)
+    })?;
+
+    let size_of = |label: &str| {
+        LAYOUT
+            .iter()
+            .find(|p| p.label == label)
+            .map(|p| p.size)
+            .unwrap_or(0)
+    };
+    let (esp, oem, root) = phases.run("partitions", || {
+        let esp = boot_files::build_esp(
+            &boot_files::EspContents {
+                efi_image: &efi,
+                kernel: &kernel_path,
+                initramfs: &initramfs_path,
+                root_hash: &usr.root_hash,
+            },
+            &work,
+            &work.join("esp.img"),
+            size_of("EFI-SYSTEM"),
+        )?;
+        let oem = boot_files::build_oem(&work, &work.join("oem.img"), size_of("OEM"), "qemu")?;
+        let root = boot_files::make_ext4(
+            &work.join("root.img"),
+            wellcar_disk::layout::ROOT_BUILD_SIZE,
+            "ROOT",
+            None,
+        )?;
+        Ok((esp, oem, root))
+    })?;
+
+    let raw = out.join("wellcar.img");
+    let qcow2 = out.join("wellcar.qcow2");
+    phases.run("disk", || {
+        disk::assemble(
+            &disk::DiskContents {
+                esp: &esp,
+                bios_core: &core,
+                usr_a: &usr.path,
+                oem: &oem,
+                root: &root,
+            },
+            &raw,
+        )?;
+        disk::to_qcow2(&raw, &qcow2)
+    })?;
+
+    let manifest = BuildManifest {
+        version,
+        board: def.os.board.clone(),
+        build_id: identity.build_id,
+        source_date_epoch: sde,
+        verity_root_hash: usr.root_hash.clone(),
+        verity_salt: usr.salt.clone(),
+        verity_hash_offset: USR_VERITY_HASH_OFFSET,
+        verity_data_blocks: USR_DATA_BLOCKS,
+        usr_image: "usr.img".into(),
+        usr_image_size: USR_EXTRACT_SIZE,
+        usr_image_sha256: usr.sha256.clone(),
+        usr_fs_size: usr.fs_size,
+        usr_tree_size: usr.tree_size,
+        kernel: "vmlinuz".into(),
+        kernel_version: shaped.kernel_version.clone(),
+        kernel_sha256: usr_image::sha256_file(&kernel_path)?,
+        initramfs: "initramfs.img".into(),
+        initramfs_sha256: usr_image::sha256_file(&initramfs_path)?,
+        initramfs_size: initramfs.size,
+        disk_image: "wellcar.img".into(),
+        qcow2_image: "wellcar.qcow2".into(),
+        payload: None,
+        packages: shaped.packages.clone(),
+        rootfs_cache_key: cached.key.clone(),
+        phases: phases.done.clone(),
+    };
+    manifest.write(&out)?;
+    Ok(manifest)
+}
+
+/// Default SOURCE_DATE_EPOCH: the environment's, else the last commit of the definition's
+/// repository, else 0.
+pub fn default_source_date_epoch(definition: &Path) -> u64 {
+    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return v;
+    }
+    let dir = definition.parent().unwrap_or(Path::new("."));
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["log", "-1", "--format=%ct"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
