@@ -8,11 +8,13 @@
 //! 2. [`merge`]: base configs and the user config, child over parent.
 //! 3. [`resolve_references`]: `ignition.config.replace` / `ignition.config.merge` (`data:` URLs;
 //!    remote URLs fail with a message naming the URL because this stage has no network).
-//! 4. [`apply()`]: users and groups, files, directories, links, systemd units, ssh keys and the
-//!    result record, written inside a target root directory without chroot or systemctl.
+//! 4. [`apply()`]: filesystems on other disks (mkfs + mount units), users and groups, files,
+//!    directories, links, systemd units, ssh keys and the result record, written inside a
+//!    target root directory without chroot or systemctl.
 //!
 //! Not supported yet (parsed and validated, but [`apply()`] refuses them naming the field):
-//! `storage.disks`, `storage.raid`, `storage.luks`, `storage.filesystems`, `kernelArguments`.
+//! `storage.disks`, `storage.raid`, `storage.luks`, `kernelArguments`, and files below a
+//! configured filesystem's mount point (nothing is mounted while provisioning).
 
 pub mod apply;
 pub mod fetch;

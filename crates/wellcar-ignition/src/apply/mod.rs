@@ -1,19 +1,21 @@
 //! Applying a config to a target root directory (no chroot, no systemctl, no shadow-utils).
 //!
-//! Order, as Ignition's files stage: groups, users (with ssh keys), files/directories/links,
-//! systemd units, then the result record `/etc/.ignition-result.json`. Every path is resolved
+//! Order, as Ignition's stages: filesystems on other disks (with their mount units), then the
+//! files stage: groups, users (with ssh keys), files/directories/links, systemd units, and the
+//! result record `/etc/.ignition-result.json`. Every path is resolved
 //! inside the root (see [`root`]); every replaced file is written atomically. Each action is
 //! logged at info level and listed in the [`ApplyReport`].
 //!
 //! Before anything is written, the config is checked for features this implementation does not
-//! apply yet (disks, RAID, LUKS, filesystems, kernel arguments: refused naming the field, never
-//! ignored) and every file source is fetched and verified, so a bad hash or an unreachable URL
+//! apply yet (disks, RAID, LUKS, kernel arguments: refused naming the field, never ignored)
+//! and every file source is fetched and verified, so a bad hash or an unreachable URL
 //! fails the apply without leaving a half-provisioned root.
 //!
 //! `<root>/etc` may be the upper layer of Wellcar's /etc overlay: the applier simply writes
 //! `<root>/etc/...` paths.
 
 mod files;
+mod filesystems;
 mod root;
 mod units;
 mod users;
@@ -132,6 +134,39 @@ pub enum ApplyError {
         /// Group name.
         name: String,
     },
+    /// An external program could not be started.
+    #[error("{field}: cannot run {program}")]
+    Spawn {
+        /// JSON path.
+        field: String,
+        /// Program name.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external program (mkfs, wipefs, blkid) failed.
+    #[error("{field}: {program} failed ({status}): {stderr}")]
+    CommandFailed {
+        /// JSON path.
+        field: String,
+        /// Program name.
+        program: String,
+        /// Exit status.
+        status: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// An existing filesystem does not match and `wipeFilesystem` is false.
+    #[error("{field}: {device} already holds {found}, which does not match the config, and wipeFilesystem is false")]
+    FilesystemMismatch {
+        /// JSON path.
+        field: String,
+        /// Block device.
+        device: String,
+        /// What blkid found.
+        found: String,
+    },
     /// A hard link whose target does not exist in the root.
     #[error("{field}: hard link target {target:?} does not exist in the target root")]
     HardLinkTarget {
@@ -167,7 +202,6 @@ fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
         ("storage.disks", s.disks.is_empty()),
         ("storage.raid", s.raid.is_empty()),
         ("storage.luks", s.luks.is_empty()),
-        ("storage.filesystems", s.filesystems.is_empty()),
         (
             "kernelArguments.shouldExist",
             config.kernel_arguments.should_exist.is_empty(),
@@ -181,7 +215,7 @@ fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
         Some((field, _)) => Err(ApplyError::Unsupported {
             field: field.to_string(),
         }),
-        None => Ok(()),
+        None => filesystems::refuse_nodes_on_filesystems(config),
     }
 }
 
@@ -223,6 +257,7 @@ pub fn apply(config: &Config, root: &Path) -> Result<ApplyReport, ApplyError> {
     let mut rec = Recorder {
         report: ApplyReport::default(),
     };
+    filesystems::apply_filesystems(&target, config, &mut rec)?;
     users::apply_accounts(
         &target,
         &config.passwd.groups,
