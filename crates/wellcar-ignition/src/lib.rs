@@ -143,13 +143,15 @@ pub fn parse_config(bytes: &[u8]) -> Result<Parsed, ParseError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// A referenced config could not be fetched.
-    #[error("fetching referenced config {field}")]
+    #[error("fetching referenced config {field} from {url}")]
     Fetch {
         /// JSON path of the reference, e.g. `ignition.config.merge.0`.
         field: String,
+        /// The source URL (shortened when long).
+        url: String,
         /// The fetch failure (names the URL).
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     /// A referenced config is not a valid config.
     #[error("parsing referenced config {field}")]
@@ -197,7 +199,8 @@ fn fetch_config(resource: &model::Resource, field: &str) -> Result<Config, Resol
     let bytes = fetch::fetch(resource)
         .map_err(|source| ResolveError::Fetch {
             field: field.to_string(),
-            source,
+            url: fetch::short_url(resource.source.as_deref().unwrap_or("")),
+            source: Box::new(source),
         })?
         .unwrap_or_default();
     let parsed = parse_config(&bytes).map_err(|source| ResolveError::Parse {

@@ -37,13 +37,15 @@ pub enum ApplyError {
         field: String,
     },
     /// A file source could not be fetched, decompressed or verified.
-    #[error("{field}: fetching contents")]
+    #[error("{field}: fetching {url}")]
     Fetch {
         /// JSON path of the resource.
         field: String,
+        /// The source URL (shortened when long).
+        url: String,
         /// What went wrong (names the URL).
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     /// Filesystem operation failed.
     #[error("{what} {path}")]
@@ -219,6 +221,10 @@ fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
     }
 }
 
+fn short_source(resource: &crate::model::Resource) -> String {
+    crate::fetch::short_url(resource.source.as_deref().unwrap_or(""))
+}
+
 fn prefetch(config: &Config) -> Result<Vec<FetchedFile>, ApplyError> {
     config
         .storage
@@ -229,7 +235,8 @@ fn prefetch(config: &Config) -> Result<Vec<FetchedFile>, ApplyError> {
             let contents =
                 crate::fetch::fetch(&f.contents).map_err(|source| ApplyError::Fetch {
                     field: format!("storage.files.{i}.contents"),
-                    source,
+                    url: short_source(&f.contents),
+                    source: Box::new(source),
                 })?;
             let append = f
                 .append
@@ -240,7 +247,8 @@ fn prefetch(config: &Config) -> Result<Vec<FetchedFile>, ApplyError> {
                         .map(Option::unwrap_or_default)
                         .map_err(|source| ApplyError::Fetch {
                             field: format!("storage.files.{i}.append.{j}"),
-                            source,
+                            url: short_source(a),
+                            source: Box::new(source),
                         })
                 })
                 .collect::<Result<_, _>>()?;

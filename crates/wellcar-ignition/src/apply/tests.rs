@@ -407,3 +407,17 @@ fn config_created_symlinks_cannot_redirect_later_writes_out() {
         "ssh-rsa X\n"
     );
 }
+
+#[test]
+fn deleting_a_user_whose_home_resolves_to_the_root_keeps_the_root() {
+    let f = fixture();
+    let passwd = format!("{}weird:x:1500:1500::/..:/bin/sh\n", f.read("/etc/passwd"));
+    fs::write(f.p("/etc/passwd"), passwd).unwrap();
+    f.apply_json(
+        r#"{"ignition":{"version":"3.6.0"},"passwd":{"users":[{"name":"weird","shouldExist":false}]}}"#,
+    )
+    .unwrap();
+    assert!(!f.read("/etc/passwd").contains("weird"));
+    assert!(f.p("/etc/group").is_file(), "the root was not removed");
+    f.assert_outside_untouched();
+}

@@ -361,7 +361,9 @@ fn delete_user(
     }
     if let Some(home) = line.get(5).filter(|h| h.starts_with('/') && *h != "/") {
         let host = root.resolve(home, false)?;
-        if fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
+        // A home of "/.." or similar resolves to the root itself: never remove that.
+        let is_root = host == root.resolve("/", true)?;
+        if !is_root && fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
             fs::remove_dir_all(&host).map_err(|source| ApplyError::Io {
                 what: "removing home",
                 path: host,
