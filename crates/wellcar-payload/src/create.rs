@@ -474,6 +474,7 @@ impl BlobWriter {
         let mut spare: Vec<Vec<u8>> = Vec::new();
         for extent in extents(&file, len).map_err(input_err)? {
             if !extent.data {
+                self.compress_batch(dst, path, &mut batch, &mut spare)?;
                 hash_zeros(&mut sha, &mut verity, extent.end - extent.start);
                 self.push_zero(dst, extent.start, extent.end - extent.start);
                 continue;

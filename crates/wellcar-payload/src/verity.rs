@@ -98,24 +98,25 @@ impl VerityHasher {
         if self.consumed != self.data_len || self.level0.is_empty() {
             return None;
         }
+        // dm-verity stores as many levels as needed to reduce the digests to one; with a
+        // single data block there are no hash levels and the root is that block's digest.
         let mut level = self.level0;
-        loop {
-            let mut next = Vec::with_capacity(level.len().div_ceil(DIGESTS_PER_BLOCK));
-            let mut block = [0u8; BLOCK_SIZE as usize];
-            for digests in level.chunks(DIGESTS_PER_BLOCK) {
-                block.fill(0);
-                for (slot, digest) in block.chunks_exact_mut(32).zip(digests) {
-                    slot.copy_from_slice(digest);
-                }
-                let mut hasher = self.salted.clone();
-                hasher.update(block);
-                next.push(hasher.finalize().into());
-            }
-            if level.len() <= DIGESTS_PER_BLOCK {
-                return Some(Sha256Digest(next[0]));
-            }
-            level = next;
+        let mut block = [0u8; BLOCK_SIZE as usize];
+        while level.len() > 1 {
+            level = level
+                .chunks(DIGESTS_PER_BLOCK)
+                .map(|digests| {
+                    block.fill(0);
+                    for (slot, digest) in block.chunks_exact_mut(32).zip(digests) {
+                        slot.copy_from_slice(digest);
+                    }
+                    let mut hasher = self.salted.clone();
+                    hasher.update(block);
+                    hasher.finalize().into()
+                })
+                .collect();
         }
+        Some(Sha256Digest(level[0]))
     }
 
     fn hash_block(&self, block: &[u8]) -> [u8; 32] {
