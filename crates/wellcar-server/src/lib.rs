@@ -1,0 +1,48 @@
+//! The Wellcar update server: Omaha in Nebraska's dialect, channels, groups with rollout policies
+//! that really halt, an admin JSON API with bearer tokens, Prometheus metrics, data retention.
+//!
+//! Storage is embedded SQLite (default) or PostgreSQL, behind one SQL layer ([`db`]) and one
+//! schema ([`store`]). The update-check path answers from an in-memory configuration snapshot and
+//! queues instance sightings for a batched write, so a check that changes nothing writes nothing
+//! synchronously (see [`server`]). Events are written before they are acknowledged.
+
+pub mod admin;
+pub mod client;
+pub mod db;
+pub mod metrics;
+pub mod model;
+pub mod omaha;
+pub mod pg_cluster;
+pub mod policy;
+pub mod server;
+pub mod store;
+
+#[cfg(test)]
+mod http_tests;
+
+pub use server::{serve, spawn, RunningServer, Settings};
+
+/// A storage-level failure, with the object or value that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Database failure.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// The named object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The object already exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// A value was rejected.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

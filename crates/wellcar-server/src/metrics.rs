@@ -1,0 +1,205 @@
+//! Prometheus metrics: counters kept in atomics, instance gauges read from the database at scrape.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+
+use crate::server::ServerState;
+
+const LATENCY_BUCKETS_MS: [f64; 11] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+];
+
+/// Counters of one server process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    checks: AtomicU64,
+    grants: AtomicU64,
+    no_updates: AtomicU64,
+    events: AtomicU64,
+    failures: AtomicU64,
+    bad_requests: AtomicU64,
+    latency_buckets: [AtomicU64; 11],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// One update check answered; `granted` if it offered an update.
+    pub fn check(&self, granted: bool) {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        if granted {
+            self.grants.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.no_updates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events stored.
+    pub fn add_events(&self, n: u64) {
+        self.events.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Failed updates (error events, timeouts).
+    pub fn add_failures(&self, n: u64) {
+        self.failures.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A rejected Omaha request.
+    pub fn bad_request(&self) {
+        self.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Latency of one Omaha request.
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+            if ms <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Update checks answered so far.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `GET /metrics`.
+pub async fn handle(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let mut out = String::new();
+    let counters = [
+        (
+            "wellcar_server_update_checks_total",
+            "Update checks answered.",
+            &m.checks,
+        ),
+        (
+            "wellcar_server_update_grants_total",
+            "Update checks that offered an update.",
+            &m.grants,
+        ),
+        (
+            "wellcar_server_update_noupdate_total",
+            "Update checks answered noupdate.",
+            &m.no_updates,
+        ),
+        (
+            "wellcar_server_events_total",
+            "Omaha events stored.",
+            &m.events,
+        ),
+        (
+            "wellcar_server_update_failures_total",
+            "Failed or timed-out updates.",
+            &m.failures,
+        ),
+        (
+            "wellcar_server_bad_requests_total",
+            "Omaha requests rejected with HTTP 400.",
+            &m.bad_requests,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let writes = state.db.write_counts();
+    let _ = writeln!(
+        out,
+        "# HELP wellcar_server_db_write_transactions_total Committed database transactions that wrote rows.\n# TYPE wellcar_server_db_write_transactions_total counter\nwellcar_server_db_write_transactions_total {}",
+        writes.transactions
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wellcar_server_db_rows_written_total Rows inserted, updated or deleted.\n# TYPE wellcar_server_db_rows_written_total counter\nwellcar_server_db_rows_written_total {}",
+        writes.rows
+    );
+    let name = "wellcar_server_request_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Omaha request latency.\n# TYPE {name} histogram"
+    );
+    for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {}",
+            bound / 1000.0,
+            m.latency_buckets[i].load(Ordering::Relaxed)
+        );
+    }
+    let count = m.latency_count.load(Ordering::Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(
+        out,
+        "{name}_sum {}\n{name}_count {count}",
+        m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    match state.db.read(crate::store::instance_breakdown).await {
+        Ok(rows) => {
+            let name = "wellcar_server_instances";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Instances by app, version, group and status.\n# TYPE {name} gauge"
+            );
+            for (app, version, group, status, n) in rows {
+                let _ = writeln!(
+                    out,
+                    "{name}{{app=\"{}\",version=\"{}\",group=\"{}\",status=\"{}\"}} {n}",
+                    escape_label(&app),
+                    escape_label(&version),
+                    escape_label(&group),
+                    escape_label(&status)
+                );
+            }
+        }
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading instances: {e}\n"),
+            )
+                .into_response()
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Reads one unlabelled sample from a Prometheus text body.
+pub fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_lands_in_cumulative_buckets() {
+        let m = Metrics::default();
+        m.observe(std::time::Duration::from_micros(700));
+        m.observe(std::time::Duration::from_millis(30));
+        assert_eq!(m.latency_buckets[0].load(Ordering::Relaxed), 0);
+        assert_eq!(m.latency_buckets[1].load(Ordering::Relaxed), 1);
+        assert_eq!(m.latency_buckets[6].load(Ordering::Relaxed), 2);
+        assert_eq!(sample("a_b 3\na 5\n", "a"), Some(5.0));
+    }
+}

@@ -1,0 +1,562 @@
+//! `POST /v1/update/`: the Omaha endpoint.
+//!
+//! Contract:
+//! - A body over 64 KiB, or one that is not a well-formed Omaha 3.0 request, gets HTTP 400 with a
+//!   plain-text reason (Nebraska answers an empty 200).
+//! - Every `<app>` gets one `<app>` back, appid echoed as sent. Unknown app:
+//!   `error-unknownApplication`; unknown track: `error-unknownApplicationOrGroup`; both with
+//!   `<updatecheck status="error-internal">` if a check was asked for.
+//! - Events are stored and applied to the instance before the response is sent; each is acked.
+//!   Flatcar's routine `3/2` with an empty `previousversion` is acked and ignored.
+//! - An update check is answered `noupdate` from memory when the instance is current, the group
+//!   is paused or halted, or the window is closed; only a possible grant touches the database.
+//!   Every `updatecheck` carries `PollInterval`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use wellcar_omaha::{
+    event_result, event_type, status as omaha_status, Action, AppRequest, AppResponse, Manifest,
+    Request, UpdateCheckResponse, MAX_REQUEST_BYTES,
+};
+
+use crate::model::{status, Group, Package};
+use crate::server::ServerState;
+use crate::store::{self, Sighting};
+use crate::StoreError;
+
+/// Flatcar's legacy hard-coded amd64 group UUIDs, which old clients send as `track`.
+const LEGACY_TRACKS: [(&str, &str); 4] = [
+    ("5b810680-e36a-4879-b98a-4f989e80b899", "alpha"),
+    ("3fe10490-dd73-4b49-b72a-28ac19acfcdc", "beta"),
+    ("9a2deb70-37be-4026-853f-bfdd6b347bbe", "stable"),
+    ("72834a2b-ad86-4d6d-b498-e08a19ebe54e", "edge"),
+];
+
+fn bad_request(state: &ServerState, reason: String) -> Response {
+    state.metrics.bad_request();
+    tracing::debug!("rejected omaha request: {reason}");
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+/// The architecture as Nebraska derives it: `board`, then `os@arch`, else amd64.
+pub fn arch_of(app: &AppRequest, req: &Request) -> &'static str {
+    match app.board.as_str() {
+        "amd64-usr" => return "amd64",
+        "arm64-usr" => return "arm64",
+        _ => {}
+    }
+    match req.os.as_ref().map(|o| o.arch.as_str()) {
+        Some("arm" | "arm64" | "aarch64") => "arm64",
+        _ => "amd64",
+    }
+}
+
+fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+        .map_or_else(|| peer.ip().to_string(), |ip| ip.to_string())
+}
+
+fn public_base(state: &ServerState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.settings.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| state.settings.listen.to_string(), str::to_owned);
+    format!("http://{host}")
+}
+
+/// Lenient semver: accepts Flatcar's `3815.2.0`, `4799.0.0+nightly-…`, a leading `v`.
+pub fn parse_version(v: &str) -> Option<semver::Version> {
+    semver::Version::parse(v.trim().trim_start_matches('v')).ok()
+}
+
+/// Omaha's `daystart`: seconds since UTC midnight and days since 2007-01-01.
+fn daystart(now_ms: i64) -> (u32, u32) {
+    let secs = now_ms.div_euclid(1000);
+    let since_midnight = secs.rem_euclid(86_400) as u32;
+    let omaha_epoch = 1_167_609_600; // 2007-01-01T00:00:00Z
+    let days = ((secs - omaha_epoch).max(0) / 86_400) as u32;
+    (since_midnight, days)
+}
+
+/// `POST /v1/update/`.
+pub async fn handle(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    if body.len() > MAX_REQUEST_BYTES {
+        return bad_request(
+            &state,
+            format!(
+                "omaha request body is {} bytes, over the {MAX_REQUEST_BYTES}-byte limit",
+                body.len()
+            ),
+        );
+    }
+    let request = match Request::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(&state, format!("malformed omaha request: {e}")),
+    };
+    let ip = client_ip(&headers, peer);
+    match answer(&state, &request, &ip, &headers).await {
+        Ok(response) => {
+            state.metrics.observe(started.elapsed());
+            (
+                [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+                response.to_xml(),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!("omaha request failed: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("server error: {e}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Builds the response for a parsed request (events are committed before this returns).
+pub async fn answer(
+    state: &Arc<ServerState>,
+    request: &Request,
+    ip: &str,
+    headers: &HeaderMap,
+) -> Result<wellcar_omaha::Response, StoreError> {
+    let now = state.now();
+    let (elapsed_seconds, elapsed_days) = daystart(now);
+    let mut response = wellcar_omaha::Response {
+        server: "wellcar".into(),
+        elapsed_seconds,
+        elapsed_days: Some(elapsed_days),
+        apps: Vec::with_capacity(request.apps.len()),
+    };
+    for app in &request.apps {
+        response
+            .apps
+            .push(answer_app(state, request, app, ip, headers, now).await?);
+    }
+    Ok(response)
+}
+
+fn error_update_check(state: &ServerState) -> UpdateCheckResponse {
+    UpdateCheckResponse {
+        status: omaha_status::ERROR_INTERNAL.into(),
+        poll_interval: Some(state.settings.poll_interval_secs),
+        ..UpdateCheckResponse::default()
+    }
+}
+
+async fn answer_app(
+    state: &Arc<ServerState>,
+    request: &Request,
+    app: &AppRequest,
+    ip: &str,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<AppResponse, StoreError> {
+    let mut config = state.config();
+    let app_id = wellcar_omaha::normalize_app_id(&app.app_id);
+    let mut out = AppResponse {
+        app_id: app.app_id.clone(),
+        status: omaha_status::OK.into(),
+        ping_ok: false,
+        update_check: None,
+        event_acks: 0,
+    };
+    if !config.apps.contains_key(&app_id) {
+        out.ping_ok = app.ping;
+        out.status = omaha_status::ERROR_UNKNOWN_APPLICATION.into();
+        out.update_check = app.update_check.as_ref().map(|_| error_update_check(state));
+        return Ok(out);
+    }
+    let track = LEGACY_TRACKS
+        .iter()
+        .find(|(id, _)| wellcar_omaha::normalize_app_id(&app.track) == *id)
+        .map_or(app.track.as_str(), |(_, name)| name);
+    let mut group = config
+        .groups
+        .get(&(app_id.clone(), track.to_owned()))
+        .cloned();
+    let arch = arch_of(app, request);
+    let sighting = Sighting {
+        app_id: app_id.clone(),
+        machine_id: app.machine_id.clone(),
+        alias: app.machine_alias.clone(),
+        ip: ip.to_owned(),
+        oem: app.oem.clone(),
+        version: app.version.clone(),
+        track: track.to_owned(),
+        group_id: group.as_ref().map(|g| g.id.clone()),
+        arch: arch.to_owned(),
+        at: now,
+    };
+
+    let meaningful: Vec<_> = app
+        .events
+        .iter()
+        .filter(|e| !e.is_noop_flatcar_quirk())
+        .cloned()
+        .collect();
+    out.event_acks = app.events.len();
+    if !meaningful.is_empty() && !app.machine_id.is_empty() {
+        let s = sighting.clone();
+        let g = group.clone();
+        let outcome = state
+            .db
+            .write(move |conn| apply_events(conn, &s, g.as_ref(), &meaningful, now))
+            .await?;
+        state.metrics.add_events(outcome.stored as u64);
+        state.metrics.add_failures(outcome.failures as u64);
+        if outcome.halted {
+            state.refresh_config(true).await?;
+            config = state.config();
+            group = config
+                .groups
+                .get(&(app_id.clone(), track.to_owned()))
+                .cloned();
+        }
+    }
+    out.ping_ok = app.ping;
+
+    if app.update_check.is_some() {
+        let Some(group) = group else {
+            out.status = omaha_status::ERROR_UNKNOWN_APPLICATION_OR_GROUP.into();
+            out.update_check = Some(error_update_check(state));
+            return Ok(out);
+        };
+        let target = config
+            .channels
+            .get(&(app_id.clone(), group.channel.clone(), arch.to_owned()))
+            .cloned()
+            .flatten();
+        let offer = match target {
+            Some(package) => decide(state, &group, package, &sighting, now).await?,
+            None => None,
+        };
+        state.metrics.check(offer.is_some());
+        let mut uc = UpdateCheckResponse {
+            status: omaha_status::NO_UPDATE.into(),
+            poll_interval: Some(state.settings.poll_interval_secs),
+            ..UpdateCheckResponse::default()
+        };
+        match offer {
+            Some(package) => {
+                uc.status = omaha_status::OK.into();
+                uc.codebases = vec![codebase(state, headers, &package)];
+                uc.manifests = vec![manifest(&package)];
+                state.mark_persisted(&sighting);
+            }
+            None => {
+                if !app.machine_id.is_empty() {
+                    state.note_sighting(sighting);
+                }
+            }
+        }
+        out.update_check = Some(uc);
+    } else if app.ping && !app.machine_id.is_empty() {
+        state.note_sighting(sighting);
+    }
+    Ok(out)
+}
+
+fn codebase(state: &ServerState, headers: &HeaderMap, p: &Package) -> String {
+    if !p.url.is_empty() {
+        return p.url.clone();
+    }
+    format!(
+        "{}/packages/{}/{}/{}/",
+        public_base(state, headers),
+        p.app_id,
+        p.arch,
+        p.version
+    )
+}
+
+fn manifest(p: &Package) -> Manifest {
+    Manifest {
+        version: p.version.clone(),
+        packages: vec![wellcar_omaha::Package {
+            name: p.filename.clone(),
+            sha1_base64: Some(p.sha1_base64.clone()),
+            sha256_hex: Some(p.sha256_hex.clone()),
+            size: p.size as u64,
+            required: Some(true),
+        }],
+        actions: vec![Action {
+            event: "postinstall".into(),
+            sha256_base64: Some(p.sha256_base64.clone()),
+            disable_payload_backoff: true,
+            ..Action::default()
+        }],
+        ..Manifest::default()
+    }
+}
+
+/// Decides whether to offer `package`; `Some` means the update is granted (or re-served).
+async fn decide(
+    state: &Arc<ServerState>,
+    group: &Group,
+    package: Package,
+    sighting: &Sighting,
+    now: i64,
+) -> Result<Option<Package>, StoreError> {
+    let (Some(current), Some(target)) = (
+        parse_version(&sighting.version),
+        parse_version(&package.version),
+    ) else {
+        return Ok(None);
+    };
+    if current == target || (current > target && !group.policy.allow_downgrade) {
+        return Ok(None);
+    }
+    if sighting.machine_id.is_empty() {
+        return Ok(None);
+    }
+    // Cheap refusals from the snapshot; the transaction re-checks them authoritatively.
+    if !group.policy.updates_enabled
+        || group.halted
+        || !crate::policy::window_open(&group.policy.timezone, &group.policy.windows, now)
+    {
+        return Ok(None);
+    }
+    let s = sighting.clone();
+    let group_id = group.id.clone();
+    let version = package.version.clone();
+    let granted = state
+        .db
+        .write(move |conn| grant(conn, &group_id, &s, &version, now))
+        .await?;
+    Ok(granted.then_some(package))
+}
+
+/// The grant transaction: lock the group, re-read its policy and counters, grant or refuse.
+fn grant(
+    conn: &mut dyn crate::db::Conn,
+    group_id: &str,
+    s: &Sighting,
+    version: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let Some(group) = store::lock_group(conn, group_id)? else {
+        return Ok(false);
+    };
+    if let Some(inst) = store::find_instance(conn, &s.app_id, &s.machine_id, true)? {
+        let same_version = inst.granted_version.as_deref() == Some(version);
+        if same_version && status::IN_PROGRESS.contains(&inst.status.as_str()) {
+            return Ok(true); // the client asked again: re-serve its grant
+        }
+        // Never re-offer a version that rolled back or timed out on this machine; in safe mode,
+        // never re-offer one that failed at all.
+        let rolled_back =
+            inst.last_error_code == Some(i64::from(wellcar_omaha::ErrorCode::ROLLBACK));
+        if same_version
+            && (inst.status == status::TIMEOUT
+                || (inst.status == status::ERROR && (rolled_back || group.policy.safe_mode)))
+        {
+            return Ok(false);
+        }
+    }
+    let counters = store::rollout_counters(conn, &group, version, now)?;
+    if let Err(denial) = crate::policy::decide(&group.policy, group.halted, counters, now) {
+        tracing::debug!(machine = %s.machine_id, group = %group.track, reason = denial.as_str(), "update withheld");
+        return Ok(false);
+    }
+    let first = !store::version_granted_before(conn, &group.id, version)?;
+    store::record_grant(conn, s, version, now)?;
+    if first {
+        store::log_activity(
+            conn,
+            now,
+            "system",
+            "rollout-started",
+            Some(&s.app_id),
+            Some(&group.id),
+            "info",
+            &format!(
+                "rollout of {version} to group {} started with instance {}",
+                group.track, s.machine_id
+            ),
+        )?;
+    }
+    Ok(true)
+}
+
+/// What applying a request's events did.
+#[derive(Debug, Default)]
+pub struct EventOutcome {
+    /// Events stored.
+    pub stored: usize,
+    /// Failed updates among them.
+    pub failures: usize,
+    /// Whether a group was halted.
+    pub halted: bool,
+}
+
+/// Stores events and moves the instance's status; halts a safe-mode group on a failed update.
+pub fn apply_events(
+    conn: &mut dyn crate::db::Conn,
+    s: &Sighting,
+    request_group: Option<&Group>,
+    events: &[wellcar_omaha::Event],
+    now: i64,
+) -> Result<EventOutcome, StoreError> {
+    let mut outcome = EventOutcome::default();
+    let instance = match store::find_instance(conn, &s.app_id, &s.machine_id, true)? {
+        Some(i) => i,
+        None => {
+            store::upsert_sightings(conn, std::slice::from_ref(s))?;
+            store::find_instance(conn, &s.app_id, &s.machine_id, true)?
+                .ok_or_else(|| StoreError::NotFound(format!("instance {}", s.machine_id)))?
+        }
+    };
+    let group_id = instance
+        .group_id
+        .clone()
+        .or_else(|| request_group.map(|g| g.id.clone()));
+    let mut current_status = instance.status.clone();
+    for ev in events {
+        store::insert_event(
+            conn,
+            &s.app_id,
+            &s.machine_id,
+            group_id.as_deref(),
+            ev,
+            &s.version,
+            now,
+        )?;
+        outcome.stored += 1;
+        let in_progress = status::IN_PROGRESS.contains(&current_status.as_str());
+        let new_status = match (ev.event_type, ev.event_result) {
+            (_, event_result::ERROR) => status::ERROR,
+            (event_type::UPDATE_DOWNLOAD_STARTED, event_result::SUCCESS) => status::DOWNLOADING,
+            (event_type::UPDATE_DOWNLOAD_FINISHED, event_result::SUCCESS) => status::DOWNLOADED,
+            (event_type::UPDATE_COMPLETE, event_result::SUCCESS)
+            | (event_type::INSTALLED_COMPLETION_PREVENTED, event_result::SUCCESS) => {
+                status::INSTALLED
+            }
+            (event_type::UPDATE_COMPLETE, event_result::SUCCESS_REBOOT) => status::COMPLETE,
+            _ => continue,
+        };
+        let error_code = ev.error_code.map(|c| i64::from(c.code()));
+        let version = (new_status == status::COMPLETE).then_some(s.version.as_str());
+        store::set_instance_status(
+            conn,
+            &s.app_id,
+            &s.machine_id,
+            new_status,
+            version,
+            error_code,
+            now,
+        )?;
+        if new_status == status::ERROR {
+            let rollback = ev.error_code.is_some_and(|c| c.is_rollback());
+            if !(in_progress || rollback || instance.granted_version.is_some()) {
+                current_status = new_status.to_owned();
+                continue;
+            }
+            outcome.failures += 1;
+            let target = instance.granted_version.clone().unwrap_or_default();
+            let what = if rollback {
+                format!(
+                    "instance {} rolled back from {} (error code 44)",
+                    s.machine_id,
+                    if target.is_empty() {
+                        "its update"
+                    } else {
+                        &target
+                    }
+                )
+            } else {
+                format!(
+                    "instance {} failed updating to {} (error code {}, event {}/{})",
+                    s.machine_id,
+                    if target.is_empty() { "?" } else { &target },
+                    error_code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+                    ev.event_type,
+                    ev.event_result
+                )
+            };
+            store::log_activity(
+                conn,
+                now,
+                "system",
+                "instance-update-failed",
+                Some(&s.app_id),
+                group_id.as_deref(),
+                "error",
+                &what,
+            )?;
+            if let Some(gid) = &group_id {
+                if let Some(g) = store::lock_group(conn, gid)? {
+                    if g.policy.safe_mode {
+                        outcome.halted |= store::halt_group(
+                            conn,
+                            gid,
+                            &s.app_id,
+                            &format!("safe mode: {what}"),
+                            now,
+                        )?;
+                    }
+                }
+            }
+        }
+        current_status = new_status.to_owned();
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daystart_counts_from_omaha_epoch() {
+        // 2007-01-02T00:00:10Z
+        assert_eq!(daystart(1_167_696_010_000), (10, 1));
+    }
+
+    #[test]
+    fn arch_follows_board_then_os() {
+        let mut req = Request::parse(
+            br#"<request protocol="3.0"><os arch="arm"/><app appid="a" board="amd64-usr"/></request>"#,
+        )
+        .unwrap();
+        assert_eq!(arch_of(&req.apps[0], &req), "amd64");
+        req.apps[0].board.clear();
+        assert_eq!(arch_of(&req.apps[0], &req), "arm64");
+        req.os = None;
+        assert_eq!(arch_of(&req.apps[0], &req), "amd64");
+    }
+
+    #[test]
+    fn versions_parse_leniently() {
+        assert!(parse_version("4799.0.0+nightly-20260821-2100").is_some());
+        assert!(parse_version("v1.2.3").is_some());
+        assert!(parse_version("ForcedUpdate").is_none());
+        assert!(parse_version("3815.2.0") > parse_version("3760.2.0"));
+    }
+}
