@@ -16,7 +16,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::format::key_fingerprint;
@@ -133,8 +135,12 @@ pub fn write_keypair(
             }
         }
     };
-    let private_pem = key
-        .to_pkcs8_pem(LineEnding::LF)
+    // PKCS#8 v1 (no embedded public key): the form OpenSSL 3.0 reads.
+    let private_pem = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| KeyError::Parse {
             path: private_path.to_owned(),
             kind: "private",

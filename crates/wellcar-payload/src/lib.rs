@@ -22,6 +22,7 @@ pub mod apply;
 pub mod create;
 pub mod format;
 mod fsutil;
+pub mod info;
 pub mod keys;
 pub mod verity;
 pub mod version;
@@ -41,7 +42,9 @@ pub use create::{
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use format::{FormatError, Manifest, PayloadHead, Sha256Digest, VerifiedHead};
+pub use info::PayloadInfo;
 pub use keys::{
     dev_signing_key, dev_signing_key_in, generate_keypair, load_signing_key, load_verifying_key,
-    KeyError, KeyPairFiles, TrustedKeys, SYSTEM_TRUSTED_KEYS_DIR,
+    public_key_path, KeyError, KeyPairFiles, TrustedKeys, PRIVATE_KEY_FILE, PUBLIC_KEY_FILE,
+    SYSTEM_TRUSTED_KEYS_DIR,
 };
