@@ -163,10 +163,10 @@ pub(crate) fn parse_document(body: &[u8]) -> Result<Element, ParseError> {
                     None => root = Some(done),
                 }
             }
-            Event::Text(t) => {
-                if stack.is_empty() && !t.as_ref().iter().all(u8::is_ascii_whitespace) {
-                    return Err(malformed(&reader, "text outside the root element"));
-                }
+            Event::Text(t)
+                if stack.is_empty() && !t.as_ref().iter().all(u8::is_ascii_whitespace) =>
+            {
+                return Err(malformed(&reader, "text outside the root element"));
             }
             Event::Eof => break,
             _ => {}

@@ -1,1 +1,236 @@
-fn main() {}
+//! Fleet simulator: N distinct machines check in over loopback against a real server, SQLite and
+//! PostgreSQL. 1% of the machines run an old version, are granted the update and report
+//! events 13/1, 14/1 and 3/1. Reports throughput, p50/p99 latency and database writes per check,
+//! for the first contact (registration) and for a second, unchanged round (the steady state).
+//!
+//! `cargo bench -p wellcar-server --bench fleet`
+//! Environment: `WELLCAR_BENCH_MACHINES` (default 100000), `WELLCAR_BENCH_CONCURRENCY` (64),
+//! `WELLCAR_BENCH_BACKENDS` (`sqlite,postgres`).
+//! The server and the simulated clients share this machine's cores.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use wellcar_omaha::{AppRequest, Event, Request, UpdateDecision, WELLCAR_APP_ID};
+use wellcar_server::client::ApiClient;
+use wellcar_server::store::{self, Role};
+use wellcar_server::Settings;
+
+const OLD_SHARE: usize = 100; // every 100th machine is outdated
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn request(machine: usize, version: &str, check: bool, events: Vec<Event>) -> String {
+    Request {
+        updater_version: "update_engine-0.4.10".into(),
+        install_source: "scheduler".into(),
+        os: None,
+        apps: vec![AppRequest {
+            app_id: WELLCAR_APP_ID.into(),
+            version: version.into(),
+            track: "stable".into(),
+            board: "amd64-usr".into(),
+            machine_id: format!("{machine:032x}"),
+            oem: "qemu".into(),
+            ping: check,
+            update_check: check.then(Default::default),
+            events,
+            ..AppRequest::default()
+        }],
+    }
+    .to_xml()
+}
+
+fn event(t: u32, r: u32) -> Event {
+    Event {
+        event_type: t,
+        event_result: r,
+        ..Event::default()
+    }
+}
+
+struct Round {
+    requests: usize,
+    checks: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    granted: usize,
+}
+
+impl Round {
+    fn percentile(&self, p: f64) -> f64 {
+        let idx = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[idx]) / 1000.0
+    }
+}
+
+async fn round(client: &ApiClient, machines: usize, concurrency: usize, steady: bool) -> Round {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let (mut requests, mut checks, mut granted) = (0, 0, 0);
+            loop {
+                let m = next.fetch_add(1, Ordering::Relaxed);
+                if m >= machines {
+                    return (lat, requests, checks, granted);
+                }
+                // Outdated machines keep their version in the steady round too: their grant is
+                // re-served (a read), so that round changes nothing.
+                let old = m.is_multiple_of(OLD_SHARE);
+                let outdated = old && !steady;
+                let version = if old { "1.0.0" } else { "2.0.0" };
+                let mut posts = vec![(request(m, version, true, Vec::new()), true)];
+                if outdated {
+                    for (t, r) in [(13, 1), (14, 1), (3, 1)] {
+                        posts.push((request(m, version, false, vec![event(t, r)]), false));
+                    }
+                }
+                for (xml, is_check) in posts {
+                    let t = Instant::now();
+                    let (status, body) = client.omaha(&xml).await.expect("request failed");
+                    lat.push(t.elapsed().as_micros() as u32);
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                    requests += 1;
+                    if is_check {
+                        checks += 1;
+                        let resp = wellcar_omaha::Response::parse(body.as_bytes()).unwrap();
+                        if matches!(resp.update_decision(), Ok(UpdateDecision::Update(_))) {
+                            granted += 1;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut requests, mut checks, mut granted) = (0, 0, 0);
+    for t in tasks {
+        let (lat, r, c, g) = t.await.unwrap();
+        all.extend(lat);
+        requests += r;
+        checks += c;
+        granted += g;
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    Round {
+        requests,
+        checks,
+        elapsed,
+        latencies_us: all,
+        granted,
+    }
+}
+
+async fn bench(backend: &str, machines: usize, concurrency: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = match backend {
+        "sqlite" => format!("sqlite:{}", dir.path().join("bench.db").display()),
+        "postgres" => tokio::task::spawn_blocking(|| {
+            wellcar_server::pg_cluster::shared_cluster()
+                .expect("postgresql for the benchmark")
+                .create_database()
+                .expect("creating the benchmark database")
+        })
+        .await
+        .unwrap(),
+        other => panic!("unknown backend {other}"),
+    };
+    let mut settings = Settings::new(&url, "127.0.0.1:0".parse().unwrap());
+    settings.payload_dir = dir.path().join("payloads");
+    let server = wellcar_server::spawn(settings).await.unwrap();
+    let now = wellcar_server::now_ms();
+    let token = server
+        .state
+        .db
+        .write(move |c| store::create_token(c, "bench", Role::Admin, now))
+        .await
+        .unwrap();
+    let admin = ApiClient::new(&server.url(), Some(&token));
+    let payload = dir.path().join("wellcar_update.bin");
+    std::fs::write(&payload, vec![7_u8; 4096]).unwrap();
+    let _: serde_json::Value = admin
+        .put_file(
+            &format!("/api/v1/apps/{WELLCAR_APP_ID}/packages/amd64/2.0.0/wellcar_update.bin"),
+            &payload,
+        )
+        .await
+        .unwrap();
+    let _: serde_json::Value = admin
+        .call(
+            Method::POST,
+            &format!("/api/v1/apps/{WELLCAR_APP_ID}/channels/stable/publish"),
+            &json!({"version": "2.0.0"}),
+        )
+        .await
+        .unwrap();
+    let client = ApiClient::new(&server.url(), None);
+
+    let mut rows = Vec::new();
+    for (name, steady) in [("first contact", false), ("steady (no change)", true)] {
+        server.state.flush_sightings().await.unwrap();
+        let before = server.state.db.write_counts();
+        let r = round(&client, machines, concurrency, steady).await;
+        // Include the batched writes this round caused.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server.state.flush_sightings().await.unwrap();
+        let after = server.state.db.write_counts();
+        rows.push((
+            name,
+            r,
+            after.transactions - before.transactions,
+            after.rows - before.rows,
+        ));
+    }
+    for (name, r, tx, rows_written) in &rows {
+        println!(
+            "{backend:8} {name:20} {:>7} req {:>7} checks {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  granted {:>5}  db write tx {:>6} ({:.4}/check)  rows {:>7} ({:.4}/check)",
+            r.requests,
+            r.checks,
+            r.requests as f64 / r.elapsed.as_secs_f64(),
+            r.percentile(0.50),
+            r.percentile(0.99),
+            r.granted,
+            tx,
+            *tx as f64 / r.checks as f64,
+            rows_written,
+            *rows_written as f64 / r.checks as f64,
+        );
+    }
+    let steady = &rows[1].1;
+    println!(
+        "{backend:8} steady-state throughput vs goal 4000 checks/s: {:.2}x; p99 {:.2} ms vs goal 50 ms",
+        steady.checks as f64 / steady.elapsed.as_secs_f64() / 4000.0,
+        steady.percentile(0.99)
+    );
+    server.shutdown().await.unwrap();
+}
+
+fn main() {
+    let machines = env_or("WELLCAR_BENCH_MACHINES", 100_000);
+    let concurrency = env_or("WELLCAR_BENCH_CONCURRENCY", 64);
+    let backends =
+        std::env::var("WELLCAR_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    // `cargo bench` passes `--bench`; there are no filters to honour.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("fleet simulator: {machines} machines, {concurrency} concurrent connections, 1/{OLD_SHARE} outdated");
+    for backend in backends.split(',') {
+        rt.block_on(bench(backend.trim(), machines, concurrency));
+    }
+}

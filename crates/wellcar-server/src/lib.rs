@@ -7,6 +7,7 @@
 //! synchronously (see [`server`]). Events are written before they are acknowledged.
 
 pub mod admin;
+pub mod cli;
 pub mod client;
 pub mod db;
 pub mod metrics;

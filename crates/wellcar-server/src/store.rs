@@ -428,7 +428,8 @@ pub fn create_package(
             new.sha1_base64
         )));
     }
-    if !new.url.is_empty() && !(new.url.starts_with("http://") || new.url.starts_with("https://")) {
+    let http = new.url.starts_with("http://") || new.url.starts_with("https://");
+    if !new.url.is_empty() && !http {
         return Err(StoreError::Invalid(format!(
             "package url {:?} is not http(s)",
             new.url
@@ -1263,10 +1264,11 @@ pub fn count_events(conn: &mut dyn Conn) -> Result<i64, StoreError> {
         .unwrap_or(0))
 }
 
+/// One `/metrics` sample: app, version, group track, status, instance count.
+pub type InstanceCount = (String, String, String, String, i64);
+
 /// Instance counts by app, version, group track and status (for `/metrics`).
-pub fn instance_breakdown(
-    conn: &mut dyn Conn,
-) -> Result<Vec<(String, String, String, String, i64)>, StoreError> {
+pub fn instance_breakdown(conn: &mut dyn Conn) -> Result<Vec<InstanceCount>, StoreError> {
     conn.query(
         "SELECT i.app_id, i.version, COALESCE(g.track, ''), i.status, COUNT(*)
          FROM instances i LEFT JOIN update_groups g ON g.id = i.group_id

@@ -1,15 +1,11 @@
-//! `wellcar server` (in progress; replaced by the owning crate's wiring).
+//! `wellcar server`: the update server and its admin client; all logic is in `wellcar-server`.
 
 use std::process::ExitCode;
 
 /// Subcommands of `wellcar server`.
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Not built yet.
-    Pending,
-}
+pub use wellcar_server::cli::Command;
 
 /// Runs `wellcar server`.
-pub fn run(_cmd: Command) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("wellcar server is not built yet")
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    wellcar_server::cli::run(cmd)
 }
