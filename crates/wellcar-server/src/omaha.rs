@@ -230,6 +230,10 @@ async fn answer_app(
             .write(move |conn| apply_events(conn, &s, g.as_ref(), &meaningful, now))
             .await?;
         state.metrics.add_events(outcome.stored as u64);
+        if let Some(g) = &group {
+            // A finished or failed update may free a slot.
+            state.clear_saturated(&g.id);
+        }
         state.metrics.add_failures(outcome.failures as u64);
         if outcome.halted {
             state.refresh_config(true).await?;
@@ -343,14 +347,34 @@ async fn decide(
     {
         return Ok(None);
     }
+    if state.group_saturated(&group.id, now) {
+        return Ok(None);
+    }
     let s = sighting.clone();
     let group_id = group.id.clone();
     let version = package.version.clone();
-    let granted = state
+    let verdict = state
         .db
         .write(move |conn| grant(conn, &group_id, &s, &version, now))
         .await?;
-    Ok(granted.then_some(package))
+    match verdict {
+        Verdict::Granted => Ok(Some(package)),
+        Verdict::Refused => Ok(None),
+        Verdict::Saturated => {
+            state.mark_saturated(&group.id, now);
+            Ok(None)
+        }
+    }
+}
+
+/// Outcome of the grant transaction.
+enum Verdict {
+    /// Update granted (or re-served).
+    Granted,
+    /// Not for this instance.
+    Refused,
+    /// The group's limits are reached: nobody else gets an update until something changes.
+    Saturated,
 }
 
 /// The grant transaction: lock the group, re-read its policy and counters, grant or refuse.
@@ -360,14 +384,14 @@ fn grant(
     s: &Sighting,
     version: &str,
     now: i64,
-) -> Result<bool, StoreError> {
+) -> Result<Verdict, StoreError> {
     let Some(group) = store::lock_group(conn, group_id)? else {
-        return Ok(false);
+        return Ok(Verdict::Refused);
     };
     if let Some(inst) = store::find_instance(conn, &s.app_id, &s.machine_id, true)? {
         let same_version = inst.granted_version.as_deref() == Some(version);
         if same_version && status::IN_PROGRESS.contains(&inst.status.as_str()) {
-            return Ok(true); // the client asked again: re-serve its grant
+            return Ok(Verdict::Granted); // the client asked again: re-serve its grant
         }
         // Never re-offer a version that rolled back or timed out on this machine; in safe mode,
         // never re-offer one that failed at all.
@@ -377,13 +401,18 @@ fn grant(
             && (inst.status == status::TIMEOUT
                 || (inst.status == status::ERROR && (rolled_back || group.policy.safe_mode)))
         {
-            return Ok(false);
+            return Ok(Verdict::Refused);
         }
     }
     let counters = store::rollout_counters(conn, &group, version, now)?;
     if let Err(denial) = crate::policy::decide(&group.policy, group.halted, counters, now) {
         tracing::debug!(machine = %s.machine_id, group = %group.track, reason = denial.as_str(), "update withheld");
-        return Ok(false);
+        return Ok(match denial {
+            crate::policy::Denial::PeriodLimit
+            | crate::policy::Denial::ConcurrencyLimit
+            | crate::policy::Denial::SafeModeFirstInProgress => Verdict::Saturated,
+            _ => Verdict::Refused,
+        });
     }
     let first = !store::version_granted_before(conn, &group.id, version)?;
     store::record_grant(conn, s, version, now)?;
@@ -402,7 +431,7 @@ fn grant(
             ),
         )?;
     }
-    Ok(true)
+    Ok(Verdict::Granted)
 }
 
 /// What applying a request's events did.
@@ -425,6 +454,10 @@ pub fn apply_events(
     now: i64,
 ) -> Result<EventOutcome, StoreError> {
     let mut outcome = EventOutcome::default();
+    // Lock order group -> instance, the same as the grant transaction (no deadlocks on PostgreSQL).
+    if let Some(g) = request_group {
+        store::lock_group(conn, &g.id)?;
+    }
     let instance = match store::find_instance(conn, &s.app_id, &s.machine_id, true)? {
         Some(i) => i,
         None => {

@@ -30,6 +30,9 @@ use crate::model::{App, Group, Package};
 use crate::store::{self, RetentionCutoffs, Sighting};
 use crate::StoreError;
 
+/// How long a "limits reached" verdict is trusted without asking the database again.
+pub const SATURATION_HOLD_MS: i64 = 1000;
+
 /// A source of "now" in unix milliseconds (tests move it forward).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -158,6 +161,7 @@ pub struct ServerState {
     config: RwLock<Arc<ConfigSnapshot>>,
     seen: Mutex<HashMap<(String, String), SeenEntry>>,
     pending: Mutex<HashMap<(String, String), Sighting>>,
+    saturated: Mutex<HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -198,6 +202,10 @@ impl ServerState {
             if let Ok(mut c) = self.config.write() {
                 *c = Arc::new(s);
             }
+            // Policies or targets may have changed: re-ask the database.
+            if let Ok(mut m) = self.saturated.lock() {
+                m.clear();
+            }
         }
         Ok(())
     }
@@ -229,6 +237,31 @@ impl ServerState {
         }
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(key, s);
+        }
+    }
+
+    /// Whether a recent grant transaction found the group's limits reached. While that holds
+    /// (at most [`SATURATION_HOLD_MS`], or until an event of the group arrives) outdated
+    /// instances get `noupdate` without a database round trip.
+    pub fn group_saturated(&self, group_id: &str, now: i64) -> bool {
+        self.saturated
+            .lock()
+            .ok()
+            .and_then(|m| m.get(group_id).copied())
+            .is_some_and(|until| now < until)
+    }
+
+    /// Remembers that the group's limits are reached.
+    pub fn mark_saturated(&self, group_id: &str, now: i64) {
+        if let Ok(mut m) = self.saturated.lock() {
+            m.insert(group_id.to_owned(), now + SATURATION_HOLD_MS);
+        }
+    }
+
+    /// Forgets a saturation mark (an event may have freed a slot).
+    pub fn clear_saturated(&self, group_id: &str) {
+        if let Ok(mut m) = self.saturated.lock() {
+            m.remove(group_id);
         }
     }
 
@@ -361,6 +394,7 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<Arc<ServerState>> 
         config: RwLock::new(Arc::new(ConfigSnapshot::default())),
         seen: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
+        saturated: Mutex::new(HashMap::new()),
         settings,
     });
     state
