@@ -45,7 +45,7 @@ pub fn build(usr_tree: &Path, work: &Path, out: &Path, source_date_epoch: u64) -
     tools::run(
         MKFS_EROFS
             .command()?
-            .arg("-zlz4hc")
+            .arg("-zlz4hc,4")
             .arg(format!("-T{source_date_epoch}"))
             .arg(format!("-U{fs_uuid}"))
             .arg(&erofs)

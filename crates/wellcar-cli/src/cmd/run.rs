@@ -1,12 +1,56 @@
-//! `wellcar run` (in progress).
+//! `wellcar run IMAGE`: boots a built image in QEMU with the serial console on this terminal
+//! (crate `wellcar-vm`). Quit QEMU with Ctrl-A X.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use wellcar_vm::{choose_accel, Accel, Firmware, Machine, MachineConfig};
 
 /// Options of `wellcar run`.
 #[derive(Debug, clap::Args)]
-pub struct Opts {}
+pub struct Opts {
+    /// The qcow2 (or raw) image, e.g. `out/wellcar.qcow2`; it is never modified.
+    pub image: PathBuf,
+    /// Boot through UEFI (OVMF) instead of BIOS.
+    #[arg(long)]
+    pub uefi: bool,
+    /// Ignition config passed over fw_cfg as `opt/org.flatcar-linux/config`.
+    #[arg(long)]
+    pub ignition: Option<PathBuf>,
+    /// Host loopback port forwarded to the guest's ssh (default 2222; 0 picks a free one).
+    #[arg(long, default_value_t = 2222)]
+    pub ssh_port: u16,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u32,
+    /// Grow the VM's disk to this many GiB (ROOT fills it on first boot).
+    #[arg(long)]
+    pub disk_gib: Option<u64>,
+}
 
 /// Runs `wellcar run`.
-pub fn run(_opts: Opts) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("wellcar run is not built yet")
+pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
+    let kernel = opts.image.parent().map(|d| d.join("vmlinuz")).filter(|k| k.is_file());
+    let accel = match &kernel {
+        Some(k) => choose_accel(k),
+        None => Accel::Tcg,
+    };
+    let mut cfg = MachineConfig::new(&opts.image, accel);
+    cfg.firmware = if opts.uefi { Firmware::Uefi } else { Firmware::Bios };
+    cfg.ignition = opts.ignition;
+    cfg.ssh_port = Some(opts.ssh_port);
+    cfg.memory_mib = opts.memory;
+    cfg.disk_size = opts.disk_gib.map(|g| g << 30);
+    cfg.interactive = true;
+    let mut vm = Machine::spawn(&cfg).with_context(|| format!("booting {}", opts.image.display()))?;
+    eprintln!(
+        "wellcar run: {} under {} ({}); ssh: ssh -p {} core@127.0.0.1; quit: Ctrl-A X",
+        opts.image.display(),
+        accel.as_str(),
+        if opts.uefi { "UEFI" } else { "BIOS" },
+        vm.ssh_port.unwrap_or(0)
+    );
+    let status = vm.wait_exit().context("waiting for QEMU")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

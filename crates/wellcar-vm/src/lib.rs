@@ -1,0 +1,17 @@
+//! Boots a Wellcar disk image in QEMU.
+//!
+//! Contract:
+//! - the built image is never written: the VM boots a qcow2 overlay in a private temp dir;
+//! - KVM is used only when a probe shows it really runs a kernel (on some CPUs `/dev/kvm`
+//!   opens but guests hang); otherwise TCG. The probe's answer is cached in
+//!   `~/.cache/wellcar/accel-<key>` keyed by CPU model, host kernel and QEMU version;
+//! - networking is QEMU user-mode with `restrict=on`: the guest reaches only the host loopback
+//!   services given as `guestfwd`s, and ssh is forwarded from a host loopback port;
+//! - an Ignition config is passed over fw_cfg as `opt/org.flatcar-linux/config`, as Flatcar's
+//!   QEMU platform does.
+
+pub mod accel;
+pub mod machine;
+
+pub use accel::{choose_accel, Accel};
+pub use machine::{Firmware, Machine, MachineConfig, VmError};

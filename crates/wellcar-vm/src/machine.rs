@@ -1,0 +1,403 @@
+//! One QEMU machine booting a Wellcar image.
+//!
+//! [`Machine::spawn`] starts QEMU with the serial console on a pipe (captured into a buffer and
+//! a log file) or on the terminal ([`MachineConfig::interactive`]). The built image is never
+//! written: QEMU boots a qcow2 overlay in the machine's temp dir.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::accel::Accel;
+
+/// Failures starting or driving a VM; each names the file, pattern or process concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A file QEMU needs is missing.
+    #[error("{what} not found at {path}: {hint}")]
+    Missing {
+        /// What it is.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// A command (qemu-img, qemu) failed.
+    #[error("`{command}` failed: {message}")]
+    Command {
+        /// The command.
+        command: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The console did not show the pattern in time.
+    #[error("console did not show {pattern:?} within {seconds} s; last console lines:\n{tail}")]
+    Timeout {
+        /// The awaited text.
+        pattern: String,
+        /// The wait.
+        seconds: u64,
+        /// The end of the console log.
+        tail: String,
+    },
+    /// QEMU exited while the console was awaited.
+    #[error("QEMU exited ({status}) before the console showed {pattern:?}; last console lines:\n{tail}")]
+    Exited {
+        /// The awaited text.
+        pattern: String,
+        /// QEMU's status.
+        status: String,
+        /// The end of the console log.
+        tail: String,
+    },
+    /// Plain I/O.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Firmware to boot with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS (legacy BIOS, GRUB from the MBR and BIOS-BOOT).
+    Bios,
+    /// OVMF (UEFI, GRUB from `EFI/BOOT/BOOTX64.EFI`).
+    Uefi,
+}
+
+/// OVMF firmware code (Debian package `ovmf`).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF variable store template.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How to run a machine.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// The built qcow2 image (never written).
+    pub image: PathBuf,
+    /// Resize the overlay to this many bytes before boot (ROOT grows into it).
+    pub disk_size: Option<u64>,
+    /// BIOS or UEFI.
+    pub firmware: Firmware,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// An Ignition config passed over fw_cfg.
+    pub ignition: Option<PathBuf>,
+    /// Host loopback port forwarded to the guest's ssh port (0 = pick a free one).
+    pub ssh_port: Option<u16>,
+    /// `guestfwd`s: (guest IP:port inside 10.0.2.0/24, host loopback port).
+    pub guest_forwards: Vec<(String, u16)>,
+    /// Serial console on this terminal instead of a captured pipe.
+    pub interactive: bool,
+    /// Directory for the overlay, firmware vars and console log (default: a temp dir).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl MachineConfig {
+    /// Defaults: BIOS, 1 GiB, 2 vCPUs, no network forwards.
+    pub fn new(image: impl Into<PathBuf>, accel: Accel) -> MachineConfig {
+        MachineConfig {
+            image: image.into(),
+            disk_size: None,
+            firmware: Firmware::Bios,
+            accel,
+            memory_mib: 1024,
+            cpus: 2,
+            ignition: None,
+            ssh_port: None,
+            guest_forwards: Vec::new(),
+            interactive: false,
+            state_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Console {
+    text: String,
+    closed: bool,
+}
+
+/// A running machine.
+#[derive(Debug)]
+pub struct Machine {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    console: Arc<(Mutex<Console>, Condvar)>,
+    /// Host port forwarded to the guest's ssh.
+    pub ssh_port: Option<u16>,
+    /// The state directory (overlay disk, console log).
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T, VmError> {
+    r.map_err(|source| VmError::Io { action, path: path.into(), source })
+}
+
+fn run(cmd: &mut Command) -> Result<(), VmError> {
+    let out = cmd.output().map_err(|e| VmError::Command { command: format!("{cmd:?}"), message: e.to_string() })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(VmError::Command { command: format!("{cmd:?}"), message: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Machine {
+    /// Creates the overlay and starts QEMU.
+    pub fn spawn(cfg: &MachineConfig) -> Result<Machine, VmError> {
+        let image = io(cfg.image.canonicalize(), "opening image", &cfg.image)?;
+        let (dir, temp) = match &cfg.state_dir {
+            Some(d) => {
+                io(std::fs::create_dir_all(d), "creating", d)?;
+                (d.clone(), None)
+            }
+            None => {
+                let t = io(tempfile::Builder::new().prefix("wellcar-vm-").tempdir(), "creating temp dir", Path::new("/tmp"))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let overlay = dir.join("disk.qcow2");
+        let _ = std::fs::remove_file(&overlay);
+        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(&image).arg(&overlay))?;
+        if let Some(size) = cfg.disk_size {
+            run(Command::new("qemu-img").args(["resize", "-q"]).arg(&overlay).arg(size.to_string()))?;
+        }
+
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-accel", cfg.accel.as_str(), "-nodefaults", "-no-user-config"])
+            .args(["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.cpus.to_string()])
+            .args(["-display", "none", "-vga", "none"])
+            .arg("-drive")
+            .arg(format!("if=virtio,file={},format=qcow2,cache=unsafe", overlay.display()))
+            .args(["-device", "virtio-rng-pci"]);
+        if cfg.accel == Accel::Kvm {
+            cmd.args(["-cpu", "host"]);
+        } else {
+            cmd.args(["-cpu", "max"]);
+        }
+        if cfg.firmware == Firmware::Uefi {
+            for (what, p) in [("OVMF firmware", OVMF_CODE), ("OVMF variables", OVMF_VARS)] {
+                if !Path::new(p).exists() {
+                    return Err(VmError::Missing { what, path: p.into(), hint: "apt-get install ovmf" });
+                }
+            }
+            let vars = dir.join("OVMF_VARS.fd");
+            io(std::fs::copy(OVMF_VARS, &vars), "copying OVMF variables to", &vars)?;
+            cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+            cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        }
+        if let Some(ign) = &cfg.ignition {
+            let ign = io(ign.canonicalize(), "opening Ignition config", ign)?;
+            cmd.arg("-fw_cfg").arg(format!("name=opt/org.flatcar-linux/config,file={}", ign.display()));
+        }
+        let ssh_port = match cfg.ssh_port {
+            Some(0) => Some(io(free_port(), "picking a port", Path::new("127.0.0.1"))?),
+            p => p,
+        };
+        let mut netdev = String::from("user,id=net0,restrict=on");
+        if let Some(p) = ssh_port {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
+        }
+        for (guest, host_port) in &cfg.guest_forwards {
+            netdev.push_str(&format!(",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"));
+        }
+        cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+
+        let console: Arc<(Mutex<Console>, Condvar)> = Arc::default();
+        if cfg.interactive {
+            cmd.args(["-serial", "mon:stdio"]);
+            let child = cmd.spawn().map_err(|e| VmError::Command { command: format!("{cmd:?}"), message: e.to_string() })?;
+            return Ok(Machine { child, stdin: None, console, ssh_port, dir, _temp: temp });
+        }
+        cmd.args(["-serial", "stdio", "-monitor", "none"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        tracing::debug!("exec: {cmd:?}");
+        let mut child = cmd.spawn().map_err(|e| VmError::Command { command: format!("{cmd:?}"), message: e.to_string() })?;
+        let log_path = dir.join("console.log");
+        let mut log = io(std::fs::File::create(&log_path), "creating", &log_path)?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let c = console.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = stdout.read(&mut buf).unwrap_or(0);
+                let (lock, cv) = &*c;
+                let mut con = lock.lock().expect("console lock");
+                if n == 0 {
+                    con.closed = true;
+                    cv.notify_all();
+                    return;
+                }
+                let _ = log.write_all(&buf[..n]);
+                con.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                cv.notify_all();
+            }
+        });
+        let c = console.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            if !text.trim().is_empty() {
+                let (lock, cv) = &*c;
+                lock.lock().expect("console lock").text.push_str(&format!("\n[qemu stderr] {text}"));
+                cv.notify_all();
+            }
+        });
+        let stdin = child.stdin.take();
+        Ok(Machine { child, stdin, console, ssh_port, dir, _temp: temp })
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        self.console.0.lock().expect("console lock").text.clone()
+    }
+
+    /// Waits until the console output after byte `from` contains `pattern`; returns the offset
+    /// just past the match.
+    pub fn wait_for_from(&mut self, from: usize, pattern: &str, timeout: Duration) -> Result<usize, VmError> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.console;
+        let mut con = lock.lock().expect("console lock");
+        loop {
+            let start = from.min(con.text.len());
+            let start = (0..=start).rev().find(|&i| con.text.is_char_boundary(i)).unwrap_or(0);
+            if let Some(pos) = con.text[start..].find(pattern) {
+                return Ok(start + pos + pattern.len());
+            }
+            let tail = || tail(&con.text, 30);
+            if con.closed {
+                drop(con);
+                let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let con = lock.lock().expect("console lock");
+                return Err(VmError::Exited { pattern: pattern.into(), status, tail: tail_of(&con.text) });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(VmError::Timeout { pattern: pattern.into(), seconds: timeout.as_secs(), tail: tail() });
+            }
+            con = cv.wait_timeout(con, deadline - now).expect("console lock").0;
+        }
+    }
+
+    /// Waits for `pattern` anywhere in the console output.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<usize, VmError> {
+        self.wait_for_from(0, pattern, timeout)
+    }
+
+    /// Types `text` on the serial console.
+    pub fn send(&mut self, text: &str) -> Result<(), VmError> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| VmError::Command {
+            command: "serial console".into(),
+            message: "the console is interactive, not captured".into(),
+        })?;
+        io(stdin.write_all(text.as_bytes()).and_then(|_| stdin.flush()), "writing to console of", &self.dir)
+    }
+
+    /// Runs a shell command on the (logged-in) serial console and returns its output, framed by
+    /// unique markers so earlier output cannot match.
+    pub fn shell(&mut self, command: &str, timeout: Duration) -> Result<String, VmError> {
+        let id = format!("{:08x}", rand_u32());
+        let begin = format!("@@B{id}@@");
+        let end = format!("@@E{id}@@");
+        let from = self.console().len();
+        // The markers are printed with a split so the echoed command line never contains them.
+        self.send(&format!("echo @@B{id}'@@'; {command}; echo @@E{id}'@@'rc=$?\n"))?;
+        let b = self.wait_for_from(from, &begin, timeout)?;
+        let e = self.wait_for_from(b, &end, timeout)?;
+        let text = self.console();
+        let rc_end = text[e..].find(['\r', '\n']).map(|i| e + i).unwrap_or(text.len());
+        let body = &text[b..e - end.len()];
+        let rc = text[e..rc_end].trim_start_matches("rc=").to_string();
+        Ok(format!("{}\nrc={rc}", body.trim_matches(['\r', '\n'])))
+    }
+
+    /// Kills QEMU at once (a power cut).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for QEMU to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// Blocks until QEMU exits.
+    pub fn wait_exit(&mut self) -> Result<ExitStatus, VmError> {
+        self.child.wait().map_err(|e| VmError::Command { command: "qemu-system-x86_64".into(), message: e.to_string() })
+    }
+
+    /// The overlay disk the machine writes.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tail_of(text: &str) -> String {
+    tail(text, 30)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+        return std::process::id() ^ Instant::now().elapsed().subsec_nanos();
+    }
+    u32::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_image_is_named() {
+        let cfg = MachineConfig::new("/nonexistent/wellcar.qcow2", Accel::Tcg);
+        let err = Machine::spawn(&cfg).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/wellcar.qcow2"), "{err}");
+    }
+
+    #[test]
+    fn tail_keeps_the_end() {
+        assert_eq!(tail("a\nb\nc", 2), "b\nc");
+    }
+}

@@ -1,0 +1,116 @@
+//! Shared pieces of the VM tests: building real images (once per test process, or once per
+//! `scripts/test.sh` run through `WELLCAR_TEST_BUILD_ID`), locating the workspace, and booting.
+//!
+//! These tests need the host tools `scripts/install-deps.sh` installs and the static initramfs
+//! `/init` that `scripts/build-init.sh` builds; when either is missing they fail and say so.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+pub use wellcar_image::BuildManifest;
+pub use wellcar_vm::{Accel, Firmware, Machine, MachineConfig};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+}
+
+/// Where the VM tests keep their builds.
+pub fn test_dir() -> PathBuf {
+    workspace().join("target/vmtest")
+}
+
+/// The static `/init`, built by `scripts/build-init.sh`.
+pub fn init_binary() -> PathBuf {
+    let p = workspace().join("target/x86_64-unknown-linux-gnu/initramfs/wellcar-init");
+    assert!(p.is_file(), "{} is missing: run scripts/build-init.sh (scripts/test.sh does)", p.display());
+    p
+}
+
+/// A finished build.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: BuildManifest,
+}
+
+impl Built {
+    /// A file of the build.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Builds the committed OS definition as `version` into `target/vmtest/<name>`.
+pub fn build(name: &str, version: &str) -> Built {
+    let dir = test_dir().join(name);
+    let opts = wellcar_image::BuildOptions {
+        definition: workspace().join("os/wellcar.toml"),
+        output: dir.clone(),
+        version: Some(version.into()),
+        source_date_epoch: 1_700_000_000,
+        init_binary: init_binary(),
+    };
+    let manifest = wellcar_image::build(&opts).unwrap_or_else(|e| panic!("wellcar build failed: {}", chain(&e)));
+    Built { dir, manifest }
+}
+
+/// The standard v1 image, built once per test run and shared by every test.
+pub fn image_v1() -> Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    BUILT
+        .get_or_init(|| {
+            let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let dir = test_dir().join("v1");
+            let stamp = dir.join(".build-id");
+            if let Ok(id) = std::env::var("WELLCAR_TEST_BUILD_ID") {
+                if std::fs::read_to_string(&stamp).ok().as_deref() == Some(id.as_str()) {
+                    if let Ok(manifest) = BuildManifest::read(&dir) {
+                        return Built { dir, manifest };
+                    }
+                }
+                let b = build("v1", "1.0.0");
+                std::fs::write(&stamp, id).expect("writing build stamp");
+                return b;
+            }
+            build("v1", "1.0.0")
+        })
+        .clone()
+}
+
+/// The accelerator VM tests use (probed once).
+pub fn accel(kernel: &Path) -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| wellcar_vm::choose_accel(kernel))
+}
+
+/// Serialises VM boots: two cores do not run two TCG guests well.
+pub fn vm_slot() -> std::sync::MutexGuard<'static, ()> {
+    static VM: Mutex<()> = Mutex::new(());
+    VM.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A machine config for `built` with the probed accelerator.
+pub fn machine(built: &Built, firmware: Firmware) -> MachineConfig {
+    let mut cfg = MachineConfig::new(built.path(&built.manifest.qcow2_image), accel(&built.path(&built.manifest.kernel)));
+    cfg.firmware = firmware;
+    cfg
+}
+
+/// Generous timeouts: TCG on two shared cores is slow.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// An error with its causes.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
