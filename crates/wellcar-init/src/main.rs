@@ -119,6 +119,16 @@ fn early_mounts() -> Result<(), sysroot::SysrootError> {
     Ok(())
 }
 
+/// `/dev/kmsg` lets a process write 10 lines per 5 s by default; lift that for `/init`'s
+/// timing lines and return the previous setting, to restore before systemd starts.
+fn unlimit_kmsg() -> Option<String> {
+    let path = "/proc/sys/kernel/printk_devkmsg";
+    let previous = std::fs::read_to_string(path).ok()?.trim().to_string();
+    // Fails when the command line fixed it (printk.devkmsg=); then there is nothing to do.
+    std::fs::write(path, "on\n").ok()?;
+    Some(previous)
+}
+
 /// Makes a kernel panic reboot after `delay` unless the command line chose otherwise.
 fn reboot_on_panic(delay: Duration) -> std::io::Result<()> {
     let path = "/proc/sys/kernel/panic";
@@ -140,8 +150,10 @@ fn boot_steps(
     log: &mut Log,
     reboot_delay: &mut Duration,
 ) -> Result<std::convert::Infallible, BootError> {
+    let mut kmsg_setting = None;
     let params = log.step("early-setup", |log| {
         early_mounts()?;
+        kmsg_setting = unlimit_kmsg();
         log.open_kmsg();
         let text = std::fs::read_to_string("/proc/cmdline")
             .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
@@ -155,10 +167,10 @@ fn boot_steps(
     })?;
 
     log.step("load-modules", |log| {
-        let report = kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST))?;
+        let report = kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST), false)?;
         log.info(&format!(
-            "modules: {} loaded, {} built in or already loaded, no device for {:?}",
-            report.loaded, report.already, report.no_device
+            "modules: {} loaded, {} already loaded, no device for {:?}; slowest {:?}",
+            report.loaded, report.already, report.no_device, report.slowest
         ));
         Ok::<_, kmod::ModuleError>(())
     })?;
@@ -245,6 +257,9 @@ fn boot_steps(
         "switching root, exec {init}; /init ran {:.1} ms",
         log.elapsed().as_secs_f64() * 1000.0
     ));
+    if let Some(previous) = kmsg_setting {
+        let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", format!("{previous}\n"));
+    }
     Err(BootError {
         step: "switch-root",
         source: Box::new(switchroot::switch_root(sysroot, &init)),
@@ -268,6 +283,9 @@ fn first_boot_steps(
     first_boot: FirstBoot,
     root_found: &Found,
 ) -> Result<(), BootError> {
+    log.step("load-first-boot-modules", |_| {
+        kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST), true)
+    })?;
     log.step("ignition", |log| provision(log, params, root_found))?;
 
     log.step("grow-root", |log| {

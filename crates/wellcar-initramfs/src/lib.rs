@@ -35,6 +35,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ahci",
     "dm_mod",
     "dm_verity",
+    // SSSE3/AVX2/SHA-NI sha256 for dm-verity (the built-in one is plain C).
+    "sha256_ssse3",
     "erofs",
     "ext4",
     "overlay",
