@@ -20,6 +20,14 @@
 //! signature block carries the signer's public key only as a hint for error messages: a
 //! payload is authentic when at least one entry verifies under a key the reader already
 //! trusts. Several entries allow signing with an old and a new key during key rotation.
+//! Readers verify the signature over the raw bytes first and parse the manifest only after
+//! that, so unauthenticated JSON never reaches the parser on the apply path.
+//!
+//! Manifest fields (JSON object, unknown fields rejected): `version`, `board`, `build_id`,
+//! optional `min_source_version`; `usr` {`size`, `sha256`, `verity` {`root_hash`, `salt`,
+//! `hash_offset`, `data_blocks`}}; `kernel` and `initramfs` {`size`, `sha256`}; `data_len`
+//! (length of the data section); `operations` (below). Hashes are lowercase hex; versions are
+//! dotted numbers. Writers cut images into chunks of at most [`MAX_CHUNK_LEN`] (4 MiB today).
 //!
 //! The manifest carries the sha256 of every compressed blob, so the reader authenticates each
 //! blob as a whole before decompressing it (blobs are at most [`MAX_BLOB_LEN`] bytes, so

@@ -141,11 +141,11 @@ pub fn write_keypair(
         public_key: None,
     }
     .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| KeyError::Parse {
-            path: private_path.to_owned(),
-            kind: "private",
-            reason: e.to_string(),
-        })?;
+    .map_err(|e| KeyError::Parse {
+        path: private_path.to_owned(),
+        kind: "private",
+        reason: e.to_string(),
+    })?;
     let public_pem = public_key_pem(&key.verifying_key());
     if !overwrite {
         for path in [private_path, &public_path] {

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::Signer;
 
@@ -607,4 +608,153 @@ fn create_refuses_a_build_whose_artifacts_do_not_match_its_manifest() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Environment variable that turns [`sigkill_child`] into the apply process of
+/// [`resume_after_sigkill_at_several_points`]; its value is the work directory.
+const SIGKILL_CHILD_ENV: &str = "WELLCAR_PAYLOAD_SIGKILL_CHILD";
+
+/// Reads slowly, so the parent can kill the process mid-stream.
+struct SlowReader<R>(R);
+
+impl<R: Read> Read for SlowReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        std::thread::sleep(std::time::Duration::from_millis(15));
+        let n = buf.len().min(64 * 1024);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+/// The child half of the SIGKILL test: applies `work/payload.bin` to `work/t`, resuming from
+/// `work/checkpoint.json` when it exists, and records where its download started. Does
+/// nothing when run normally.
+#[test]
+#[ignore = "helper process of resume_after_sigkill_at_several_points"]
+fn sigkill_child() {
+    let Some(work) = std::env::var_os(SIGKILL_CHILD_ENV).map(std::path::PathBuf::from) else {
+        return;
+    };
+    let key = crate::load_signing_key(&work.join("update-key")).unwrap();
+    let target = TargetPaths {
+        usr: work.join("t/usr-b"),
+        kernel: work.join("t/esp/vmlinuz-b"),
+        initramfs: work.join("t/esp/initramfs-b.img"),
+    };
+    let mut policy = policy();
+    policy.sync_interval = 1;
+    let state = work.join("checkpoint.json");
+    let mut file = File::open(work.join("payload.bin")).unwrap();
+    let head = PayloadHead::read(&mut file)
+        .unwrap()
+        .authenticate(&trusted(&[&key]))
+        .unwrap();
+    let mut installer = if state.exists() {
+        Installer::resume(
+            head,
+            &policy,
+            target.open(),
+            Checkpoint::load(&state).unwrap(),
+        )
+        .unwrap()
+    } else {
+        Installer::new(head, &policy, target.open()).unwrap()
+    };
+    let from = installer.checkpoint().payload_offset;
+    std::fs::write(work.join(format!("started-at-{from}")), b"").unwrap();
+    file.seek(SeekFrom::Start(from)).unwrap();
+    installer
+        .write_from_with_progress(&mut SlowReader(file), &mut |cp| cp.save(&state).unwrap())
+        .unwrap();
+    installer.finish().unwrap();
+    std::fs::write(work.join("finished"), b"").unwrap();
+}
+
+#[test]
+fn resume_after_sigkill_at_several_points() {
+    let fx = Fixture::new("1.2.3");
+    let summary = fx.payload();
+    let work = fx.dir.path().join("sigkill");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::copy(&summary.path, work.join("payload.bin")).unwrap();
+    write_keypair(&fx.key, &work.join("update-key"), false).unwrap();
+    let target = fx.target("sigkill/t", USR_SIZE);
+    let state = work.join("checkpoint.json");
+    let operations = PayloadHead::read(&mut File::open(&summary.path).unwrap())
+        .unwrap()
+        .manifest_unverified()
+        .unwrap()
+        .operations
+        .len();
+    assert!(operations >= 6, "fixture has only {operations} operations");
+
+    let spawn = || {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "round_trip_tests::sigkill_child",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(SIGKILL_CHILD_ENV, &work)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut offsets = Vec::new();
+    for kill_after in [2, operations / 2, operations - 2] {
+        let mut child = spawn();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let done = Checkpoint::load(&state)
+                .map(|cp| cp.next_operation)
+                .unwrap_or(0);
+            if done >= kill_after {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "child exited before being killed"
+            );
+            assert!(Instant::now() < deadline, "child made no progress");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(target.not_installed());
+        offsets.push(Checkpoint::load(&state).unwrap().payload_offset);
+    }
+    let status = spawn().wait().unwrap();
+    assert!(
+        status.success() && work.join("finished").exists(),
+        "final resume failed"
+    );
+    // Every restart began its download at the previous kill's checkpoint, never at the start.
+    let data_start = PayloadHead::read(&mut File::open(&summary.path).unwrap())
+        .unwrap()
+        .data_start();
+    let mut starts: Vec<u64> = std::fs::read_dir(&work)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_prefix("started-at-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    starts.sort_unstable();
+    let mut expected: Vec<u64> = std::iter::once(data_start)
+        .chain(offsets.iter().copied())
+        .collect();
+    expected.dedup();
+    assert_eq!(starts, expected);
+    assert!(offsets.iter().all(|&o| o > data_start));
+    assert_eq!(read(&target.usr), fx.usr_image());
+    assert_eq!(read(&target.kernel), read(&fx.build.join("vmlinuz")));
+    assert_eq!(
+        read(&target.initramfs),
+        read(&fx.build.join("initramfs.img"))
+    );
 }

@@ -40,7 +40,7 @@ pub(crate) fn filler(len: usize, seed: u64) -> Vec<u8> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        if state % 3 == 0 {
+        if state.is_multiple_of(3) {
             out.extend_from_slice(&state.to_le_bytes());
         } else {
             out.extend_from_slice(words[(state % 6) as usize]);
