@@ -30,6 +30,9 @@ use crate::model::{App, Group, Package};
 use crate::store::{self, RetentionCutoffs, Sighting};
 use crate::StoreError;
 
+/// Sightings written per transaction by [`ServerState::flush_sightings`].
+pub const FLUSH_CHUNK: usize = 500;
+
 /// How long a "limits reached" verdict is trusted without asking the database again.
 pub const SATURATION_HOLD_MS: i64 = 1000;
 
@@ -162,6 +165,7 @@ pub struct ServerState {
     seen: Mutex<HashMap<(String, String), SeenEntry>>,
     pending: Mutex<HashMap<(String, String), Sighting>>,
     saturated: Mutex<HashMap<String, i64>>,
+    flush_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -278,32 +282,36 @@ impl ServerState {
         }
     }
 
-    /// Writes all queued sightings in one transaction. On failure they stay queued.
+    /// Writes all queued sightings, [`FLUSH_CHUNK`] rows per transaction (so event and grant
+    /// transactions are not held up behind one huge write). One flush runs at a time, so an
+    /// older sighting is never written after a newer one. On failure the rest stay queued.
     pub async fn flush_sightings(&self) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.flush_lock.lock().await;
         let batch: Vec<Sighting> = match self.pending.lock() {
             Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
             Err(_) => return Ok(0),
         };
-        if batch.is_empty() {
-            return Ok(0);
-        }
-        let n = batch.len();
-        let shared = Arc::new(batch);
-        let for_db = shared.clone();
-        let result = self
-            .db
-            .write(move |conn| store::upsert_sightings(conn, &for_db))
-            .await;
-        if let Err(e) = result {
-            if let Ok(mut p) = self.pending.lock() {
-                for s in shared.iter() {
-                    p.entry((s.app_id.clone(), s.machine_id.clone()))
-                        .or_insert_with(|| s.clone());
+        let total = batch.len();
+        let mut chunks = batch.chunks(FLUSH_CHUNK).map(<[Sighting]>::to_vec);
+        while let Some(chunk) = chunks.next() {
+            let shared = Arc::new(chunk);
+            let for_db = shared.clone();
+            let result = self
+                .db
+                .write(move |conn| store::upsert_sightings(conn, &for_db))
+                .await;
+            if let Err(e) = result {
+                if let Ok(mut p) = self.pending.lock() {
+                    for s in shared.iter().cloned().chain(chunks.flatten()) {
+                        // A newer sighting queued meanwhile wins.
+                        p.entry((s.app_id.clone(), s.machine_id.clone()))
+                            .or_insert(s);
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
         }
-        Ok(n)
+        Ok(total)
     }
 
     /// Marks timed-out updates and halts safe-mode groups whose updates timed out.
@@ -395,6 +403,7 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<Arc<ServerState>> 
         seen: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
         saturated: Mutex::new(HashMap::new()),
+        flush_lock: tokio::sync::Mutex::new(()),
         settings,
     });
     state
