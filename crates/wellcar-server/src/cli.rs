@@ -174,18 +174,22 @@ pub enum PackageCommand {
 pub struct PublishOpts {
     #[command(flatten)]
     server: ServerArgs,
-    /// The payload file (a `wellcar build` update payload).
-    #[arg(long)]
-    file: PathBuf,
+    /// A `wellcar build` output directory: version, board and payload file are read from its
+    /// `manifest.json` (`version`, `board`, `payload`).
+    #[arg(long, conflicts_with_all = ["file", "version"])]
+    build: Option<PathBuf>,
+    /// The payload file (a `wellcar payload create` output).
+    #[arg(long, required_unless_present = "build")]
+    file: Option<PathBuf>,
     /// Version of the payload (semver).
-    #[arg(long)]
-    version: String,
+    #[arg(long, required_unless_present = "build")]
+    version: Option<String>,
     /// Channel to publish to; omit to only upload.
     #[arg(long)]
     channel: Option<String>,
-    /// Architecture.
-    #[arg(long, default_value = "amd64")]
-    arch: String,
+    /// Architecture (default amd64, or from the build's board).
+    #[arg(long)]
+    arch: Option<String>,
     /// Host the payload elsewhere: the base URL clients download `<url>/<file name>` from.
     #[arg(long)]
     url: Option<String>,
@@ -480,23 +484,80 @@ async fn run_async(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
+/// What to publish: payload file, version, arch.
+#[derive(Debug, PartialEq, Eq)]
+struct PublishTarget {
+    file: PathBuf,
+    version: String,
+    arch: String,
+}
+
+/// Reads version, board and payload name from a `wellcar build` output's `manifest.json`.
+fn target_from_build(dir: &std::path::Path, arch: Option<String>) -> anyhow::Result<PublishTarget> {
+    let path = dir.join("manifest.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let field = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let version =
+        field("version").with_context(|| format!("{} has no \"version\"", path.display()))?;
+    let payload = field("payload").with_context(|| {
+        format!(
+            "{} names no \"payload\" (build with a signing key, or use --file)",
+            path.display()
+        )
+    })?;
+    let arch = match arch {
+        Some(a) => a,
+        None => match field("board").as_deref() {
+            Some("arm64-usr") => "arm64".into(),
+            Some("amd64-usr") | None => "amd64".into(),
+            Some(other) => bail!("{}: unknown board {other:?}", path.display()),
+        },
+    };
+    Ok(PublishTarget {
+        file: dir.join(payload),
+        version,
+        arch,
+    })
+}
+
 async fn publish(o: PublishOpts) -> anyhow::Result<()> {
     let api = o.server.client();
-    let filename = o
-        .file
+    let target = match &o.build {
+        Some(dir) => target_from_build(dir, o.arch.clone())?,
+        None => PublishTarget {
+            file: o
+                .file
+                .clone()
+                .context("--file is required without --build")?,
+            version: o
+                .version
+                .clone()
+                .context("--version is required without --build")?,
+            arch: o.arch.clone().unwrap_or_else(|| "amd64".into()),
+        },
+    };
+    let PublishTarget {
+        file,
+        version,
+        arch,
+    } = target;
+    let filename = file
         .file_name()
         .and_then(|n| n.to_str())
-        .with_context(|| format!("{} has no file name", o.file.display()))?
+        .with_context(|| format!("{} has no file name", file.display()))?
         .to_owned();
     let created: Result<serde_json::Value, crate::client::ClientError> = match &o.url {
         Some(url) => {
-            let file = o.file.clone();
+            let file = file.clone();
             let (size, sha256, sha1) =
                 tokio::task::spawn_blocking(move || hash_file(&file)).await??;
             api.call(
                 Method::POST,
                 &format!("{}/packages", o.server.app_path()),
-                &json!({"version": o.version, "arch": o.arch, "filename": filename, "url": url,
+                &json!({"version": version, "arch": arch, "filename": filename, "url": url,
                         "size": size, "sha256_hex": hex::encode(sha256),
                         "sha1_base64": base64::engine::general_purpose::STANDARD.encode(sha1)}),
             )
@@ -507,11 +568,11 @@ async fn publish(o: PublishOpts) -> anyhow::Result<()> {
                 &format!(
                     "{}/packages/{}/{}/{}",
                     o.server.app_path(),
-                    o.arch,
-                    o.version,
+                    arch,
+                    version,
                     filename
                 ),
-                &o.file,
+                &file,
             )
             .await
         }
@@ -521,7 +582,7 @@ async fn publish(o: PublishOpts) -> anyhow::Result<()> {
         Err(crate::client::ClientError::Status { status, .. })
             if status == hyper::StatusCode::CONFLICT && o.allow_existing =>
         {
-            json!({"version": o.version, "arch": o.arch, "existing": true})
+            json!({"version": version, "arch": arch, "existing": true})
         }
         Err(e) => return Err(e).context("uploading the package"),
     };
@@ -531,10 +592,10 @@ async fn publish(o: PublishOpts) -> anyhow::Result<()> {
             .call(
                 Method::POST,
                 &format!("{}/channels/{channel}/publish", o.server.app_path()),
-                &json!({"version": o.version, "arch": o.arch}),
+                &json!({"version": version, "arch": arch}),
             )
             .await
-            .with_context(|| format!("publishing {} to channel {channel}", o.version))?;
+            .with_context(|| format!("publishing {} to channel {channel}", version))?;
         out["channel"] = ch;
     }
     print(&out)
@@ -671,6 +732,26 @@ async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_manifest_names_version_board_and_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest =
+            json!({"version": "4.5.6", "board": "arm64-usr", "payload": "wellcar_update.bin"});
+        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+        let t = target_from_build(dir.path(), None).unwrap();
+        assert_eq!(
+            t,
+            PublishTarget {
+                file: dir.path().join("wellcar_update.bin"),
+                version: "4.5.6".into(),
+                arch: "arm64".into()
+            }
+        );
+        std::fs::write(dir.path().join("manifest.json"), r#"{"version": "1.0.0"}"#).unwrap();
+        let err = target_from_build(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("names no \"payload\""), "{err}");
+    }
 
     #[test]
     fn windows_parse_from_flags() {
