@@ -1,16 +1,21 @@
 //! Loading the kernel modules the initramfs carries.
 //!
-//! Contract: [`load_all`] reads the load list written by `wellcar-initramfs` (absolute module
-//! paths, dependencies first, one per line) and loads each with `finit_module`. A module that
-//! is already loaded (`EEXIST`) is fine; one whose hardware is absent (`ENODEV`) is reported
-//! back but not an error, so one list serves virtio, NVMe and SCSI machines. Anything else
-//! stops the boot with an error naming the module file.
+//! Contract: [`load_all`] reads the load list written by `wellcar-initramfs` (one module per
+//! line: its absolute path, then the names of the listed modules it depends on; dependencies
+//! come first) and loads the modules with `finit_module`, several at a time: a module starts
+//! as soon as every dependency it names has finished (a dependency not in the list counts as
+//! present: built in, or loaded by an earlier pass). A module that is already loaded
+//! (`EEXIST`) is fine; one whose hardware is absent (`ENODEV`) is reported back but not an
+//! error, so one list serves virtio, NVMe and SCSI machines. Anything else stops the loading
+//! with an error naming the module file.
 //!
-//! Modules only the first boot needs ([`FIRST_BOOT_ONLY`]: vfat for the ESP flag, fw_cfg for
-//! the Ignition config) are skipped by [`load_all`] with `first_boot = false`; a later call with
-//! `true` loads whatever is still missing.
+//! [`Pass::Boot`] loads everything but [`FIRST_BOOT_ONLY`] (vfat for the ESP flag, fw_cfg for
+//! the Ignition config); [`Pass::FirstBoot`] loads just those.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Path of the load list inside the initramfs (`wellcar_initramfs::MODULE_LOAD_LIST`).
 pub const MODULE_LOAD_LIST: &str = "/etc/wellcar-init/modules.load";
@@ -25,6 +30,19 @@ pub const FIRST_BOOT_ONLY: &[&str] = &[
     "nls_utf8",
     "qemu_fw_cfg",
 ];
+
+/// Modules loading at the same time (loads mostly wait on device probing and signature
+/// checks, so a few more than the CPUs help).
+const WORKERS: usize = 4;
+
+/// Which modules a [`load_all`] call loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Every boot: all but [`FIRST_BOOT_ONLY`].
+    Boot,
+    /// First boot: only [`FIRST_BOOT_ONLY`].
+    FirstBoot,
+}
 
 /// Kernel module name of a module path (`.../nls_iso8859-1.ko` -> `nls_iso8859_1`).
 fn module_name(path: &str) -> String {
@@ -53,12 +71,60 @@ pub struct LoadReport {
     /// Modules that found no device (`ENODEV`), by path.
     pub no_device: Vec<String>,
     /// The slowest loads (module name, time), slowest first, at most three.
-    pub slowest: Vec<(String, std::time::Duration)>,
+    pub slowest: Vec<(String, Duration)>,
 }
 
-/// Loads the modules of the list at `list` (all of them if `first_boot`, else all but
-/// [`FIRST_BOOT_ONLY`]); a missing list means "nothing to load".
-pub fn load_all(list: &Path, first_boot: bool) -> Result<LoadReport, ModuleError> {
+/// One line of the load list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    path: String,
+    name: String,
+    depends: Vec<String>,
+}
+
+fn parse_list(text: &str, pass: Pass) -> Vec<Listed> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let path = words.next()?.to_string();
+            let name = module_name(&path);
+            let first_boot_only = FIRST_BOOT_ONLY.contains(&name.as_str());
+            if first_boot_only != (pass == Pass::FirstBoot) {
+                return None;
+            }
+            Some(Listed {
+                path,
+                name,
+                depends: words.map(str::to_string).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Outcome of one module load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// Inserted now.
+    New,
+    /// Was already in the kernel.
+    Already,
+    /// Its driver found no device.
+    NoDevice,
+}
+
+/// `finit_module` on the file at `path`.
+fn finit(path: &str) -> std::io::Result<Loaded> {
+    let file = std::fs::File::open(path)?;
+    match rustix::system::finit_module(&file, c"", 0) {
+        Ok(()) => Ok(Loaded::New),
+        Err(rustix::io::Errno::EXIST) => Ok(Loaded::Already),
+        Err(rustix::io::Errno::NODEV) => Ok(Loaded::NoDevice),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Loads the modules of `pass` from the list at `list`; a missing list loads nothing.
+pub fn load_all(list: &Path, pass: Pass) -> Result<LoadReport, ModuleError> {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LoadReport::default()),
@@ -69,88 +135,202 @@ pub fn load_all(list: &Path, first_boot: bool) -> Result<LoadReport, ModuleError
             })
         }
     };
-    let mut report = LoadReport::default();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let name = module_name(line);
-        if !first_boot && FIRST_BOOT_ONLY.contains(&name.as_str()) {
-            continue;
-        }
-        let err = |source| ModuleError {
-            path: line.into(),
-            source,
+    load_parallel(&parse_list(&text, pass), WORKERS, finit)
+}
+
+#[derive(Default)]
+struct Schedule {
+    started: Vec<bool>,
+    finished: HashSet<String>,
+    running: usize,
+    report: LoadReport,
+    error: Option<ModuleError>,
+}
+
+/// Runs `load` on every module with up to `workers` at a time, each after its dependencies.
+fn load_parallel(
+    modules: &[Listed],
+    workers: usize,
+    load: impl Fn(&str) -> std::io::Result<Loaded> + Sync,
+) -> Result<LoadReport, ModuleError> {
+    let listed: HashSet<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+    let state = Mutex::new(Schedule {
+        started: vec![false; modules.len()],
+        ..Schedule::default()
+    });
+    let wake = Condvar::new();
+    let worker = || loop {
+        let mut s = state
+            .lock()
+            .expect("no worker panics while holding the lock");
+        let index = loop {
+            if s.error.is_some() || s.started.iter().all(|&b| b) {
+                return;
+            }
+            let ready = (0..modules.len()).find(|&i| {
+                !s.started[i]
+                    && modules[i]
+                        .depends
+                        .iter()
+                        .all(|d| !listed.contains(d.as_str()) || s.finished.contains(d))
+            });
+            match ready {
+                Some(i) => break i,
+                // Nothing can start and nothing runs: the list names a dependency cycle or a
+                // dependency listed after its user; load the first waiting one anyway and let
+                // the kernel decide.
+                None if s.running == 0 => {
+                    break s
+                        .started
+                        .iter()
+                        .position(|&b| !b)
+                        .expect("some not started")
+                }
+                None => {
+                    s = wake
+                        .wait(s)
+                        .expect("no worker panics while holding the lock")
+                }
+            }
         };
-        let file = std::fs::File::open(line).map_err(err)?;
-        let started = std::time::Instant::now();
-        let result = rustix::system::finit_module(&file, c"", 0);
-        let name = line
-            .rsplit('/')
-            .next()
-            .unwrap_or(line)
-            .trim_end_matches(".ko");
-        report.slowest.push((name.to_string(), started.elapsed()));
-        report
-            .slowest
-            .sort_by_key(|entry| std::cmp::Reverse(entry.1));
-        report.slowest.truncate(3);
+        s.started[index] = true;
+        s.running += 1;
+        drop(s);
+        let module = &modules[index];
+        let began = Instant::now();
+        let result = load(&module.path);
+        let took = began.elapsed();
+        let mut s = state
+            .lock()
+            .expect("no worker panics while holding the lock");
+        s.running -= 1;
         match result {
-            Ok(()) => report.loaded += 1,
-            Err(rustix::io::Errno::EXIST) => report.already += 1,
-            Err(rustix::io::Errno::NODEV) => report.no_device.push(line.to_string()),
-            Err(e) => return Err(err(e.into())),
+            Ok(outcome) => {
+                match outcome {
+                    Loaded::New => s.report.loaded += 1,
+                    Loaded::Already => s.report.already += 1,
+                    Loaded::NoDevice => s.report.no_device.push(module.path.clone()),
+                }
+                s.finished.insert(module.name.clone());
+                s.report.slowest.push((module.name.clone(), took));
+                s.report
+                    .slowest
+                    .sort_by_key(|entry| std::cmp::Reverse(entry.1));
+                s.report.slowest.truncate(3);
+            }
+            Err(source) => {
+                s.error.get_or_insert(ModuleError {
+                    path: module.path.clone().into(),
+                    source,
+                });
+            }
         }
+        drop(s);
+        wake.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..workers.max(1) {
+            scope.spawn(worker);
+        }
+    });
+    let s = state.into_inner().expect("workers finished");
+    match s.error {
+        Some(e) => Err(e),
+        None => Ok(s.report),
     }
-    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const LIST: &str = "/m/virtio_ring.ko\n\
+                        /m/virtio.ko virtio_ring\n\
+                        /m/virtio_blk.ko virtio virtio_ring\n\
+                        /m/dm-mod.ko\n\
+                        /m/dm-verity.ko dm_mod\n\
+                        /m/fat.ko\n\
+                        /m/vfat.ko fat\n\
+                        /m/qemu_fw_cfg.ko\n";
+
+    /// `finit_module` cannot run in a test (it would change the build machine's kernel), so the
+    /// scheduler is driven with a loader that records the order and checks dependencies.
+    fn recording_loader(
+        modules: &[Listed],
+        log: &Mutex<Vec<String>>,
+        path: &str,
+    ) -> std::io::Result<Loaded> {
+        let me = modules.iter().find(|m| m.path == path).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let mut done = log.lock().unwrap();
+        for dep in &me.depends {
+            if modules.iter().any(|m| &m.name == dep) {
+                assert!(done.contains(dep), "{} loaded before {dep}", me.name);
+            }
+        }
+        done.push(me.name.clone());
+        Ok(if me.name == "qemu_fw_cfg" {
+            Loaded::NoDevice
+        } else {
+            Loaded::New
+        })
+    }
+
+    #[test]
+    fn boot_pass_respects_dependencies_and_skips_first_boot_modules() {
+        let modules = parse_list(LIST, Pass::Boot);
+        assert_eq!(modules.len(), 5);
+        let log = Mutex::new(Vec::new());
+        let report = load_parallel(&modules, 4, |p| recording_loader(&modules, &log, p)).unwrap();
+        assert_eq!(report.loaded, 5);
+        assert_eq!(report.slowest.len(), 3);
+        let order = log.into_inner().unwrap();
+        assert_eq!(order.len(), 5);
+        assert!(!order.contains(&"vfat".to_string()));
+    }
+
+    #[test]
+    fn first_boot_pass_loads_only_the_rest() {
+        let modules = parse_list(LIST, Pass::FirstBoot);
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["fat", "vfat", "qemu_fw_cfg"]);
+        let log = Mutex::new(Vec::new());
+        let report = load_parallel(&modules, 2, |p| recording_loader(&modules, &log, p)).unwrap();
+        assert_eq!(report.loaded, 2);
+        assert_eq!(report.no_device, ["/m/qemu_fw_cfg.ko"]);
+    }
+
+    #[test]
+    fn first_error_stops_and_names_the_module() {
+        let modules = parse_list(LIST, Pass::Boot);
+        let err = load_parallel(&modules, 3, |p| {
+            if p.ends_with("dm-mod.ko") {
+                Err(std::io::Error::from_raw_os_error(libc::ENOEXEC))
+            } else {
+                Ok(Loaded::New)
+            }
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "loading module /m/dm-mod.ko");
+    }
+
     #[test]
     fn missing_list_loads_nothing() {
-        let report = load_all(Path::new("/nonexistent/modules.load"), true).unwrap();
+        let report = load_all(Path::new("/nonexistent/modules.load"), Pass::Boot).unwrap();
         assert_eq!(report, LoadReport::default());
-        assert!(report.slowest.is_empty());
     }
 
     #[test]
     fn missing_module_file_is_named() {
+        // The real loader: opening the file fails before any syscall reaches the kernel.
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("modules.load");
         std::fs::write(&list, "/nonexistent/kernel/fs/erofs.ko\n").unwrap();
-        let err = load_all(&list, false).unwrap_err();
+        let err = load_all(&list, Pass::Boot).unwrap_err();
         assert_eq!(
             err.to_string(),
             "loading module /nonexistent/kernel/fs/erofs.ko"
         );
-    }
-
-    #[test]
-    fn first_boot_modules_wait_for_the_first_boot() {
-        // Missing files: only an attempted load can fail, so the error tells what was tried.
-        let dir = tempfile::tempdir().unwrap();
-        let list = dir.path().join("modules.load");
-        std::fs::write(
-            &list,
-            "/m/kernel/fs/nls/nls_iso8859-1.ko\n/m/qemu_fw_cfg.ko\n",
-        )
-        .unwrap();
-        assert_eq!(load_all(&list, false).unwrap(), LoadReport::default());
-        let err = load_all(&list, true).unwrap_err();
-        assert_eq!(err.path, Path::new("/m/kernel/fs/nls/nls_iso8859-1.ko"));
         assert_eq!(module_name("/m/nls_iso8859-1.ko"), "nls_iso8859_1");
-    }
-
-    #[test]
-    fn a_non_module_is_refused_by_the_kernel() {
-        // The real syscall: without CAP_SYS_MODULE it is EPERM, with it the kernel rejects
-        // the non-ELF file (ENOEXEC); either way the error names the file.
-        let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("fake.ko");
-        std::fs::write(&fake, b"not a module").unwrap();
-        let list = dir.path().join("modules.load");
-        std::fs::write(&list, format!("{}\n", fake.display())).unwrap();
-        let err = load_all(&list, true).unwrap_err();
-        assert_eq!(err.path, fake);
     }
 }

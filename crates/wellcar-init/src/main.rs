@@ -167,7 +167,7 @@ fn boot_steps(
     })?;
 
     log.step("load-modules", |log| {
-        let report = kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST), false)?;
+        let report = kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST), kmod::Pass::Boot)?;
         log.info(&format!(
             "modules: {} loaded, {} already loaded, no device for {:?}; slowest {:?}",
             report.loaded, report.already, report.no_device, report.slowest
@@ -284,7 +284,7 @@ fn first_boot_steps(
     root_found: &Found,
 ) -> Result<(), BootError> {
     log.step("load-first-boot-modules", |_| {
-        kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST), true)
+        kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST), kmod::Pass::FirstBoot)
     })?;
     log.step("ignition", |log| provision(log, params, root_found))?;
 

@@ -6,8 +6,9 @@
 //!   names plus their dependencies are resolved (see [`modules`]), built-in ones skipped,
 //!   names the kernel lacks reported in [`InitramfsSummary::skipped`] and logged;
 //! - modules are stored decompressed at `usr/lib/modules/<kver>/<path>.ko`, so `/init` only
-//!   calls `finit_module`; their absolute paths, dependencies first, are listed one per line in
-//!   [`MODULE_LOAD_LIST`];
+//!   calls `finit_module`; [`MODULE_LOAD_LIST`] names them one per line, dependencies first:
+//!   the absolute path, then the names of the listed modules it depends on (space separated),
+//!   so `/init` can load independent modules in parallel;
 //! - the archive also holds `/init`, `/dev/console` and the empty mount points `/dev`, `/proc`,
 //!   `/sys`, `/run`, `/sysroot`; nothing else (no shell, no busybox);
 //! - every mtime is `SOURCE_DATE_EPOCH` (0 when unset), members are sorted, so the same inputs
@@ -49,8 +50,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "qemu_fw_cfg",
 ];
 
-/// Path inside the initramfs (no leading `/`) of the module load list `/init` reads: absolute
-/// module paths, one per line, dependencies first. `wellcar-init` has the same constant.
+/// Path inside the initramfs (no leading `/`) of the module load list `/init` reads: one module
+/// per line, dependencies first, `<absolute path> [<dependency name>...]`. `wellcar-init` has
+/// the same constant.
 pub const MODULE_LOAD_LIST: &str = "etc/wellcar-init/modules.load";
 
 /// What to build.
@@ -191,13 +193,18 @@ pub fn build_initramfs(opts: &InitramfsOptions) -> Result<InitramfsSummary, Init
     archive.add_dir("sysroot", 0o755);
 
     let mut load_list = String::new();
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for module in &resolution.load_order {
         let bytes = modules::read_module(&module_dir.join(&module.path))?;
         let stored = strip_compression(&module.path);
         let inside = format!("usr/lib/modules/{}/{stored}", opts.kernel_version);
         load_list.push('/');
         load_list.push_str(&inside);
+        // Dependencies that are themselves in the list (earlier lines); built-ins are not.
+        for dep in module.depends.iter().filter(|d| names.contains(d)) {
+            load_list.push(' ');
+            load_list.push_str(dep);
+        }
         load_list.push('\n');
         archive.add_file(&inside, 0o644, bytes);
         names.push(modules::module_name(&module.path));
@@ -397,13 +404,18 @@ mod tests {
             plain
         );
         let list = String::from_utf8(get(MODULE_LOAD_LIST).unwrap().data.clone()).unwrap();
-        let first = list.lines().next().unwrap();
+        let lines: Vec<&str> = list.lines().collect();
         assert_eq!(
-            first,
+            lines[0],
             "/usr/lib/modules/6.1.0-test/kernel/drivers/virtio/virtio_ring.ko"
         );
-        assert_eq!(list.lines().count(), 7);
-        assert!(list.lines().all(|l| get(&l[1..]).is_some()), "{list}");
+        assert_eq!(
+            lines[2],
+            "/usr/lib/modules/6.1.0-test/kernel/drivers/block/virtio_blk.ko virtio virtio_ring"
+        );
+        assert_eq!(lines.len(), 7);
+        let paths = lines.iter().map(|l| l.split(' ').next().unwrap());
+        assert!(paths.clone().all(|p| get(&p[1..]).is_some()), "{list}");
     }
 
     #[test]
