@@ -8,7 +8,7 @@ scripts/install-deps.sh
 export WELLCAR_TEST_BUILD_ID="${WELLCAR_TEST_BUILD_ID:-$(date +%s)-$$}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-scripts/build-init.sh
+scripts/build-guest.sh
 # A private PostgreSQL for the update server's tests (started here, stopped on exit).
 if [ -x scripts/postgres.sh ]; then
   eval "$(scripts/postgres.sh start)"

@@ -2,7 +2,7 @@
 //! `scripts/test.sh` run through `WELLCAR_TEST_BUILD_ID`), locating the workspace, and booting.
 //!
 //! These tests need the host tools `scripts/install-deps.sh` installs and the static initramfs
-//! `/init` that `scripts/build-init.sh` builds; when either is missing they fail and say so.
+//! `/init` that `scripts/build-guest.sh` builds; when either is missing they fail and say so.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -13,7 +13,10 @@ pub use wellcar_vm::{Accel, Firmware, Machine, MachineConfig};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
 }
 
 /// Where the VM tests keep their builds.
@@ -21,11 +24,24 @@ pub fn test_dir() -> PathBuf {
     workspace().join("target/vmtest")
 }
 
-/// The static `/init`, built by `scripts/build-init.sh`.
+/// The static `/init`, built by `scripts/build-guest.sh`.
 pub fn init_binary() -> PathBuf {
     let p = workspace().join("target/x86_64-unknown-linux-gnu/initramfs/wellcar-init");
-    assert!(p.is_file(), "{} is missing: run scripts/build-init.sh (scripts/test.sh does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/build-guest.sh (scripts/test.sh does)",
+        p.display()
+    );
     p
+}
+
+/// Wellcar's on-host programs, built by `scripts/build-guest.sh` into `target/release`.
+pub fn usr_binaries() -> Vec<PathBuf> {
+    ["wellcarctl", "wellcar-update-agent"]
+        .iter()
+        .map(|n| workspace().join("target/release").join(n))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 /// A finished build.
@@ -53,8 +69,11 @@ pub fn build(name: &str, version: &str) -> Built {
         version: Some(version.into()),
         source_date_epoch: 1_700_000_000,
         init_binary: init_binary(),
+        usr_binaries: usr_binaries(),
+        usr_overlays: Vec::new(),
     };
-    let manifest = wellcar_image::build(&opts).unwrap_or_else(|e| panic!("wellcar build failed: {}", chain(&e)));
+    let manifest = wellcar_image::build(&opts)
+        .unwrap_or_else(|e| panic!("wellcar build failed: {}", chain(&e)));
     Built { dir, manifest }
 }
 
@@ -96,7 +115,10 @@ pub fn vm_slot() -> std::sync::MutexGuard<'static, ()> {
 
 /// A machine config for `built` with the probed accelerator.
 pub fn machine(built: &Built, firmware: Firmware) -> MachineConfig {
-    let mut cfg = MachineConfig::new(built.path(&built.manifest.qcow2_image), accel(&built.path(&built.manifest.kernel)));
+    let mut cfg = MachineConfig::new(
+        built.path(&built.manifest.qcow2_image),
+        accel(&built.path(&built.manifest.kernel)),
+    );
     cfg.firmware = firmware;
     cfg
 }

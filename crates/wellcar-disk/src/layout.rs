@@ -166,6 +166,21 @@ pub fn spec_by_label(label: &str) -> Option<&'static PartitionSpec> {
     LAYOUT.iter().find(|p| p.label == label)
 }
 
+/// dm-verity block size (data and hash), as Flatcar.
+pub const VERITY_BLOCK_SIZE: u64 = 4096;
+/// Data blocks covered by the verity tree in a USR slot: Flatcar's 260094 x 4096 bytes.
+pub const USR_DATA_BLOCKS: u64 = 260_094;
+/// Byte offset, inside a USR partition, of the verity hash area (superblock first, then the
+/// tree). Flatcar's number: data and hash area fit the first 1 GiB of the slot.
+pub const USR_VERITY_HASH_OFFSET: u64 = USR_DATA_BLOCKS * VERITY_BLOCK_SIZE;
+/// Bytes of a USR slot that an update writes: the filesystem region plus the hash area.
+pub const USR_EXTRACT_SIZE: u64 = 1024 * MIB;
+
+// The geometry is Flatcar's byte for byte, and the hash area fits the extract region.
+const _: () = assert!(USR_VERITY_HASH_OFFSET == 1_065_345_024);
+const _: () = assert!(USR_VERITY_HASH_OFFSET < USR_EXTRACT_SIZE);
+const _: () = assert!(USR_EXTRACT_SIZE <= LAYOUT[2].size && USR_EXTRACT_SIZE <= LAYOUT[3].size);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,27 +203,5 @@ mod tests {
             Slot::B.unique_guid().to_string(),
             "e03dd35c-7c2d-4a47-b3fe-27f15780a57c"
         );
-    }
-}
-
-/// dm-verity block size (data and hash), as Flatcar.
-pub const VERITY_BLOCK_SIZE: u64 = 4096;
-/// Data blocks covered by the verity tree in a USR slot: Flatcar's 260094 x 4096 bytes.
-pub const USR_DATA_BLOCKS: u64 = 260_094;
-/// Byte offset, inside a USR partition, of the verity hash area (superblock first, then the
-/// tree). Flatcar's number: data and hash area fit the first 1 GiB of the slot.
-pub const USR_VERITY_HASH_OFFSET: u64 = USR_DATA_BLOCKS * VERITY_BLOCK_SIZE;
-/// Bytes of a USR slot that an update writes: the filesystem region plus the hash area.
-pub const USR_EXTRACT_SIZE: u64 = 1024 * MIB;
-
-#[cfg(test)]
-mod verity_tests {
-    use super::*;
-
-    #[test]
-    fn hash_offset_is_flatcars() {
-        assert_eq!(USR_VERITY_HASH_OFFSET, 1_065_345_024);
-        assert!(USR_VERITY_HASH_OFFSET < USR_EXTRACT_SIZE);
-        assert!(USR_EXTRACT_SIZE <= Slot::A.spec().size);
     }
 }

@@ -112,7 +112,7 @@ pub fn embed_bios(
             message: format!("boot.img is {} bytes, expected 512", boot_img.len()),
         });
     }
-    if core.len() < 1024 || core.len() % 512 != 0 {
+    if core.len() < 1024 || !core.len().is_multiple_of(512) {
         return Err(BuildError::Rootfs {
             path: "core.img".into(),
             message: format!("core.img is {} bytes", core.len()),

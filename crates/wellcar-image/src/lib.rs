@@ -47,6 +47,12 @@ pub struct BuildOptions {
     pub source_date_epoch: u64,
     /// The static `/init` binary for the initramfs.
     pub init_binary: PathBuf,
+    /// Wellcar's own programs for the running system (agent, `wellcarctl`), installed into
+    /// `/usr/bin` under their file names.
+    pub usr_binaries: Vec<PathBuf>,
+    /// Directories laid over `/usr` after everything else (user customisation): the contents
+    /// of each directory are copied into `/usr`, later ones winning.
+    pub usr_overlays: Vec<PathBuf>,
 }
 
 /// Prints and records phase timings.
@@ -77,7 +83,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
     if !opts.init_binary.is_file() {
         return Err(BuildError::Rootfs {
             path: opts.init_binary.clone(),
-            message: "the initramfs /init binary is missing; build it with `scripts/build-init.sh`"
+            message: "the initramfs /init binary is missing; build it with `scripts/build-guest.sh`"
                 .into(),
         });
     }

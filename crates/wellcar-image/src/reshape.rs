@@ -298,11 +298,12 @@ fn add_default_user(root: &Path, def: &OsDefinition) -> Result<()> {
     edit("shadow", &|t| {
         format!("{t}{}:*:19000:0:99999:7:::\n", u.name)
     })?;
-    let add_member = |t: String, gshadow: bool| -> String {
+    // The member list is field 3 in both group(5) and gshadow(5).
+    let add_member = |t: String| -> String {
         let mut out = String::new();
         for line in t.lines() {
             let mut f: Vec<String> = line.split(':').map(str::to_string).collect();
-            let members = if gshadow { 3 } else { 3 };
+            let members = 3;
             if f.len() > members && u.groups.iter().any(|g| *g == f[0]) {
                 let m = &mut f[members];
                 if !m.is_empty() {
@@ -315,11 +316,9 @@ fn add_default_user(root: &Path, def: &OsDefinition) -> Result<()> {
         out
     };
     edit("group", &|t| {
-        format!("{}{}:x:{}:\n", add_member(t, false), u.name, u.uid)
+        format!("{}{}:x:{}:\n", add_member(t), u.name, u.uid)
     })?;
-    edit("gshadow", &|t| {
-        format!("{}{}:!::\n", add_member(t, true), u.name)
-    })?;
+    edit("gshadow", &|t| format!("{}{}:!::\n", add_member(t), u.name))?;
     Ok(())
 }
 
@@ -351,6 +350,7 @@ fn enable_units(root: &Path, def: &OsDefinition) -> Result<()> {
 /// Moves `/etc` and `/var` into `/usr/share/wellcar` and writes the tmpfiles that restore /var.
 fn freeze_etc_and_var(root: &Path) -> Result<()> {
     let share = root.join("usr/share/wellcar");
+    fs::create_dir_all(&share).at("creating", &share)?;
     let etc = share.join("etc");
     remove(&etc)?;
     fs::rename(root.join("etc"), &etc).at("freezing /etc into", &etc)?;
@@ -404,6 +404,39 @@ fn freeze_etc_and_var(root: &Path) -> Result<()> {
     fs::write(&p, lines).at("writing", &p)?;
     fs::create_dir(root.join("etc")).at("creating", root.join("etc"))?;
     fs::create_dir(root.join("var")).at("creating", root.join("var"))?;
+    Ok(())
+}
+
+/// Copies Wellcar's own programs into `/usr/bin` (mode 0755).
+pub fn install_usr_binaries(root: &Path, binaries: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for bin in binaries {
+        let name = bin.file_name().ok_or_else(|| BuildError::Rootfs {
+            path: bin.clone(),
+            message: "not a file name".into(),
+        })?;
+        let dst = root.join("usr/bin").join(name);
+        fs::copy(bin, &dst).at("installing", bin)?;
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).at("chmod", &dst)?;
+    }
+    Ok(())
+}
+
+/// Lays the contents of `overlay` over `/usr` (files replace, directories merge).
+pub fn overlay_usr(root: &Path, overlay: &Path) -> Result<()> {
+    if !overlay.is_dir() {
+        return Err(BuildError::Rootfs {
+            path: overlay.into(),
+            message: "usr overlay is not a directory".into(),
+        });
+    }
+    tools::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg("--remove-destination")
+            .arg(format!("{}/.", overlay.display()))
+            .arg(root.join("usr")),
+    )?;
     Ok(())
 }
 
@@ -477,6 +510,32 @@ mod tests {
         assert!(group.ends_with("core:x:500:\n"), "{group}");
         let gshadow = fs::read_to_string(etc.join("gshadow")).unwrap();
         assert!(gshadow.contains("sudo:*::core\n"), "{gshadow}");
+    }
+
+    #[test]
+    fn usr_overlay_replaces_and_adds() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+        fs::write(root.join("usr/lib/systemd/systemd"), "real").unwrap();
+        let ov = d.path().join("ov");
+        fs::create_dir_all(ov.join("lib/systemd")).unwrap();
+        fs::create_dir_all(ov.join("share/extra")).unwrap();
+        fs::write(ov.join("lib/systemd/systemd"), "broken").unwrap();
+        fs::write(ov.join("share/extra/x"), "x").unwrap();
+        overlay_usr(&root, &ov).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("usr/lib/systemd/systemd")).unwrap(),
+            "broken"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("usr/share/extra/x")).unwrap(),
+            "x"
+        );
+        let err = overlay_usr(&root, &d.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing"), "{err}");
     }
 
     #[test]

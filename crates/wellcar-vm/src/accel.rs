@@ -43,10 +43,18 @@ pub fn choose_accel(kernel: &Path) -> Accel {
     let cache = cache_file();
     if let Some(c) = &cache {
         if let Ok(s) = std::fs::read_to_string(c) {
-            return if s.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg };
+            return if s.trim() == "kvm" {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
         }
     }
-    let accel = if probe_kvm(kernel) { Accel::Kvm } else { Accel::Tcg };
+    let accel = if probe_kvm(kernel) {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
     tracing::info!(accel = accel.as_str(), "probed KVM");
     if let Some(c) = cache {
         let _ = std::fs::create_dir_all(c.parent().expect("cache file has a parent"));
@@ -57,12 +65,23 @@ pub fn choose_accel(kernel: &Path) -> Accel {
 
 fn cache_file() -> Option<PathBuf> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let model = cpu.lines().find(|l| l.starts_with("model name")).unwrap_or("");
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .unwrap_or("");
     let flags = cpu.lines().find(|l| l.starts_with("flags")).unwrap_or("");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output().ok()?;
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()?;
     let mut h = Sha256::new();
-    for part in [model.as_bytes(), flags.as_bytes(), kernel.as_bytes(), &qemu.stdout] {
+    for part in [
+        model.as_bytes(),
+        flags.as_bytes(),
+        kernel.as_bytes(),
+        &qemu.stdout,
+    ] {
         h.update(part);
     }
     let key = hex::encode(&h.finalize()[..8]);
@@ -74,7 +93,18 @@ fn cache_file() -> Option<PathBuf> {
 
 fn probe_kvm(kernel: &Path) -> bool {
     let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "kvm", "-machine", "q35", "-m", "256", "-nodefaults", "-display", "none", "-no-reboot"])
+        .args([
+            "-accel",
+            "kvm",
+            "-machine",
+            "q35",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .args(["-serial", "stdio", "-append", "console=ttyS0 panic=-1"])
         .arg("-kernel")
         .arg(kernel)
@@ -101,7 +131,9 @@ fn probe_kvm(kernel: &Path) -> bool {
         let _ = tx.send(false);
     });
     let start = Instant::now();
-    let ok = rx.recv_timeout(PROBE_TIMEOUT.saturating_sub(start.elapsed())).unwrap_or(false);
+    let ok = rx
+        .recv_timeout(PROBE_TIMEOUT.saturating_sub(start.elapsed()))
+        .unwrap_or(false);
     let _ = child.kill();
     let _ = child.wait();
     ok

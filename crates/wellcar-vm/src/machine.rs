@@ -45,7 +45,9 @@ pub enum VmError {
         tail: String,
     },
     /// QEMU exited while the console was awaited.
-    #[error("QEMU exited ({status}) before the console showed {pattern:?}; last console lines:\n{tail}")]
+    #[error(
+        "QEMU exited ({status}) before the console showed {pattern:?}; last console lines:\n{tail}"
+    )]
     Exited {
         /// The awaited text.
         pattern: String,
@@ -147,15 +149,25 @@ pub struct Machine {
 }
 
 fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T, VmError> {
-    r.map_err(|source| VmError::Io { action, path: path.into(), source })
+    r.map_err(|source| VmError::Io {
+        action,
+        path: path.into(),
+        source,
+    })
 }
 
 fn run(cmd: &mut Command) -> Result<(), VmError> {
-    let out = cmd.output().map_err(|e| VmError::Command { command: format!("{cmd:?}"), message: e.to_string() })?;
+    let out = cmd.output().map_err(|e| VmError::Command {
+        command: format!("{cmd:?}"),
+        message: e.to_string(),
+    })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(VmError::Command { command: format!("{cmd:?}"), message: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+        Err(VmError::Command {
+            command: format!("{cmd:?}"),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -174,24 +186,49 @@ impl Machine {
                 (d.clone(), None)
             }
             None => {
-                let t = io(tempfile::Builder::new().prefix("wellcar-vm-").tempdir(), "creating temp dir", Path::new("/tmp"))?;
+                let t = io(
+                    tempfile::Builder::new().prefix("wellcar-vm-").tempdir(),
+                    "creating temp dir",
+                    Path::new("/tmp"),
+                )?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
         let overlay = dir.join("disk.qcow2");
         let _ = std::fs::remove_file(&overlay);
-        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(&image).arg(&overlay))?;
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&image)
+            .arg(&overlay))?;
         if let Some(size) = cfg.disk_size {
-            run(Command::new("qemu-img").args(["resize", "-q"]).arg(&overlay).arg(size.to_string()))?;
+            run(Command::new("qemu-img")
+                .args(["resize", "-q"])
+                .arg(&overlay)
+                .arg(size.to_string()))?;
         }
 
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-machine", "q35", "-accel", cfg.accel.as_str(), "-nodefaults", "-no-user-config"])
-            .args(["-m", &cfg.memory_mib.to_string(), "-smp", &cfg.cpus.to_string()])
-            .args(["-display", "none", "-vga", "none"])
-            .arg("-drive")
-            .arg(format!("if=virtio,file={},format=qcow2,cache=unsafe", overlay.display()))
-            .args(["-device", "virtio-rng-pci"]);
+        cmd.args([
+            "-machine",
+            "q35",
+            "-accel",
+            cfg.accel.as_str(),
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args([
+            "-m",
+            &cfg.memory_mib.to_string(),
+            "-smp",
+            &cfg.cpus.to_string(),
+        ])
+        .args(["-display", "none", "-vga", "none"])
+        .arg("-drive")
+        .arg(format!(
+            "if=virtio,file={},format=qcow2,cache=unsafe",
+            overlay.display()
+        ))
+        .args(["-device", "virtio-rng-pci"]);
         if cfg.accel == Accel::Kvm {
             cmd.args(["-cpu", "host"]);
         } else {
@@ -200,17 +237,30 @@ impl Machine {
         if cfg.firmware == Firmware::Uefi {
             for (what, p) in [("OVMF firmware", OVMF_CODE), ("OVMF variables", OVMF_VARS)] {
                 if !Path::new(p).exists() {
-                    return Err(VmError::Missing { what, path: p.into(), hint: "apt-get install ovmf" });
+                    return Err(VmError::Missing {
+                        what,
+                        path: p.into(),
+                        hint: "apt-get install ovmf",
+                    });
                 }
             }
             let vars = dir.join("OVMF_VARS.fd");
-            io(std::fs::copy(OVMF_VARS, &vars), "copying OVMF variables to", &vars)?;
-            cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
-            cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            io(
+                std::fs::copy(OVMF_VARS, &vars),
+                "copying OVMF variables to",
+                &vars,
+            )?;
+            cmd.arg("-drive")
+                .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+            cmd.arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
         }
         if let Some(ign) = &cfg.ignition {
             let ign = io(ign.canonicalize(), "opening Ignition config", ign)?;
-            cmd.arg("-fw_cfg").arg(format!("name=opt/org.flatcar-linux/config,file={}", ign.display()));
+            cmd.arg("-fw_cfg").arg(format!(
+                "name=opt/org.flatcar-linux/config,file={}",
+                ign.display()
+            ));
         }
         let ssh_port = match cfg.ssh_port {
             Some(0) => Some(io(free_port(), "picking a port", Path::new("127.0.0.1"))?),
@@ -228,12 +278,28 @@ impl Machine {
         let console: Arc<(Mutex<Console>, Condvar)> = Arc::default();
         if cfg.interactive {
             cmd.args(["-serial", "mon:stdio"]);
-            let child = cmd.spawn().map_err(|e| VmError::Command { command: format!("{cmd:?}"), message: e.to_string() })?;
-            return Ok(Machine { child, stdin: None, console, ssh_port, dir, _temp: temp });
+            let child = cmd.spawn().map_err(|e| VmError::Command {
+                command: format!("{cmd:?}"),
+                message: e.to_string(),
+            })?;
+            return Ok(Machine {
+                child,
+                stdin: None,
+                console,
+                ssh_port,
+                dir,
+                _temp: temp,
+            });
         }
-        cmd.args(["-serial", "stdio", "-monitor", "none"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["-serial", "stdio", "-monitor", "none"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         tracing::debug!("exec: {cmd:?}");
-        let mut child = cmd.spawn().map_err(|e| VmError::Command { command: format!("{cmd:?}"), message: e.to_string() })?;
+        let mut child = cmd.spawn().map_err(|e| VmError::Command {
+            command: format!("{cmd:?}"),
+            message: e.to_string(),
+        })?;
         let log_path = dir.join("console.log");
         let mut log = io(std::fs::File::create(&log_path), "creating", &log_path)?;
         let mut stdout = child.stdout.take().expect("piped");
@@ -261,12 +327,22 @@ impl Machine {
             let _ = stderr.read_to_string(&mut text);
             if !text.trim().is_empty() {
                 let (lock, cv) = &*c;
-                lock.lock().expect("console lock").text.push_str(&format!("\n[qemu stderr] {text}"));
+                lock.lock()
+                    .expect("console lock")
+                    .text
+                    .push_str(&format!("\n[qemu stderr] {text}"));
                 cv.notify_all();
             }
         });
         let stdin = child.stdin.take();
-        Ok(Machine { child, stdin, console, ssh_port, dir, _temp: temp })
+        Ok(Machine {
+            child,
+            stdin,
+            console,
+            ssh_port,
+            dir,
+            _temp: temp,
+        })
     }
 
     /// Everything the console printed so far.
@@ -276,13 +352,21 @@ impl Machine {
 
     /// Waits until the console output after byte `from` contains `pattern`; returns the offset
     /// just past the match.
-    pub fn wait_for_from(&mut self, from: usize, pattern: &str, timeout: Duration) -> Result<usize, VmError> {
+    pub fn wait_for_from(
+        &mut self,
+        from: usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<usize, VmError> {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.console;
         let mut con = lock.lock().expect("console lock");
         loop {
             let start = from.min(con.text.len());
-            let start = (0..=start).rev().find(|&i| con.text.is_char_boundary(i)).unwrap_or(0);
+            let start = (0..=start)
+                .rev()
+                .find(|&i| con.text.is_char_boundary(i))
+                .unwrap_or(0);
             if let Some(pos) = con.text[start..].find(pattern) {
                 return Ok(start + pos + pattern.len());
             }
@@ -291,13 +375,24 @@ impl Machine {
                 drop(con);
                 let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                 let con = lock.lock().expect("console lock");
-                return Err(VmError::Exited { pattern: pattern.into(), status, tail: tail_of(&con.text) });
+                return Err(VmError::Exited {
+                    pattern: pattern.into(),
+                    status,
+                    tail: tail_of(&con.text),
+                });
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(VmError::Timeout { pattern: pattern.into(), seconds: timeout.as_secs(), tail: tail() });
+                return Err(VmError::Timeout {
+                    pattern: pattern.into(),
+                    seconds: timeout.as_secs(),
+                    tail: tail(),
+                });
             }
-            con = cv.wait_timeout(con, deadline - now).expect("console lock").0;
+            con = cv
+                .wait_timeout(con, deadline - now)
+                .expect("console lock")
+                .0;
         }
     }
 
@@ -312,7 +407,11 @@ impl Machine {
             command: "serial console".into(),
             message: "the console is interactive, not captured".into(),
         })?;
-        io(stdin.write_all(text.as_bytes()).and_then(|_| stdin.flush()), "writing to console of", &self.dir)
+        io(
+            stdin.write_all(text.as_bytes()).and_then(|_| stdin.flush()),
+            "writing to console of",
+            &self.dir,
+        )
     }
 
     /// Runs a shell command on the (logged-in) serial console and returns its output, framed by
@@ -323,11 +422,16 @@ impl Machine {
         let end = format!("@@E{id}@@");
         let from = self.console().len();
         // The markers are printed with a split so the echoed command line never contains them.
-        self.send(&format!("echo @@B{id}'@@'; {command}; echo @@E{id}'@@'rc=$?\n"))?;
+        self.send(&format!(
+            "echo @@B{id}'@@'; {command}; echo @@E{id}'@@'rc=$?\n"
+        ))?;
         let b = self.wait_for_from(from, &begin, timeout)?;
         let e = self.wait_for_from(b, &end, timeout)?;
         let text = self.console();
-        let rc_end = text[e..].find(['\r', '\n']).map(|i| e + i).unwrap_or(text.len());
+        let rc_end = text[e..]
+            .find(['\r', '\n'])
+            .map(|i| e + i)
+            .unwrap_or(text.len());
         let body = &text[b..e - end.len()];
         let rc = text[e..rc_end].trim_start_matches("rc=").to_string();
         Ok(format!("{}\nrc={rc}", body.trim_matches(['\r', '\n'])))
@@ -353,7 +457,10 @@ impl Machine {
 
     /// Blocks until QEMU exits.
     pub fn wait_exit(&mut self) -> Result<ExitStatus, VmError> {
-        self.child.wait().map_err(|e| VmError::Command { command: "qemu-system-x86_64".into(), message: e.to_string() })
+        self.child.wait().map_err(|e| VmError::Command {
+            command: "qemu-system-x86_64".into(),
+            message: e.to_string(),
+        })
     }
 
     /// The overlay disk the machine writes.
@@ -379,7 +486,10 @@ fn tail(text: &str, lines: usize) -> String {
 
 fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
         return std::process::id() ^ Instant::now().elapsed().subsec_nanos();
     }
     u32::from_le_bytes(b)

@@ -17,9 +17,17 @@ pub struct Opts {
     /// Version to build (default: the definition's `os.version`).
     #[arg(long = "os-version")]
     pub os_version: Option<String>,
-    /// The static initramfs `/init` (default: the one `scripts/build-init.sh` builds).
+    /// The static initramfs `/init` (default: the one `scripts/build-guest.sh` builds).
     #[arg(long)]
     pub init_binary: Option<PathBuf>,
+    /// A program installed into the image's /usr/bin (repeatable; default: Wellcar's on-host
+    /// programs found next to this executable).
+    #[arg(long = "usr-binary")]
+    pub usr_binaries: Vec<PathBuf>,
+    /// A directory whose contents are laid over /usr (repeatable, later ones win): how to add
+    /// or replace files in an image.
+    #[arg(long = "usr-overlay")]
+    pub usr_overlays: Vec<PathBuf>,
 }
 
 /// Runs `wellcar build`.
@@ -34,6 +42,12 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         output: opts.output.clone(),
         version: opts.os_version,
         init_binary,
+        usr_binaries: if opts.usr_binaries.is_empty() {
+            default_usr_binaries()?
+        } else {
+            opts.usr_binaries
+        },
+        usr_overlays: opts.usr_overlays,
     };
     let manifest = wellcar_image::build(&build).context("building the image")?;
     println!(
@@ -58,4 +72,24 @@ fn default_init_binary() -> anyhow::Result<PathBuf> {
         .and_then(|p| p.parent())
         .context("wellcar is not inside a cargo target directory")?;
     Ok(target.join("x86_64-unknown-linux-gnu/initramfs/wellcar-init"))
+}
+
+/// Wellcar's programs that run on the host OS, installed into every image.
+pub const USR_BINARIES: &[&str] = &["wellcarctl", "wellcar-update-agent"];
+
+/// The on-host programs built next to this executable (`cargo build --release` puts them there);
+/// names not built yet are skipped with a warning.
+fn default_usr_binaries() -> anyhow::Result<Vec<PathBuf>> {
+    let exe = std::env::current_exe().context("locating the wellcar executable")?;
+    let dir = exe.parent().context("wellcar has no parent directory")?;
+    let mut found = Vec::new();
+    for name in USR_BINARIES {
+        let p = dir.join(name);
+        if p.is_file() {
+            found.push(p);
+        } else {
+            tracing::warn!("{} not built; the image will not contain it", p.display());
+        }
+    }
+    Ok(found)
 }

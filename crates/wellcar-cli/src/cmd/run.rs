@@ -31,19 +31,28 @@ pub struct Opts {
 
 /// Runs `wellcar run`.
 pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
-    let kernel = opts.image.parent().map(|d| d.join("vmlinuz")).filter(|k| k.is_file());
+    let kernel = opts
+        .image
+        .parent()
+        .map(|d| d.join("vmlinuz"))
+        .filter(|k| k.is_file());
     let accel = match &kernel {
         Some(k) => choose_accel(k),
         None => Accel::Tcg,
     };
     let mut cfg = MachineConfig::new(&opts.image, accel);
-    cfg.firmware = if opts.uefi { Firmware::Uefi } else { Firmware::Bios };
+    cfg.firmware = if opts.uefi {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
     cfg.ignition = opts.ignition;
     cfg.ssh_port = Some(opts.ssh_port);
     cfg.memory_mib = opts.memory;
     cfg.disk_size = opts.disk_gib.map(|g| g << 30);
     cfg.interactive = true;
-    let mut vm = Machine::spawn(&cfg).with_context(|| format!("booting {}", opts.image.display()))?;
+    let mut vm =
+        Machine::spawn(&cfg).with_context(|| format!("booting {}", opts.image.display()))?;
     eprintln!(
         "wellcar run: {} under {} ({}); ssh: ssh -p {} core@127.0.0.1; quit: Ctrl-A X",
         opts.image.display(),
@@ -52,5 +61,9 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         vm.ssh_port.unwrap_or(0)
     );
     let status = vm.wait_exit().context("waiting for QEMU")?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
