@@ -2,14 +2,14 @@
 //!
 //! A payload (`wellcar_update.bin`) carries one OS version for one board: the /usr region of a
 //! USR slot (filesystem, zeros and dm-verity hash area), plus the slot's kernel and initramfs.
-//! The format is in [`format`] (the normative description, copied into ARCHITECTURE.md).
+//! The format is in [`mod@format`] (the normative description, copied into ARCHITECTURE.md).
 //!
 //! Who calls what:
 //! - the image builder: [`create_payload`] (or [`create_payload_with`]) with a key from
 //!   [`load_signing_key`] or [`dev_signing_key`];
 //! - the update agent: [`PayloadHead::read`] + [`PayloadHead::authenticate`], then
 //!   [`Installer`] (`new` or `resume`, `write_from_with_progress`, `finish`), or the one-shot
-//!   [`apply`];
+//!   [`apply()`];
 //! - `wellcar payload verify`: [`verify_payload`]; `wellcar key generate`:
 //!   [`generate_keypair`].
 //!
@@ -17,6 +17,8 @@
 //! size are checked; every blob is hashed before it is decompressed; apply succeeds only after
 //! the written images are read back and match the signed sha256s and dm-verity root; memory is
 //! bounded (one blob and one chunk, plus 32 bytes of verity state per 4 KiB of /usr).
+
+#![deny(missing_docs)]
 
 pub mod apply;
 pub mod create;
