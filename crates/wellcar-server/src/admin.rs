@@ -106,6 +106,14 @@ pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
             post(publish),
         )
         .route(
+            "/api/v1/apps/{app}/channels/{channel}/floors",
+            post(add_floor),
+        )
+        .route(
+            "/api/v1/apps/{app}/channels/{channel}/floors/{arch}/{version}",
+            axum::routing::delete(remove_floor),
+        )
+        .route(
             "/api/v1/apps/{app}/groups",
             get(list_groups).post(create_group),
         )
@@ -247,6 +255,59 @@ async fn publish(
         .await?;
     after_change(&state).await?;
     Ok(Json(ch))
+}
+
+#[derive(Debug, Deserialize)]
+struct FloorBody {
+    version: String,
+    #[serde(default = "default_arch")]
+    arch: String,
+    reason: String,
+}
+
+async fn add_floor(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path((app, channel)): Path<(String, String)>,
+    Json(body): Json<FloorBody>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let actor = authorize(&state, &headers, true).await?;
+    let now = state.now();
+    let reply = serde_json::json!({
+        "channel": channel, "version": body.version, "arch": body.arch, "reason": body.reason
+    });
+    state
+        .db
+        .write(move |c| {
+            store::add_floor(
+                c,
+                &app,
+                &channel,
+                &body.version,
+                &body.arch,
+                &body.reason,
+                &actor,
+                now,
+            )
+        })
+        .await?;
+    after_change(&state).await?;
+    Ok((StatusCode::CREATED, Json(reply)))
+}
+
+async fn remove_floor(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path((app, channel, arch, version)): Path<(String, String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let actor = authorize(&state, &headers, true).await?;
+    let now = state.now();
+    state
+        .db
+        .write(move |c| store::remove_floor(c, &app, &channel, &version, &arch, &actor, now))
+        .await?;
+    after_change(&state).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_groups(

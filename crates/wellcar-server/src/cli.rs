@@ -167,6 +167,23 @@ pub enum PackageCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Make an uploaded version a mandatory intermediate step (floor) of a channel.
+    Floor {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Channel.
+        #[arg(long)]
+        channel: String,
+        /// Version (must be uploaded already).
+        #[arg(long)]
+        version: String,
+        /// Architecture.
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        /// Why machines must pass through this version.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `wellcar server package publish`.
@@ -451,6 +468,22 @@ async fn run_async(cmd: Command) -> anyhow::Result<()> {
                 .await?,
         ),
         Command::Package(PackageCommand::Publish(o)) => publish(o).await,
+        Command::Package(PackageCommand::Floor {
+            server,
+            channel,
+            version,
+            arch,
+            reason,
+        }) => print(
+            &server
+                .client()
+                .call(
+                    Method::POST,
+                    &format!("{}/channels/{channel}/floors", server.app_path()),
+                    &json!({"version": version, "arch": arch, "reason": reason}),
+                )
+                .await?,
+        ),
         Command::Group(g) => group(g).await,
         Command::Instances(o) => {
             let mut q = vec!["limit=100000".to_owned()];

@@ -169,6 +169,22 @@ impl ApiClient {
             .await
     }
 
+    /// `DELETE path`; returns the status (an error status is an error).
+    pub async fn delete(&self, path: &str) -> Result<StatusCode, ClientError> {
+        let (status, bytes) = self
+            .send(Method::DELETE, path, None, full(Bytes::new()))
+            .await?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                method: Method::DELETE,
+                url: format!("{}{path}", self.base),
+                status,
+                body: String::from_utf8_lossy(&bytes).trim().to_owned(),
+            });
+        }
+        Ok(status)
+    }
+
     /// `method path` with a JSON body, decoded from JSON.
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -267,6 +267,7 @@ both_backends!(
     admin_tokens_and_flatcar_app,
     retention_prunes_old_data,
     downgrades_only_when_allowed,
+    floors_are_mandatory_steps,
 );
 
 async fn fresh_server_seeds_and_answers(backend: Backend) {
@@ -1173,4 +1174,53 @@ async fn kill9_loses_no_acknowledged_event() {
     );
     let _ = child2.kill();
     child2.wait().unwrap();
+}
+
+async fn floors_are_mandatory_steps(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.publish("1.5.0", "stable").await;
+    let _: serde_json::Value = h
+        .api
+        .call(
+            Method::POST,
+            &format!("/api/v1/apps/{WELLCAR_APP_ID}/channels/stable/floors"),
+            &json!({"version": "1.5.0", "reason": "partition migration"}),
+        )
+        .await
+        .unwrap();
+    h.publish("2.0.0", "stable").await;
+    let r = h
+        .post(&request(
+            WELLCAR_APP_ID,
+            "low",
+            "1.0.0",
+            "stable",
+            true,
+            &[],
+        ))
+        .await;
+    let m = &r.apps[0].update_check.as_ref().unwrap().manifests[0];
+    assert_eq!((m.version.as_str(), m.is_floor), ("1.5.0", true));
+    assert_eq!(m.floor_reason.as_deref(), Some("partition migration"));
+    let UpdateDecision::Update(info) = h.check("mid", "1.5.0", "stable").await else {
+        panic!()
+    };
+    assert_eq!(info.version, "2.0.0");
+    let UpdateDecision::Update(info) = h.check("above", "1.7.0", "stable").await else {
+        panic!()
+    };
+    assert_eq!(info.version, "2.0.0");
+    let status = h
+        .api
+        .delete(&format!(
+            "/api/v1/apps/{WELLCAR_APP_ID}/channels/stable/floors/amd64/1.5.0"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let UpdateDecision::Update(info) = h.check("fresh", "1.0.0", "stable").await else {
+        panic!()
+    };
+    assert_eq!(info.version, "2.0.0");
+    h.stop().await;
 }

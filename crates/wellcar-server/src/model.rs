@@ -52,6 +52,18 @@ pub struct Channel {
     pub arch: String,
     /// The package the channel points at, if any.
     pub package: Option<Package>,
+    /// Mandatory intermediate versions, lowest first.
+    #[serde(default)]
+    pub floors: Vec<Floor>,
+}
+
+/// A mandatory intermediate version on a channel: machines below it are updated to it first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Floor {
+    /// The floor package.
+    pub package: Package,
+    /// Why it is mandatory.
+    pub reason: String,
 }
 
 /// A weekly maintenance window in the group's time zone.

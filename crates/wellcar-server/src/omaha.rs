@@ -25,7 +25,7 @@ use wellcar_omaha::{
     Request, UpdateCheckResponse, MAX_REQUEST_BYTES,
 };
 
-use crate::model::{status, Group, Package};
+use crate::model::{status, Channel, Group, Package};
 use crate::server::ServerState;
 use crate::store::{self, Sighting};
 use crate::StoreError;
@@ -252,13 +252,14 @@ async fn answer_app(
             out.update_check = Some(error_update_check(state));
             return Ok(out);
         };
-        let target = config
+        let channel = config
             .channels
             .get(&(app_id.clone(), group.channel.clone(), arch.to_owned()))
-            .cloned()
-            .flatten();
-        let offer = match target {
-            Some(package) => decide(state, &group, package, &sighting, now).await?,
+            .cloned();
+        let offer = match channel.and_then(|c| next_hop(&c, &app.version, &group)) {
+            Some((package, floor)) => decide(state, &group, package, &sighting, now)
+                .await?
+                .map(|p| (p, floor)),
             None => None,
         };
         state.metrics.check(offer.is_some());
@@ -268,10 +269,13 @@ async fn answer_app(
             ..UpdateCheckResponse::default()
         };
         match offer {
-            Some(package) => {
+            Some((package, floor_reason)) => {
                 uc.status = omaha_status::OK.into();
                 uc.codebases = vec![codebase(state, headers, &package)];
-                uc.manifests = vec![manifest(&package)];
+                let mut m = manifest(&package);
+                m.is_floor = floor_reason.is_some();
+                m.floor_reason = floor_reason;
+                uc.manifests = vec![m];
                 state.mark_persisted(&sighting);
             }
             None => {
@@ -320,7 +324,37 @@ fn manifest(p: &Package) -> Manifest {
     }
 }
 
-/// Decides whether to offer `package`; `Some` means the update is granted (or re-served).
+/// The package an instance at `current` should move to next on `channel`: the lowest floor
+/// above its version and below the target, else the target (with the floor's reason if it is
+/// one). `None` when there is nothing newer (or an allowed downgrade is not applicable).
+pub fn next_hop(
+    channel: &Channel,
+    current: &str,
+    group: &Group,
+) -> Option<(Package, Option<String>)> {
+    let target = channel.package.clone()?;
+    let target_v = parse_version(&target.version)?;
+    let current_v = parse_version(current)?;
+    if current_v == target_v {
+        return None;
+    }
+    if current_v > target_v {
+        return group.policy.allow_downgrade.then_some((target, None));
+    }
+    let floor = channel
+        .floors
+        .iter()
+        .filter_map(|f| parse_version(&f.package.version).map(|v| (v, f)))
+        .filter(|(v, _)| *v > current_v && *v < target_v)
+        .min_by(|a, b| a.0.cmp(&b.0));
+    Some(match floor {
+        Some((_, f)) => (f.package.clone(), Some(f.reason.clone())),
+        None => (target, None),
+    })
+}
+
+/// Decides whether to offer `package` (chosen by [`next_hop`]); `Some` means the update is
+/// granted (or re-served).
 async fn decide(
     state: &Arc<ServerState>,
     group: &Group,
@@ -328,15 +362,6 @@ async fn decide(
     sighting: &Sighting,
     now: i64,
 ) -> Result<Option<Package>, StoreError> {
-    let (Some(current), Some(target)) = (
-        parse_version(&sighting.version),
-        parse_version(&package.version),
-    ) else {
-        return Ok(None);
-    };
-    if current == target || (current > target && !group.policy.allow_downgrade) {
-        return Ok(None);
-    }
     if sighting.machine_id.is_empty() {
         return Ok(None);
     }

@@ -26,7 +26,7 @@ use tower_http::services::ServeDir;
 
 use crate::db::Db;
 use crate::metrics::Metrics;
-use crate::model::{App, Group, Package};
+use crate::model::{App, Channel, Group};
 use crate::store::{self, RetentionCutoffs, Sighting};
 use crate::StoreError;
 
@@ -121,8 +121,8 @@ pub struct ConfigSnapshot {
     pub apps: HashMap<String, App>,
     /// Groups by (app id, track).
     pub groups: HashMap<(String, String), Group>,
-    /// Channel targets by (app id, channel name, arch).
-    pub channels: HashMap<(String, String, String), Option<Package>>,
+    /// Channels (target and floors) by (app id, channel name, arch).
+    pub channels: HashMap<(String, String, String), Channel>,
 }
 
 fn load_snapshot(conn: &mut dyn crate::db::Conn) -> Result<ConfigSnapshot, StoreError> {
@@ -137,7 +137,7 @@ fn load_snapshot(conn: &mut dyn crate::db::Conn) -> Result<ConfigSnapshot, Store
         .collect();
     let channels = store::all_channels(conn)?
         .into_iter()
-        .map(|c| ((c.app_id, c.name, c.arch), c.package))
+        .map(|c| ((c.app_id.clone(), c.name.clone(), c.arch.clone()), c))
         .collect();
     Ok(ConfigSnapshot {
         generation,

@@ -11,7 +11,9 @@
 //!   in-memory configuration.
 
 use crate::db::{query_one, Backend, Conn, Row};
-use crate::model::{status, Activity, App, Channel, Group, GroupPatch, Instance, Package, Policy};
+use crate::model::{
+    status, Activity, App, Channel, Floor, Group, GroupPatch, Instance, Package, Policy,
+};
 use crate::params;
 use crate::StoreError;
 
@@ -63,6 +65,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE api_tokens (
         id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
         token_sha256 TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL);",
+    // 2: mandatory intermediate versions.
+    "CREATE TABLE channel_floors (
+        channel_id TEXT NOT NULL REFERENCES channels(id),
+        package_id TEXT NOT NULL REFERENCES packages(id), reason TEXT NOT NULL,
+        created_at BIGINT NOT NULL, PRIMARY KEY (channel_id, package_id));",
 ];
 
 /// A role an API token grants.
@@ -316,6 +323,7 @@ pub fn create_channel(
         name: name.to_owned(),
         arch: arch.to_owned(),
         package: None,
+        floors: Vec::new(),
     })
 }
 
@@ -337,7 +345,7 @@ fn package_from(r: &Row, at: usize) -> Result<Package, StoreError> {
     })
 }
 
-/// All channels of an app, with their packages.
+/// All channels of an app, with their packages and floors.
 pub fn list_channels(conn: &mut dyn Conn, app_id: &str) -> Result<Vec<Channel>, StoreError> {
     let app = require_app(conn, app_id)?;
     let sql = format!(
@@ -345,7 +353,8 @@ pub fn list_channels(conn: &mut dyn Conn, app_id: &str) -> Result<Vec<Channel>, 
          FROM channels c LEFT JOIN packages p ON p.id = c.package_id
          WHERE c.app_id = $1 ORDER BY c.name, c.arch"
     );
-    conn.query(&sql, &params![&app.id])?
+    let mut channels = conn
+        .query(&sql, &params![&app.id])?
         .into_iter()
         .map(|r| {
             let package = match r.opt_text(14)? {
@@ -358,9 +367,130 @@ pub fn list_channels(conn: &mut dyn Conn, app_id: &str) -> Result<Vec<Channel>, 
                 name: r.text(2)?,
                 arch: r.text(3)?,
                 package,
+                floors: Vec::new(),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let sql = format!(
+        "SELECT f.channel_id, f.reason, {PACKAGE_COLUMNS}
+         FROM channel_floors f JOIN packages p ON p.id = f.package_id
+         WHERE p.app_id = $1"
+    );
+    for r in conn.query(&sql, &params![&app.id])? {
+        let channel_id = r.text(0)?;
+        let floor = Floor {
+            reason: r.text(1)?,
+            package: package_from(&r, 2)?,
+        };
+        if let Some(c) = channels.iter_mut().find(|c| c.id == channel_id) {
+            c.floors.push(floor);
+        }
+    }
+    for c in &mut channels {
+        c.floors
+            .sort_by_key(|f| semver::Version::parse(&f.package.version).ok());
+    }
+    Ok(channels)
+}
+
+fn find_package(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    version: &str,
+    arch: &str,
+) -> Result<Package, StoreError> {
+    let sql = format!(
+        "SELECT {PACKAGE_COLUMNS} FROM packages p WHERE p.app_id = $1 AND p.version = $2 AND p.arch = $3"
+    );
+    query_one(conn, &sql, &params![app_id, version, arch])?
+        .map(|r| package_from(&r, 0))
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("package {version} ({arch}) in app {app_id}")))
+}
+
+/// Makes a package a mandatory intermediate version (floor) of a channel.
+#[allow(clippy::too_many_arguments)]
+pub fn add_floor(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    channel: &str,
+    version: &str,
+    arch: &str,
+    reason: &str,
+    actor: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let app = require_app(conn, app_id)?;
+    let package = find_package(conn, &app.id, version, arch)?;
+    let channel_id = stable_id(&["channel", &app.id, channel, arch]);
+    if query_one(
+        conn,
+        "SELECT 1 FROM channels WHERE id = $1",
+        &params![&channel_id],
+    )?
+    .is_none()
+    {
+        return Err(StoreError::NotFound(format!(
+            "channel {channel}/{arch} in app {}",
+            app.id
+        )));
+    }
+    let n = conn.execute(
+        "INSERT INTO channel_floors (channel_id, package_id, reason, created_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        &params![&channel_id, &package.id, reason, now],
+    )?;
+    if n == 0 {
+        return Err(StoreError::Conflict(format!(
+            "{version} is already a floor of channel {channel} ({arch})"
+        )));
+    }
+    log_activity(
+        conn,
+        now,
+        actor,
+        "floor-added",
+        Some(&app.id),
+        None,
+        "info",
+        &format!("{version} is now a mandatory step on channel {channel} ({arch}): {reason}"),
+    )?;
+    bump_generation(conn)
+}
+
+/// Removes a floor.
+pub fn remove_floor(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    channel: &str,
+    version: &str,
+    arch: &str,
+    actor: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let app = require_app(conn, app_id)?;
+    let package = find_package(conn, &app.id, version, arch)?;
+    let channel_id = stable_id(&["channel", &app.id, channel, arch]);
+    let n = conn.execute(
+        "DELETE FROM channel_floors WHERE channel_id = $1 AND package_id = $2",
+        &params![&channel_id, &package.id],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!(
+            "floor {version} on channel {channel} ({arch})"
+        )));
+    }
+    log_activity(
+        conn,
+        now,
+        actor,
+        "floor-removed",
+        Some(&app.id),
+        None,
+        "info",
+        &format!("{version} is no longer a mandatory step on channel {channel} ({arch})"),
+    )?;
+    bump_generation(conn)
 }
 
 /// New package fields (the server fills `id`).
@@ -507,15 +637,7 @@ pub fn publish(
     now: i64,
 ) -> Result<Channel, StoreError> {
     let app = require_app(conn, app_id)?;
-    let sql = format!(
-        "SELECT {PACKAGE_COLUMNS} FROM packages p WHERE p.app_id = $1 AND p.version = $2 AND p.arch = $3"
-    );
-    let package = query_one(conn, &sql, &params![&app.id, version, arch])?
-        .map(|r| package_from(&r, 0))
-        .transpose()?
-        .ok_or_else(|| {
-            StoreError::NotFound(format!("package {version} ({arch}) in app {}", app.id))
-        })?;
+    let package = find_package(conn, &app.id, version, arch)?;
     let n = conn.execute(
         "UPDATE channels SET package_id = $1 WHERE app_id = $2 AND name = $3 AND arch = $4",
         &params![&package.id, &app.id, channel, arch],
@@ -543,6 +665,7 @@ pub fn publish(
         name: channel.to_owned(),
         arch: arch.to_owned(),
         package: Some(package),
+        floors: Vec::new(),
     })
 }
 
