@@ -1,0 +1,431 @@
+//! The pure boot-state machine: ChromeOS/Flatcar `gptprio` semantics for the two USR slots.
+//!
+//! Each slot has a priority (0-15), tries left (0-15) and a successful flag. The bootloader picks,
+//! among the slots with `tries > 0 || successful`, the one with the highest non-zero priority;
+//! ties go to USR-A ([`BootState::next_boot`]). It decrements the chosen slot's tries **before**
+//! booting it ([`BootState::bootloader_pick`]).
+//!
+//! The host operations ([`BootState::stage`], [`BootState::mark_good`], [`BootState::rollback`],
+//! [`BootState::cancel`], [`BootState::invalidate`]) refuse, with a [`Refusal`], anything that
+//! could leave no slot with `successful = 1` and a non-zero priority. That is the invariant the
+//! property tests check ([`BootState::has_fallback`]): a successful slot is always bootable, so
+//! the machine always has somewhere to go back to.
+
+use serde::Serialize;
+use wellcar_disk::Slot;
+
+/// Highest priority and highest tries value (4 bits each, as in the GPT attribute bits).
+pub const MAX_NIBBLE: u8 = 15;
+
+/// The longest version string a slot records.
+pub const MAX_VERSION_LEN: usize = 40;
+
+/// One slot's boot attributes and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotState {
+    /// 0-15; 0 is never booted.
+    pub priority: u8,
+    /// 0-15 boots left before the slot is given up on (unless successful).
+    pub tries: u8,
+    /// The slot booted and passed its health checks.
+    pub successful: bool,
+    /// The slot's dm-verity root hash (64 lower-case hex digits), or empty if it holds nothing.
+    pub root_hash: String,
+    /// The OS version the slot holds (`[A-Za-z0-9._+-]`, at most 40 bytes), or empty.
+    pub version: String,
+}
+
+impl SlotState {
+    /// An empty slot: priority 0, no tries, not successful, no contents.
+    pub fn empty() -> Self {
+        SlotState {
+            priority: 0,
+            tries: 0,
+            successful: false,
+            root_hash: String::new(),
+            version: String::new(),
+        }
+    }
+
+    /// `gptprio` eligibility: tries left or known good, and a non-zero priority.
+    pub fn bootable(&self) -> bool {
+        self.priority > 0 && (self.tries > 0 || self.successful)
+    }
+
+    /// Staged and not yet booted: tries left, not yet successful.
+    pub fn is_staged(&self) -> bool {
+        self.tries > 0 && !self.successful && self.priority > 0
+    }
+}
+
+/// The state of both slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BootState {
+    /// USR-A.
+    pub a: SlotState,
+    /// USR-B.
+    pub b: SlotState,
+}
+
+/// Why a host operation was refused (nothing was changed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Staging or clearing the booted slot would overwrite the running `/usr`.
+    #[error("{0} is the booted slot; only the other slot can be staged or cleared")]
+    SlotIsBooted(Slot),
+    /// The operation needs the other slot to be a known-good fallback.
+    #[error("{slot} would be the only fallback but it has not booted successfully; mark it good first (wellcar-update mark-good)")]
+    NoGoodFallback {
+        /// The slot that should be good.
+        slot: Slot,
+    },
+    /// Rollback target holds nothing verified and previously good.
+    #[error("cannot roll back to {slot}: {reason}")]
+    RollbackTargetNotGood {
+        /// The rollback target.
+        slot: Slot,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Cancel found no staged update.
+    #[error("nothing to cancel: {0}")]
+    NothingStaged(String),
+    /// A root hash or version that cannot be stored.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidValue {
+        /// `root_hash` or `version`.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+impl BootState {
+    /// A freshly built image: USR-A priority 1 and successful, USR-B priority 0 and empty.
+    pub fn fresh(root_hash: &str, version: &str) -> Result<Self, Refusal> {
+        check_root_hash(root_hash)?;
+        check_version(version)?;
+        Ok(BootState {
+            a: SlotState {
+                priority: 1,
+                tries: 0,
+                successful: true,
+                root_hash: root_hash.into(),
+                version: version.into(),
+            },
+            b: SlotState::empty(),
+        })
+    }
+
+    /// One slot's state.
+    pub fn slot(&self, slot: Slot) -> &SlotState {
+        match slot {
+            Slot::A => &self.a,
+            Slot::B => &self.b,
+        }
+    }
+
+    /// One slot's state, mutable.
+    pub fn slot_mut(&mut self, slot: Slot) -> &mut SlotState {
+        match slot {
+            Slot::A => &mut self.a,
+            Slot::B => &mut self.b,
+        }
+    }
+
+    /// The slot the bootloader picks next (GRUB `gptprio.next` order): the highest priority among
+    /// bootable slots, ties to USR-A; `None` if no slot is bootable.
+    pub fn next_boot(&self) -> Option<Slot> {
+        let mut found: Option<Slot> = None;
+        for slot in Slot::ALL {
+            let s = self.slot(slot);
+            let best = found.map_or(0, |f| self.slot(f).priority);
+            if s.bootable() && s.priority > best {
+                found = Some(slot);
+            }
+        }
+        found
+    }
+
+    /// What the bootloader does: pick [`next_boot`](Self::next_boot) and consume one of its tries.
+    pub fn bootloader_pick(&mut self) -> Option<Slot> {
+        let slot = self.next_boot()?;
+        let s = self.slot_mut(slot);
+        s.tries = s.tries.saturating_sub(1);
+        Some(slot)
+    }
+
+    /// Some slot is successful with a non-zero priority: the machine can always fall back to it.
+    pub fn has_fallback(&self) -> bool {
+        Slot::ALL.iter().any(|&s| {
+            let s = self.slot(s);
+            s.successful && s.priority > 0
+        })
+    }
+
+    /// `cgpt prioritize`: `slot` gets the top priority; the others keep their order below it,
+    /// priorities compacted, never below 1, and slots at priority 0 stay at 0.
+    pub fn prioritize(&mut self, slot: Slot) {
+        // Distinct priorities of the other slots, highest first (the "groups").
+        let mut groups: Vec<u8> = Slot::ALL
+            .iter()
+            .filter(|&&s| s != slot)
+            .map(|&s| self.slot(s).priority)
+            .collect();
+        groups.sort_unstable_by(|x, y| y.cmp(x));
+        groups.dedup();
+        // A trailing priority-0 group is never raised.
+        if groups.last() == Some(&0) {
+            groups.pop();
+        }
+        let count = (groups.len() + 1).min(MAX_NIBBLE as usize) as u8;
+        self.slot_mut(slot).priority = count;
+        for other in Slot::ALL.into_iter().filter(|&s| s != slot) {
+            let old = self.slot(other).priority;
+            if let Some(rank) = groups.iter().position(|&g| g == old) {
+                self.slot_mut(other).priority = count.saturating_sub(rank as u8 + 1).max(1);
+            }
+        }
+    }
+
+    /// Before writing `slot`: priority 0, no tries, not successful, contents forgotten. Refused
+    /// for the booted slot and when the other slot is not a good fallback.
+    pub fn invalidate(&mut self, slot: Slot, booted: Option<Slot>) -> Result<(), Refusal> {
+        self.check_target(slot, booted)?;
+        *self.slot_mut(slot) = SlotState::empty();
+        Ok(())
+    }
+
+    /// After a verified write of `slot`: one try, not successful, top priority, the new root hash
+    /// and version recorded (Flatcar's postinst: `cgpt add -S0 -T1`, `cgpt prioritize`).
+    pub fn stage(
+        &mut self,
+        slot: Slot,
+        booted: Option<Slot>,
+        root_hash: &str,
+        version: &str,
+    ) -> Result<(), Refusal> {
+        check_root_hash(root_hash)?;
+        check_version(version)?;
+        self.check_target(slot, booted)?;
+        let s = self.slot_mut(slot);
+        s.tries = 1;
+        s.successful = false;
+        s.root_hash = root_hash.into();
+        s.version = version.into();
+        self.prioritize(slot);
+        Ok(())
+    }
+
+    /// The booted slot passed its health checks: successful, no tries, top priority
+    /// (Flatcar's `flatcar-setgoodroot`).
+    pub fn mark_good(&mut self, booted: Slot) {
+        let s = self.slot_mut(booted);
+        s.successful = true;
+        s.tries = 0;
+        self.prioritize(booted);
+    }
+
+    /// Make the other slot boot next. Refused unless it holds a root hash and booted successfully
+    /// before (a staged, never-booted slot is `cancel`'s business, not rollback's).
+    pub fn rollback(&mut self, booted: Slot) -> Result<Slot, Refusal> {
+        let target = booted.other();
+        let t = self.slot(target);
+        let reason = if t.root_hash.is_empty() {
+            Some("it holds no verified /usr (no root hash recorded)".to_string())
+        } else if t.is_staged() {
+            Some(
+                "it holds a staged update that has never booted; use `wellcar-update cancel` to drop it"
+                    .to_string(),
+            )
+        } else if !t.successful {
+            Some("its last boot did not succeed (it is not marked successful)".to_string())
+        } else if t.priority == 0 {
+            Some("it was cleared (priority 0)".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(Refusal::RollbackTargetNotGood {
+                slot: target,
+                reason,
+            });
+        }
+        self.prioritize(target);
+        Ok(target)
+    }
+
+    /// Undo a staged update that has not booted yet: the staged slot goes to priority 0 with no
+    /// tries, and the booted slot to the top.
+    pub fn cancel(&mut self, booted: Slot) -> Result<Slot, Refusal> {
+        let target = booted.other();
+        let t = self.slot(target);
+        if !t.is_staged() {
+            let why = if t.successful {
+                format!("{target} is not a staged update (it already booted successfully; use rollback to switch to it, or nothing to undo)")
+            } else {
+                format!("{target} has no staged update (tries left: {})", t.tries)
+            };
+            return Err(Refusal::NothingStaged(why));
+        }
+        let t = self.slot_mut(target);
+        t.priority = 0;
+        t.tries = 0;
+        self.prioritize(booted);
+        Ok(target)
+    }
+
+    /// `slot` may be written or staged: it is not the booted slot and the other slot is a good
+    /// fallback.
+    fn check_target(&self, slot: Slot, booted: Option<Slot>) -> Result<(), Refusal> {
+        if booted == Some(slot) {
+            return Err(Refusal::SlotIsBooted(slot));
+        }
+        let other = self.slot(slot.other());
+        if !(other.successful && other.priority > 0) {
+            return Err(Refusal::NoGoodFallback { slot: slot.other() });
+        }
+        Ok(())
+    }
+}
+
+/// A root hash is 64 lower-case hex digits.
+pub fn check_root_hash(h: &str) -> Result<(), Refusal> {
+    if h.len() == 64
+        && h.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        Ok(())
+    } else {
+        Err(Refusal::InvalidValue {
+            field: "root_hash",
+            value: h.into(),
+            reason: "expected 64 lower-case hex digits (sha256)",
+        })
+    }
+}
+
+/// A version is 1-40 bytes of `[A-Za-z0-9._+-]`.
+pub fn check_version(v: &str) -> Result<(), Refusal> {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_VERSION_LEN
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._+-".contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::InvalidValue {
+            field: "version",
+            value: v.into(),
+            reason: "expected 1-40 characters of A-Z a-z 0-9 . _ + -",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn attrs(s: &BootState) -> [(u8, u8, bool); 2] {
+        [
+            (s.a.priority, s.a.tries, s.a.successful),
+            (s.b.priority, s.b.tries, s.b.successful),
+        ]
+    }
+
+    #[test]
+    fn flatcar_state_table_is_reproduced() {
+        // flatcar.md §2.7, A running, update to B.
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
+        assert_eq!(attrs(&s), [(1, 0, true), (0, 0, false)]);
+        assert_eq!(s.next_boot(), Some(Slot::A));
+        s.stage(Slot::B, Some(Slot::A), H2, "1.1.0").unwrap();
+        assert_eq!(attrs(&s), [(1, 0, true), (2, 1, false)]);
+        let mut failed = s.clone();
+        assert_eq!(s.bootloader_pick(), Some(Slot::B));
+        assert_eq!(attrs(&s), [(1, 0, true), (2, 0, false)]);
+        s.mark_good(Slot::B);
+        assert_eq!(attrs(&s), [(1, 0, true), (2, 0, true)]);
+        // The failure path: B picked, never marked, next boot goes to A which marks itself.
+        assert_eq!(failed.bootloader_pick(), Some(Slot::B));
+        assert_eq!(failed.bootloader_pick(), Some(Slot::A));
+        failed.mark_good(Slot::A);
+        assert_eq!(attrs(&failed), [(2, 0, true), (1, 0, false)]);
+        assert!(!failed.b.bootable());
+    }
+
+    #[test]
+    fn cgpt_prioritize_example() {
+        let mut s = BootState::fresh(H1, "1").unwrap();
+        s.prioritize(Slot::B);
+        assert_eq!((s.a.priority, s.b.priority), (1, 2));
+        s.prioritize(Slot::A);
+        assert_eq!((s.a.priority, s.b.priority), (2, 1));
+        // A priority-0 slot stays at 0.
+        let mut s = BootState::fresh(H1, "1").unwrap();
+        s.prioritize(Slot::A);
+        assert_eq!((s.a.priority, s.b.priority), (1, 0));
+    }
+
+    #[test]
+    fn ties_go_to_usr_a_and_priority_zero_never_boots() {
+        let mut s = BootState::fresh(H1, "1").unwrap();
+        s.b = s.a.clone();
+        assert_eq!(s.next_boot(), Some(Slot::A));
+        s.a.priority = 0;
+        assert_eq!(s.next_boot(), Some(Slot::B));
+        s.b.priority = 0;
+        assert_eq!(s.next_boot(), None);
+    }
+
+    #[test]
+    fn refusals_name_the_reason() {
+        let mut s = BootState::fresh(H1, "1").unwrap();
+        assert_eq!(
+            s.stage(Slot::A, Some(Slot::A), H2, "2"),
+            Err(Refusal::SlotIsBooted(Slot::A))
+        );
+        let e = s.rollback(Slot::A).unwrap_err();
+        assert!(e.to_string().contains("no verified /usr"), "{e}");
+        let e = s.cancel(Slot::A).unwrap_err();
+        assert!(e.to_string().contains("no staged update"), "{e}");
+        s.stage(Slot::B, Some(Slot::A), H2, "2").unwrap();
+        let e = s.rollback(Slot::A).unwrap_err();
+        assert!(e.to_string().contains("use `wellcar-update cancel`"), "{e}");
+        assert_eq!(s.cancel(Slot::A), Ok(Slot::B));
+        assert_eq!(attrs(&s), [(1, 0, true), (0, 0, false)]);
+        assert!(s.stage(Slot::B, Some(Slot::A), "XYZ", "2").is_err());
+        assert!(s.stage(Slot::B, Some(Slot::A), H2, "bad version!").is_err());
+    }
+
+    #[test]
+    fn staging_from_an_unmarked_trial_boot_is_refused() {
+        let mut s = BootState::fresh(H1, "1").unwrap();
+        s.stage(Slot::B, Some(Slot::A), H2, "2").unwrap();
+        assert_eq!(s.bootloader_pick(), Some(Slot::B));
+        // Running B (not yet good): writing A would destroy the only good slot.
+        assert_eq!(
+            s.stage(Slot::A, Some(Slot::B), H1, "3"),
+            Err(Refusal::NoGoodFallback { slot: Slot::B })
+        );
+        s.mark_good(Slot::B);
+        s.stage(Slot::A, Some(Slot::B), H1, "3").unwrap();
+        assert_eq!(s.next_boot(), Some(Slot::A));
+    }
+
+    #[test]
+    fn rollback_switches_to_the_previous_good_slot() {
+        let mut s = BootState::fresh(H1, "1").unwrap();
+        s.stage(Slot::B, Some(Slot::A), H2, "2").unwrap();
+        s.bootloader_pick();
+        s.mark_good(Slot::B);
+        assert_eq!(s.rollback(Slot::B), Ok(Slot::A));
+        assert_eq!(s.next_boot(), Some(Slot::A));
+        assert!(s.b.successful && s.b.priority == 1, "B stays a fallback");
+    }
+}
