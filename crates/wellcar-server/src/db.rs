@@ -489,8 +489,95 @@ pub struct Db {
     target: Target,
     idle: Mutex<Vec<Box<dyn Conn>>>,
     permits: Semaphore,
+    counters: Arc<Counters>,
+    combiner: Option<std::sync::mpsc::Sender<Job>>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
     write_transactions: AtomicU64,
     rows_written: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, rows: u64) {
+        if rows > 0 {
+            self.write_transactions.fetch_add(1, Ordering::Relaxed);
+            self.rows_written.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Called once the combined transaction ended: `None` if it committed, else why not.
+type Completion = Box<dyn FnOnce(Option<String>) + Send>;
+/// A unit of work for the write combiner; `None` if no transaction could be opened.
+/// Returns whether the work succeeded (else its savepoint is rolled back).
+type Job = Box<dyn for<'a> FnOnce(Option<&'a mut dyn Conn>) -> (bool, Completion) + Send>;
+
+/// Most jobs committed together by the write combiner.
+const MAX_COMBINED: usize = 256;
+
+/// The SQLite write combiner: runs queued write jobs back to back in one transaction (each in
+/// its own savepoint), commits once (one fsync), then completes every job. Callers are
+/// answered only after the commit, so durability is the same as one transaction each.
+fn combiner_loop(
+    mut conn: Box<dyn Conn>,
+    rx: std::sync::mpsc::Receiver<Job>,
+    counters: Arc<Counters>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_COMBINED {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.batch("BEGIN IMMEDIATE") {
+            tracing::error!("write combiner cannot begin: {e}");
+            for job in jobs {
+                let (_, done) = job(None);
+                done(Some(e.to_string()));
+            }
+            continue;
+        }
+        let before = conn.rows_written();
+        let mut rolled_back = 0;
+        let mut completions = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if conn.batch("SAVEPOINT job").is_err() {
+                completions.push(job(None).1);
+                continue;
+            }
+            let job_before = conn.rows_written();
+            let (ok, done) = job(Some(conn.as_mut()));
+            let end = if ok {
+                conn.batch("RELEASE job")
+            } else {
+                rolled_back += conn.rows_written() - job_before;
+                conn.batch("ROLLBACK TO job; RELEASE job")
+            };
+            if let Err(e) = end {
+                tracing::error!("write combiner savepoint: {e}");
+            }
+            completions.push(done);
+        }
+        match conn.batch("COMMIT") {
+            Ok(()) => {
+                counters.add(conn.rows_written() - before - rolled_back);
+                for done in completions {
+                    done(None);
+                }
+            }
+            Err(e) => {
+                let _ = conn.batch("ROLLBACK");
+                let msg = e.to_string();
+                for done in completions {
+                    done(Some(msg.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -540,12 +627,26 @@ impl Db {
         } else {
             return Err(DbError::BadUrl(url.to_owned()));
         };
+        let counters = Arc::new(Counters::default());
+        let combiner = match &target {
+            Target::Sqlite(path) => {
+                let conn: Box<dyn Conn> = Box::new(sqlite::SqliteConn::open(path)?);
+                let (tx, rx) = std::sync::mpsc::channel();
+                let c = counters.clone();
+                std::thread::Builder::new()
+                    .name("sqlite-writer".into())
+                    .spawn(move || combiner_loop(conn, rx, c))
+                    .map_err(|e| DbError::Worker(format!("starting the writer thread: {e}")))?;
+                Some(tx)
+            }
+            Target::Postgres(_) => None,
+        };
         let db = Arc::new(Self {
             target,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(max_connections.max(1)),
-            write_transactions: AtomicU64::new(0),
-            rows_written: AtomicU64::new(0),
+            counters,
+            combiner,
         });
         let first = db.connect()?;
         db.put_back(first);
@@ -563,8 +664,8 @@ impl Db {
     /// Write accounting since the pool was opened.
     pub fn write_counts(&self) -> WriteCounts {
         WriteCounts {
-            transactions: self.write_transactions.load(Ordering::Relaxed),
-            rows: self.rows_written.load(Ordering::Relaxed),
+            transactions: self.counters.write_transactions.load(Ordering::Relaxed),
+            rows: self.counters.rows_written.load(Ordering::Relaxed),
         }
     }
 
@@ -605,10 +706,8 @@ impl Db {
         match f(conn.as_mut()) {
             Ok(v) => {
                 conn.batch("COMMIT")?;
-                let rows = conn.rows_written() - before;
-                if write && rows > 0 {
-                    self.write_transactions.fetch_add(1, Ordering::Relaxed);
-                    self.rows_written.fetch_add(rows, Ordering::Relaxed);
+                if write {
+                    self.counters.add(conn.rows_written() - before);
                 }
                 self.put_back(conn);
                 Ok(v)
@@ -655,6 +754,42 @@ impl Db {
         self.run(true, f).await
     }
 
+    /// Runs `f` as a write. On SQLite it goes through the write combiner (many requests, one
+    /// commit); on PostgreSQL it is its own transaction, as [`Db::write`]. Either way this returns
+    /// only after the work is committed (or failed and rolled back).
+    pub async fn write_combined<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut dyn Conn) -> Result<T, crate::StoreError> + Send + 'static,
+    ) -> Result<T, crate::StoreError> {
+        let Some(queue) = &self.combiner else {
+            return self.write(f).await;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, crate::StoreError>>();
+        let job: Job = Box::new(move |conn: Option<&mut dyn Conn>| -> (bool, Completion) {
+            let Some(conn) = conn else {
+                let done: Completion = Box::new(move |why| {
+                    let why = why.unwrap_or_else(|| "no transaction".into());
+                    let _ = tx.send(Err(DbError::Worker(why).into()));
+                });
+                return (false, done);
+            };
+            let result = f(conn);
+            let ok = result.is_ok();
+            let done: Completion = Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    None => result,
+                    Some(e) => Err(DbError::Worker(format!("commit failed: {e}")).into()),
+                });
+            });
+            (ok, done)
+        });
+        queue
+            .send(job)
+            .map_err(|_| DbError::Worker("the writer thread stopped".into()))?;
+        rx.await
+            .map_err(|_| DbError::Worker("the writer thread dropped a job".into()))?
+    }
+
     /// Synchronous write transaction, for command-line tools outside a runtime.
     pub fn write_blocking<T>(
         &self,
@@ -667,6 +802,51 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn combined_writes_commit_together_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("c.db").display());
+        let db = Db::open(&url, 2).unwrap();
+        db.write(|c| Ok(c.batch("CREATE TABLE t (a BIGINT PRIMARY KEY)")?))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200_i64 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write_combined(move |c| {
+                    c.execute("INSERT INTO t VALUES ($1)", &params![i])?;
+                    if i % 50 == 0 {
+                        // Fails after writing: only this job's row must disappear.
+                        c.execute("INSERT INTO t VALUES ($1)", &params![i])?;
+                    }
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for t in tasks {
+            if t.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 4);
+        let rows = db
+            .read(|c| Ok(c.query("SELECT COUNT(*), MIN(a) FROM t", &[])?))
+            .await
+            .unwrap();
+        assert_eq!(rows[0].int(0).unwrap(), 196);
+        assert_eq!(rows[0].int(1).unwrap(), 1);
+        // Fewer commits than jobs: the writes were combined.
+        assert!(
+            db.write_counts().transactions < 200,
+            "{:?}",
+            db.write_counts()
+        );
+        assert_eq!(db.write_counts().rows, 196);
+    }
 
     #[test]
     fn placeholders_are_rewritten_for_sqlite() {

@@ -227,7 +227,7 @@ async fn answer_app(
         let g = group.clone();
         let outcome = state
             .db
-            .write(move |conn| apply_events(conn, &s, g.as_ref(), &meaningful, now))
+            .write_combined(move |conn| apply_events(conn, &s, g.as_ref(), &meaningful, now))
             .await?;
         state.metrics.add_events(outcome.stored as u64);
         if let Some(g) = &group {
@@ -380,7 +380,7 @@ async fn decide(
     let version = package.version.clone();
     let verdict = state
         .db
-        .write(move |conn| grant(conn, &group_id, &s, &version, now))
+        .write_combined(move |conn| grant(conn, &group_id, &s, &version, now))
         .await?;
     match verdict {
         Verdict::Granted => Ok(Some(package)),

@@ -298,7 +298,7 @@ impl ServerState {
             let for_db = shared.clone();
             let result = self
                 .db
-                .write(move |conn| store::upsert_sightings(conn, &for_db))
+                .write_combined(move |conn| store::upsert_sightings(conn, &for_db))
                 .await;
             if let Err(e) = result {
                 if let Ok(mut p) = self.pending.lock() {
