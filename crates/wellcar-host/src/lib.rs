@@ -1,0 +1,129 @@
+//! The on-host `wellcar-update` command: the A/B boot state as the running machine sees it.
+//!
+//! | command | effect |
+//! |---|---|
+//! | `status [--json]` | booted slot; each slot's version, priority, tries, successful flag, verity hash; the staged update |
+//! | `mark-good` | the booted slot becomes successful and top priority (run by `wellcar-mark-good.service` once `boot-complete.target` is reached) |
+//! | `rollback` | the other slot boots next; refused unless it holds a verified, previously good version |
+//! | `cancel` | a staged update that has not booted is dropped; refused if there is none |
+//! | `stage SLOT --root-hash H [--version V]` | after a verified write of SLOT: one try, not successful, top priority |
+//! | `check-usr` | health check: `/usr` is the dm-verity device over the booted slot with the recorded root hash |
+//!
+//! The state lives on the ESP mounted at `/boot` (`--esp`); the booted slot comes from
+//! `/proc/cmdline` (`--cmdline`). Refusals exit with status 2 and the reason, other errors with 1.
+//!
+//! **Extending** (the update agent, issue 8): add one variant to [`Command`] and one module
+//! file (e.g. `check.rs` with `Opts` + `run`), and fill [`status::Status::update`] for the
+//! update section of `status`.
+
+pub mod ops;
+pub mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use wellcar_bootstate::{Esp, Slot, StoreError};
+
+/// Global options and the subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wellcar-update",
+    version,
+    about = "Wellcar A/B update state: status, mark-good, rollback, cancel, stage"
+)]
+pub struct Cli {
+    /// Where the ESP (EFI-SYSTEM) is mounted.
+    #[arg(long, global = true, default_value = "/boot")]
+    pub esp: PathBuf,
+    /// The kernel command line that names the booted slot.
+    #[arg(long, global = true, default_value = "/proc/cmdline")]
+    pub cmdline: PathBuf,
+    /// Also write the state into the GPT attribute bits 48-56 of this disk (cgpt/Flatcar tools).
+    /// Off by default: a GPT rewrite is not tear-safe the way the ESP copies are, and GRUB reads
+    /// the ESP, not these bits.
+    #[arg(long, global = true)]
+    pub mirror_gpt: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands. The update agent adds its own variant here (one line + one module).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the booted slot, both slots' state and the staged update.
+    Status(status::Opts),
+    /// Mark the booted slot successful and give it the top priority.
+    MarkGood,
+    /// Make the other slot boot next (it must hold a previously good version).
+    Rollback,
+    /// Drop a staged update that has not booted yet.
+    Cancel,
+    /// Stage SLOT after a verified write: one try, not successful, top priority.
+    Stage(ops::StageOpts),
+    /// Health check: /usr is the verity device of the booted slot.
+    CheckUsr,
+}
+
+/// What every command needs: the store and the booted slot.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The boot state store.
+    pub esp: Esp,
+    /// The booted slot, if the command line names one.
+    pub booted: Option<Slot>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// GPT to mirror the state into.
+    pub mirror_gpt: Option<PathBuf>,
+}
+
+impl Context {
+    /// Reads the command line and opens the store.
+    pub fn new(cli: &Cli) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let cmdline = std::fs::read_to_string(&cli.cmdline).with_context(|| {
+            format!("reading the kernel command line {}", cli.cmdline.display())
+        })?;
+        Ok(Context {
+            esp: Esp::new(&cli.esp),
+            booted: wellcar_bootstate::booted_slot(&cmdline),
+            cmdline,
+            mirror_gpt: cli.mirror_gpt.clone(),
+        })
+    }
+
+    /// The booted slot, or an error saying why it is unknown.
+    pub fn require_booted(&self) -> anyhow::Result<Slot> {
+        self.booted.ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot tell the booted slot: the kernel command line has no verity.usr=PARTUUID=<USR-A or USR-B GUID>"
+            )
+        })
+    }
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context::new(&cli)?;
+    match cli.command {
+        Command::Status(opts) => status::run(&ctx, &opts),
+        Command::MarkGood => ops::mark_good(&ctx),
+        Command::Rollback => ops::rollback(&ctx),
+        Command::Cancel => ops::cancel(&ctx),
+        Command::Stage(opts) => ops::stage(&ctx, &opts),
+        Command::CheckUsr => ops::check_usr(&ctx),
+    }
+}
+
+/// 2 for a refusal (nothing changed), 1 for anything else.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| {
+        matches!(c.downcast_ref::<StoreError>(), Some(StoreError::Refused(_)))
+            || c.downcast_ref::<wellcar_bootstate::Refusal>().is_some()
+    }) {
+        2
+    } else {
+        1
+    }
+}
