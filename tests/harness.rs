@@ -71,6 +71,9 @@ pub fn build(name: &str, version: &str) -> Built {
         init_binary: init_binary(),
         usr_binaries: usr_binaries(),
         usr_overlays: Vec::new(),
+        signing_key: None,
+        trusted_keys: Vec::new(),
+        payload_compression_level: 3,
     };
     let manifest = wellcar_image::build(&opts)
         .unwrap_or_else(|e| panic!("wellcar build failed: {}", chain(&e)));

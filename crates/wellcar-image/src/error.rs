@@ -67,6 +67,14 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// Signing keys or the update payload.
+    #[error("update payload {path}: {message}")]
+    Payload {
+        /// The key or payload file.
+        path: PathBuf,
+        /// What went wrong, with causes.
+        message: String,
+    },
     /// Writing the partition table failed.
     #[error(transparent)]
     Disk(#[from] wellcar_disk::DiskError),

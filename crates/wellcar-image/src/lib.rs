@@ -50,6 +50,13 @@ pub struct BuildOptions {
     /// Wellcar's own programs for the running system (agent, `wellcarctl`), installed into
     /// `/usr/bin` under their file names.
     pub usr_binaries: Vec<PathBuf>,
+    /// Key that signs the update payload; `None` uses the development key under the user's
+    /// config directory (created on first use).
+    pub signing_key: Option<PathBuf>,
+    /// Further public keys the image trusts for updates (key rotation).
+    pub trusted_keys: Vec<PathBuf>,
+    /// zstd level of the payload (1-22); higher is smaller and much slower.
+    pub payload_compression_level: i32,
     /// Directories laid over `/usr` after everything else (user customisation): the contents
     /// of each directory are copied into `/usr`, later ones winning.
     pub usr_overlays: Vec<PathBuf>,
@@ -83,8 +90,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
     if !opts.init_binary.is_file() {
         return Err(BuildError::Rootfs {
             path: opts.init_binary.clone(),
-            message: "the initramfs /init binary is missing; build it with `scripts/build-guest.sh`"
-                .into(),
+            message:
+                "the initramfs /init binary is missing; build it with `scripts/build-guest.sh`"
+                    .into(),
         });
     }
     let version = opts
@@ -111,8 +119,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
         build_id: format!("{sde}"),
     };
     let files = OsDefinition::files_dir(&opts.definition);
+    let signing_key = signing_key(opts.signing_key.as_deref())?;
     let shaped = phases.run("reshape", || {
-        reshape::reshape(&cached.tree, &work, &def, &files, &identity)
+        let shaped = reshape::reshape(&cached.tree, &work, &def, &files, &identity)?;
+        reshape::install_usr_binaries(&shaped.root, &opts.usr_binaries)?;
+        install_trusted_keys(&shaped.root, &signing_key, &opts.trusted_keys)?;
+        for overlay in &opts.usr_overlays {
+            reshape::overlay_usr(&shaped.root, overlay)?;
+        }
+        Ok(shaped)
     })?;
 
     let initramfs_path = out.join("initramfs.img");
@@ -165,6 +180,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
                 kernel: &kernel_path,
                 initramfs: &initramfs_path,
                 root_hash: &usr.root_hash,
+                version: &version,
             },
             &work,
             &work.join("esp.img"),
@@ -218,13 +234,111 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
         initramfs_size: initramfs.size,
         disk_image: "wellcar.img".into(),
         qcow2_image: "wellcar.qcow2".into(),
-        payload: None,
+        payload: Some(wellcar_payload::PAYLOAD_FILE_NAME.into()),
         packages: shaped.packages.clone(),
         rootfs_cache_key: cached.key.clone(),
         phases: phases.done.clone(),
     };
+    // The payload reads the manifest it describes, so the manifest goes first, then is
+    // rewritten with the payload's phase time.
+    manifest.write(&out)?;
+    let mut manifest = manifest;
+    phases.run("payload", || {
+        let opts = wellcar_payload::CreateOptions {
+            compression_level: opts.payload_compression_level,
+            ..Default::default()
+        };
+        let summary = wellcar_payload::create_payload_with(
+            &out,
+            &out.join("manifest.json"),
+            &[&signing_key],
+            &out,
+            &opts,
+        )
+        .map_err(|e| BuildError::Payload {
+            path: out.join(wellcar_payload::PAYLOAD_FILE_NAME),
+            message: chain(&e),
+        })?;
+        eprintln!(
+            "    payload {} MiB, signed by {}",
+            summary.size >> 20,
+            summary.signers.join(", ")
+        );
+        Ok(summary)
+    })?;
+    manifest.phases = phases.done.clone();
     manifest.write(&out)?;
     Ok(manifest)
+}
+
+/// The key that signs the payload: the given one, else the development key (announced).
+fn signing_key(path: Option<&Path>) -> Result<wellcar_payload::SigningKey> {
+    let key_err = |path: PathBuf, e: &dyn std::error::Error| BuildError::Payload {
+        path,
+        message: chain(e),
+    };
+    match path {
+        Some(p) => wellcar_payload::load_signing_key(p).map_err(|e| key_err(p.into(), &e)),
+        None => {
+            let (key, path, created) = wellcar_payload::dev_signing_key()
+                .map_err(|e| key_err("~/.config/wellcar".into(), &e))?;
+            eprintln!(
+                "    signing with the development key {} ({}); pass --signing-key for real releases",
+                path.display(),
+                if created { "created now" } else { "existing" }
+            );
+            Ok(key)
+        }
+    }
+}
+
+/// Writes the signing key's public half and any extra trusted keys into
+/// `/usr/share/wellcar/update-payload-keys/`, where the update agent looks.
+fn install_trusted_keys(
+    root: &Path,
+    signing: &wellcar_payload::SigningKey,
+    extra: &[PathBuf],
+) -> Result<()> {
+    let dir = root.join(wellcar_payload::SYSTEM_TRUSTED_KEYS_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&dir).at("creating", &dir)?;
+    let public = signing.verifying_key();
+    let name = format!(
+        "{}.pub",
+        wellcar_payload::format::key_fingerprint(public.as_bytes())
+    );
+    std::fs::write(
+        dir.join(&name),
+        wellcar_payload::keys::public_key_pem(&public),
+    )
+    .at("writing", dir.join(&name))?;
+    for key in extra {
+        let loaded = wellcar_payload::load_verifying_key(key).map_err(|e| BuildError::Payload {
+            path: key.clone(),
+            message: chain(&e),
+        })?;
+        let name = format!(
+            "{}.pub",
+            wellcar_payload::format::key_fingerprint(loaded.as_bytes())
+        );
+        std::fs::write(
+            dir.join(&name),
+            wellcar_payload::keys::public_key_pem(&loaded),
+        )
+        .at("writing", dir.join(&name))?;
+    }
+    Ok(())
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Default SOURCE_DATE_EPOCH: the environment's, else the last commit of the definition's

@@ -24,6 +24,16 @@ pub struct Opts {
     /// programs found next to this executable).
     #[arg(long = "usr-binary")]
     pub usr_binaries: Vec<PathBuf>,
+    /// Private key that signs the update payload (default: a development key under
+    /// ~/.config/wellcar, created on first use).
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+    /// Another public key the image trusts for updates (repeatable; for key rotation).
+    #[arg(long = "trust-key")]
+    pub trusted_keys: Vec<PathBuf>,
+    /// zstd level of the update payload (1-22): 3 builds fast, 19 makes the smallest payload.
+    #[arg(long, default_value_t = 3)]
+    pub payload_compression_level: i32,
     /// A directory whose contents are laid over /usr (repeatable, later ones win): how to add
     /// or replace files in an image.
     #[arg(long = "usr-overlay")]
@@ -48,6 +58,9 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
             opts.usr_binaries
         },
         usr_overlays: opts.usr_overlays,
+        signing_key: opts.signing_key,
+        trusted_keys: opts.trusted_keys,
+        payload_compression_level: opts.payload_compression_level,
     };
     let manifest = wellcar_image::build(&build).context("building the image")?;
     println!(
