@@ -155,7 +155,7 @@ fn parse_mount_device(mountinfo: &str, mount_point: &str) -> Option<(u32, u32)> 
                 .then(|| f.get(2).copied())
                 .flatten()
         })
-        .last()
+        .next_back()
         .and_then(|dev| {
             let (a, b) = dev.split_once(':')?;
             Some((a.parse().ok()?, b.parse().ok()?))
