@@ -1,0 +1,92 @@
+//! `wellcar-update-agent`: the update daemon (run by `wellcar-update-agent.service`).
+//!
+//! Every path can be moved for tests: `--root` places the whole system layout below a
+//! directory (disk image at `<root>/disk.img`), and single paths can be overridden after it.
+//! SIGTERM/SIGKILL need no handler: every state change is already durable.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context as _;
+use clap::Parser;
+use wellcar_agent::{Agent, HostPaths, InstallSource};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Wellcar update agent: Omaha checks, A/B install, reboot by strategy"
+)]
+struct Opts {
+    /// Use the system layout below this directory (tests, chroots).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// The disk (or disk image) holding USR-A and USR-B.
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// The mounted ESP.
+    #[arg(long)]
+    esp: Option<PathBuf>,
+    /// The state directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The reboot command, split on whitespace.
+    #[arg(long)]
+    reboot_command: Option<String>,
+    /// Bytes written between durable download checkpoints.
+    #[arg(long)]
+    sync_interval: Option<u64>,
+    /// Seconds between transfer retries within one install.
+    #[arg(long)]
+    transfer_retry_secs: Option<u64>,
+    /// Run one on-demand check (and install) and exit instead of running the daemon.
+    #[arg(long)]
+    once: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = Opts::parse();
+    let mut paths = match &opts.root {
+        Some(root) => HostPaths::under_root(root),
+        None => HostPaths::system(),
+    };
+    if let Some(disk) = opts.disk {
+        paths.disk = Some(disk);
+    }
+    if let Some(esp) = opts.esp {
+        paths.esp = esp;
+    }
+    if let Some(dir) = opts.state_dir {
+        paths.state_dir = dir;
+    }
+    if let Some(cmd) = &opts.reboot_command {
+        paths.reboot_command = cmd.split_whitespace().map(str::to_owned).collect();
+        anyhow::ensure!(
+            !paths.reboot_command.is_empty(),
+            "--reboot-command is empty"
+        );
+    }
+    let mut agent = Agent::open(paths).context("starting the update agent")?;
+    if let Some(n) = opts.sync_interval {
+        agent.sync_interval = n;
+    }
+    if let Some(s) = opts.transfer_retry_secs {
+        agent.transfer_retry_delay = std::time::Duration::from_secs(s);
+    }
+    if opts.once {
+        let outcome = agent
+            .resume_pending()
+            .and_then(|_| agent.check(InstallSource::OnDemand))
+            .context("update check")?;
+        println!("{outcome:?}");
+        return Ok(());
+    }
+    let stop = AtomicBool::new(false);
+    wellcar_agent::daemon::run(&mut agent, &stop);
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! `update.conf`: Flatcar's keys, layered from several files.
+//!
+//! Contract:
+//! - Files are read in order (by default `/usr/share/wellcar/update.conf`,
+//!   `/etc/flatcar/update.conf`, `/etc/wellcar/update.conf`); a key in a later file overrides
+//!   the same key in an earlier one. A missing file is skipped; an unreadable one is an error.
+//! - Lines are `KEY=VALUE`, optionally quoted with `"` or `'`, `#` starts a comment line, blank
+//!   lines are ignored, `export ` is tolerated (files are also systemd `EnvironmentFile`s).
+//! - Keys: `SERVER` (`disabled` or any value that is not an http(s) URL turns updates off, as
+//!   in update_engine), `GROUP`, `MACHINE_ALIAS`, `REBOOT_STRATEGY` (`reboot`, `off`;
+//!   `etcd-lock`/`fleetlock` are accepted and behave as `off` until implemented),
+//!   `LOCKSMITHD_REBOOT_WINDOW_START`/`_LENGTH` (or `REBOOT_WINDOW_START`/`_LENGTH`), and the
+//!   Wellcar scheduling keys `WELLCAR_FIRST_CHECK_DELAY`, `WELLCAR_CHECK_INTERVAL`,
+//!   `WELLCAR_RETRY_DELAY`, `WELLCAR_REBOOT_WARNING` (Go durations such as `7m`, `1h30m`).
+//!   Unknown keys are ignored (locksmith's etcd settings live in the same file).
+//! - A bad value is an error naming the file, line, key and value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::window::{RebootWindow, WindowError};
+
+/// The public Flatcar-style default when no file sets `SERVER`.
+pub const DEFAULT_SERVER: &str = "https://update.wellcar.invalid/v1/update/";
+
+/// What went wrong reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file exists but could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not `KEY=VALUE`.
+    #[error("{path}:{line}: expected KEY=VALUE, found {text:?}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// A value was rejected.
+    #[error("{path}:{line}: {key}={value:?}: {reason}")]
+    Invalid {
+        /// The file that set it.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A window start without a length, or the reverse.
+    #[error("{set} is set but {missing} is not: a reboot window needs both")]
+    HalfWindow {
+        /// The key that is set.
+        set: &'static str,
+        /// The key that is missing.
+        missing: &'static str,
+    },
+}
+
+/// `REBOOT_STRATEGY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootStrategy {
+    /// Reboot as soon as an update is staged (or at the next window start).
+    Reboot,
+    /// Never reboot; stay in UPDATED_NEED_REBOOT.
+    Off,
+    /// locksmith's etcd lock: not implemented yet, behaves as `Off` with a warning.
+    EtcdLock,
+    /// FleetLock: not implemented yet, behaves as `Off` with a warning.
+    FleetLock,
+}
+
+impl RebootStrategy {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "reboot" => Ok(Self::Reboot),
+            "off" => Ok(Self::Off),
+            "etcd-lock" => Ok(Self::EtcdLock),
+            "fleetlock" => Ok(Self::FleetLock),
+            "best-effort" => Ok(Self::Reboot),
+            other => Err(format!(
+                "unknown strategy {other:?} (expected reboot, off, etcd-lock or fleetlock)"
+            )),
+        }
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Omaha endpoint; `None` when updates are disabled.
+    pub server: Option<String>,
+    /// `GROUP`, sent as the Omaha `track`.
+    pub group: String,
+    /// `MACHINE_ALIAS`.
+    pub machine_alias: String,
+    /// `REBOOT_STRATEGY`.
+    pub reboot_strategy: RebootStrategy,
+    /// The reboot window, if one is set.
+    pub reboot_window: Option<RebootWindow>,
+    /// Delay from daemon start to the first check (before jitter).
+    pub first_check_delay: Duration,
+    /// Delay between checks (before jitter), unless the server sends `PollInterval`.
+    pub check_interval: Duration,
+    /// First delay after a failed check; doubles per consecutive failure, up to 4 hours.
+    pub retry_delay: Duration,
+    /// How long logged-in users are warned before a reboot.
+    pub reboot_warning: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: Some(DEFAULT_SERVER.to_owned()),
+            group: "stable".to_owned(),
+            machine_alias: String::new(),
+            reboot_strategy: RebootStrategy::Reboot,
+            reboot_window: None,
+            first_check_delay: Duration::from_secs(7 * 60),
+            check_interval: Duration::from_secs(45 * 60),
+            retry_delay: Duration::from_secs(60),
+            reboot_warning: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// One `KEY=VALUE` with where it came from.
+#[derive(Debug, Clone)]
+struct Setting {
+    value: String,
+    path: PathBuf,
+    line: usize,
+}
+
+/// Parses `KEY=VALUE` lines (see the module docs).
+fn parse_lines(
+    text: &str,
+    path: &Path,
+    into: &mut BTreeMap<String, Setting>,
+) -> Result<(), ConfigError> {
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                line: index + 1,
+                text: raw.to_owned(),
+            });
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                line: index + 1,
+                text: raw.to_owned(),
+            });
+        }
+        let value = value.trim();
+        let value = ['"', '\'']
+            .iter()
+            .find_map(|q| {
+                value
+                    .strip_prefix(*q)
+                    .and_then(|v| v.strip_suffix(*q))
+                    .filter(|_| value.len() >= 2)
+            })
+            .unwrap_or(value);
+        into.insert(
+            key.to_owned(),
+            Setting {
+                value: value.to_owned(),
+                path: path.to_owned(),
+                line: index + 1,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Parses a Go `time.ParseDuration` string (`90s`, `1h30m`, `1.5h`, `300ms`); a bare number
+/// is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{text:?}: number without a unit"))?;
+        if num_len == 0 {
+            return Err(format!("{text:?}: expected a number at {rest:?}"));
+        }
+        let number: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{text:?}: bad number {:?}", &rest[..num_len]))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds_per = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            unit => return Err(format!("{text:?}: unknown unit {unit:?}")),
+        };
+        total += number * seconds_per;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+impl Config {
+    /// Reads and layers `files` (missing ones skipped), then interprets the keys.
+    pub fn load(files: &[PathBuf]) -> Result<Self, ConfigError> {
+        let mut settings = BTreeMap::new();
+        for path in files {
+            match std::fs::read_to_string(path) {
+                Ok(text) => parse_lines(&text, path, &mut settings)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Self::from_settings(&settings)
+    }
+
+    fn from_settings(settings: &BTreeMap<String, Setting>) -> Result<Self, ConfigError> {
+        let mut config = Config::default();
+        let invalid = |key: &str, s: &Setting, reason: String| ConfigError::Invalid {
+            path: s.path.clone(),
+            line: s.line,
+            key: key.to_owned(),
+            value: s.value.clone(),
+            reason,
+        };
+        if let Some(s) = settings.get("SERVER") {
+            let v = s.value.trim();
+            config.server =
+                (v.starts_with("http://") || v.starts_with("https://")).then(|| v.to_owned());
+        }
+        if let Some(s) = settings.get("GROUP") {
+            if !s.value.trim().is_empty() {
+                config.group = s.value.trim().to_owned();
+            }
+        }
+        if let Some(s) = settings.get("MACHINE_ALIAS") {
+            config.machine_alias = s.value.clone();
+        }
+        if let Some(s) = settings.get("REBOOT_STRATEGY") {
+            config.reboot_strategy =
+                RebootStrategy::parse(&s.value).map_err(|r| invalid("REBOOT_STRATEGY", s, r))?;
+        }
+        for (key, field) in [
+            ("WELLCAR_FIRST_CHECK_DELAY", &mut config.first_check_delay),
+            ("WELLCAR_CHECK_INTERVAL", &mut config.check_interval),
+            ("WELLCAR_RETRY_DELAY", &mut config.retry_delay),
+            ("WELLCAR_REBOOT_WARNING", &mut config.reboot_warning),
+        ] {
+            if let Some(s) = settings.get(key) {
+                *field = parse_duration(&s.value).map_err(|r| invalid(key, s, r))?;
+            }
+        }
+        if config.check_interval.is_zero() {
+            let s = &settings["WELLCAR_CHECK_INTERVAL"];
+            return Err(invalid(
+                "WELLCAR_CHECK_INTERVAL",
+                s,
+                "must be greater than zero".into(),
+            ));
+        }
+        let pick = |keys: [&'static str; 2]| {
+            keys.iter()
+                .find_map(|k| settings.get(*k).map(|s| (*k, s)))
+                .filter(|(_, s)| !s.value.trim().is_empty())
+        };
+        let start = pick(["LOCKSMITHD_REBOOT_WINDOW_START", "REBOOT_WINDOW_START"]);
+        let length = pick(["LOCKSMITHD_REBOOT_WINDOW_LENGTH", "REBOOT_WINDOW_LENGTH"]);
+        config.reboot_window = match (start, length) {
+            (None, None) => None,
+            (Some((k, _)), None) => {
+                return Err(ConfigError::HalfWindow {
+                    set: k,
+                    missing: "LOCKSMITHD_REBOOT_WINDOW_LENGTH",
+                })
+            }
+            (None, Some((k, _))) => {
+                return Err(ConfigError::HalfWindow {
+                    set: k,
+                    missing: "LOCKSMITHD_REBOOT_WINDOW_START",
+                })
+            }
+            (Some((start_key, start)), Some((length_key, length))) => {
+                let len =
+                    parse_duration(&length.value).map_err(|r| invalid(length_key, length, r))?;
+                Some(
+                    RebootWindow::parse(&start.value, len)
+                        .map_err(|e: WindowError| invalid(start_key, start, e.to_string()))?,
+                )
+            }
+        };
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn later_files_override_earlier_ones_and_missing_files_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let usr = write(
+            dir.path(),
+            "usr.conf",
+            "SERVER=https://a.example/v1/update/\nGROUP=stable\n",
+        );
+        let flatcar = write(
+            dir.path(),
+            "flatcar.conf",
+            "# comment\nGROUP=\"beta\"\nREBOOT_STRATEGY=off\nLOCKSMITHD_ENDPOINT=http://x\n",
+        );
+        let wellcar = write(dir.path(), "wellcar.conf", "export MACHINE_ALIAS='web 1'\n");
+        let config = Config::load(&[usr, flatcar, dir.path().join("missing"), wellcar]).unwrap();
+        assert_eq!(
+            config.server.as_deref(),
+            Some("https://a.example/v1/update/")
+        );
+        assert_eq!(config.group, "beta");
+        assert_eq!(config.machine_alias, "web 1");
+        assert_eq!(config.reboot_strategy, RebootStrategy::Off);
+        assert_eq!(config.reboot_window, None);
+        assert_eq!(config.check_interval, Duration::from_secs(2700));
+    }
+
+    #[test]
+    fn server_disabled_turns_updates_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "u.conf", "SERVER=disabled\n");
+        assert_eq!(Config::load(&[f]).unwrap().server, None);
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "u.conf", "GROUP=x\nREBOOT_STRATEGY=sometimes\n");
+        let err = Config::load(std::slice::from_ref(&f))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("u.conf:2"), "{err}");
+        assert!(err.contains("REBOOT_STRATEGY"), "{err}");
+        let f = write(dir.path(), "v.conf", "no equals sign\n");
+        let err = Config::load(&[f]).unwrap_err().to_string();
+        assert!(err.contains("v.conf:1"), "{err}");
+        let f = write(
+            dir.path(),
+            "w.conf",
+            "LOCKSMITHD_REBOOT_WINDOW_START=Thu 04:00\n",
+        );
+        let err = Config::load(&[f]).unwrap_err().to_string();
+        assert!(err.contains("LOCKSMITHD_REBOOT_WINDOW_LENGTH"), "{err}");
+        let f = write(
+            dir.path(),
+            "x.conf",
+            "REBOOT_WINDOW_START=Thu 25:00\nREBOOT_WINDOW_LENGTH=1h\n",
+        );
+        let err = Config::load(&[f]).unwrap_err().to_string();
+        assert!(err.contains("REBOOT_WINDOW_START"), "{err}");
+    }
+
+    #[test]
+    fn window_and_schedule_keys_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "u.conf",
+            "LOCKSMITHD_REBOOT_WINDOW_START=\"Thu 04:00\"\nLOCKSMITHD_REBOOT_WINDOW_LENGTH=1h30m\n\
+             WELLCAR_FIRST_CHECK_DELAY=2m\nWELLCAR_CHECK_INTERVAL=10m\nWELLCAR_RETRY_DELAY=5s\n",
+        );
+        let config = Config::load(&[f]).unwrap();
+        let window = config.reboot_window.unwrap();
+        assert_eq!(window.length, Duration::from_secs(5400));
+        assert_eq!(config.first_check_delay, Duration::from_secs(120));
+        assert_eq!(config.check_interval, Duration::from_secs(600));
+        assert_eq!(config.retry_delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

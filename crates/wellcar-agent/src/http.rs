@@ -1,0 +1,155 @@
+//! HTTP for the agent: Omaha POSTs and ranged payload GETs (blocking, ureq).
+
+use std::io::Read;
+use std::time::Duration;
+
+/// An HTTP failure, naming the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Connection, TLS, protocol or body read failure.
+    #[error("{method} {url}: {reason}")]
+    Transport {
+        /// `GET`/`POST`.
+        method: &'static str,
+        /// The URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A non-success status.
+    #[error("{method} {url}: HTTP status {status}")]
+    Status {
+        /// `GET`/`POST`.
+        method: &'static str,
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+}
+
+impl HttpError {
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            Self::Transport { .. } => None,
+        }
+    }
+}
+
+/// A reusable HTTP client.
+#[derive(Debug, Clone)]
+pub struct Http {
+    agent: ureq::Agent,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Largest Omaha response read.
+const MAX_OMAHA_RESPONSE: u64 = 1 << 20;
+
+impl Http {
+    /// A client with connect and response-header timeouts (no total timeout: payloads are
+    /// large).
+    pub fn new() -> Self {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .user_agent(concat!("wellcar-update-agent/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Self {
+            agent: config.into(),
+        }
+    }
+
+    /// POSTs an Omaha request; returns the body of a 200 answer.
+    pub fn post_omaha(&self, url: &str, xml: &str) -> Result<Vec<u8>, HttpError> {
+        let transport = |reason: String| HttpError::Transport {
+            method: "POST",
+            url: url.to_owned(),
+            reason,
+        };
+        let response = self
+            .agent
+            .post(url)
+            .header("Content-Type", "text/xml")
+            .send(xml)
+            .map_err(|e| transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(HttpError::Status {
+                method: "POST",
+                url: url.to_owned(),
+                status,
+            });
+        }
+        response
+            .into_body()
+            .into_with_config()
+            .limit(MAX_OMAHA_RESPONSE)
+            .read_to_vec()
+            .map_err(|e| transport(e.to_string()))
+    }
+
+    /// GETs `url` from byte `start` (to `end`, inclusive, if given). A server that ignores
+    /// the range and answers 200 is handled by skipping the first `start` bytes.
+    pub fn get_range(
+        &self,
+        url: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Box<dyn Read + Send>, HttpError> {
+        let transport = |reason: String| HttpError::Transport {
+            method: "GET",
+            url: url.to_owned(),
+            reason,
+        };
+        let mut request = self.agent.get(url);
+        if start > 0 || end.is_some() {
+            let range = match end {
+                Some(end) => format!("bytes={start}-{end}"),
+                None => format!("bytes={start}-"),
+            };
+            request = request.header("Range", range);
+        }
+        let response = request.call().map_err(|e| transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let mut reader: Box<dyn Read + Send> = Box::new(
+            response
+                .into_body()
+                .into_with_config()
+                .limit(u64::MAX)
+                .reader(),
+        );
+        match status {
+            206 => Ok(reader),
+            200 => {
+                if start > 0 {
+                    let skipped =
+                        std::io::copy(&mut (&mut reader).take(start), &mut std::io::sink())
+                            .map_err(|e| transport(e.to_string()))?;
+                    if skipped != start {
+                        return Err(transport(format!(
+                            "body ended after {skipped} bytes, before the requested start {start}"
+                        )));
+                    }
+                }
+                Ok(match end {
+                    Some(end) => Box::new(reader.take(end + 1 - start)),
+                    None => reader,
+                })
+            }
+            other => Err(HttpError::Status {
+                method: "GET",
+                url: url.to_owned(),
+                status: other,
+            }),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The Wellcar update agent (`wellcar-update-agent`): finds the next version through Omaha,
+//! installs it into the inactive USR slot without touching the running system, reboots when
+//! the operator's strategy allows, and reports every step to the server.
+//!
+//! Pieces:
+//! - [`config`]: `update.conf` (Flatcar's keys), layered;
+//! - [`host`]: every path and command the agent touches ([`host::HostPaths`], injectable for
+//!   tests) and the facts it reads (version, machine id, boot id, OEM, booted slot);
+//! - [`agent`]: one check and the install it leads to (see its docs for the order of steps);
+//! - [`slots`]: the [`slots::SlotControl`] interface to the boot-state core and a GPT/ESP
+//!   implementation; a bounded window onto the target USR partition;
+//! - [`state`]: `status.json` with Flatcar's status names, written atomically;
+//! - [`schedule`], [`window`]: when to check and when to reboot;
+//! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs.
+//!
+//! Guarantees: the booted slot is never written; nothing is marked bootable before the
+//! payload's signature, every blob and the read-back image verified; no reboot while an install
+//! is in progress; every state change is durable before the next step, so `kill -9` at any
+//! point resumes correctly (an interrupted download resumes with HTTP Range).
+
+pub mod agent;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod host;
+pub mod http;
+pub mod schedule;
+pub mod slots;
+pub mod state;
+pub mod window;
+
+#[cfg(test)]
+mod agent_tests;
+
+pub use agent::{Agent, AgentError, CheckOutcome, InstallSource};
+pub use config::{Config, RebootStrategy};
+pub use host::{HostFacts, HostPaths};
+pub use slots::{GptSlots, SlotControl};
+pub use state::{AgentState, Operation, StateStore};
+
+/// The `update` section of `wellcar-update status`: status, progress, versions, last check
+/// and error, one `Key: value` per line.
+pub fn status_report(state: &AgentState) -> String {
+    let mut out = format!("Update status: {}\n", state.operation.short_name());
+    if state.operation == Operation::Downloading {
+        out.push_str(&format!("Progress: {:.1}%\n", state.progress * 100.0));
+    }
+    if !state.new_version.is_empty() {
+        out.push_str(&format!(
+            "New version: {} ({} bytes)\n",
+            state.new_version, state.new_size
+        ));
+    }
+    if let Some(staged) = &state.staged {
+        out.push_str(&format!(
+            "Staged: {} in USR-{}, reboot to activate\n",
+            staged.version,
+            staged.slot.to_ascii_uppercase()
+        ));
+    }
+    out.push_str(&format!(
+        "Last check: {}\n",
+        if state.last_checked_time == 0 {
+            "never".to_owned()
+        } else {
+            jiff::Timestamp::from_second(state.last_checked_time)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| state.last_checked_time.to_string())
+        }
+    ));
+    if let Some(e) = &state.last_error {
+        out.push_str(&format!("Last error: {e}\n"));
+    }
+    if !state.outbox.is_empty() {
+        out.push_str(&format!(
+            "Events waiting to be reported: {}\n",
+            state.outbox.len()
+        ));
+    }
+    out
+}
