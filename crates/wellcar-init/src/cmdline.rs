@@ -5,7 +5,7 @@
 //! parameter names (`mount.usr`, `mount.usrflags`, `mount.usrfstype`, `verity.usr`,
 //! `verity.usrhash`, `root`, `rootflags`, `rootfstype`, `init`) and Wellcar's own
 //! (`wellcar.first_boot`, `wellcar.oem.id`, `wellcar.init.reboot_delay`,
-//! `wellcar.init.disk_timeout`), accepting `flatcar.` and `coreos.` as aliases of `wellcar.`.
+//! `wellcar.init.disk_timeout`, `wellcar.init.module_workers`), accepting `flatcar.` and `coreos.` as aliases of `wellcar.`.
 //! The last occurrence of a parameter wins, as with the kernel. Invalid values are errors that
 //! name the parameter; unknown parameters are ignored (they belong to the kernel or systemd).
 
@@ -115,6 +115,8 @@ pub struct BootParams {
     pub reboot_delay: Duration,
     /// How long to wait for the boot disk (`wellcar.init.disk_timeout`, default 60 s).
     pub disk_timeout: Duration,
+    /// Modules loaded at the same time (`wellcar.init.module_workers`, default 1).
+    pub module_workers: usize,
     /// Program to hand over to (`init=`), default `/usr/lib/systemd/systemd`.
     pub init: Option<String>,
 }
@@ -222,6 +224,18 @@ impl BootParams {
             Some(v) => seconds("wellcar.init.reboot_delay", v)?,
             None => DEFAULT_REBOOT_DELAY,
         };
+        let module_workers = match value("wellcar.init.module_workers") {
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| CmdlineError::Invalid {
+                    param: "wellcar.init.module_workers",
+                    value: v.to_string(),
+                    why: "expected a number from 1 to 64".into(),
+                })?,
+            None => crate::kmod::DEFAULT_WORKERS,
+        };
         let disk_timeout = match value("wellcar.init.disk_timeout") {
             Some(v) => seconds("wellcar.init.disk_timeout", v)?,
             None => DEFAULT_DISK_TIMEOUT,
@@ -305,6 +319,7 @@ impl BootParams {
             oem_id: value("wellcar.oem.id").unwrap_or("metal").to_string(),
             reboot_delay,
             disk_timeout,
+            module_workers,
             init: value("init").map(str::to_string),
         })
     }
@@ -362,6 +377,10 @@ mod tests {
         assert_eq!(p.oem_id, "qemu");
         assert_eq!(p.reboot_delay, Duration::from_secs(60));
         assert_eq!(p.init, None);
+        assert_eq!(p.module_workers, 1);
+        let p = BootParams::parse(&grub_line("wellcar.init.module_workers=3")).unwrap();
+        assert_eq!(p.module_workers, 3);
+        assert!(BootParams::parse(&grub_line("wellcar.init.module_workers=0")).is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! with an error naming the module file.
 //!
 //! [`Pass::Boot`] loads everything but [`FIRST_BOOT_ONLY`] (vfat for the ESP flag, fw_cfg for
-//! the Ignition config); [`Pass::FirstBoot`] loads just those.
+//! the Ignition config) and [`SCSI_FALLBACK`] (the SCSI stack, needed only when the boot disk
+//! is not a virtio-blk or NVMe disk); [`Pass::FirstBoot`] and [`Pass::Scsi`] load those.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,17 +32,34 @@ pub const FIRST_BOOT_ONLY: &[&str] = &[
     "qemu_fw_cfg",
 ];
 
-/// Modules loading at the same time (loads mostly wait on device probing and signature
-/// checks, so a few more than the CPUs help).
-const WORKERS: usize = 4;
+/// Modules for SCSI disks (virtio-scsi, SATA through libata), loaded only when the boot disk
+/// does not show up without them.
+pub const SCSI_FALLBACK: &[&str] = &["scsi_common", "scsi_mod", "virtio_scsi", "sd_mod"];
+
+/// Default number of modules loading at the same time (`wellcar.init.module_workers`).
+pub const DEFAULT_WORKERS: usize = 1;
 
 /// Which modules a [`load_all`] call loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
-    /// Every boot: all but [`FIRST_BOOT_ONLY`].
+    /// Every boot: all but [`FIRST_BOOT_ONLY`] and [`SCSI_FALLBACK`].
     Boot,
     /// First boot: only [`FIRST_BOOT_ONLY`].
     FirstBoot,
+    /// Boot disk not found: only [`SCSI_FALLBACK`].
+    Scsi,
+}
+
+impl Pass {
+    fn includes(self, name: &str) -> bool {
+        let first_boot = FIRST_BOOT_ONLY.contains(&name);
+        let scsi = SCSI_FALLBACK.contains(&name);
+        match self {
+            Pass::Boot => !first_boot && !scsi,
+            Pass::FirstBoot => first_boot,
+            Pass::Scsi => scsi,
+        }
+    }
 }
 
 /// Kernel module name of a module path (`.../nls_iso8859-1.ko` -> `nls_iso8859_1`).
@@ -88,8 +106,7 @@ fn parse_list(text: &str, pass: Pass) -> Vec<Listed> {
             let mut words = line.split_whitespace();
             let path = words.next()?.to_string();
             let name = module_name(&path);
-            let first_boot_only = FIRST_BOOT_ONLY.contains(&name.as_str());
-            if first_boot_only != (pass == Pass::FirstBoot) {
+            if !pass.includes(&name) {
                 return None;
             }
             Some(Listed {
@@ -123,8 +140,9 @@ fn finit(path: &str) -> std::io::Result<Loaded> {
     }
 }
 
-/// Loads the modules of `pass` from the list at `list`; a missing list loads nothing.
-pub fn load_all(list: &Path, pass: Pass) -> Result<LoadReport, ModuleError> {
+/// Loads the modules of `pass` from the list at `list`, `workers` at a time; a missing list
+/// loads nothing.
+pub fn load_all(list: &Path, pass: Pass, workers: usize) -> Result<LoadReport, ModuleError> {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LoadReport::default()),
@@ -135,7 +153,7 @@ pub fn load_all(list: &Path, pass: Pass) -> Result<LoadReport, ModuleError> {
             })
         }
     };
-    load_parallel(&parse_list(&text, pass), WORKERS, finit)
+    load_parallel(&parse_list(&text, pass), workers, finit)
 }
 
 #[derive(Default)]
@@ -251,7 +269,9 @@ mod tests {
                         /m/dm-verity.ko dm_mod\n\
                         /m/fat.ko\n\
                         /m/vfat.ko fat\n\
-                        /m/qemu_fw_cfg.ko\n";
+                        /m/qemu_fw_cfg.ko\n\
+                        /m/scsi_mod.ko\n\
+                        /m/sd_mod.ko scsi_mod\n";
 
     /// `finit_module` cannot run in a test (it would change the build machine's kernel), so the
     /// scheduler is driven with a loader that records the order and checks dependencies.
@@ -301,6 +321,16 @@ mod tests {
     }
 
     #[test]
+    fn scsi_pass_loads_the_scsi_stack() {
+        let modules = parse_list(LIST, Pass::Scsi);
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["scsi_mod", "sd_mod"]);
+        let log = Mutex::new(Vec::new());
+        load_parallel(&modules, 1, |p| recording_loader(&modules, &log, p)).unwrap();
+        assert_eq!(log.into_inner().unwrap(), ["scsi_mod", "sd_mod"]);
+    }
+
+    #[test]
     fn first_error_stops_and_names_the_module() {
         let modules = parse_list(LIST, Pass::Boot);
         let err = load_parallel(&modules, 3, |p| {
@@ -316,7 +346,7 @@ mod tests {
 
     #[test]
     fn missing_list_loads_nothing() {
-        let report = load_all(Path::new("/nonexistent/modules.load"), Pass::Boot).unwrap();
+        let report = load_all(Path::new("/nonexistent/modules.load"), Pass::Boot, 1).unwrap();
         assert_eq!(report, LoadReport::default());
     }
 
@@ -326,7 +356,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("modules.load");
         std::fs::write(&list, "/nonexistent/kernel/fs/erofs.ko\n").unwrap();
-        let err = load_all(&list, Pass::Boot).unwrap_err();
+        let err = load_all(&list, Pass::Boot, 2).unwrap_err();
         assert_eq!(
             err.to_string(),
             "loading module /nonexistent/kernel/fs/erofs.ko"

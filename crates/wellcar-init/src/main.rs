@@ -167,7 +167,11 @@ fn boot_steps(
     })?;
 
     log.step("load-modules", |log| {
-        let report = kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST), kmod::Pass::Boot)?;
+        let report = kmod::load_all(
+            Path::new(kmod::MODULE_LOAD_LIST),
+            kmod::Pass::Boot,
+            params.module_workers,
+        )?;
         log.info(&format!(
             "modules: {} loaded, {} already loaded, no device for {:?}; slowest {:?}",
             report.loaded, report.already, report.no_device, report.slowest
@@ -180,13 +184,32 @@ fn boot_steps(
         UsrSource::Plain(device) => device.clone(),
     };
     let (usr_found, root_found) = log.step("find-disk", |log| {
-        let found = disk::wait_for(
-            &[&usr_spec, &params.root],
-            Path::new(CLASS_BLOCK),
-            Path::new("/dev"),
-            params.disk_timeout,
-            Duration::from_millis(10),
-        )?;
+        let specs = [&usr_spec, &params.root];
+        let class_block = Path::new(CLASS_BLOCK);
+        let dev = Path::new("/dev");
+        // virtio-blk disks appear while their module loads (NVMe is built in and probes on
+        // its own); only if the disk is not there yet is the SCSI stack worth loading.
+        let found = match disk::wait_for(&specs, class_block, dev, Duration::ZERO, Duration::ZERO) {
+            Ok(found) => found,
+            Err(_) => {
+                let report = kmod::load_all(
+                    Path::new(kmod::MODULE_LOAD_LIST),
+                    kmod::Pass::Scsi,
+                    params.module_workers,
+                )?;
+                log.info(&format!(
+                    "disk not found yet, loaded {} SCSI modules",
+                    report.loaded
+                ));
+                disk::wait_for(
+                    &specs,
+                    class_block,
+                    dev,
+                    params.disk_timeout,
+                    Duration::from_millis(10),
+                )?
+            }
+        };
         let [usr, root]: [Found; 2] = found.try_into().expect("two specs give two results");
         log.info(&format!(
             "usr {} is {}, root {} is {}",
@@ -195,7 +218,7 @@ fn boot_steps(
             params.root,
             root.device().display()
         ));
-        Ok::<_, disk::WaitError>((usr, root))
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((usr, root))
     })?;
 
     let sysroot = Path::new(SYSROOT);
@@ -284,7 +307,11 @@ fn first_boot_steps(
     root_found: &Found,
 ) -> Result<(), BootError> {
     log.step("load-first-boot-modules", |_| {
-        kmod::load_all(Path::new(kmod::MODULE_LOAD_LIST), kmod::Pass::FirstBoot)
+        kmod::load_all(
+            Path::new(kmod::MODULE_LOAD_LIST),
+            kmod::Pass::FirstBoot,
+            params.module_workers,
+        )
     })?;
     log.step("ignition", |log| provision(log, params, root_found))?;
 
