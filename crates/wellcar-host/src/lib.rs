@@ -8,6 +8,7 @@
 //! | `cancel` | a staged update that has not booted is dropped; refused if there is none |
 //! | `stage SLOT --root-hash H [--version V]` | after a verified write of SLOT: one try, not successful, top priority |
 //! | `check-usr` | health check: `/usr` is the dm-verity device over the booted slot with the recorded root hash |
+//! | `trial-timeout` | `wellcar-trial-timeout.timer`: reboots a trial boot that was never marked good |
 //!
 //! The state lives on the ESP mounted at `/boot` (`--esp`); the booted slot comes from
 //! `/proc/cmdline` (`--cmdline`). Refusals exit with status 2 and the reason, other errors with 1.
@@ -63,6 +64,8 @@ pub enum Command {
     Stage(ops::StageOpts),
     /// Health check: /usr is the verity device of the booted slot.
     CheckUsr,
+    /// Reboot if this is a trial boot (booted slot not marked good); run by a timer.
+    TrialTimeout,
 }
 
 /// What every command needs: the store and the booted slot.
@@ -113,6 +116,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel => ops::cancel(&ctx),
         Command::Stage(opts) => ops::stage(&ctx, &opts),
         Command::CheckUsr => ops::check_usr(&ctx),
+        Command::TrialTimeout => ops::trial_timeout(&ctx),
     }
 }
 

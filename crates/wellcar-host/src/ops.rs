@@ -136,6 +136,34 @@ pub fn check_usr(ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `trial-timeout`: a trial boot (the booted slot not marked successful) that still has not
+/// passed its health checks is rebooted, so that GRUB falls back to the good slot. A slot
+/// already marked good is never rebooted by this (that would loop on a broken check).
+pub fn trial_timeout(ctx: &Context) -> anyhow::Result<()> {
+    let Some(booted) = ctx.booted else {
+        println!("booted slot unknown: nothing to do");
+        return Ok(());
+    };
+    let state = ctx.esp.load().context("reading the boot state")?.state;
+    if state.slot(booted).successful {
+        println!("{booted} is marked good: not a trial boot");
+        return Ok(());
+    }
+    let fallback = state.next_boot();
+    println!(
+        "trial boot of {booted} did not pass its health checks in time; rebooting (next boot: {})",
+        fallback.map_or("none".into(), |s| s.to_string())
+    );
+    let status = std::process::Command::new("systemctl")
+        .arg("reboot")
+        .status()
+        .context("running systemctl reboot")?;
+    if !status.success() {
+        bail!("systemctl reboot failed: {status}");
+    }
+    Ok(())
+}
+
 /// The `major:minor` of the filesystem mounted at `mount_point` (last mount wins), from a
 /// `mountinfo` file.
 pub fn mount_device(mountinfo: impl AsRef<Path>, mount_point: &str) -> anyhow::Result<(u32, u32)> {

@@ -49,7 +49,7 @@ set first_boot=""
 if [ -f "($root)/wellcar/first_boot" ]; then set first_boot="wellcar.first_boot=detected"; fi
 set oem=""
 if [ -n "$oem_id" ]; then set oem="wellcar.oem.id=$oem_id"; fi
-set linux_cmdline="mount.usrflags=ro root=LABEL=ROOT rootflags=rw consoleblank=0 $linux_console $first_boot $oem $linux_append"
+set linux_cmdline="mount.usrflags=ro root=LABEL=ROOT rootflags=rw consoleblank=0 panic=10 $linux_console $first_boot $oem $linux_append"
 
 "#,
     );
@@ -176,6 +176,8 @@ mod tests {
         assert!(cfg.contains("set wc_guid=e03dd35c-7c2d-4a47-b3fe-27f15780a57c"));
         assert!(cfg.contains("verity.usr=PARTUUID=$wc_guid verity.usrhash=$wc_hash $linux_cmdline"));
         assert!(cfg.contains("wellcar.first_boot=detected"));
+        // A kernel panic (dm-verity corruption) reboots, so a bad slot falls back.
+        assert!(cfg.contains(" panic=10 "));
         assert!(cfg.contains("source \"($oem_dev)/grub.cfg\""));
         // Functions are defined before the entries that call them.
         assert!(cfg.find("function wellcar_boot").unwrap() < cfg.find("menuentry").unwrap());

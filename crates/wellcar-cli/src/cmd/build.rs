@@ -88,7 +88,11 @@ fn default_init_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Wellcar's programs that run on the host OS, installed into every image.
-pub const USR_BINARIES: &[&str] = &["wellcarctl", "wellcar-update-agent"];
+pub const USR_BINARIES: &[&str] = &[
+    "wellcar-update",
+    "wellcar-update-agent",
+    "update_engine_client",
+];
 
 /// The on-host programs built next to this executable (`cargo build --release` puts them there);
 /// names not built yet are skipped with a warning.
