@@ -7,7 +7,8 @@
 //!   `error-unknownApplication`; unknown track: `error-unknownApplicationOrGroup`; both with
 //!   `<updatecheck status="error-internal">` if a check was asked for.
 //! - Events are stored and applied to the instance before the response is sent; each is acked.
-//!   Flatcar's routine `3/2` with an empty `previousversion` is acked and ignored.
+//!   Flatcar's routine `3/2` with an empty `previousversion` is acked and ignored; events
+//!   without a `machineid` are acked but cannot be attributed, so they are not stored.
 //! - An update check is answered `noupdate` from memory when the instance is current, the group
 //!   is paused or halted, or the window is closed; only a possible grant touches the database.
 //!   Every `updatecheck` carries `PollInterval`.
