@@ -1,0 +1,348 @@
+//! VM tests of the boot path (issue 3): the Rust initramfs opens /usr through dm-verity,
+//! provisions the first boot with Ignition, grows ROOT, hands over to systemd, and fails loudly
+//! and safely on a broken slot.
+//!
+//! Every test boots the real image built by [`image_v1`] in QEMU. Failure tests edit a private
+//! copy of the disk (raw conversion, byte edits, back to qcow2) before booting it.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use wellcar_disk::{find_partition, PartitionKey, Slot, USR_VERITY_HASH_OFFSET};
+use wellcar_vmtests::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Runs a console command and returns its output; panics (with the output) unless it exits 0.
+fn ok(vm: &mut Machine, command: &str) -> String {
+    let out = vm
+        .shell(command, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{command}: {}\n{}", chain(&e), vm.console()));
+    assert!(out.ends_with("rc=0"), "{command} failed:\n{out}");
+    out
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Waits for the autologin shell on the serial console.
+fn logged_in(vm: &mut Machine, from: usize) {
+    vm.wait_for_from(from, "(automatic login)", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no autologin: {}\n{}", chain(&e), vm.console()));
+    // Let the shell print its prompt before typing.
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+/// A copy of the built disk in `target/vmtest/<name>`, edited as raw bytes by `edit`, returned
+/// as a qcow2 the machine can use as its base image.
+fn edited_disk(b: &Built, name: &str, edit: impl FnOnce(&Path, &mut File)) -> PathBuf {
+    let dir = test_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("disk.raw");
+    let qcow2 = dir.join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(b.path(&b.manifest.qcow2_image))
+        .arg(&raw));
+    let mut f = File::options().read(true).write(true).open(&raw).unwrap();
+    edit(&raw, &mut f);
+    f.sync_all().unwrap();
+    drop(f);
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2));
+    std::fs::remove_file(&raw).unwrap();
+    qcow2
+}
+
+/// Appends `extra` to the kernel command line through the OEM partition's grub.cfg
+/// (`linux_append`), so failure tests can shorten the 60 s reboot delay.
+fn append_to_cmdline(raw: &Path, disk: &mut File, extra: &str) {
+    let oem = find_partition(disk, raw, PartitionKey::Label("OEM")).unwrap();
+    let part = raw.with_extension("oem");
+    run(Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", part.display()))
+        .args(["bs=512", "status=none"])
+        .arg(format!("skip={}", oem.offset / 512))
+        .arg(format!("count={}", oem.size / 512)));
+    let cfg = raw.with_extension("grub.cfg");
+    let dumped = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump /grub.cfg {}", cfg.display()))
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(dumped.status.success());
+    let text = std::fs::read_to_string(&cfg).unwrap_or_default();
+    let edited = if text.contains("linux_append=\"") {
+        text.replacen("linux_append=\"", &format!("linux_append=\"{extra} "), 1)
+    } else {
+        format!("{text}\nset linux_append=\"{extra}\"\n")
+    };
+    std::fs::write(&cfg, edited).unwrap();
+    run(Command::new("debugfs")
+        .args(["-w", "-R", "rm /grub.cfg"])
+        .arg(&part));
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} grub.cfg", cfg.display()))
+        .arg(&part));
+    let bytes = std::fs::read(&part).unwrap();
+    disk.seek(SeekFrom::Start(oem.offset)).unwrap();
+    disk.write_all(&bytes).unwrap();
+    std::fs::remove_file(&part).unwrap();
+    std::fs::remove_file(&cfg).unwrap();
+}
+
+fn usr_a_offset(raw: &Path, disk: &mut File) -> u64 {
+    find_partition(disk, raw, PartitionKey::Guid(Slot::A.unique_guid()))
+        .unwrap()
+        .offset
+}
+
+fn flip_byte(disk: &mut File, offset: u64) {
+    use std::io::Read;
+    let mut byte = [0u8];
+    disk.seek(SeekFrom::Start(offset)).unwrap();
+    disk.read_exact(&mut byte).unwrap();
+    disk.seek(SeekFrom::Start(offset)).unwrap();
+    disk.write_all(&[byte[0] ^ 0xff]).unwrap();
+}
+
+/// The checks every healthy boot must pass.
+fn assert_healthy_system(vm: &mut Machine) {
+    let usr = ok(vm, "findmnt -no SOURCE,OPTIONS /usr");
+    assert!(usr.contains("/dev/mapper/usr"), "{usr}");
+    assert!(
+        usr.contains("ro,") || usr.contains(" ro"),
+        "/usr not read-only: {usr}"
+    );
+    let table = ok(vm, "sudo dmsetup table usr");
+    assert!(table.contains(" verity 1 "), "{table}");
+    assert!(table.contains("panic_on_corruption"), "{table}");
+    let running = vm
+        .shell("systemctl is-system-running --wait", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        running.starts_with("running"),
+        "system is not running:\n{running}\n{}",
+        ok(vm, "systemctl --failed --no-pager")
+    );
+    let absent = ok(
+        vm,
+        "for p in apt apt-get dpkg; do command -v $p; done; true",
+    );
+    assert!(
+        !absent.contains("/bin/"),
+        "package managers present: {absent}"
+    );
+    // The initramfs logged its timing.
+    let timing = ok(vm, "sudo dmesg | grep 'wellcar-init: switching root'");
+    assert!(timing.contains("/init ran"), "{timing}");
+}
+
+#[test]
+fn uefi_boot_reaches_multi_user_with_verified_usr() {
+    let b = image_v1();
+    let _slot = vm_slot();
+    let mut vm = Machine::spawn(&machine(&b, Firmware::Uefi)).unwrap();
+    logged_in(&mut vm, 0);
+    assert_healthy_system(&mut vm);
+    // The verity mapping sits on USR-A.
+    let deps = ok(&mut vm, "lsblk -no PARTLABEL -s /dev/mapper/usr | tail -1");
+    assert!(deps.contains("USR-A"), "{deps}");
+}
+
+#[test]
+fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
+    let b = image_v1();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("id");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key));
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let config = serde_json::json!({
+        "ignition": {"version": "3.4.0"},
+        "passwd": {"users": [{"name": "core", "sshAuthorizedKeys": [public.trim()]}]},
+        "storage": {"files": [{
+            "path": "/etc/wellcar-test.conf",
+            "mode": 0o640,
+            "user": {"name": "core"},
+            "contents": {"source": "data:,provisioned%0A"}
+        }]},
+        "systemd": {"units": [{
+            "name": "wellcar-test.service",
+            "enabled": true,
+            "contents": "[Unit]\nDescription=Ignition test unit\n[Service]\nExecStart=/usr/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n"
+        }]}
+    });
+    let ign = keys.path().join("config.ign");
+    std::fs::write(&ign, config.to_string()).unwrap();
+
+    let _slot = vm_slot();
+    let mut cfg = machine(&b, Firmware::Bios);
+    cfg.ignition = Some(ign);
+    cfg.disk_size = Some(8 << 30);
+    cfg.ssh_port = Some(0);
+    let mut vm = Machine::spawn(&cfg).unwrap();
+    vm.wait_for("wellcar.first_boot=detected", BOOT_TIMEOUT)
+        .unwrap();
+    vm.wait_for("wellcar-init: ignition done", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
+    vm.wait_for("wellcar-init: first-boot-flag done", BOOT_TIMEOUT)
+        .unwrap();
+    logged_in(&mut vm, 0);
+    assert_healthy_system(&mut vm);
+
+    let file = ok(
+        &mut vm,
+        "stat -c '%a %U' /etc/wellcar-test.conf; cat /etc/wellcar-test.conf",
+    );
+    assert!(file.contains("640 core"), "{file}");
+    assert!(file.contains("provisioned"), "{file}");
+    let unit = ok(
+        &mut vm,
+        "systemctl is-enabled wellcar-test.service; systemctl is-active wellcar-test.service",
+    );
+    assert!(
+        unit.contains("enabled") && unit.contains("active"),
+        "{unit}"
+    );
+    // ROOT fills the 8 GiB disk (minus the ~2.4 GiB of other partitions).
+    let size = ok(&mut vm, "df -B1 --output=size / | tail -1");
+    let bytes: u64 = size.lines().next().unwrap().trim().parse().unwrap();
+    assert!(bytes > 5 << 30, "ROOT is only {bytes} bytes:\n{size}");
+
+    let port = vm.ssh_port.unwrap();
+    let ssh = Command::new("ssh")
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-i"])
+        .arg(&key)
+        .args(["-p", &port.to_string(), "core@127.0.0.1", "id -un"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ssh.stdout).trim() == "core",
+        "ssh login failed: {}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+
+    // Second boot: same disk, Ignition must not run again, and everything is still there.
+    let before = vm.console().len();
+    vm.send("sudo systemctl reboot\n").unwrap();
+    let at = vm
+        .wait_for_from(before, "wellcar-init: switching root", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
+    let second = vm.console()[before..at].to_string();
+    assert!(!second.contains("wellcar.first_boot"), "{second}");
+    assert!(!second.contains("ignition done"), "{second}");
+    logged_in(&mut vm, at);
+    let again = ok(&mut vm, "cat /etc/wellcar-test.conf; systemctl is-active wellcar-test.service; cat ~/.ssh/authorized_keys");
+    assert!(
+        again.contains("provisioned") && again.contains("active"),
+        "{again}"
+    );
+    assert!(
+        again.contains(public.split_whitespace().nth(1).unwrap()),
+        "{again}"
+    );
+}
+
+#[test]
+fn wrong_root_hash_names_the_step_and_reboots() {
+    let b = image_v1();
+    // Change the top block of USR-A's hash tree: the tree no longer hashes to the root hash
+    // GRUB passes, exactly what a wrong verity.usrhash looks like to the initramfs.
+    let disk = edited_disk(&b, "boot-wrong-hash", |raw, f| {
+        append_to_cmdline(raw, f, "wellcar.init.reboot_delay=2");
+        let usr = usr_a_offset(raw, f);
+        flip_byte(f, usr + USR_VERITY_HASH_OFFSET + 4096 + 17);
+    });
+    let _slot = vm_slot();
+    let mut cfg = machine(&b, Firmware::Bios);
+    cfg.image = disk;
+    let mut vm = Machine::spawn(&cfg).unwrap();
+    let at = vm
+        .wait_for(
+            "FAILED: step open-usr failed: verity root hash of /dev/vda3",
+            BOOT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
+    vm.wait_for_from(at, "rebooting in 2 s", MINUTE).unwrap();
+    // GRUB runs again: the machine rebooted instead of hanging.
+    vm.wait_for_from(at, "Wellcar: booting", MINUTE)
+        .unwrap_or_else(|e| panic!("no reboot: {}\n{}", chain(&e), vm.console()));
+}
+
+#[test]
+fn missing_usr_partition_names_it_and_reboots() {
+    let b = image_v1();
+    let disk = edited_disk(&b, "boot-missing-usr", |raw, f| {
+        append_to_cmdline(
+            raw,
+            f,
+            "wellcar.init.reboot_delay=2 wellcar.init.disk_timeout=3",
+        );
+        let mut gpt = gptman::GPT::read_from(f, 512).unwrap();
+        gpt.remove(3).unwrap();
+        gpt.write_into(f).unwrap();
+    });
+    let _slot = vm_slot();
+    let mut cfg = machine(&b, Firmware::Bios);
+    cfg.image = disk;
+    let mut vm = Machine::spawn(&cfg).unwrap();
+    let at = vm
+        .wait_for(
+            "FAILED: step find-disk failed: no device for PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132",
+            BOOT_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
+    vm.wait_for_from(at, "rebooting in 2 s", MINUTE).unwrap();
+    vm.wait_for_from(at, "Wellcar: booting", MINUTE)
+        .unwrap_or_else(|e| panic!("no reboot: {}\n{}", chain(&e), vm.console()));
+}
+
+#[test]
+fn flipped_byte_in_usr_a_is_caught_by_verity() {
+    let b = image_v1();
+    // Byte 1024 is the EROFS superblock, read when /usr is mounted.
+    let disk = edited_disk(&b, "boot-flipped-usr", |raw, f| {
+        let usr = usr_a_offset(raw, f);
+        flip_byte(f, usr + 1024 + 8);
+    });
+    let _slot = vm_slot();
+    let mut cfg = machine(&b, Firmware::Bios);
+    cfg.image = disk;
+    let mut vm = Machine::spawn(&cfg).unwrap();
+    let at = vm
+        .wait_for("is corrupted", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no verity failure: {}\n{}", chain(&e), vm.console()));
+    let line_start = vm.console()[..at].rfind('\n').unwrap_or(0);
+    assert!(
+        vm.console()[line_start..at].contains("verity"),
+        "{}",
+        &vm.console()[line_start..]
+    );
+    // panic_on_corruption: the kernel stops instead of serving bad data, and /usr never mounts.
+    vm.wait_for_from(at, "Kernel panic", MINUTE).unwrap();
+    assert!(!vm.console().contains("wellcar-init: mount-usr done"));
+}
