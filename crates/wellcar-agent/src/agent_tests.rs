@@ -1,1 +1,822 @@
+//! The agent against the real Wellcar server over loopback HTTP, real signed payloads, a
+//! sparse disk image with the Wellcar GPT layout and a temp-dir ESP.
+//!
+//! The only thing between agent and server is [`Relay`], a real TCP relay on loopback that
+//! the server's `public_url` points payload downloads at: it counts the payload bytes the
+//! server sends, records `Range` headers, and can cut a transfer or slow it down (what a flaky
+//! network does; the server itself has no byte counter).
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wellcar_disk::Slot;
+use wellcar_omaha::WELLCAR_APP_ID;
+use wellcar_payload::create::{create_payload_with, CreateOptions};
+use wellcar_payload::verity::VerityHasher;
+use wellcar_payload::{Sha256Digest, SigningKey};
+use wellcar_server::client::ApiClient;
+use wellcar_server::db::Conn;
+use wellcar_server::model::Instance;
+use wellcar_server::store::{self, Role};
+
+use crate::agent::{Agent, CheckOutcome, InstallSource};
+use crate::host::HostPaths;
+use crate::slots::{GptSlots, SlotControl};
+use crate::state::Operation;
+
+const MIB: u64 = 1024 * 1024;
+const USR_SIZE: u64 = 24 * MIB;
+const DATA_BLOCKS: u64 = 20 * MIB / 4096;
+const SALT: &str = "5ea1ab1e5ea1ab1e5ea1ab1e5ea1ab1e";
+const MACHINE: &str = "0f6a2d3b9c8e4f1aa7b6c5d4e3f2a1b0";
+
+/// Deterministic bytes that compress about 2:1 and do not repeat.
+fn filler(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        if state % 2 == 0 {
+            out.extend_from_slice(&state.to_le_bytes()[..4]);
+        } else {
+            out.extend_from_slice(b"wellcar usr ");
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// A signed payload for `version` and what it should install.
+struct Payload {
+    path: PathBuf,
+    size: u64,
+    root_hash: String,
+    kernel: Vec<u8>,
+}
+
+fn make_payload(dir: &Path, version: &str, key: &SigningKey) -> Payload {
+    let build = dir.join(format!("build-{version}"));
+    std::fs::create_dir_all(&build).unwrap();
+    let mut usr = filler(16 * MIB as usize, version.len() as u64 + 7);
+    usr.resize(USR_SIZE as usize, 0);
+    let mut verity = VerityHasher::new(&hex::decode(SALT).unwrap(), DATA_BLOCKS);
+    verity.update(&usr[..(DATA_BLOCKS * 4096) as usize]);
+    let root = verity.finish().unwrap().to_string();
+    usr[(DATA_BLOCKS * 4096) as usize..][..4096].copy_from_slice(&filler(4096, 99));
+    std::fs::write(build.join("usr.img"), &usr).unwrap();
+    let kernel = filler(300_001, 4);
+    std::fs::write(build.join("vmlinuz"), &kernel).unwrap();
+    std::fs::write(build.join("initramfs.img"), filler(MIB as usize + 17, 5)).unwrap();
+    let sha = |name: &str| Sha256Digest::of(&std::fs::read(build.join(name)).unwrap()).to_string();
+    let manifest = json!({
+        "version": version, "board": "amd64-usr", "build_id": "agent-test",
+        "verity_root_hash": root, "verity_salt": SALT,
+        "verity_hash_offset": DATA_BLOCKS * 4096, "verity_data_blocks": DATA_BLOCKS,
+        "usr_image": "usr.img", "usr_image_size": USR_SIZE, "usr_image_sha256": sha("usr.img"),
+        "kernel": "vmlinuz", "kernel_sha256": sha("vmlinuz"),
+        "initramfs": "initramfs.img", "initramfs_sha256": sha("initramfs.img"),
+        "disk_image": "wellcar.img", "qcow2_image": "wellcar.qcow2", "packages": []
+    });
+    let manifest_path = build.join("manifest.json");
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let options = CreateOptions {
+        compression_level: 1,
+        ..CreateOptions::default()
+    };
+    let summary = create_payload_with(&build, &manifest_path, &[key], &build, &options).unwrap();
+    Payload {
+        path: summary.path,
+        size: summary.size,
+        root_hash: root,
+        kernel,
+    }
+}
+
+/// A loopback TCP relay in front of the server (see the module docs).
+struct Relay {
+    /// Response bytes relayed from the server.
+    served: Arc<AtomicU64>,
+    /// `Range` header values seen, in order.
+    ranges: Arc<Mutex<Vec<String>>>,
+    /// When >= 0: close the connection after this many more response bytes (one shot).
+    cut_after: Arc<AtomicI64>,
+    /// Pause per 64 KiB relayed, in milliseconds.
+    slow_ms: Arc<AtomicU64>,
+}
+
+impl Relay {
+    fn start(listener: tokio::net::TcpListener, upstream: std::net::SocketAddr) -> Self {
+        let relay = Relay {
+            served: Arc::default(),
+            ranges: Arc::default(),
+            cut_after: Arc::new(AtomicI64::new(-1)),
+            slow_ms: Arc::default(),
+        };
+        let (served, ranges, cut, slow) = (
+            relay.served.clone(),
+            relay.ranges.clone(),
+            relay.cut_after.clone(),
+            relay.slow_ms.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (served, ranges, cut, slow) =
+                    (served.clone(), ranges.clone(), cut.clone(), slow.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let text = String::from_utf8_lossy(&buf[..n]);
+                            for line in text.lines() {
+                                if let Some(v) = line
+                                    .strip_prefix("range: ")
+                                    .or(line.strip_prefix("Range: "))
+                                {
+                                    ranges.lock().unwrap().push(v.trim().to_owned());
+                                }
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let mut n = n;
+                        let budget = cut.load(Ordering::SeqCst);
+                        let mut cut_now = false;
+                        if budget >= 0 {
+                            if (n as i64) >= budget {
+                                n = budget as usize;
+                                cut_now = true;
+                                cut.store(-1, Ordering::SeqCst);
+                            } else {
+                                cut.fetch_sub(n as i64, Ordering::SeqCst);
+                            }
+                        }
+                        served.fetch_add(n as u64, Ordering::SeqCst);
+                        if cw.write_all(&buf[..n]).await.is_err() || cut_now {
+                            break;
+                        }
+                        let pause = slow.load(Ordering::SeqCst);
+                        if pause > 0 {
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        relay
+    }
+}
+
+/// A real server with an admin token, plus the relay for payload downloads.
+struct Server {
+    server: wellcar_server::RunningServer,
+    api: ApiClient,
+    relay: Relay,
+}
+
+impl Server {
+    async fn start(dir: &Path, listen: std::net::SocketAddr) -> Self {
+        // Payload URLs go through the relay: pick its port first, then point public_url at it.
+        let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay_listener.local_addr().unwrap();
+        let mut settings = wellcar_server::Settings::new(
+            &format!("sqlite:{}", dir.join("server.db").display()),
+            listen,
+        );
+        settings.payload_dir = dir.join("payloads");
+        settings.flush_interval = Duration::from_millis(50);
+        settings.config_refresh = Duration::from_millis(100);
+        settings.poll_interval_secs = 1800;
+        settings.public_url = Some(format!("http://{relay_addr}"));
+        let server = wellcar_server::spawn(settings).await.unwrap();
+        let token = server
+            .state
+            .db
+            .write(|c| store::create_token(c, "agent-test", Role::Admin, wellcar_server::now_ms()))
+            .await
+            .unwrap();
+        let api = ApiClient::new(&server.url(), Some(&token));
+        let relay = Relay::start(relay_listener, server.addr);
+        Server { server, api, relay }
+    }
+
+    fn omaha_url(&self) -> String {
+        format!("{}/v1/update/", self.server.url())
+    }
+
+    async fn publish(&self, version: &str, payload: &Path) {
+        let _: serde_json::Value = self
+            .api
+            .put_file(
+                &format!(
+                    "/api/v1/apps/{WELLCAR_APP_ID}/packages/amd64/{version}/wellcar_update.bin"
+                ),
+                payload,
+            )
+            .await
+            .unwrap();
+        let _: serde_json::Value = self
+            .api
+            .call(
+                Method::POST,
+                &format!("/api/v1/apps/{WELLCAR_APP_ID}/channels/stable/publish"),
+                &json!({"version": version, "arch": "amd64"}),
+            )
+            .await
+            .unwrap();
+        // Let the config snapshot pick it up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// `(type, result, error code, previous version)` of every event of `MACHINE`, in order.
+    async fn events(&self) -> Vec<(i64, i64, Option<i64>, Option<String>)> {
+        self.server
+            .state
+            .db
+            .read(|c: &mut dyn Conn| {
+                let rows = c.query(
+                    "SELECT event_type, event_result, error_code, previous_version, machine_id
+                     FROM events ORDER BY created_at, rowid",
+                    &[],
+                )?;
+                let mut out = Vec::new();
+                for r in rows {
+                    if r.text(4)? == MACHINE {
+                        out.push((r.int(0)?, r.int(1)?, r.opt_int(2)?, r.opt_text(3)?));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn instance(&self) -> Instance {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let list: Vec<Instance> = self
+            .api
+            .get(&format!(
+                "/api/v1/apps/{WELLCAR_APP_ID}/instances?limit=1000"
+            ))
+            .await
+            .unwrap();
+        list.into_iter()
+            .find(|i| i.machine_id == MACHINE)
+            .expect("the agent's instance is listed")
+    }
+}
+
+/// A host: root dir with os-release, machine id, boot id, cmdline, config, keys, disk image.
+struct Host {
+    dir: tempfile::TempDir,
+    paths: HostPaths,
+}
+
+impl Host {
+    fn new(server_url: &str, key: &SigningKey, extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let paths = HostPaths::under_root(&root);
+        std::fs::create_dir_all(&paths.esp).unwrap();
+        let disk = crate::slots::tests::disk_image(&root);
+        assert_eq!(Some(disk), paths.disk);
+        let host = Host { dir, paths };
+        host.put(&host.paths.machine_id, &format!("{MACHINE}\n"));
+        host.put(&host.paths.oem_release[0], "ID=qemu\nVERSION_ID=0.1\n");
+        host.boot("1.0.0", Slot::A);
+        host.put(
+            &host.paths.config_files[0],
+            &format!("SERVER={server_url}\nGROUP=stable\nMACHINE_ALIAS=agent-test\nREBOOT_STRATEGY=off\n"),
+        );
+        host.put(&host.paths.config_files[2], extra_config);
+        host.put(
+            &host.paths.trusted_keys.join("test.pub"),
+            &wellcar_payload::keys::public_key_pem(&key.verifying_key()),
+        );
+        host
+    }
+
+    fn put(&self, path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// "Boots" `version` from `slot`: new boot id, command line and os-release.
+    fn boot(&self, version: &str, slot: Slot) {
+        let boot_id = uuid::Uuid::new_v4().to_string();
+        self.put(&self.paths.boot_id, &format!("{boot_id}\n"));
+        self.put(
+            &self.paths.cmdline,
+            &format!(
+                "mount.usr=/dev/mapper/usr verity.usr=PARTUUID={} root=LABEL=ROOT\n",
+                slot.unique_guid()
+            ),
+        );
+        self.put(
+            &self.paths.os_release,
+            &format!("ID=wellcar\nVERSION_ID={version}\nWELLCAR_BOARD=amd64-usr\n"),
+        );
+    }
+
+    fn agent(&self) -> Agent<GptSlots> {
+        let mut agent = Agent::open(self.paths.clone()).unwrap();
+        agent.sync_interval = 256 * 1024;
+        agent.transfer_retry_delay = Duration::from_millis(50);
+        agent
+    }
+
+    fn slots(&self) -> GptSlots {
+        GptSlots {
+            disk: self.paths.disk.clone().unwrap(),
+            esp: self.paths.esp.clone(),
+        }
+    }
+
+    /// The first `len` bytes of `slot`'s partition.
+    fn slot_bytes(&self, slot: Slot, len: u64) -> Vec<u8> {
+        use std::io::Read as _;
+        let mut w =
+            crate::slots::PartitionWindow::open(self.paths.disk.as_ref().unwrap(), slot).unwrap();
+        let mut buf = vec![0u8; len as usize];
+        w.read_exact(&mut buf).unwrap();
+        buf
+    }
+}
+
+/// Runs blocking agent work off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn key() -> SigningKey {
+    wellcar_payload::keys::new_signing_key().unwrap()
+}
+
+fn asserts_staged(host: &Host, payload: &Payload) {
+    let mut slots = host.slots();
+    assert_eq!(
+        slots.attributes(Slot::B).unwrap(),
+        (2, 1, false),
+        "B boots next, once"
+    );
+    assert_eq!(
+        slots.attributes(Slot::A).unwrap(),
+        (1, 0, true),
+        "A stays the fallback"
+    );
+    let cfg = std::fs::read_to_string(slots.slot_config_path(Slot::B)).unwrap();
+    assert_eq!(cfg, format!("set slot_usrhash=\"{}\"\n", payload.root_hash));
+    let (kernel, _) = host.paths.boot_files(Slot::B);
+    assert_eq!(std::fs::read(kernel).unwrap(), payload.kernel);
+    assert!(
+        host.slot_bytes(Slot::A, MIB).iter().all(|&b| b == 0),
+        "booted slot untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let host = Host::new(&server.omaha_url(), &key(), "");
+    let mut agent = host.agent();
+    let (outcome, agent) =
+        blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
+    assert_eq!(
+        outcome,
+        CheckOutcome::NoUpdate {
+            poll_interval: Some(1800)
+        }
+    );
+    assert_eq!(agent.state.operation, Operation::Idle);
+    assert!(agent.state.last_checked_time > 0);
+    assert_eq!(agent.state.aleph_version.as_deref(), Some("1.0.0"));
+    let instance = server.instance().await;
+    assert_eq!(
+        (instance.version.as_str(), instance.track.as_str()),
+        ("1.0.0", "stable")
+    );
+    assert_eq!(instance.alias, "agent-test");
+    assert_eq!(instance.oem, "qemu");
+    assert!(
+        server.events().await.is_empty(),
+        "a plain check reports no event"
+    );
+    assert_eq!(host.slots().attributes(Slot::B).unwrap(), (0, 0, false));
+    assert!(!host.paths.reboot_required.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_reports_every_event_then_the_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let payload = make_payload(dir.path(), "1.1.0", &key);
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &payload.path).await;
+    let host = Host::new(&server.omaha_url(), &key, "");
+    let mut agent = host.agent();
+    let (outcome, mut agent) =
+        blocking(move || (agent.check(InstallSource::OnDemand).unwrap(), agent)).await;
+    assert!(
+        matches!(outcome, CheckOutcome::Staged { ref version, .. } if version == "1.1.0"),
+        "{outcome:?}"
+    );
+    assert_eq!(agent.state.operation, Operation::UpdatedNeedReboot);
+    assert!(agent.state.outbox.is_empty(), "every event acknowledged");
+    assert_eq!(
+        server.events().await,
+        [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)]
+    );
+    assert_eq!(server.instance().await.status, "installed");
+    asserts_staged(&host, &payload);
+    assert!(host.paths.reboot_required.exists());
+    assert_eq!(
+        server.relay.served.load(Ordering::SeqCst) >= payload.size,
+        true
+    );
+
+    // Before the reboot, checks only ping and never download again.
+    let served = server.relay.served.load(Ordering::SeqCst);
+    let (outcome, mut agent) =
+        blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
+    assert_eq!(outcome, CheckOutcome::AwaitingReboot);
+    assert_eq!(server.relay.served.load(Ordering::SeqCst), served);
+
+    // Reboot into B running 1.1.0: the first check reports 3/2 with the previous version.
+    host.boot("1.1.0", Slot::B);
+    let (outcome, agent) =
+        blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
+    assert!(
+        matches!(outcome, CheckOutcome::NoUpdate { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(agent.state.operation, Operation::Idle);
+    let events = server.events().await;
+    assert_eq!(events.last().unwrap(), &(3, 2, None, Some("1.0.0".into())));
+    let instance = server.instance().await;
+    assert_eq!(
+        (instance.status.as_str(), instance.version.as_str()),
+        ("complete", "1.1.0")
+    );
+    // Only once.
+    let mut agent = agent;
+    let agent_events = blocking(move || {
+        agent.check(InstallSource::Scheduler).unwrap();
+        agent.state.outbox.len()
+    })
+    .await;
+    assert_eq!(agent_events, 0);
+    assert_eq!(server.events().await.len(), events.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_download_resumes_with_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let payload = make_payload(dir.path(), "1.1.0", &key);
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &payload.path).await;
+    let host = Host::new(&server.omaha_url(), &key, "");
+    let cut = (payload.size * 2 / 3) as i64;
+    server.relay.cut_after.store(cut, Ordering::SeqCst);
+    let mut agent = host.agent();
+    let (outcome, _agent) =
+        blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
+    assert!(
+        matches!(outcome, CheckOutcome::Staged { .. }),
+        "{outcome:?}"
+    );
+    asserts_staged(&host, &payload);
+    let ranges = server.relay.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.len(), 1, "one resumed request: {ranges:?}");
+    let start: u64 = ranges[0]
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        start > 0 && start <= cut as u64,
+        "resumed at {start}, cut at {cut}"
+    );
+    // Served: the cut first attempt plus the rest from `start` (plus HTTP headers), never a
+    // second full download.
+    let served = server.relay.served.load(Ordering::SeqCst);
+    let expected = cut as u64 + (payload.size - start);
+    assert!(
+        served >= expected && served < expected + 4096,
+        "served {served}, expected {expected} + headers (payload {})",
+        payload.size
+    );
+    assert_eq!(
+        server.events().await,
+        [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_payload_is_rejected_reported_and_nothing_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let payload = make_payload(dir.path(), "1.1.0", &key);
+    // Flip one byte in the middle of the data section (the server hashes what it gets, so
+    // the Omaha sha256 matches; the payload's own blob hashes do not).
+    let mut bytes = std::fs::read(&payload.path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    let corrupt = dir.path().join("corrupt.bin");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &corrupt).await;
+    let host = Host::new(&server.omaha_url(), &key, "");
+    let mut agent = host.agent();
+    let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("error code 10"), "{err}");
+    assert_eq!(agent.state.operation, Operation::Idle);
+    assert!(agent.state.pending.is_none());
+    assert!(agent
+        .state
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("sha256"));
+    assert!(!agent.store.checkpoint_path().exists());
+    assert_eq!(
+        server.events().await,
+        [(13, 1, None, None), (3, 0, Some(10), None)]
+    );
+    let instance = server.instance().await;
+    assert_eq!(
+        (instance.status.as_str(), instance.last_error_code),
+        ("error", Some(10))
+    );
+    let mut slots = host.slots();
+    assert_eq!(
+        slots.attributes(Slot::B).unwrap(),
+        (0, 0, false),
+        "nothing bootable"
+    );
+    assert!(!slots.slot_config_path(Slot::B).exists());
+    assert!(!host.paths.boot_files(Slot::B).0.exists());
+    assert!(!host.paths.reboot_required.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_backs_off_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{port}/v1/update/");
+    let host = Host::new(
+        &url,
+        &key,
+        "WELLCAR_RETRY_DELAY=10s\nWELLCAR_CHECK_INTERVAL=30m\n",
+    );
+    let config = crate::config::Config::load(&host.paths.config_files).unwrap();
+    let mut agent = host.agent();
+    let (delays, mut agent) = blocking(move || {
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            let err = agent.check(InstallSource::Scheduler).unwrap_err();
+            assert!(err.to_string().contains(&port.to_string()), "{err}");
+            assert_eq!(agent.state.operation, Operation::Idle);
+            delays.push(crate::schedule::next_delay(
+                &config,
+                agent.state.consecutive_failures,
+                None,
+                0.0,
+            ));
+        }
+        (delays, agent)
+    })
+    .await;
+    assert_eq!(delays, [10, 20, 40].map(Duration::from_secs));
+    assert_eq!(agent.state.consecutive_failures, 3);
+    assert!(agent.state.last_error.is_some());
+    // The server comes up on that address.
+    let server = Server::start(dir.path(), port).await;
+    let config = crate::config::Config::load(&host.paths.config_files).unwrap();
+    let (outcome, agent) =
+        blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
+    assert_eq!(
+        outcome,
+        CheckOutcome::NoUpdate {
+            poll_interval: Some(1800)
+        }
+    );
+    assert_eq!(agent.state.consecutive_failures, 0);
+    assert_eq!(
+        crate::schedule::next_delay(&config, 0, outcome.poll_interval(), 0.0),
+        Duration::from_secs(1800),
+        "back to the server's poll interval"
+    );
+    assert_eq!(server.instance().await.version, "1.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let payload = make_payload(dir.path(), "1.1.0", &key);
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &payload.path).await;
+    let host = Host::new(&server.omaha_url(), &key, "");
+    let mut agent = host.agent();
+    let (outcome, mut agent) =
+        blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
+    assert!(matches!(outcome, CheckOutcome::Staged { .. }));
+    // The new slot failed to boot: GRUB fell back to A, still 1.0.0, new boot id.
+    host.boot("1.0.0", Slot::A);
+    let (outcome, mut agent) =
+        blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
+    assert!(
+        matches!(outcome, CheckOutcome::NoUpdate { .. }),
+        "the server must not re-offer: {outcome:?}"
+    );
+    assert_eq!(agent.state.operation, Operation::Idle);
+    assert!(agent.state.previous_version.is_none());
+    let events = server.events().await;
+    assert_eq!(events.last().unwrap(), &(3, 0, Some(44), None));
+    let instance = server.instance().await;
+    assert_eq!(
+        (instance.status.as_str(), instance.last_error_code),
+        ("error", Some(44))
+    );
+    // Further checks, also after another reboot, do not report it again.
+    host.boot("1.0.0", Slot::A);
+    for _ in 0..2 {
+        agent = blocking(move || {
+            agent.check(InstallSource::Scheduler).unwrap();
+            agent
+        })
+        .await;
+    }
+    let rollbacks = server
+        .events()
+        .await
+        .iter()
+        .filter(|e| e.2 == Some(44))
+        .count();
+    assert_eq!(rollbacks, 1);
+}
+
+/// The daemon binary next to this test binary (`target/<profile>/`); cargo builds it for
+/// the integration test in `tests/`.
+fn daemon_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("wellcar-update-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: run through `cargo test -p wellcar-agent`",
+        path.display()
+    );
+    path
+}
+
+/// The real daemon binary, killed with SIGKILL at many points of an update and restarted
+/// each time, ends with the update staged exactly as an uninterrupted run would, every event
+/// reported, and no reboot before the slot was staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_any_step_then_restart_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let payload = make_payload(dir.path(), "1.1.0", &key);
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &payload.path).await;
+    let host = Host::new(
+        &server.omaha_url(),
+        &key,
+        "REBOOT_STRATEGY=reboot\nWELLCAR_FIRST_CHECK_DELAY=0s\nWELLCAR_RETRY_DELAY=1s\n",
+    );
+    // Slow transfers so kills land mid-download: ~6 MiB at 64 KiB per 15 ms.
+    server.relay.slow_ms.store(15, Ordering::SeqCst);
+    let rebooted = host.dir.path().join("rebooted");
+    let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
+    assert_eq!(HostPaths::under_root(&root).state_dir, host.paths.state_dir);
+    let spawn = || {
+        std::process::Command::new(daemon_binary())
+            .arg("--root")
+            .arg(&root)
+            .arg("--reboot-command")
+            .arg(format!("touch {}", rebooted.display()))
+            .args(["--sync-interval", "131072", "--transfer-retry-secs", "0"])
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let store = crate::state::StateStore::new(&host.paths.state_dir);
+    let seen_ops = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut kills = 0;
+    let mut delay_ms = 150u64;
+    while kills < 40 {
+        let mut child = spawn();
+        let start = std::time::Instant::now();
+        let mut finished = false;
+        while start.elapsed() < Duration::from_millis(delay_ms) {
+            if let Ok(state) = store.load() {
+                if state.operation == Operation::UpdatedNeedReboot {
+                    finished = true;
+                }
+                assert!(
+                    !rebooted.exists() || state.staged.is_some(),
+                    "rebooted before the update was staged"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        if let Ok(state) = store.load() {
+            seen_ops
+                .lock()
+                .unwrap()
+                .push((state.operation, (state.progress * 100.0) as u32));
+            if state.operation == Operation::UpdatedNeedReboot {
+                finished = true;
+            }
+        }
+        if finished && rebooted.exists() {
+            done.store(true, Ordering::SeqCst);
+            break;
+        }
+        delay_ms += 90;
+    }
+    let seen = seen_ops.lock().unwrap().clone();
+    assert!(
+        done.load(Ordering::SeqCst),
+        "never finished; states at kills: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(op, p)| *op == Operation::Downloading && *p > 0),
+        "at least one kill mid-download: {seen:?}"
+    );
+    asserts_staged(&host, &payload);
+    let state = store.load().unwrap();
+    assert_eq!(state.operation, Operation::UpdatedNeedReboot);
+    assert!(state.outbox.is_empty(), "{:?}", state.outbox);
+    let events = server.events().await;
+    for wanted in [(13, 1), (14, 1), (3, 1)] {
+        assert!(
+            events.iter().any(|e| (e.0, e.1) == wanted),
+            "event {wanted:?} missing: {events:?}"
+        );
+    }
+    assert!(
+        events.iter().all(|e| e.1 != 0),
+        "no error reported: {events:?}"
+    );
+    let ranges = server.relay.ranges.lock().unwrap().clone();
+    assert!(
+        ranges
+            .iter()
+            .any(|r| r != "bytes=0-" && !r.starts_with("bytes=0-")),
+        "a restart resumed with a Range request: {ranges:?}"
+    );
+    let served = server.relay.served.load(Ordering::SeqCst);
+    assert!(
+        served < payload.size * 3,
+        "resumes, not full restarts: served {served} for a {} byte payload ({kills} kills)",
+        payload.size
+    );
+    let _ = std::io::stderr().flush();
+}

@@ -340,7 +340,7 @@ pub(crate) mod tests {
         let len = wellcar_disk::gpt::minimum_disk_size();
         f.set_len(len).unwrap();
         wellcar_disk::write_layout(&mut f, len, &path).unwrap();
-        let mut slots = GptSlots {
+        let slots = GptSlots {
             disk: path.clone(),
             esp: dir.join("esp"),
         };
