@@ -736,23 +736,44 @@ impl<S: SlotControl> Agent<S> {
     ) -> Result<(), Failure> {
         let checkpoint_path = self.store.checkpoint_path();
         let store = self.store.clone();
-        let state = &mut self.state;
-        let mut save_error = None;
-        let result = installer.write_from_with_progress(&mut &mut *body, &mut |cp| {
-            if let Err(e) = cp.save(&checkpoint_path) {
-                save_error.get_or_insert_with(|| e.to_string());
-                return;
-            }
-            state.progress = if size > 0 {
-                (cp.payload_offset as f64 / size as f64).min(1.0)
+        let fraction = |offset: u64| {
+            if size > 0 {
+                (offset as f64 / size as f64).min(1.0)
             } else {
                 0.0
-            };
-            if let Err(e) = store.save(state) {
-                save_error.get_or_insert_with(|| e.to_string());
             }
+        };
+        // Shared by the progress reader (display, every 1 %) and the checkpoint callback
+        // (durable resume point); both save the state.
+        let state = std::cell::RefCell::new(std::mem::take(&mut self.state));
+        let save_error = std::cell::RefCell::new(None::<String>);
+        let save = |state: &AgentState| {
+            if let Err(e) = store.save(state) {
+                save_error.borrow_mut().get_or_insert_with(|| e.to_string());
+            }
+        };
+        let mut reader = ProgressReader {
+            inner: body,
+            offset: installer.checkpoint().payload_offset,
+            last_percent: u64::MAX,
+            on_percent: &mut |offset| {
+                let mut s = state.borrow_mut();
+                s.progress = fraction(offset);
+                save(&s);
+            },
+            size,
+        };
+        let result = installer.write_from_with_progress(&mut reader, &mut |cp| {
+            if let Err(e) = cp.save(&checkpoint_path) {
+                save_error.borrow_mut().get_or_insert_with(|| e.to_string());
+                return;
+            }
+            let mut s = state.borrow_mut();
+            s.progress = fraction(cp.payload_offset);
+            save(&s);
         });
-        if let Some(reason) = save_error {
+        self.state = state.into_inner();
+        if let Some(reason) = save_error.into_inner() {
             return Err(Failure {
                 code: error_code::ERROR,
                 reason,
@@ -851,6 +872,29 @@ fn remove_if_exists(path: &std::path::Path) {
     }
 }
 
+/// Counts payload bytes as they arrive and reports each new whole percent.
+struct ProgressReader<'a> {
+    inner: &'a mut dyn std::io::Read,
+    offset: u64,
+    size: u64,
+    last_percent: u64,
+    on_percent: &'a mut dyn FnMut(u64),
+}
+
+impl std::io::Read for ProgressReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.offset += n as u64;
+        if let Some(percent) = self.offset.saturating_mul(100).checked_div(self.size) {
+            if percent != self.last_percent {
+                self.last_percent = percent;
+                (self.on_percent)(self.offset);
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// An install failure with its update_engine code.
 #[derive(Debug)]
 struct Failure {
@@ -908,5 +952,97 @@ impl Failure {
             reason: format!("{e:#}"),
             retryable,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RebootStrategy;
+    use crate::window::RebootWindow;
+
+    #[test]
+    fn progress_reader_reports_each_percent_once() {
+        let data = vec![7u8; 1000];
+        let mut cursor = std::io::Cursor::new(data);
+        let mut seen = Vec::new();
+        let mut reader = ProgressReader {
+            inner: &mut cursor,
+            offset: 0,
+            size: 1000,
+            last_percent: u64::MAX,
+            on_percent: &mut |offset| seen.push(offset * 100 / 1000),
+        };
+        let mut buf = [0u8; 3];
+        while std::io::Read::read(&mut reader, &mut buf).unwrap() > 0 {}
+        assert_eq!(seen, (0..=100).collect::<Vec<_>>());
+    }
+
+    fn agent_in(dir: &std::path::Path) -> Agent<GptSlots> {
+        let paths = HostPaths::under_root(dir);
+        let slots = GptSlots {
+            disk: dir.join("disk.img"),
+            esp: dir.join("esp"),
+        };
+        Agent::with_slots(paths, slots).unwrap()
+    }
+
+    #[test]
+    fn reboot_waits_for_strategy_and_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent_in(dir.path());
+        // 2026-11-25 is a Wednesday.
+        let now: jiff::civil::DateTime = "2026-11-25T04:00:00".parse().unwrap();
+        let now = now.to_zoned(jiff::tz::TimeZone::UTC).unwrap();
+        let mut config = Config::default();
+        assert_eq!(agent.reboot_wait(&config, &now), None, "nothing staged");
+        agent.state.operation = Operation::UpdatedNeedReboot;
+        assert_eq!(agent.reboot_wait(&config, &now), Some(Duration::ZERO));
+        config.reboot_window =
+            Some(RebootWindow::parse("Thu 04:00", Duration::from_secs(3600)).unwrap());
+        assert_eq!(
+            agent.reboot_wait(&config, &now),
+            Some(Duration::from_secs(24 * 3600))
+        );
+        config.reboot_strategy = RebootStrategy::Off;
+        assert_eq!(agent.reboot_wait(&config, &now), None);
+        agent.state.operation = Operation::Downloading;
+        config.reboot_strategy = RebootStrategy::Reboot;
+        config.reboot_window = None;
+        assert_eq!(agent.reboot_wait(&config, &now), None, "never mid-install");
+    }
+
+    #[test]
+    fn reboot_warns_logged_in_users_and_refuses_mid_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent_in(dir.path());
+        let marker = dir.path().join("rebooted");
+        let wall = dir.path().join("wall.txt");
+        agent.paths.reboot_command = vec!["touch".into(), marker.display().to_string()];
+        agent.paths.who_command = vec!["echo".into(), "core pts/0".into()];
+        agent.paths.wall_command = vec![
+            "sh".into(),
+            "-c".into(),
+            format!("printf %s \"$1\" > {}", wall.display()),
+            "sh".into(),
+        ];
+        agent.state.new_version = "1.1.0".into();
+        agent.state.operation = Operation::Verifying;
+        let err = agent.reboot(Duration::ZERO).unwrap_err().to_string();
+        assert!(err.contains("VERIFYING"), "{err}");
+        assert!(!marker.exists() && !wall.exists());
+        agent.state.operation = Operation::UpdatedNeedReboot;
+        agent.reboot(Duration::from_millis(10)).unwrap();
+        assert!(marker.exists());
+        let message = std::fs::read_to_string(&wall).unwrap();
+        assert!(
+            message.contains("1.1.0") && message.contains("reboot"),
+            "{message}"
+        );
+        // Nobody logged in: no broadcast.
+        std::fs::remove_file(&wall).unwrap();
+        agent.paths.who_command = vec!["true".into()];
+        agent.reboot(Duration::from_secs(3600)).unwrap();
+        assert!(!wall.exists());
     }
 }

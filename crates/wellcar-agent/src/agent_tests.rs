@@ -6,7 +6,6 @@
 //! server sends, records `Range` headers, and can cut a transfer or slow it down (what a flaky
 //! network does; the server itself has no byte counter).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,7 +43,7 @@ fn filler(len: usize, seed: u64) -> Vec<u8> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        if state % 2 == 0 {
+        if state.is_multiple_of(2) {
             out.extend_from_slice(&state.to_le_bytes()[..4]);
         } else {
             out.extend_from_slice(b"wellcar usr ");
@@ -458,10 +457,7 @@ async fn update_reports_every_event_then_the_reboot() {
     assert_eq!(server.instance().await.status, "installed");
     asserts_staged(&host, &payload);
     assert!(host.paths.reboot_required.exists());
-    assert_eq!(
-        server.relay.served.load(Ordering::SeqCst) >= payload.size,
-        true
-    );
+    assert!(server.relay.served.load(Ordering::SeqCst) >= payload.size);
 
     // Before the reboot, checks only ping and never download again.
     let served = server.relay.served.load(Ordering::SeqCst);
@@ -818,5 +814,8 @@ async fn kill_9_at_any_step_then_restart_continues() {
         "resumes, not full restarts: served {served} for a {} byte payload ({kills} kills)",
         payload.size
     );
-    let _ = std::io::stderr().flush();
+    eprintln!(
+        "{kills} kills, states at kills: {seen:?}, ranges {ranges:?}, served {served} of {}",
+        payload.size
+    );
 }
