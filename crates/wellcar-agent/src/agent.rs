@@ -28,7 +28,7 @@ use wellcar_payload::{
 use crate::config::{Config, ConfigError};
 use crate::host::{HostError, HostFacts, HostPaths};
 use crate::http::{Http, HttpError};
-use crate::slots::{GptSlots, PartitionWindow, SlotControl, SlotError};
+use crate::slots::{EspSlots, PartitionWindow, SlotControl, SlotError};
 use crate::state::{
     AgentState, Operation, PendingUpdate, QueuedEvent, StagedUpdate, StateError, StateStore,
 };
@@ -161,7 +161,7 @@ fn now_unix() -> i64 {
 }
 
 /// The agent.
-pub struct Agent<S: SlotControl = GptSlots> {
+pub struct Agent<S: SlotControl = EspSlots> {
     /// Paths and commands.
     pub paths: HostPaths,
     /// Slot staging.
@@ -178,12 +178,12 @@ pub struct Agent<S: SlotControl = GptSlots> {
     pub transfer_retry_delay: Duration,
 }
 
-impl Agent<GptSlots> {
-    /// An agent for `paths`, staging through GPT attributes on the disk.
+impl Agent<EspSlots> {
+    /// An agent for `paths`, staging through the boot state on the ESP.
     pub fn open(paths: HostPaths) -> Result<Self, AgentError> {
-        let slots = GptSlots {
-            disk: paths.resolve_disk()?,
-            esp: paths.esp.clone(),
+        let slots = EspSlots {
+            esp: wellcar_bootstate::Esp::new(&paths.esp),
+            mirror_gpt: paths.mirror_gpt.clone(),
         };
         Self::with_slots(paths, slots)
     }
@@ -484,7 +484,11 @@ impl<S: SlotControl> Agent<S> {
             .expect("install needs a pending update");
         let target = Slot::parse(&pending.target_slot.to_string()).expect("slot letter");
         if target == facts.booted_slot {
-            return Err(SlotError::Booted { slot: target }.into());
+            return Err(AgentError::Install {
+                version: pending.version,
+                code: error_code::INSTALL_DEVICE_OPEN,
+                reason: format!("{target} is the booted slot"),
+            });
         }
         if !pending.started_reported {
             self.queue(
@@ -507,10 +511,13 @@ impl<S: SlotControl> Agent<S> {
             },
         };
         self.set_operation(Operation::Finalizing)?;
-        if let Err(e) = self.slots.stage(target, &root_hash) {
+        if let Err(e) = self
+            .slots
+            .stage(target, facts.booted_slot, &root_hash, &pending.version)
+        {
             let failure = Failure {
                 code: error_code::ERROR,
-                reason: e.to_string(),
+                reason: format!("{:#}", anyhow::Error::from(e)),
                 retryable: false,
             };
             return Err(self.fail(facts, config, &pending, failure));
@@ -596,8 +603,12 @@ impl<S: SlotControl> Agent<S> {
             ..ApplyPolicy::new(facts.board.clone(), Some(facts.version.clone()))
         };
         self.slots
-            .invalidate(target)
-            .map_err(Failure::fatal(error_code::INSTALL_DEVICE_OPEN))?;
+            .invalidate(target, facts.booted_slot)
+            .map_err(|e| Failure {
+                code: error_code::INSTALL_DEVICE_OPEN,
+                reason: format!("{:#}", anyhow::Error::from(e)),
+                retryable: false,
+            })?;
         let (kernel, initramfs) = self.paths.boot_files(target);
         if let Some(dir) = kernel.parent() {
             std::fs::create_dir_all(dir).map_err(Failure::fatal(error_code::DOWNLOAD_WRITE))?;
@@ -978,13 +989,8 @@ mod tests {
         assert_eq!(seen, (0..=100).collect::<Vec<_>>());
     }
 
-    fn agent_in(dir: &std::path::Path) -> Agent<GptSlots> {
-        let paths = HostPaths::under_root(dir);
-        let slots = GptSlots {
-            disk: dir.join("disk.img"),
-            esp: dir.join("esp"),
-        };
-        Agent::with_slots(paths, slots).unwrap()
+    fn agent_in(dir: &std::path::Path) -> Agent<EspSlots> {
+        Agent::open(HostPaths::under_root(dir)).unwrap()
     }
 
     #[test]

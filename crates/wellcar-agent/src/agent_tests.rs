@@ -26,7 +26,7 @@ use wellcar_server::store::{self, Role};
 
 use crate::agent::{Agent, CheckOutcome, InstallSource};
 use crate::host::HostPaths;
-use crate::slots::{GptSlots, SlotControl};
+use crate::slots::EspSlots;
 use crate::state::Operation;
 
 const MIB: u64 = 1024 * 1024;
@@ -304,7 +304,7 @@ impl Host {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let paths = HostPaths::under_root(&root);
-        std::fs::create_dir_all(&paths.esp).unwrap();
+        crate::slots::tests::fresh_esp(&paths.esp, "1.0.0");
         let disk = crate::slots::tests::disk_image(&root);
         assert_eq!(Some(disk), paths.disk);
         let host = Host { dir, paths };
@@ -345,18 +345,18 @@ impl Host {
         );
     }
 
-    fn agent(&self) -> Agent<GptSlots> {
+    fn agent(&self) -> Agent<EspSlots> {
         let mut agent = Agent::open(self.paths.clone()).unwrap();
         agent.sync_interval = 256 * 1024;
         agent.transfer_retry_delay = Duration::from_millis(50);
         agent
     }
 
-    fn slots(&self) -> GptSlots {
-        GptSlots {
-            disk: self.paths.disk.clone().unwrap(),
-            esp: self.paths.esp.clone(),
-        }
+    fn boot_state(&self) -> wellcar_bootstate::BootState {
+        wellcar_bootstate::Esp::new(&self.paths.esp)
+            .load()
+            .unwrap()
+            .state
     }
 
     /// The first `len` bytes of `slot`'s partition.
@@ -380,19 +380,15 @@ fn key() -> SigningKey {
 }
 
 fn asserts_staged(host: &Host, payload: &Payload) {
-    let mut slots = host.slots();
-    assert_eq!(
-        slots.attributes(Slot::B).unwrap(),
-        (2, 1, false),
-        "B boots next, once"
-    );
-    assert_eq!(
-        slots.attributes(Slot::A).unwrap(),
-        (1, 0, true),
+    let state = host.boot_state();
+    assert_eq!(state.next_boot(), Some(Slot::B), "B boots next");
+    assert_eq!((state.b.tries, state.b.successful), (1, false), "once");
+    assert_eq!(state.b.root_hash, payload.root_hash);
+    assert_eq!(state.b.version, "1.1.0");
+    assert!(
+        state.a.successful && state.a.priority > 0,
         "A stays the fallback"
     );
-    let cfg = std::fs::read_to_string(slots.slot_config_path(Slot::B)).unwrap();
-    assert_eq!(cfg, format!("set slot_usrhash=\"{}\"\n", payload.root_hash));
     let (kernel, _) = host.paths.boot_files(Slot::B);
     assert_eq!(std::fs::read(kernel).unwrap(), payload.kernel);
     assert!(
@@ -429,7 +425,7 @@ async fn no_update() {
         server.events().await.is_empty(),
         "a plain check reports no event"
     );
-    assert_eq!(host.slots().attributes(Slot::B).unwrap(), (0, 0, false));
+    assert_eq!(host.boot_state().b, wellcar_bootstate::SlotState::empty());
     assert!(!host.paths.reboot_required.exists());
 }
 
@@ -575,13 +571,13 @@ async fn corrupt_payload_is_rejected_reported_and_nothing_staged() {
         (instance.status.as_str(), instance.last_error_code),
         ("error", Some(10))
     );
-    let mut slots = host.slots();
+    let state = host.boot_state();
     assert_eq!(
-        slots.attributes(Slot::B).unwrap(),
-        (0, 0, false),
+        state.b,
+        wellcar_bootstate::SlotState::empty(),
         "nothing bootable"
     );
-    assert!(!slots.slot_config_path(Slot::B).exists());
+    assert_eq!(state.next_boot(), Some(Slot::A));
     assert!(!host.paths.boot_files(Slot::B).0.exists());
     assert!(!host.paths.reboot_required.exists());
 }

@@ -52,6 +52,8 @@ pub struct HostPaths {
     /// The disk holding USR-A and USR-B (an image file in tests); `None`: the disk that holds
     /// `/dev/disk/by-partlabel/USR-A`, found through sysfs.
     pub disk: Option<PathBuf>,
+    /// Mirror the boot state into the GPT attribute bits of this disk (cgpt-style tools).
+    pub mirror_gpt: Option<PathBuf>,
     /// Directory of trusted payload public keys.
     pub trusted_keys: PathBuf,
     /// `/run/reboot-required`, for kured-style tools.
@@ -85,6 +87,7 @@ impl HostPaths {
             cmdline: "/proc/cmdline".into(),
             esp: "/boot".into(),
             disk: None,
+            mirror_gpt: None,
             trusted_keys: wellcar_payload::SYSTEM_TRUSTED_KEYS_DIR.into(),
             reboot_required: "/run/reboot-required".into(),
             reboot_command: vec!["systemctl".into(), "reboot".into()],

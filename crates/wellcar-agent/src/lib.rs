@@ -7,8 +7,8 @@
 //! - [`host`]: every path and command the agent touches ([`host::HostPaths`], injectable for
 //!   tests) and the facts it reads (version, machine id, boot id, OEM, booted slot);
 //! - [`agent`]: one check and the install it leads to (see its docs for the order of steps);
-//! - [`slots`]: the [`slots::SlotControl`] interface to the boot-state core and a GPT/ESP
-//!   implementation; a bounded window onto the target USR partition;
+//! - [`slots`]: the [`slots::SlotControl`] interface to the boot-state core
+//!   (`wellcar-bootstate`) and a bounded window onto the target USR partition;
 //! - [`state`]: `status.json` with Flatcar's status names, written atomically;
 //! - [`schedule`], [`window`]: when to check and when to reboot;
 //! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs.
@@ -35,7 +35,7 @@ mod agent_tests;
 pub use agent::{Agent, AgentError, CheckOutcome, InstallSource};
 pub use config::{Config, RebootStrategy};
 pub use host::{HostFacts, HostPaths};
-pub use slots::{GptSlots, SlotControl};
+pub use slots::{EspSlots, SlotControl};
 pub use state::{AgentState, Operation, StateStore};
 
 /// The `update` section of `wellcar-update status`: status, progress, versions, last check

@@ -1,19 +1,18 @@
 //! The two things the agent needs from the disk: a writable window onto the inactive USR
-//! partition, and a way to stage a verified slot.
+//! partition, and a way to make a verified slot boot next.
 //!
-//! [`SlotControl`] is the narrow interface to the boot-state core (issue 5). Until that crate
-//! lands, [`GptSlots`] implements it directly with Flatcar's semantics: GPT attribute bits of
-//! USR-A/USR-B (priority 48–51, tries 52–55, successful 56; the staged slot gets
-//! tries = 1, successful = 0 and the top priority) plus the ESP file
-//! `wellcar/slot-<x>.cfg` holding `set slot_usrhash="<root hash>"`, written before the GPT so
-//! a slot is never bootable without its hash. It works the same on a block device and on a
-//! disk image file.
+//! [`SlotControl`] is the narrow interface to the boot-state core; [`EspSlots`] implements it
+//! with `wellcar-bootstate` (the state GRUB reads from the ESP, optionally mirrored into the GPT
+//! attribute bits for cgpt-style tools). The agent makes the target slot unbootable before
+//! writing it and stages it (tries = 1, successful = 0, top priority, root hash, version) only
+//! after the written slot verified.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use wellcar_bootstate::Esp;
 use wellcar_disk::{find_partition, PartitionKey, Slot};
 use wellcar_payload::UsrTarget;
 
@@ -34,165 +33,66 @@ pub enum SlotError {
     /// The partition table.
     #[error(transparent)]
     Disk(#[from] wellcar_disk::DiskError),
-    /// GPT update failure.
-    #[error("writing the partition table of {path}: {reason}")]
-    Gpt {
-        /// The disk.
-        path: PathBuf,
-        /// What gptman said.
-        reason: String,
-    },
-    /// Refused: the slot is the booted one.
-    #[error("refusing to touch {slot}: it is the booted slot")]
-    Booted {
-        /// The slot.
-        slot: Slot,
-    },
-    /// The root hash is not 64 hex digits.
-    #[error("root hash {0:?} is not 64 hex digits")]
-    BadRootHash(String),
+    /// The boot state refused or could not be written.
+    #[error("boot state on the ESP")]
+    BootState(#[from] wellcar_bootstate::StoreError),
 }
 
-/// Marks slots bootable. Implemented by the boot-state core; [`GptSlots`] meanwhile.
+/// Marks slots bootable: the boot-state core, as the agent uses it.
 pub trait SlotControl {
+    /// Makes `slot` unbootable and forgets its contents, before it is overwritten. Refused for
+    /// the booted slot and when `booted` is not a known-good fallback.
+    fn invalidate(&mut self, slot: Slot, booted: Slot) -> Result<(), SlotError>;
     /// Makes `slot` boot next, once: tries = 1, successful = 0, top priority, with
-    /// `root_hash` as its dm-verity root. Called only after the slot fully verified.
-    fn stage(&mut self, slot: Slot, root_hash: &str) -> Result<(), SlotError>;
-    /// Makes `slot` unbootable (priority 0) before it is overwritten.
-    fn invalidate(&mut self, slot: Slot) -> Result<(), SlotError>;
-    /// `(priority, tries, successful)` of `slot`, for status displays.
-    fn attributes(&mut self, slot: Slot) -> Result<(u8, u8, bool), SlotError>;
+    /// `root_hash` and `version` recorded. Called only after the slot fully verified.
+    fn stage(
+        &mut self,
+        slot: Slot,
+        booted: Slot,
+        root_hash: &str,
+        version: &str,
+    ) -> Result<(), SlotError>;
 }
 
-const PRIORITY_SHIFT: u64 = 48;
-const TRIES_SHIFT: u64 = 52;
-const SUCCESSFUL_BIT: u64 = 1 << 56;
-const PRIO_MASK: u64 = 0xF << PRIORITY_SHIFT;
-const TRIES_MASK: u64 = 0xF << TRIES_SHIFT;
-
-/// Decodes `(priority, tries, successful)` from GPT attribute bits.
-pub fn decode_attributes(bits: u64) -> (u8, u8, bool) {
-    (
-        ((bits & PRIO_MASK) >> PRIORITY_SHIFT) as u8,
-        ((bits & TRIES_MASK) >> TRIES_SHIFT) as u8,
-        bits & SUCCESSFUL_BIT != 0,
-    )
-}
-
-fn encode(bits: u64, priority: u8, tries: u8, successful: bool) -> u64 {
-    let mut out = bits & !(PRIO_MASK | TRIES_MASK | SUCCESSFUL_BIT);
-    out |= u64::from(priority & 0xF) << PRIORITY_SHIFT;
-    out |= u64::from(tries & 0xF) << TRIES_SHIFT;
-    if successful {
-        out |= SUCCESSFUL_BIT;
-    }
-    out
-}
-
-/// [`SlotControl`] on a GPT disk plus the ESP (see the module docs).
+/// [`SlotControl`] through `wellcar-bootstate`'s ESP store.
 #[derive(Debug, Clone)]
-pub struct GptSlots {
-    /// The disk (block device or image).
-    pub disk: PathBuf,
-    /// The mounted ESP.
-    pub esp: PathBuf,
+pub struct EspSlots {
+    /// The boot state store on the mounted ESP.
+    pub esp: Esp,
+    /// Also mirror the state into the GPT attribute bits of this disk (best effort, as
+    /// `wellcar-update --mirror-gpt`).
+    pub mirror_gpt: Option<PathBuf>,
 }
 
-impl GptSlots {
-    fn open(&self, write: bool) -> Result<File, SlotError> {
-        OpenOptions::new()
-            .read(true)
-            .write(write)
-            .open(&self.disk)
-            .map_err(|source| SlotError::Io {
-                action: "opening",
-                path: self.disk.clone(),
-                source,
-            })
-    }
-
-    fn modify(&self, f: impl FnOnce(&mut gptman::GPT)) -> Result<(), SlotError> {
-        let mut file = self.open(true)?;
-        let gpt_err = |reason: String| SlotError::Gpt {
-            path: self.disk.clone(),
-            reason,
-        };
-        let mut gpt = gptman::GPT::read_from(&mut file, wellcar_disk::SECTOR_SIZE)
-            .map_err(|e| gpt_err(e.to_string()))?;
-        f(&mut gpt);
-        gpt.write_into(&mut file)
-            .map_err(|e| gpt_err(e.to_string()))?;
-        file.sync_all().map_err(|source| SlotError::Io {
-            action: "syncing",
-            path: self.disk.clone(),
-            source,
-        })
-    }
-
-    /// The ESP file holding the slot's root hash.
-    pub fn slot_config_path(&self, slot: Slot) -> PathBuf {
-        self.esp
-            .join("wellcar")
-            .join(format!("slot-{}.cfg", slot.letter()))
+impl EspSlots {
+    fn mirror(&self, loaded: &wellcar_bootstate::Loaded) {
+        if let Some(disk) = &self.mirror_gpt {
+            if let Err(e) = wellcar_bootstate::gptprio::mirror(disk, &loaded.state) {
+                tracing::warn!("boot state not mirrored into the GPT: {e}");
+            }
+        }
     }
 }
 
-impl SlotControl for GptSlots {
-    fn stage(&mut self, slot: Slot, root_hash: &str) -> Result<(), SlotError> {
-        if root_hash.len() != 64 || !root_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(SlotError::BadRootHash(root_hash.to_owned()));
-        }
-        let cfg = self.slot_config_path(slot);
-        crate::state::write_atomic(
-            &cfg,
-            format!("set slot_usrhash=\"{root_hash}\"\n").as_bytes(),
-        )
-        .map_err(|e| match e {
-            crate::state::StateError::Io { action, source, .. } => SlotError::Io {
-                action,
-                path: cfg.clone(),
-                source,
-            },
-            other => SlotError::Io {
-                action: "writing",
-                path: cfg.clone(),
-                source: io::Error::other(other.to_string()),
-            },
-        })?;
-        let number = slot.spec().number;
-        let other = slot.other().spec().number;
-        self.modify(|gpt| {
-            let (other_prio, other_tries, other_ok) = decode_attributes(gpt[other].attribute_bits);
-            // Top priority for the new slot; the other keeps its bootability below it.
-            gpt[number].attribute_bits = encode(gpt[number].attribute_bits, 2, 1, false);
-            gpt[other].attribute_bits = encode(
-                gpt[other].attribute_bits,
-                other_prio.min(1),
-                other_tries,
-                other_ok,
-            );
-        })
+impl SlotControl for EspSlots {
+    fn invalidate(&mut self, slot: Slot, booted: Slot) -> Result<(), SlotError> {
+        let (_, loaded) = self.esp.update(|s| s.invalidate(slot, Some(booted)))?;
+        self.mirror(&loaded);
+        Ok(())
     }
 
-    fn invalidate(&mut self, slot: Slot) -> Result<(), SlotError> {
-        let number = slot.spec().number;
-        let (prio, tries, ok) = self.attributes(slot)?;
-        if (prio, tries, ok) == (0, 0, false) {
-            return Ok(());
-        }
-        self.modify(|gpt| {
-            gpt[number].attribute_bits = encode(gpt[number].attribute_bits, 0, 0, false);
-        })
-    }
-
-    fn attributes(&mut self, slot: Slot) -> Result<(u8, u8, bool), SlotError> {
-        let mut file = self.open(false)?;
-        let loc = find_partition(
-            &mut file,
-            &self.disk,
-            PartitionKey::Guid(slot.unique_guid()),
-        )?;
-        Ok(decode_attributes(loc.attributes))
+    fn stage(
+        &mut self,
+        slot: Slot,
+        booted: Slot,
+        root_hash: &str,
+        version: &str,
+    ) -> Result<(), SlotError> {
+        let (_, loaded) = self
+            .esp
+            .update(|s| s.stage(slot, Some(booted), root_hash, version))?;
+        self.mirror(&loaded);
+        Ok(())
     }
 }
 
@@ -332,48 +232,71 @@ impl UsrTarget for PartitionWindow {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use wellcar_bootstate::BootState;
 
-    /// A sparse disk image with the Wellcar GPT layout, USR-A marked booted-successfully.
+    /// The root hash of the version a fresh test machine runs from USR-A.
+    pub(crate) const HASH_A: &str =
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    /// A sparse disk image with the Wellcar GPT layout.
     pub(crate) fn disk_image(dir: &Path) -> PathBuf {
         let path = dir.join("disk.img");
         let mut f = File::create(&path).unwrap();
         let len = wellcar_disk::gpt::minimum_disk_size();
         f.set_len(len).unwrap();
         wellcar_disk::write_layout(&mut f, len, &path).unwrap();
-        let slots = GptSlots {
-            disk: path.clone(),
-            esp: dir.join("esp"),
-        };
-        slots
-            .modify(|gpt| {
-                let a = Slot::A.spec().number;
-                gpt[a].attribute_bits = encode(gpt[a].attribute_bits, 1, 0, true);
-            })
-            .unwrap();
         path
     }
 
+    /// An ESP as the image builder leaves it: A good at `version`, B empty.
+    pub(crate) fn fresh_esp(esp: &Path, version: &str) -> Esp {
+        let esp = Esp::new(esp);
+        esp.create(&BootState::fresh(HASH_A, version).unwrap())
+            .unwrap();
+        esp
+    }
+
     #[test]
-    fn stage_sets_flatcar_attributes_and_the_hash_file() {
+    fn stage_and_invalidate_through_the_boot_state() {
         let dir = tempfile::tempdir().unwrap();
         let disk = disk_image(dir.path());
-        let mut slots = GptSlots {
-            disk,
-            esp: dir.path().join("esp"),
+        let mut slots = EspSlots {
+            esp: fresh_esp(&dir.path().join("esp"), "1.0.0"),
+            mirror_gpt: Some(disk.clone()),
         };
-        assert_eq!(slots.attributes(Slot::B).unwrap(), (0, 0, false));
-        assert!(matches!(
-            slots.stage(Slot::B, "xyz"),
-            Err(SlotError::BadRootHash(_))
-        ));
         let hash = "ab".repeat(32);
-        slots.stage(Slot::B, &hash).unwrap();
-        assert_eq!(slots.attributes(Slot::B).unwrap(), (2, 1, false));
-        assert_eq!(slots.attributes(Slot::A).unwrap(), (1, 0, true));
-        let cfg = std::fs::read_to_string(slots.slot_config_path(Slot::B)).unwrap();
-        assert_eq!(cfg, format!("set slot_usrhash=\"{hash}\"\n"));
-        slots.invalidate(Slot::B).unwrap();
-        assert_eq!(slots.attributes(Slot::B).unwrap(), (0, 0, false));
+        let err = slots.stage(Slot::A, Slot::A, &hash, "1.1.0").unwrap_err();
+        assert!(format!("{err:#}").contains("boot state"), "{err}");
+        assert!(
+            std::error::Error::source(&err)
+                .unwrap()
+                .to_string()
+                .contains("booted slot"),
+            "{err:?}"
+        );
+        slots.stage(Slot::B, Slot::A, &hash, "1.1.0").unwrap();
+        let state = slots.esp.load().unwrap().state;
+        assert_eq!(state.next_boot(), Some(Slot::B));
+        assert_eq!((state.b.tries, state.b.successful), (1, false));
+        assert_eq!(
+            (state.b.root_hash.as_str(), state.b.version.as_str()),
+            (hash.as_str(), "1.1.0")
+        );
+        assert!(
+            state.a.successful && state.a.priority > 0,
+            "A stays the fallback"
+        );
+        let mut f = File::open(&disk).unwrap();
+        let b = find_partition(&mut f, &disk, PartitionKey::Guid(Slot::B.unique_guid())).unwrap();
+        assert_eq!(
+            wellcar_bootstate::gptprio::from_bits(b.attributes).1,
+            1,
+            "mirrored into the GPT"
+        );
+        slots.invalidate(Slot::B, Slot::A).unwrap();
+        let state = slots.esp.load().unwrap().state;
+        assert_eq!(state.next_boot(), Some(Slot::A));
+        assert!(state.b.root_hash.is_empty());
     }
 
     #[test]
