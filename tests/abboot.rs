@@ -26,19 +26,32 @@ use wellcar_vmtests::*;
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(480);
 const B_GUID: &str = "e03dd35c-7c2d-4a47-b3fe-27f15780a57c";
 
-fn ok(vm: &mut Machine, command: &str) -> String {
+/// Runs `command` on the console; returns its output and exit status. The status is printed
+/// inside the framed output (the frame's own `rc=` can be read before it fully arrived).
+fn sh(vm: &mut Machine, command: &str) -> (String, i32) {
     let out = vm
-        .shell(command, BOOT_TIMEOUT)
+        .shell(&format!("{command}; echo \"@RC=$?@\""), BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{command}: {}\n{}", chain(&e), tail(vm)));
-    assert!(out.ends_with("rc=0"), "{command} failed:\n{out}");
-    out.trim_end_matches("rc=0").to_string()
+    let at = out
+        .rfind("@RC=")
+        .unwrap_or_else(|| panic!("{command}: no status in {out:?}"));
+    let code = out[at + 4..]
+        .split('@')
+        .next()
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{command}: bad status in {out:?}"));
+    (out[..at].to_string(), code)
+}
+
+fn ok(vm: &mut Machine, command: &str) -> String {
+    let (out, code) = sh(vm, command);
+    assert_eq!(code, 0, "{command} failed:\n{out}");
+    out
 }
 
 fn refused(vm: &mut Machine, command: &str, reason: &str) {
-    let out = vm
-        .shell(&format!("{command} 2>&1"), BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{command}: {}", chain(&e)));
-    assert!(out.ends_with("rc=2"), "{command} was not refused:\n{out}");
+    let (out, code) = sh(vm, &format!("{command} 2>&1"));
+    assert_eq!(code, 2, "{command} was not refused:\n{out}");
     assert!(
         out.contains(reason),
         "{command}: {out:?} does not say {reason:?}"
@@ -214,7 +227,7 @@ fn ab_update_rollback_fallbacks_and_power_cuts() {
     assert_eq!(slot_field(&st, Slot::B, "priority"), 2);
     assert_eq!(slot_field(&st, Slot::B, "version"), "1.0.1");
     assert_eq!(slot_field(&st, Slot::A, "priority"), 1);
-    let human = ok(&mut vm, "wellcar-update status");
+    let human = ok(&mut vm, "sudo wellcar-update status");
     assert!(human.contains("*USR-B 1.0.1"), "{human}");
     refused(&mut vm, "sudo wellcar-update cancel", "not a staged update");
     let out = ok(&mut vm, "sudo wellcar-update rollback");
