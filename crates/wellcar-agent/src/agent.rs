@@ -120,6 +120,12 @@ pub enum CheckOutcome {
     },
     /// An update is already staged; only a ping was sent.
     AwaitingReboot,
+    /// An update was offered but not installed yet: the running slot is on trial (not marked
+    /// good), so the other slot is its fallback and must not be overwritten.
+    Deferred {
+        /// The offered version.
+        version: String,
+    },
 }
 
 impl CheckOutcome {
@@ -421,6 +427,18 @@ impl<S: SlotControl> Agent<S> {
             }
             UpdateDecision::Update(info) => {
                 let poll_interval = info.poll_interval;
+                if !self.slots.booted_is_good(facts.booted_slot)? {
+                    tracing::info!(
+                        version = %info.version,
+                        "update offered, deferred until {} is marked good",
+                        facts.booted_slot
+                    );
+                    self.state.operation = resume_op;
+                    self.save()?;
+                    return Ok(CheckOutcome::Deferred {
+                        version: info.version,
+                    });
+                }
                 self.accept_offer(&facts, &info)?;
                 let version = self.install(&facts, &config)?;
                 Ok(CheckOutcome::Staged {

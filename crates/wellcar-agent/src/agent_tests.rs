@@ -478,6 +478,22 @@ async fn update_reports_every_event_then_the_reboot() {
         (instance.status.as_str(), instance.version.as_str()),
         ("complete", "1.1.0")
     );
+    // A newer version while B is on trial (not marked good): deferred, A is not touched.
+    let payload2 = make_payload(dir.path(), "1.2.0", &key);
+    server.publish("1.2.0", &payload2.path).await;
+    let mut agent = agent;
+    let (outcome, agent) =
+        blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
+    assert_eq!(
+        outcome,
+        CheckOutcome::Deferred {
+            version: "1.2.0".into()
+        }
+    );
+    assert_eq!(agent.state.operation, Operation::Idle);
+    assert!(agent.state.pending.is_none());
+    assert_eq!(host.boot_state().a.version, "1.0.0", "the fallback is kept");
+    let events = server.events().await;
     // Only once.
     let mut agent = agent;
     let agent_events = blocking(move || {
@@ -487,6 +503,24 @@ async fn update_reports_every_event_then_the_reboot() {
     .await;
     assert_eq!(agent_events, 0);
     assert_eq!(server.events().await.len(), events.len());
+    // Once B is marked good (wellcar-mark-good.service), 1.2.0 goes into A.
+    wellcar_bootstate::Esp::new(&host.paths.esp)
+        .update(|s| {
+            s.mark_good(Slot::B);
+            Ok(())
+        })
+        .unwrap();
+    let mut agent = host.agent();
+    let outcome = blocking(move || agent.check(InstallSource::Scheduler).unwrap()).await;
+    assert!(
+        matches!(outcome, CheckOutcome::Staged { ref version, .. } if version == "1.2.0"),
+        "{outcome:?}"
+    );
+    let state = host.boot_state();
+    assert_eq!(state.next_boot(), Some(Slot::A));
+    assert_eq!((state.a.version.as_str(), state.a.tries), ("1.2.0", 1));
+    assert_eq!(state.a.root_hash, payload2.root_hash);
+    assert!(state.b.successful, "the running 1.1.0 is the fallback now");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,9 @@ pub trait SlotControl {
     /// Makes `slot` unbootable and forgets its contents, before it is overwritten. Refused for
     /// the booted slot and when `booted` is not a known-good fallback.
     fn invalidate(&mut self, slot: Slot, booted: Slot) -> Result<(), SlotError>;
+    /// Whether `booted` is a known-good fallback (successful, non-zero priority). Until the
+    /// running slot is marked good, the other slot must not be overwritten.
+    fn booted_is_good(&mut self, booted: Slot) -> Result<bool, SlotError>;
     /// Makes `slot` boot next, once: tries = 1, successful = 0, top priority, with
     /// `root_hash` and `version` recorded. Called only after the slot fully verified.
     fn stage(
@@ -75,6 +78,12 @@ impl EspSlots {
 }
 
 impl SlotControl for EspSlots {
+    fn booted_is_good(&mut self, booted: Slot) -> Result<bool, SlotError> {
+        let state = self.esp.load()?.state;
+        let s = state.slot(booted);
+        Ok(s.successful && s.priority > 0)
+    }
+
     fn invalidate(&mut self, slot: Slot, booted: Slot) -> Result<(), SlotError> {
         let (_, loaded) = self.esp.update(|s| s.invalidate(slot, Some(booted)))?;
         self.mirror(&loaded);
