@@ -1,9 +1,9 @@
 //! Talking to a running agent through its state directory: request a check, watch the status.
 //!
-//! Contract: [`request_check`] writes `check-request` (an id) atomically; the daemon picks it
-//! up within a second, runs an on-demand check and records the id as `handled_request` in
-//! `status.json` when the check (and any install) is over. [`wait_for`] polls `status.json`
-//! until then. Both only need read/write access to the state directory, no daemon socket.
+//! Contract: [`request_check`] writes `check-request` (an id) atomically; the daemon takes it
+//! (removes the file) within a second, runs an on-demand check and records the id as
+//! `handled_request` in `status.json` when the check (and any install) is over. [`wait_for`]
+//! polls `status.json` until then, and gives up if nobody takes the request in time. Both only need read/write access to the state directory, no daemon socket.
 
 use std::time::{Duration, Instant};
 
@@ -31,20 +31,19 @@ pub enum WaitError {
     /// The state could not be read.
     #[error(transparent)]
     State(#[from] StateError),
-    /// No answer in time (is `wellcar-update-agent.service` running?).
-    #[error(
-        "no answer from the update agent after {0:?} (is wellcar-update-agent.service running?)"
-    )]
-    Timeout(Duration),
+    /// Nobody took the request in time.
+    #[error("the update agent did not take the check request within {0:?} (is wellcar-update-agent.service running?)")]
+    NotTaken(Duration),
 }
 
 /// Polls the state every `poll` until request `id` is handled, calling `on_change` with each
-/// new state seen. Returns the final state.
+/// new state seen. Returns the final state. Fails if the request file is still there after
+/// `take_timeout` (no daemon).
 pub fn wait_for(
     store: &StateStore,
     id: &str,
     poll: Duration,
-    timeout: Option<Duration>,
+    take_timeout: Duration,
     on_change: &mut dyn FnMut(&AgentState),
 ) -> Result<AgentState, WaitError> {
     let start = Instant::now();
@@ -58,11 +57,69 @@ pub fn wait_for(
         if state.handled_request.as_deref() == Some(id) {
             return Ok(state);
         }
-        if let Some(t) = timeout {
-            if start.elapsed() >= t {
-                return Err(WaitError::Timeout(t));
-            }
+        if start.elapsed() >= take_timeout && store.request_path().exists() {
+            return Err(WaitError::NotTaken(take_timeout));
         }
         std::thread::sleep(poll);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_the_handled_id_and_reports_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let id = request_check(&store).unwrap();
+        assert_eq!(std::fs::read_to_string(store.request_path()).unwrap(), id);
+        let daemon = {
+            let store = store.clone();
+            let id = id.clone();
+            std::thread::spawn(move || {
+                std::fs::remove_file(store.request_path()).unwrap();
+                let mut state = AgentState {
+                    operation: crate::state::Operation::CheckingForUpdate,
+                    ..AgentState::default()
+                };
+                store.save(&state).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                state.operation = crate::state::Operation::Idle;
+                state.handled_request = Some(id);
+                store.save(&state).unwrap();
+            })
+        };
+        let mut seen = Vec::new();
+        let state = wait_for(
+            &store,
+            &id,
+            Duration::from_millis(5),
+            Duration::from_secs(5),
+            &mut |s| seen.push(s.operation),
+        )
+        .unwrap();
+        daemon.join().unwrap();
+        assert_eq!(state.handled_request.as_deref(), Some(id.as_str()));
+        assert_eq!(seen.last(), Some(&crate::state::Operation::Idle));
+    }
+
+    #[test]
+    fn gives_up_when_no_daemon_takes_the_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let id = request_check(&store).unwrap();
+        let err = wait_for(
+            &store,
+            &id,
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("wellcar-update-agent.service"),
+            "{err}"
+        );
     }
 }

@@ -34,6 +34,10 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let request_path = agent.request_path();
         let request = std::fs::read_to_string(&request_path).ok();
+        if request.is_some() {
+            // Taken: the client now waits for `handled_request`.
+            let _ = std::fs::remove_file(&request_path);
+        }
         let due = Instant::now() >= next_check;
         if request.is_some() || due {
             let source = if request.is_some() {
@@ -57,7 +61,6 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
                 if let Err(e) = agent.store.save(&agent.state) {
                     tracing::error!("{e:#}");
                 }
-                let _ = std::fs::remove_file(&request_path);
             }
             let config = load_config(&agent.paths.config_files);
             let delay = schedule::next_delay(

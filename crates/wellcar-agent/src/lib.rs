@@ -79,3 +79,49 @@ pub fn status_report(state: &AgentState) -> String {
     }
     out
 }
+
+/// The update section of `wellcar-update status --json` (keys only ever added).
+pub fn status_json(state: &AgentState) -> serde_json::Value {
+    serde_json::json!({
+        "status": state.operation.short_name(),
+        "current_op": state.operation.flatcar_name(),
+        "progress": state.progress,
+        "new_version": if state.new_version.is_empty() { "0.0.0" } else { &state.new_version },
+        "new_size": state.new_size,
+        "last_checked_time": state.last_checked_time,
+        "staged": state.staged.as_ref().map(|s| serde_json::json!({
+            "version": s.version,
+            "slot": format!("USR-{}", s.slot.to_ascii_uppercase()),
+        })),
+        "last_error": state.last_error,
+        "events_waiting": state.outbox.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_report_and_json_name_the_state() {
+        let state = AgentState {
+            operation: Operation::Downloading,
+            progress: 0.5,
+            new_version: "1.1.0".into(),
+            new_size: 10,
+            last_error: Some("boom".into()),
+            ..AgentState::default()
+        };
+        let text = status_report(&state);
+        assert!(
+            text.contains("Update status: DOWNLOADING\nProgress: 50.0%\n"),
+            "{text}"
+        );
+        assert!(text.contains("Last check: never"), "{text}");
+        assert!(text.contains("Last error: boom"), "{text}");
+        let json = status_json(&state);
+        assert_eq!(json["status"], "DOWNLOADING");
+        assert_eq!(json["current_op"], "UPDATE_STATUS_DOWNLOADING");
+        assert_eq!(json["new_version"], "1.1.0");
+    }
+}

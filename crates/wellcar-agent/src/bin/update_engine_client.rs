@@ -70,11 +70,14 @@ fn update(store: &StateStore) -> Result<ExitCode, String> {
     let id = wellcar_agent::client::request_check(store).map_err(|e| e.to_string())?;
     eprintln!("Initiating update check and install.");
     eprintln!("Waiting for update to complete.");
-    let state =
-        wellcar_agent::client::wait_for(store, &id, Duration::from_secs(1), None, &mut |s| {
-            print!("{}", s.flatcar_status_lines())
-        })
-        .map_err(|e| e.to_string())?;
+    let state = wellcar_agent::client::wait_for(
+        store,
+        &id,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        &mut |s| print!("{}", s.flatcar_status_lines()),
+    )
+    .map_err(|e| e.to_string())?;
     match state.operation {
         Operation::UpdatedNeedReboot => {
             eprintln!("Update succeeded -- reboot needed.");
