@@ -849,3 +849,63 @@ async fn kill_9_at_any_step_then_restart_continues() {
         payload.size
     );
 }
+
+/// `update_engine_client -update` against the running daemon: the on-demand check installs,
+/// the client prints Flatcar's status lines while waiting and exits 0; with
+/// `REBOOT_STRATEGY=off` the machine stays in UPDATED_NEED_REBOOT and does not reboot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_engine_client_update_drives_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let payload = make_payload(dir.path(), "1.1.0", &key);
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &payload.path).await;
+    let host = Host::new(&server.omaha_url(), &key, "WELLCAR_FIRST_CHECK_DELAY=1h\n");
+    let rebooted = host.dir.path().join("rebooted");
+    let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
+    let mut daemon = std::process::Command::new(daemon_binary())
+        .arg("--root")
+        .arg(&root)
+        .arg("--reboot-command")
+        .arg(format!("touch {}", rebooted.display()))
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = daemon_binary().with_file_name("update_engine_client");
+    let state_dir = host.paths.state_dir.clone();
+    let out = blocking(move || {
+        std::process::Command::new(client)
+            .env("WELLCAR_UPDATE_STATE_DIR", &state_dir)
+            .arg("-update")
+            .output()
+            .unwrap()
+    })
+    .await;
+    // Give a wrong reboot a chance to happen before checking it did not.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("Update succeeded -- reboot needed."),
+        "{stderr}"
+    );
+    assert!(
+        stdout.ends_with(&format!(
+            "CURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT\nNEW_VERSION=1.1.0\nNEW_SIZE={}\n",
+            payload.size
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("LAST_CHECKED_TIME="), "{stdout}");
+    asserts_staged(&host, &payload);
+    assert!(host.paths.reboot_required.exists());
+    assert!(!rebooted.exists(), "REBOOT_STRATEGY=off never reboots");
+    assert_eq!(
+        server.events().await,
+        [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)]
+    );
+}
