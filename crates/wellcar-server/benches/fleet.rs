@@ -91,7 +91,7 @@ async fn round(client: &ApiClient, machines: usize, concurrency: usize, steady: 
                 if m >= machines {
                     return (lat, requests, checks, granted);
                 }
-                let (l, c, g) = conversation(&client, m, steady).await;
+                let (l, c, g) = conversation(&client, m, steady, None).await;
                 requests += l.len();
                 lat.extend(l);
                 checks += c;
@@ -121,7 +121,12 @@ async fn round(client: &ApiClient, machines: usize, concurrency: usize, steady: 
 
 /// One machine's conversation in a round: the check, and for outdated machines on first
 /// contact the events 13/1, 14/1, 3/1. Returns (latencies, checks, granted).
-async fn conversation(client: &ApiClient, m: usize, steady: bool) -> (Vec<u32>, usize, usize) {
+async fn conversation(
+    client: &ApiClient,
+    m: usize,
+    steady: bool,
+    scheduled: Option<Instant>,
+) -> (Vec<u32>, usize, usize) {
     let old = m.is_multiple_of(OLD_SHARE);
     let version = if old { "1.0.0" } else { "2.0.0" };
     let mut posts = vec![(request(m, version, true, Vec::new()), true)];
@@ -131,8 +136,13 @@ async fn conversation(client: &ApiClient, m: usize, steady: bool) -> (Vec<u32>, 
         }
     }
     let (mut lat, mut checks, mut granted) = (Vec::new(), 0, 0);
-    for (xml, is_check) in posts {
-        let t = Instant::now();
+    for (n, (xml, is_check)) in posts.into_iter().enumerate() {
+        // Open loop: the first request's latency counts from when it was due, so time spent
+        // waiting for a free connection is not hidden (no coordinated omission).
+        let t = match scheduled {
+            Some(due) if n == 0 => due,
+            _ => Instant::now(),
+        };
         let (status, body) = client.omaha(&xml).await.expect("request failed");
         lat.push(t.elapsed().as_micros() as u32);
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -151,6 +161,7 @@ async fn conversation(client: &ApiClient, m: usize, steady: bool) -> (Vec<u32>, 
 /// whatever the answers' latency (as a fleet does), and measures latency at that load.
 async fn paced_round(client: &ApiClient, first: usize, count: usize, rate: usize) -> Round {
     let started = Instant::now();
+    let connections = Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let due = Duration::from_secs_f64(i as f64 / rate as f64);
@@ -158,8 +169,11 @@ async fn paced_round(client: &ApiClient, first: usize, count: usize, rate: usize
             tokio::time::sleep(wait).await;
         }
         let client = client.clone();
+        let connections = connections.clone();
+        let scheduled = started + due;
         tasks.push(tokio::spawn(async move {
-            conversation(&client, first + i, false).await
+            let _slot = connections.acquire_owned().await.unwrap();
+            conversation(&client, first + i, false, Some(scheduled)).await
         }));
     }
     let mut all = Vec::new();
