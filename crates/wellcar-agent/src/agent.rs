@@ -128,6 +128,21 @@ pub enum CheckOutcome {
     },
 }
 
+impl std::fmt::Display for CheckOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Disabled => f.write_str("updates are disabled (SERVER=disabled)"),
+            Self::NoUpdate { .. } => f.write_str("no update available"),
+            Self::Staged { version, .. } => write!(f, "{version} staged: reboot to activate it"),
+            Self::AwaitingReboot => f.write_str("an update is staged: reboot to activate it"),
+            Self::Deferred { version } => write!(
+                f,
+                "{version} is available; deferred until the running slot is marked good"
+            ),
+        }
+    }
+}
+
 impl CheckOutcome {
     /// The server's poll interval, if any.
     pub fn poll_interval(&self) -> Option<u32> {

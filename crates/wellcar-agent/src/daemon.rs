@@ -56,11 +56,15 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
                     None
                 }
             };
+            agent.state.last_result = Some(match &result {
+                Ok(outcome) => outcome.to_string(),
+                Err(e) => format!("failed: {e:#}"),
+            });
             if let Some(id) = request {
                 agent.state.handled_request = Some(id.trim().to_owned());
-                if let Err(e) = agent.store.save(&agent.state) {
-                    tracing::error!("{e:#}");
-                }
+            }
+            if let Err(e) = agent.store.save(&agent.state) {
+                tracing::error!("{e:#}");
             }
             let config = load_config(&agent.paths.config_files);
             let delay = schedule::next_delay(

@@ -68,6 +68,9 @@ pub fn status_report(state: &AgentState) -> String {
                 .unwrap_or_else(|_| state.last_checked_time.to_string())
         }
     ));
+    if let Some(r) = &state.last_result {
+        out.push_str(&format!("Last result: {r}\n"));
+    }
     if let Some(e) = &state.last_error {
         out.push_str(&format!("Last error: {e}\n"));
     }
@@ -94,6 +97,7 @@ pub fn status_json(state: &AgentState) -> serde_json::Value {
             "slot": format!("USR-{}", s.slot.to_ascii_uppercase()),
         })),
         "last_error": state.last_error,
+        "last_result": state.last_result,
         "events_waiting": state.outbox.len(),
     })
 }

@@ -153,6 +153,8 @@ pub struct AgentState {
     pub consecutive_failures: u32,
     /// Id of the last on-demand check request handled.
     pub handled_request: Option<String>,
+    /// What the last check came to, in words (`no update`, `staged 1.1.0`, …).
+    pub last_result: Option<String>,
 }
 
 impl AgentState {

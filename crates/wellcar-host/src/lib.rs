@@ -19,6 +19,7 @@
 
 pub mod ops;
 pub mod status;
+pub mod update;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,8 @@ pub enum Command {
     CheckUsr,
     /// Reboot if this is a trial boot (booted slot not marked good); run by a timer.
     TrialTimeout,
+    /// Ask the update agent to check for an update now and wait for the result.
+    Check(update::CheckOpts),
 }
 
 /// What every command needs: the store and the booted slot.
@@ -117,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stage(opts) => ops::stage(&ctx, &opts),
         Command::CheckUsr => ops::check_usr(&ctx),
         Command::TrialTimeout => ops::trial_timeout(&ctx),
+        Command::Check(opts) => update::check(&opts),
     }
 }
 

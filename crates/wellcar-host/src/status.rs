@@ -156,11 +156,12 @@ pub fn render(st: &Status) -> String {
 /// `status`.
 pub fn run(ctx: &Context, opts: &Opts) -> anyhow::Result<()> {
     let loaded = ctx.esp.load().context("reading the boot state")?;
-    let st = collect(&loaded, ctx.booted);
+    let mut st = collect(&loaded, ctx.booted);
+    st.update = crate::update::section();
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
-        print!("{}", render(&st));
+        print!("{}{}", render(&st), crate::update::render());
     }
     Ok(())
 }

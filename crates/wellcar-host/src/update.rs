@@ -1,0 +1,187 @@
+//! The update agent's part of `wellcar-update` (issue 8): `check`, and the update section of
+//! `status`. Both talk to `wellcar-update-agent` through its state directory
+//! (`/var/lib/wellcar/update-agent`; `WELLCAR_UPDATE_STATE_DIR` moves it, for tests).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wellcar_agent::state::{Operation, StateStore};
+
+/// The agent's state directory.
+pub fn state_store() -> StateStore {
+    let dir = std::env::var_os("WELLCAR_UPDATE_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| wellcar_agent::HostPaths::system().state_dir);
+    StateStore::new(dir)
+}
+
+/// `check` options.
+#[derive(Debug, clap::Args)]
+pub struct CheckOpts {
+    /// Seconds to wait for the agent to take the request.
+    #[arg(long, default_value_t = 30)]
+    pub take_timeout: u64,
+}
+
+/// `check`: asks the agent to check now, prints progress, waits for the result. Fails if the
+/// check or the install failed.
+pub fn check(opts: &CheckOpts) -> anyhow::Result<()> {
+    check_with(&state_store(), opts, &mut std::io::stdout())
+}
+
+/// [`check`] against `store`, printing to `out`.
+pub fn check_with(
+    store: &StateStore,
+    opts: &CheckOpts,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let id = wellcar_agent::client::request_check(store)
+        .context("asking the update agent for a check")?;
+    writeln!(out, "Checking for updates...")?;
+    let mut last_line = String::new();
+    let state = wellcar_agent::client::wait_for(
+        store,
+        &id,
+        Duration::from_millis(500),
+        Duration::from_secs(opts.take_timeout),
+        &mut |s| {
+            let line = match s.operation {
+                Operation::Downloading => format!(
+                    "{} {} {:.0}%",
+                    s.operation.short_name(),
+                    s.new_version,
+                    s.progress * 100.0
+                ),
+                Operation::UpdateAvailable | Operation::Verifying | Operation::Finalizing => {
+                    format!("{} {}", s.operation.short_name(), s.new_version)
+                }
+                other => other.short_name().to_owned(),
+            };
+            if line != last_line {
+                let _ = writeln!(out, "{line}");
+                last_line = line;
+            }
+        },
+    )?;
+    let result = state.last_result.clone().unwrap_or_default();
+    if result.starts_with("failed") {
+        anyhow::bail!("update check {result}");
+    }
+    writeln!(out, "{result}")?;
+    Ok(())
+}
+
+/// The update section of `status`, or `None` when the agent has never run.
+pub fn section() -> Option<serde_json::Value> {
+    section_from(&state_store())
+}
+
+/// [`section`] from `store`.
+pub fn section_from(store: &StateStore) -> Option<serde_json::Value> {
+    if !store.status_path().exists() {
+        return None;
+    }
+    Some(match store.load() {
+        Ok(state) => wellcar_agent::status_json(&state),
+        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+    })
+}
+
+/// The text form of the update section of `status`.
+pub fn render() -> String {
+    render_from(&state_store())
+}
+
+/// [`render`] from `store`.
+pub fn render_from(store: &StateStore) -> String {
+    if !store.status_path().exists() {
+        return String::new();
+    }
+    match store.load() {
+        Ok(state) => format!("\n{}", wellcar_agent::status_report(&state)),
+        Err(e) => format!("\nUpdate status: unknown ({e:#})\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wellcar_agent::state::AgentState;
+
+    /// Stands in for the daemon (which needs a server and a disk; its own tests cover it):
+    /// takes the request and records `result` as it would.
+    fn fake_daemon(store: StateStore, result: &'static str) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let request = store.request_path();
+            let id = loop {
+                if let Ok(id) = std::fs::read_to_string(&request) {
+                    break id;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            std::fs::remove_file(&request).unwrap();
+            let mut state = AgentState {
+                operation: Operation::Downloading,
+                new_version: "1.1.0".into(),
+                progress: 0.5,
+                ..AgentState::default()
+            };
+            store.save(&state).unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+            state.operation = Operation::UpdatedNeedReboot;
+            state.last_result = Some(result.into());
+            state.handled_request = Some(id);
+            store.save(&state).unwrap();
+        })
+    }
+
+    #[test]
+    fn check_prints_progress_and_the_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let daemon = fake_daemon(store.clone(), "1.1.0 staged: reboot to activate it");
+        let mut out = Vec::new();
+        check_with(&store, &CheckOpts { take_timeout: 10 }, &mut out).unwrap();
+        daemon.join().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("DOWNLOADING 1.1.0 50%\n"), "{text}");
+        assert!(
+            text.ends_with("1.1.0 staged: reboot to activate it\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn check_fails_on_a_failed_check_and_without_a_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let daemon = fake_daemon(store.clone(), "failed: server unreachable");
+        let err = check_with(&store, &CheckOpts { take_timeout: 10 }, &mut Vec::new()).unwrap_err();
+        daemon.join().unwrap();
+        assert!(err.to_string().contains("server unreachable"), "{err}");
+        let err = check_with(&store, &CheckOpts { take_timeout: 0 }, &mut Vec::new()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("wellcar-update-agent.service"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn status_section_only_once_the_agent_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("agent"));
+        assert_eq!(section_from(&store), None);
+        assert_eq!(render_from(&store), "");
+        store
+            .save(&AgentState {
+                operation: Operation::UpdatedNeedReboot,
+                new_version: "1.1.0".into(),
+                ..AgentState::default()
+            })
+            .unwrap();
+        let json = section_from(&store).unwrap();
+        assert_eq!(json["status"], "UPDATED_NEED_REBOOT");
+        assert_eq!(json["new_version"], "1.1.0");
+        assert!(render_from(&store).contains("Update status: UPDATED_NEED_REBOOT"));
+    }
+}
