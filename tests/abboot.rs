@@ -94,8 +94,17 @@ fn expect_boot(vm: &mut Machine, from: usize, slot: Slot, timeout: Duration) -> 
 
 /// Offset just after the next "Wellcar: booting USR-" GRUB prints after `from`.
 fn next_boot(vm: &mut Machine, from: usize, timeout: Duration) -> usize {
-    vm.wait_for_from(from, "Wellcar: booting USR-", timeout)
-        .unwrap_or_else(|e| panic!("no boot: {}\n{}", chain(&e), tail(vm)))
+    let at = vm
+        .wait_for_from(from, "Wellcar: booting USR-", timeout)
+        .unwrap_or_else(|e| panic!("no boot: {}\n{}", chain(&e), tail(vm)));
+    // The slot letter may not have arrived with the match.
+    for _ in 0..100 {
+        if vm.console().len() > at {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    at
 }
 
 fn logged_in(vm: &mut Machine, from: usize) {
