@@ -111,17 +111,8 @@ impl OsDefinition {
                 ));
             }
         }
-        if !self
-            .os
-            .version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.~_".contains(c))
-            || self.os.version.is_empty()
-        {
-            return bad(format!(
-                "os.version: `{}` must be non-empty [A-Za-z0-9.+~_-]",
-                self.os.version
-            ));
+        if let Err(message) = check_version(&self.os.version) {
+            return bad(format!("os.version: {message}"));
         }
         if !self
             .os
@@ -146,6 +137,21 @@ impl OsDefinition {
             .parent()
             .unwrap_or(Path::new("."))
             .join("files")
+    }
+}
+
+/// An OS version is dotted numbers (`1.2.3`), as Flatcar's, so updates can compare versions.
+pub fn check_version(version: &str) -> std::result::Result<(), String> {
+    let ok = !version.is_empty()
+        && version
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{version}` is not dot-separated numbers like 1.2.3"
+        ))
     }
 }
 
@@ -198,6 +204,20 @@ enable = ["ssh.service"]
             .iter()
             .any(|p| p == "linux-image-cloud-amd64"));
         assert_eq!(def.user.name, "core");
+    }
+
+    #[test]
+    fn versions_are_dotted_numbers() {
+        assert!(check_version("3510.2.0").is_ok());
+        assert!(check_version("1.0.0-rc1")
+            .unwrap_err()
+            .contains("1.0.0-rc1"));
+        assert!(check_version("1..2").is_err());
+        let (_d, p) = write(&SAMPLE.replace("1.2.3", "v1"));
+        assert!(OsDefinition::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("os.version"));
     }
 
     #[test]

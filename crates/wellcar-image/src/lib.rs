@@ -99,6 +99,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
         .version
         .clone()
         .unwrap_or_else(|| def.os.version.clone());
+    definition::check_version(&version).map_err(|message| BuildError::Definition {
+        path: opts.definition.clone(),
+        message: format!("version: {message}"),
+    })?;
     let out = opts.output.clone();
     let work = out.join(".work");
     std::fs::create_dir_all(&work).at("creating", &work)?;

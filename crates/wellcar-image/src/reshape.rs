@@ -337,9 +337,14 @@ fn enable_units(root: &Path, def: &OsDefinition) -> Result<()> {
         format!("# Units the Wellcar OS definition turns on.\n{preset}"),
     )
     .at("writing", &p)?;
+    // SysV scripts are not consulted: the image boots systemd only, and systemctl would chroot
+    // into the tree to run update-rc.d. The root must be canonical: systemctl resolves the
+    // tree's absolute symlinks under it and rejects results that do not start with it.
+    let root = root.canonicalize().at("resolving", root)?;
     tools::run(
         SYSTEMCTL
             .command()?
+            .env("SYSTEMCTL_SKIP_SYSV", "1")
             .arg(format!("--root={}", root.display()))
             .arg("enable")
             .args(&def.systemd.enable),
