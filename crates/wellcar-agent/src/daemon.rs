@@ -16,6 +16,9 @@ use crate::slots::SlotControl;
 /// How often the loop wakes to look for requests, the schedule and the reboot window.
 pub const TICK: Duration = Duration::from_millis(250);
 
+/// Pause before asking for a reboot again (after a failed or an ignored reboot command).
+pub const REBOOT_RETRY: Duration = Duration::from_secs(10 * 60);
+
 /// Runs until `stop` is set.
 pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
     match agent.resume_pending() {
@@ -31,6 +34,7 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
             .as_secs(),
         "first update check scheduled"
     );
+    let mut next_reboot_attempt: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
         let request_path = agent.request_path();
         let request = std::fs::read_to_string(&request_path).ok();
@@ -78,16 +82,13 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
         }
         let config = load_config(&agent.paths.config_files);
         let now = jiff::Zoned::now();
-        if agent.reboot_wait(&config, &now) == Some(Duration::ZERO) {
+        let reboot_due = next_reboot_attempt.is_none_or(|t| Instant::now() >= t);
+        if reboot_due && agent.reboot_wait(&config, &now) == Some(Duration::ZERO) {
             if let Err(e) = agent.reboot(config.reboot_warning) {
-                tracing::error!("reboot failed: {e:#}");
-            } else {
-                // The machine is going down; do not reboot again while it does.
-                while !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(TICK);
-                }
-                return;
+                tracing::error!("reboot failed, retrying in {REBOOT_RETRY:?}: {e:#}");
             }
+            // Success: the machine is going down; if it does not, ask again later.
+            next_reboot_attempt = Some(Instant::now() + REBOOT_RETRY);
         }
         std::thread::sleep(TICK);
     }
