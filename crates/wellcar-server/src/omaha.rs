@@ -277,7 +277,8 @@ async fn answer_app(
                 m.is_floor = floor_reason.is_some();
                 m.floor_reason = floor_reason;
                 uc.manifests = vec![m];
-                state.mark_persisted(&sighting);
+                // A new grant wrote these facts already; a re-served one did not.
+                state.note_sighting(sighting);
             }
             None => {
                 if !app.machine_id.is_empty() {

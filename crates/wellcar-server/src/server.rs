@@ -269,19 +269,6 @@ impl ServerState {
         }
     }
 
-    /// Records that a sighting was written directly (by a grant), so it is not queued again.
-    pub fn mark_persisted(&self, s: &Sighting) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.insert(
-                (s.app_id.clone(), s.machine_id.clone()),
-                SeenEntry {
-                    facts: s.clone(),
-                    persisted_at: s.at,
-                },
-            );
-        }
-    }
-
     /// Writes all queued sightings, [`FLUSH_CHUNK`] rows per transaction (so event and grant
     /// transactions are not held up behind one huge write). One flush runs at a time, so an
     /// older sighting is never written after a newer one. On failure the rest stay queued.
