@@ -7,7 +7,7 @@
 //! network does; the server itself has no byte counter).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,6 +105,8 @@ struct Relay {
     served: Arc<AtomicU64>,
     /// `Range` header values seen, in order.
     ranges: Arc<Mutex<Vec<String>>>,
+    /// GET requests without a `Range` header (whole-payload downloads).
+    full_gets: Arc<AtomicU64>,
     /// When >= 0: close the connection after this many more response bytes (one shot).
     cut_after: Arc<AtomicI64>,
     /// Pause per 64 KiB relayed, in milliseconds.
@@ -116,9 +118,11 @@ impl Relay {
         let relay = Relay {
             served: Arc::default(),
             ranges: Arc::default(),
+            full_gets: Arc::default(),
             cut_after: Arc::new(AtomicI64::new(-1)),
             slow_ms: Arc::default(),
         };
+        let full_gets = relay.full_gets.clone();
         let (served, ranges, cut, slow) = (
             relay.served.clone(),
             relay.ranges.clone(),
@@ -132,6 +136,7 @@ impl Relay {
                 };
                 let (served, ranges, cut, slow) =
                     (served.clone(), ranges.clone(), cut.clone(), slow.clone());
+                let full_gets = full_gets.clone();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
@@ -146,6 +151,10 @@ impl Relay {
                                 Ok(n) => n,
                             };
                             let text = String::from_utf8_lossy(&buf[..n]);
+                            let lower = text.to_ascii_lowercase();
+                            if text.starts_with("GET ") && !lower.contains("\r\nrange:") {
+                                full_gets.fetch_add(1, Ordering::SeqCst);
+                            }
                             for line in text.lines() {
                                 if let Some(v) = line
                                     .strip_prefix("range: ")
@@ -370,6 +379,12 @@ impl Host {
     }
 }
 
+/// Runs blocking work that borrows from the caller on this thread, letting the async runtime
+/// (server, relay) keep running on its other workers.
+fn blocking_scope<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// Runs blocking agent work off the async runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
@@ -543,6 +558,7 @@ async fn interrupted_download_resumes_with_range() {
     asserts_staged(&host, &payload);
     let ranges = server.relay.ranges.lock().unwrap().clone();
     assert_eq!(ranges.len(), 1, "one resumed request: {ranges:?}");
+    assert_eq!(server.relay.full_gets.load(Ordering::SeqCst), 1);
     let start: u64 = ranges[0]
         .strip_prefix("bytes=")
         .and_then(|r| r.strip_suffix('-'))
@@ -768,54 +784,68 @@ async fn kill_9_at_any_step_then_restart_continues() {
             .unwrap()
     };
     let store = crate::state::StateStore::new(&host.paths.state_dir);
-    let seen_ops = Arc::new(Mutex::new(Vec::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let mut kills = 0;
-    let mut delay_ms = 150u64;
-    while kills < 40 {
+    // Each run: start the daemon, watch status.json closely, SIGKILL it as soon as `kill_when`
+    // holds (or after `limit`). Returns the state seen at the kill.
+    let run_and_kill = |kill_when: &dyn Fn(&crate::state::AgentState) -> bool, limit: Duration| {
         let mut child = spawn();
         let start = std::time::Instant::now();
-        let mut finished = false;
-        while start.elapsed() < Duration::from_millis(delay_ms) {
+        let mut at_kill = None;
+        while start.elapsed() < limit {
             if let Ok(state) = store.load() {
-                if state.operation == Operation::UpdatedNeedReboot {
-                    finished = true;
-                }
                 assert!(
                     !rebooted.exists() || state.staged.is_some(),
                     "rebooted before the update was staged"
                 );
+                if kill_when(&state) {
+                    at_kill = Some(state);
+                    break;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            std::thread::sleep(Duration::from_millis(1));
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        kills += 1;
-        if let Ok(state) = store.load() {
-            seen_ops
-                .lock()
-                .unwrap()
-                .push((state.operation, (state.progress * 100.0) as u32));
-            if state.operation == Operation::UpdatedNeedReboot {
-                finished = true;
+        at_kill.or_else(|| store.load().ok())
+    };
+    let op_progress = |s: &crate::state::AgentState| (s.operation, (s.progress * 100.0) as u32);
+    let mut seen = Vec::new();
+    let (seen_ref, run_ref, rebooted_ref) = (&mut seen, &run_and_kill, &rebooted);
+    let outcome = blocking_scope(move || {
+        // Targeted kills: mid-download (twice), while verifying, while finalizing.
+        for (target, min_progress) in [
+            (Operation::Downloading, 0.2),
+            (Operation::Downloading, 0.6),
+            (Operation::Verifying, 0.0),
+            (Operation::Finalizing, 0.0),
+        ] {
+            let state = run_ref(
+                &|s| s.operation == target && s.progress >= min_progress,
+                Duration::from_secs(30),
+            );
+            seen_ref.push(state.as_ref().map(op_progress));
+        }
+        // Then kills after growing delays until the update is staged and the reboot ran.
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..30 {
+            let state = run_ref(&|_| false, delay);
+            seen_ref.push(state.as_ref().map(op_progress));
+            if state.is_some_and(|s| s.operation == Operation::UpdatedNeedReboot)
+                && rebooted_ref.exists()
+            {
+                return true;
             }
+            delay += Duration::from_millis(150);
         }
-        if finished && rebooted.exists() {
-            done.store(true, Ordering::SeqCst);
-            break;
-        }
-        delay_ms += 90;
+        false
+    });
+    assert!(outcome, "never finished; states at kills: {seen:?}");
+    for wanted in [Operation::Downloading, Operation::Verifying] {
+        assert!(
+            seen.iter().flatten().any(|(op, _)| *op == wanted),
+            "no kill while {wanted:?}: {seen:?}"
+        );
     }
-    let seen = seen_ops.lock().unwrap().clone();
-    assert!(
-        done.load(Ordering::SeqCst),
-        "never finished; states at kills: {seen:?}"
-    );
-    assert!(
-        seen.iter()
-            .any(|(op, p)| *op == Operation::Downloading && *p > 0),
-        "at least one kill mid-download: {seen:?}"
-    );
+    let kills = seen.len();
     asserts_staged(&host, &payload);
     let state = store.load().unwrap();
     assert_eq!(state.operation, Operation::UpdatedNeedReboot);
@@ -831,19 +861,26 @@ async fn kill_9_at_any_step_then_restart_continues() {
         events.iter().all(|e| e.1 != 0),
         "no error reported: {events:?}"
     );
+    // Resumed, never restarted: one whole download, then ranges whose start only grows.
     let ranges = server.relay.ranges.lock().unwrap().clone();
+    assert_eq!(
+        server.relay.full_gets.load(Ordering::SeqCst),
+        1,
+        "{ranges:?}"
+    );
+    let resume_points: Vec<u64> = ranges
+        .iter()
+        .filter_map(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .collect();
     assert!(
-        ranges
-            .iter()
-            .any(|r| r != "bytes=0-" && !r.starts_with("bytes=0-")),
-        "a restart resumed with a Range request: {ranges:?}"
+        !resume_points.is_empty(),
+        "a restart resumed with Range: {ranges:?}"
+    );
+    assert!(
+        resume_points.windows(2).all(|w| w[0] <= w[1]),
+        "resume points never go back: {resume_points:?}"
     );
     let served = server.relay.served.load(Ordering::SeqCst);
-    assert!(
-        served < payload.size * 3,
-        "resumes, not full restarts: served {served} for a {} byte payload ({kills} kills)",
-        payload.size
-    );
     eprintln!(
         "{kills} kills, states at kills: {seen:?}, ranges {ranges:?}, served {served} of {}",
         payload.size
