@@ -946,3 +946,73 @@ async fn update_engine_client_update_drives_the_daemon() {
         [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)]
     );
 }
+
+/// The daemon against a server that is down (connections accepted and closed at once): its
+/// retries back off by doubling; once the server is up on that address, the next check gets
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_backs_off_while_the_server_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = down.local_addr().unwrap();
+    let host = Host::new(
+        &format!("http://{addr}/v1/update/"),
+        &key,
+        "WELLCAR_FIRST_CHECK_DELAY=0s\nWELLCAR_RETRY_DELAY=300ms\n",
+    );
+    let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
+    let mut daemon = std::process::Command::new(daemon_binary())
+        .arg("--root")
+        .arg(&root)
+        .env("RUST_LOG", "error")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let attempts = blocking(move || {
+        let mut at = Vec::new();
+        for _ in 0..4 {
+            let (conn, _) = down.accept().unwrap();
+            at.push(std::time::Instant::now());
+            drop(conn);
+        }
+        at
+    })
+    .await;
+    let gaps: Vec<f64> = attempts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    // 300 ms, 600 ms, 1200 ms, each ±1/9; only lower bounds (a loaded machine is slower).
+    for (gap, expected) in gaps.iter().zip([0.3, 0.6, 1.2]) {
+        assert!(*gap >= expected * 8.0 / 9.0 - 0.01, "gaps {gaps:?}");
+    }
+    assert!(gaps[2] > gaps[0] * 2.5, "the delay doubles: {gaps:?}");
+    let state = crate::state::StateStore::new(&host.paths.state_dir)
+        .load()
+        .unwrap();
+    assert!(state.consecutive_failures >= 3, "{state:?}");
+    // The server comes back on that address (the listener above is closed).
+    let server = Server::start(dir.path(), addr).await;
+    let store = crate::state::StateStore::new(&host.paths.state_dir);
+    let recovered = blocking(move || {
+        for _ in 0..200 {
+            if store
+                .load()
+                .is_ok_and(|s| s.consecutive_failures == 0 && s.last_checked_time > 0)
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+    .await;
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(
+        recovered,
+        "the daemon never got through after the server came back"
+    );
+    assert_eq!(server.instance().await.version, "1.0.0");
+}
