@@ -55,9 +55,14 @@ const MAX_OMAHA_RESPONSE: u64 = 1 << 20;
 
 impl Http {
     /// A client with connect and response-header timeouts (no total timeout: payloads are
-    /// large).
+    /// large) that trusts the system's CA store (`/etc/ssl/certs`, where Ignition can add a
+    /// private CA for a private update server).
     pub fn new() -> Self {
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+            .build();
         let config = ureq::Agent::config_builder()
+            .tls_config(tls)
             .timeout_connect(Some(Duration::from_secs(15)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .http_status_as_error(false)
