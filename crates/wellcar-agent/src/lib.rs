@@ -18,6 +18,8 @@
 //! is in progress; every state change is durable before the next step, so `kill -9` at any
 //! point resumes correctly (an interrupted download resumes with HTTP Range).
 
+#![deny(missing_docs)]
+
 pub mod agent;
 pub mod client;
 pub mod config;

@@ -43,14 +43,23 @@ struct Opts {
     once: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let opts = Opts::parse();
+    match run(Opts::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(opts: Opts) -> anyhow::Result<()> {
     let mut paths = match &opts.root {
         Some(root) => HostPaths::under_root(root),
         None => HostPaths::system(),
