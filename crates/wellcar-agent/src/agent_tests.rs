@@ -751,8 +751,8 @@ fn daemon_binary() -> PathBuf {
     path
 }
 
-/// The real daemon binary, killed with SIGKILL at many points of an update and restarted
-/// each time, ends with the update staged exactly as an uninterrupted run would, every event
+/// The real daemon binary, killed with SIGKILL at many points of an update (and once with a
+/// simulated power cut: new boot id) and restarted each time, ends with the update staged exactly as an uninterrupted run would, every event
 /// reported, and no reboot before the slot was staged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_any_step_then_restart_continues() {
@@ -809,7 +809,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
     };
     let op_progress = |s: &crate::state::AgentState| (s.operation, (s.progress * 100.0) as u32);
     let mut seen = Vec::new();
-    let (seen_ref, run_ref, rebooted_ref) = (&mut seen, &run_and_kill, &rebooted);
+    let (seen_ref, run_ref, rebooted_ref, host_ref) = (&mut seen, &run_and_kill, &rebooted, &host);
     let outcome = blocking_scope(move || {
         // Targeted kills: mid-download (twice), while verifying, while finalizing.
         for (target, min_progress) in [
@@ -823,6 +823,11 @@ async fn kill_9_at_any_step_then_restart_continues() {
                 Duration::from_secs(30),
             );
             seen_ref.push(state.as_ref().map(op_progress));
+            if min_progress == 0.6 {
+                // A power cut mid-download: the machine comes back on the same slot with a new
+                // boot id; the download resumes as after a daemon restart.
+                host_ref.boot("1.0.0", Slot::A);
+            }
         }
         // Then kills after growing delays until the update is staged and the reboot ran.
         let mut delay = Duration::from_millis(100);
