@@ -287,11 +287,24 @@ async fn fresh_server_seeds_and_answers(backend: Backend) {
             poll_interval: Some(1800)
         }
     );
+    h.state().flush_sightings().await.unwrap();
     let metrics = h.omaha.get_text("/metrics").await.unwrap().1;
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     assert_eq!(
         crate::metrics::sample(&metrics, "wellcar_server_update_checks_total"),
         Some(1.0)
+    );
+    let gauge = format!(
+        "wellcar_server_instances{{app=\"{WELLCAR_APP_ID}\",version=\"1.0.0\",group=\"stable\",status=\"undefined\"}}"
+    );
+    assert_eq!(
+        crate::metrics::sample(&metrics, &gauge),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wellcar_server_request_duration_seconds_count 1"),
+        "{metrics}"
     );
     h.stop().await;
 }
