@@ -413,7 +413,7 @@ fn write_empty_usr_b(disk: &Path, dir: &Path) -> String {
     let empty = dir.join("empty-tree");
     std::fs::create_dir_all(&empty).unwrap();
     let fs = dir.join("empty.erofs");
-    run(Command::new("mkfs.erofs").arg("-q").arg(&fs).arg(&empty));
+    run(Command::new("mkfs.erofs").arg(&fs).arg(&empty));
     std::fs::copy(&fs, &slot).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&slot).unwrap();
     f.set_len(1 << 30).unwrap();
