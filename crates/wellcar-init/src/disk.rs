@@ -178,8 +178,13 @@ impl Scan {
         match spec {
             DeviceSpec::PartUuid(guid) => by(&|p| p.location.unique_guid == *guid),
             DeviceSpec::PartLabel(label) => by(&|p| p.location.label == *label),
+            // Wellcar gives ROOT the same GPT and filesystem label: try the partition named
+            // like the label first, so the usual case reads one superblock, not all of them.
             DeviceSpec::Label(label) => {
-                by(&|p| ext4_identity(&p.device).is_some_and(|id| id.label == *label))
+                let fs_label =
+                    |p: &Partition| ext4_identity(&p.device).is_some_and(|id| id.label == *label);
+                by(&|p| p.location.label == *label && fs_label(p))
+                    .or_else(|| by(&fs_label))
                     .or_else(|| by(&|p| p.location.label == *label))
             }
             DeviceSpec::FsUuid(uuid) => {
