@@ -410,7 +410,7 @@ mod tests {
         let mut cuts = 0;
         let mut kinds = [0usize; 3];
         let mut boots_of = [0usize; 2];
-        for seed in 0..60u64 {
+        for seed in 0..100u64 {
             let mut rng = Rng(seed);
             let (_d, esp) = fresh_esp();
             let mut booted = Slot::A;
@@ -510,6 +510,7 @@ mod tests {
                 assert!(now.state.has_fallback(), "seed {seed}: no good fallback");
             }
         }
+        eprintln!("{cuts} power cuts, tear kinds {kinds:?}, boots per slot {boots_of:?}");
         assert!(cuts >= 200, "only {cuts} power cuts");
         assert!(kinds.iter().all(|&k| k > 30), "tear kinds {kinds:?}");
         assert!(
