@@ -178,9 +178,15 @@ async fn conversation(
 
 /// Open-loop round: starts machines `first..first+count` at `rate` conversations per second,
 /// whatever the answers' latency (as a fleet does), and measures latency at that load.
-async fn paced_round(client: &ApiClient, first: usize, count: usize, rate: usize) -> Round {
+async fn paced_round(
+    client: &ApiClient,
+    first: usize,
+    count: usize,
+    rate: usize,
+    concurrency: usize,
+) -> Round {
     let started = Instant::now();
-    let connections = Arc::new(tokio::sync::Semaphore::new(256));
+    let connections = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let due = Duration::from_secs_f64(i as f64 / rate as f64);
@@ -261,7 +267,7 @@ async fn bench(backend: &str, machines: usize, concurrency: usize) {
         let before = server.state.db.write_counts();
         let r = match steady {
             Some(steady) => round(&client, machines, concurrency, steady).await,
-            None => paced_round(&client, machines, machines, rate).await,
+            None => paced_round(&client, machines, machines, rate, concurrency).await,
         };
         // Include the batched writes this round caused.
         tokio::time::sleep(Duration::from_millis(50)).await;
