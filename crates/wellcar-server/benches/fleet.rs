@@ -118,7 +118,7 @@ async fn round(client: &ApiClient, machines: usize, concurrency: usize, steady: 
                 if m >= machines {
                     return (lat, requests, checks, granted);
                 }
-                let (l, c, g) = conversation(&client, m, steady, None).await;
+                let (l, c, g) = conversation(&client, m, steady, None, None).await;
                 requests += l.len();
                 lat.extend(l);
                 checks += c;
@@ -145,6 +145,7 @@ async fn conversation(
     m: usize,
     steady: bool,
     scheduled: Option<Instant>,
+    connections: Option<&tokio::sync::Semaphore>,
 ) -> (Vec<(u32, bool)>, usize, usize) {
     let old = m.is_multiple_of(OLD_SHARE);
     let version = if old { "1.0.0" } else { "2.0.0" };
@@ -161,6 +162,12 @@ async fn conversation(
         let t = match scheduled {
             Some(due) if n == 0 => due,
             _ => Instant::now(),
+        };
+        // Open loop: one connection slot per request, so a slow event post does not hold
+        // up other machines' checks.
+        let _slot = match connections {
+            Some(c) => Some(c.acquire().await.unwrap()),
+            None => None,
         };
         let (status, body) = client.omaha(&xml).await.expect("request failed");
         lat.push((t.elapsed().as_micros() as u32, is_check));
@@ -186,7 +193,7 @@ async fn paced_round(
     concurrency: usize,
 ) -> Round {
     let started = Instant::now();
-    let connections = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let connections = Arc::new(tokio::sync::Semaphore::new(concurrency * 4));
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let due = Duration::from_secs_f64(i as f64 / rate as f64);
@@ -197,8 +204,14 @@ async fn paced_round(
         let connections = connections.clone();
         let scheduled = started + due;
         tasks.push(tokio::spawn(async move {
-            let _slot = connections.acquire_owned().await.unwrap();
-            conversation(&client, first + i, false, Some(scheduled)).await
+            conversation(
+                &client,
+                first + i,
+                false,
+                Some(scheduled),
+                Some(&connections),
+            )
+            .await
         }));
     }
     let mut all = Vec::new();
