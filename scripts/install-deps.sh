@@ -11,6 +11,8 @@ packages=(
   qemu-system-x86 ovmf
   # tests: independent readers and cross-checks
   gdisk cryptsetup-bin openssh-client
+  # end-to-end test: the container workload's image (/bin/busybox)
+  busybox-static
   # update server tests
   postgresql
   # Rust crates that build C

@@ -66,6 +66,12 @@ impl Built {
 
 /// Builds the committed OS definition as `version` into `target/vmtest/<name>`.
 pub fn build(name: &str, version: &str) -> Built {
+    build_with_overlays(name, version, Vec::new())
+}
+
+/// Builds the committed OS definition as `version` into `target/vmtest/<name>`, with
+/// `usr_overlays` laid over `/usr` (`wellcar build --usr-overlay`).
+pub fn build_with_overlays(name: &str, version: &str, usr_overlays: Vec<PathBuf>) -> Built {
     let dir = test_dir().join(name);
     let opts = wellcar_image::BuildOptions {
         definition: workspace().join("os/wellcar.toml"),
@@ -74,7 +80,7 @@ pub fn build(name: &str, version: &str) -> Built {
         source_date_epoch: 1_700_000_000,
         init_binary: init_binary(),
         usr_binaries: usr_binaries(),
-        usr_overlays: Vec::new(),
+        usr_overlays,
         signing_key: None,
         trusted_keys: Vec::new(),
         payload_compression_level: 3,
