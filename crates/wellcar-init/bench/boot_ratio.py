@@ -7,7 +7,8 @@ Both boots use direct kernel boot under QEMU with init=/exec-marker: a tiny stat
 the same exec for both initrds. Start = the kernel's "Run /init as init process" line.
 
 Inputs (all from a `wellcar build` output directory and the host):
-  --out DIR          build output (manifest.json, vmlinuz, disk image, initramfs; .work/rootfs)
+  --out DIR          build output (manifest.json, vmlinuz, disk image, initramfs)
+  --rootfs DIR       the build's Debian tree (default OUT/.work/rootfs)
   --debian-initrd F  Debian's initrd for the same kernel, e.g. /boot/initrd.img-<kver> after
                      `apt-get install linux-image-<kver> initramfs-tools` on a Debian 12 host
 Needs: qemu-system-x86_64, gcc, debugfs, mkfs.ext4. Writes scratch files to --work.
@@ -20,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def sh(*cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
-def prepare(out, work):
+def prepare(out, rootfs, work):
     os.makedirs(work, exist_ok=True)
     marker = os.path.join(work, 'exec-marker')
     sh('gcc', '-static', '-O2', '-o', marker, os.path.join(HERE, 'exec-marker.c'))
@@ -40,7 +41,7 @@ def prepare(out, work):
     # Debian's root: the same tree as a plain ext4 root (with /etc back in place).
     tree = os.path.join(work, 'debian-root')
     shutil.rmtree(tree, ignore_errors=True)
-    sh('cp', '-a', os.path.join(out, '.work/rootfs'), tree)
+    sh('cp', '-a', rootfs, tree)
     shutil.rmtree(os.path.join(tree, 'etc'))
     sh('cp', '-a', os.path.join(tree, 'usr/share/wellcar/etc'), os.path.join(tree, 'etc'))
     shutil.copy(marker, os.path.join(tree, 'exec-marker'))
@@ -78,10 +79,11 @@ def main():
     a = argparse.ArgumentParser()
     a.add_argument('--out', required=True)
     a.add_argument('--debian-initrd', required=True)
+    a.add_argument('--rootfs', help='Debian tree of the build (default: OUT/.work/rootfs)')
     a.add_argument('--runs', type=int, default=5)
     a.add_argument('--work', default='/tmp/wellcar-boot-bench')
     args = a.parse_args()
-    m, disk, debian = prepare(args.out, args.work)
+    m, disk, debian = prepare(args.out, args.rootfs or os.path.join(args.out, '.work/rootfs'), args.work)
     kernel = os.path.join(args.out, m['kernel'])
     ours_initrd = os.path.join(args.out, m['initramfs'])
     ours_append = ('mount.usr=/dev/mapper/usr verity.usr=PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132 '
