@@ -481,6 +481,7 @@ impl<S: SlotControl> Agent<S> {
                 sha256,
                 target_slot: target.letter(),
                 started_reported: false,
+                finished_reported: false,
                 verified_root_hash: None,
             });
             self.state.progress = 0.0;
@@ -657,60 +658,92 @@ impl<S: SlotControl> Agent<S> {
         self.set_operation(Operation::Downloading)
             .map_err(Failure::fatal(error_code::ERROR))?;
         let checkpoint_path = self.store.checkpoint_path();
-        let mut attempt = 0u32;
-        let mut installer: Option<Installer<PartitionWindow>> = None;
-        loop {
-            let url = &pending.urls[attempt as usize % pending.urls.len().max(1)];
-            let step = self.transfer(
-                url,
-                &trusted,
-                &policy,
-                &targets,
-                &mut installer,
-                pending.size,
-            );
-            match step {
-                Ok(()) => break,
-                Err(f) if f.retryable && attempt + 1 < TRANSFER_ATTEMPTS => {
-                    attempt += 1;
-                    tracing::warn!(attempt, "download interrupted, resuming: {}", f.reason);
-                    std::thread::sleep(self.transfer_retry_delay * attempt);
+        // A restart right after a previous run's `finish` moved kernel and initramfs into place
+        // finds a complete checkpoint but no partial files; verifying fails, and the only way
+        // on is to download again (once).
+        for retry_from_zero in [false, true] {
+            let mut attempt = 0u32;
+            let mut resumed_complete = false;
+            let mut installer: Option<Installer<PartitionWindow>> = None;
+            loop {
+                let url = &pending.urls[attempt as usize % pending.urls.len().max(1)];
+                let job = TransferJob {
+                    url,
+                    trusted: &trusted,
+                    policy: &policy,
+                    targets: &targets,
+                    size: pending.size,
+                };
+                let step = self.transfer(&job, &mut installer, &mut resumed_complete);
+                match step {
+                    Ok(()) => break,
+                    Err(f) if f.retryable && attempt + 1 < TRANSFER_ATTEMPTS => {
+                        attempt += 1;
+                        tracing::warn!(attempt, "download interrupted, resuming: {}", f.reason);
+                        std::thread::sleep(self.transfer_retry_delay * attempt);
+                    }
+                    Err(f) => return Err(f),
                 }
-                Err(f) => return Err(f),
+            }
+            let installer = installer.expect("a finished transfer has an installer");
+            if !self
+                .state
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.finished_reported)
+            {
+                self.queue(
+                    facts,
+                    wellcar_omaha::event_type::UPDATE_DOWNLOAD_FINISHED,
+                    wellcar_omaha::event_result::SUCCESS,
+                    None,
+                );
+                if let Some(p) = &mut self.state.pending {
+                    p.finished_reported = true;
+                }
+            }
+            self.state.operation = Operation::Verifying;
+            self.state.progress = 1.0;
+            self.save().map_err(Failure::fatal(error_code::ERROR))?;
+            self.flush_events_logged(facts, config);
+            match installer.finish() {
+                Ok(report) => {
+                    let hash = report.verity_root_hash.to_string();
+                    if let Some(p) = &mut self.state.pending {
+                        p.verified_root_hash = Some(hash.clone());
+                    }
+                    self.save().map_err(Failure::fatal(error_code::ERROR))?;
+                    remove_if_exists(&checkpoint_path);
+                    return Ok(hash);
+                }
+                Err(e) if resumed_complete && !retry_from_zero => {
+                    tracing::warn!("verifying the download completed before a restart failed ({e}); downloading again");
+                    remove_if_exists(&checkpoint_path);
+                    self.state.operation = Operation::Downloading;
+                    self.state.progress = 0.0;
+                    self.save().map_err(Failure::fatal(error_code::ERROR))?;
+                }
+                Err(e) => return Err(Failure::from_apply(e)),
             }
         }
-        let installer = installer.expect("a finished transfer has an installer");
-        self.queue(
-            facts,
-            wellcar_omaha::event_type::UPDATE_DOWNLOAD_FINISHED,
-            wellcar_omaha::event_result::SUCCESS,
-            None,
-        );
-        self.state.operation = Operation::Verifying;
-        self.state.progress = 1.0;
-        self.save().map_err(Failure::fatal(error_code::ERROR))?;
-        self.flush_events_logged(facts, config);
-        let report = installer.finish().map_err(Failure::from_apply)?;
-        let hash = report.verity_root_hash.to_string();
-        if let Some(p) = &mut self.state.pending {
-            p.verified_root_hash = Some(hash.clone());
-        }
-        self.save().map_err(Failure::fatal(error_code::ERROR))?;
-        remove_if_exists(&checkpoint_path);
-        Ok(hash)
+        unreachable!("the second pass returns")
     }
 
     /// One transfer attempt: (re)creates the installer if needed and streams from its
     /// checkpoint to the end.
     fn transfer(
         &mut self,
-        url: &str,
-        trusted: &TrustedKeys,
-        policy: &ApplyPolicy,
-        targets: &dyn Fn() -> Result<InstallTargets<PartitionWindow>, Failure>,
+        job: &TransferJob<'_>,
         installer: &mut Option<Installer<PartitionWindow>>,
-        size: u64,
+        resumed_complete: &mut bool,
     ) -> Result<(), Failure> {
+        let TransferJob {
+            url,
+            trusted,
+            policy,
+            targets,
+            size,
+        } = *job;
         let checkpoint_path = self.store.checkpoint_path();
         if installer.is_none() {
             let saved = Checkpoint::load(&checkpoint_path).ok();
@@ -763,6 +796,8 @@ impl<S: SlotControl> Agent<S> {
         }
         let inst = installer.as_mut().expect("installer exists");
         if inst.is_complete() {
+            // Only reached right after resuming a complete checkpoint.
+            *resumed_complete = true;
             return Ok(());
         }
         let mut body = self
@@ -914,6 +949,15 @@ fn remove_if_exists(path: &std::path::Path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!("removing {}: {e}", path.display()),
     }
+}
+
+/// What one transfer attempt downloads and where it goes.
+struct TransferJob<'a> {
+    url: &'a str,
+    trusted: &'a TrustedKeys,
+    policy: &'a ApplyPolicy,
+    targets: &'a dyn Fn() -> Result<InstallTargets<PartitionWindow>, Failure>,
+    size: u64,
 }
 
 /// Counts payload bytes as they arrive and reports each new whole percent.

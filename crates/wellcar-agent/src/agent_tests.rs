@@ -208,6 +208,8 @@ struct Server {
     server: wellcar_server::RunningServer,
     api: ApiClient,
     relay: Relay,
+    /// Base URL of payload downloads (through the relay).
+    payload_base: String,
 }
 
 impl Server {
@@ -233,7 +235,12 @@ impl Server {
             .unwrap();
         let api = ApiClient::new(&server.url(), Some(&token));
         let relay = Relay::start(relay_listener, server.addr);
-        Server { server, api, relay }
+        Server {
+            server,
+            api,
+            relay,
+            payload_base: format!("http://{relay_addr}/packages/{WELLCAR_APP_ID}/amd64"),
+        }
     }
 
     fn omaha_url(&self) -> String {
@@ -1020,4 +1027,77 @@ async fn daemon_backs_off_while_the_server_is_down() {
         "the daemon never got through after the server came back"
     );
     assert_eq!(server.instance().await.version, "1.0.0");
+}
+
+/// A restart right after the previous run's verification moved kernel and initramfs into place
+/// but before it recorded that: the complete checkpoint cannot be verified again (its partial
+/// files are gone), so the agent downloads once more instead of reporting a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_verification_but_before_recording_it_downloads_again() {
+    use wellcar_payload::{ApplyPolicy, InstallTargets, Installer, PayloadHead};
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let payload = make_payload(dir.path(), "1.1.0", &key);
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &payload.path).await;
+    let host = Host::new(&server.omaha_url(), &key, "");
+    let mut agent = host.agent();
+    // What the earlier run did: the whole payload written, checkpoint complete, `finish` done.
+    let (kernel, initramfs) = host.paths.boot_files(Slot::B);
+    std::fs::create_dir_all(kernel.parent().unwrap()).unwrap();
+    let mut file = std::fs::File::open(&payload.path).unwrap();
+    let trusted = wellcar_payload::TrustedKeys::from_dir(&host.paths.trusted_keys).unwrap();
+    let head = PayloadHead::read(&mut file)
+        .unwrap()
+        .authenticate(&trusted)
+        .unwrap();
+    let targets = InstallTargets {
+        usr: crate::slots::PartitionWindow::open(host.paths.disk.as_ref().unwrap(), Slot::B)
+            .unwrap(),
+        kernel,
+        initramfs,
+    };
+    let mut installer = Installer::new(
+        head,
+        &ApplyPolicy::new("amd64-usr", Some("1.0.0".into())),
+        targets,
+    )
+    .unwrap();
+    installer.write_from(&mut file).unwrap();
+    std::fs::create_dir_all(agent.store.dir()).unwrap();
+    installer
+        .checkpoint()
+        .save(&agent.store.checkpoint_path())
+        .unwrap();
+    installer.finish().unwrap();
+    use sha2::Digest as _;
+    agent.state.aleph_version = Some("1.0.0".into());
+    agent.state.operation = Operation::Verifying;
+    agent.state.pending = Some(crate::state::PendingUpdate {
+        version: "1.1.0".into(),
+        urls: vec![format!("{}/1.1.0/wellcar_update.bin", server.payload_base)],
+        size: payload.size,
+        sha256: hex::encode(sha2::Sha256::digest(std::fs::read(&payload.path).unwrap())),
+        target_slot: 'b',
+        started_reported: true,
+        finished_reported: true,
+        verified_root_hash: None,
+    });
+    agent.store.save(&agent.state).unwrap();
+    let mut agent = host.agent();
+    let (result, agent) = blocking(move || (agent.resume_pending(), agent)).await;
+    assert_eq!(result.unwrap().as_deref(), Some("1.1.0"));
+    assert_eq!(agent.state.operation, Operation::UpdatedNeedReboot);
+    assert_eq!(
+        server.relay.full_gets.load(Ordering::SeqCst),
+        1,
+        "downloaded once more"
+    );
+    asserts_staged(&host, &payload);
+    let events = server.events().await;
+    assert_eq!(
+        events,
+        [(3, 1, None, None)],
+        "no error reported, 14/1 not repeated"
+    );
 }

@@ -81,6 +81,9 @@ pub struct PendingUpdate {
     pub target_slot: char,
     /// Whether event 13/1 was queued.
     pub started_reported: bool,
+    /// Whether event 14/1 was queued.
+    #[serde(default)]
+    pub finished_reported: bool,
     /// dm-verity root hash after a successful verification (set before staging).
     pub verified_root_hash: Option<String>,
 }
