@@ -427,6 +427,8 @@ impl Machine {
         ))?;
         let b = self.wait_for_from(from, &begin, timeout)?;
         let e = self.wait_for_from(b, &end, timeout)?;
+        // The exit status follows the end marker on the same line: wait for the line's end.
+        self.wait_for_from(e, "\n", timeout)?;
         let text = self.console();
         let rc_end = text[e..]
             .find(['\r', '\n'])
