@@ -9,9 +9,7 @@ export WELLCAR_TEST_BUILD_ID="${WELLCAR_TEST_BUILD_ID:-$(date +%s)-$$}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 scripts/build-guest.sh
-# A private PostgreSQL for the update server's tests (started here, stopped on exit).
-if [ -x scripts/postgres.sh ]; then
-  eval "$(scripts/postgres.sh start)"
-  trap 'scripts/postgres.sh stop' EXIT
-fi
+# The update server's PostgreSQL tests start a private cluster themselves (initdb from the
+# postgresql package into a temp dir, on a free loopback port); WELLCAR_TEST_POSTGRES_URL points
+# them at an existing server instead.
 cargo test --workspace
