@@ -758,6 +758,39 @@ fn daemon_binary() -> PathBuf {
     path
 }
 
+/// A running daemon process, SIGKILLed when dropped (also when a test fails half-way, so no
+/// daemon outlives its test).
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    /// Starts the daemon binary for the host below `root`.
+    fn start(root: &Path, args: &[String]) -> Self {
+        let child = std::process::Command::new(daemon_binary())
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+
+    /// SIGKILL and reap.
+    fn sigkill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
 /// The real daemon binary, killed with SIGKILL at many points of an update (and once with a
 /// simulated power cut: new boot id) and restarted each time, ends with the update staged exactly as an uninterrupted run would, every event
 /// reported, and no reboot before the slot was staged.
@@ -779,16 +812,17 @@ async fn kill_9_at_any_step_then_restart_continues() {
     let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
     assert_eq!(HostPaths::under_root(&root).state_dir, host.paths.state_dir);
     let spawn = || {
-        std::process::Command::new(daemon_binary())
-            .arg("--root")
-            .arg(&root)
-            .arg("--reboot-command")
-            .arg(format!("touch {}", rebooted.display()))
-            .args(["--sync-interval", "131072", "--transfer-retry-secs", "0"])
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+        Daemon::start(
+            &root,
+            &[
+                "--reboot-command".into(),
+                format!("touch {}", rebooted.display()),
+                "--sync-interval".into(),
+                "131072".into(),
+                "--transfer-retry-secs".into(),
+                "0".into(),
+            ],
+        )
     };
     let store = crate::state::StateStore::new(&host.paths.state_dir);
     // Each run: start the daemon, watch status.json closely, SIGKILL it as soon as `kill_when`
@@ -810,8 +844,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.sigkill();
         at_kill.or_else(|| store.load().ok())
     };
     let op_progress = |s: &crate::state::AgentState| (s.operation, (s.progress * 100.0) as u32);
@@ -912,15 +945,13 @@ async fn update_engine_client_update_drives_the_daemon() {
     let host = Host::new(&server.omaha_url(), &key, "WELLCAR_FIRST_CHECK_DELAY=1h\n");
     let rebooted = host.dir.path().join("rebooted");
     let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
-    let mut daemon = std::process::Command::new(daemon_binary())
-        .arg("--root")
-        .arg(&root)
-        .arg("--reboot-command")
-        .arg(format!("touch {}", rebooted.display()))
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = Daemon::start(
+        &root,
+        &[
+            "--reboot-command".into(),
+            format!("touch {}", rebooted.display()),
+        ],
+    );
     let client = daemon_binary().with_file_name("update_engine_client");
     let state_dir = host.paths.state_dir.clone();
     let out = blocking(move || {
@@ -933,8 +964,7 @@ async fn update_engine_client_update_drives_the_daemon() {
     .await;
     // Give a wrong reboot a chance to happen before checking it did not.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    daemon.sigkill();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -974,13 +1004,7 @@ async fn daemon_backs_off_while_the_server_is_down() {
         "WELLCAR_FIRST_CHECK_DELAY=0s\nWELLCAR_RETRY_DELAY=300ms\n",
     );
     let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
-    let mut daemon = std::process::Command::new(daemon_binary())
-        .arg("--root")
-        .arg(&root)
-        .env("RUST_LOG", "error")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = Daemon::start(&root, &[]);
     let attempts = blocking(move || {
         let mut at = Vec::new();
         for _ in 0..4 {
@@ -995,11 +1019,11 @@ async fn daemon_backs_off_while_the_server_is_down() {
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
         .collect();
-    // 300 ms, 600 ms, 1200 ms, each ±1/9; only lower bounds (a loaded machine is slower).
+    // 300 ms, 600 ms, 1200 ms, each ±1/9: only lower bounds, a loaded machine adds delay. The
+    // third gap alone shows the doubling: at least 1.06 s with a 300 ms retry delay.
     for (gap, expected) in gaps.iter().zip([0.3, 0.6, 1.2]) {
         assert!(*gap >= expected * 8.0 / 9.0 - 0.01, "gaps {gaps:?}");
     }
-    assert!(gaps[2] > gaps[0] * 2.5, "the delay doubles: {gaps:?}");
     let state = crate::state::StateStore::new(&host.paths.state_dir)
         .load()
         .unwrap();
@@ -1020,8 +1044,7 @@ async fn daemon_backs_off_while_the_server_is_down() {
         false
     })
     .await;
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    daemon.sigkill();
     assert!(
         recovered,
         "the daemon never got through after the server came back"
