@@ -884,12 +884,15 @@ async fn kill_9_at_any_step_then_restart_continues() {
         false
     });
     assert!(outcome, "never finished; states at kills: {seen:?}");
-    for wanted in [Operation::Downloading, Operation::Verifying] {
-        assert!(
-            seen.iter().flatten().any(|(op, _)| *op == wanted),
-            "no kill while {wanted:?}: {seen:?}"
-        );
-    }
+    let killed_in = |ops: &[Operation]| seen.iter().flatten().any(|(op, _)| ops.contains(op));
+    assert!(
+        killed_in(&[Operation::Downloading]),
+        "no kill mid-download: {seen:?}"
+    );
+    assert!(
+        killed_in(&[Operation::Verifying, Operation::Finalizing]),
+        "no kill between download and staging: {seen:?}"
+    );
     let kills = seen.len();
     asserts_staged(&host, &payload);
     let state = store.load().unwrap();
