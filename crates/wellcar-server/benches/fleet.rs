@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p wellcar-server --bench fleet`
 //! Environment: `WELLCAR_BENCH_MACHINES` (default 100000), `WELLCAR_BENCH_CONCURRENCY` (64),
-//! `WELLCAR_BENCH_BACKENDS` (`sqlite,postgres`), `WELLCAR_BENCH_RATE` (4000).
+//! `WELLCAR_BENCH_BACKENDS` (`sqlite,postgres`), `WELLCAR_BENCH_RATE` (4000),
+//! `WELLCAR_BENCH_OUTDATED_EVERY` (100).
 //!
 //! Rounds: "first contact" and "steady" run closed-loop (as fast as the server answers, so they
 //! show capacity; latency there includes queueing at saturation). "new fleet @rate" starts a
@@ -23,7 +24,12 @@ use wellcar_server::client::ApiClient;
 use wellcar_server::store::{self, Role};
 use wellcar_server::Settings;
 
-const OLD_SHARE: usize = 100; // every 100th machine is outdated
+/// Every n-th machine is outdated (`WELLCAR_BENCH_OUTDATED_EVERY`, default 100).
+static OLD_SHARE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+fn old_share() -> usize {
+    *OLD_SHARE.get_or_init(|| env_or("WELLCAR_BENCH_OUTDATED_EVERY", 100).max(1))
+}
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -147,7 +153,7 @@ async fn conversation(
     scheduled: Option<Instant>,
     connections: Option<&tokio::sync::Semaphore>,
 ) -> (Vec<(u32, bool)>, usize, usize) {
-    let old = m.is_multiple_of(OLD_SHARE);
+    let old = m.is_multiple_of(old_share());
     let version = if old { "1.0.0" } else { "2.0.0" };
     let mut posts = vec![(request(m, version, true, Vec::new()), true)];
     if old && !steady {
@@ -329,7 +335,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("fleet simulator: {machines} machines, {concurrency} concurrent connections, 1/{OLD_SHARE} outdated");
+    println!(
+        "fleet simulator: {machines} machines, {concurrency} concurrent connections, 1/{} outdated",
+        old_share()
+    );
     for backend in backends.split(',') {
         rt.block_on(bench(backend.trim(), machines, concurrency));
     }

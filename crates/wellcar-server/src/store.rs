@@ -70,6 +70,9 @@ const MIGRATIONS: &[&str] = &[
         channel_id TEXT NOT NULL REFERENCES channels(id),
         package_id TEXT NOT NULL REFERENCES packages(id), reason TEXT NOT NULL,
         created_at BIGINT NOT NULL, PRIMARY KEY (channel_id, package_id));",
+    // 3: keep the grant transaction's lookups off full scans of a large fleet.
+    "CREATE INDEX instances_group_status_version ON instances (group_id, status, version);
+     CREATE INDEX instances_group_granted_version ON instances (group_id, granted_version);",
 ];
 
 /// A role an API token grants.
@@ -1124,24 +1127,44 @@ pub fn rollout_counters(
     target_version: &str,
     now: i64,
 ) -> Result<crate::policy::RolloutCounters, StoreError> {
-    let period_start = now - group.policy.period_secs * 1000;
-    let timeout_start = now - group.policy.update_timeout_secs * 1000;
-    let row = query_one(
-        conn,
-        "SELECT
-            COUNT(CASE WHEN granted_at >= $2 THEN 1 END),
-            COUNT(CASE WHEN status IN ('granted', 'downloading', 'downloaded', 'installed')
-                AND granted_at >= $3 THEN 1 END),
-            COUNT(CASE WHEN status = 'complete' AND version = $4 THEN 1 END)
-         FROM instances WHERE group_id = $1",
-        &params![&group.id, period_start, timeout_start, target_version],
-    )?;
-    let row = row.ok_or_else(|| StoreError::Invalid("count query returned no row".into()))?;
-    Ok(crate::policy::RolloutCounters {
-        granted_in_period: row.int(0)?,
-        in_progress: row.int(1)?,
-        succeeded_on_target: row.int(2)?,
-    })
+    let p = &group.policy;
+    let mut counters = crate::policy::RolloutCounters::default();
+    // Each count is an index range scan over recent grants (instances_group_granted), never a
+    // scan of the whole fleet; counts no limit needs are skipped.
+    let count =
+        |conn: &mut dyn Conn, sql: &str, params: &[crate::db::Value]| -> Result<i64, StoreError> {
+            Ok(query_one(conn, sql, params)?
+                .map(|r| r.int(0))
+                .transpose()?
+                .unwrap_or(0))
+        };
+    if p.max_updates_per_period > 0 {
+        counters.granted_in_period = count(
+            conn,
+            "SELECT COUNT(*) FROM instances WHERE group_id = $1 AND granted_at >= $2",
+            &params![&group.id, now - p.period_secs * 1000],
+        )?;
+    }
+    if p.max_concurrent > 0 || p.safe_mode {
+        counters.in_progress = count(
+            conn,
+            "SELECT COUNT(*) FROM instances WHERE group_id = $1 AND granted_at >= $2
+               AND status IN ('granted', 'downloading', 'downloaded', 'installed')",
+            &params![&group.id, now - p.update_timeout_secs * 1000],
+        )?;
+    }
+    if p.safe_mode {
+        // Only "has anyone succeeded yet" matters (instances_group_status_version).
+        counters.succeeded_on_target = i64::from(
+            query_one(
+                conn,
+                "SELECT 1 FROM instances WHERE group_id = $1 AND status = 'complete' AND version = $2 LIMIT 1",
+                &params![&group.id, target_version],
+            )?
+            .is_some(),
+        );
+    }
+    Ok(counters)
 }
 
 /// Re-reads a group's rollout state with a row lock (PostgreSQL) inside the grant transaction.
