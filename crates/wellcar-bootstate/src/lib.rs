@@ -12,13 +12,20 @@
 //! - [`gptprio`]: the same state as GPT attribute bits 48-56, mirrored for cgpt-style tools.
 //! - [`booted_slot`]: which slot is running, from the kernel command line.
 //!
-//! Typical use by the update agent, after a verified write of the inactive slot:
+//! Typical use by the update agent: clear the inactive slot before overwriting it (so a
+//! half-written slot is never bootable), write and verify it (plus `vmlinuz-x`/`initrd-x` on
+//! the ESP), then stage it. Every call is one locked, tear-safe write; a [`Refusal`] writes
+//! nothing.
 //! ```no_run
 //! use wellcar_bootstate::{booted_slot_from_proc, Esp};
 //! let esp = Esp::new("/boot");
 //! let booted = booted_slot_from_proc().unwrap();
+//! let target = booted.unwrap().other();
+//! esp.update(|s| s.invalidate(target, booted)).unwrap();
+//! // ... write the slot, verify its verity tree ...
 //! let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-//! esp.update(|s| s.stage(booted.unwrap().other(), booted, hash, "1.1.0")).unwrap();
+//! esp.update(|s| s.stage(target, booted, hash, "1.1.0")).unwrap();
+//! let status = esp.load().unwrap(); // status.state.next_boot() == Some(target)
 //! ```
 
 pub mod envblock;
