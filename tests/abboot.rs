@@ -462,6 +462,21 @@ fn write_empty_usr_b(disk: &Path, dir: &Path) -> String {
         .arg(format!("of={}", raw.display()))
         .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
         .arg(format!("seek={}", usr_b.offset >> 20)));
+    // USR-B's kernel and initramfs: USR-A's (the slot's /usr is what is broken).
+    for (from, to) in [("vmlinuz-a", "vmlinuz-b"), ("initrd-a", "initrd-b")] {
+        let local = dir.join(from);
+        run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-o", "-i", &format!("{}@@{}", raw.display(), esp.offset)])
+            .arg(format!("::/wellcar/{from}"))
+            .arg(&local));
+        run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-o", "-i", &format!("{}@@{}", raw.display(), esp.offset)])
+            .arg(&local)
+            .arg(format!("::/wellcar/{to}")));
+        let _ = std::fs::remove_file(&local);
+    }
     // The boot state: copied out of the FAT, staged with the library, copied back.
     let tree = dir.join("esp");
     std::fs::create_dir_all(tree.join("wellcar")).unwrap();
