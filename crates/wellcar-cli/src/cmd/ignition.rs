@@ -46,7 +46,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
 fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     if path.as_os_str() == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("reading config from stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading config from stdin")?;
         Ok(buf)
     } else {
         std::fs::read(path).with_context(|| format!("reading config {}", path.display()))
@@ -98,22 +100,27 @@ fn apply(o: &ApplyOpts) -> anyhow::Result<ExitCode> {
         for w in &parsed.warnings {
             eprintln!("warning: {}: {}: {}", file.display(), w.path, w.message);
         }
-        let resolved = wellcar_ignition::resolve_references(parsed.config)
-            .with_context(|| format!("resolving ignition.config references of {}", file.display()))?;
+        let resolved = wellcar_ignition::resolve_references(parsed.config).with_context(|| {
+            format!("resolving ignition.config references of {}", file.display())
+        })?;
         merged = Some(match merged {
             None => resolved,
             Some(parent) => wellcar_ignition::merge(parent, resolved),
         });
     }
     let config = merged.context("no config given")?;
-    let errors: Vec<_> = wellcar_ignition::validate(&config).into_iter().filter(|e| e.is_error()).collect();
+    let errors: Vec<_> = wellcar_ignition::validate(&config)
+        .into_iter()
+        .filter(|e| e.is_error())
+        .collect();
     if !errors.is_empty() {
         for e in &errors {
             eprintln!("merged config: {}: {}", e.path, e.message);
         }
         bail!("merging the configs resulted in an invalid config");
     }
-    let report = wellcar_ignition::apply(&config, &o.root).with_context(|| format!("applying to {}", o.root.display()))?;
+    let report = wellcar_ignition::apply(&config, &o.root)
+        .with_context(|| format!("applying to {}", o.root.display()))?;
     for action in &report.actions {
         println!("{action}");
     }
