@@ -47,7 +47,7 @@ pub struct BuildOptions {
     pub source_date_epoch: u64,
     /// The static `/init` binary for the initramfs.
     pub init_binary: PathBuf,
-    /// Wellcar's own programs for the running system (agent, `wellcarctl`), installed into
+    /// Wellcar's own programs for the running system (`wellcar-update`, the update agent), installed into
     /// `/usr/bin` under their file names.
     pub usr_binaries: Vec<PathBuf>,
     /// Key that signs the update payload; `None` uses the development key under the user's
