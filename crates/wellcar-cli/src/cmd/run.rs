@@ -27,6 +27,29 @@ pub struct Opts {
     /// Grow the VM's disk to this many GiB (ROOT fills it on first boot).
     #[arg(long)]
     pub disk_gib: Option<u64>,
+    /// Let the guest reach a host loopback service: `GUEST_IP:PORT=HOST_PORT`, e.g.
+    /// `10.0.2.100:8080=8080` makes the update server on 127.0.0.1:8080 answer at
+    /// http://10.0.2.100:8080 inside the VM (repeatable; nothing else is reachable).
+    #[arg(long = "guest-forward", value_parser = parse_guest_forward)]
+    pub guest_forwards: Vec<(String, u16)>,
+}
+
+/// Parses `GUEST_IP:PORT=HOST_PORT`.
+fn parse_guest_forward(s: &str) -> Result<(String, u16), String> {
+    let (guest, host) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected GUEST_IP:PORT=HOST_PORT"))?;
+    let (ip, port) = guest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{guest}`: expected GUEST_IP:PORT"))?;
+    ip.parse::<std::net::Ipv4Addr>()
+        .map_err(|e| format!("`{ip}`: {e}"))?;
+    port.parse::<u16>()
+        .map_err(|e| format!("guest port `{port}`: {e}"))?;
+    let host = host
+        .parse::<u16>()
+        .map_err(|e| format!("host port `{host}`: {e}"))?;
+    Ok((guest.to_string(), host))
 }
 
 /// Runs `wellcar run`.
@@ -50,6 +73,7 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     cfg.ssh_port = Some(opts.ssh_port);
     cfg.memory_mib = opts.memory;
     cfg.disk_size = opts.disk_gib.map(|g| g << 30);
+    cfg.guest_forwards = opts.guest_forwards;
     cfg.interactive = true;
     let mut vm =
         Machine::spawn(&cfg).with_context(|| format!("booting {}", opts.image.display()))?;
@@ -66,4 +90,26 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_guest_forward;
+
+    #[test]
+    fn guest_forwards_parse_and_name_bad_parts() {
+        assert_eq!(
+            parse_guest_forward("10.0.2.100:8080=18080").unwrap(),
+            ("10.0.2.100:8080".into(), 18080)
+        );
+        assert!(parse_guest_forward("10.0.2.100:8080")
+            .unwrap_err()
+            .contains("GUEST_IP:PORT=HOST_PORT"));
+        assert!(parse_guest_forward("host:80=1")
+            .unwrap_err()
+            .contains("`host`"));
+        assert!(parse_guest_forward("10.0.2.100:80=x")
+            .unwrap_err()
+            .contains("host port"));
+    }
 }
