@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-pub use wellcar_image::BuildManifest;
+pub use wellcar_image::{chain, BuildManifest};
 pub use wellcar_vm::{Accel, Firmware, Machine, MachineConfig};
 
 /// The workspace root.
@@ -138,14 +138,3 @@ pub fn machine(built: &Built, firmware: Firmware) -> MachineConfig {
 
 /// Generous timeouts: TCG on two shared cores is slow.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// An error with its causes.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
-}

@@ -333,8 +333,8 @@ fn install_trusted_keys(
     Ok(())
 }
 
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes on one line (`a: b: c`).
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
