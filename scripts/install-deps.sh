@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs every host dependency of building, booting and testing Wellcar, in one apt
 # transaction, then checks that every command the project runs is there (scripts/check-deps.sh).
-# Idempotent: only missing Debian packages are installed. Runs as root (or through sudo), with no
-# input.
+# Idempotent: only missing Debian packages are installed; when nothing is missing this is a quick
+# no-op (no apt-get update). Runs as root (or through sudo), with no input.
+# tests/fresh-machine.sh proves it on a new minimal Debian 12 chroot.
 #
-# One transaction matters: a machine may come with a newer qemu-utils (a backport) whose Breaks:
-# rule removes it again when qemu-system-x86 is installed on its own afterwards. Here the QEMU
-# packages are pinned to the version qemu-system-x86 will have, so apt sees one consistent set.
+# One transaction, and one QEMU version, matter (issue 21): a machine may come with a newer
+# qemu-utils (a backport, e.g. 1:10.0.2+ds-2+deb13u1~bpo12+1) that counts as present, but whose
+# Breaks: on the older qemu-system-common makes apt remove it again when qemu-system-x86 is
+# installed afterwards. So when any QEMU package is missing, every installed package built from
+# the `qemu` source is pinned to the release's QEMU (the source version of qemu-system-x86's
+# candidate), downgrading a backport if need be, and apt sees one consistent set.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -14,6 +18,9 @@ packages=(
   # image build
   mmdebstrap erofs-utils e2fsprogs dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin
   qemu-utils zstd cpio
+  # offline `systemctl --root` in the image build; losetup (mount), runuser/blkid/wipefs
+  # (util-linux) and kill (procps) in the tests
+  systemd mount util-linux procps
   # boot
   qemu-system-x86 ovmf
   # tests: independent readers and cross-checks
@@ -22,18 +29,40 @@ packages=(
   busybox-static
   # update server tests
   postgresql
-  # Rust crates that build C
-  gcc pkg-config
-  # offline `systemctl --root` in the image build; losetup, runuser for the tests
-  systemd mount util-linux
+  # Rust: the linker (cc) with the C library to link against (libc6-dev is only a Recommends
+  # of gcc), crates that build C; ca-certificates for cargo's HTTPS, curl for rustup
+  gcc libc6-dev pkg-config ca-certificates curl
 )
+# The packages built from the `qemu` source that we install.
+qemu_packages=(qemu-utils qemu-system-x86)
 
 sudo_cmd=()
 [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
 export DEBIAN_FRONTEND=noninteractive
 
-installed_version() { dpkg-query -W -f='${db:Status-Abbrev} ${Version}' "$1" 2>/dev/null | awk '$1=="ii"{print $2}'; }
-candidate_version() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/{print $2}'; }
+# Installed version of a package ("" when not installed).
+installed_version() {
+  dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null | awk '$1 == "ii" { print $2; exit }'
+}
+# apt's candidate version of a package ("" or "(none)" when there is none).
+candidate_version() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2; exit }'; }
+# Source version of an available binary package version: the binary version, or what the
+# Source: field names in parentheses (binNMUs, e.g. 1:7.2+dfsg-7+deb12u18+b3 -> 1:7.2+dfsg-7+deb12u18).
+source_version() {
+  apt-cache show "$1=$2" 2>/dev/null |
+    awk -v v="$2" '/^Source:/ && match($0, /\(.*\)/) { v = substr($0, RSTART + 1, RLENGTH - 2) } /^$/ { exit } END { print v }'
+}
+# The newest available version of package $1 built from source version $2 ("" when there is
+# none). apt-cache madison lists the newest first.
+version_from_source() {
+  local v
+  for v in $(apt-cache madison "$1" 2>/dev/null | awk -F' *[|] *' '!seen[$2]++ { print $2 }'); do
+    if [ "$(source_version "$1" "$v")" = "$2" ]; then
+      echo "$v"
+      return
+    fi
+  done
+}
 
 missing=()
 for p in "${packages[@]}"; do
@@ -43,14 +72,43 @@ done
 if ((${#missing[@]})); then
   echo "install-deps: installing ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -qq
-  # The QEMU family must share one version (qemu-utils Breaks: older qemu-system-common).
-  qemu_version="$(candidate_version qemu-system-x86)"
-  if [ -z "$(installed_version qemu-system-x86)" ] && [ -n "$qemu_version" ] &&
-    [ "$(installed_version qemu-utils)" != "" ] && [ "$(installed_version qemu-utils)" != "$qemu_version" ]; then
-    echo "install-deps: qemu-utils $(installed_version qemu-utils) would break qemu-system-x86 $qemu_version; installing qemu-utils $qemu_version with it"
-    for i in "${!missing[@]}"; do [ "${missing[$i]}" = qemu-system-x86 ] && unset 'missing[i]'; done
-    missing+=("qemu-system-x86=$qemu_version" "qemu-utils=$qemu_version")
+
+  # One QEMU version (see the header): when a QEMU package is missing, pin every installed
+  # package of the qemu source to the version the release's qemu-system-x86 comes from.
+  qemu_missing=0
+  for p in "${qemu_packages[@]}"; do
+    [ -n "$(installed_version "$p")" ] || qemu_missing=1
+  done
+  qemu_candidate="$(candidate_version qemu-system-x86)"
+  if [ "$qemu_missing" = 1 ] && [ -n "$qemu_candidate" ] && [ "$qemu_candidate" != "(none)" ]; then
+    qemu_source="$(source_version qemu-system-x86 "$qemu_candidate")"
+    pins=()
+    # Installed packages of the qemu source whose source version differs.
+    while read -r pkg src src_version; do
+      if [ "$src" != qemu ] || [ "$src_version" = "$qemu_source" ]; then continue; fi
+      v="$(version_from_source "$pkg" "$qemu_source")"
+      if [ -n "$v" ]; then
+        echo "install-deps: $pkg $(installed_version "$pkg") does not match qemu-system-x86 $qemu_candidate; installing $pkg $v with it"
+        pins+=("$pkg=$v")
+      else
+        echo "install-deps: $pkg $(installed_version "$pkg") does not match qemu-system-x86 $qemu_candidate and has no version built from qemu $qemu_source; apt may remove it" >&2
+      fi
+    done < <(dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${source:Package} ${source:Version}\n' 2>/dev/null |
+      awk '$1 == "ii" { print $2, $3, $4 }')
+    if ((${#pins[@]})); then
+      # The missing QEMU packages at the same version, so apt cannot pick another one.
+      for i in "${!missing[@]}"; do
+        for p in "${qemu_packages[@]}"; do
+          if [ "${missing[$i]}" = "$p" ]; then
+            v="$(version_from_source "$p" "$qemu_source")"
+            [ -z "$v" ] || missing[i]="$p=$v"
+          fi
+        done
+      done
+      missing+=("${pins[@]}")
+    fi
   fi
+
   "${sudo_cmd[@]}" apt-get install -y -q --allow-downgrades --no-install-recommends \
     -o Dpkg::Progress-Fancy=0 -o APT::Color=0 "${missing[@]}"
 fi
