@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+tests/fresh-machine.sh
 # One image build per run, shared by all VM test binaries.
 export WELLCAR_TEST_BUILD_ID="${WELLCAR_TEST_BUILD_ID:-$(date +%s)-$$}"
 cargo fmt --all -- --check
