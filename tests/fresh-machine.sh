@@ -6,13 +6,16 @@
 #   1. scripts/install-deps.sh installs everything and ends with check-deps.sh's success line;
 #   2. scripts/check-deps.sh run again passes;
 #   3. scripts/install-deps.sh run again is a no-op (installs nothing, no apt-get update);
-#   4. issue 21 itself: with qemu-utils from bookworm-backports installed (which makes apt remove
-#      qemu-system-x86), install-deps.sh brings back qemu-system-x86 and leaves qemu-utils and
-#      qemu-system-x86 from the same QEMU, both running;
-#   5. check-deps.sh can fail: with /usr/sbin/sgdisk removed it exits non-zero and names the
-#      Debian package `gdisk`.
+#   4. issue 21 itself: qemu-system-x86 purged, qemu-utils and qemu-block-extra installed from
+#      bookworm-backports (QEMU 10, whose Breaks: rules out bookworm's qemu-system-common), then
+#      backports dropped from the sources again: install-deps.sh must install qemu-system-x86 and
+#      leave every QEMU package from the same QEMU source version, with qemu-img and
+#      qemu-system-x86_64 running (check-deps.sh runs both);
+#   5. check-deps.sh can fail: with sgdisk removed it exits 1 and names the Debian package `gdisk`.
 #
-# Any failure exits non-zero with a "fresh-machine: FAIL: ..." line. Each step prints its time.
+# Any failure exits non-zero with a "fresh-machine: FAIL: ..." line and the failing command's
+# whole output. Each step prints its time; of the scripts' output only their own
+# "install-deps: ..." / "check-deps: ..." lines are shown (WELLCAR_FRESH_MACHINE_VERBOSE=1: all).
 #
 # Needs root (mmdebstrap's root mode, chroot) and mmdebstrap (scripts/install-deps.sh installs
 # it). Downloaded .debs are kept in ${XDG_CACHE_HOME:-~/.cache}/wellcar/apt-archives (linked into
@@ -53,23 +56,30 @@ in_chroot() {
     TERM=dumb WELLCAR_CHECK_DEPS_NO_RUST=1 "$@" </dev/null
 }
 
-# Runs a step inside the chroot with its output on the terminal and in $log; fails unless the
-# exit status is $1.
+# Runs a command inside the chroot with its output in $log, shows the scripts' own lines of it
+# (all of it on failure or with WELLCAR_FRESH_MACHINE_VERBOSE=1); fails unless it exits with $1.
 run_step() {
   local want="$1" status=0
   shift
-  in_chroot "$@" 2>&1 | tee "$log" || status="${PIPESTATUS[0]}"
-  if [ "$status" != "$want" ]; then
-    fail "\`$*\` in the chroot exited with $status (expected $want); its output is above"
+  in_chroot "$@" >"$log" 2>&1 || status=$?
+  if [ "$status" != "$want" ] || [ "${WELLCAR_FRESH_MACHINE_VERBOSE:-0}" = 1 ]; then
+    echo "fresh-machine: output of \`$*\`:"
+    sed 's/^/  | /' "$log"
+  else
+    grep -E '^(install-deps|check-deps): ' "$log" | sed 's/^/  | /' || true
   fi
+  [ "$status" = "$want" ] || fail "\`$*\` in the chroot exited with $status (expected $want)"
 }
 
-# Links (or copies, across filesystems) the .debs of directory $1 that directory $2 lacks.
+# Hard-links the .debs of directory $1 that directory $2 lacks (copies them across filesystems;
+# never writes into an existing file, which may be another run's link). apt never changes a .deb
+# in place (downloads go to partial/ and are renamed), so the links stay intact.
 link_debs() {
-  local deb
+  local deb to
   for deb in "$1"/*.deb; do
-    [ -e "$deb" ] || continue
-    [ -e "$2/${deb##*/}" ] || ln "$deb" "$2/" 2>/dev/null || cp "$deb" "$2/"
+    to="$2/${deb##*/}"
+    if [ ! -e "$deb" ] || [ -e "$to" ]; then continue; fi
+    ln "$deb" "$to" 2>/dev/null || [ -e "$to" ] || { cp "$deb" "$to.partial.$$" && mv "$to.partial.$$" "$to"; }
   done
 }
 
@@ -179,7 +189,9 @@ hook_customize() {
 
   t="$(now)"
   say "step 5: check-deps.sh names the package of a missing command"
-  rm -f "$root/usr/sbin/sgdisk"
+  local sgdisk
+  sgdisk="$(in_chroot sh -c 'command -v sgdisk')" || fail "sgdisk is not installed in the chroot"
+  rm "$root$sgdisk"
   run_step 1 /wellcar/scripts/check-deps.sh
   # shellcheck disable=SC2016 # the backquotes are check-deps.sh's
   grep -qF 'command `sgdisk` not found: install the Debian package `gdisk`' "$log" ||
@@ -209,6 +221,7 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/wellcar/apt-archives"
 mkdir -p "$cache"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/wellcar-fresh-machine.XXXXXX")"
+chmod 755 "$work" # apt's download sandbox user (_apt) writes into the chroot's lists
 cleanup() {
   local status=$? mnt
   # mmdebstrap unmounts what it mounted; should it have died half-way, unmount here (deepest
@@ -243,10 +256,10 @@ export WELLCAR_FRESH_CACHE="$cache" WELLCAR_FRESH_SOURCES="$sources" WELLCAR_FRE
 export WELLCAR_FRESH_LOG="$work/step.log" WELLCAR_FRESH_SELF="$self" WELLCAR_FRESH_T0
 WELLCAR_FRESH_T0="$(now)"
 say "a fresh $suite (minbase) from $sources in $work/root; .debs cached in $cache"
-# shellcheck disable=SC2016 # $1 is for the hook's shell: the chroot directory
-# dpkg's force-unsafe-io (no fsync per unpacked file, as in Docker's Debian images) halves the
-# time dpkg takes here; it lands in the chroot's /etc/dpkg/dpkg.cfg.d, so install-deps.sh's
+# dpkg's force-unsafe-io (no fsync per unpacked file, as in Docker's Debian images) cuts step 1
+# by about a third here; it lands in the chroot's /etc/dpkg/dpkg.cfg.d, so install-deps.sh's
 # installs get it too. It changes nothing about what gets installed.
+# shellcheck disable=SC2016 # $1 is for the hook's shell: the chroot directory
 mmdebstrap --mode=root --variant=minbase --skip=essential/unlink "${aptopts[@]}" --dpkgopt=force-unsafe-io \
   --setup-hook='"$WELLCAR_FRESH_SELF" hook setup "$1"' \
   --customize-hook='"$WELLCAR_FRESH_SELF" hook customize "$1"' \
