@@ -8,9 +8,10 @@
 # One transaction, and one QEMU version, matter (issue 21): a machine may come with a newer
 # qemu-utils (a backport, e.g. 1:10.0.2+ds-2+deb13u1~bpo12+1) that counts as present, but whose
 # Breaks: on the older qemu-system-common makes apt remove it again when qemu-system-x86 is
-# installed afterwards. So when any QEMU package is missing, every installed package built from
-# the `qemu` source is pinned to the release's QEMU (the source version of qemu-system-x86's
-# candidate), downgrading a backport if need be, and apt sees one consistent set.
+# installed afterwards. So when a QEMU package is missing, the installed ones built from the
+# `qemu` source (qemu-utils, qemu-block-extra, qemu-system-*) are pinned to the release's QEMU
+# (the source version of qemu-system-x86's candidate), downgrading a backport if need be, and apt
+# sees one consistent set.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -73,8 +74,9 @@ if ((${#missing[@]})); then
   echo "install-deps: installing ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -qq
 
-  # One QEMU version (see the header): when a QEMU package is missing, pin every installed
-  # package of the qemu source to the version the release's qemu-system-x86 comes from.
+  # One QEMU version (see the header): when a QEMU package is missing, pin the installed QEMU
+  # packages that must match it (qemu-utils, qemu-block-extra, qemu-system-*; not e.g. a
+  # qemu-guest-agent) to the version the release's qemu-system-x86 comes from.
   qemu_missing=0
   for p in "${qemu_packages[@]}"; do
     [ -n "$(installed_version "$p")" ] || qemu_missing=1
@@ -86,6 +88,7 @@ if ((${#missing[@]})); then
     # Installed packages of the qemu source whose source version differs.
     while read -r pkg src src_version; do
       if [ "$src" != qemu ] || [ "$src_version" = "$qemu_source" ]; then continue; fi
+      case "$pkg" in qemu-utils | qemu-block-extra | qemu-system-*) ;; *) continue ;; esac
       v="$(version_from_source "$pkg" "$qemu_source")"
       if [ -n "$v" ]; then
         echo "install-deps: $pkg $(installed_version "$pkg") does not match qemu-system-x86 $qemu_candidate; installing $pkg $v with it"
