@@ -85,8 +85,11 @@ pub fn build_with_overlays(name: &str, version: &str, usr_overlays: Vec<PathBuf>
         trusted_keys: Vec::new(),
         payload_compression_level: 3,
     };
-    let manifest = wellcar_image::build(&opts)
-        .unwrap_or_else(|e| panic!("wellcar build failed: {}", chain(&e)));
+    let manifest = wellcar_image::build_with_progress(&opts, &|e| match e {
+        wellcar_image::BuildEvent::Rootfs(wellcar_image::RootfsProgress::Package { .. }) => {}
+        e => eprintln!("{e}"),
+    })
+    .unwrap_or_else(|e| panic!("wellcar build failed: {}", chain(&e)));
     Built { dir, manifest }
 }
 

@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::time::Instant;
 
+use wellcar_image::BuildEvent;
+
 fn main() {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let init = ws.join("target/x86_64-unknown-linux-gnu/initramfs/wellcar-init");
@@ -29,10 +31,15 @@ fn main() {
         payload_compression_level: 3,
     };
     let first = Instant::now();
-    wellcar_image::build(&opts).expect("first build");
+    let progress = |e: BuildEvent| {
+        if let BuildEvent::PhaseStarted { .. } | BuildEvent::PhaseDone { .. } = e {
+            eprintln!("{e}");
+        }
+    };
+    wellcar_image::build_with_progress(&opts, &progress).expect("first build");
     let first = first.elapsed().as_secs_f64();
     let warm = Instant::now();
-    let m = wellcar_image::build(&opts).expect("warm build");
+    let m = wellcar_image::build_with_progress(&opts, &progress).expect("warm build");
     let warm = warm.elapsed().as_secs_f64();
 
     println!("\nwellcar build, warm root filesystem cache (first run {first:.1} s):");

@@ -1,6 +1,7 @@
 //! The Wellcar image builder: OS definition in, bootable GPT disk image out.
 //!
-//! Pipeline (each step is a phase, timed and printed):
+//! Pipeline (each step is a phase, timed and reported as [`BuildEvent`]s; the library prints
+//! nothing):
 //! 1. `rootfs`: the Debian tree from `mmdebstrap`, cached by content ([`rootfs`]);
 //! 2. `reshape`: a private copy becomes a /usr-only OS ([`reshape`]);
 //! 3. `initramfs`: the static Rust `/init` plus the boot modules (crate `wellcar-initramfs`);
@@ -22,6 +23,7 @@ pub mod manifest;
 pub mod reshape;
 pub mod rootfs;
 pub mod tools;
+pub mod units;
 pub mod usr_image;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use std::time::Instant;
 pub use definition::OsDefinition;
 pub use error::{BuildError, Result};
 pub use manifest::BuildManifest;
+pub use rootfs::{PackageStep, RootfsProgress};
 
 use error::IoContext;
 use wellcar_disk::{layout::LAYOUT, USR_DATA_BLOCKS, USR_EXTRACT_SIZE, USR_VERITY_HASH_OFFSET};
@@ -62,30 +65,173 @@ pub struct BuildOptions {
     pub usr_overlays: Vec<PathBuf>,
 }
 
-/// Prints and records phase timings.
-#[derive(Debug, Default)]
-pub struct Phases {
-    done: Vec<(String, f64)>,
+/// What a build reports while it runs, in order (see [`build_with_progress`]). `Display` gives
+/// one line of text per event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuildEvent {
+    /// A phase began.
+    PhaseStarted {
+        /// The phase (`rootfs`, `reshape`, ...).
+        name: &'static str,
+    },
+    /// A phase ended: its duration and what it produced.
+    PhaseDone {
+        /// The phase.
+        name: &'static str,
+        /// Its duration (as recorded in the manifest).
+        secs: f64,
+        /// The files and trees it made.
+        outputs: Vec<Output>,
+    },
+    /// A phase failed after `secs`; the build returns the error.
+    PhaseFailed {
+        /// The phase.
+        name: &'static str,
+        /// Time until it failed.
+        secs: f64,
+    },
+    /// Progress of the root filesystem: the cache lookup, mmdebstrap's stages and packages.
+    Rootfs(RootfsProgress),
+    /// No signing key was given: the development key signs the payload.
+    DevSigningKey {
+        /// The key file.
+        path: PathBuf,
+        /// Whether this build created it.
+        created: bool,
+    },
+    /// The /usr image is built.
+    UsrImage {
+        /// Bytes of files in the /usr tree.
+        tree_bytes: u64,
+        /// Size of the EROFS image.
+        fs_bytes: u64,
+        /// The dm-verity root hash.
+        root_hash: String,
+    },
 }
 
-impl Phases {
-    /// Runs `f` as phase `name`, printing its duration.
-    pub fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        eprintln!("==> {name}");
+/// A file or tree a phase produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its disk usage (`du`): a sparse image counts only its data.
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for BuildEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildEvent::PhaseStarted { name } => write!(f, "==> {name}"),
+            BuildEvent::PhaseDone {
+                name,
+                secs,
+                outputs,
+            } => {
+                write!(f, "{name} done in {secs:.1} s")?;
+                for (i, o) in outputs.iter().enumerate() {
+                    let file = o.path.file_name().unwrap_or(o.path.as_os_str());
+                    let sep = if i == 0 { ":" } else { "," };
+                    write!(f, "{sep} {} {}", file.to_string_lossy(), mib(o.bytes))?;
+                }
+                Ok(())
+            }
+            BuildEvent::PhaseFailed { name, secs } => write!(f, "{name} failed after {secs:.1} s"),
+            BuildEvent::Rootfs(p) => p.fmt(f),
+            BuildEvent::DevSigningKey { path, created } => write!(
+                f,
+                "signing with the development key {} ({}); pass --signing-key for real releases",
+                path.display(),
+                if *created { "created now" } else { "existing" }
+            ),
+            BuildEvent::UsrImage {
+                tree_bytes,
+                fs_bytes,
+                root_hash,
+            } => write!(
+                f,
+                "/usr: tree {}, EROFS {}, verity root {root_hash}",
+                mib(*tree_bytes),
+                mib(*fs_bytes)
+            ),
+        }
+    }
+}
+
+/// `bytes` in MiB, one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// Runs phases: reports them and records their durations.
+struct Phases<'a> {
+    done: Vec<(String, f64)>,
+    progress: &'a dyn Fn(BuildEvent),
+}
+
+impl Phases<'_> {
+    /// Runs `f` as phase `name`; on success reports its time and the sizes of the paths
+    /// `outputs` picks from its result.
+    fn run<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> Result<T>,
+        outputs: impl FnOnce(&T) -> Vec<PathBuf>,
+    ) -> Result<T> {
+        (self.progress)(BuildEvent::PhaseStarted { name });
         let start = Instant::now();
         let out = f();
         let secs = start.elapsed().as_secs_f64();
-        match &out {
-            Ok(_) => eprintln!("    {name} done in {secs:.1} s"),
-            Err(_) => eprintln!("    {name} failed after {secs:.1} s"),
-        }
         self.done.push((name.to_string(), secs));
+        let event = match &out {
+            Ok(v) => BuildEvent::PhaseDone {
+                name,
+                secs,
+                outputs: disk_usage(outputs(v))?,
+            },
+            Err(_) => BuildEvent::PhaseFailed { name, secs },
+        };
+        (self.progress)(event);
         out
     }
 }
 
-/// Builds everything and writes the manifest.
+/// The disk usage of each path, by `du` (trees are summed, hard links counted once).
+fn disk_usage(paths: Vec<PathBuf>) -> Result<Vec<Output>> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = tools::run(
+        tools::DU
+            .command()?
+            .args(["--summarize", "--block-size=1", "--"])
+            .args(&paths),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sizes = text.lines().map(|l| {
+        l.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    });
+    Ok(paths
+        .into_iter()
+        .zip(sizes)
+        .map(|(path, bytes)| Output { path, bytes })
+        .collect())
+}
+
+/// Builds everything and writes the manifest, reporting nothing.
 pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
+    build_with_progress(opts, &|_| {})
+}
+
+/// Builds everything and writes the manifest, handing each [`BuildEvent`] to `progress` as it
+/// happens (on the calling thread).
+pub fn build_with_progress(
+    opts: &BuildOptions,
+    progress: &dyn Fn(BuildEvent),
+) -> Result<BuildManifest> {
     let def = OsDefinition::load(&opts.definition)?;
     if !opts.init_binary.is_file() {
         return Err(BuildError::Rootfs {
@@ -107,68 +253,80 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
     let work = out.join(".work");
     std::fs::create_dir_all(&work).at("creating", &work)?;
     let sde = opts.source_date_epoch;
-    let mut phases = Phases::default();
+    let mut phases = Phases {
+        done: Vec::new(),
+        progress,
+    };
 
-    let cached = phases.run("rootfs", || {
-        let c = rootfs::ensure(&def.debian, sde)?;
-        eprintln!(
-            "    cache {} ({})",
-            c.key,
-            if c.created { "built" } else { "hit" }
-        );
-        Ok(c)
-    })?;
+    let cached = phases.run(
+        "rootfs",
+        || rootfs::ensure(&def.debian, sde, &|p| progress(BuildEvent::Rootfs(p))),
+        |c| vec![c.tree.clone()],
+    )?;
     let identity = reshape::BuildIdentity {
         version: version.clone(),
         build_id: format!("{sde}"),
     };
     let files = OsDefinition::files_dir(&opts.definition);
-    let signing_key = signing_key(opts.signing_key.as_deref())?;
-    let shaped = phases.run("reshape", || {
-        let shaped = reshape::reshape(&cached.tree, &work, &def, &files, &identity)?;
-        reshape::install_usr_binaries(&shaped.root, &opts.usr_binaries)?;
-        install_trusted_keys(&shaped.root, &signing_key, &opts.trusted_keys)?;
-        for overlay in &opts.usr_overlays {
-            reshape::overlay_usr(&shaped.root, overlay)?;
-        }
-        Ok(shaped)
-    })?;
+    let signing_key = signing_key(opts.signing_key.as_deref(), progress)?;
+    let shaped = phases.run(
+        "reshape",
+        || {
+            let shaped = reshape::reshape(&cached.tree, &work, &def, &files, &identity)?;
+            reshape::install_usr_binaries(&shaped.root, &opts.usr_binaries)?;
+            install_trusted_keys(&shaped.root, &signing_key, &opts.trusted_keys)?;
+            for overlay in &opts.usr_overlays {
+                reshape::overlay_usr(&shaped.root, overlay)?;
+            }
+            Ok(shaped)
+        },
+        |s| vec![s.root.clone()],
+    )?;
 
     let initramfs_path = out.join("initramfs.img");
-    let initramfs = phases.run("initramfs", || {
-        wellcar_initramfs::build_initramfs(&wellcar_initramfs::InitramfsOptions {
-            rootfs: cached.tree.clone(),
-            kernel_version: shaped.kernel_version.clone(),
-            init_binary: opts.init_binary.clone(),
-            modules: wellcar_initramfs::DEFAULT_MODULES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            output: initramfs_path.clone(),
-        })
-        .map_err(|e| BuildError::Rootfs {
-            path: initramfs_path.clone(),
-            message: format!("initramfs: {e}"),
-        })
-    })?;
+    let initramfs = phases.run(
+        "initramfs",
+        || {
+            wellcar_initramfs::build_initramfs(&wellcar_initramfs::InitramfsOptions {
+                rootfs: cached.tree.clone(),
+                kernel_version: shaped.kernel_version.clone(),
+                init_binary: opts.init_binary.clone(),
+                modules: wellcar_initramfs::DEFAULT_MODULES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                output: initramfs_path.clone(),
+            })
+            .map_err(|e| BuildError::Rootfs {
+                path: initramfs_path.clone(),
+                message: format!("initramfs: {e}"),
+            })
+        },
+        |_| vec![initramfs_path.clone()],
+    )?;
 
-    let usr = phases.run("usr-image", || {
-        usr_image::build(&shaped.root.join("usr"), &work, &out, sde)
-    })?;
-    eprintln!(
-        "    /usr: tree {} MiB, EROFS {} MiB, verity root {}",
-        usr.tree_size >> 20,
-        usr.fs_size >> 20,
-        usr.root_hash
-    );
+    let usr = phases.run(
+        "usr-image",
+        || usr_image::build(&shaped.root.join("usr"), &work, &out, sde),
+        |u| vec![u.path.clone()],
+    )?;
+    progress(BuildEvent::UsrImage {
+        tree_bytes: usr.tree_size,
+        fs_bytes: usr.fs_size,
+        root_hash: usr.root_hash.clone(),
+    });
     let kernel_path = out.join("vmlinuz");
     std::fs::copy(&shaped.kernel, &kernel_path).at("copying kernel to", &kernel_path)?;
 
     let (efi, core) = (work.join("BOOTX64.EFI"), work.join("core.img"));
-    phases.run("grub", || {
-        grub::build_bios_core(&work, &core)?;
-        grub::build_efi(&work, &efi)
-    })?;
+    phases.run(
+        "grub",
+        || {
+            grub::build_bios_core(&work, &core)?;
+            grub::build_efi(&work, &efi)
+        },
+        |_| vec![core.clone(), efi.clone()],
+    )?;
 
     let size_of = |label: &str| {
         LAYOUT
@@ -177,44 +335,52 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
             .map(|p| p.size)
             .unwrap_or(0)
     };
-    let (esp, oem, root) = phases.run("partitions", || {
-        let esp = boot_files::build_esp(
-            &boot_files::EspContents {
-                efi_image: &efi,
-                kernel: &kernel_path,
-                initramfs: &initramfs_path,
-                root_hash: &usr.root_hash,
-                version: &version,
-            },
-            &work,
-            &work.join("esp.img"),
-            size_of("EFI-SYSTEM"),
-        )?;
-        let oem = boot_files::build_oem(&work, &work.join("oem.img"), size_of("OEM"), "qemu")?;
-        let root = boot_files::make_ext4(
-            &work.join("root.img"),
-            wellcar_disk::layout::ROOT_BUILD_SIZE,
-            "ROOT",
-            None,
-        )?;
-        Ok((esp, oem, root))
-    })?;
+    let (esp, oem, root) = phases.run(
+        "partitions",
+        || {
+            let esp = boot_files::build_esp(
+                &boot_files::EspContents {
+                    efi_image: &efi,
+                    kernel: &kernel_path,
+                    initramfs: &initramfs_path,
+                    root_hash: &usr.root_hash,
+                    version: &version,
+                },
+                &work,
+                &work.join("esp.img"),
+                size_of("EFI-SYSTEM"),
+            )?;
+            let oem = boot_files::build_oem(&work, &work.join("oem.img"), size_of("OEM"), "qemu")?;
+            let root = boot_files::make_ext4(
+                &work.join("root.img"),
+                wellcar_disk::layout::ROOT_BUILD_SIZE,
+                "ROOT",
+                None,
+            )?;
+            Ok((esp, oem, root))
+        },
+        |(esp, oem, root)| vec![esp.clone(), oem.clone(), root.clone()],
+    )?;
 
     let raw = out.join("wellcar.img");
     let qcow2 = out.join("wellcar.qcow2");
-    phases.run("disk", || {
-        disk::assemble(
-            &disk::DiskContents {
-                esp: &esp,
-                bios_core: &core,
-                usr_a: &usr.path,
-                oem: &oem,
-                root: &root,
-            },
-            &raw,
-        )?;
-        disk::to_qcow2(&raw, &qcow2)
-    })?;
+    phases.run(
+        "disk",
+        || {
+            disk::assemble(
+                &disk::DiskContents {
+                    esp: &esp,
+                    bios_core: &core,
+                    usr_a: &usr.path,
+                    oem: &oem,
+                    root: &root,
+                },
+                &raw,
+            )?;
+            disk::to_qcow2(&raw, &qcow2)
+        },
+        |_| vec![raw.clone(), qcow2.clone()],
+    )?;
 
     let manifest = BuildManifest {
         version,
@@ -247,36 +413,37 @@ pub fn build(opts: &BuildOptions) -> Result<BuildManifest> {
     // rewritten with the payload's phase time.
     manifest.write(&out)?;
     let mut manifest = manifest;
-    phases.run("payload", || {
-        let opts = wellcar_payload::CreateOptions {
-            compression_level: opts.payload_compression_level,
-            ..Default::default()
-        };
-        let summary = wellcar_payload::create_payload_with(
-            &out,
-            &out.join("manifest.json"),
-            &[&signing_key],
-            &out,
-            &opts,
-        )
-        .map_err(|e| BuildError::Payload {
-            path: out.join(wellcar_payload::PAYLOAD_FILE_NAME),
-            message: chain(&e),
-        })?;
-        eprintln!(
-            "    payload {} MiB, signed by {}",
-            summary.size >> 20,
-            summary.signers.join(", ")
-        );
-        Ok(summary)
-    })?;
+    phases.run(
+        "payload",
+        || {
+            let opts = wellcar_payload::CreateOptions {
+                compression_level: opts.payload_compression_level,
+                ..Default::default()
+            };
+            wellcar_payload::create_payload_with(
+                &out,
+                &out.join("manifest.json"),
+                &[&signing_key],
+                &out,
+                &opts,
+            )
+            .map_err(|e| BuildError::Payload {
+                path: out.join(wellcar_payload::PAYLOAD_FILE_NAME),
+                message: chain(&e),
+            })
+        },
+        |summary| vec![summary.path.clone()],
+    )?;
     manifest.phases = phases.done.clone();
     manifest.write(&out)?;
     Ok(manifest)
 }
 
-/// The key that signs the payload: the given one, else the development key (announced).
-fn signing_key(path: Option<&Path>) -> Result<wellcar_payload::SigningKey> {
+/// The key that signs the payload: the given one, else the development key (reported).
+fn signing_key(
+    path: Option<&Path>,
+    progress: &dyn Fn(BuildEvent),
+) -> Result<wellcar_payload::SigningKey> {
     let key_err = |path: PathBuf, e: &dyn std::error::Error| BuildError::Payload {
         path,
         message: chain(e),
@@ -286,11 +453,7 @@ fn signing_key(path: Option<&Path>) -> Result<wellcar_payload::SigningKey> {
         None => {
             let (key, path, created) = wellcar_payload::dev_signing_key()
                 .map_err(|e| key_err("~/.config/wellcar".into(), &e))?;
-            eprintln!(
-                "    signing with the development key {} ({}); pass --signing-key for real releases",
-                path.display(),
-                if created { "created now" } else { "existing" }
-            );
+            progress(BuildEvent::DevSigningKey { path, created });
             Ok(key)
         }
     }

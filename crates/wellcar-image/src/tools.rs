@@ -1,8 +1,11 @@
 //! Host tools: finding them (with the Debian package to install when missing) and running them
 //! with errors that show the command and its stderr.
 
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 
 use crate::error::{BuildError, Result};
 
@@ -66,6 +69,12 @@ pub const SYSTEMCTL: Tool = Tool {
     package: "systemd",
 };
 
+/// Measures what a phase produced.
+pub const DU: Tool = Tool {
+    name: "du",
+    package: "coreutils",
+};
+
 /// GRUB platform files come from these packages.
 pub const GRUB_PC_DIR: (&str, &str) = ("/usr/lib/grub/i386-pc", "grub-pc-bin");
 /// GRUB EFI platform files.
@@ -105,23 +114,95 @@ pub fn require_dir((dir, package): (&str, &str)) -> Result<PathBuf> {
     }
 }
 
+/// Lines of stderr kept for the error of a failed command.
+const STDERR_TAIL: usize = 20;
+
 /// Runs a command, failing with its command line and the tail of its stderr.
 pub fn run(cmd: &mut Command) -> Result<Output> {
     tracing::debug!("exec: {cmd:?}");
-    let out = cmd.output().map_err(|e| BuildError::Command {
+    let out = cmd.output().map_err(|e| not_started(cmd, e))?;
+    check(cmd, out.status, || {
+        tail(&String::from_utf8_lossy(&out.stderr), STDERR_TAIL)
+    })?;
+    Ok(out)
+}
+
+/// Which output of a command a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Runs a command, handing each line of its stdout and stderr to `on_line` as it arrives
+/// (without the line ending; not UTF-8 is replaced), and fails like [`run`] with the tail of
+/// its stderr.
+pub fn run_streaming(cmd: &mut Command, mut on_line: impl FnMut(Stream, &str)) -> Result<()> {
+    tracing::debug!("exec: {cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| not_started(cmd, e))?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let mut last = VecDeque::with_capacity(STDERR_TAIL);
+    let status = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        let out_tx = tx.clone();
+        s.spawn(move || stdout.map(|p| forward_lines(p, Stream::Stdout, &out_tx)));
+        s.spawn(move || stderr.map(|p| forward_lines(p, Stream::Stderr, &tx)));
+        for (stream, line) in rx {
+            on_line(stream, &line);
+            if stream == Stream::Stderr {
+                if last.len() == STDERR_TAIL {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+        }
+        child.wait()
+    })
+    .map_err(|e| not_started(cmd, e))?;
+    check(cmd, status, || Vec::from(last).join("\n"))
+}
+
+/// Sends the lines of `pipe` until it ends or nobody listens.
+fn forward_lines(pipe: impl Read, stream: Stream, tx: &mpsc::Sender<(Stream, String)>) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+        let line = String::from_utf8_lossy(&buf);
+        if tx
+            .send((stream, line.trim_end_matches(['\n', '\r']).to_owned()))
+            .is_err()
+        {
+            return;
+        }
+        buf.clear();
+    }
+}
+
+fn not_started(cmd: &Command, e: std::io::Error) -> BuildError {
+    BuildError::Command {
         command: format!("{cmd:?}"),
         status: "could not start".into(),
         stderr: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(BuildError::Command {
-            command: format!("{cmd:?}"),
-            status: out.status.to_string(),
-            stderr: tail(&String::from_utf8_lossy(&out.stderr), 20),
-        })
     }
+}
+
+/// Ok on success, else the command's error with `stderr` (its tail).
+fn check(cmd: &Command, status: ExitStatus, stderr: impl FnOnce() -> String) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    Err(BuildError::Command {
+        command: format!("{cmd:?}"),
+        status: status.to_string(),
+        stderr: stderr(),
+    })
 }
 
 /// The last `lines` lines of `text`.
@@ -153,5 +234,35 @@ mod tests {
             err.contains("boom") && err.contains("exit status: 3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn streaming_hands_over_lines_and_keeps_the_stderr_tail() {
+        let mut seen = Vec::new();
+        run_streaming(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; printf 'no newline'"]),
+            |stream, line| seen.push((stream, line.to_owned())),
+        )
+        .unwrap();
+        seen.sort_by_key(|(_, l)| l.clone());
+        assert_eq!(
+            seen,
+            [
+                (Stream::Stderr, "err".to_owned()),
+                (Stream::Stdout, "no newline".to_owned()),
+                (Stream::Stdout, "out".to_owned()),
+            ]
+        );
+
+        let script = "for i in $(seq 1 30); do echo line$i >&2; done; exit 4";
+        let err = run_streaming(Command::new("sh").args(["-c", script]), |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exit status: 4"), "{err}");
+        assert!(
+            err.contains("line11\nline12") && err.ends_with("line30"),
+            "{err}"
+        );
+        assert!(!err.contains("line10"), "{err}");
     }
 }
