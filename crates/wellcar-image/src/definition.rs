@@ -74,6 +74,10 @@ pub struct DefaultUser {
 pub struct SystemdUnits {
     /// Units enabled (and preset on) in the image.
     pub enable: Vec<String>,
+    /// Units disabled (and preset off) in the image, e.g. ones a Debian package enables that a
+    /// container host does not need. A name in both lists is an error.
+    #[serde(default)]
+    pub disable: Vec<String>,
 }
 
 impl OsDefinition {
@@ -127,6 +131,13 @@ impl OsDefinition {
         }
         if self.user.uid == 0 {
             return bad("user.uid: the default user must not be root".into());
+        }
+        if let Some((i, unit)) = (self.systemd.disable.iter().enumerate())
+            .find(|(_, u)| self.systemd.enable.contains(u))
+        {
+            return bad(format!(
+                "systemd.disable.{i}: `{unit}` is also in systemd.enable"
+            ));
         }
         Ok(())
     }
@@ -218,6 +229,16 @@ enable = ["ssh.service"]
             .unwrap_err()
             .to_string()
             .contains("os.version"));
+    }
+
+    #[test]
+    fn a_unit_both_enabled_and_disabled_is_refused() {
+        let (_d, p) = write(&SAMPLE.replace(
+            "enable = [\"ssh.service\"]",
+            "enable = [\"ssh.service\"]\ndisable = [\"fstrim.timer\", \"ssh.service\"]",
+        ));
+        let err = OsDefinition::load(&p).unwrap_err().to_string();
+        assert!(err.contains("systemd.disable.1: `ssh.service`"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - no package manager: apt, dpkg and their databases are gone (the package list is recorded
 //!   in the build manifest and `usr/share/wellcar/packages.txt`);
 //! - nothing machine-specific: no ssh host keys, an empty machine-id, no hostname;
-//! - `usr/lib/os-release` says `ID=wellcar` with the build's version.
+//! - `usr/lib/os-release` says `ID=wellcar` with the build's version;
+//! - units enabled and disabled as the definition says, and ordered for a fast boot ([`units`]).
 //!
 //! It works on a private copy of the cached tree and never modifies the cache.
 
@@ -20,7 +21,8 @@ use std::process::Command;
 
 use crate::definition::OsDefinition;
 use crate::error::{BuildError, IoContext, Result};
-use crate::tools::{self, DPKG_QUERY, SYSTEMCTL};
+use crate::tools::{self, DPKG_QUERY};
+use crate::units;
 
 /// One installed Debian package.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,7 +94,8 @@ pub fn reshape(
     copy_tree(files, &root)?;
     write_os_release(&root, def, id)?;
     add_default_user(&root, def)?;
-    enable_units(&root, def)?;
+    units::enable_units(&root, def)?;
+    units::start_resolved_after_sysinit(&root)?;
     let list: String = packages
         .iter()
         .map(|p| format!("{}\t{}\n", p.name, p.version))
@@ -319,36 +322,6 @@ fn add_default_user(root: &Path, def: &OsDefinition) -> Result<()> {
         format!("{}{}:x:{}:\n", add_member(t), u.name, u.uid)
     })?;
     edit("gshadow", &|t| format!("{}{}:!::\n", add_member(t), u.name))?;
-    Ok(())
-}
-
-fn enable_units(root: &Path, def: &OsDefinition) -> Result<()> {
-    let preset_dir = root.join("usr/lib/systemd/system-preset");
-    fs::create_dir_all(&preset_dir).at("creating", &preset_dir)?;
-    let preset: String = def
-        .systemd
-        .enable
-        .iter()
-        .map(|u| format!("enable {u}\n"))
-        .collect();
-    let p = preset_dir.join("10-wellcar.preset");
-    fs::write(
-        &p,
-        format!("# Units the Wellcar OS definition turns on.\n{preset}"),
-    )
-    .at("writing", &p)?;
-    // SysV scripts are not consulted: the image boots systemd only, and systemctl would chroot
-    // into the tree to run update-rc.d. The root must be canonical: systemctl resolves the
-    // tree's absolute symlinks under it and rejects results that do not start with it.
-    let root = root.canonicalize().at("resolving", root)?;
-    tools::run(
-        SYSTEMCTL
-            .command()?
-            .env("SYSTEMCTL_SKIP_SYSV", "1")
-            .arg(format!("--root={}", root.display()))
-            .arg("enable")
-            .args(&def.systemd.enable),
-    )?;
     Ok(())
 }
 

@@ -1,0 +1,135 @@
+//! systemd units in the image: which are on, which are off, and the one ordering Wellcar
+//! changes in a Debian unit.
+//!
+//! Contract:
+//! - `usr/lib/systemd/system-preset/10-wellcar.preset` enables every unit of the definition's
+//!   `[systemd] enable` and disables every unit of its `disable`, so systemd's first-boot
+//!   `preset-all` keeps them so; the image's `/etc` already has them enabled and disabled.
+//! - `systemd-resolved.service` is not ordered before `sysinit.target` (see
+//!   [`start_resolved_after_sysinit`]); everything else in Debian's units is as Debian ships it.
+
+use std::fs;
+use std::path::Path;
+
+use crate::definition::OsDefinition;
+use crate::error::{BuildError, IoContext, Result};
+use crate::tools::{self, SYSTEMCTL};
+
+/// Debian's resolver unit, relative to the root.
+pub const RESOLVED_UNIT: &str = "usr/lib/systemd/system/systemd-resolved.service";
+
+/// Writes the preset file and enables/disables the definition's units in `root`.
+pub fn enable_units(root: &Path, def: &OsDefinition) -> Result<()> {
+    let preset_dir = root.join("usr/lib/systemd/system-preset");
+    fs::create_dir_all(&preset_dir).at("creating", &preset_dir)?;
+    let units = &def.systemd;
+    let preset: String = (units.enable.iter().map(|u| format!("enable {u}\n")))
+        .chain(units.disable.iter().map(|u| format!("disable {u}\n")))
+        .collect();
+    let p = preset_dir.join("10-wellcar.preset");
+    fs::write(
+        &p,
+        format!("# Units the Wellcar OS definition turns on and off.\n{preset}"),
+    )
+    .at("writing", &p)?;
+    // SysV scripts are not consulted: the image boots systemd only, and systemctl would chroot
+    // into the tree to run update-rc.d. The root must be canonical: systemctl resolves the
+    // tree's absolute symlinks under it and rejects results that do not start with it.
+    let root = root.canonicalize().at("resolving", root)?;
+    for (verb, list) in [("enable", &units.enable), ("disable", &units.disable)] {
+        if list.is_empty() {
+            continue;
+        }
+        tools::run(
+            SYSTEMCTL
+                .command()?
+                .env("SYSTEMCTL_SKIP_SYSV", "1")
+                .arg(format!("--root={}", root.display()))
+                .arg(verb)
+                .args(list),
+        )?;
+    }
+    Ok(())
+}
+
+/// Drops `sysinit.target` from the `Before=` line of systemd-resolved.service.
+///
+/// Upstream orders the resolver before `sysinit.target` so that early units can resolve names.
+/// Nothing before `sysinit.target` resolves names on Wellcar, and the seconds the resolver takes
+/// to start on a slow machine held up every unit after `sysinit.target`. It stays before
+/// `network.target` and `nss-lookup.target`, so whatever resolves names still waits for it; it
+/// stays in `sysinit.target.wants`, which (a target without default dependencies) does not wait
+/// for it. A unit without that ordering fails the build, so a systemd that changes the unit is
+/// noticed.
+pub fn start_resolved_after_sysinit(root: &Path) -> Result<()> {
+    let path = root.join(RESOLVED_UNIT);
+    let text = fs::read_to_string(&path).at("reading", &path)?;
+    let edited = without_before(&text, "sysinit.target").ok_or_else(|| BuildError::Rootfs {
+        path: path.clone(),
+        message: "has no `Before=` line naming sysinit.target: check the boot order it now has"
+            .into(),
+    })?;
+    fs::write(&path, edited).at("writing", &path)
+}
+
+/// `unit` with `target` removed from its `Before=` lines, or `None` if no such line names it.
+fn without_before(unit: &str, target: &str) -> Option<String> {
+    let mut found = false;
+    let mut out = String::with_capacity(unit.len());
+    for line in unit.lines() {
+        match line.strip_prefix("Before=") {
+            Some(list) if list.split_whitespace().any(|t| t == target) => {
+                found = true;
+                let kept: Vec<&str> = list.split_whitespace().filter(|t| *t != target).collect();
+                if !kept.is_empty() {
+                    out.push_str(&format!("Before={}\n", kept.join(" ")));
+                }
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    found.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN_RESOLVED: &str = "[Unit]\nDescription=Network Name Resolution\n\
+        DefaultDependencies=no\nAfter=systemd-sysctl.service systemd-sysusers.service\n\
+        Before=sysinit.target network.target nss-lookup.target shutdown.target\n\
+        Wants=nss-lookup.target\n\n[Install]\nWantedBy=sysinit.target\n";
+
+    #[test]
+    fn resolved_keeps_every_ordering_but_sysinit() {
+        let edited = without_before(DEBIAN_RESOLVED, "sysinit.target").unwrap();
+        assert!(edited.contains("\nBefore=network.target nss-lookup.target shutdown.target\n"));
+        // The install section still enables it from sysinit.target.
+        assert!(edited.contains("WantedBy=sysinit.target"));
+        assert_eq!(
+            edited.lines().count(),
+            DEBIAN_RESOLVED.lines().count(),
+            "{edited}"
+        );
+    }
+
+    #[test]
+    fn a_unit_without_the_ordering_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit = dir.path().join(RESOLVED_UNIT);
+        fs::create_dir_all(unit.parent().unwrap()).unwrap();
+        fs::write(&unit, "[Unit]\nBefore=network.target\n").unwrap();
+        let err = start_resolved_after_sysinit(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("sysinit.target"), "{err}");
+        assert!(err.to_string().contains("systemd-resolved.service"), "{err}");
+    }
+
+    #[test]
+    fn a_lone_sysinit_ordering_leaves_no_empty_line() {
+        let edited = without_before("[Unit]\nBefore=sysinit.target\n", "sysinit.target").unwrap();
+        assert_eq!(edited, "[Unit]\n");
+    }
+}
