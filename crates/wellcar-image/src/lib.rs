@@ -24,7 +24,6 @@ pub mod reshape;
 pub mod rootfs;
 pub mod tools;
 pub mod units;
-pub mod units;
 pub mod usr_image;
 
 use std::path::{Path, PathBuf};
