@@ -2,7 +2,8 @@
 # Checks that every host command Wellcar's build, boot and tests run is installed (and, for the
 # ones that can break half-way, works), and names the Debian package of each one that is
 # missing. scripts/install-deps.sh ends with it; the fresh-machine test (tests/fresh-machine.sh)
-# runs it in a new Debian chroot. Exit 1 when anything is missing; reads nothing, changes nothing.
+# runs it in a new Debian chroot. Exit 1 when anything is missing. Changes nothing (it links a
+# test program in a temp dir, removed again).
 # WELLCAR_CHECK_DEPS_NO_RUST=1 skips the Rust toolchain (a chroot has none).
 #
 # Keep the list in step with what the code runs: Command::new(...) in crates/ and tests/ (grep

@@ -11,18 +11,21 @@
 #      backports dropped from the sources again: install-deps.sh must install qemu-system-x86 and
 #      leave every QEMU package from the same QEMU source version, with qemu-img and
 #      qemu-system-x86_64 running (check-deps.sh runs both);
-#   5. check-deps.sh can fail: with sgdisk removed it exits 1 and names the Debian package `gdisk`.
+#   5. check-deps.sh can fail: with sgdisk removed it exits 1 and names the Debian package `gdisk`;
+#      without WELLCAR_CHECK_DEPS_NO_RUST it points to rustup, as it will for a README reader.
 #
 # Any failure exits non-zero with a "fresh-machine: FAIL: ..." line and the failing command's
 # whole output. Each step prints its time; of the scripts' output only their own
 # "install-deps: ..." / "check-deps: ..." lines are shown (WELLCAR_FRESH_MACHINE_VERBOSE=1: all).
 #
 # Needs root (mmdebstrap's root mode, chroot) and mmdebstrap (scripts/install-deps.sh installs
-# it). Downloaded .debs are kept in ${XDG_CACHE_HOME:-~/.cache}/wellcar/apt-archives (linked into
-# the chroot's /var/cache/apt/archives before anything is downloaded, new ones linked back out
-# after each install, mmdebstrap's --skip=essential/unlink keeps the essential ones), so only the
-# first run downloads much. The chroot lives in a temp dir under ${TMPDIR:-/tmp} and is removed at
-# the end, whatever happens. mmdebstrap mounts /proc, /sys and /dev for its hooks, unmounts them
+# it). Downloaded .debs are kept in ${XDG_CACHE_HOME:-~/.cache}/wellcar/apt-archives (put into
+# the chroot's /var/cache/apt/archives before anything is downloaded, new ones put back after
+# each install, mmdebstrap's --skip=essential/unlink keeps the essential ones; in root mode a
+# setup hook can do what mmdebstrap's sync-in/sync-out special hooks do, with hard links when on
+# the same filesystem), so only the first run downloads much. The chroot lives in a temp dir
+# under ${TMPDIR:-/tmp} (on a tmpfs when there is memory to spare) and is removed at the end,
+# whatever happens. mmdebstrap mounts /proc, /sys and /dev for its hooks, unmounts them
 # and keeps services from starting (policy-rc.d) while the hooks run: everything in the chroot
 # happens in its --customize-hook, which is this script again (`tests/fresh-machine.sh hook ...`).
 #
@@ -188,13 +191,18 @@ hook_customize() {
   fi
 
   t="$(now)"
-  say "step 5: check-deps.sh names the package of a missing command"
+  say "step 5: check-deps.sh names what is missing"
+  # What a README reader sees on a fresh machine: only the Rust toolchain is still missing.
+  run_step 1 env WELLCAR_CHECK_DEPS_NO_RUST=0 /wellcar/scripts/check-deps.sh
+  grep -qxF 'check-deps: cargo not found: install a Rust toolchain (https://rustup.rs) first' "$log" ||
+    fail "check-deps.sh did not point to rustup for a missing cargo"
+  [ "$(grep -c . "$log")" = 1 ] || fail "check-deps.sh found more than cargo missing"
   local sgdisk
   sgdisk="$(in_chroot sh -c 'command -v sgdisk')" || fail "sgdisk is not installed in the chroot"
   rm "$root$sgdisk"
   run_step 1 /wellcar/scripts/check-deps.sh
   # shellcheck disable=SC2016 # the backquotes are check-deps.sh's
-  grep -qF 'command `sgdisk` not found: install the Debian package `gdisk`' "$log" ||
+  grep -qxF 'check-deps: command `sgdisk` not found: install the Debian package `gdisk` (apt-get install gdisk)' "$log" ||
     fail "check-deps.sh did not name the package gdisk for a missing sgdisk"
   say "step 5: ok ($(since "$t"))"
 }
@@ -221,7 +229,7 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/wellcar/apt-archives"
 mkdir -p "$cache"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/wellcar-fresh-machine.XXXXXX")"
-chmod 755 "$work" # apt's download sandbox user (_apt) writes into the chroot's lists
+tmpfs=0
 cleanup() {
   local status=$? mnt
   # mmdebstrap unmounts what it mounted; should it have died half-way, unmount here (deepest
@@ -230,11 +238,14 @@ cleanup() {
     umount -l "$mnt" || true
   done
   if [ "${WELLCAR_FRESH_MACHINE_KEEP:-0}" = 1 ]; then
-    say "kept the chroot in $work/root"
-  elif findmnt -rn -o TARGET | grep -qF "$work/"; then
-    echo "fresh-machine: still mounted under $work, not removing it" >&2
+    say "kept the chroot in $work/root$([ "$tmpfs" = 0 ] || echo " (a tmpfs: umount $work when done)")"
   else
-    rm -rf --one-file-system "$work"
+    [ "$tmpfs" = 0 ] || umount "$work" || umount -l "$work" || true
+    if findmnt -rn -o TARGET | grep -qxF -e "$work" -e "$work/"; then
+      echo "fresh-machine: still mounted under $work, not removing it" >&2
+    else
+      rm -rf --one-file-system "$work"
+    fi
   fi
   if [ "$status" = 0 ]; then
     say "PASS ($(since "$t0") in all)"
@@ -244,6 +255,19 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# The chroot goes on a tmpfs when there is memory to spare (it needs about 1.5 GiB): dpkg's
+# ~40,000 files are written and removed far faster there than on disk (WELLCAR_FRESH_MACHINE_TMPFS
+# =1 forces it, =0 keeps the chroot on disk).
+available_kib="$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)"
+case "${WELLCAR_FRESH_MACHINE_TMPFS:-auto}" in
+  1) tmpfs=1 ;;
+  auto) [ "${available_kib:-0}" -lt $((6 * 1024 * 1024)) ] || tmpfs=1 ;;
+esac
+if [ "$tmpfs" = 1 ]; then
+  mount -t tmpfs -o size=4g,mode=755 wellcar-fresh-machine "$work" || fail "cannot mount a tmpfs on $work"
+fi
+chmod 755 "$work" # apt's download sandbox user (_apt) writes into the chroot's lists
 
 # The apt settings this host needs to reach its mirror (a proxy, an old snapshot's dates), so
 # that apt inside the chroot reaches it too.
@@ -255,7 +279,7 @@ done < <(apt-config dump | grep -E '^Acquire::(https?::Proxy|Check-Valid-Until|C
 export WELLCAR_FRESH_CACHE="$cache" WELLCAR_FRESH_SOURCES="$sources" WELLCAR_FRESH_SUITE="$suite"
 export WELLCAR_FRESH_LOG="$work/step.log" WELLCAR_FRESH_SELF="$self" WELLCAR_FRESH_T0
 WELLCAR_FRESH_T0="$(now)"
-say "a fresh $suite (minbase) from $sources in $work/root; .debs cached in $cache"
+say "a fresh $suite (minbase) from $sources in $work/root$([ "$tmpfs" = 0 ] || echo " (tmpfs)"); .debs cached in $cache"
 # dpkg's force-unsafe-io (no fsync per unpacked file, as in Docker's Debian images) cuts step 1
 # by about a third here; it lands in the chroot's /etc/dpkg/dpkg.cfg.d, so install-deps.sh's
 # installs get it too. It changes nothing about what gets installed.
