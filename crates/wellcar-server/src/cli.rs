@@ -16,7 +16,7 @@ use hyper::Method;
 use serde_json::json;
 use sha2::Digest as _;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, OnUpload};
 use crate::model::{GroupPatch, Policy, Window};
 use crate::store::Role;
 
@@ -384,15 +384,20 @@ fn print(v: &serde_json::Value) -> anyhow::Result<()> {
 
 /// Runs a `wellcar server` subcommand.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    run_with_progress(cmd, std::sync::Arc::new(|_| {}))
+}
+
+/// Runs a `wellcar server` subcommand; `package publish` reports its upload to `upload`.
+pub fn run_with_progress(cmd: Command, upload: OnUpload) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run_async(cmd))?;
+    rt.block_on(run_async(cmd, upload))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_async(cmd: Command) -> anyhow::Result<()> {
+async fn run_async(cmd: Command, upload: OnUpload) -> anyhow::Result<()> {
     match cmd {
         Command::Serve(o) => {
             let mut s = crate::Settings::new(&o.database, o.listen);
@@ -467,7 +472,7 @@ async fn run_async(cmd: Command) -> anyhow::Result<()> {
                 .get(&format!("{}/packages", server.app_path()))
                 .await?,
         ),
-        Command::Package(PackageCommand::Publish(o)) => publish(o).await,
+        Command::Package(PackageCommand::Publish(o)) => publish(o, upload).await,
         Command::Package(PackageCommand::Floor {
             server,
             channel,
@@ -556,7 +561,7 @@ fn target_from_build(dir: &std::path::Path, arch: Option<String>) -> anyhow::Res
     })
 }
 
-async fn publish(o: PublishOpts) -> anyhow::Result<()> {
+async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
     let api = o.server.client();
     let target = match &o.build {
         Some(dir) => target_from_build(dir, o.arch.clone())?,
@@ -597,7 +602,7 @@ async fn publish(o: PublishOpts) -> anyhow::Result<()> {
             .await
         }
         None => {
-            api.put_file(
+            api.put_file_with_progress(
                 &format!(
                     "{}/packages/{}/{}/{}",
                     o.server.app_path(),
@@ -606,6 +611,7 @@ async fn publish(o: PublishOpts) -> anyhow::Result<()> {
                     filename
                 ),
                 &file,
+                upload,
             )
             .await
         }

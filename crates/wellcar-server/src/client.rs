@@ -2,6 +2,7 @@
 //! `wellcar server` CLI, the tests and the benchmark.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -16,6 +17,18 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt as _;
 
 type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How far an upload is: bytes handed to the connection so far, of the file's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadProgress {
+    /// Bytes sent so far.
+    pub sent: u64,
+    /// The file's size.
+    pub total: u64,
+}
+
+/// Receives [`UploadProgress`] after every chunk of an upload.
+pub type OnUpload = Arc<dyn Fn(UploadProgress) + Send + Sync>;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -206,20 +219,37 @@ impl ApiClient {
         path: &str,
         file: &Path,
     ) -> Result<T, ClientError> {
+        self.put_file_with_progress(path, file, Arc::new(|_| {}))
+            .await
+    }
+
+    /// `PUT path` streaming a local file as the body, reporting each chunk to `progress`.
+    pub async fn put_file_with_progress<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &Path,
+        progress: OnUpload,
+    ) -> Result<T, ClientError> {
         let file_err = |source| ClientError::File {
             path: file.display().to_string(),
             source,
         };
         let f = tokio::fs::File::open(file).await.map_err(file_err)?;
-        let stream = futures_util::stream::unfold(f, |mut f| async move {
-            let mut buf = vec![0_u8; 1 << 20];
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Frame::data(Bytes::from(buf))), f))
+        let total = f.metadata().await.map_err(file_err)?.len();
+        let stream = futures_util::stream::unfold((f, 0), move |(mut f, sent)| {
+            let progress = progress.clone();
+            async move {
+                let mut buf = vec![0_u8; 1 << 20];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        let sent = sent + n as u64;
+                        progress(UploadProgress { sent, total });
+                        Some((Ok(Frame::data(Bytes::from(buf))), (f, sent)))
+                    }
+                    Err(e) => Some((Err(e), (f, sent))),
                 }
-                Err(e) => Some((Err(e), f)),
             }
         });
         let body = StreamBody::new(stream).boxed();
@@ -278,5 +308,56 @@ impl ApiClient {
             })?
             .to_bytes();
         Ok((status, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::model::Package;
+    use crate::store::{self, Role};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upload_reports_progress_up_to_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite:{}", dir.path().join("server.db").display());
+        let mut settings = crate::Settings::new(&db, "127.0.0.1:0".parse().unwrap());
+        settings.payload_dir = dir.path().join("payloads");
+        let server = crate::spawn(settings).await.unwrap();
+        let now = crate::now_ms();
+        let token = server
+            .state
+            .db
+            .write(move |c| store::create_token(c, "test", Role::Admin, now))
+            .await
+            .unwrap();
+        let payload: Vec<u8> = (0..(3 << 20) + 12_345).map(|i: u32| i as u8).collect();
+        let file = dir.path().join("wellcar_update.bin");
+        std::fs::write(&file, &payload).unwrap();
+
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let package: Package = ApiClient::new(&server.url(), Some(&token))
+            .put_file_with_progress(
+                &format!(
+                    "/api/v1/apps/{}/packages/amd64/1.2.3/wellcar_update.bin",
+                    wellcar_omaha::WELLCAR_APP_ID
+                ),
+                &file,
+                Arc::new(move |p| log.lock().unwrap().push(p)),
+            )
+            .await
+            .unwrap();
+        server.shutdown().await.unwrap();
+
+        let total = payload.len() as u64;
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.len() >= 2, "one report per chunk: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].sent < w[1].sent), "{seen:?}");
+        assert!(seen.iter().all(|p| p.total == total), "{seen:?}");
+        assert_eq!(seen.last().map(|p| p.sent), Some(total));
+        assert_eq!(package.size, total as i64);
     }
 }
