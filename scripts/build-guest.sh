@@ -7,11 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --quiet --profile initramfs --target x86_64-unknown-linux-gnu -p wellcar-init
+  cargo build --profile initramfs --target x86_64-unknown-linux-gnu -p wellcar-init
 packages=()
 for crate in wellcar-host wellcar-agent; do
   [ -f "crates/$crate/Cargo.toml" ] && packages+=(-p "$crate")
 done
 if ((${#packages[@]})); then
-  cargo build --quiet --release "${packages[@]}"
+  cargo build --release "${packages[@]}"
 fi

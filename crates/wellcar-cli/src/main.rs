@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod progress;
 
 /// Wellcar Container Linux: build, boot, sign and serve an immutable, self-updating OS.
 #[derive(Debug, Parser)]

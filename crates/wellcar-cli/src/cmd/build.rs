@@ -62,7 +62,9 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         trusted_keys: opts.trusted_keys,
         payload_compression_level: opts.payload_compression_level,
     };
-    let manifest = wellcar_image::build(&build).context("building the image")?;
+    let progress = crate::progress::BuildProgress::for_stderr();
+    let manifest = wellcar_image::build_with_progress(&build, &|e| progress.event(e))
+        .context("building the image")?;
     println!(
         "built Wellcar {} in {}: {} (verity root {})",
         manifest.version,

@@ -1,8 +1,11 @@
 //! `wellcar run IMAGE`: boots a built image in QEMU with the serial console on this terminal
 //! (crate `wellcar-vm`). Quit QEMU with Ctrl-A X.
 
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use wellcar_vm::{choose_accel, Accel, Firmware, Machine, MachineConfig};
@@ -77,13 +80,20 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     cfg.interactive = true;
     let mut vm =
         Machine::spawn(&cfg).with_context(|| format!("booting {}", opts.image.display()))?;
-    eprintln!(
-        "wellcar run: {} under {} ({}); ssh: ssh -p {} core@127.0.0.1; quit: Ctrl-A X",
-        opts.image.display(),
+    let port = vm.ssh_port.unwrap_or(opts.ssh_port);
+    console_note(&format!(
+        "VM started ({}, {}): serial console below, quit with Ctrl-A X; \
+         ssh -p {port} core@127.0.0.1 once sshd is up",
         accel.as_str(),
         if opts.uefi { "UEFI" } else { "BIOS" },
-        vm.ssh_port.unwrap_or(0)
-    );
+    ));
+    std::thread::spawn(move || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        while !ssh_banner(addr, Duration::from_secs(3)) {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        console_note(&format!("ssh is up: ssh -p {port} core@127.0.0.1"));
+    });
     let status = vm.wait_exit().context("waiting for QEMU")?;
     Ok(if status.success() {
         ExitCode::SUCCESS
@@ -92,9 +102,66 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A line on stderr between the serial console's output (the terminal is raw: `\r\n`).
+fn console_note(text: &str) {
+    eprint!("\r\n[wellcar] {text}\r\n");
+}
+
+/// Whether an SSH server answers at `addr`: QEMU's port forward accepts connections even when
+/// the guest does not listen, so only the banner ("SSH-2.0-...") counts.
+fn ssh_banner(addr: SocketAddr, timeout: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    if stream.set_read_timeout(Some(timeout)).is_err() {
+        return false;
+    }
+    // RFC 4253: the identification line comes within the first 255 bytes.
+    let mut got = [0_u8; 255];
+    let mut len = 0;
+    while len < got.len() {
+        match stream.read(&mut got[len..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => len += n,
+        }
+        if got[..len].windows(4).any(|w| w == b"SSH-") {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_guest_forward;
+    use std::io::Write as _;
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn only_a_banner_means_ssh_is_up() {
+        let serve = |reply: &'static [u8]| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                s.write_all(reply).unwrap();
+                // Held open without more data, like a real sshd waiting for the client.
+                std::thread::sleep(Duration::from_secs(5));
+            });
+            addr
+        };
+        let t = Duration::from_millis(500);
+        assert!(ssh_banner(serve(b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n"), t));
+        // QEMU's forward: accepted, then nothing from the guest.
+        assert!(!ssh_banner(serve(b""), t));
+        assert!(!ssh_banner(serve(b"HTTP/1.1 400 Bad Request\r\n"), t));
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(!ssh_banner(closed, t));
+    }
 
     #[test]
     fn guest_forwards_parse_and_name_bad_parts() {

@@ -7,5 +7,5 @@ pub use wellcar_server::cli::Command;
 
 /// Runs `wellcar server`.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
-    wellcar_server::cli::run(cmd)
+    wellcar_server::cli::run_with_progress(cmd, crate::progress::upload())
 }

@@ -1,0 +1,278 @@
+//! Progress of long steps on stderr: indicatif spinners and bars when stderr is a terminal,
+//! plain lines otherwise (CI, logs), where package counts show only at each tenth and upload
+//! progress at most every few seconds.
+
+use std::cell::{Cell, RefCell};
+use std::io::IsTerminal as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use wellcar_image::{BuildEvent, PackageStep, RootfsProgress};
+use wellcar_server::client::{OnUpload, UploadProgress};
+
+/// Whether to draw bars: stderr is a terminal.
+fn terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Renders a build's events on stderr.
+pub enum BuildProgress {
+    /// Spinners and bars.
+    Terminal(TerminalBuild),
+    /// One line per event.
+    Plain(PlainBuild),
+}
+
+impl BuildProgress {
+    /// Bars on a terminal, else plain lines.
+    pub fn for_stderr() -> Self {
+        if terminal() {
+            Self::Terminal(TerminalBuild::default())
+        } else {
+            Self::Plain(PlainBuild::default())
+        }
+    }
+
+    /// Shows `e`.
+    pub fn event(&self, e: BuildEvent) {
+        match self {
+            Self::Terminal(t) => t.event(e),
+            Self::Plain(p) => {
+                if let Some(line) = p.line(&e) {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Plain lines: every event but package counts, which show when they pass a tenth.
+#[derive(Debug, Default)]
+pub struct PlainBuild {
+    /// The package step last shown and the tenths of it shown.
+    shown: Cell<Option<(PackageStep, u32)>>,
+}
+
+impl PlainBuild {
+    /// The line for `e`, if it gets one.
+    pub fn line(&self, e: &BuildEvent) -> Option<String> {
+        match e {
+            BuildEvent::PhaseStarted { .. } => return Some(e.to_string()),
+            BuildEvent::Rootfs(RootfsProgress::Stage(_)) => self.shown.set(None),
+            BuildEvent::Rootfs(RootfsProgress::Package { step, done, total }) => {
+                let tenths = done * 10 / total.max(&1);
+                let before = match self.shown.get() {
+                    Some((s, t)) if s == *step => t,
+                    _ => 0,
+                };
+                if tenths <= before {
+                    return None;
+                }
+                self.shown.set(Some((*step, tenths)));
+                return Some(format!("    {e} ({}%)", done * 100 / total));
+            }
+            _ => {}
+        }
+        Some(format!("    {e}"))
+    }
+}
+
+/// A spinner per phase; mmdebstrap's package counts as a bar.
+#[derive(Debug, Default)]
+pub struct TerminalBuild {
+    bar: RefCell<Option<ProgressBar>>,
+    /// The current mmdebstrap stage.
+    stage: RefCell<String>,
+}
+
+impl TerminalBuild {
+    fn event(&self, e: BuildEvent) {
+        let mut bar = self.bar.borrow_mut();
+        match (&e, bar.as_ref()) {
+            (BuildEvent::PhaseStarted { name }, _) => {
+                let pb = ProgressBar::new_spinner()
+                    .with_style(spinner_style())
+                    .with_prefix(*name);
+                pb.enable_steady_tick(Duration::from_millis(100));
+                *bar = Some(pb);
+            }
+            (BuildEvent::PhaseDone { .. } | BuildEvent::PhaseFailed { .. }, _) => {
+                if let Some(pb) = bar.take() {
+                    pb.finish_and_clear();
+                }
+                eprintln!("{e}");
+            }
+            (BuildEvent::Rootfs(RootfsProgress::Stage(stage)), Some(pb)) => {
+                pb.set_style(spinner_style());
+                pb.set_message(stage.clone());
+                *self.stage.borrow_mut() = stage.clone();
+            }
+            (BuildEvent::Rootfs(RootfsProgress::Package { step, done, total }), Some(pb)) => {
+                if pb.length() != Some(u64::from(*total)) {
+                    pb.set_style(package_style());
+                    pb.set_length(u64::from(*total));
+                }
+                pb.set_position(u64::from(*done));
+                pb.set_message(format!("{}: {step}", self.stage.borrow()));
+            }
+            (_, Some(pb)) => pb.println(format!("    {e}")),
+            (_, None) => eprintln!("    {e}"),
+        }
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner:.green} {prefix:<10.bold} {elapsed:>4} {msg}")
+        .expect("valid template")
+}
+
+fn package_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner:.green} {prefix:<10.bold} {elapsed:>4} [{bar:30.cyan/blue}] {pos:>3}/{len} {msg}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ")
+}
+
+/// An upload progress reporter for stderr: a bar with bytes and rate on a terminal, else a
+/// line every few seconds and one at the end.
+pub fn upload() -> OnUpload {
+    if terminal() {
+        let bar = Mutex::new(None::<ProgressBar>);
+        Arc::new(move |p: UploadProgress| {
+            let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
+            let pb = bar.get_or_insert_with(|| {
+                ProgressBar::new(p.total).with_style(
+                    ProgressStyle::with_template(
+                        "uploading [{bar:30.cyan/blue}] {binary_bytes}/{binary_total_bytes} ({percent}%), {binary_bytes_per_sec}, {eta} left",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                )
+            });
+            pb.set_position(p.sent);
+            if p.sent >= p.total {
+                pb.finish();
+            }
+        })
+    } else {
+        let plain = Mutex::new(PlainUpload::new(Instant::now()));
+        Arc::new(move |p| {
+            let line = plain
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .line(p, Instant::now());
+            if let Some(line) = line {
+                eprintln!("{line}");
+            }
+        })
+    }
+}
+
+/// Plain upload lines: at most one per [`PlainUpload::EVERY`], and the last one.
+#[derive(Debug)]
+pub struct PlainUpload {
+    start: Instant,
+    last: Option<Instant>,
+}
+
+impl PlainUpload {
+    /// Time between two lines.
+    const EVERY: Duration = Duration::from_secs(2);
+
+    /// An upload that started at `start`.
+    pub fn new(start: Instant) -> Self {
+        Self { start, last: None }
+    }
+
+    /// The line for `p` at `now`, if one is due.
+    pub fn line(&mut self, p: UploadProgress, now: Instant) -> Option<String> {
+        let due = self.last.is_none_or(|t| now - t >= Self::EVERY);
+        if !due && p.sent < p.total {
+            return None;
+        }
+        self.last = Some(now);
+        let secs = (now - self.start).as_secs_f64().max(1e-3);
+        Some(format!(
+            "uploaded {} / {} ({}%), {}/s",
+            mib(p.sent),
+            mib(p.total),
+            (p.sent * 100).checked_div(p.total).unwrap_or(100),
+            mib((p.sent as f64 / secs) as u64)
+        ))
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use wellcar_image::Output;
+
+    #[test]
+    fn plain_build_shows_stages_and_tenths_of_packages() {
+        let plain = PlainBuild::default();
+        let stage = |s: &str| BuildEvent::Rootfs(RootfsProgress::Stage(s.into()));
+        let pkg = |step, done| {
+            BuildEvent::Rootfs(RootfsProgress::Package {
+                step,
+                done,
+                total: 20,
+            })
+        };
+        let mut events = vec![
+            BuildEvent::PhaseStarted { name: "rootfs" },
+            stage("installing essential packages"),
+        ];
+        events.extend((1..=20).map(|n| pkg(PackageStep::Unpack, n)));
+        events.extend((1..=3).map(|n| pkg(PackageStep::Configure, n)));
+        events.push(stage("installing remaining packages inside the chroot"));
+        events.push(pkg(PackageStep::Configure, 2));
+        events.push(BuildEvent::PhaseDone {
+            name: "rootfs",
+            secs: 98.31,
+            outputs: vec![Output {
+                path: PathBuf::from("/cache/key/tree"),
+                bytes: 512 << 20,
+            }],
+        });
+        let lines: Vec<String> = events.iter().filter_map(|e| plain.line(e)).collect();
+        assert_eq!(lines.len(), 2 + 10 + 1 + 1 + 1 + 1, "{lines:#?}");
+        assert_eq!(lines[0], "==> rootfs");
+        assert_eq!(lines[1], "    mmdebstrap: installing essential packages");
+        assert_eq!(lines[2], "    mmdebstrap: unpacked 2/20 packages (10%)");
+        assert_eq!(lines[11], "    mmdebstrap: unpacked 20/20 packages (100%)");
+        assert_eq!(lines[12], "    mmdebstrap: set up 2/20 packages (10%)");
+        // A new stage counts afresh.
+        assert_eq!(lines[14], "    mmdebstrap: set up 2/20 packages (10%)");
+        assert_eq!(lines[15], "    rootfs done in 98.3 s: tree 512.0 MiB");
+    }
+
+    #[test]
+    fn plain_upload_lines_are_spaced_and_end_with_the_total() {
+        let start = Instant::now();
+        let mut up = PlainUpload::new(start);
+        let total = 136 << 20;
+        let at = |ms| start + Duration::from_millis(ms);
+        let p = |mib: u64| UploadProgress {
+            sent: mib << 20,
+            total,
+        };
+        assert_eq!(
+            up.line(p(40), at(500)).as_deref(),
+            Some("uploaded 40.0 MiB / 136.0 MiB (29%), 80.0 MiB/s")
+        );
+        assert_eq!(up.line(p(60), at(1500)), None);
+        assert!(up.line(p(100), at(2500)).is_some());
+        assert_eq!(
+            up.line(p(136), at(2600)).as_deref(),
+            Some("uploaded 136.0 MiB / 136.0 MiB (100%), 52.3 MiB/s")
+        );
+    }
+}
