@@ -3,6 +3,7 @@
 //! Each subcommand lives in `cmd/<name>.rs` as an `Opts` struct plus `run(opts)`; all logic is
 //! in the library crates.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -76,5 +77,6 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

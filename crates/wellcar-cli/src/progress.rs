@@ -1,6 +1,6 @@
 //! Progress of long steps on stderr: indicatif spinners and bars when stderr is a terminal,
-//! plain lines otherwise (CI, logs), where package counts show only at each tenth and upload
-//! progress at most every few seconds.
+//! plain lines otherwise (CI, logs), where package counts and upload progress show at most
+//! every few seconds.
 
 use std::cell::{Cell, RefCell};
 use std::io::IsTerminal as _;
@@ -39,7 +39,7 @@ impl BuildProgress {
         match self {
             Self::Terminal(t) => t.event(e),
             Self::Plain(p) => {
-                if let Some(line) = p.line(&e) {
+                if let Some(line) = p.line(&e, Instant::now()) {
                     eprintln!("{line}");
                 }
             }
@@ -47,34 +47,44 @@ impl BuildProgress {
     }
 }
 
-/// Plain lines: every event but package counts, which show when they pass a tenth.
+/// Plain lines: every event but package counts, which show when a step of a stage is complete
+/// or has passed another tenth [`PlainBuild::EVERY`] after the last line.
 #[derive(Debug, Default)]
 pub struct PlainBuild {
-    /// The package step last shown and the tenths of it shown.
-    shown: Cell<Option<(PackageStep, u32)>>,
+    /// When the last line was shown.
+    last: Cell<Option<Instant>>,
+    /// Per [`PackageStep`], the tenths shown in this stage.
+    tenths: Cell<[u32; 3]>,
 }
 
 impl PlainBuild {
-    /// The line for `e`, if it gets one.
-    pub fn line(&self, e: &BuildEvent) -> Option<String> {
-        match e {
-            BuildEvent::PhaseStarted { .. } => return Some(e.to_string()),
-            BuildEvent::Rootfs(RootfsProgress::Stage(_)) => self.shown.set(None),
+    /// Least time between two package count lines.
+    const EVERY: Duration = Duration::from_secs(5);
+
+    /// The line for `e` at `now`, if it gets one.
+    pub fn line(&self, e: &BuildEvent, now: Instant) -> Option<String> {
+        let line = match e {
+            BuildEvent::PhaseStarted { .. } => e.to_string(),
             BuildEvent::Rootfs(RootfsProgress::Package { step, done, total }) => {
+                let mut shown = self.tenths.get();
                 let tenths = done * 10 / total.max(&1);
-                let before = match self.shown.get() {
-                    Some((s, t)) if s == *step => t,
-                    _ => 0,
-                };
-                if tenths <= before {
+                let due = self.last.get().is_none_or(|t| now - t >= Self::EVERY);
+                if tenths <= shown[*step as usize] || !(due || done == total) {
                     return None;
                 }
-                self.shown.set(Some((*step, tenths)));
-                return Some(format!("    {e} ({}%)", done * 100 / total));
+                shown[*step as usize] = tenths;
+                self.tenths.set(shown);
+                format!("    {e} ({}%)", done * 100 / total)
             }
-            _ => {}
-        }
-        Some(format!("    {e}"))
+            _ => {
+                if let BuildEvent::Rootfs(RootfsProgress::Stage(_)) = e {
+                    self.tenths.set([0; 3]);
+                }
+                format!("    {e}")
+            }
+        };
+        self.last.set(Some(now));
+        Some(line)
     }
 }
 
@@ -216,8 +226,9 @@ mod tests {
     use wellcar_image::Output;
 
     #[test]
-    fn plain_build_shows_stages_and_tenths_of_packages() {
+    fn plain_build_shows_stages_and_package_counts_now_and_then() {
         let plain = PlainBuild::default();
+        let start = Instant::now();
         let stage = |s: &str| BuildEvent::Rootfs(RootfsProgress::Stage(s.into()));
         let pkg = |step, done| {
             BuildEvent::Rootfs(RootfsProgress::Package {
@@ -226,32 +237,52 @@ mod tests {
                 total: 20,
             })
         };
+        // (seconds since start, event)
         let mut events = vec![
-            BuildEvent::PhaseStarted { name: "rootfs" },
-            stage("installing essential packages"),
+            (0, BuildEvent::PhaseStarted { name: "rootfs" }),
+            (0, stage("downloading packages with apt")),
         ];
-        events.extend((1..=20).map(|n| pkg(PackageStep::Unpack, n)));
-        events.extend((1..=3).map(|n| pkg(PackageStep::Configure, n)));
-        events.push(stage("installing remaining packages inside the chroot"));
-        events.push(pkg(PackageStep::Configure, 2));
-        events.push(BuildEvent::PhaseDone {
-            name: "rootfs",
-            secs: 98.31,
-            outputs: vec![Output {
-                path: PathBuf::from("/cache/key/tree"),
-                bytes: 512 << 20,
-            }],
-        });
-        let lines: Vec<String> = events.iter().filter_map(|e| plain.line(e)).collect();
-        assert_eq!(lines.len(), 2 + 10 + 1 + 1 + 1 + 1, "{lines:#?}");
-        assert_eq!(lines[0], "==> rootfs");
-        assert_eq!(lines[1], "    mmdebstrap: installing essential packages");
-        assert_eq!(lines[2], "    mmdebstrap: unpacked 2/20 packages (10%)");
-        assert_eq!(lines[11], "    mmdebstrap: unpacked 20/20 packages (100%)");
-        assert_eq!(lines[12], "    mmdebstrap: set up 2/20 packages (10%)");
-        // A new stage counts afresh.
-        assert_eq!(lines[14], "    mmdebstrap: set up 2/20 packages (10%)");
-        assert_eq!(lines[15], "    rootfs done in 98.3 s: tree 512.0 MiB");
+        // Fast downloads: only the last count shows.
+        events.extend((1..=20).map(|n| (1, pkg(PackageStep::Download, n))));
+        events.push((2, stage("installing essential packages")));
+        // One package a second: a line every five seconds, once past a new tenth.
+        events.extend((1..=20).map(|n| (2 + n, pkg(PackageStep::Unpack, n))));
+        events.extend((1..=3).map(|n| (30 + n, pkg(PackageStep::Configure, n))));
+        events.push((40, stage("installing remaining packages inside the chroot")));
+        events.push((50, pkg(PackageStep::Configure, 2)));
+        events.push((
+            60,
+            BuildEvent::PhaseDone {
+                name: "rootfs",
+                secs: 98.31,
+                outputs: vec![Output {
+                    path: PathBuf::from("/cache/key/tree"),
+                    bytes: 512 << 20,
+                }],
+            },
+        ));
+        let lines: Vec<String> = events
+            .iter()
+            .filter_map(|(t, e)| plain.line(e, start + Duration::from_secs(u64::from(*t))))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "==> rootfs",
+                "    mmdebstrap: downloading packages with apt",
+                "    mmdebstrap: downloaded 20/20 packages (100%)",
+                "    mmdebstrap: installing essential packages",
+                "    mmdebstrap: unpacked 5/20 packages (25%)",
+                "    mmdebstrap: unpacked 10/20 packages (50%)",
+                "    mmdebstrap: unpacked 15/20 packages (75%)",
+                "    mmdebstrap: unpacked 20/20 packages (100%)",
+                "    mmdebstrap: set up 2/20 packages (10%)",
+                "    mmdebstrap: installing remaining packages inside the chroot",
+                // A new stage counts afresh.
+                "    mmdebstrap: set up 2/20 packages (10%)",
+                "    rootfs done in 98.3 s: tree 512.0 MiB",
+            ]
+        );
     }
 
     #[test]
