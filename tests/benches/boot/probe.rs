@@ -6,15 +6,14 @@
 //! monotonic timestamps (dmesg's "Run /init", systemd's manager and multi-user.target
 //! timestamps) are offsets from it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use wellcar_vmtests::{Machine, MachineConfig};
 
 /// How the benchmark logs in to a guest.
@@ -41,14 +40,20 @@ pub struct Boot {
     pub systemd: f64,
     /// multi-user.target was reached.
     pub multi_user: f64,
+    /// systemd-networkd logged its DHCPv4 address (the guest's own journal).
+    pub network: Option<f64>,
     /// sshd logged "Server listening" (the guest's own journal).
     pub sshd_listening: Option<f64>,
     /// The first SSH banner arrived on the forwarded port.
     pub sshd: f64,
     /// systemd's startup finished (what `systemctl is-system-running --wait` waits for).
     pub finished: f64,
+    /// The measuring ssh session had logged in (its `/proc/uptime` arrived).
+    pub login: f64,
     /// `systemctl is-system-running` after the wait.
     pub state: String,
+    /// `uname -r`.
+    pub kernel_release: String,
     /// `free -m` "used" after startup finished.
     pub used_mib: f64,
     /// The biggest processes: (RSS in KiB, command).
@@ -59,10 +64,15 @@ pub struct Boot {
 
 /// How long one boot may take until its measurements are read.
 pub const TIMEOUT: Duration = Duration::from_secs(600);
-/// Concurrent banner probes at most (each reaching sshd costs the guest a fork).
-const PROBES: usize = 4;
-/// A probe whose connection neither closes nor sends a banner is given up after this.
-const PROBE_READ: Duration = Duration::from_secs(3);
+/// Time between banner probes.
+const INTERVAL: Duration = Duration::from_millis(250);
+/// Probes held by QEMU at most while the guest has no network.
+const EARLY_PROBES: usize = 16;
+/// A probe that gets neither a banner nor a refusal is given up after this; far longer than
+/// sshd takes to send its banner on a loaded TCG guest.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the banner wait checks that QEMU still runs.
+const EXIT_CHECK: Duration = Duration::from_secs(2);
 
 /// Boots `cfg` and measures it; returns the running machine with the measurements.
 pub fn boot(cfg: &MachineConfig, guest: &Guest, chain: bool) -> Result<(Machine, Boot)> {
@@ -125,54 +135,110 @@ fn ssh(guest: &Guest, port: u16) -> Command {
     cmd
 }
 
-/// Polls the forwarded port until the guest's sshd sends "SSH-". QEMU accepts the TCP
-/// connection itself, then closes it when the guest refuses, or holds it while the guest has
-/// no address yet: several probes run at once, each stamped when its banner arrives.
+/// Polls the forwarded port until the guest's sshd sends "SSH-".
+///
+/// QEMU accepts every connection itself. While the guest has no address, it holds the
+/// connection and retries the guest's SYN with backoff; once the guest has one, the connection
+/// is closed at once when nothing listens, or reaches sshd, whose banner can take seconds under
+/// TCG (a fork and re-exec per connection). So: until the first refusal shows the guest's
+/// network is up, a new probe starts every [`INTERVAL`] (each held one is cheap); after it, one
+/// probe at a time, each waiting as long as sshd needs. Every probe stamps its own banner.
 fn wait_for_banner(vm: &mut Machine, port: u16, deadline: Instant) -> Result<Instant> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let (tx, rx) = mpsc::channel::<Instant>();
-    let running = Arc::new(AtomicUsize::new(0));
-    loop {
-        if let Ok(t) = rx.try_recv() {
-            return Ok(t);
+    let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let (tx, rx) = mpsc::channel::<(bool, Outcome)>();
+    // Probes in flight, started before and after the guest's network was seen.
+    let mut pending = [0usize; 2];
+    let mut network = false;
+    let mut next_probe = Instant::now();
+    let mut next_exit_check = Instant::now() + EXIT_CHECK;
+    let result = loop {
+        let now = Instant::now();
+        if now >= next_probe {
+            let room = if network {
+                pending[1] == 0
+            } else {
+                pending[0] < EARLY_PROBES
+            };
+            if room {
+                pending[usize::from(network)] += 1;
+                let (tx, open, late) = (tx.clone(), open.clone(), network);
+                std::thread::spawn(move || {
+                    let _ = tx.send((late, probe_banner(addr, &open)));
+                });
+            }
+            next_probe = now + INTERVAL;
         }
-        if running.load(Ordering::SeqCst) < PROBES {
-            running.fetch_add(1, Ordering::SeqCst);
-            let (tx, running) = (tx.clone(), running.clone());
-            std::thread::spawn(move || {
-                if let Some(t) = probe_banner(addr) {
-                    let _ = tx.send(t);
-                }
-                running.fetch_sub(1, Ordering::SeqCst);
-            });
+        if now >= next_exit_check {
+            // Waits for QEMU's exit, at most one of its 100 ms polls.
+            if let Some(status) = vm.wait(Duration::from_millis(1)) {
+                break Err(anyhow!(
+                    "QEMU exited ({status}); console:\n{}",
+                    tail(&vm.console())
+                ));
+            }
+            next_exit_check = now + EXIT_CHECK;
         }
-        // Waits for QEMU to exit, at most one poll interval.
-        if let Some(status) = vm.wait(Duration::from_millis(100)) {
-            bail!("QEMU exited ({status}); console:\n{}", tail(&vm.console()));
-        }
-        if Instant::now() > deadline {
-            bail!(
+        if now > deadline {
+            break Err(anyhow!(
                 "no SSH banner on port {port} within {} s; console:\n{}",
                 TIMEOUT.as_secs(),
                 tail(&vm.console())
-            );
+            ));
         }
+        match rx.recv_timeout(next_probe.saturating_duration_since(Instant::now())) {
+            Ok((late, outcome)) => {
+                pending[usize::from(late)] -= 1;
+                match outcome {
+                    Outcome::Banner(t) => break Ok(t),
+                    Outcome::Refused => network = true,
+                    Outcome::Silent => {}
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
+        }
+    };
+    // Probes still waiting end now, so no sshd child lingers on them.
+    for s in open.lock().expect("probe list").drain(..) {
+        let _ = s.shutdown(Shutdown::Both);
     }
+    result
 }
 
-fn probe_banner(addr: SocketAddr) -> Option<Instant> {
-    let mut s = TcpStream::connect_timeout(&addr, PROBE_READ).ok()?;
-    s.set_read_timeout(Some(PROBE_READ)).ok()?;
+/// How one banner probe ended.
+enum Outcome {
+    /// "SSH-" arrived at this host time.
+    Banner(Instant),
+    /// Closed or reset without a banner: the guest answered, nothing listened.
+    Refused,
+    /// Nothing within [`PROBE_TIMEOUT`].
+    Silent,
+}
+
+fn probe_banner(addr: SocketAddr, open: &Mutex<Vec<TcpStream>>) -> Outcome {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) else {
+        return Outcome::Silent;
+    };
+    if s.set_read_timeout(Some(PROBE_TIMEOUT)).is_err() {
+        return Outcome::Silent;
+    }
+    if let Ok(c) = s.try_clone() {
+        open.lock().expect("probe list").push(c);
+    }
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     loop {
-        let n = s.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        got.extend_from_slice(&buf[..n]);
-        if got.windows(4).any(|w| w == b"SSH-") {
-            return Some(Instant::now());
+        match s.read(&mut buf) {
+            Ok(0) => return Outcome::Refused,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"SSH-") {
+                    return Outcome::Banner(Instant::now());
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Outcome::Refused,
+            Err(_) => return Outcome::Silent,
         }
     }
 }
@@ -180,14 +246,17 @@ fn probe_banner(addr: SocketAddr) -> Option<Instant> {
 /// The script run in the one measuring session, as root. `/proc/uptime` comes first: its
 /// arrival time on the host anchors the guest's clock.
 fn script(chain: bool) -> String {
+    // Memory is read as soon as startup finished; the slower log reading comes after it.
     let mut s = String::from(
         "cat /proc/uptime\n\
-         echo @@init; dmesg | grep -m1 'Run /init as init process'\n\
          echo @@state; systemctl is-system-running --wait\n\
-         echo @@manager; systemctl show -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic\n\
-         echo @@multiuser; systemctl show -p ActiveEnterTimestampMonotonic multi-user.target\n\
          echo @@free; free -m\n\
          echo @@ps; ps -eo rss=,comm= --sort=-rss | head -n 5\n\
+         echo @@uname; uname -r\n\
+         echo @@init; dmesg | grep -m1 'Run /init as init process'\n\
+         echo @@manager; systemctl show -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic\n\
+         echo @@multiuser; systemctl show -p ActiveEnterTimestampMonotonic multi-user.target\n\
+         echo @@network; journalctl -b -o short-monotonic --no-pager -u systemd-networkd.service | grep -m1 'DHCPv4 address'\n\
          echo @@sshd; journalctl -b -o short-monotonic --no-pager -u ssh.service | grep -m1 'Server listening'\n",
     );
     if chain {
@@ -356,6 +425,11 @@ impl Remote {
             init: kernel + init,
             systemd: kernel + self.property("manager", "UserspaceTimestampMonotonic")?,
             multi_user: kernel + self.property("multiuser", "ActiveEnterTimestampMonotonic")?,
+            network: self
+                .section("network")
+                .first()
+                .and_then(|l| bracketed(l))
+                .map(|t| kernel + t),
             sshd_listening: self
                 .section("sshd")
                 .first()
@@ -363,7 +437,9 @@ impl Remote {
                 .map(|t| kernel + t),
             sshd: banner.duration_since(qemu).as_secs_f64(),
             finished: kernel + self.property("manager", "FinishTimestampMonotonic")?,
+            login: read_at.duration_since(qemu).as_secs_f64(),
             state: self.section("state").join(" ").trim().to_string(),
+            kernel_release: self.section("uname").join(" ").trim().to_string(),
             used_mib,
             top,
             critical_chain: chain.then(|| self.section("chain").join("\n")),

@@ -18,18 +18,20 @@ const ROWS: &[Metric] = &[
     ("kernel start", |b| Some(b.kernel)),
     ("initramfs /init", |b| Some(b.init)),
     ("systemd (real init)", |b| Some(b.systemd)),
-    ("multi-user.target", |b| Some(b.multi_user)),
+    ("network up (DHCP, journal)", |b| b.network),
     ("sshd listening (journal)", |b| b.sshd_listening),
     ("sshd banner", |b| Some(b.sshd)),
+    ("multi-user.target", |b| Some(b.multi_user)),
     ("startup finished", |b| Some(b.finished)),
+    ("measuring ssh logged in", |b| Some(b.login)),
     ("memory used, MiB", |b| Some(b.used_mib)),
 ];
 
 /// One line for a finished boot.
 pub fn line(run: usize, name: &str, b: &Boot) {
     println!(
-        "run {run} {name:<14} kernel {:6.2}  /init {:6.2}  systemd {:6.2}  multi-user {:6.2}  sshd {:6.2}  finished {:6.2} s  used {:4.0} MiB  ({})",
-        b.kernel, b.init, b.systemd, b.multi_user, b.sshd, b.finished, b.used_mib, b.state
+        "run {run} {name:<14} kernel {:6.2}  /init {:6.2}  systemd {:6.2}  multi-user {:6.2}  sshd {:6.2}  finished {:6.2} s  used {:4.0} MiB  ({}, {})",
+        b.kernel, b.init, b.systemd, b.multi_user, b.sshd, b.finished, b.used_mib, b.state, b.kernel_release
     );
 }
 
@@ -57,13 +59,13 @@ pub fn summary(series: &[Series; 4], runs: usize) {
     println!(
         "Medians of {runs} run(s); seconds since QEMU started (memory: after startup finished)"
     );
-    print!("{:<26}", "");
+    print!("{:<28}", "");
     for s in series {
         print!("{:>15}", s.name);
     }
     println!();
     for (label, f) in ROWS {
-        print!("{label:<26}");
+        print!("{label:<28}");
         for s in series {
             match median_of(s, *f) {
                 Some(v) if label.starts_with("memory") => print!("{v:>15.0}"),
