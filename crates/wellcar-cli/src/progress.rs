@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use wellcar_image::{BuildEvent, PackageStep, RootfsProgress};
+use wellcar_image::{BuildEvent, RootfsProgress};
 use wellcar_server::client::{OnUpload, UploadProgress};
 
 /// Whether to draw bars: stderr is a terminal.
@@ -223,7 +223,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use wellcar_image::Output;
+    use wellcar_image::{Output, PackageStep};
 
     #[test]
     fn plain_build_shows_stages_and_package_counts_now_and_then() {
