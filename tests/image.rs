@@ -239,8 +239,9 @@ fn boots_to_kernel(firmware: Firmware) {
     let mut vm = Machine::spawn(&machine(&b, firmware)).unwrap();
     vm.wait_for("Wellcar: booting USR-a", BOOT_TIMEOUT).unwrap();
     vm.wait_for("Linux version", BOOT_TIMEOUT).unwrap();
-    // The kernel echoes its command line right after the banner: GRUB passed the slot's hash.
-    let at = vm.wait_for("Command line:", BOOT_TIMEOUT).unwrap();
+    // The kernel echoes its command line (a notice, shown at the image's loglevel=6): GRUB
+    // passed the slot's hash.
+    let at = vm.wait_for("Kernel command line:", BOOT_TIMEOUT).unwrap();
     vm.wait_for_from(
         at,
         &format!("verity.usrhash={}", b.manifest.verity_root_hash),

@@ -42,6 +42,10 @@ terminal_input serial console
 terminal_output serial console
 
 set linux_console="console=tty0 console=ttyS0,115200n8"
+# Console verbosity: notices, warnings and errors of the kernel and the initramfs, and only
+# failed units of systemd (every console line costs boot time on a slow serial console). The
+# OEM grub.cfg may set it to "" for a full boot log.
+set linux_quiet="loglevel=6 systemd.show_status=error"
 set oem_id=""
 set linux_append=""
 search --no-floppy --label OEM --set oem_dev
@@ -52,7 +56,7 @@ set first_boot=""
 if [ -f "($root)/wellcar/first_boot" ]; then set first_boot="wellcar.first_boot=detected"; fi
 set oem=""
 if [ -n "$oem_id" ]; then set oem="wellcar.oem.id=$oem_id"; fi
-set linux_cmdline="mount.usrflags=ro root=LABEL=ROOT rootflags=rw consoleblank=0 panic=10 $linux_console $first_boot $oem $linux_append"
+set linux_cmdline="mount.usrflags=ro root=LABEL=ROOT rootflags=rw consoleblank=0 panic=10 $linux_console $linux_quiet $first_boot $oem $linux_append"
 
 "#,
     );

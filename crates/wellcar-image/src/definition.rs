@@ -78,6 +78,10 @@ pub struct SystemdUnits {
     /// container host does not need. A name in both lists is an error.
     #[serde(default)]
     pub disable: Vec<String>,
+    /// Units masked in the image (linked to `/dev/null` in its `/etc`): static units Debian
+    /// starts on every boot that cannot be disabled, and what they pull in.
+    #[serde(default)]
+    pub mask: Vec<String>,
 }
 
 impl OsDefinition {
@@ -132,12 +136,17 @@ impl OsDefinition {
         if self.user.uid == 0 {
             return bad("user.uid: the default user must not be root".into());
         }
-        if let Some((i, unit)) = (self.systemd.disable.iter().enumerate())
-            .find(|(_, u)| self.systemd.enable.contains(u))
-        {
-            return bad(format!(
-                "systemd.disable.{i}: `{unit}` is also in systemd.enable"
-            ));
+        let units = &self.systemd;
+        for (list, name) in [(&units.disable, "disable"), (&units.mask, "mask")] {
+            if let Some((i, unit)) = list
+                .iter()
+                .enumerate()
+                .find(|(_, u)| units.enable.contains(u))
+            {
+                return bad(format!(
+                    "systemd.{name}.{i}: `{unit}` is also in systemd.enable"
+                ));
+            }
         }
         Ok(())
     }
@@ -239,6 +248,12 @@ enable = ["ssh.service"]
         ));
         let err = OsDefinition::load(&p).unwrap_err().to_string();
         assert!(err.contains("systemd.disable.1: `ssh.service`"), "{err}");
+        let (_d, p) = write(&SAMPLE.replace(
+            "enable = [\"ssh.service\"]",
+            "enable = [\"ssh.service\"]\nmask = [\"ssh.service\"]",
+        ));
+        let err = OsDefinition::load(&p).unwrap_err().to_string();
+        assert!(err.contains("systemd.mask.0: `ssh.service`"), "{err}");
     }
 
     #[test]

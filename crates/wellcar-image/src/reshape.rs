@@ -95,7 +95,7 @@ pub fn reshape(
     write_os_release(&root, def, id)?;
     add_default_user(&root, def)?;
     units::enable_units(&root, def)?;
-    units::start_resolved_after_sysinit(&root)?;
+    units::start_after_sysinit(&root)?;
     let list: String = packages
         .iter()
         .map(|p| format!("{}\t{}\n", p.name, p.version))

@@ -4,9 +4,10 @@
 //! Contract:
 //! - `usr/lib/systemd/system-preset/10-wellcar.preset` enables every unit of the definition's
 //!   `[systemd] enable` and disables every unit of its `disable`, so systemd's first-boot
-//!   `preset-all` keeps them so; the image's `/etc` already has them enabled and disabled.
-//! - `systemd-resolved.service` is not ordered before `sysinit.target` (see
-//!   [`start_resolved_after_sysinit`]); everything else in Debian's units is as Debian ships it.
+//!   `preset-all` keeps them so; the image's `/etc` already has them enabled and disabled, and
+//!   the units of `mask` linked to `/dev/null`.
+//! - the units of [`NOT_BEFORE_SYSINIT`] are not ordered before `sysinit.target` (see
+//!   [`start_after_sysinit`]); everything else in Debian's units is as Debian ships it.
 
 use std::fs;
 use std::path::Path;
@@ -15,8 +16,13 @@ use crate::definition::OsDefinition;
 use crate::error::{BuildError, IoContext, Result};
 use crate::tools::{self, SYSTEMCTL};
 
-/// Debian's resolver unit, relative to the root.
-pub const RESOLVED_UNIT: &str = "usr/lib/systemd/system/systemd-resolved.service";
+/// Debian units that upstream orders before `sysinit.target` and Wellcar starts in parallel
+/// with it instead, relative to the root.
+pub const NOT_BEFORE_SYSINIT: &[&str] = &[
+    "usr/lib/systemd/system/systemd-resolved.service",
+    "usr/lib/systemd/system/systemd-timesyncd.service",
+    "usr/lib/systemd/system/systemd-update-utmp.service",
+];
 
 /// Writes the preset file and enables/disables the definition's units in `root`.
 pub fn enable_units(root: &Path, def: &OsDefinition) -> Result<()> {
@@ -36,7 +42,12 @@ pub fn enable_units(root: &Path, def: &OsDefinition) -> Result<()> {
     // into the tree to run update-rc.d. The root must be canonical: systemctl resolves the
     // tree's absolute symlinks under it and rejects results that do not start with it.
     let root = root.canonicalize().at("resolving", root)?;
-    for (verb, list) in [("enable", &units.enable), ("disable", &units.disable)] {
+    let verbs = [
+        ("enable", &units.enable),
+        ("disable", &units.disable),
+        ("mask", &units.mask),
+    ];
+    for (verb, list) in verbs {
         if list.is_empty() {
             continue;
         }
@@ -52,24 +63,29 @@ pub fn enable_units(root: &Path, def: &OsDefinition) -> Result<()> {
     Ok(())
 }
 
-/// Drops `sysinit.target` from the `Before=` line of systemd-resolved.service.
+/// Drops `sysinit.target` from the `Before=` lines of the units of [`NOT_BEFORE_SYSINIT`].
 ///
-/// Upstream orders the resolver before `sysinit.target` so that early units can resolve names.
-/// Nothing before `sysinit.target` resolves names on Wellcar, and the seconds the resolver takes
-/// to start on a slow machine held up every unit after `sysinit.target`. It stays before
-/// `network.target` and `nss-lookup.target`, so whatever resolves names still waits for it; it
-/// stays in `sysinit.target.wants`, which (a target without default dependencies) does not wait
-/// for it. A unit without that ordering fails the build, so a systemd that changes the unit is
-/// noticed.
-pub fn start_resolved_after_sysinit(root: &Path) -> Result<()> {
-    let path = root.join(RESOLVED_UNIT);
-    let text = fs::read_to_string(&path).at("reading", &path)?;
-    let edited = without_before(&text, "sysinit.target").ok_or_else(|| BuildError::Rootfs {
-        path: path.clone(),
-        message: "has no `Before=` line naming sysinit.target: check the boot order it now has"
-            .into(),
-    })?;
-    fs::write(&path, edited).at("writing", &path)
+/// Upstream orders the resolver and the time client before `sysinit.target` so that early units
+/// can resolve names and see a clock restored from the last boot, and the boot record in wtmp
+/// so that it comes first. Nothing before `sysinit.target` needs any of them on Wellcar, and
+/// the seconds each takes to start on a slow machine held up every unit after
+/// `sysinit.target`. They stay before `network.target`,
+/// `nss-lookup.target` and `time-set.target`, so whatever resolves names or needs the time
+/// still waits for them; they stay in `sysinit.target.wants`, which (a target without default
+/// dependencies) does not wait for what it wants. A unit without that ordering fails the
+/// build, so a systemd that changes these units is noticed.
+pub fn start_after_sysinit(root: &Path) -> Result<()> {
+    for unit in NOT_BEFORE_SYSINIT {
+        let path = root.join(unit);
+        let text = fs::read_to_string(&path).at("reading", &path)?;
+        let edited = without_before(&text, "sysinit.target").ok_or_else(|| BuildError::Rootfs {
+            path: path.clone(),
+            message: "has no `Before=` line naming sysinit.target: check the boot order it now has"
+                .into(),
+        })?;
+        fs::write(&path, edited).at("writing", &path)?;
+    }
+    Ok(())
 }
 
 /// `unit` with `target` removed from its `Before=` lines, or `None` if no such line names it.
@@ -119,12 +135,25 @@ mod tests {
     #[test]
     fn a_unit_without_the_ordering_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let unit = dir.path().join(RESOLVED_UNIT);
-        fs::create_dir_all(unit.parent().unwrap()).unwrap();
-        fs::write(&unit, "[Unit]\nBefore=network.target\n").unwrap();
-        let err = start_resolved_after_sysinit(dir.path()).unwrap_err();
+        for unit in NOT_BEFORE_SYSINIT {
+            let unit = dir.path().join(unit);
+            fs::create_dir_all(unit.parent().unwrap()).unwrap();
+            fs::write(&unit, DEBIAN_RESOLVED).unwrap();
+        }
+        let timesyncd = dir.path().join(NOT_BEFORE_SYSINIT[1]);
+        fs::write(&timesyncd, "[Unit]\nBefore=time-set.target\n").unwrap();
+        let err = start_after_sysinit(dir.path()).unwrap_err();
         assert!(err.to_string().contains("sysinit.target"), "{err}");
-        assert!(err.to_string().contains("systemd-resolved.service"), "{err}");
+        assert!(
+            err.to_string().contains("systemd-timesyncd.service"),
+            "{err}"
+        );
+        // The first unit was edited before the second was found wanting.
+        let resolved = fs::read_to_string(dir.path().join(NOT_BEFORE_SYSINIT[0])).unwrap();
+        assert!(
+            !resolved.contains("sysinit.target network.target"),
+            "{resolved}"
+        );
     }
 
     #[test]

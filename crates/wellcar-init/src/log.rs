@@ -42,9 +42,10 @@ impl Log {
         self.started.elapsed()
     }
 
-    /// One informational line (kernel log level 6).
+    /// One line of the boot's progress, at kernel log level 5 (notice): on the console with
+    /// the image's default `loglevel=6`, which hides the kernel's own informational lines.
     pub fn info(&mut self, message: &str) {
-        let line = format!("<6>wellcar-init: {message}\n");
+        let line = format!("<5>wellcar-init: {message}\n");
         match self.kmsg.as_mut().map(|k| k.write_all(line.as_bytes())) {
             Some(Ok(())) => {}
             _ => {
