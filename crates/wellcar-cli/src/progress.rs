@@ -4,10 +4,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::IsTerminal as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use wellcar_image::{BuildEvent, RootfsProgress};
 use wellcar_server::client::{OnUpload, UploadProgress};
 
@@ -101,9 +101,11 @@ impl TerminalBuild {
         let mut bar = self.bar.borrow_mut();
         match (&e, bar.as_ref()) {
             (BuildEvent::PhaseStarted { name }, _) => {
-                let pb = ProgressBar::new_spinner()
-                    .with_style(spinner_style())
-                    .with_prefix(*name);
+                let pb = bars().add(
+                    ProgressBar::new_spinner()
+                        .with_style(spinner_style())
+                        .with_prefix(*name),
+                );
                 pb.enable_steady_tick(Duration::from_millis(100));
                 *bar = Some(pb);
             }
@@ -115,6 +117,7 @@ impl TerminalBuild {
             }
             (BuildEvent::Rootfs(RootfsProgress::Stage(stage)), Some(pb)) => {
                 pb.set_style(spinner_style());
+                pb.unset_length();
                 pb.set_message(stage.clone());
                 *self.stage.borrow_mut() = stage.clone();
             }
@@ -124,25 +127,43 @@ impl TerminalBuild {
                     pb.set_length(u64::from(*total));
                 }
                 pb.set_position(u64::from(*done));
-                pb.set_message(format!("{}: {step}", self.stage.borrow()));
+                pb.set_message(format!("{step} · {}", self.stage.borrow()));
             }
-            (_, Some(pb)) => pb.println(format!("    {e}")),
-            (_, None) => eprintln!("    {e}"),
+            _ => bars().suspend(|| eprintln!("    {e}")),
         }
     }
 }
 
 fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{spinner:.green} {prefix:<10.bold} {elapsed:>4} {msg}")
+    ProgressStyle::with_template("{spinner:.green} {prefix:<10.bold} {elapsed_precise} {msg}")
         .expect("valid template")
 }
 
 fn package_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{spinner:.green} {prefix:<10.bold} {elapsed:>4} [{bar:30.cyan/blue}] {pos:>3}/{len} {msg}",
+        "{spinner:.green} {prefix:<10.bold} {elapsed_precise} [{bar:24.cyan/blue}] {pos:>3}/{len} {wide_msg}",
     )
     .expect("valid template")
     .progress_chars("=> ")
+}
+
+/// Every bar draws through this, so that log lines can be written between two redraws.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
+
+/// Stderr for log lines (`tracing`): written while the progress bars are hidden.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        bars().suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// An upload progress reporter for stderr: a bar with bytes and rate on a terminal, else a
@@ -153,7 +174,7 @@ pub fn upload() -> OnUpload {
         Arc::new(move |p: UploadProgress| {
             let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
             let pb = bar.get_or_insert_with(|| {
-                ProgressBar::new(p.total).with_style(
+                bars().add(ProgressBar::new(p.total)).with_style(
                     ProgressStyle::with_template(
                         "uploading [{bar:30.cyan/blue}] {binary_bytes}/{binary_total_bytes} ({percent}%), {binary_bytes_per_sec}, {eta} left",
                     )
