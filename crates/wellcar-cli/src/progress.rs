@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use wellcar_image::{BuildEvent, RootfsProgress};
+use wellcar_image::{BuildEvent, PackageStep, RootfsProgress};
 use wellcar_server::client::{OnUpload, UploadProgress};
 
 /// Whether to draw bars: stderr is a terminal.
@@ -88,12 +88,15 @@ impl PlainBuild {
     }
 }
 
-/// A spinner per phase; mmdebstrap's package counts as a bar.
+/// A spinner per phase; mmdebstrap's package counts as a bar (downloads, then unpacking and
+/// setting up together, as dpkg interleaves them).
 #[derive(Debug, Default)]
 pub struct TerminalBuild {
     bar: RefCell<Option<ProgressBar>>,
     /// The current mmdebstrap stage.
     stage: RefCell<String>,
+    /// Per [`PackageStep`], packages done in this stage.
+    counts: Cell<[u32; 3]>,
 }
 
 impl TerminalBuild {
@@ -120,14 +123,31 @@ impl TerminalBuild {
                 pb.unset_length();
                 pb.set_message(stage.clone());
                 *self.stage.borrow_mut() = stage.clone();
+                self.counts.set([0; 3]);
             }
             (BuildEvent::Rootfs(RootfsProgress::Package { step, done, total }), Some(pb)) => {
-                if pb.length() != Some(u64::from(*total)) {
+                let mut counts = self.counts.get();
+                counts[*step as usize] = *done;
+                self.counts.set(counts);
+                let [downloaded, unpacked, set_up] = counts;
+                let (pos, len, what) = match step {
+                    PackageStep::Download => (
+                        downloaded,
+                        *total,
+                        format!("{downloaded}/{total} downloaded"),
+                    ),
+                    _ => (
+                        unpacked + set_up,
+                        2 * total,
+                        format!("{unpacked}/{total} unpacked, {set_up}/{total} set up"),
+                    ),
+                };
+                if pb.length() != Some(u64::from(len)) {
                     pb.set_style(package_style());
-                    pb.set_length(u64::from(*total));
+                    pb.set_length(u64::from(len));
                 }
-                pb.set_position(u64::from(*done));
-                pb.set_message(format!("{step} · {}", self.stage.borrow()));
+                pb.set_position(u64::from(pos));
+                pb.set_message(format!("{what} · {}", self.stage.borrow()));
             }
             _ => bars().suspend(|| eprintln!("    {e}")),
         }
@@ -141,7 +161,7 @@ fn spinner_style() -> ProgressStyle {
 
 fn package_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{spinner:.green} {prefix:<10.bold} {elapsed_precise} [{bar:24.cyan/blue}] {pos:>3}/{len} {wide_msg}",
+        "{spinner:.green} {prefix:<10.bold} {elapsed_precise} [{bar:24.cyan/blue}] {wide_msg}",
     )
     .expect("valid template")
     .progress_chars("=> ")
@@ -244,7 +264,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use wellcar_image::{Output, PackageStep};
+    use wellcar_image::Output;
 
     #[test]
     fn plain_build_shows_stages_and_package_counts_now_and_then() {
