@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo build --release --quiet -p wellcar-cli
+cargo build --release -p wellcar-cli
 scripts/build-guest.sh
 ./target/release/wellcar build --output out
 if [ "${WELLCAR_NO_BOOT:-0}" = 1 ]; then exit 0; fi
