@@ -187,7 +187,11 @@ impl Phases<'_> {
             Ok(v) => BuildEvent::PhaseDone {
                 name,
                 secs,
-                outputs: disk_usage(outputs(v))?,
+                // The sizes are for people: a failure to measure does not fail the build.
+                outputs: disk_usage(outputs(v)).unwrap_or_else(|e| {
+                    tracing::warn!("measuring what {name} made: {e}");
+                    Vec::new()
+                }),
             },
             Err(_) => BuildEvent::PhaseFailed { name, secs },
         };
@@ -527,4 +531,60 @@ pub fn default_source_date_epoch(definition: &Path) -> u64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    #[test]
+    fn phases_report_start_end_and_the_disk_usage_of_what_they_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, sparse) = (dir.path().join("tree"), dir.path().join("sparse.img"));
+        let events = RefCell::new(Vec::new());
+        let log = |e| events.borrow_mut().push(e);
+        let mut phases = Phases {
+            done: Vec::new(),
+            progress: &log,
+        };
+        let make = || {
+            std::fs::create_dir(&tree).unwrap();
+            std::fs::write(tree.join("data"), vec![1_u8; 1 << 20]).unwrap();
+            std::fs::File::create(&sparse)
+                .unwrap()
+                .set_len(1 << 30)
+                .unwrap();
+            Ok(())
+        };
+        phases
+            .run("make", make, |_| vec![tree.clone(), sparse.clone()])
+            .unwrap();
+        let fail = || -> Result<()> {
+            Err(BuildError::UsrTooLarge {
+                fs_size: 2,
+                capacity: 1,
+            })
+        };
+        phases.run("fail", fail, |_| Vec::new()).unwrap_err();
+
+        let events = events.take();
+        assert_eq!(events.len(), 4, "{events:#?}");
+        assert_eq!(events[0], BuildEvent::PhaseStarted { name: "make" });
+        let BuildEvent::PhaseDone { name, outputs, .. } = &events[1] else {
+            panic!("{:?}", events[1]);
+        };
+        assert_eq!(*name, "make");
+        assert_eq!(outputs[0].path, tree);
+        assert!(outputs[0].bytes >= 1 << 20, "{outputs:?}");
+        // A sparse image counts its data, not its length.
+        assert!(outputs[1].bytes < 1 << 20, "{outputs:?}");
+        assert!(matches!(
+            events[3],
+            BuildEvent::PhaseFailed { name: "fail", .. }
+        ));
+        let names: Vec<&str> = phases.done.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["make", "fail"]);
+    }
 }
