@@ -7,8 +7,8 @@
 #
 # Usage: scripts/bench-boot.sh [--runs N] [--build DIR]
 #   --runs N     boots of each kind (default 3); medians are printed
-#   --build DIR  use an existing `wellcar build` output instead of building os/wellcar.toml
-#                into target/vmtest/bench
+#   --build DIR  use an existing `wellcar build` output (relative: to the repository root)
+#                instead of building os/wellcar.toml into target/vmtest/bench
 # WELLCAR_ACCEL=tcg|kvm overrides the accelerator probe (crates/wellcar-vm). Needs root (the
 # Debian disk is made with mmdebstrap).
 set -euo pipefail

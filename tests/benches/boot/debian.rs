@@ -32,6 +32,8 @@ const LABEL: &str = "debroot";
 /// What a default Debian install adds for its initrd: initramfs-tools and its Recommends.
 const INITRD_PACKAGES: &[&str] = &["initramfs-tools", "busybox", "zstd"];
 const SECTOR: u64 = 512;
+/// GRUB menu timeout, seconds.
+pub const GRUB_TIMEOUT: u32 = 0;
 /// BIOS boot partition: sectors 2048..4095 (1 MiB); the root starts at 2 MiB.
 const BIOS_BOOT_START: u64 = 2048;
 const ROOT_START: u64 = 4096;
@@ -61,8 +63,6 @@ pub struct Spec<'a> {
     pub network: String,
     /// The ssh public key authorized for root.
     pub authorized_key: String,
-    /// GRUB menu timeout (Wellcar's).
-    pub grub_timeout: String,
     /// Console arguments of the kernel command line (Wellcar's).
     pub console: String,
     /// Size of the virtual disk (Wellcar's).
@@ -79,10 +79,12 @@ impl Spec<'_> {
     }
 
     /// Debian's grub.cfg as `update-grub` would write it for `GRUB_TERMINAL="console serial"`,
-    /// `GRUB_CMDLINE_LINUX="<console>"` and the default `GRUB_CMDLINE_LINUX_DEFAULT="quiet"`.
+    /// `GRUB_CMDLINE_LINUX="<console>"`, the default `GRUB_CMDLINE_LINUX_DEFAULT="quiet"` and
+    /// `GRUB_TIMEOUT=0` (a cloud image's: the anchor spends no time in the menu, whatever
+    /// Wellcar's menu does).
     fn grub_cfg(&self, kernel_version: &str) -> String {
         format!(
-            "set timeout={t}\n\
+            "set timeout={GRUB_TIMEOUT}\n\
              serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1\n\
              terminal_input serial console\n\
              terminal_output serial console\n\
@@ -90,7 +92,6 @@ impl Spec<'_> {
              \tlinux /boot/vmlinuz-{k} root=LABEL={LABEL} ro {c} quiet\n\
              \tinitrd /boot/initrd.img-{k}\n\
              }}\n",
-            t = self.grub_timeout,
             k = kernel_version,
             c = self.console,
         )

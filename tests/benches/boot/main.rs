@@ -29,8 +29,8 @@ struct Args {
     /// Boots of each kind (Wellcar first/later, Debian first/later); medians are printed.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// An existing `wellcar build` output directory (default: build os/wellcar.toml into
-    /// target/vmtest/bench).
+    /// An existing `wellcar build` output directory, relative to the workspace root (default:
+    /// build os/wellcar.toml into target/vmtest/bench).
     #[arg(long)]
     build: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
@@ -75,11 +75,15 @@ fn main() -> Result<()> {
     let public = std::fs::read_to_string(key.with_extension("pub"))?;
 
     let built = match &args.build {
-        Some(dir) => Built {
-            dir: dir.clone(),
-            manifest: BuildManifest::read(dir)
-                .with_context(|| format!("reading the build in {}", dir.display()))?,
-        },
+        Some(dir) => {
+            // `cargo bench` runs in tests/: relative paths are the workspace root's.
+            let dir = workspace().join(dir);
+            Built {
+                manifest: BuildManifest::read(&dir)
+                    .with_context(|| format!("reading the build in {}", dir.display()))?,
+                dir,
+            }
+        }
         None => {
             eprintln!("bench: building os/wellcar.toml into target/vmtest/bench");
             build("bench", "1.0.0")
@@ -95,7 +99,6 @@ fn main() -> Result<()> {
         network: std::fs::read_to_string(&network)
             .with_context(|| format!("reading {}", network.display()))?,
         authorized_key: public.trim().to_string(),
-        grub_timeout: grub_setting(&grub, "timeout").unwrap_or_else(|| "1".into()),
         console: grub_setting(&grub, "linux_console")
             .unwrap_or_else(|| "console=ttyS0,115200n8".into()),
         disk_size: wellcar_image::disk::image_size(),
@@ -130,10 +133,11 @@ fn main() -> Result<()> {
         built.manifest.version
     );
     println!(
-        "bench: Debian  {} (kernel cmdline: root=LABEL=debroot ro {} quiet; GRUB timeout {} s, as Wellcar's)",
+        "bench: Debian  {} (kernel cmdline: root=LABEL=debroot ro {} quiet; GRUB timeout {} s; Wellcar's: {} s)",
         debian_disk.display(),
         spec.console,
-        spec.grub_timeout
+        debian::GRUB_TIMEOUT,
+        grub_setting(&grub, "timeout").unwrap_or_else(|| "?".into()),
     );
 
     let wellcar = Guest {

@@ -6,11 +6,12 @@
 //! monotonic timestamps (dmesg's "Run /init", systemd's manager and multi-user.target
 //! timestamps) are offsets from it.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -64,13 +65,15 @@ pub struct Boot {
 
 /// How long one boot may take until its measurements are read.
 pub const TIMEOUT: Duration = Duration::from_secs(600);
-/// Time between banner probes.
-const INTERVAL: Duration = Duration::from_millis(250);
+/// Time between banner probes while the guest has no network.
+const EARLY_INTERVAL: Duration = Duration::from_millis(500);
 /// Probes held by QEMU at most while the guest has no network.
-const EARLY_PROBES: usize = 16;
+const EARLY_PROBES: usize = 10;
+/// Time between banner probes once the guest refuses them.
+const LATE_INTERVAL: Duration = Duration::from_millis(250);
 /// A probe that gets neither a banner nor a refusal is given up after this; far longer than
 /// sshd takes to send its banner on a loaded TCG guest.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the banner wait checks that QEMU still runs.
 const EXIT_CHECK: Duration = Duration::from_secs(2);
 
@@ -135,39 +138,59 @@ fn ssh(guest: &Guest, port: u16) -> Command {
     cmd
 }
 
-/// Polls the forwarded port until the guest's sshd sends "SSH-".
+/// Polls the forwarded port until the guest's sshd sends "SSH-"; returns when it arrived.
 ///
-/// QEMU accepts every connection itself. While the guest has no address, it holds the
-/// connection and retries the guest's SYN with backoff; once the guest has one, the connection
-/// is closed at once when nothing listens, or reaches sshd, whose banner can take seconds under
-/// TCG (a fork and re-exec per connection). So: until the first refusal shows the guest's
-/// network is up, a new probe starts every [`INTERVAL`] (each held one is cheap); after it, one
-/// probe at a time, each waiting as long as sshd needs. Every probe stamps its own banner.
+/// QEMU accepts every connection itself, and then:
+/// - while the guest has no address, holds it and retries the SYN (seconds apart): such a
+///   probe costs the guest nothing, and closing it costs nothing either;
+/// - once the guest has one and nothing listens, closes it at once (the guest's RST);
+/// - once sshd listens, hands it to sshd, whose banner can take seconds under TCG (a fork
+///   and re-exec per connection). A probe closed then still costs the guest that work, so
+///   closing probes on a timeout piles up sshd children and delays the banner it measures.
+///
+/// So: until the first refusal, a new probe every [`EARLY_INTERVAL`], at most
+/// [`EARLY_PROBES`] held (the oldest is closed, to keep young probes whose SYN QEMU retries
+/// soon); after it, one probe at a time, each waiting as long as sshd needs. Each probe stamps
+/// its own banner.
 fn wait_for_banner(vm: &mut Machine, port: u16, deadline: Instant) -> Result<Instant> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-    let (tx, rx) = mpsc::channel::<(bool, Outcome)>();
-    // Probes in flight, started before and after the guest's network was seen.
-    let mut pending = [0usize; 2];
-    let mut network = false;
+    let (tx, rx) = mpsc::channel::<(u64, Outcome)>();
+    // Probes still waiting: (id, started after the first refusal, a handle to close it).
+    let mut live: VecDeque<(u64, bool, TcpStream)> = VecDeque::new();
+    let mut ids = 0u64;
+    let mut refused = false;
     let mut next_probe = Instant::now();
     let mut next_exit_check = Instant::now() + EXIT_CHECK;
     let result = loop {
         let now = Instant::now();
-        if now >= next_probe {
-            let room = if network {
-                pending[1] == 0
-            } else {
-                pending[0] < EARLY_PROBES
-            };
-            if room {
-                pending[usize::from(network)] += 1;
-                let (tx, open, late) = (tx.clone(), open.clone(), network);
-                std::thread::spawn(move || {
-                    let _ = tx.send((late, probe_banner(addr, &open)));
-                });
+        let room = if refused {
+            !live.iter().any(|(_, late, _)| *late)
+        } else {
+            true
+        };
+        if now >= next_probe && room {
+            if !refused && live.len() >= EARLY_PROBES {
+                if let Some((_, _, oldest)) = live.pop_front() {
+                    let _ = oldest.shutdown(Shutdown::Both);
+                }
             }
-            next_probe = now + INTERVAL;
+            // QEMU listens on the port as soon as it starts; until then, try again later.
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                if let Ok(handle) = s.try_clone() {
+                    ids += 1;
+                    live.push_back((ids, refused, handle));
+                    let (tx, id) = (tx.clone(), ids);
+                    std::thread::spawn(move || {
+                        let _ = tx.send((id, probe_banner(s)));
+                    });
+                }
+            }
+            next_probe = now
+                + if refused {
+                    LATE_INTERVAL
+                } else {
+                    EARLY_INTERVAL
+                };
         }
         if now >= next_exit_check {
             // Waits for QEMU's exit, at most one of its 100 ms polls.
@@ -186,12 +209,20 @@ fn wait_for_banner(vm: &mut Machine, port: u16, deadline: Instant) -> Result<Ins
                 tail(&vm.console())
             ));
         }
-        match rx.recv_timeout(next_probe.saturating_duration_since(Instant::now())) {
-            Ok((late, outcome)) => {
-                pending[usize::from(late)] -= 1;
+        let wake = if room { next_probe } else { next_exit_check };
+        match rx.recv_timeout(
+            wake.min(next_exit_check)
+                .saturating_duration_since(Instant::now()),
+        ) {
+            Ok((id, outcome)) => {
+                // A probe closed above reports too; only live ones count.
+                let Some(i) = live.iter().position(|(l, _, _)| *l == id) else {
+                    continue;
+                };
+                live.remove(i);
                 match outcome {
                     Outcome::Banner(t) => break Ok(t),
-                    Outcome::Refused => network = true,
+                    Outcome::Refused => refused = true,
                     Outcome::Silent => {}
                 }
             }
@@ -199,8 +230,7 @@ fn wait_for_banner(vm: &mut Machine, port: u16, deadline: Instant) -> Result<Ins
             Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
         }
     };
-    // Probes still waiting end now, so no sshd child lingers on them.
-    for s in open.lock().expect("probe list").drain(..) {
+    for (_, _, s) in live {
         let _ = s.shutdown(Shutdown::Both);
     }
     result
@@ -210,21 +240,15 @@ fn wait_for_banner(vm: &mut Machine, port: u16, deadline: Instant) -> Result<Ins
 enum Outcome {
     /// "SSH-" arrived at this host time.
     Banner(Instant),
-    /// Closed or reset without a banner: the guest answered, nothing listened.
+    /// Closed or reset without a banner (the guest refused, or the probe was closed).
     Refused,
     /// Nothing within [`PROBE_TIMEOUT`].
     Silent,
 }
 
-fn probe_banner(addr: SocketAddr, open: &Mutex<Vec<TcpStream>>) -> Outcome {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) else {
-        return Outcome::Silent;
-    };
+fn probe_banner(mut s: TcpStream) -> Outcome {
     if s.set_read_timeout(Some(PROBE_TIMEOUT)).is_err() {
         return Outcome::Silent;
-    }
-    if let Ok(c) = s.try_clone() {
-        open.lock().expect("probe list").push(c);
     }
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
