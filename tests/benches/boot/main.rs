@@ -33,6 +33,10 @@ struct Args {
     /// build os/wellcar.toml into target/vmtest/bench).
     #[arg(long)]
     build: Option<PathBuf>,
+    /// Print each boot's banner probes and the guest's journal lines about ssh, network and
+    /// targets (seconds since QEMU started).
+    #[arg(long)]
+    verbose: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -143,13 +147,11 @@ fn main() -> Result<()> {
     let wellcar = Guest {
         name: "Wellcar",
         user: "core",
-        sudo: true,
         key: key.clone(),
     };
     let debian = Guest {
         name: "Debian",
         user: "root",
-        sudo: false,
         key,
     };
     let mut series = [
@@ -177,11 +179,21 @@ fn main() -> Result<()> {
             .enumerate()
         {
             let chain = run == 1 && guest.name == "Wellcar";
+            let extras = probe::Extras {
+                chain,
+                verbose: args.verbose,
+            };
             let dir = work.path().join(format!("{}-{run}", guest.name));
-            let (first, later) = boot_twice(&machine(disk), guest, &dir, chain)?;
+            let (first, later) = boot_twice(&machine(disk), guest, &dir, extras)?;
             let _ = std::fs::remove_dir_all(&dir);
             report::line(run, series[2 * i].name, &first);
             report::line(run, series[2 * i + 1].name, &later);
+            for (name, b) in [
+                (series[2 * i].name, &first),
+                (series[2 * i + 1].name, &later),
+            ] {
+                report::log(run, name, &b.log);
+            }
             if chain {
                 chains.push((series[2 * i].name, first.critical_chain.clone()));
                 chains.push((series[2 * i + 1].name, later.critical_chain.clone()));
@@ -201,15 +213,20 @@ fn main() -> Result<()> {
 
 /// A first boot on a fresh overlay of `cfg.image`, a clean poweroff, and a second boot of the
 /// disk the first one left.
-fn boot_twice(cfg: &MachineConfig, guest: &Guest, dir: &Path, chain: bool) -> Result<(Boot, Boot)> {
+fn boot_twice(
+    cfg: &MachineConfig,
+    guest: &Guest,
+    dir: &Path,
+    extras: probe::Extras,
+) -> Result<(Boot, Boot)> {
     let mut first_cfg = cfg.clone();
     first_cfg.state_dir = Some(probe::state_dir(dir, "first"));
-    let (mut vm, first) = probe::boot(&first_cfg, guest, chain)?;
+    let (mut vm, first) = probe::boot(&first_cfg, guest, extras)?;
     probe::poweroff(&mut vm, guest)?;
     let mut later_cfg = cfg.clone();
     later_cfg.image = vm.disk();
     later_cfg.state_dir = Some(probe::state_dir(dir, "later"));
-    let (_vm, later) = probe::boot(&later_cfg, guest, chain)?;
+    let (_vm, later) = probe::boot(&later_cfg, guest, extras)?;
     Ok((first, later))
 }
 

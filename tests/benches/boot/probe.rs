@@ -6,7 +6,6 @@
 //! monotonic timestamps (dmesg's "Run /init", systemd's manager and multi-user.target
 //! timestamps) are offsets from it.
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,8 +23,6 @@ pub struct Guest {
     pub name: &'static str,
     /// Login user.
     pub user: &'static str,
-    /// Whether root commands need `sudo`.
-    pub sudo: bool,
     /// The private key.
     pub key: PathBuf,
 }
@@ -43,7 +40,7 @@ pub struct Boot {
     pub multi_user: f64,
     /// systemd-networkd logged its DHCPv4 address (the guest's own journal).
     pub network: Option<f64>,
-    /// sshd logged "Server listening" (the guest's own journal).
+    /// sshd listened: its socket unit started, or sshd logged "Server listening".
     pub sshd_listening: Option<f64>,
     /// The first SSH banner arrived on the forwarded port.
     pub sshd: f64,
@@ -61,35 +58,59 @@ pub struct Boot {
     pub top: Vec<(u64, String)>,
     /// `systemd-analyze critical-chain`, when asked for.
     pub critical_chain: Option<String>,
+    /// With [`Extras::verbose`]: the banner probes and the guest's journal lines, on the same
+    /// axis.
+    pub log: Vec<String>,
 }
 
 /// How long one boot may take until its measurements are read.
 pub const TIMEOUT: Duration = Duration::from_secs(600);
-/// Time between banner probes while the guest has no network.
-const EARLY_INTERVAL: Duration = Duration::from_millis(500);
-/// Probes held by QEMU at most while the guest has no network.
-const EARLY_PROBES: usize = 10;
-/// Time between banner probes once the guest refuses them.
-const LATE_INTERVAL: Duration = Duration::from_millis(250);
+/// Time between the starts of two banner probes at least.
+const INTERVAL: Duration = Duration::from_millis(250);
 /// A probe that gets neither a banner nor a refusal is given up after this; far longer than
 /// sshd takes to send its banner on a loaded TCG guest.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the banner wait checks that QEMU still runs.
 const EXIT_CHECK: Duration = Duration::from_secs(2);
 
+/// What a boot collects besides the timings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras {
+    /// `systemd-analyze critical-chain`.
+    pub chain: bool,
+    /// The banner probes' log and the guest's journal lines about ssh, network and targets.
+    pub verbose: bool,
+}
+
 /// Boots `cfg` and measures it; returns the running machine with the measurements.
-pub fn boot(cfg: &MachineConfig, guest: &Guest, chain: bool) -> Result<(Machine, Boot)> {
+pub fn boot(cfg: &MachineConfig, guest: &Guest, extras: Extras) -> Result<(Machine, Boot)> {
     let mut vm = Machine::spawn(cfg).context("starting QEMU")?;
     let start = Instant::now();
     let deadline = start + TIMEOUT;
     let port = vm.ssh_port.context("ssh is not forwarded")?;
-    let banner = wait_for_banner(&mut vm, port, deadline)
+    let mut probes = Vec::new();
+    let banner = wait_for_banner(&mut vm, port, start, deadline, &mut probes)
         .with_context(|| format!("{}: waiting for sshd", guest.name))?;
-    let remote = read_guest(&mut vm, guest, port, chain, deadline)
+    let remote = read_guest(&mut vm, guest, port, extras, deadline)
         .with_context(|| format!("{}: reading the guest's timestamps", guest.name))?;
-    let boot = remote
-        .into_boot(start, banner, chain)
+    let mut boot = remote
+        .into_boot(start, banner, extras)
         .with_context(|| format!("{}: parsing the guest's timestamps", guest.name))?;
+    if extras.verbose {
+        boot.log.extend(probes);
+        let time = |l: &String| {
+            l.split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<f64>().ok())
+        };
+        boot.log.sort_by(|a, b| {
+            time(a)
+                .unwrap_or(f64::MAX)
+                .total_cmp(&time(b).unwrap_or(f64::MAX))
+        });
+    } else {
+        boot.log.clear();
+    }
     Ok((vm, boot))
 }
 
@@ -98,7 +119,7 @@ pub fn poweroff(vm: &mut Machine, guest: &Guest) -> Result<()> {
     let port = vm.ssh_port.context("ssh is not forwarded")?;
     // The session may be cut by the shutdown; the exit of QEMU is what counts.
     let _ = ssh(guest, port)
-        .arg(root_command(guest, "systemctl poweroff --no-block"))
+        .arg(root_command("systemctl poweroff --no-block"))
         .stdin(Stdio::null())
         .output();
     match vm.wait(TIMEOUT) {
@@ -112,12 +133,10 @@ pub fn poweroff(vm: &mut Machine, guest: &Guest) -> Result<()> {
     }
 }
 
-fn root_command(guest: &Guest, command: &str) -> String {
-    if guest.sudo {
-        format!("sudo {command}")
-    } else {
-        command.to_string()
-    }
+/// `command` as root. Through `sudo` even for root, so the measuring session runs the same
+/// processes on every guest.
+fn root_command(command: &str) -> String {
+    format!("sudo {command}")
 }
 
 fn ssh(guest: &Guest, port: u16) -> Command {
@@ -141,56 +160,60 @@ fn ssh(guest: &Guest, port: u16) -> Command {
 /// Polls the forwarded port until the guest's sshd sends "SSH-"; returns when it arrived.
 ///
 /// QEMU accepts every connection itself, and then:
-/// - while the guest has no address, holds it and retries the SYN (seconds apart): such a
+/// - while the guest has no address, holds it and retries the SYN after a few seconds: such a
 ///   probe costs the guest nothing, and closing it costs nothing either;
 /// - once the guest has one and nothing listens, closes it at once (the guest's RST);
-/// - once sshd listens, hands it to sshd, whose banner can take seconds under TCG (a fork
-///   and re-exec per connection). A probe closed then still costs the guest that work, so
-///   closing probes on a timeout piles up sshd children and delays the banner it measures.
+/// - once sshd (or its socket) listens, hands it over; the banner can take seconds under TCG
+///   (a fork and exec per connection). Closing such a probe before its banner still costs the
+///   guest all that work, and closing them on a short timeout piles up sshd instances that
+///   delay the very banner being measured.
 ///
-/// So: until the first refusal, a new probe every [`EARLY_INTERVAL`], at most
-/// [`EARLY_PROBES`] held (the oldest is closed, to keep young probes whose SYN QEMU retries
-/// soon); after it, one probe at a time, each waiting as long as sshd needs. Each probe stamps
-/// its own banner.
-fn wait_for_banner(vm: &mut Machine, port: u16, deadline: Instant) -> Result<Instant> {
+/// So one probe at a time. Until the guest refuses one (its network is up), a silent probe is
+/// replaced after [`patience`]: long enough for QEMU's SYN retry, growing with the boot's
+/// length so a slow banner is waited for. After a refusal, each probe waits as long as sshd
+/// needs. The probe stamps its own banner.
+fn wait_for_banner(
+    vm: &mut Machine,
+    port: u16,
+    start: Instant,
+    deadline: Instant,
+    log: &mut Vec<String>,
+) -> Result<Instant> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let at = |t: Instant| t.duration_since(start).as_secs_f64();
     let (tx, rx) = mpsc::channel::<(u64, Outcome)>();
-    // Probes still waiting: (id, started after the first refusal, a handle to close it).
-    let mut live: VecDeque<(u64, bool, TcpStream)> = VecDeque::new();
+    // The probe waiting: (id, when it started, a handle to close it).
+    let mut live: Option<(u64, Instant, TcpStream)> = None;
     let mut ids = 0u64;
     let mut refused = false;
-    let mut next_probe = Instant::now();
-    let mut next_exit_check = Instant::now() + EXIT_CHECK;
+    let mut next_probe = start;
+    let mut next_exit_check = start + EXIT_CHECK;
     let result = loop {
         let now = Instant::now();
-        let room = if refused {
-            !live.iter().any(|(_, late, _)| *late)
-        } else {
-            true
-        };
-        if now >= next_probe && room {
-            if !refused && live.len() >= EARLY_PROBES {
-                if let Some((_, _, oldest)) = live.pop_front() {
-                    let _ = oldest.shutdown(Shutdown::Both);
-                }
+        if let Some((_, started, s)) = &live {
+            if !refused && now >= *started + patience(started.duration_since(start)) {
+                let _ = s.shutdown(Shutdown::Both);
+                log.push(format!(
+                    "{:8.2} probe closed (started {:.2})",
+                    at(now),
+                    at(*started)
+                ));
+                live = None;
             }
-            // QEMU listens on the port as soon as it starts; until then, try again later.
+        }
+        if live.is_none() && now >= next_probe {
+            // QEMU listens on the port as soon as it runs; until then, try again later.
             if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 if let Ok(handle) = s.try_clone() {
                     ids += 1;
-                    live.push_back((ids, refused, handle));
+                    live = Some((ids, now, handle));
                     let (tx, id) = (tx.clone(), ids);
                     std::thread::spawn(move || {
                         let _ = tx.send((id, probe_banner(s)));
                     });
                 }
             }
-            next_probe = now
-                + if refused {
-                    LATE_INTERVAL
-                } else {
-                    EARLY_INTERVAL
-                };
+            next_probe = now + INTERVAL;
         }
         if now >= next_exit_check {
             // Waits for QEMU's exit, at most one of its 100 ms polls.
@@ -209,17 +232,27 @@ fn wait_for_banner(vm: &mut Machine, port: u16, deadline: Instant) -> Result<Ins
                 tail(&vm.console())
             ));
         }
-        let wake = if room { next_probe } else { next_exit_check };
+        let wake = match &live {
+            Some((_, started, _)) if !refused => *started + patience(started.duration_since(start)),
+            Some(_) => next_exit_check,
+            None => next_probe,
+        };
         match rx.recv_timeout(
             wake.min(next_exit_check)
                 .saturating_duration_since(Instant::now()),
         ) {
             Ok((id, outcome)) => {
-                // A probe closed above reports too; only live ones count.
-                let Some(i) = live.iter().position(|(l, _, _)| *l == id) else {
+                // A probe closed above reports too; only the live one counts.
+                if live.as_ref().map(|(l, _, _)| *l) != Some(id) {
                     continue;
+                }
+                let started = live.take().map(|(_, t, _)| at(t)).unwrap_or_default();
+                let (what, t) = match outcome {
+                    Outcome::Banner(t) => ("banner", t),
+                    Outcome::Refused => ("refused", Instant::now()),
+                    Outcome::Silent => ("silent", Instant::now()),
                 };
-                live.remove(i);
+                log.push(format!("{:8.2} probe {what} (started {started:.2})", at(t)));
                 match outcome {
                     Outcome::Banner(t) => break Ok(t),
                     Outcome::Refused => refused = true,
@@ -230,10 +263,17 @@ fn wait_for_banner(vm: &mut Machine, port: u16, deadline: Instant) -> Result<Ins
             Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
         }
     };
-    for (_, _, s) in live {
+    if let Some((_, _, s)) = live {
         let _ = s.shutdown(Shutdown::Both);
     }
     result
+}
+
+/// How long a silent probe started `since` the boot's start is kept before the guest has
+/// refused one: past QEMU's first SYN retry (3 s), and a tenth of the boot so far, so a slow
+/// banner after a late network is waited for.
+fn patience(since: Duration) -> Duration {
+    (since / 10).max(Duration::from_secs(4))
 }
 
 /// How one banner probe ended.
@@ -269,7 +309,7 @@ fn probe_banner(mut s: TcpStream) -> Outcome {
 
 /// The script run in the one measuring session, as root. `/proc/uptime` comes first: its
 /// arrival time on the host anchors the guest's clock.
-fn script(chain: bool) -> String {
+fn script(extras: Extras) -> String {
     // Memory is read as soon as startup finished; the slower log reading comes after it.
     let mut s = String::from(
         "cat /proc/uptime\n\
@@ -281,10 +321,17 @@ fn script(chain: bool) -> String {
          echo @@manager; systemctl show -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic\n\
          echo @@multiuser; systemctl show -p ActiveEnterTimestampMonotonic multi-user.target\n\
          echo @@network; journalctl -b -o short-monotonic --no-pager -u systemd-networkd.service | grep -m1 'DHCPv4 address'\n\
+         echo @@sshsocket; systemctl show -p ActiveEnterTimestampMonotonic sshd.socket ssh.socket\n\
          echo @@sshd; journalctl -b -o short-monotonic --no-pager -u ssh.service | grep -m1 'Server listening'\n",
     );
-    if chain {
+    if extras.chain {
         s.push_str("echo @@chain; systemd-analyze critical-chain --no-pager\n");
+    }
+    if extras.verbose {
+        s.push_str(
+            "echo @@journal; journalctl -b -o short-monotonic --no-pager \
+             | grep -E 'sshd|ssh\\.socket|DHCPv4|Reached target|Startup finished' | head -n 60\n",
+        );
     }
     s.push_str("echo @@end\n");
     s
@@ -301,13 +348,13 @@ fn read_guest(
     vm: &mut Machine,
     guest: &Guest,
     port: u16,
-    chain: bool,
+    extras: Extras,
     deadline: Instant,
 ) -> Result<Remote> {
-    let script = script(chain);
+    let script = script(extras);
     loop {
         let mut child = ssh(guest, port)
-            .arg(root_command(guest, "sh -s"))
+            .arg(root_command("sh -s"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -411,7 +458,21 @@ impl Remote {
         Ok(value / 1e6)
     }
 
-    fn into_boot(self, qemu: Instant, banner: Instant, chain: bool) -> Result<Boot> {
+    /// When sshd listened: its socket unit's start (socket activation), else sshd's own
+    /// "Server listening" line.
+    fn sshd_listening(&self) -> Option<f64> {
+        let socket = self
+            .section("sshsocket")
+            .iter()
+            .filter_map(|l| l.strip_prefix("ActiveEnterTimestampMonotonic="))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| *v > 0.0)
+            .map(|v| v / 1e6)
+            .reduce(f64::min);
+        socket.or_else(|| self.section("sshd").first().and_then(|l| bracketed(l)))
+    }
+
+    fn into_boot(self, qemu: Instant, banner: Instant, extras: Extras) -> Result<Boot> {
         let (read_at, uptime) = self.lines.first().context("no output")?;
         let uptime: f64 = uptime
             .split_whitespace()
@@ -454,11 +515,7 @@ impl Remote {
                 .first()
                 .and_then(|l| bracketed(l))
                 .map(|t| kernel + t),
-            sshd_listening: self
-                .section("sshd")
-                .first()
-                .and_then(|l| bracketed(l))
-                .map(|t| kernel + t),
+            sshd_listening: self.sshd_listening().map(|t| kernel + t),
             sshd: banner.duration_since(qemu).as_secs_f64(),
             finished: kernel + self.property("manager", "FinishTimestampMonotonic")?,
             login: read_at.duration_since(qemu).as_secs_f64(),
@@ -466,7 +523,15 @@ impl Remote {
             kernel_release: self.section("uname").join(" ").trim().to_string(),
             used_mib,
             top,
-            critical_chain: chain.then(|| self.section("chain").join("\n")),
+            critical_chain: extras.chain.then(|| self.section("chain").join("\n")),
+            log: self
+                .section("journal")
+                .iter()
+                .map(|l| match bracketed(l) {
+                    Some(t) => format!("{:8.2} {}", kernel + t, &l[l.find(']').unwrap_or(0) + 1..]),
+                    None => l.to_string(),
+                })
+                .collect(),
         })
     }
 }

@@ -19,7 +19,7 @@ const ROWS: &[Metric] = &[
     ("initramfs /init", |b| Some(b.init)),
     ("systemd (real init)", |b| Some(b.systemd)),
     ("network up (DHCP, journal)", |b| b.network),
-    ("sshd listening (journal)", |b| b.sshd_listening),
+    ("sshd listening (guest)", |b| b.sshd_listening),
     ("sshd banner", |b| Some(b.sshd)),
     ("multi-user.target", |b| Some(b.multi_user)),
     ("startup finished", |b| Some(b.finished)),
@@ -33,6 +33,17 @@ pub fn line(run: usize, name: &str, b: &Boot) {
         "run {run} {name:<14} kernel {:6.2}  /init {:6.2}  systemd {:6.2}  multi-user {:6.2}  sshd {:6.2}  finished {:6.2} s  used {:4.0} MiB  ({}, {})",
         b.kernel, b.init, b.systemd, b.multi_user, b.sshd, b.finished, b.used_mib, b.state, b.kernel_release
     );
+}
+
+/// A boot's `--verbose` log, if any.
+pub fn log(run: usize, name: &str, lines: &[String]) {
+    if lines.is_empty() {
+        return;
+    }
+    println!("run {run} {name}: banner probes and guest journal (s since QEMU start):");
+    for l in lines {
+        println!("  {l}");
+    }
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
