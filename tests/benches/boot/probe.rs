@@ -65,8 +65,16 @@ pub struct Boot {
 
 /// How long one boot may take until its measurements are read.
 pub const TIMEOUT: Duration = Duration::from_secs(600);
-/// Time between the starts of two banner probes at least.
-const INTERVAL: Duration = Duration::from_millis(250);
+/// Probes held while the guest has not answered one.
+const EARLY_PROBES: usize = 4;
+/// Time between opening those: with slirp's 12 s retry period, 4 probes 3 s apart get a SYN
+/// to the guest every 3 s.
+const EARLY_SPACING: Duration = Duration::from_secs(3);
+/// Time between probes once the guest refuses them (each refusal is immediate and cheap).
+const LATE_SPACING: Duration = Duration::from_millis(250);
+/// slirp drops a connection the guest never answered after 75 s; a close after about that
+/// long is no refusal.
+const SLIRP_GIVES_UP: Duration = Duration::from_secs(70);
 /// A probe that gets neither a banner nor a refusal is given up after this; far longer than
 /// sshd takes to send its banner on a loaded TCG guest.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -159,19 +167,19 @@ fn ssh(guest: &Guest, port: u16) -> Command {
 
 /// Polls the forwarded port until the guest's sshd sends "SSH-"; returns when it arrived.
 ///
-/// QEMU accepts every connection itself, and then:
-/// - while the guest has no address, holds it and retries the SYN after a few seconds: such a
-///   probe costs the guest nothing, and closing it costs nothing either;
-/// - once the guest has one and nothing listens, closes it at once (the guest's RST);
-/// - once sshd (or its socket) listens, hands it over; the banner can take seconds under TCG
-///   (a fork and exec per connection). Closing such a probe before its banner still costs the
-///   guest all that work, and closing them on a short timeout piles up sshd instances that
-///   delay the very banner being measured.
+/// QEMU (slirp) accepts every connection itself and sends the guest a SYN, retried 3, 9 and
+/// 21 s later and then every 12 s, until the guest answers or 75 s have passed. Before the
+/// guest has its address every try is lost; once it has one, the guest refuses (nothing
+/// listens yet) or hands the connection to sshd, whose banner can take seconds under TCG (a
+/// fork and exec per connection). Every probe opened before the network is up reaches the
+/// guest then, even one already closed here, and costs it an sshd if sshd listens, which would
+/// delay the very banner being measured.
 ///
-/// So one probe at a time. Until the guest refuses one (its network is up), a silent probe is
-/// replaced after [`patience`]: long enough for QEMU's SYN retry, growing with the boot's
-/// length so a slow banner is waited for. After a refusal, each probe waits as long as sshd
-/// needs. The probe stamps its own banner.
+/// So until the guest refuses a probe, [`EARLY_PROBES`] probes are held, opened
+/// [`EARLY_SPACING`] apart, so that some retry reaches the guest at most that long after its
+/// network comes up; one that slirp gives up on is replaced. After a refusal, one probe at a
+/// time: refused at once until sshd listens, then waiting as long as sshd needs. No probe is
+/// closed before the banner; each stamps its own.
 fn wait_for_banner(
     vm: &mut Machine,
     port: u16,
@@ -182,38 +190,39 @@ fn wait_for_banner(
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let at = |t: Instant| t.duration_since(start).as_secs_f64();
     let (tx, rx) = mpsc::channel::<(u64, Outcome)>();
-    // The probe waiting: (id, when it started, a handle to close it).
-    let mut live: Option<(u64, Instant, TcpStream)> = None;
+    // Probes waiting: (id, when opened, opened after a refusal, a handle to close it).
+    let mut live: Vec<(u64, Instant, bool, TcpStream)> = Vec::new();
     let mut ids = 0u64;
     let mut refused = false;
-    let mut next_probe = start;
+    let mut next_early = start;
+    let mut next_late = start;
     let mut next_exit_check = start + EXIT_CHECK;
     let result = loop {
         let now = Instant::now();
-        if let Some((_, started, s)) = &live {
-            if !refused && now >= *started + patience(started.duration_since(start)) {
-                let _ = s.shutdown(Shutdown::Both);
-                log.push(format!(
-                    "{:8.2} probe closed (started {:.2})",
-                    at(now),
-                    at(*started)
-                ));
-                live = None;
-            }
-        }
-        if live.is_none() && now >= next_probe {
-            // QEMU listens on the port as soon as it runs; until then, try again later.
+        let early = live.iter().filter(|p| !p.2).count();
+        let wants = if refused {
+            !live.iter().any(|p| p.2) && now >= next_late
+        } else {
+            early < EARLY_PROBES && now >= next_early
+        };
+        // QEMU listens on the port as soon as it runs; until then, try again later.
+        if wants {
             if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 if let Ok(handle) = s.try_clone() {
                     ids += 1;
-                    live = Some((ids, now, handle));
+                    live.push((ids, now, refused, handle));
                     let (tx, id) = (tx.clone(), ids);
                     std::thread::spawn(move || {
                         let _ = tx.send((id, probe_banner(s)));
                     });
+                    log.push(format!("{:8.2} probe {ids} opened", at(now)));
                 }
             }
-            next_probe = now + INTERVAL;
+            if refused {
+                next_late = now + LATE_SPACING;
+            } else {
+                next_early = now + EARLY_SPACING;
+            }
         }
         if now >= next_exit_check {
             // Waits for QEMU's exit, at most one of its 100 ms polls.
@@ -232,55 +241,51 @@ fn wait_for_banner(
                 tail(&vm.console())
             ));
         }
-        let wake = match &live {
-            Some((_, started, _)) if !refused => *started + patience(started.duration_since(start)),
-            Some(_) => next_exit_check,
-            None => next_probe,
-        };
+        let wake = if refused { next_late } else { next_early };
         match rx.recv_timeout(
             wake.min(next_exit_check)
                 .saturating_duration_since(Instant::now()),
         ) {
             Ok((id, outcome)) => {
-                // A probe closed above reports too; only the live one counts.
-                if live.as_ref().map(|(l, _, _)| *l) != Some(id) {
+                let Some(i) = live.iter().position(|p| p.0 == id) else {
                     continue;
-                }
-                let started = live.take().map(|(_, t, _)| at(t)).unwrap_or_default();
-                let (what, t) = match outcome {
-                    Outcome::Banner(t) => ("banner", t),
-                    Outcome::Refused => ("refused", Instant::now()),
-                    Outcome::Silent => ("silent", Instant::now()),
                 };
-                log.push(format!("{:8.2} probe {what} (started {started:.2})", at(t)));
-                match outcome {
-                    Outcome::Banner(t) => break Ok(t),
-                    Outcome::Refused => refused = true,
-                    Outcome::Silent => {}
+                let (_, opened, late, _) = live.remove(i);
+                let now = Instant::now();
+                let what = match outcome {
+                    Outcome::Banner(_) => "banner",
+                    // slirp gave up on it (75 s): not an answer from the guest.
+                    Outcome::Refused if !late && now - opened >= SLIRP_GIVES_UP => "expired",
+                    Outcome::Refused => {
+                        refused = true;
+                        "refused"
+                    }
+                    Outcome::Silent => "silent",
+                };
+                let t = match outcome {
+                    Outcome::Banner(t) => t,
+                    _ => now,
+                };
+                log.push(format!("{:8.2} probe {id} {what}", at(t)));
+                if let Outcome::Banner(t) = outcome {
+                    break Ok(t);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
         }
     };
-    if let Some((_, _, s)) = live {
+    for (_, _, _, s) in live {
         let _ = s.shutdown(Shutdown::Both);
     }
     result
-}
-
-/// How long a silent probe started `since` the boot's start is kept before the guest has
-/// refused one: past QEMU's first SYN retry (3 s), and a tenth of the boot so far, so a slow
-/// banner after a late network is waited for.
-fn patience(since: Duration) -> Duration {
-    (since / 10).max(Duration::from_secs(4))
 }
 
 /// How one banner probe ended.
 enum Outcome {
     /// "SSH-" arrived at this host time.
     Banner(Instant),
-    /// Closed or reset without a banner (the guest refused, or the probe was closed).
+    /// Closed or reset without a banner: the guest refused it (or slirp gave up on it).
     Refused,
     /// Nothing within [`PROBE_TIMEOUT`].
     Silent,
