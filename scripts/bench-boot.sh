@@ -9,6 +9,8 @@
 #   --runs N     boots of each kind (default 3); medians are printed
 #   --build DIR  use an existing `wellcar build` output (relative: to the repository root)
 #                instead of building os/wellcar.toml into target/vmtest/bench
+#   --verbose    print each boot's ssh banner probes and the guest's journal lines about ssh,
+#                network and targets, on the same time axis
 # WELLCAR_ACCEL=tcg|kvm overrides the accelerator probe (crates/wellcar-vm). Needs root (the
 # Debian disk is made with mmdebstrap).
 set -euo pipefail

@@ -65,11 +65,12 @@ pub struct Boot {
 
 /// How long one boot may take until its measurements are read.
 pub const TIMEOUT: Duration = Duration::from_secs(600);
-/// Probes held while the guest has not answered one.
-const EARLY_PROBES: usize = 4;
-/// Time between opening those: with slirp's 12 s retry period, 4 probes 3 s apart get a SYN
-/// to the guest every 3 s.
-const EARLY_SPACING: Duration = Duration::from_secs(3);
+/// Probes held while the guest has not answered one. Each one reaches the guest once its
+/// network is up (costing it an sshd if sshd listens then), so few; with slirp's 12 s retry
+/// period, 3 probes opened 4 s apart get a SYN to the guest at least every 4 s.
+const EARLY_PROBES: usize = 3;
+/// Time between opening those.
+const EARLY_SPACING: Duration = Duration::from_secs(4);
 /// Time between probes once the guest refuses them (each refusal is immediate and cheap).
 const LATE_SPACING: Duration = Duration::from_millis(250);
 /// slirp drops a connection the guest never answered after 75 s; a close after about that
@@ -177,9 +178,11 @@ fn ssh(guest: &Guest, port: u16) -> Command {
 ///
 /// So until the guest refuses a probe, [`EARLY_PROBES`] probes are held, opened
 /// [`EARLY_SPACING`] apart, so that some retry reaches the guest at most that long after its
-/// network comes up; one that slirp gives up on is replaced. After a refusal, one probe at a
-/// time: refused at once until sshd listens, then waiting as long as sshd needs. No probe is
-/// closed before the banner; each stamps its own.
+/// network comes up (the price of few probes: when sshd listens before the network, as a
+/// socket-activated one does, the banner is seen up to that much late); one that slirp gives
+/// up on is replaced. After a refusal, one probe at a time: refused at once until sshd
+/// listens, then waiting as long as sshd needs. No probe is closed before the banner; each
+/// stamps its own.
 fn wait_for_banner(
     vm: &mut Machine,
     port: u16,
