@@ -5,7 +5,7 @@
 # ~/.cache/wellcar/bench/), then prints the medians, the ratios Wellcar/Debian with their goals,
 # memory after boot and Wellcar's systemd critical chain (tests/benches/boot/).
 #
-# Usage: scripts/bench-boot.sh [--runs N] [--build DIR]
+# Usage: scripts/bench-boot.sh [--runs N] [--build DIR] [--verbose]
 #   --runs N     boots of each kind (default 3); medians are printed
 #   --build DIR  use an existing `wellcar build` output (relative: to the repository root)
 #                instead of building os/wellcar.toml into target/vmtest/bench
