@@ -213,12 +213,14 @@ fn wait_for_banner(
             if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 if let Ok(handle) = s.try_clone() {
                     ids += 1;
+                    // The guest logs the port (slirp keeps it): `sshd@...-10.0.2.2:PORT`.
+                    let local = handle.local_addr().map(|a| a.port()).unwrap_or_default();
+                    log.push(format!("{:8.2} probe {ids} opened, port {local}", at(now)));
                     live.push((ids, now, refused, handle));
                     let (tx, id) = (tx.clone(), ids);
                     std::thread::spawn(move || {
                         let _ = tx.send((id, probe_banner(s)));
                     });
-                    log.push(format!("{:8.2} probe {ids} opened", at(now)));
                 }
             }
             if refused {
