@@ -7,6 +7,7 @@
 //! `scripts/bench-boot.sh [--runs N]` builds what is needed first; by hand:
 //! `cargo bench -p wellcar-vmtests --bench boot -- --runs 1 [--build out]`.
 
+mod banner;
 mod debian;
 mod probe;
 mod report;
