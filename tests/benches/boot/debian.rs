@@ -162,7 +162,22 @@ fn build(spec: &Spec<'_>, work: &Path, disk: &Path) -> Result<()> {
     to_qcow2(&raw, &partial)?;
     fs::rename(&partial, disk).with_context(|| format!("publishing {}", disk.display()))?;
     eprintln!("bench: Debian disk built: {}", disk.display());
+    remove_other_disks(disk);
     Ok(())
+}
+
+/// Disks made from other inputs are stale: only the newest one is kept.
+fn remove_other_disks(keep: &Path) {
+    let Some(dir) = keep.parent() else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("debian-") && name.ends_with(".qcow2") && e.path() != keep {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 fn mmdebstrap(spec: &Spec<'_>, tree: &Path) -> Result<()> {
