@@ -82,6 +82,12 @@ pub struct SystemdUnits {
     /// starts on every boot that cannot be disabled, and what they pull in.
     #[serde(default)]
     pub mask: Vec<String>,
+    /// systemd generators (file names in `/usr/lib/systemd/system-generators`) that do not run
+    /// in the image, masked by a `/dev/null` link of the same name in
+    /// `/etc/systemd/system-generators`: each one is a process systemd waits for before it
+    /// starts any unit.
+    #[serde(default)]
+    pub skip_generators: Vec<String>,
 }
 
 impl OsDefinition {
@@ -145,6 +151,13 @@ impl OsDefinition {
             {
                 return bad(format!(
                     "systemd.{name}.{i}: `{unit}` is also in systemd.enable"
+                ));
+            }
+        }
+        for (i, g) in units.skip_generators.iter().enumerate() {
+            if g.is_empty() || g.contains('/') || g.starts_with('.') {
+                return bad(format!(
+                    "systemd.skip_generators.{i}: `{g}` is not a generator's file name"
                 ));
             }
         }
@@ -254,6 +267,16 @@ enable = ["ssh.service"]
         ));
         let err = OsDefinition::load(&p).unwrap_err().to_string();
         assert!(err.contains("systemd.mask.0: `ssh.service`"), "{err}");
+    }
+
+    #[test]
+    fn a_generator_path_is_refused() {
+        let (_d, p) = write(&SAMPLE.replace(
+            "enable = [\"ssh.service\"]",
+            "enable = [\"ssh.service\"]\nskip_generators = [\"systemd-sysv-generator\", \"../bin/sh\"]",
+        ));
+        let err = OsDefinition::load(&p).unwrap_err().to_string();
+        assert!(err.contains("systemd.skip_generators.1: `../bin/sh`"), "{err}");
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub fn reshape(
     add_default_user(&root, def)?;
     units::enable_units(&root, def)?;
     units::start_after_sysinit(&root)?;
+    units::skip_generators(&root, def)?;
     let list: String = packages
         .iter()
         .map(|p| format!("{}\t{}\n", p.name, p.version))

@@ -6,6 +6,8 @@
 //!   `[systemd] enable` and disables every unit of its `disable`, so systemd's first-boot
 //!   `preset-all` keeps them so; the image's `/etc` already has them enabled and disabled, and
 //!   the units of `mask` linked to `/dev/null`.
+//! - every generator of `skip_generators` exists in `usr/lib/systemd/system-generators` and is
+//!   masked by `etc/systemd/system-generators/<name> -> /dev/null` (see [`skip_generators`]).
 //! - the units of [`NOT_BEFORE_SYSINIT`] are not ordered before `sysinit.target` (see
 //!   [`start_after_sysinit`]); everything else in Debian's units is as Debian ships it.
 
@@ -59,6 +61,36 @@ pub fn enable_units(root: &Path, def: &OsDefinition) -> Result<()> {
                 .arg(verb)
                 .args(list),
         )?;
+    }
+    Ok(())
+}
+
+/// Where systemd looks for generators, and where a `/dev/null` link masks one.
+const GENERATORS: &str = "usr/lib/systemd/system-generators";
+const MASKED_GENERATORS: &str = "etc/systemd/system-generators";
+
+/// Masks the definition's `skip_generators` in `root`.
+///
+/// systemd runs every generator before it loads a unit, and waits for all of them; on a slow
+/// machine each costs a process start with `libsystemd-shared` to link. A name that is not a
+/// generator in the tree fails the build, so a masked generator that systemd renames or drops
+/// is noticed.
+pub fn skip_generators(root: &Path, def: &OsDefinition) -> Result<()> {
+    let masked = root.join(MASKED_GENERATORS);
+    for name in &def.systemd.skip_generators {
+        let generator = root.join(GENERATORS).join(name);
+        if !generator.is_file() {
+            return Err(BuildError::Rootfs {
+                path: generator,
+                message: "is in systemd.skip_generators but is no generator in the image".into(),
+            });
+        }
+        fs::create_dir_all(&masked).at("creating", &masked)?;
+        let link = masked.join(name);
+        if fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link).at("replacing", &link)?;
+        }
+        std::os::unix::fs::symlink("/dev/null", &link).at("linking to /dev/null", &link)?;
     }
     Ok(())
 }
@@ -130,6 +162,34 @@ mod tests {
             DEBIAN_RESOLVED.lines().count(),
             "{edited}"
         );
+    }
+
+    fn definition_skipping(generators: &[&str]) -> OsDefinition {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../os/wellcar.toml"),
+        )
+        .unwrap();
+        let mut def: OsDefinition = toml::from_str(&text).unwrap();
+        def.systemd.skip_generators = generators.iter().map(|g| g.to_string()).collect();
+        def
+    }
+
+    #[test]
+    fn skipped_generators_are_masked_and_unknown_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let generators = dir.path().join(GENERATORS);
+        fs::create_dir_all(&generators).unwrap();
+        fs::write(generators.join("systemd-sysv-generator"), "").unwrap();
+        skip_generators(dir.path(), &definition_skipping(&["systemd-sysv-generator"])).unwrap();
+        let link = dir.path().join(MASKED_GENERATORS).join("systemd-sysv-generator");
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("/dev/null"));
+        // Twice is the same as once (a rebuild over the same tree).
+        skip_generators(dir.path(), &definition_skipping(&["systemd-sysv-generator"])).unwrap();
+
+        let err = skip_generators(dir.path(), &definition_skipping(&["systemd-gone-generator"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("systemd-gone-generator"), "{err}");
     }
 
     #[test]

@@ -174,7 +174,7 @@ fn script(extras: Extras) -> String {
     if extras.verbose {
         s.push_str(
             "echo @@journal; journalctl -b -o short-monotonic --no-pager \
-             | grep -E 'sshd|ssh\\.socket|DHCPv4|Reached target|Startup finished' | head -n 60\n",
+             | grep -E 'sshd|ssh\\.socket|networkd|udevd|Reached target|Startup finished' | head -n 90\n",
         );
     }
     s.push_str("echo @@end\n");
