@@ -197,7 +197,7 @@ impl Machine {
         let overlay = dir.join("disk.qcow2");
         let _ = std::fs::remove_file(&overlay);
         run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .args(["create", "-q", "-f", "qcow2", "-F", backing_format(&image)?, "-b"])
             .arg(&image)
             .arg(&overlay))?;
         if let Some(size) = cfg.disk_size {
@@ -497,9 +497,37 @@ fn rand_u32() -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// `qcow2` when `image` starts with qcow2's magic, else `raw`: the overlay's backing format
+/// (QEMU refuses to guess it).
+fn backing_format(image: &Path) -> Result<&'static str, VmError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file = io(std::fs::File::open(image), "opening", image)?;
+    let read = io(file.read(&mut magic), "reading", image)?;
+    Ok(if read == 4 && magic == *b"QFI\xfb" {
+        "qcow2"
+    } else {
+        "raw"
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backing_format_is_read_from_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (qcow2, raw) = (dir.path().join("a.qcow2"), dir.path().join("a.img"));
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow2)
+            .arg("1M"))
+        .unwrap();
+        std::fs::write(&raw, [0u8; 512]).unwrap();
+        assert_eq!(backing_format(&qcow2).unwrap(), "qcow2");
+        assert_eq!(backing_format(&raw).unwrap(), "raw");
+    }
 
     #[test]
     fn missing_image_is_named() {
@@ -513,3 +541,4 @@ mod tests {
         assert_eq!(tail("a\nb\nc", 2), "b\nc");
     }
 }
+
