@@ -104,6 +104,8 @@ pub struct MachineConfig {
     pub ssh_port: Option<u16>,
     /// `guestfwd`s: (guest IP:port inside 10.0.2.0/24, host loopback port).
     pub guest_forwards: Vec<(String, u16)>,
+    /// More `hostfwd`s besides ssh: (host loopback port, guest TCP port).
+    pub host_forwards: Vec<(u16, u16)>,
     /// Serial console on this terminal instead of a captured pipe.
     pub interactive: bool,
     /// Directory for the overlay, firmware vars and console log (default: a temp dir).
@@ -123,6 +125,7 @@ impl MachineConfig {
             ignition: None,
             ssh_port: None,
             guest_forwards: Vec::new(),
+            host_forwards: Vec::new(),
             interactive: false,
             state_dir: None,
         }
@@ -269,6 +272,9 @@ impl Machine {
         let mut netdev = String::from("user,id=net0,restrict=on");
         if let Some(p) = ssh_port {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
+        }
+        for (host_port, guest_port) in &cfg.host_forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"));
         }
         for (guest, host_port) in &cfg.guest_forwards {
             netdev.push_str(&format!(",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"));

@@ -1,4 +1,24 @@
-//! Waiting for sshd's banner on the forwarded port, without the waiting itself slowing sshd.
+//! Waiting for sshd's banner on the forwarded port, without the waiting itself slowing sshd or
+//! adding QEMU's retry delays to the time measured.
+//!
+//! QEMU (slirp) accepts every forwarded connection itself and sends the guest a SYN, retried 3,
+//! 9 and 21 s later and then every 12 s, until the guest answers or 75 s have passed. Before the
+//! guest has its address (DHCP) every try is lost. An ssh probe opened then would reach the guest
+//! only at its next retry, up to 12 s after sshd could have answered, and every such probe costs
+//! the guest an sshd once one listens.
+//!
+//! So the wait has two phases:
+//! 1. **Network.** Every [`CANARY_SPACING`], a canary connection is opened to a second forwarded
+//!    port on which nothing in the guest listens ([`CANARY_GUEST_PORT`]). Each new canary's first
+//!    SYN goes out at once, so one reaches the guest at most that long after its network is up;
+//!    the guest's kernel refuses it (a reset, no process started), which closes the canary here.
+//! 2. **sshd.** From then on one ssh probe at a time: its SYN reaches the guest at once; it is
+//!    refused until sshd listens (the next follows [`SSH_SPACING`] later) and then waits as long
+//!    as sshd needs to send "SSH-".
+//!
+//! The banner's time is thus the guest's own readiness to within [`CANARY_SPACING`] or
+//! [`SSH_SPACING`], the same for every OS measured, whether sshd listens before its network is
+//! up (socket activation) or after.
 
 use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -10,85 +30,98 @@ use wellcar_vmtests::Machine;
 
 use crate::probe::{tail, TIMEOUT};
 
-/// Probes held while the guest has not answered one. Each one reaches the guest once its
-/// network is up (costing it an sshd if sshd listens then), so few; with slirp's 12 s retry
-/// period, 3 probes opened 4 s apart get a SYN to the guest at least every 4 s.
-const EARLY_PROBES: usize = 3;
-/// Time between opening those.
-const EARLY_SPACING: Duration = Duration::from_secs(4);
-/// Time between probes once the guest refuses them (each refusal is immediate and cheap).
-const LATE_SPACING: Duration = Duration::from_millis(250);
+/// The guest port the canaries go to: TCP discard, which neither Wellcar nor the Debian anchor
+/// serves, so the guest's kernel answers with a reset.
+pub const CANARY_GUEST_PORT: u16 = 9;
+/// Time between canaries while the guest's network is not up.
+const CANARY_SPACING: Duration = Duration::from_millis(500);
+/// Time between ssh probes once the network is up (each refusal is immediate and cheap).
+const SSH_SPACING: Duration = Duration::from_millis(250);
 /// slirp drops a connection the guest never answered after 75 s; a close after about that
-/// long is no refusal.
+/// long is no answer from the guest.
 const SLIRP_GIVES_UP: Duration = Duration::from_secs(70);
 /// A probe that gets neither a banner nor a refusal is given up after this; far longer than
 /// sshd takes to send its banner on a loaded TCG guest.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often the banner wait checks that QEMU still runs.
+/// How often the wait checks that QEMU still runs.
 const EXIT_CHECK: Duration = Duration::from_secs(2);
 
-/// Polls the forwarded port until the guest's sshd sends "SSH-"; returns when it arrived.
-///
-/// QEMU (slirp) accepts every connection itself and sends the guest a SYN, retried 3, 9 and
-/// 21 s later and then every 12 s, until the guest answers or 75 s have passed. Before the
-/// guest has its address every try is lost; once it has one, the guest refuses (nothing
-/// listens yet) or hands the connection to sshd, whose banner can take seconds under TCG (a
-/// fork and exec per connection). Every probe opened before the network is up reaches the
-/// guest then, even one already closed here, and costs it an sshd if sshd listens, which would
-/// delay the very banner being measured.
-///
-/// So until the guest refuses a probe, [`EARLY_PROBES`] probes are held, opened
-/// [`EARLY_SPACING`] apart, so that some retry reaches the guest at most that long after its
-/// network comes up (the price of few probes: when sshd listens before the network, as a
-/// socket-activated one does, the banner is seen up to that much late); one that slirp gives
-/// up on is replaced. After a refusal, one probe at a time: refused at once until sshd
-/// listens, then waiting as long as sshd needs. No probe is closed before the banner; each
-/// stamps its own.
+/// The forwarded ports: the guest's sshd and the canary port.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Host port forwarded to the guest's port 22.
+    pub ssh: u16,
+    /// Host port forwarded to [`CANARY_GUEST_PORT`].
+    pub canary: u16,
+}
+
+/// What a probe was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Canary,
+    Ssh,
+}
+
+/// A probe waiting for its answer.
+struct Live {
+    id: u64,
+    kind: Kind,
+    opened: Instant,
+    handle: TcpStream,
+}
+
+/// Polls until the guest's sshd sends "SSH-" on the forwarded port; returns when it arrived.
+/// Each probe's opening and ending goes into `log`, stamped in seconds since `start`.
 pub fn wait(
     vm: &mut Machine,
-    port: u16,
+    ports: Ports,
     start: Instant,
     deadline: Instant,
     log: &mut Vec<String>,
 ) -> Result<Instant> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let at = |t: Instant| t.duration_since(start).as_secs_f64();
     let (tx, rx) = mpsc::channel::<(u64, Outcome)>();
-    // Probes waiting: (id, when opened, opened after a refusal, a handle to close it).
-    let mut live: Vec<(u64, Instant, bool, TcpStream)> = Vec::new();
+    let mut live: Vec<Live> = Vec::new();
     let mut ids = 0u64;
-    let mut refused = false;
-    let mut next_early = start;
-    let mut next_late = start;
+    let mut network_up = false;
+    let mut next_probe = start;
     let mut next_exit_check = start + EXIT_CHECK;
     let result = loop {
         let now = Instant::now();
-        let early = live.iter().filter(|p| !p.2).count();
-        let wants = if refused {
-            !live.iter().any(|p| p.2) && now >= next_late
-        } else {
-            early < EARLY_PROBES && now >= next_early
-        };
-        // QEMU listens on the port as soon as it runs; until then, try again later.
-        if wants {
+        let waiting_ssh = live.iter().any(|p| p.kind == Kind::Ssh);
+        let kind = if network_up { Kind::Ssh } else { Kind::Canary };
+        if now >= next_probe && !(network_up && waiting_ssh) {
+            let port = match kind {
+                Kind::Canary => ports.canary,
+                Kind::Ssh => ports.ssh,
+            };
+            // QEMU listens on the port as soon as it runs; until then, try again later.
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
             if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 if let Ok(handle) = s.try_clone() {
                     ids += 1;
-                    // The guest logs the port (slirp keeps it): `sshd@...-10.0.2.2:PORT`.
-                    let local = handle.local_addr().map(|a| a.port()).unwrap_or_default();
-                    log.push(format!("{:8.2} probe {ids} opened, port {local}", at(now)));
-                    live.push((ids, now, refused, handle));
+                    if kind == Kind::Ssh {
+                        // The guest logs the port (slirp keeps it): `sshd@...-10.0.2.2:PORT`.
+                        let local = handle.local_addr().map(|a| a.port()).unwrap_or_default();
+                        log.push(format!("{:8.2} ssh probe {ids} opened, port {local}", at(now)));
+                    }
+                    live.push(Live {
+                        id: ids,
+                        kind,
+                        opened: now,
+                        handle,
+                    });
                     let (tx, id) = (tx.clone(), ids);
                     std::thread::spawn(move || {
                         let _ = tx.send((id, probe_banner(s)));
                     });
                 }
             }
-            if refused {
-                next_late = now + LATE_SPACING;
-            } else {
-                next_early = now + EARLY_SPACING;
-            }
+            next_probe = now
+                + match kind {
+                    Kind::Canary => CANARY_SPACING,
+                    Kind::Ssh => SSH_SPACING,
+                };
         }
         if now >= next_exit_check {
             // Waits for QEMU's exit, at most one of its 100 ms polls.
@@ -102,52 +135,61 @@ pub fn wait(
         }
         if now > deadline {
             break Err(anyhow!(
-                "no SSH banner on port {port} within {} s; console:\n{}",
+                "no SSH banner on port {} within {} s; console:\n{}",
+                ports.ssh,
                 TIMEOUT.as_secs(),
                 tail(&vm.console())
             ));
         }
-        let wake = if refused { next_late } else { next_early };
         match rx.recv_timeout(
-            wake.min(next_exit_check)
+            next_probe
+                .min(next_exit_check)
                 .saturating_duration_since(Instant::now()),
         ) {
             Ok((id, outcome)) => {
-                let Some(i) = live.iter().position(|p| p.0 == id) else {
+                let Some(i) = live.iter().position(|p| p.id == id) else {
                     continue;
                 };
-                let (_, opened, late, _) = live.remove(i);
+                let probe = live.remove(i);
                 let now = Instant::now();
-                let what = match outcome {
-                    Outcome::Banner(_) => "banner",
-                    // slirp gave up on it (75 s): not an answer from the guest.
-                    Outcome::Refused if !late && now - opened >= SLIRP_GIVES_UP => "expired",
-                    Outcome::Refused => {
-                        refused = true;
-                        "refused"
+                let answered = now - probe.opened < SLIRP_GIVES_UP;
+                match (probe.kind, outcome) {
+                    (_, Outcome::Banner(t)) => {
+                        log.push(format!("{:8.2} ssh probe {id} banner", at(t)));
+                        break Ok(t);
                     }
-                    Outcome::Silent => "silent",
-                };
-                let t = match outcome {
-                    Outcome::Banner(t) => t,
-                    _ => now,
-                };
-                log.push(format!("{:8.2} probe {id} {what}", at(t)));
-                if let Outcome::Banner(t) = outcome {
-                    break Ok(t);
+                    (Kind::Canary, Outcome::Refused) if answered && !network_up => {
+                        network_up = true;
+                        next_probe = now;
+                        log.push(format!(
+                            "{:8.2} network up: canary {id} refused by the guest",
+                            at(now)
+                        ));
+                        // The rest are not needed; closing them here costs the guest nothing.
+                        for p in live.iter().filter(|p| p.kind == Kind::Canary) {
+                            let _ = p.handle.shutdown(Shutdown::Both);
+                        }
+                    }
+                    (Kind::Ssh, Outcome::Refused) => {
+                        log.push(format!("{:8.2} ssh probe {id} refused", at(now)));
+                    }
+                    (Kind::Ssh, Outcome::Silent) => {
+                        log.push(format!("{:8.2} ssh probe {id} silent", at(now)));
+                    }
+                    (Kind::Canary, _) => {}
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the loop holds a sender"),
         }
     };
-    for (_, _, _, s) in live {
-        let _ = s.shutdown(Shutdown::Both);
+    for p in live {
+        let _ = p.handle.shutdown(Shutdown::Both);
     }
     result
 }
 
-/// How one banner probe ended.
+/// How one probe ended.
 enum Outcome {
     /// "SSH-" arrived at this host time.
     Banner(Instant),

@@ -117,11 +117,13 @@ fn main() -> Result<()> {
         .context("creating a temp dir")?;
     let ignition = work.path().join("config.ign");
     std::fs::write(&ignition, ignition_config(public.trim()))?;
+    let canary_port = wellcar_vm::machine::free_port().context("picking the canary port")?;
     let machine = |image: &Path| {
         let mut c = MachineConfig::new(image, accel);
         // Debian ignores the fw_cfg entry; passing it keeps both QEMU command lines the same.
         c.ignition = Some(ignition.clone());
         c.ssh_port = Some(0);
+        c.host_forwards = vec![(canary_port, banner::CANARY_GUEST_PORT)];
         c
     };
     let sample = machine(&wellcar_disk);

@@ -82,8 +82,15 @@ pub fn boot(cfg: &MachineConfig, guest: &Guest, extras: Extras) -> Result<(Machi
     let start = Instant::now();
     let deadline = start + TIMEOUT;
     let port = vm.ssh_port.context("ssh is not forwarded")?;
+    let canary = cfg
+        .host_forwards
+        .iter()
+        .find(|(_, guest)| *guest == banner::CANARY_GUEST_PORT)
+        .map(|(host, _)| *host)
+        .context("the canary port is not forwarded")?;
+    let ports = banner::Ports { ssh: port, canary };
     let mut probes = Vec::new();
-    let banner = banner::wait(&mut vm, port, start, deadline, &mut probes)
+    let banner = banner::wait(&mut vm, ports, start, deadline, &mut probes)
         .with_context(|| format!("{}: waiting for sshd", guest.name))?;
     let remote = read_guest(&mut vm, guest, port, extras, deadline)
         .with_context(|| format!("{}: reading the guest's timestamps", guest.name))?;
