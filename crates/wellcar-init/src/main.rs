@@ -256,6 +256,7 @@ fn boot_steps(
     log.step("mount-usr", |_| {
         let (mut flags, data) = sysroot::split_flags(&params.usr_flags);
         flags |= MountFlags::RDONLY;
+        let data = sysroot::usr_mount_data(&params.usr_fstype, data);
         sysroot::mount(
             &usr_device.display().to_string(),
             &sysroot.join("usr"),

@@ -142,6 +142,24 @@ pub fn split_flags(options: &str) -> (MountFlags, String) {
     (flags, data.join(","))
 }
 
+/// The mount data for `/usr`: `data` from `mount.usrflags`, plus, for EROFS,
+/// `cache_strategy=disabled` unless `mount.usrflags` chose a strategy.
+///
+/// EROFS's default (`readaround`) keeps compressed blocks in the page cache beside the files
+/// decompressed from them. That cache is reclaimable, but `free` counts much of it as used:
+/// measured after boot it was 28 MiB of page cache and 10 MiB of "used" memory more than the
+/// same packages on ext4. /usr is read once at boot, from a local disk, through dm-verity.
+pub fn usr_mount_data(fstype: &str, data: String) -> String {
+    if fstype != "erofs" || data.split(',').any(|o| o.starts_with("cache_strategy=")) {
+        return data;
+    }
+    if data.is_empty() {
+        "cache_strategy=disabled".into()
+    } else {
+        format!("{data},cache_strategy=disabled")
+    }
+}
+
 /// `mount(2)`, with an error naming what was mounted where.
 pub fn mount(
     source: &str,
@@ -192,6 +210,20 @@ pub fn mount_etc_overlay(root: &Path) -> Result<(), SysrootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn erofs_usr_gets_no_compressed_cache_unless_asked() {
+        assert_eq!(usr_mount_data("erofs", String::new()), "cache_strategy=disabled");
+        assert_eq!(
+            usr_mount_data("erofs", "acl".into()),
+            "acl,cache_strategy=disabled"
+        );
+        assert_eq!(
+            usr_mount_data("erofs", "cache_strategy=readaround".into()),
+            "cache_strategy=readaround"
+        );
+        assert_eq!(usr_mount_data("ext4", String::new()), "");
+    }
 
     #[test]
     fn skeleton_is_created_once_and_never_replaced() {
