@@ -8,6 +8,7 @@
 //! | `cancel` | a staged update that has not booted is dropped; refused if there is none |
 //! | `stage SLOT --root-hash H [--version V]` | after a verified write of SLOT: one try, not successful, top priority |
 //! | `check-usr` | health check: `/usr` is the dm-verity device over the booted slot with the recorded root hash |
+//! | `check-containerd` | health check: containerd's gRPC socket answers as an HTTP/2 server |
 //! | `trial-timeout` | `wellcar-trial-timeout.timer`: reboots a trial boot that was never marked good |
 //!
 //! The state lives on the ESP mounted at `/boot` (`--esp`); the booted slot comes from
@@ -17,6 +18,7 @@
 //! file (e.g. `check.rs` with `Opts` + `run`), and fill [`status::Status::update`] for the
 //! update section of `status`.
 
+pub mod containerd;
 pub mod ops;
 pub mod status;
 pub mod update;
@@ -65,6 +67,8 @@ pub enum Command {
     Stage(ops::StageOpts),
     /// Health check: /usr is the verity device of the booted slot.
     CheckUsr,
+    /// Health check: containerd answers on its gRPC socket.
+    CheckContainerd(containerd::Opts),
     /// Reboot if this is a trial boot (booted slot not marked good); run by a timer.
     TrialTimeout,
     /// Ask the update agent to check for an update now and wait for the result.
@@ -119,6 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel => ops::cancel(&ctx),
         Command::Stage(opts) => ops::stage(&ctx, &opts),
         Command::CheckUsr => ops::check_usr(&ctx),
+        Command::CheckContainerd(opts) => containerd::run(&opts),
         Command::TrialTimeout => ops::trial_timeout(&ctx),
         Command::Check(opts) => update::check(&opts),
     }

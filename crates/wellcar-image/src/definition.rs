@@ -276,7 +276,10 @@ enable = ["ssh.service"]
             "enable = [\"ssh.service\"]\nskip_generators = [\"systemd-sysv-generator\", \"../bin/sh\"]",
         ));
         let err = OsDefinition::load(&p).unwrap_err().to_string();
-        assert!(err.contains("systemd.skip_generators.1: `../bin/sh`"), "{err}");
+        assert!(
+            err.contains("systemd.skip_generators.1: `../bin/sh`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -180,15 +180,29 @@ mod tests {
         let generators = dir.path().join(GENERATORS);
         fs::create_dir_all(&generators).unwrap();
         fs::write(generators.join("systemd-sysv-generator"), "").unwrap();
-        skip_generators(dir.path(), &definition_skipping(&["systemd-sysv-generator"])).unwrap();
-        let link = dir.path().join(MASKED_GENERATORS).join("systemd-sysv-generator");
+        skip_generators(
+            dir.path(),
+            &definition_skipping(&["systemd-sysv-generator"]),
+        )
+        .unwrap();
+        let link = dir
+            .path()
+            .join(MASKED_GENERATORS)
+            .join("systemd-sysv-generator");
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("/dev/null"));
         // Twice is the same as once (a rebuild over the same tree).
-        skip_generators(dir.path(), &definition_skipping(&["systemd-sysv-generator"])).unwrap();
+        skip_generators(
+            dir.path(),
+            &definition_skipping(&["systemd-sysv-generator"]),
+        )
+        .unwrap();
 
-        let err = skip_generators(dir.path(), &definition_skipping(&["systemd-gone-generator"]))
-            .unwrap_err()
-            .to_string();
+        let err = skip_generators(
+            dir.path(),
+            &definition_skipping(&["systemd-gone-generator"]),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("systemd-gone-generator"), "{err}");
     }
 

@@ -213,7 +213,10 @@ mod tests {
 
     #[test]
     fn erofs_usr_gets_no_compressed_cache_unless_asked() {
-        assert_eq!(usr_mount_data("erofs", String::new()), "cache_strategy=disabled");
+        assert_eq!(
+            usr_mount_data("erofs", String::new()),
+            "cache_strategy=disabled"
+        );
         assert_eq!(
             usr_mount_data("erofs", "acl".into()),
             "acl,cache_strategy=disabled"

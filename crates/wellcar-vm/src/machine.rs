@@ -200,7 +200,15 @@ impl Machine {
         let overlay = dir.join("disk.qcow2");
         let _ = std::fs::remove_file(&overlay);
         run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", backing_format(&image)?, "-b"])
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                backing_format(&image)?,
+                "-b",
+            ])
             .arg(&image)
             .arg(&overlay))?;
         if let Some(size) = cfg.disk_size {
@@ -547,4 +555,3 @@ mod tests {
         assert_eq!(tail("a\nb\nc", 2), "b\nc");
     }
 }
-

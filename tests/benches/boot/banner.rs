@@ -103,7 +103,10 @@ pub fn wait(
                     if kind == Kind::Ssh {
                         // The guest logs the port (slirp keeps it): `sshd@...-10.0.2.2:PORT`.
                         let local = handle.local_addr().map(|a| a.port()).unwrap_or_default();
-                        log.push(format!("{:8.2} ssh probe {ids} opened, port {local}", at(now)));
+                        log.push(format!(
+                            "{:8.2} ssh probe {ids} opened, port {local}",
+                            at(now)
+                        ));
                     }
                     live.push(Live {
                         id: ids,
