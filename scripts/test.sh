@@ -12,5 +12,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 scripts/build-guest.sh
 # The update server's PostgreSQL tests start a private cluster themselves (initdb from the
 # postgresql package into a temp dir, on a free loopback port); WELLCAR_TEST_POSTGRES_URL points
-# them at an existing server instead.
+# them at an existing server instead. The Omaha and Ignition compatibility corpora are read from
+# ../shared/corpus beside the checkout; WELLCAR_CORPUS names another directory holding omaha/ and
+# ignition/.
 cargo test --workspace

@@ -1,4 +1,5 @@
-//! The shared Ignition conformance corpus (`/work/shared/corpus/ignition`, `INDEX.md`) as one
+//! The shared Ignition conformance corpus (`$WELLCAR_CORPUS/ignition`, by default
+//! `<checkout>/../shared/corpus/ignition`; `INDEX.md`) as one
 //! table-driven test.
 //!
 //! Expectations come from `INDEX.md` itself: `VALID` (optionally `with WARNING '<msg>'`),
@@ -15,11 +16,10 @@ use std::path::{Path, PathBuf};
 use crate::{apply, merge, parse_config, resolve_references, ParseError};
 
 fn corpus_dir() -> PathBuf {
-    std::env::var_os("WELLCAR_IGNITION_CORPUS")
+    std::env::var_os("WELLCAR_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/ignition")
-        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
+        .join("ignition")
 }
 
 /// A root like the blackbox base disk: root and core (500) accounts.
@@ -420,10 +420,7 @@ fn run_case(file: &str, outcome: &str, bytes: &[u8]) -> Result<(), String> {
 fn corpus_cases_match_index() {
     let dir = corpus_dir();
     let Ok(index) = fs::read_to_string(dir.join("INDEX.md")) else {
-        panic!(
-            "corpus not found at {} (set WELLCAR_IGNITION_CORPUS)",
-            dir.display()
-        );
+        panic!("corpus not found at {} (set WELLCAR_CORPUS)", dir.display());
     };
     let mut rows = Vec::new();
     for line in index.lines() {

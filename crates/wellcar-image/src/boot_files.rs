@@ -57,7 +57,7 @@ set first_boot=""
 if [ -f "($root)/wellcar/first_boot" ]; then set first_boot="wellcar.first_boot=detected"; fi
 set oem=""
 if [ -n "$oem_id" ]; then set oem="wellcar.oem.id=$oem_id"; fi
-set linux_cmdline="mount.usrflags=ro root=LABEL=ROOT rootflags=rw consoleblank=0 panic=10 $linux_console $linux_quiet $first_boot $oem $linux_append"
+set linux_cmdline="mount.usrflags=ro root=LABEL=ROOT rootflags=rw consoleblank=0 panic=10 transparent_hugepage=madvise $linux_console $linux_quiet $first_boot $oem $linux_append"
 
 "#,
     );
@@ -186,6 +186,8 @@ mod tests {
         assert!(cfg.contains("wellcar.first_boot=detected"));
         // A kernel panic (dm-verity corruption) reboots, so a bad slot falls back.
         assert!(cfg.contains(" panic=10 "));
+        // Huge pages only for programs that ask for them (ARCHITECTURE.md "Boot-time choices").
+        assert!(cfg.contains(" transparent_hugepage=madvise "));
         assert!(cfg.contains("source \"($oem_dev)/grub.cfg\""));
         // Functions are defined before the entries that call them.
         assert!(cfg.find("function wellcar_boot").unwrap() < cfg.find("menuentry").unwrap());

@@ -14,6 +14,8 @@
 //! This crate does no I/O and has no HTTP dependencies.
 
 mod codes;
+#[cfg(test)]
+mod corpus;
 mod request;
 mod response;
 mod xml;

@@ -265,13 +265,7 @@ mod tests {
     use super::*;
     use crate::FLATCAR_APP_ID;
 
-    fn corpus(name: &str) -> Vec<u8> {
-        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .canonicalize()
-            .unwrap();
-        let path = crate_dir.join("../../../shared/corpus/omaha").join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-    }
+    use crate::corpus::read as corpus;
 
     /// Fills the `%s` placeholders of Nebraska's templated requests (appid, track, machineid).
     fn templated(name: &str) -> Vec<u8> {

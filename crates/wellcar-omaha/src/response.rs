@@ -419,13 +419,7 @@ fn write_update_check(out: &mut String, uc: &UpdateCheckResponse) {
 mod tests {
     use super::*;
 
-    fn corpus(name: &str) -> Vec<u8> {
-        let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .canonicalize()
-            .unwrap();
-        let path = crate_dir.join("../../../shared/corpus/omaha").join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-    }
+    use crate::corpus::read as corpus;
 
     fn sha(b64: &str) -> [u8; 32] {
         base64::engine::general_purpose::STANDARD

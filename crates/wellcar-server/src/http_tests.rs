@@ -309,12 +309,17 @@ async fn fresh_server_seeds_and_answers(backend: Backend) {
     h.stop().await;
 }
 
+/// A file of the shared Omaha corpus: `$WELLCAR_CORPUS/omaha/`, by default
+/// `<checkout>/../shared/corpus/omaha/`.
 fn corpus(name: &str) -> String {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .canonicalize()
-        .unwrap();
-    let path = dir.join("../../../shared/corpus/omaha").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    let dir = std::env::var_os("WELLCAR_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+        });
+    let path = dir.join("omaha").join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {} (set WELLCAR_CORPUS): {e}", path.display()))
 }
 
 async fn corpus_requests_get_flatcar_acceptable_answers(backend: Backend) {
