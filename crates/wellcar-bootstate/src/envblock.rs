@@ -8,7 +8,7 @@
 //! a_tries=<0-f>\n                  ONE hex digit: GRUB rewrites it in place (see below)
 //! a_ok=<0|1>\n
 //! a_hash=<64 hex digits or empty>\n
-//! a_version=<version or empty>\n
+//! a_version=<OS version or empty>\n  wellcar_contract::OsVersion, at most 40 bytes
 //! b_prio=… b_tries=… b_ok=… b_hash=… b_version=…
 //! wc_seal=<generation>\n           equal to wc_gen when the copy was written completely
 //! ####…                            '#' padding to 512 bytes
@@ -267,7 +267,8 @@ mod tests {
         let mut s = BootState::fresh(H1, "1.0.0+dev").unwrap();
         s.b.tries = 15;
         s.b.priority = 15;
-        s.b.version = "x".repeat(40);
+        s.b.version = format!("1.0.0+{}", "x".repeat(34));
+        assert_eq!(s.b.version.len(), crate::state::MAX_VERSION_LEN);
         s.b.root_hash = H1.into();
         let block = encode(&s, 1234567890123);
         assert!(block.starts_with(b"# GRUB Environment Block\nwc_gen=1234567890123\na_prio=1\n"));
@@ -278,8 +279,26 @@ mod tests {
     }
 
     #[test]
+    fn versions_decode_when_empty_or_os_versions_only() {
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
+        assert_eq!(s.b.version, "");
+        assert_eq!(decode(&encode(&s, 3)), Ok((s.clone(), 3)));
+        for bad in ["1.2", "1.2.3.4", "v1.2.3", "1.0.0-rc1", "1.2.3+"] {
+            s.b.version = bad.into();
+            assert_eq!(
+                decode(&encode(&s, 3)),
+                Err(BlockError::Value {
+                    key: "b_version".into(),
+                    value: bad.into()
+                }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn highest_generation_sees_torn_leftovers() {
-        let s = BootState::fresh(H1, "1").unwrap();
+        let s = BootState::fresh(H1, "1.0.0").unwrap();
         let mut torn = encode(&s, 41);
         torn[..40].copy_from_slice(&encode(&s, 1000)[..40]);
         assert_eq!(highest_generation_mentioned(&torn), 1000);
@@ -288,7 +307,7 @@ mod tests {
 
     #[test]
     fn grub_decrement_changes_exactly_one_byte() {
-        let mut s = BootState::fresh(H1, "1").unwrap();
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
         s.b.tries = 1;
         let block = encode(&s, 7);
         let after = with_tries(&block, Slot::B, 0).unwrap();
@@ -300,7 +319,7 @@ mod tests {
 
     #[test]
     fn torn_and_garbage_blocks_are_rejected() {
-        let s = BootState::fresh(H1, "1").unwrap();
+        let s = BootState::fresh(H1, "1.0.0").unwrap();
         let old = encode(&s, 9);
         let mut t = s.clone();
         t.a.priority = 2;

@@ -12,13 +12,15 @@
 //! the machine always has somewhere to go back to.
 
 use serde::Serialize;
+use wellcar_contract::{OsVersion, VersionError};
 use wellcar_disk::Slot;
 
 /// Highest priority and highest tries value (4 bits each, as in the GPT attribute bits).
 pub const MAX_NIBBLE: u8 = 15;
 
-/// The longest version string a slot records.
-pub const MAX_VERSION_LEN: usize = 40;
+/// The longest version string a slot records (the [`OsVersion`] contract's limit, which is this
+/// block's: each copy of the state is one 512-byte GRUB environment block).
+pub const MAX_VERSION_LEN: usize = wellcar_contract::MAX_VERSION_LEN;
 
 /// One slot's boot attributes and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,7 +33,8 @@ pub struct SlotState {
     pub successful: bool,
     /// The slot's dm-verity root hash (64 lower-case hex digits), or empty if it holds nothing.
     pub root_hash: String,
-    /// The OS version the slot holds (`[A-Za-z0-9._+-]`, at most 40 bytes), or empty.
+    /// The OS version the slot holds (an [`OsVersion`]: `MAJOR.MINOR.PATCH[+build]`, at most 40
+    /// bytes), or empty.
     pub version: String,
 }
 
@@ -90,16 +93,19 @@ pub enum Refusal {
     /// Cancel found no staged update.
     #[error("nothing to cancel: {0}")]
     NothingStaged(String),
-    /// A root hash or version that cannot be stored.
+    /// A root hash that cannot be stored.
     #[error("invalid {field} {value:?}: {reason}")]
     InvalidValue {
-        /// `root_hash` or `version`.
+        /// `root_hash`.
         field: &'static str,
         /// The value given.
         value: String,
         /// What is wrong.
         reason: &'static str,
     },
+    /// A `version` that is not an [`OsVersion`].
+    #[error("invalid version: {0}")]
+    InvalidVersion(VersionError),
 }
 
 impl BootState {
@@ -307,21 +313,10 @@ pub fn check_root_hash(h: &str) -> Result<(), Refusal> {
     }
 }
 
-/// A version is 1-40 bytes of `[A-Za-z0-9._+-]`.
-pub fn check_version(v: &str) -> Result<(), Refusal> {
-    let ok = !v.is_empty()
-        && v.len() <= MAX_VERSION_LEN
-        && v.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"._+-".contains(&c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::InvalidValue {
-            field: "version",
-            value: v.into(),
-            reason: "expected 1-40 characters of A-Z a-z 0-9 . _ + -",
-        })
-    }
+/// A version a slot records is an [`OsVersion`] (never empty: only
+/// [`envblock::decode`](crate::envblock::decode) accepts an empty version, for an empty slot).
+pub fn check_version(v: &str) -> Result<OsVersion, Refusal> {
+    OsVersion::parse(v).map_err(Refusal::InvalidVersion)
 }
 
 #[cfg(test)]
@@ -361,20 +356,20 @@ mod tests {
 
     #[test]
     fn cgpt_prioritize_example() {
-        let mut s = BootState::fresh(H1, "1").unwrap();
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
         s.prioritize(Slot::B);
         assert_eq!((s.a.priority, s.b.priority), (1, 2));
         s.prioritize(Slot::A);
         assert_eq!((s.a.priority, s.b.priority), (2, 1));
         // A priority-0 slot stays at 0.
-        let mut s = BootState::fresh(H1, "1").unwrap();
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
         s.prioritize(Slot::A);
         assert_eq!((s.a.priority, s.b.priority), (1, 0));
     }
 
     #[test]
     fn ties_go_to_usr_a_and_priority_zero_never_boots() {
-        let mut s = BootState::fresh(H1, "1").unwrap();
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
         s.b = s.a.clone();
         assert_eq!(s.next_boot(), Some(Slot::A));
         s.a.priority = 0;
@@ -385,43 +380,73 @@ mod tests {
 
     #[test]
     fn refusals_name_the_reason() {
-        let mut s = BootState::fresh(H1, "1").unwrap();
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
         assert_eq!(
-            s.stage(Slot::A, Some(Slot::A), H2, "2"),
+            s.stage(Slot::A, Some(Slot::A), H2, "2.0.0"),
             Err(Refusal::SlotIsBooted(Slot::A))
         );
         let e = s.rollback(Slot::A).unwrap_err();
         assert!(e.to_string().contains("no verified /usr"), "{e}");
         let e = s.cancel(Slot::A).unwrap_err();
         assert!(e.to_string().contains("no staged update"), "{e}");
-        s.stage(Slot::B, Some(Slot::A), H2, "2").unwrap();
+        s.stage(Slot::B, Some(Slot::A), H2, "2.0.0").unwrap();
         let e = s.rollback(Slot::A).unwrap_err();
         assert!(e.to_string().contains("use `wellcar-update cancel`"), "{e}");
         assert_eq!(s.cancel(Slot::A), Ok(Slot::B));
         assert_eq!(attrs(&s), [(1, 0, true), (0, 0, false)]);
-        assert!(s.stage(Slot::B, Some(Slot::A), "XYZ", "2").is_err());
-        assert!(s.stage(Slot::B, Some(Slot::A), H2, "bad version!").is_err());
+        assert!(matches!(
+            s.stage(Slot::B, Some(Slot::A), "XYZ", "2.0.0"),
+            Err(Refusal::InvalidValue {
+                field: "root_hash",
+                ..
+            })
+        ));
+        let before = s.clone();
+        for bad in [
+            "bad version!",
+            "2",
+            "1.2",
+            "1.2.3.4",
+            "v1.2.3",
+            "1.0.0-rc1",
+            "",
+        ] {
+            let e = s.stage(Slot::B, Some(Slot::A), H2, bad).unwrap_err();
+            assert!(matches!(e, Refusal::InvalidVersion(_)), "{bad}: {e:?}");
+            assert!(e.to_string().starts_with("invalid version: "), "{e}");
+            assert!(BootState::fresh(H1, bad).is_err(), "{bad}");
+        }
+        assert_eq!(s, before, "a refused stage changes nothing");
+        let too_long = format!("1.0.0+{}", "x".repeat(MAX_VERSION_LEN - 5));
+        assert!(matches!(
+            check_version(&too_long),
+            Err(Refusal::InvalidVersion(VersionError::TooLong { .. }))
+        ));
+        assert_eq!(
+            check_version("4799.0.0+nightly-20260821-2100").map(|v| v.to_string()),
+            Ok("4799.0.0+nightly-20260821-2100".to_string())
+        );
     }
 
     #[test]
     fn staging_from_an_unmarked_trial_boot_is_refused() {
-        let mut s = BootState::fresh(H1, "1").unwrap();
-        s.stage(Slot::B, Some(Slot::A), H2, "2").unwrap();
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
+        s.stage(Slot::B, Some(Slot::A), H2, "2.0.0").unwrap();
         assert_eq!(s.bootloader_pick(), Some(Slot::B));
         // Running B (not yet good): writing A would destroy the only good slot.
         assert_eq!(
-            s.stage(Slot::A, Some(Slot::B), H1, "3"),
+            s.stage(Slot::A, Some(Slot::B), H1, "3.0.0"),
             Err(Refusal::NoGoodFallback { slot: Slot::B })
         );
         s.mark_good(Slot::B);
-        s.stage(Slot::A, Some(Slot::B), H1, "3").unwrap();
+        s.stage(Slot::A, Some(Slot::B), H1, "3.0.0").unwrap();
         assert_eq!(s.next_boot(), Some(Slot::A));
     }
 
     #[test]
     fn rollback_switches_to_the_previous_good_slot() {
-        let mut s = BootState::fresh(H1, "1").unwrap();
-        s.stage(Slot::B, Some(Slot::A), H2, "2").unwrap();
+        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
+        s.stage(Slot::B, Some(Slot::A), H2, "2.0.0").unwrap();
         s.bootloader_pick();
         s.mark_good(Slot::B);
         assert_eq!(s.rollback(Slot::B), Ok(Slot::A));

@@ -426,7 +426,12 @@ mod tests {
                             0 => {
                                 version += 1;
                                 let h = if rng.below(2) == 0 { H1 } else { H2 };
-                                next.stage(booted.other(), Some(booted), h, &format!("1.{version}"))
+                                next.stage(
+                                    booted.other(),
+                                    Some(booted),
+                                    h,
+                                    &format!("1.{version}.0"),
+                                )
                             }
                             1 => {
                                 next.mark_good(booted);

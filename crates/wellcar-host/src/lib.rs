@@ -6,7 +6,7 @@
 //! | `mark-good` | the booted slot becomes successful and top priority (run by `wellcar-mark-good.service` once `boot-complete.target` is reached) |
 //! | `rollback` | the other slot boots next; refused unless it holds a verified, previously good version |
 //! | `cancel` | a staged update that has not booted is dropped; refused if there is none |
-//! | `stage SLOT --root-hash H [--version V]` | after a verified write of SLOT: one try, not successful, top priority |
+//! | `stage SLOT --root-hash H --version V` | after a verified write of SLOT: one try, not successful, top priority |
 //! | `check-usr` | health check: `/usr` is the dm-verity device over the booted slot with the recorded root hash |
 //! | `check-containerd` | health check: containerd's gRPC socket answers as an HTTP/2 server |
 //! | `trial-timeout` | `wellcar-trial-timeout.timer`: reboots a trial boot that was never marked good |

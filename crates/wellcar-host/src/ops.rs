@@ -18,8 +18,9 @@ pub struct StageOpts {
     /// The slot's dm-verity root hash (64 hex digits), as verified after writing it.
     #[arg(long)]
     pub root_hash: String,
-    /// The OS version the slot now holds.
-    #[arg(long, default_value = "unknown")]
+    /// The OS version the slot now holds (MAJOR.MINOR.PATCH, optionally +build: the version
+    /// the update server and the payload name).
+    #[arg(long)]
     pub version: String,
 }
 

@@ -71,12 +71,28 @@ fn update_cycle_with_refusals() {
     refused(&run(&esp_dir, &on_a, &["rollback"]), "no verified /usr");
     refused(&run(&esp_dir, &on_a, &["cancel"]), "no staged update");
     refused(
-        &run(&esp_dir, &on_a, &["stage", "A", "--root-hash", H2]),
+        &run(
+            &esp_dir,
+            &on_a,
+            &["stage", "A", "--root-hash", H2, "--version", "1.1.0"],
+        ),
         "USR-A is the booted slot",
     );
     refused(
-        &run(&esp_dir, &on_a, &["stage", "B", "--root-hash", "nothex"]),
+        &run(
+            &esp_dir,
+            &on_a,
+            &["stage", "B", "--root-hash", "nothex", "--version", "1.1.0"],
+        ),
         "64 lower-case hex digits",
+    );
+    refused(
+        &run(
+            &esp_dir,
+            &on_a,
+            &["stage", "B", "--root-hash", H2, "--version", "1.1"],
+        ),
+        "invalid version",
     );
     assert_eq!(
         status(&esp_dir, &on_a)["generation"],

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use wellcar_contract::{OsVersion, VersionError};
 
 use crate::error::{BuildError, Result};
 
@@ -125,8 +126,8 @@ impl OsDefinition {
                 ));
             }
         }
-        if let Err(message) = check_version(&self.os.version) {
-            return bad(format!("os.version: {message}"));
+        if let Err(e) = check_version(&self.os.version) {
+            return bad(format!("os.version: {e}"));
         }
         if !self
             .os
@@ -173,19 +174,11 @@ impl OsDefinition {
     }
 }
 
-/// An OS version is dotted numbers (`1.2.3`), as Flatcar's, so updates can compare versions.
-pub fn check_version(version: &str) -> std::result::Result<(), String> {
-    let ok = !version.is_empty()
-        && version
-            .split('.')
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{version}` is not dot-separated numbers like 1.2.3"
-        ))
-    }
+/// An OS version follows the one contract every crate uses ([`OsVersion`]: `MAJOR.MINOR.PATCH`
+/// with optional `+build`, at most 40 bytes), so the build's version is one the payload, the
+/// boot state and the update server accept too.
+pub fn check_version(version: &str) -> std::result::Result<OsVersion, VersionError> {
+    OsVersion::parse(version)
 }
 
 #[cfg(test)]
@@ -240,17 +233,25 @@ enable = ["ssh.service"]
     }
 
     #[test]
-    fn versions_are_dotted_numbers() {
-        assert!(check_version("3510.2.0").is_ok());
+    fn versions_are_os_versions() {
+        assert_eq!(check_version("3510.2.0").unwrap().as_str(), "3510.2.0");
+        assert!(check_version("4799.0.0+nightly-20260821-2100").is_ok());
         assert!(check_version("1.0.0-rc1")
             .unwrap_err()
+            .to_string()
             .contains("1.0.0-rc1"));
         assert!(check_version("1..2").is_err());
-        let (_d, p) = write(&SAMPLE.replace("1.2.3", "v1"));
-        assert!(OsDefinition::load(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("os.version"));
+        // Dotted numbers of another count passed the old check; the payload and server refused.
+        assert!(check_version("1.2").is_err());
+        assert!(check_version("1.2.3.4").is_err());
+        for bad in ["v1", "1.2"] {
+            let (_d, p) = write(&SAMPLE.replace("1.2.3", bad));
+            let err = OsDefinition::load(&p).unwrap_err().to_string();
+            assert!(
+                err.contains("os.version") && err.contains(&format!("{bad:?}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

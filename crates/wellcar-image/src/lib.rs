@@ -245,13 +245,13 @@ pub fn build_with_progress(
                     .into(),
         });
     }
-    let version = opts
-        .version
-        .clone()
-        .unwrap_or_else(|| def.os.version.clone());
-    definition::check_version(&version).map_err(|message| BuildError::Definition {
+    let (version, field) = match &opts.version {
+        Some(v) => (v.clone(), "version override"),
+        None => (def.os.version.clone(), "os.version"),
+    };
+    definition::check_version(&version).map_err(|e| BuildError::Definition {
         path: opts.definition.clone(),
-        message: format!("version: {message}"),
+        message: format!("{field}: {e}"),
     })?;
     let out = opts.output.clone();
     let work = out.join(".work");

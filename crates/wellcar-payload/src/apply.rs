@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use wellcar_contract::{OsVersion, VersionError};
 
 use crate::format::{
     Destination, FormatError, Manifest, Operation, PayloadHead, Sha256Digest, VerifiedHead,
@@ -39,7 +40,6 @@ use crate::format::{
 use crate::fsutil::{sync_parent, write_atomic};
 use crate::keys::TrustedKeys;
 use crate::verity::VerityHasher;
-use crate::version::Version;
 
 /// Default bytes written between fsyncs (and durable checkpoints).
 pub const DEFAULT_SYNC_INTERVAL: u64 = 64 * 1024 * 1024;
@@ -77,13 +77,13 @@ pub enum ApplyError {
         /// Running version.
         current: String,
     },
-    /// The caller's running version does not parse.
+    /// The caller's running version is not an [`OsVersion`].
     #[error("running version {version:?} is invalid: {reason}")]
     InvalidCurrentVersion {
         /// The version.
         version: String,
         /// Why.
-        reason: String,
+        reason: VersionError,
     },
     /// The target cannot hold the /usr image.
     #[error("target {target} has {size} bytes, the /usr image needs {needed}")]
@@ -399,20 +399,20 @@ impl ApplyPolicy {
             return Ok(());
         };
         let current =
-            Version::parse(current_text).map_err(|reason| ApplyError::InvalidCurrentVersion {
+            OsVersion::parse(current_text).map_err(|reason| ApplyError::InvalidCurrentVersion {
                 version: current_text.clone(),
                 reason,
             })?;
         // Validated by Manifest::parse.
         let target =
-            Version::parse(&manifest.version).map_err(|reason| FormatError::InvalidManifest {
+            OsVersion::parse(&manifest.version).map_err(|e| FormatError::InvalidManifest {
                 field: "version".into(),
-                reason,
+                reason: e.to_string(),
             })?;
         if let Some(min_text) = &manifest.min_source_version {
-            let min = Version::parse(min_text).map_err(|reason| FormatError::InvalidManifest {
+            let min = OsVersion::parse(min_text).map_err(|e| FormatError::InvalidManifest {
                 field: "min_source_version".into(),
-                reason,
+                reason: e.to_string(),
             })?;
             if current < min {
                 return Err(ApplyError::SourceTooOld {

@@ -176,6 +176,9 @@ pub enum CreateError {
     /// The payload manifest built from the inputs is invalid (a bug or absurd inputs).
     #[error("generated payload manifest is invalid")]
     Manifest(#[source] FormatError),
+    /// The `min_source_version` option is not an OS version.
+    #[error("min_source_version: {0}")]
+    MinSourceVersion(wellcar_contract::VersionError),
     /// No signing key was given.
     #[error("at least one signing key is needed")]
     NoSigningKey,
@@ -235,6 +238,12 @@ pub fn create_payload_with(
     let root_hash = parse_digest("verity_root_hash", &build.verity_root_hash)?;
     let salt = hex::decode(&build.verity_salt)
         .map_err(|e| field_err("verity_salt", format!("not hex: {e}")))?;
+    // Checked again with the whole manifest at the end; refused here before compressing.
+    wellcar_contract::OsVersion::parse(&build.version)
+        .map_err(|e| field_err("version", e.to_string()))?;
+    if let Some(min) = &options.min_source_version {
+        wellcar_contract::OsVersion::parse(min).map_err(CreateError::MinSourceVersion)?;
+    }
 
     let out_path = if out.is_dir() {
         out.join(PAYLOAD_FILE_NAME)

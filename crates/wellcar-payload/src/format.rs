@@ -27,7 +27,7 @@
 //! optional `min_source_version`; `usr` {`size`, `sha256`, `verity` {`root_hash`, `salt`,
 //! `hash_offset`, `data_blocks`}}; `kernel` and `initramfs` {`size`, `sha256`}; `data_len`
 //! (length of the data section); `operations` (below). Hashes are lowercase hex; versions are
-//! dotted numbers. Writers cut images into chunks of at most [`MAX_CHUNK_LEN`] (4 MiB today).
+//! OS versions (`wellcar_contract::OsVersion`: `MAJOR.MINOR.PATCH[+build]`). Writers cut images into chunks of at most [`MAX_CHUNK_LEN`] (4 MiB today).
 //!
 //! The manifest carries the sha256 of every compressed blob, so the reader authenticates each
 //! blob as a whole before decompressing it (blobs are at most [`MAX_BLOB_LEN`] bytes, so
@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::keys::TrustedKeys;
-use crate::version::Version;
+use wellcar_contract::OsVersion;
 
 /// First 8 bytes of every payload.
 pub const MAGIC: [u8; 8] = *b"WCAR-UPD";
@@ -301,13 +301,13 @@ impl<'de> Deserialize<'de> for Sha256Digest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// OS version this payload installs, dotted numbers (`3815.2.0`).
+    /// OS version this payload installs ([`OsVersion`]: `3815.2.0`, `4799.0.0+nightly-…`).
     pub version: String,
     /// Board the image is built for (`amd64-usr`).
     pub board: String,
     /// The build's identifier, informational.
     pub build_id: String,
-    /// Oldest running version that may install this payload.
+    /// Oldest running version that may install this payload ([`OsVersion`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_source_version: Option<String>,
     /// The /usr region written into the USR slot.
@@ -494,9 +494,10 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), FormatError> {
         let invalid =
             |field: String, reason: String| FormatError::InvalidManifest { field, reason };
-        Version::parse(&self.version).map_err(|reason| invalid("version".into(), reason))?;
+        OsVersion::parse(&self.version).map_err(|e| invalid("version".into(), e.to_string()))?;
         if let Some(min) = &self.min_source_version {
-            Version::parse(min).map_err(|reason| invalid("min_source_version".into(), reason))?;
+            OsVersion::parse(min)
+                .map_err(|e| invalid("min_source_version".into(), e.to_string()))?;
         }
         if self.board.is_empty() {
             return Err(invalid("board".into(), "is empty".into()));
@@ -1029,13 +1030,23 @@ mod tests {
             .to_string()
             .contains("data_len"));
 
-        let mut version = minimal_manifest();
-        version.version = "one".into();
-        assert!(version
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("version"));
+        for bad in ["one", "1.2", "1.2.3.4", "1.0.0-rc1"] {
+            let mut version = minimal_manifest();
+            version.version = bad.into();
+            let err = version.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("field version") && err.contains(&format!("{bad:?}")),
+                "{err}"
+            );
+            let mut min = minimal_manifest();
+            min.min_source_version = Some(bad.into());
+            let err = min.validate().unwrap_err().to_string();
+            assert!(err.contains("field min_source_version"), "{err}");
+        }
+        let mut nightly = minimal_manifest();
+        nightly.version = "4799.0.0+nightly-20260821-2100".into();
+        nightly.min_source_version = Some("3815.2.0".into());
+        assert!(nightly.validate().is_ok());
     }
 
     proptest! {

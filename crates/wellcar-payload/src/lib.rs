@@ -27,7 +27,6 @@ mod fsutil;
 pub mod info;
 pub mod keys;
 pub mod verity;
-pub mod version;
 
 #[cfg(test)]
 mod round_trip_tests;

@@ -373,12 +373,21 @@ fn wrong_board_old_version_and_small_target_are_refused_before_writing() {
             USR_SIZE,
         ),
         ("small", policy(), USR_SIZE - 4096),
+        (
+            "running version not an OS version",
+            ApplyPolicy::new(BOARD, Some("1.2".into())),
+            USR_SIZE,
+        ),
     ];
     for (what, policy, size) in cases {
         let target = fx.target(what, size);
         let err = apply(&mut open(), &fx.trusted(), &policy, target.open()).unwrap_err();
         let ok = match what {
             "board" => matches!(err, ApplyError::WrongBoard { .. }),
+            "running version not an OS version" => matches!(
+                &err,
+                ApplyError::InvalidCurrentVersion { version, .. } if version == "1.2"
+            ),
             "small" => matches!(err, ApplyError::TargetTooSmall { size: s, .. } if s == size),
             _ => matches!(err, ApplyError::NotNewer { .. }),
         };
@@ -839,4 +848,38 @@ fn apply_to_a_loop_block_device() {
     );
     drop(device);
     assert!(small.untouched());
+}
+
+#[test]
+fn a_build_or_minimum_version_that_is_not_an_os_version_makes_no_payload() {
+    use crate::create::{create_payload_with, CreateOptions};
+    let options = CreateOptions {
+        compression_level: 3,
+        ..CreateOptions::default()
+    };
+    let fx = Fixture::new("1.2");
+    let out = fx.dir.path().join("bad-version.bin");
+    let err = create_payload_with(&fx.build, &fx.manifest, &[&fx.key], &out, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("field version") && err.contains("\"1.2\""),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+
+    let fx = Fixture::new("1.2.3");
+    let out = fx.dir.path().join("bad-min.bin");
+    let bad_min = CreateOptions {
+        min_source_version: Some("v1.0.0".into()),
+        ..options
+    };
+    let err = create_payload_with(&fx.build, &fx.manifest, &[&fx.key], &out, &bad_min)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("min_source_version: ") && err.contains("\"v1.0.0\""),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
 }
