@@ -19,6 +19,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wellcar_contract::OsVersion;
 use wellcar_disk::Slot;
 use wellcar_omaha::{AppRequest, OsInfo, Request, Response, UpdateDecision, UpdateInfo};
 use wellcar_payload::{
@@ -412,10 +413,19 @@ impl<S: SlotControl> Agent<S> {
         };
         self.set_operation(Operation::CheckingForUpdate)?;
         let answer = self.post(&server, &request, queued).and_then(|response| {
-            response.update_decision().map_err(|e| AgentError::Omaha {
+            let decision = response.update_decision().map_err(|e| AgentError::Omaha {
                 url: server.clone(),
                 reason: e.to_string(),
-            })
+            })?;
+            // The offered version is staged into the boot state after the download: refuse one
+            // the boot state (and every other crate) would refuse before fetching anything.
+            if let UpdateDecision::Update(info) = &decision {
+                OsVersion::parse(&info.version).map_err(|e| AgentError::Omaha {
+                    url: server.clone(),
+                    reason: format!("offered version: {e}"),
+                })?;
+            }
+            Ok(decision)
         });
         let decision = match answer {
             Ok(d) => d,

@@ -1127,3 +1127,87 @@ async fn restart_after_verification_but_before_recording_it_downloads_again() {
         "no error reported, 14/1 not repeated"
     );
 }
+
+/// A one-answer HTTP server on loopback: every request gets `body` as `text/xml`.
+fn canned_omaha(body: String) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/update/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("</request>") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    url
+}
+
+/// An offer whose version the boot state could never record (not an OS version) is refused at
+/// the check, before anything is downloaded or the inactive slot is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offer_with_a_version_that_is_not_an_os_version_is_refused_before_download() {
+    use wellcar_omaha::{Action, AppResponse, Manifest, Package, Response, UpdateCheckResponse};
+    let offer = |version: &str| {
+        Response {
+            server: "canned".into(),
+            elapsed_seconds: 0,
+            elapsed_days: Some(7000),
+            apps: vec![AppResponse {
+                app_id: WELLCAR_APP_ID.into(),
+                status: "ok".into(),
+                ping_ok: true,
+                update_check: Some(UpdateCheckResponse {
+                    status: "ok".into(),
+                    poll_interval: Some(1800),
+                    codebases: vec!["http://127.0.0.1:9/packages/".into()],
+                    manifests: vec![Manifest {
+                        version: version.into(),
+                        packages: vec![Package {
+                            name: "wellcar_update.bin".into(),
+                            sha1_base64: None,
+                            sha256_hex: None,
+                            size: 10,
+                            required: Some(true),
+                        }],
+                        actions: vec![Action {
+                            event: "postinstall".into(),
+                            sha256_base64: Some(
+                                "stLG3U/o4Ar8TMHFwT/RWB0iNkaWOO6QtLrq6+AHBbA=".into(),
+                            ),
+                            ..Action::default()
+                        }],
+                        ..Manifest::default()
+                    }],
+                }),
+                event_acks: 0,
+            }],
+        }
+        .to_xml()
+    };
+    let url = canned_omaha(offer("1.2"));
+    let host = Host::new(&url, &key(), "");
+    let mut agent = host.agent();
+    let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
+    let err = result.expect_err("a 1.2 offer is refused");
+    assert!(
+        matches!(&err, crate::agent::AgentError::Omaha { reason, .. }
+            if reason.starts_with("offered version: ") && reason.contains("\"1.2\"")),
+        "{err}"
+    );
+    assert!(agent.state.pending.is_none(), "nothing accepted");
+    assert_eq!(agent.state.consecutive_failures, 1);
+    assert_eq!(host.boot_state().b, wellcar_bootstate::SlotState::empty());
+}

@@ -565,6 +565,8 @@ async fn upload_package(
             ));
         }
     }
+    // An unpublishable version is refused before the body is read, like a duplicate.
+    store::validate_package_version(&version)?;
     // Reject duplicates before accepting gigabytes.
     {
         let (a, v, ar) = (app_id.clone(), version.clone(), arch.clone());

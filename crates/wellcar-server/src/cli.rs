@@ -198,7 +198,7 @@ pub struct PublishOpts {
     /// The payload file (a `wellcar payload create` output).
     #[arg(long, required_unless_present = "build")]
     file: Option<PathBuf>,
-    /// Version of the payload (semver).
+    /// Version of the payload (an OS version: MAJOR.MINOR.PATCH[+build]).
     #[arg(long, required_unless_present = "build")]
     version: Option<String>,
     /// Channel to publish to; omit to only upload.

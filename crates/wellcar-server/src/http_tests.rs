@@ -355,6 +355,38 @@ async fn corpus_requests_get_flatcar_acceptable_answers(backend: Backend) {
         )
         .await
         .unwrap();
+    // Only OS versions (the version `wellcar build` stamps) can be published.
+    for bad in ["1.2", "v3815.2.0", "3815.2.0-rc1"] {
+        let err = h
+            .api
+            .call::<_, serde_json::Value>(
+                Method::POST,
+                &format!("{base}/packages"),
+                &json!({"version": bad, "arch": "amd64", "filename": "flatcar_production_update.gz",
+                        "url": "https://update.release.flatcar-linux.net/amd64-usr/3815.2.0/", "size": 382137917,
+                        "sha256_hex": "b2d2c6dd4fe8e00afc4cc1c5c13fd1581d22364696383ba90b4baeabebe00705",
+                        "sha1_base64": "I6DGNAOrJRUxPbCuLw+AITfiVMo="}),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("400") && err.contains("package version") && err.contains(bad),
+            "{bad}: {err}"
+        );
+    }
+    let file = h._dir.path().join("bad-version.bin");
+    std::fs::write(&file, b"not read").unwrap();
+    let err = h
+        .api
+        .put_file::<serde_json::Value>(&format!("{base}/packages/amd64/1.2/update.bin"), &file)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("package version"),
+        "{err}"
+    );
     let _: serde_json::Value = h
         .api
         .call(

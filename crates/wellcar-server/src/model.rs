@@ -21,7 +21,7 @@ pub struct Package {
     pub id: String,
     /// Owning app.
     pub app_id: String,
-    /// Semantic version.
+    /// OS version (`wellcar_contract::OsVersion`).
     pub version: String,
     /// `amd64` or `arm64`.
     pub arch: String,

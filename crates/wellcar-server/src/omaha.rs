@@ -21,6 +21,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use wellcar_contract::OsVersion;
 use wellcar_omaha::{
     event_result, event_type, status as omaha_status, Action, AppRequest, AppResponse, Manifest,
     Request, UpdateCheckResponse, MAX_REQUEST_BYTES,
@@ -84,9 +85,10 @@ fn public_base(state: &ServerState, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-/// Lenient semver: accepts Flatcar's `3815.2.0`, `4799.0.0+nightly-…`, a leading `v`.
-pub fn parse_version(v: &str) -> Option<semver::Version> {
-    semver::Version::parse(v.trim().trim_start_matches('v')).ok()
+/// A client's or package's version as an [`OsVersion`] (Flatcar's `3815.2.0`,
+/// `4799.0.0+nightly-…`); `None` for anything else, which [`next_hop`] answers with "no update".
+pub fn parse_version(v: &str) -> Option<OsVersion> {
+    OsVersion::parse(v).ok()
 }
 
 /// Omaha's `daystart`: seconds since UTC midnight and days since 2007-01-01.
@@ -613,10 +615,12 @@ mod tests {
     }
 
     #[test]
-    fn versions_parse_leniently() {
+    fn versions_parse_as_os_versions_only() {
         assert!(parse_version("4799.0.0+nightly-20260821-2100").is_some());
-        assert!(parse_version("v1.2.3").is_some());
-        assert!(parse_version("ForcedUpdate").is_none());
+        for other in ["v1.2.3", "1.2", "1.0.0-rc1", " 1.2.3", "ForcedUpdate", ""] {
+            assert!(parse_version(other).is_none(), "{other:?}");
+        }
         assert!(parse_version("3815.2.0") > parse_version("3760.2.0"));
+        assert!(parse_version("3815.2.10") > parse_version("3815.2.9"));
     }
 }

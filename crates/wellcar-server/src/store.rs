@@ -16,6 +16,7 @@ use crate::model::{
 };
 use crate::params;
 use crate::StoreError;
+use wellcar_contract::OsVersion;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the whole model.
@@ -391,7 +392,7 @@ pub fn list_channels(conn: &mut dyn Conn, app_id: &str) -> Result<Vec<Channel>, 
     }
     for c in &mut channels {
         c.floors
-            .sort_by_key(|f| semver::Version::parse(&f.package.version).ok());
+            .sort_by_key(|f| OsVersion::parse(&f.package.version).ok());
     }
     Ok(channels)
 }
@@ -499,7 +500,7 @@ pub fn remove_floor(
 /// New package fields (the server fills `id`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewPackage {
-    /// Semantic version.
+    /// OS version ([`validate_package_version`]).
     pub version: String,
     /// Architecture.
     pub arch: String,
@@ -516,7 +517,15 @@ pub struct NewPackage {
     pub sha1_base64: String,
 }
 
-/// Stores a package record. The version must be semver; hashes must decode.
+/// A published package's version must be an [`OsVersion`], the version `wellcar build` stamps
+/// (`3815.2.0`, `4799.0.0+nightly-…`): the server orders packages by it and offers updates by
+/// comparing it with the version a machine reports.
+pub fn validate_package_version(version: &str) -> Result<OsVersion, StoreError> {
+    OsVersion::parse(version).map_err(|e| StoreError::Invalid(format!("package version: {e}")))
+}
+
+/// Stores a package record. The version must be an OS version
+/// ([`validate_package_version`]); hashes must decode.
 pub fn create_package(
     conn: &mut dyn Conn,
     app_id: &str,
@@ -527,12 +536,7 @@ pub fn create_package(
     use base64::Engine as _;
     let app = require_app(conn, app_id)?;
     check_arch(&new.arch)?;
-    semver::Version::parse(&new.version).map_err(|e| {
-        StoreError::Invalid(format!(
-            "package version {:?} is not semver: {e}",
-            new.version
-        ))
-    })?;
+    validate_package_version(&new.version)?;
     if new.filename.is_empty() || new.filename.contains('/') || new.filename.starts_with('.') {
         return Err(StoreError::Invalid(format!(
             "package filename {:?} must be a plain file name",
