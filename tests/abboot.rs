@@ -203,7 +203,7 @@ fn ab_update_rollback_fallbacks_and_power_cuts() {
     refused(&mut vm, "sudo wellcar-update cancel", "no staged update");
     refused(
         &mut vm,
-        &format!("sudo wellcar-update stage A --root-hash {hash_a}"),
+        &format!("sudo wellcar-update stage A --root-hash {hash_a} --version 1.0.1"),
         "USR-A is the booted slot",
     );
     ok(
@@ -265,7 +265,7 @@ fn ab_update_rollback_fallbacks_and_power_cuts() {
         let other = booted.other();
         let from = vm.console().len();
         vm.send(&format!(
-            "i=0; while true; do sudo wellcar-update stage {o} --root-hash {hash_a} --version cut{cut}x$i >/dev/null && echo CUT-STAGED-$i; sudo wellcar-update cancel >/dev/null && echo CUT-CANCELLED-$i; i=$((i+1)); done\n",
+            "i=0; while true; do sudo wellcar-update stage {o} --root-hash {hash_a} --version 0.{cut}.$i >/dev/null && echo CUT-STAGED-$i; sudo wellcar-update cancel >/dev/null && echo CUT-CANCELLED-$i; i=$((i+1)); done\n",
             o = other.letter()
         ))
         .unwrap();
@@ -298,8 +298,8 @@ fn ab_update_rollback_fallbacks_and_power_cuts() {
             .unwrap()
             .to_string();
         let allowed = [
-            format!("cut{cut}x{staged}"),
-            format!("cut{cut}x{}", staged + 1),
+            format!("0.{cut}.{staged}"),
+            format!("0.{cut}.{}", staged + 1),
         ];
         assert!(
             allowed.contains(&version),
@@ -416,7 +416,7 @@ fn bad_usr_falls_back_under_uefi() {
     assert_eq!(slot_field(&st, Slot::B, "bootable"), false);
     assert_eq!(slot_field(&st, Slot::B, "tries"), 0);
     assert_eq!(slot_field(&st, Slot::B, "verity_hash"), empty_hash.as_str());
-    assert_eq!(slot_field(&st, Slot::B, "version"), "empty");
+    assert_eq!(slot_field(&st, Slot::B, "version"), "0.0.0+empty");
 }
 
 /// Writes an empty EROFS with a valid verity tree into USR-B of the overlay `disk`, stages it on
@@ -490,7 +490,7 @@ fn write_empty_usr_b(disk: &Path, dir: &Path) -> String {
     }
     let store = Esp::new(&tree);
     let (_, loaded) = store
-        .update(|s: &mut BootState| s.stage(Slot::B, Some(Slot::A), &hash, "empty"))
+        .update(|s: &mut BootState| s.stage(Slot::B, Some(Slot::A), &hash, "0.0.0+empty"))
         .unwrap();
     assert_eq!(loaded.state.next_boot(), Some(Slot::B));
     for i in 0..2 {
