@@ -8,7 +8,8 @@
 //! a_tries=<0-f>\n                  ONE hex digit: GRUB rewrites it in place (see below)
 //! a_ok=<0|1>\n
 //! a_hash=<64 hex digits or empty>\n
-//! a_version=<OS version or empty>\n  wellcar_contract::OsVersion, at most 40 bytes
+//! a_version=<version or empty>\n   written: an OS version (wellcar_contract::OsVersion);
+//!                                  read: also an older build's 1-40 bytes of [A-Za-z0-9._+-]
 //! b_prio=… b_tries=… b_ok=… b_hash=… b_version=…
 //! wc_seal=<generation>\n           equal to wc_gen when the copy was written completely
 //! ####…                            '#' padding to 512 bytes
@@ -26,7 +27,7 @@
 
 use wellcar_disk::Slot;
 
-use crate::state::{check_root_hash, check_version, BootState, SlotState, MAX_NIBBLE};
+use crate::state::{check_root_hash, readable_version, BootState, SlotState, MAX_NIBBLE};
 
 /// Size of one copy: one sector, so a write is a single sector write.
 pub const BLOCK_SIZE: usize = 512;
@@ -180,8 +181,10 @@ pub fn decode(block: &[u8]) -> Result<(BootState, u64), BlockError> {
         if !root_hash.is_empty() && check_root_hash(root_hash).is_err() {
             return Err(value_error(KEYS[base + 3], root_hash));
         }
+        // Lenient: an older build may have recorded a version the OsVersion contract refuses
+        // (`1.2`, `unknown`); it is kept as written. Only writing a version is strict.
         let version = get(base + 4)?;
-        if !version.is_empty() && check_version(version).is_err() {
+        if !readable_version(version) {
             return Err(value_error(KEYS[base + 4], version));
         }
         Ok(SlotState {
@@ -278,18 +281,81 @@ mod tests {
         assert_eq!(decode(&block), Ok((s, 1234567890123)));
     }
 
+    /// A block as an older build wrote it (before the OsVersion contract), byte for byte.
+    fn older_build_block(a_version: &str, b_version: &str) -> [u8; BLOCK_SIZE] {
+        let text = format!(
+            "{SIGNATURE}wc_gen=8\n\
+             a_prio=1\na_tries=0\na_ok=1\na_hash={H1}\na_version={a_version}\n\
+             b_prio=2\nb_tries=1\nb_ok=0\nb_hash={H1}\nb_version={b_version}\n\
+             wc_seal=8\n"
+        );
+        let mut block = [b'#'; BLOCK_SIZE];
+        block[..text.len()].copy_from_slice(text.as_bytes());
+        block
+    }
+
     #[test]
-    fn versions_decode_when_empty_or_os_versions_only() {
+    fn versions_an_older_build_wrote_decode_as_written() {
+        // `1.2` and `01.0.0` are not OS versions; a build before the contract recorded them.
+        let (state, gen) = decode(&older_build_block("1.2", "01.0.0")).expect("still decodes");
+        assert_eq!(gen, 8);
+        assert_eq!(state.a.version, "1.2", "kept as written");
+        assert_eq!(state.b.version, "01.0.0", "kept as written");
+        assert_eq!(state.a.os_version(), None, "its OS version is unknown");
+        assert_eq!(state.b.os_version(), None, "its OS version is unknown");
+        assert_eq!(
+            (
+                state.a.successful,
+                state.b.tries,
+                state.b.root_hash.as_str()
+            ),
+            (true, 1, H1),
+            "the rest of the slot is read as usual"
+        );
+        // Re-encoding (any later host write) keeps them; the older text round-trips.
+        assert_eq!(decode(&encode(&state, 9)), Ok((state, 9)));
+        // Everything the old grammar allowed, and an empty slot's empty version.
         let mut s = BootState::fresh(H1, "1.0.0").unwrap();
         assert_eq!(s.b.version, "");
         assert_eq!(decode(&encode(&s, 3)), Ok((s.clone(), 3)));
-        for bad in ["1.2", "1.2.3.4", "v1.2.3", "1.0.0-rc1", "1.2.3+"] {
-            s.b.version = bad.into();
+        let forty_nines = "9".repeat(crate::state::MAX_VERSION_LEN);
+        for older in [
+            "unknown",
+            "1.2.3.4",
+            "v1.2.3",
+            "1.0.0-rc1",
+            "1.2.3+",
+            "1.0.0_dev",
+            forty_nines.as_str(),
+        ] {
+            s.b.version = older.into();
+            let (back, _) = decode(&encode(&s, 3)).expect(older);
+            assert_eq!(back.b.version, older);
+            assert_eq!(back.b.os_version(), None, "{older}");
+        }
+        // An OS version reads back as one.
+        let (state, _) = decode(&older_build_block("3815.2.0", "4799.0.0+nightly-1")).unwrap();
+        assert_eq!(
+            state.a.os_version().map(|v| v.to_string()),
+            Some("3815.2.0".into())
+        );
+        assert_eq!(state.b.os_version().unwrap().build(), Some("nightly-1"));
+    }
+
+    #[test]
+    fn versions_no_build_wrote_are_rejected() {
+        for bad in [
+            "1.2 3".to_owned(),
+            "1.2/3".to_owned(),
+            "1.2#".to_owned(),
+            "é".to_owned(),
+            "9".repeat(crate::state::MAX_VERSION_LEN + 1),
+        ] {
             assert_eq!(
-                decode(&encode(&s, 3)),
+                decode(&older_build_block("1.0.0", &bad)),
                 Err(BlockError::Value {
                     key: "b_version".into(),
-                    value: bad.into()
+                    value: bad.clone()
                 }),
                 "{bad}"
             );

@@ -33,8 +33,10 @@ pub struct SlotState {
     pub successful: bool,
     /// The slot's dm-verity root hash (64 lower-case hex digits), or empty if it holds nothing.
     pub root_hash: String,
-    /// The OS version the slot holds (an [`OsVersion`]: `MAJOR.MINOR.PATCH[+build]`, at most 40
-    /// bytes), or empty.
+    /// The OS version the slot holds, or empty. Staged and fresh slots record an [`OsVersion`]
+    /// (`MAJOR.MINOR.PATCH[+build]`, at most 40 bytes, [`check_version`]); a block an older
+    /// build wrote may hold a version the contract refuses (`1.2`, `unknown`), which is read
+    /// and kept as written ([`readable_version`]); [`SlotState::os_version`] is then `None`.
     pub version: String,
 }
 
@@ -58,6 +60,13 @@ impl SlotState {
     /// Staged and not yet booted: tries left, not yet successful.
     pub fn is_staged(&self) -> bool {
         self.tries > 0 && !self.successful && self.priority > 0
+    }
+
+    /// The recorded version as an [`OsVersion`]; `None` when the slot records none (empty) or
+    /// one an older build wrote that is not an OS version (`1.2`, `01.0.0`, `unknown`): the
+    /// slot's OS version is then unknown, though [`version`](Self::version) keeps the text.
+    pub fn os_version(&self) -> Option<OsVersion> {
+        OsVersion::parse(&self.version).ok()
     }
 }
 
@@ -313,10 +322,23 @@ pub fn check_root_hash(h: &str) -> Result<(), Refusal> {
     }
 }
 
-/// A version a slot records is an [`OsVersion`] (never empty: only
-/// [`envblock::decode`](crate::envblock::decode) accepts an empty version, for an empty slot).
+/// A version a slot is given when it is written ([`BootState::stage`], [`BootState::fresh`]) is
+/// an [`OsVersion`], never empty. Strict on write only: reading is [`readable_version`].
 pub fn check_version(v: &str) -> Result<OsVersion, Refusal> {
     OsVersion::parse(v).map_err(Refusal::InvalidVersion)
+}
+
+/// Whether `v` is accepted as a slot's version when a block is *read*
+/// ([`envblock::decode`](crate::envblock::decode)): empty (an empty slot), or 1-40 bytes of
+/// `[A-Za-z0-9._+-]`, the grammar every build checked before the [`OsVersion`] contract (so a
+/// block an older build wrote, with `1.2`, `01.0.0` or `wellcar-update stage`'s old default
+/// `unknown`, still loads, and a machine can update away from it). Decoding is lenient, writing
+/// strict ([`check_version`]); a text no build wrote (a space, a `#`, 41 bytes) still makes the
+/// copy invalid.
+pub fn readable_version(v: &str) -> bool {
+    v.len() <= MAX_VERSION_LEN
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._+-".contains(&c))
 }
 
 #[cfg(test)]

@@ -375,6 +375,43 @@ mod tests {
         assert_eq!((l.state.b.tries, l.generation), (0, 2));
     }
 
+    /// An ESP an older build wrote, whose booted slot records `unknown` (the old
+    /// `wellcar-update stage --version` default), still loads and takes an update; only the new
+    /// version is checked, and the old slot keeps its text.
+    #[test]
+    fn an_older_builds_version_loads_and_only_new_versions_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = Esp::new(dir.path());
+        let mut older = BootState::fresh(H1, "1.0.0").unwrap();
+        older.a.version = "unknown".into();
+        esp.create(&older).unwrap();
+        let l = esp.load().expect("an older build's state loads");
+        assert_eq!(l.state.a.version, "unknown");
+        assert_eq!(l.state.a.os_version(), None);
+        let before = [
+            fs::read(esp.copy_path(0)).unwrap(),
+            fs::read(esp.copy_path(1)).unwrap(),
+        ];
+        let e = esp
+            .update(|s| s.stage(Slot::B, Some(Slot::A), H2, "unknown"))
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Refused(Refusal::InvalidVersion(_))),
+            "{e}"
+        );
+        assert_eq!(fs::read(esp.copy_path(0)).unwrap(), before[0]);
+        assert_eq!(fs::read(esp.copy_path(1)).unwrap(), before[1]);
+        let (_, l) = esp
+            .update(|s| s.stage(Slot::B, Some(Slot::A), H2, "1.1.0"))
+            .unwrap();
+        assert_eq!(esp.load().unwrap(), l);
+        assert_eq!(
+            (l.state.a.version.as_str(), l.state.b.version.as_str()),
+            ("unknown", "1.1.0")
+        );
+        assert_eq!(l.state.next_boot(), Some(Slot::B));
+    }
+
     #[test]
     fn a_resized_state_file_is_an_error_naming_it() {
         let (_d, esp) = fresh_esp();
