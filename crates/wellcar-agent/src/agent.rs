@@ -5,7 +5,9 @@
 //!    booting a new version, or 3/0 errorcode 44 once after a rollback);
 //! 2. the offer is recorded (UPDATE_AVAILABLE), event 13/1 queued, the target slot made
 //!    unbootable;
-//! 3. DOWNLOADING: the payload streams through [`wellcar_payload::Installer`] into the
+//! 3. DOWNLOADING: the payload's head is authenticated and its signed manifest's version must
+//!    be the offered version ([`AgentError::OfferVersionMismatch`] otherwise, before anything
+//!    is written); the payload streams through [`wellcar_payload::Installer`] into the
 //!    inactive slot (never the booted one), verified blob by blob; checkpoints are saved to
 //!    `checkpoint.json` and an interrupted transfer resumes with an HTTP Range request, also
 //!    after a restart or reboot; event 14/1;
@@ -24,6 +26,7 @@ use wellcar_disk::Slot;
 use wellcar_omaha::{AppRequest, OsInfo, Request, Response, UpdateDecision, UpdateInfo};
 use wellcar_payload::{
     ApplyError, ApplyPolicy, Checkpoint, InstallTargets, Installer, PayloadHead, TrustedKeys,
+    VerifiedHead,
 };
 
 use crate::config::{Config, ConfigError};
@@ -100,6 +103,16 @@ pub enum AgentError {
     /// Trusted keys.
     #[error(transparent)]
     Keys(#[from] wellcar_payload::KeyError),
+    /// The payload's signed manifest is for another version than the server offered: the
+    /// version staged into the boot state and reported to the server would not be what the slot
+    /// holds. Reported to the server as a failed install (error code 12); nothing is staged.
+    #[error("refusing the payload offered as version {offered}: its signed manifest is version {manifest}")]
+    OfferVersionMismatch {
+        /// The version in the Omaha offer.
+        offered: String,
+        /// The version in the payload's authenticated manifest.
+        manifest: String,
+    },
 }
 
 /// What a check did.
@@ -563,6 +576,7 @@ impl<S: SlotControl> Agent<S> {
                 code: error_code::ERROR,
                 reason: format!("{:#}", anyhow::Error::from(e)),
                 retryable: false,
+                error: None,
             };
             return Err(self.fail(facts, config, &pending, failure));
         }
@@ -622,10 +636,13 @@ impl<S: SlotControl> Agent<S> {
         if let Err(e) = self.save() {
             tracing::error!("{e:#}");
         }
-        AgentError::Install {
-            version: pending.version.clone(),
-            code: failure.code,
-            reason: failure.reason,
+        match failure.error {
+            Some(error) => *error,
+            None => AgentError::Install {
+                version: pending.version.clone(),
+                code: failure.code,
+                reason: failure.reason,
+            },
         }
     }
 
@@ -652,6 +669,7 @@ impl<S: SlotControl> Agent<S> {
                 code: error_code::INSTALL_DEVICE_OPEN,
                 reason: format!("{:#}", anyhow::Error::from(e)),
                 retryable: false,
+                error: None,
             })?;
         let (kernel, initramfs) = self.paths.boot_files(target);
         if let Some(dir) = kernel.parent() {
@@ -679,6 +697,7 @@ impl<S: SlotControl> Agent<S> {
                 let url = &pending.urls[attempt as usize % pending.urls.len().max(1)];
                 let job = TransferJob {
                     url,
+                    offered_version: &pending.version,
                     trusted: &trusted,
                     policy: &policy,
                     targets: &targets,
@@ -749,6 +768,7 @@ impl<S: SlotControl> Agent<S> {
     ) -> Result<(), Failure> {
         let TransferJob {
             url,
+            offered_version,
             trusted,
             policy,
             targets,
@@ -768,6 +788,7 @@ impl<S: SlotControl> Agent<S> {
                         .map_err(|e| Failure::from_apply(e.into()))?
                         .authenticate(trusted)
                         .map_err(|e| Failure::from_apply(e.into()))?;
+                    check_offered_version(offered_version, &head)?;
                     match Installer::resume(head, policy, targets()?, cp) {
                         Ok(i) => Some(i),
                         Err(e) => {
@@ -790,6 +811,7 @@ impl<S: SlotControl> Agent<S> {
                         .map_err(|e| Failure::from_apply(e.into()))?
                         .authenticate(trusted)
                         .map_err(|e| Failure::from_apply(e.into()))?;
+                    check_offered_version(offered_version, &head)?;
                     let i =
                         Installer::new(head, policy, targets()?).map_err(Failure::from_apply)?;
                     i.checkpoint()
@@ -867,6 +889,7 @@ impl<S: SlotControl> Agent<S> {
                 code: error_code::ERROR,
                 reason,
                 retryable: false,
+                error: None,
             });
         }
         result.map_err(Failure::from_apply)
@@ -961,9 +984,33 @@ fn remove_if_exists(path: &std::path::Path) {
     }
 }
 
+/// The payload must be the version the server offered: that text is what the boot state
+/// records for the slot, what the agent reports, and what the server completes the update with
+/// once the machine reports it. Compared as written, build metadata included (`1.2.3` is not
+/// `1.2.3+b` here, though [`wellcar_contract::OsVersion`] orders them as equal). Called on the
+/// authenticated head, before the installer exists and anything is written.
+fn check_offered_version(offered: &str, head: &VerifiedHead) -> Result<(), Failure> {
+    let manifest = &head.manifest().version;
+    if manifest == offered {
+        return Ok(());
+    }
+    let error = AgentError::OfferVersionMismatch {
+        offered: offered.to_owned(),
+        manifest: manifest.clone(),
+    };
+    Err(Failure {
+        code: error_code::PAYLOAD_VERIFICATION,
+        reason: error.to_string(),
+        retryable: false,
+        error: Some(Box::new(error)),
+    })
+}
+
 /// What one transfer attempt downloads and where it goes.
 struct TransferJob<'a> {
     url: &'a str,
+    /// The version the server offered (the pending update's).
+    offered_version: &'a str,
     trusted: &'a TrustedKeys,
     policy: &'a ApplyPolicy,
     targets: &'a dyn Fn() -> Result<InstallTargets<PartitionWindow>, Failure>,
@@ -1000,6 +1047,9 @@ struct Failure {
     reason: String,
     /// A transfer problem: keep the checkpoint and try again.
     retryable: bool,
+    /// The error to return once the failure is reported, when one more telling than
+    /// [`AgentError::Install`] exists (boxed: `AgentError` is large, `Failure` is returned often).
+    error: Option<Box<AgentError>>,
 }
 
 impl Failure {
@@ -1008,6 +1058,7 @@ impl Failure {
             code,
             reason: e.to_string(),
             retryable: false,
+            error: None,
         }
     }
 
@@ -1016,6 +1067,7 @@ impl Failure {
             code: error_code::DOWNLOAD_TRANSFER,
             reason: e.to_string(),
             retryable: true,
+            error: None,
         }
     }
 
@@ -1049,6 +1101,7 @@ impl Failure {
             code,
             reason: format!("{e:#}"),
             retryable,
+            error: None,
         }
     }
 }

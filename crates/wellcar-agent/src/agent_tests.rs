@@ -1211,3 +1211,52 @@ async fn offer_with_a_version_that_is_not_an_os_version_is_refused_before_downlo
     assert_eq!(agent.state.consecutive_failures, 1);
     assert_eq!(host.boot_state().b, wellcar_bootstate::SlotState::empty());
 }
+
+/// A payload whose signed manifest is another version than the server offered (published as
+/// 1.1.0, built as 1.2.0) is refused as soon as its head is authenticated: nothing is written to
+/// the inactive slot, nothing is staged, and the failure is reported (error code 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_whose_manifest_is_another_version_than_the_offer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let payload = make_payload(dir.path(), "1.2.0", &key);
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &payload.path).await;
+    let host = Host::new(&server.omaha_url(), &key, "");
+    let mut agent = host.agent();
+    let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
+    let err = result.expect_err("a 1.2.0 payload offered as 1.1.0 is refused");
+    match &err {
+        crate::agent::AgentError::OfferVersionMismatch { offered, manifest } => {
+            assert_eq!((offered.as_str(), manifest.as_str()), ("1.1.0", "1.2.0"))
+        }
+        other => panic!("expected OfferVersionMismatch, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("offered as version 1.1.0")
+            && message.contains("manifest is version 1.2.0"),
+        "{message}"
+    );
+    assert_eq!(agent.state.operation, Operation::Idle);
+    assert!(agent.state.pending.is_none() && agent.state.staged.is_none());
+    assert_eq!(agent.state.last_error.as_deref(), Some(message.as_str()));
+    assert!(!agent.store.checkpoint_path().exists());
+    assert_eq!(
+        server.events().await,
+        [(13, 1, None, None), (3, 0, Some(12), None)]
+    );
+    let state = host.boot_state();
+    assert_eq!(
+        state.b,
+        wellcar_bootstate::SlotState::empty(),
+        "nothing staged"
+    );
+    assert_eq!(state.next_boot(), Some(Slot::A));
+    assert!(
+        host.slot_bytes(Slot::B, MIB).iter().all(|&b| b == 0),
+        "nothing written to the inactive slot"
+    );
+    assert!(!host.paths.boot_files(Slot::B).0.exists());
+    assert!(!host.paths.reboot_required.exists());
+}
