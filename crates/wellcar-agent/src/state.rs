@@ -1,16 +1,20 @@
-//! The agent's durable state: status with Flatcar's names, the update in progress, the staged
-//! update, events not yet acknowledged, and update_engine's prefs (`previous-version`,
-//! `aleph-version`).
+//! The agent's durable state: the install [`Phase`] carrying its data, the event outbox, the
+//! failure counters, and update_engine's prefs (`previous-version`, `aleph-version`).
 //!
-//! Contract: [`StateStore::save`] writes `status.json` as temp file + fsync + rename + fsync of
-//! the directory, so after a `kill -9` or power loss the file is either the old or the new
-//! state, never a mix. Readers (`update_engine_client -status`, `wellcar-update status`) only
-//! read. A missing file is the initial state.
+//! Contract: `status.json` is the serialized [`AgentState`]; the Flatcar status names
+//! ([`Operation`]), the progress and the offered version are computed from the phase, never
+//! stored beside it, so they cannot contradict it. [`StateStore::save`] writes it as temp file
+//! + fsync + rename + fsync of the directory, so after a `kill -9` or power loss the file is
+//! either the old or the new state, never a mix. Readers (`update_engine_client -status`,
+//! `wellcar-update status`) only read. A missing file is the initial state; a file in the
+//! format written before the phase existed is migrated on load (see [`crate::migrate`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use wellcar_bootstate::Slot;
+use wellcar_payload::Checkpoint;
 
 /// Status values, named as update_engine names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -66,9 +70,25 @@ impl Operation {
     }
 }
 
-/// An update being installed.
+/// A slot as its lower-case letter (`"a"`, `"b"`), the form `status.json` has always used.
+pub(crate) mod slot_letter {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use wellcar_bootstate::Slot;
+
+    pub fn serialize<S: Serializer>(slot: &Slot, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_char(slot.letter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Slot, D::Error> {
+        let text = String::deserialize(d)?;
+        Slot::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a USR slot")))
+    }
+}
+
+/// An update the server offered, and the slot it goes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingUpdate {
+pub struct Offer {
     /// Offered version.
     pub version: String,
     /// Payload URLs, in order of preference.
@@ -78,14 +98,50 @@ pub struct PendingUpdate {
     /// sha256 of the payload (hex), from the Omaha response; identifies the offer.
     pub sha256: String,
     /// The slot being written (never the booted one).
-    pub target_slot: char,
-    /// Whether event 13/1 was queued.
-    pub started_reported: bool,
-    /// Whether event 14/1 was queued.
+    #[serde(with = "slot_letter")]
+    pub target: Slot,
+}
+
+impl Offer {
+    /// Whether `other` is the same payload for the same slot (its download can continue).
+    pub fn same_payload(&self, other: &Offer) -> bool {
+        self.sha256 == other.sha256 && self.target == other.target
+    }
+}
+
+/// A download into the target slot and where it can resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    /// What is downloaded.
+    pub offer: Offer,
+    /// The last durable resume point (`None`: start from the beginning).
+    pub checkpoint: Option<Checkpoint>,
+    /// Payload bytes received so far (display only; may run ahead of the checkpoint).
     #[serde(default)]
-    pub finished_reported: bool,
-    /// dm-verity root hash after a successful verification (set before staging).
-    pub verified_root_hash: Option<String>,
+    pub received: u64,
+    /// Whether event 14/1 was queued for this offer (a second download does not repeat it).
+    #[serde(default)]
+    pub finish_reported: bool,
+}
+
+impl Download {
+    /// A download of `offer` from the beginning.
+    pub fn start(offer: Offer) -> Self {
+        Self {
+            offer,
+            checkpoint: None,
+            received: 0,
+            finish_reported: false,
+        }
+    }
+
+    fn fraction(&self) -> f64 {
+        if self.offer.size > 0 {
+            (self.received as f64 / self.offer.size as f64).min(1.0)
+        } else {
+            0.0
+        }
+    }
 }
 
 /// A staged update waiting for its reboot.
@@ -93,10 +149,111 @@ pub struct PendingUpdate {
 pub struct StagedUpdate {
     /// Its version.
     pub version: String,
+    /// Its payload size.
+    #[serde(default)]
+    pub size: u64,
     /// The slot staged.
-    pub slot: char,
+    #[serde(with = "slot_letter")]
+    pub slot: Slot,
     /// The boot it was staged in; a different boot id means the machine rebooted.
     pub boot_id: String,
+}
+
+/// Where the update is. Each phase carries exactly the data it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Phase {
+    /// Nothing in progress. `paused` is a download a transfer failure interrupted; the next
+    /// offer of the same payload for the same slot continues it.
+    Idle {
+        /// The interrupted download, if any.
+        #[serde(default)]
+        paused: Option<Download>,
+    },
+    /// Accepted an offer (event 13/1 queued); the target slot is being made unbootable.
+    Offered {
+        /// The offer.
+        offer: Offer,
+    },
+    /// Streaming the payload into the target slot.
+    Downloading(Download),
+    /// The payload is written (its checkpoint is complete); reading the slot back.
+    Verifying(Download),
+    /// The written slot verified; staging it.
+    Verified {
+        /// The offer.
+        offer: Offer,
+        /// The dm-verity root hash the read-back produced.
+        root_hash: String,
+    },
+    /// Staged in the boot state; a reboot activates it.
+    Staged(StagedUpdate),
+}
+
+impl Default for Phase {
+    fn default() -> Self {
+        Self::Idle { paused: None }
+    }
+}
+
+impl Phase {
+    /// The Flatcar status of this phase.
+    pub fn operation(&self) -> Operation {
+        match self {
+            Self::Idle { .. } => Operation::Idle,
+            Self::Offered { .. } => Operation::UpdateAvailable,
+            Self::Downloading(_) => Operation::Downloading,
+            Self::Verifying(_) => Operation::Verifying,
+            Self::Verified { .. } => Operation::Finalizing,
+            Self::Staged(_) => Operation::UpdatedNeedReboot,
+        }
+    }
+
+    /// The offer being installed (not a paused one).
+    pub fn offer(&self) -> Option<&Offer> {
+        match self {
+            Self::Offered { offer } | Self::Verified { offer, .. } => Some(offer),
+            Self::Downloading(d) | Self::Verifying(d) => Some(&d.offer),
+            Self::Idle { .. } | Self::Staged(_) => None,
+        }
+    }
+
+    /// The resume point of the download in progress or paused.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        match self {
+            Self::Downloading(d) | Self::Verifying(d) | Self::Idle { paused: Some(d) } => {
+                d.checkpoint.as_ref()
+            }
+            _ => None,
+        }
+    }
+
+    /// The staged update.
+    pub fn staged(&self) -> Option<&StagedUpdate> {
+        match self {
+            Self::Staged(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Something the agent is doing right now, shown instead of the phase's status. Stale after a
+/// crash; the next start clears it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Busy {
+    /// An update check is in flight.
+    Checking,
+    /// A failed install is being reported.
+    ReportingError,
+}
+
+/// Failure counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Failures {
+    /// Consecutive failed checks (drives the backoff).
+    pub checks: u32,
 }
 
 /// An Omaha event not yet acknowledged by the server.
@@ -130,30 +287,22 @@ impl QueuedEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct AgentState {
-    /// Current status.
-    pub operation: Operation,
-    /// Download progress, 0.0 to 1.0.
-    pub progress: f64,
+    /// Where the update is.
+    pub phase: Phase,
+    /// What is in flight, if anything.
+    pub busy: Option<Busy>,
     /// Unix time of the last completed update check.
     pub last_checked_time: i64,
-    /// Version offered or installed, `0.0.0` when none.
-    pub new_version: String,
-    /// Payload size of that version.
-    pub new_size: u64,
-    /// The update being installed.
-    pub pending: Option<PendingUpdate>,
-    /// The staged update, until the reboot (or rollback) is reported.
-    pub staged: Option<StagedUpdate>,
     /// update_engine's `previous-version`: the version that installed the staged update.
     pub previous_version: Option<String>,
     /// update_engine's `aleph-version`: the first version this machine ran.
     pub aleph_version: Option<String>,
     /// Events waiting for an acknowledgement, oldest first.
     pub outbox: Vec<QueuedEvent>,
+    /// Failure counters.
+    pub failures: Failures,
     /// The last error, for status displays.
     pub last_error: Option<String>,
-    /// Consecutive failed checks (drives the backoff).
-    pub consecutive_failures: u32,
     /// Id of the last on-demand check request handled.
     pub handled_request: Option<String>,
     /// What the last check came to, in words (`no update`, `staged 1.1.0`, …).
@@ -161,20 +310,62 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// A state in `phase`, everything else initial.
+    pub fn in_phase(phase: Phase) -> Self {
+        Self {
+            phase,
+            ..Self::default()
+        }
+    }
+
+    /// The Flatcar status: what is in flight, else the phase's.
+    pub fn operation(&self) -> Operation {
+        match self.busy {
+            Some(Busy::Checking) => Operation::CheckingForUpdate,
+            Some(Busy::ReportingError) => Operation::ReportingErrorEvent,
+            None => self.phase.operation(),
+        }
+    }
+
+    /// Download progress, 0.0 to 1.0 (1.0 once the payload is written, until it is staged).
+    pub fn progress(&self) -> f64 {
+        match &self.phase {
+            Phase::Downloading(d) => d.fraction(),
+            Phase::Verifying(_) | Phase::Verified { .. } => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// The version offered, installing or staged (`None` when idle).
+    pub fn new_version(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Staged(s) => Some(&s.version),
+            other => other.offer().map(|o| o.version.as_str()),
+        }
+    }
+
+    /// The payload size of [`AgentState::new_version`] (0 when none).
+    pub fn new_size(&self) -> u64 {
+        match &self.phase {
+            Phase::Staged(s) => s.size,
+            other => other.offer().map_or(0, |o| o.size),
+        }
+    }
+
+    /// Consecutive failed checks.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.checks
+    }
+
     /// The Flatcar `-status` lines (`LAST_CHECKED_TIME=…` … `NEW_SIZE=…`).
     pub fn flatcar_status_lines(&self) -> String {
-        let version = if self.new_version.is_empty() {
-            "0.0.0"
-        } else {
-            &self.new_version
-        };
         format!(
             "LAST_CHECKED_TIME={}\nPROGRESS={:.6}\nCURRENT_OP={}\nNEW_VERSION={}\nNEW_SIZE={}\n",
             self.last_checked_time,
-            self.progress,
-            self.operation.flatcar_name(),
-            version,
-            self.new_size
+            self.progress(),
+            self.operation().flatcar_name(),
+            self.new_version().unwrap_or("0.0.0"),
+            self.new_size()
         )
     }
 }
@@ -252,8 +443,9 @@ impl StateStore {
         self.dir.join("status.json")
     }
 
-    /// The payload checkpoint (`checkpoint.json`, written by the payload library's format).
-    pub fn checkpoint_path(&self) -> PathBuf {
+    /// The payload checkpoint of the format before the phase carried it (`checkpoint.json`);
+    /// read once by the migration, removed by the first save.
+    pub fn legacy_checkpoint_path(&self) -> PathBuf {
         self.dir.join("checkpoint.json")
     }
 
@@ -262,25 +454,45 @@ impl StateStore {
         self.dir.join("check-request")
     }
 
-    /// Loads the state; a missing file is the default state.
+    /// Loads the state; a missing file is the default state, an older format is migrated.
     pub fn load(&self) -> Result<AgentState, StateError> {
         let path = self.status_path();
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StateError::Corrupt { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
-            Err(source) => Err(StateError::Io {
-                action: "reading",
-                path,
-                source,
-            }),
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AgentState::default()),
+            Err(source) => {
+                return Err(StateError::Io {
+                    action: "reading",
+                    path,
+                    source,
+                })
+            }
+        };
+        let corrupt = |source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        if crate::migrate::is_legacy(&value) {
+            let checkpoint = std::fs::read(self.legacy_checkpoint_path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok());
+            return crate::migrate::from_legacy(value, checkpoint).map_err(corrupt);
         }
+        serde_json::from_value(value).map_err(corrupt)
     }
 
-    /// Saves the state atomically.
+    /// Saves the state atomically (and drops a migrated `checkpoint.json`).
     pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
         let json = serde_json::to_vec_pretty(state).expect("the state always serializes");
-        write_atomic(&self.status_path(), &json)
+        write_atomic(&self.status_path(), &json)?;
+        match std::fs::remove_file(self.legacy_checkpoint_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!("removing the migrated checkpoint.json: {e}")
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -288,19 +500,28 @@ impl StateStore {
 mod tests {
     use super::*;
 
+    pub(crate) fn offer(version: &str, size: u64) -> Offer {
+        Offer {
+            version: version.into(),
+            urls: vec!["http://u/p".into()],
+            size,
+            sha256: "ab".repeat(32),
+            target: Slot::B,
+        }
+    }
+
     #[test]
     fn flatcar_status_lines_match_update_engine_client() {
         let state = AgentState {
-            operation: Operation::Downloading,
-            progress: 0.25,
             last_checked_time: 1718000000,
-            new_version: "1.2.3".into(),
-            new_size: 42,
-            ..AgentState::default()
+            ..AgentState::in_phase(Phase::Downloading(Download {
+                received: 10,
+                ..Download::start(offer("1.2.3", 40))
+            }))
         };
         assert_eq!(
             state.flatcar_status_lines(),
-            "LAST_CHECKED_TIME=1718000000\nPROGRESS=0.250000\nCURRENT_OP=UPDATE_STATUS_DOWNLOADING\nNEW_VERSION=1.2.3\nNEW_SIZE=42\n"
+            "LAST_CHECKED_TIME=1718000000\nPROGRESS=0.250000\nCURRENT_OP=UPDATE_STATUS_DOWNLOADING\nNEW_VERSION=1.2.3\nNEW_SIZE=40\n"
         );
         assert!(AgentState::default()
             .flatcar_status_lines()
@@ -312,12 +533,53 @@ mod tests {
     }
 
     #[test]
+    fn operation_is_computed_from_phase_and_busy() {
+        let o = offer("1.1.0", 10);
+        let d = Download::start(o.clone());
+        let staged = StagedUpdate {
+            version: "1.1.0".into(),
+            size: 10,
+            slot: Slot::B,
+            boot_id: "x".into(),
+        };
+        for (phase, op) in [
+            (Phase::default(), Operation::Idle),
+            (
+                Phase::Idle {
+                    paused: Some(d.clone()),
+                },
+                Operation::Idle,
+            ),
+            (
+                Phase::Offered { offer: o.clone() },
+                Operation::UpdateAvailable,
+            ),
+            (Phase::Downloading(d.clone()), Operation::Downloading),
+            (Phase::Verifying(d), Operation::Verifying),
+            (
+                Phase::Verified {
+                    offer: o,
+                    root_hash: "r".into(),
+                },
+                Operation::Finalizing,
+            ),
+            (Phase::Staged(staged), Operation::UpdatedNeedReboot),
+        ] {
+            let mut state = AgentState::in_phase(phase);
+            assert_eq!(state.operation(), op);
+            state.busy = Some(Busy::Checking);
+            assert_eq!(state.operation(), Operation::CheckingForUpdate);
+            state.busy = Some(Busy::ReportingError);
+            assert_eq!(state.operation(), Operation::ReportingErrorEvent);
+        }
+    }
+
+    #[test]
     fn save_load_round_trip_and_no_temp_files_left() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::new(dir.path().join("agent"));
         assert_eq!(store.load().unwrap(), AgentState::default());
         let state = AgentState {
-            operation: Operation::UpdatedNeedReboot,
             previous_version: Some("1.0.0".into()),
             outbox: vec![QueuedEvent {
                 event_type: 3,
@@ -326,7 +588,12 @@ mod tests {
                 previous_version: None,
                 version: "1.0.0".into(),
             }],
-            ..AgentState::default()
+            ..AgentState::in_phase(Phase::Staged(StagedUpdate {
+                version: "1.1.0".into(),
+                size: 5,
+                slot: Slot::B,
+                boot_id: "b".into(),
+            }))
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
@@ -336,7 +603,8 @@ mod tests {
             .collect();
         assert_eq!(names, ["status.json"]);
         let text = std::fs::read_to_string(store.status_path()).unwrap();
-        assert!(text.contains("\"UPDATED_NEED_REBOOT\""), "{text}");
+        assert!(text.contains("\"state\": \"staged\""), "{text}");
+        assert!(text.contains("\"slot\": \"b\""), "{text}");
     }
 
     #[test]
