@@ -27,7 +27,7 @@ use wellcar_server::store::{self, Role};
 use crate::agent::{Agent, CheckOutcome, InstallSource};
 use crate::host::HostPaths;
 use crate::slots::EspSlots;
-use crate::state::Operation;
+use crate::state::{Operation, Phase};
 
 const MIB: u64 = 1024 * 1024;
 const USR_SIZE: u64 = 24 * MIB;
@@ -363,8 +363,8 @@ impl Host {
 
     fn agent(&self) -> Agent<EspSlots> {
         let mut agent = Agent::open(self.paths.clone()).unwrap();
-        agent.sync_interval = 256 * 1024;
-        agent.transfer_retry_delay = Duration::from_millis(50);
+        agent.set_sync_interval(256 * 1024);
+        agent.set_transfer_retry_delay(Duration::from_millis(50));
         agent
     }
 
@@ -433,9 +433,9 @@ async fn no_update() {
             poll_interval: Some(1800)
         }
     );
-    assert_eq!(agent.state.operation, Operation::Idle);
-    assert!(agent.state.last_checked_time > 0);
-    assert_eq!(agent.state.aleph_version.as_deref(), Some("1.0.0"));
+    assert_eq!(agent.state().operation(), Operation::Idle);
+    assert!(agent.state().last_checked_time > 0);
+    assert_eq!(agent.state().aleph_version.as_deref(), Some("1.0.0"));
     let instance = server.instance().await;
     assert_eq!(
         (instance.version.as_str(), instance.track.as_str()),
@@ -466,8 +466,8 @@ async fn update_reports_every_event_then_the_reboot() {
         matches!(outcome, CheckOutcome::Staged { ref version, .. } if version == "1.1.0"),
         "{outcome:?}"
     );
-    assert_eq!(agent.state.operation, Operation::UpdatedNeedReboot);
-    assert!(agent.state.outbox.is_empty(), "every event acknowledged");
+    assert_eq!(agent.state().operation(), Operation::UpdatedNeedReboot);
+    assert!(agent.state().outbox.is_empty(), "every event acknowledged");
     assert_eq!(
         server.events().await,
         [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)]
@@ -492,7 +492,7 @@ async fn update_reports_every_event_then_the_reboot() {
         matches!(outcome, CheckOutcome::NoUpdate { .. }),
         "{outcome:?}"
     );
-    assert_eq!(agent.state.operation, Operation::Idle);
+    assert_eq!(agent.state().operation(), Operation::Idle);
     let events = server.events().await;
     assert_eq!(events.last().unwrap(), &(3, 2, None, Some("1.0.0".into())));
     let instance = server.instance().await;
@@ -512,15 +512,15 @@ async fn update_reports_every_event_then_the_reboot() {
             version: "1.2.0".into()
         }
     );
-    assert_eq!(agent.state.operation, Operation::Idle);
-    assert!(agent.state.pending.is_none());
+    assert_eq!(agent.state().operation(), Operation::Idle);
+    assert_eq!(agent.state().phase, Phase::Idle { paused: None });
     assert_eq!(host.boot_state().a.version, "1.0.0", "the fallback is kept");
     let events = server.events().await;
     // Only once.
     let mut agent = agent;
     let agent_events = blocking(move || {
         agent.check(InstallSource::Scheduler).unwrap();
-        agent.state.outbox.len()
+        agent.state().outbox.len()
     })
     .await;
     assert_eq!(agent_events, 0);
@@ -610,15 +610,16 @@ async fn corrupt_payload_is_rejected_reported_and_nothing_staged() {
     let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
     let err = result.unwrap_err().to_string();
     assert!(err.contains("error code 10"), "{err}");
-    assert_eq!(agent.state.operation, Operation::Idle);
-    assert!(agent.state.pending.is_none());
+    assert_eq!(agent.state().operation(), Operation::Idle);
+    assert_eq!(agent.state().phase, Phase::Idle { paused: None });
     assert!(agent
         .state
         .last_error
         .as_deref()
         .unwrap()
         .contains("sha256"));
-    assert!(!agent.store.checkpoint_path().exists());
+    assert!(agent.state().phase.checkpoint().is_none());
+    assert!(!agent.store().legacy_checkpoint_path().exists());
     assert_eq!(
         server.events().await,
         [(13, 1, None, None), (3, 0, Some(10), None)]
@@ -660,10 +661,10 @@ async fn server_down_backs_off_then_recovers() {
         for _ in 0..3 {
             let err = agent.check(InstallSource::Scheduler).unwrap_err();
             assert!(err.to_string().contains(&port.to_string()), "{err}");
-            assert_eq!(agent.state.operation, Operation::Idle);
+            assert_eq!(agent.state().operation(), Operation::Idle);
             delays.push(crate::schedule::next_delay(
                 &config,
-                agent.state.consecutive_failures,
+                agent.state().consecutive_failures(),
                 None,
                 0.0,
             ));
@@ -672,8 +673,8 @@ async fn server_down_backs_off_then_recovers() {
     })
     .await;
     assert_eq!(delays, [10, 20, 40].map(Duration::from_secs));
-    assert_eq!(agent.state.consecutive_failures, 3);
-    assert!(agent.state.last_error.is_some());
+    assert_eq!(agent.state().consecutive_failures(), 3);
+    assert!(agent.state().last_error.is_some());
     // The server comes up on that address.
     let server = Server::start(dir.path(), port).await;
     let config = crate::config::Config::load(&host.paths.config_files).unwrap();
@@ -685,7 +686,7 @@ async fn server_down_backs_off_then_recovers() {
             poll_interval: Some(1800)
         }
     );
-    assert_eq!(agent.state.consecutive_failures, 0);
+    assert_eq!(agent.state().consecutive_failures(), 0);
     assert_eq!(
         crate::schedule::next_delay(&config, 0, outcome.poll_interval(), 0.0),
         Duration::from_secs(1800),
@@ -714,8 +715,8 @@ async fn rollback_is_reported_once() {
         matches!(outcome, CheckOutcome::NoUpdate { .. }),
         "the server must not re-offer: {outcome:?}"
     );
-    assert_eq!(agent.state.operation, Operation::Idle);
-    assert!(agent.state.previous_version.is_none());
+    assert_eq!(agent.state().operation(), Operation::Idle);
+    assert!(agent.state().previous_version.is_none());
     let events = server.events().await;
     assert_eq!(events.last().unwrap(), &(3, 0, Some(44), None));
     let instance = server.instance().await;
@@ -834,7 +835,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
         while start.elapsed() < limit {
             if let Ok(state) = store.load() {
                 assert!(
-                    !rebooted.exists() || state.staged.is_some(),
+                    !rebooted.exists() || state.phase.staged().is_some(),
                     "rebooted before the update was staged"
                 );
                 if kill_when(&state) {
@@ -847,7 +848,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
         child.sigkill();
         at_kill.or_else(|| store.load().ok())
     };
-    let op_progress = |s: &crate::state::AgentState| (s.operation, (s.progress * 100.0) as u32);
+    let op_progress = |s: &crate::state::AgentState| (s.operation(), (s.progress() * 100.0) as u32);
     let mut seen = Vec::new();
     let (seen_ref, run_ref, rebooted_ref, host_ref) = (&mut seen, &run_and_kill, &rebooted, &host);
     let outcome = blocking_scope(move || {
@@ -859,7 +860,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
             (Operation::Finalizing, 0.0),
         ] {
             let state = run_ref(
-                &|s| s.operation == target && s.progress >= min_progress,
+                &|s| s.operation() == target && s.progress() >= min_progress,
                 Duration::from_secs(30),
             );
             seen_ref.push(state.as_ref().map(op_progress));
@@ -874,7 +875,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
         for _ in 0..30 {
             let state = run_ref(&|_| false, delay);
             seen_ref.push(state.as_ref().map(op_progress));
-            if state.is_some_and(|s| s.operation == Operation::UpdatedNeedReboot)
+            if state.is_some_and(|s| s.operation() == Operation::UpdatedNeedReboot)
                 && rebooted_ref.exists()
             {
                 return true;
@@ -896,7 +897,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
     let kills = seen.len();
     asserts_staged(&host, &payload);
     let state = store.load().unwrap();
-    assert_eq!(state.operation, Operation::UpdatedNeedReboot);
+    assert_eq!(state.operation(), Operation::UpdatedNeedReboot);
     assert!(state.outbox.is_empty(), "{:?}", state.outbox);
     let events = server.events().await;
     for wanted in [(13, 1), (14, 1), (3, 1)] {
@@ -1030,7 +1031,7 @@ async fn daemon_backs_off_while_the_server_is_down() {
     let state = crate::state::StateStore::new(&host.paths.state_dir)
         .load()
         .unwrap();
-    assert!(state.consecutive_failures >= 3, "{state:?}");
+    assert!(state.consecutive_failures() >= 3, "{state:?}");
     // The server comes back on that address (the listener above is closed).
     let server = Server::start(dir.path(), addr).await;
     let store = crate::state::StateStore::new(&host.paths.state_dir);
@@ -1038,7 +1039,7 @@ async fn daemon_backs_off_while_the_server_is_down() {
         for _ in 0..200 {
             if store
                 .load()
-                .is_ok_and(|s| s.consecutive_failures == 0 && s.last_checked_time > 0)
+                .is_ok_and(|s| s.consecutive_failures() == 0 && s.last_checked_time > 0)
             {
                 return true;
             }
@@ -1067,7 +1068,7 @@ async fn restart_after_verification_but_before_recording_it_downloads_again() {
     let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     server.publish("1.1.0", &payload.path).await;
     let host = Host::new(&server.omaha_url(), &key, "");
-    let mut agent = host.agent();
+    let agent = host.agent();
     // What the earlier run did: the whole payload written, checkpoint complete, `finish` done.
     let (kernel, initramfs) = host.paths.boot_files(Slot::B);
     std::fs::create_dir_all(kernel.parent().unwrap()).unwrap();
@@ -1090,30 +1091,29 @@ async fn restart_after_verification_but_before_recording_it_downloads_again() {
     )
     .unwrap();
     installer.write_from(&mut file).unwrap();
-    std::fs::create_dir_all(agent.store.dir()).unwrap();
-    installer
-        .checkpoint()
-        .save(&agent.store.checkpoint_path())
-        .unwrap();
+    let checkpoint = installer.checkpoint().clone();
     installer.finish().unwrap();
     use sha2::Digest as _;
-    agent.state.aleph_version = Some("1.0.0".into());
-    agent.state.operation = Operation::Verifying;
-    agent.state.pending = Some(crate::state::PendingUpdate {
-        version: "1.1.0".into(),
-        urls: vec![format!("{}/1.1.0/wellcar_update.bin", server.payload_base)],
-        size: payload.size,
-        sha256: hex::encode(sha2::Sha256::digest(std::fs::read(&payload.path).unwrap())),
-        target_slot: 'b',
-        started_reported: true,
-        finished_reported: true,
-        verified_root_hash: None,
-    });
-    agent.store.save(&agent.state).unwrap();
+    let state = crate::state::AgentState {
+        aleph_version: Some("1.0.0".into()),
+        ..crate::state::AgentState::in_phase(Phase::Verifying(crate::state::Download {
+            offer: crate::state::Offer {
+                version: "1.1.0".into(),
+                urls: vec![format!("{}/1.1.0/wellcar_update.bin", server.payload_base)],
+                size: payload.size,
+                sha256: hex::encode(sha2::Sha256::digest(std::fs::read(&payload.path).unwrap())),
+                target: Slot::B,
+            },
+            received: checkpoint.payload_offset,
+            checkpoint: Some(checkpoint),
+            finish_reported: true,
+        }))
+    };
+    agent.store().save(&state).unwrap();
     let mut agent = host.agent();
     let (result, agent) = blocking(move || (agent.resume_pending(), agent)).await;
     assert_eq!(result.unwrap().as_deref(), Some("1.1.0"));
-    assert_eq!(agent.state.operation, Operation::UpdatedNeedReboot);
+    assert_eq!(agent.state().operation(), Operation::UpdatedNeedReboot);
     assert_eq!(
         server.relay.full_gets.load(Ordering::SeqCst),
         1,
@@ -1207,8 +1207,12 @@ async fn offer_with_a_version_that_is_not_an_os_version_is_refused_before_downlo
             if reason.starts_with("offered version: ") && reason.contains("\"1.2\"")),
         "{err}"
     );
-    assert!(agent.state.pending.is_none(), "nothing accepted");
-    assert_eq!(agent.state.consecutive_failures, 1);
+    assert_eq!(
+        agent.state().phase,
+        Phase::Idle { paused: None },
+        "nothing accepted"
+    );
+    assert_eq!(agent.state().consecutive_failures(), 1);
     assert_eq!(host.boot_state().b, wellcar_bootstate::SlotState::empty());
 }
 
@@ -1238,10 +1242,11 @@ async fn payload_whose_manifest_is_another_version_than_the_offer_is_refused() {
             && message.contains("manifest is version 1.2.0"),
         "{message}"
     );
-    assert_eq!(agent.state.operation, Operation::Idle);
-    assert!(agent.state.pending.is_none() && agent.state.staged.is_none());
-    assert_eq!(agent.state.last_error.as_deref(), Some(message.as_str()));
-    assert!(!agent.store.checkpoint_path().exists());
+    assert_eq!(agent.state().operation(), Operation::Idle);
+    assert_eq!(agent.state().phase, Phase::Idle { paused: None });
+    assert_eq!(agent.state().last_error.as_deref(), Some(message.as_str()));
+    assert!(agent.state().phase.checkpoint().is_none());
+    assert!(!agent.store().legacy_checkpoint_path().exists());
     assert_eq!(
         server.events().await,
         [(13, 1, None, None), (3, 0, Some(12), None)]

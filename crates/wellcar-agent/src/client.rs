@@ -80,12 +80,12 @@ mod tests {
             std::thread::spawn(move || {
                 std::fs::remove_file(store.request_path()).unwrap();
                 let mut state = AgentState {
-                    operation: crate::state::Operation::CheckingForUpdate,
+                    busy: Some(crate::state::Busy::Checking),
                     ..AgentState::default()
                 };
                 store.save(&state).unwrap();
                 std::thread::sleep(Duration::from_millis(50));
-                state.operation = crate::state::Operation::Idle;
+                state.busy = None;
                 state.handled_request = Some(id);
                 store.save(&state).unwrap();
             })
@@ -96,7 +96,7 @@ mod tests {
             &id,
             Duration::from_millis(5),
             Duration::from_secs(5),
-            &mut |s| seen.push(s.operation),
+            &mut |s| seen.push(s.operation()),
         )
         .unwrap();
         daemon.join().unwrap();

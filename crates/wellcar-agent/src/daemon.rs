@@ -26,7 +26,7 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
         Ok(None) => {}
         Err(e) => tracing::error!("resuming the interrupted install: {e:#}"),
     }
-    let config = load_config(&agent.paths.config_files);
+    let config = load_config(&agent.paths().config_files);
     let mut next_check = Instant::now() + schedule::first_delay(&config, schedule::random_unit());
     tracing::info!(
         in_secs = next_check
@@ -60,27 +60,24 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
                     None
                 }
             };
-            agent.state.last_result = Some(match &result {
+            let result = match &result {
                 Ok(outcome) => outcome.to_string(),
                 Err(e) => format!("failed: {e:#}"),
-            });
-            if let Some(id) = request {
-                agent.state.handled_request = Some(id.trim().to_owned());
-            }
-            if let Err(e) = agent.store.save(&agent.state) {
+            };
+            if let Err(e) = agent.record_check(result, request) {
                 tracing::error!("{e:#}");
             }
-            let config = load_config(&agent.paths.config_files);
+            let config = load_config(&agent.paths().config_files);
             let delay = schedule::next_delay(
                 &config,
-                agent.state.consecutive_failures,
+                agent.state().consecutive_failures(),
                 poll,
                 schedule::random_unit(),
             );
             tracing::debug!(in_secs = delay.as_secs(), "next update check scheduled");
             next_check = Instant::now() + delay;
         }
-        let config = load_config(&agent.paths.config_files);
+        let config = load_config(&agent.paths().config_files);
         let now = jiff::Zoned::now();
         let reboot_due = next_reboot_attempt.is_none_or(|t| Instant::now() >= t);
         if reboot_due && agent.reboot_wait(&config, &now) == Some(Duration::ZERO) {

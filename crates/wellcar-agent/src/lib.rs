@@ -6,10 +6,13 @@
 //! - [`config`]: `update.conf` (Flatcar's keys), layered;
 //! - [`host`]: every path and command the agent touches ([`host::HostPaths`], injectable for
 //!   tests) and the facts it reads (version, machine id, boot id, OEM, booted slot);
-//! - [`agent`]: one check and the install it leads to (see its docs for the order of steps);
+//! - [`machine`]: the update's decisions as a pure state machine, `step(input) -> effects`;
+//! - [`agent`]: the driver: one check and the install it leads to, carrying out the machine's
+//!   effects (see its docs for the order of steps);
 //! - [`slots`]: the [`slots::SlotControl`] interface to the boot-state core
 //!   (`wellcar-bootstate`) and a bounded window onto the target USR partition;
-//! - [`state`]: `status.json` with Flatcar's status names, written atomically;
+//! - [`state`]: `status.json`, the serialized install phase (Flatcar's status names computed
+//!   from it), written atomically; [`migrate`]: the format before the phase;
 //! - [`schedule`], [`window`]: when to check and when to reboot;
 //! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs.
 //!
@@ -26,6 +29,8 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod http;
+pub mod machine;
+pub mod migrate;
 pub mod schedule;
 pub mod slots;
 pub mod state;
@@ -37,27 +42,28 @@ mod agent_tests;
 pub use agent::{Agent, AgentError, CheckOutcome, InstallSource};
 pub use config::{Config, RebootStrategy};
 pub use host::{HostFacts, HostPaths};
+pub use machine::{Effect, Input, Machine};
 pub use slots::{EspSlots, SlotControl};
-pub use state::{AgentState, Operation, StateStore};
+pub use state::{AgentState, Operation, Phase, StateStore};
 
 /// The `update` section of `wellcar-update status`: status, progress, versions, last check
 /// and error, one `Key: value` per line.
 pub fn status_report(state: &AgentState) -> String {
-    let mut out = format!("Update status: {}\n", state.operation.short_name());
-    if state.operation == Operation::Downloading {
-        out.push_str(&format!("Progress: {:.1}%\n", state.progress * 100.0));
+    let operation = state.operation();
+    let mut out = format!("Update status: {}\n", operation.short_name());
+    if operation == Operation::Downloading {
+        out.push_str(&format!("Progress: {:.1}%\n", state.progress() * 100.0));
     }
-    if !state.new_version.is_empty() {
+    if let Some(version) = state.new_version() {
         out.push_str(&format!(
-            "New version: {} ({} bytes)\n",
-            state.new_version, state.new_size
+            "New version: {version} ({} bytes)\n",
+            state.new_size()
         ));
     }
-    if let Some(staged) = &state.staged {
+    if let Some(staged) = state.phase.staged() {
         out.push_str(&format!(
-            "Staged: {} in USR-{}, reboot to activate\n",
-            staged.version,
-            staged.slot.to_ascii_uppercase()
+            "Staged: {} in {}, reboot to activate\n",
+            staged.version, staged.slot
         ));
     }
     out.push_str(&format!(
@@ -88,15 +94,15 @@ pub fn status_report(state: &AgentState) -> String {
 /// The update section of `wellcar-update status --json` (keys only ever added).
 pub fn status_json(state: &AgentState) -> serde_json::Value {
     serde_json::json!({
-        "status": state.operation.short_name(),
-        "current_op": state.operation.flatcar_name(),
-        "progress": state.progress,
-        "new_version": if state.new_version.is_empty() { "0.0.0" } else { &state.new_version },
-        "new_size": state.new_size,
+        "status": state.operation().short_name(),
+        "current_op": state.operation().flatcar_name(),
+        "progress": state.progress(),
+        "new_version": state.new_version().unwrap_or("0.0.0"),
+        "new_size": state.new_size(),
         "last_checked_time": state.last_checked_time,
-        "staged": state.staged.as_ref().map(|s| serde_json::json!({
+        "staged": state.phase.staged().map(|s| serde_json::json!({
             "version": s.version,
-            "slot": format!("USR-{}", s.slot.to_ascii_uppercase()),
+            "slot": s.slot.to_string(),
         })),
         "last_error": state.last_error,
         "last_result": state.last_result,
@@ -111,12 +117,17 @@ mod tests {
     #[test]
     fn status_report_and_json_name_the_state() {
         let state = AgentState {
-            operation: Operation::Downloading,
-            progress: 0.5,
-            new_version: "1.1.0".into(),
-            new_size: 10,
             last_error: Some("boom".into()),
-            ..AgentState::default()
+            ..AgentState::in_phase(Phase::Downloading(state::Download {
+                received: 5,
+                ..state::Download::start(state::Offer {
+                    version: "1.1.0".into(),
+                    urls: vec![],
+                    size: 10,
+                    sha256: String::new(),
+                    target: wellcar_bootstate::Slot::B,
+                })
+            }))
         };
         let text = status_report(&state);
         assert!(

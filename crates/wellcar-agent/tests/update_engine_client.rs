@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-use wellcar_agent::state::{AgentState, Operation, StateStore};
+use wellcar_agent::state::{AgentState, Phase, StagedUpdate, StateStore};
+use wellcar_bootstate::Slot;
 
 fn client(state_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_update_engine_client"))
@@ -24,11 +25,13 @@ fn status_prints_flatcar_key_value_lines() {
     let store = StateStore::new(dir.path());
     store
         .save(&AgentState {
-            operation: Operation::UpdatedNeedReboot,
             last_checked_time: 1718000000,
-            new_version: "1.1.0".into(),
-            new_size: 12345,
-            ..AgentState::default()
+            ..AgentState::in_phase(Phase::Staged(StagedUpdate {
+                version: "1.1.0".into(),
+                size: 12345,
+                slot: Slot::B,
+                boot_id: "5e6b2a4e-0c8d-4d7a-9a62-1f7c1c1f0b3e".into(),
+            }))
         })
         .unwrap();
     let out = client(dir.path(), &["--status"]);

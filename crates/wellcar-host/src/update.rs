@@ -45,15 +45,16 @@ pub fn check_with(
         Duration::from_millis(500),
         Duration::from_secs(opts.take_timeout),
         &mut |s| {
-            let line = match s.operation {
+            let version = s.new_version().unwrap_or_default();
+            let line = match s.operation() {
                 Operation::Downloading => format!(
-                    "{} {} {:.0}%",
-                    s.operation.short_name(),
-                    s.new_version,
-                    s.progress * 100.0
+                    "{} {version} {:.0}%",
+                    Operation::Downloading.short_name(),
+                    s.progress() * 100.0
                 ),
-                Operation::UpdateAvailable | Operation::Verifying | Operation::Finalizing => {
-                    format!("{} {}", s.operation.short_name(), s.new_version)
+                op
+                @ (Operation::UpdateAvailable | Operation::Verifying | Operation::Finalizing) => {
+                    format!("{} {version}", op.short_name())
                 }
                 other => other.short_name().to_owned(),
             };
@@ -106,7 +107,17 @@ pub fn render_from(store: &StateStore) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wellcar_agent::state::AgentState;
+    use wellcar_agent::state::{AgentState, Download, Offer, Phase, StagedUpdate};
+    use wellcar_bootstate::Slot;
+
+    fn staged() -> Phase {
+        Phase::Staged(StagedUpdate {
+            version: "1.1.0".into(),
+            size: 10,
+            slot: Slot::B,
+            boot_id: "b".into(),
+        })
+    }
 
     /// Stands in for the daemon (which needs a server and a disk; its own tests cover it):
     /// takes the request and records `result` as it would.
@@ -120,15 +131,20 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             };
             std::fs::remove_file(&request).unwrap();
-            let mut state = AgentState {
-                operation: Operation::Downloading,
-                new_version: "1.1.0".into(),
-                progress: 0.5,
-                ..AgentState::default()
+            let offer = Offer {
+                version: "1.1.0".into(),
+                urls: vec![],
+                size: 10,
+                sha256: String::new(),
+                target: Slot::B,
             };
+            let mut state = AgentState::in_phase(Phase::Downloading(Download {
+                received: 5,
+                ..Download::start(offer)
+            }));
             store.save(&state).unwrap();
             std::thread::sleep(Duration::from_millis(600));
-            state.operation = Operation::UpdatedNeedReboot;
+            state.phase = staged();
             state.last_result = Some(result.into());
             state.handled_request = Some(id);
             store.save(&state).unwrap();
@@ -172,13 +188,7 @@ mod tests {
         let store = StateStore::new(dir.path().join("agent"));
         assert_eq!(section_from(&store), None);
         assert_eq!(render_from(&store), "");
-        store
-            .save(&AgentState {
-                operation: Operation::UpdatedNeedReboot,
-                new_version: "1.1.0".into(),
-                ..AgentState::default()
-            })
-            .unwrap();
+        store.save(&AgentState::in_phase(staged())).unwrap();
         let json = section_from(&store).unwrap();
         assert_eq!(json["status"], "UPDATED_NEED_REBOOT");
         assert_eq!(json["new_version"], "1.1.0");

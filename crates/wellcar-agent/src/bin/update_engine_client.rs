@@ -78,7 +78,7 @@ fn update(store: &StateStore) -> Result<ExitCode, String> {
         &mut |s| print!("{}", s.flatcar_status_lines()),
     )
     .map_err(|e| e.to_string())?;
-    match state.operation {
+    match state.operation() {
         Operation::UpdatedNeedReboot => {
             eprintln!("Update succeeded -- reboot needed.");
             Ok(ExitCode::SUCCESS)

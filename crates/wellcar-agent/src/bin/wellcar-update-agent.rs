@@ -82,10 +82,10 @@ fn run(opts: Opts) -> anyhow::Result<()> {
     }
     let mut agent = Agent::open(paths).context("starting the update agent")?;
     if let Some(n) = opts.sync_interval {
-        agent.sync_interval = n;
+        agent.set_sync_interval(n);
     }
     if let Some(s) = opts.transfer_retry_secs {
-        agent.transfer_retry_delay = std::time::Duration::from_secs(s);
+        agent.set_transfer_retry_delay(std::time::Duration::from_secs(s));
     }
     if opts.once {
         let outcome = agent
