@@ -902,7 +902,7 @@ fn bios_provision_update_fallback_power_cut() {
         story.fail("the machine rebooted after the fallback");
     }
     let agent = story.agent_state();
-    if agent["operation"] != "IDLE" || !agent["pending"].is_null() {
+    if agent["phase"]["state"] != "idle" || !agent["phase"]["paused"].is_null() {
         story.fail(&format!("the agent retries after the fallback: {agent}"));
     }
     let st = story.status();
@@ -917,16 +917,20 @@ fn bios_provision_update_fallback_power_cut() {
     let deadline = Instant::now() + UPDATE_TIMEOUT;
     loop {
         let agent = story.agent_state();
-        let op = agent["operation"].as_str().unwrap_or_default().to_owned();
-        let progress = agent["progress"].as_f64().unwrap_or(0.0);
-        if (op == "DOWNLOADING" && progress > 0.05) || op == "VERIFYING" || op == "FINALIZING" {
+        // status.json is the serialized phase (`wellcar_agent::state::Phase`).
+        let phase = &agent["phase"];
+        let op = phase["state"].as_str().unwrap_or_default().to_owned();
+        let received = phase["received"].as_f64().unwrap_or(0.0);
+        let size = phase["offer"]["size"].as_f64().unwrap_or(f64::INFINITY);
+        let progress = received / size;
+        if (op == "downloading" && progress > 0.05) || op == "verifying" || op == "verified" {
             story.tl.mark(&format!(
                 "agent {op} v4 at {:.0}%: power cut",
                 progress * 100.0
             ));
             break;
         }
-        if op == "UPDATED_NEED_REBOOT" || Instant::now() > deadline {
+        if op == "staged" || Instant::now() > deadline {
             story.fail(&format!("missed the download window: {agent}"));
         }
         std::thread::sleep(Duration::from_secs(1));
