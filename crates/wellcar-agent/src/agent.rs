@@ -212,7 +212,7 @@ impl<'a> Run<'a> {
 
     /// The input reporting `failure`; keeps its error for the end of the run.
     fn failed(&mut self, failure: Failure) -> Input {
-        self.error = failure.error;
+        self.error = failure.error.map(|e| *e);
         Input::Failed(failure.failure)
     }
 }

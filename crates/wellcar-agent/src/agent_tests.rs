@@ -613,7 +613,7 @@ async fn corrupt_payload_is_rejected_reported_and_nothing_staged() {
     assert_eq!(agent.state().operation(), Operation::Idle);
     assert_eq!(agent.state().phase, Phase::Idle { paused: None });
     assert!(agent
-        .state
+        .state()
         .last_error
         .as_deref()
         .unwrap()

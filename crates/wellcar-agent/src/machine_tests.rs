@@ -5,6 +5,20 @@ use crate::state::Operation;
 
 const BOOT: &str = "boot-1";
 
+/// An Omaha event as (type, result, error code).
+type Event = (u32, u32, Option<u32>);
+/// One row of the input table: name, phase before, input, phase after, effects, events queued.
+type InputRow = (&'static str, Phase, Input, Phase, Vec<Effect>, Vec<Event>);
+/// One row of the boot table: name, phase before, boot, phase after, events, previous version.
+type BootRow = (
+    &'static str,
+    Phase,
+    Booted,
+    Phase,
+    Vec<Event>,
+    Option<&'static str>,
+);
+
 fn booted() -> Booted {
     Booted {
         version: "1.0.0".into(),
@@ -104,7 +118,7 @@ fn single_transitions() {
         now: 7,
     };
     #[rustfmt::skip]
-    let table: Vec<(&str, Phase, Input, Phase, Vec<Effect>, Vec<(u32, u32, Option<u32>)>)> = vec![
+    let table: Vec<InputRow> = vec![
         ("no update from idle", Phase::default(), Input::NoUpdate { now: 7 },
             Phase::default(), vec![Effect::Persist], vec![]),
         ("no update drops a paused download", Phase::Idle { paused: Some(download(Some(50))) },
@@ -174,7 +188,7 @@ fn reconcile_with_the_booted_system() {
         ..booted()
     };
     #[rustfmt::skip]
-    let table: Vec<(&str, Phase, Booted, Phase, Vec<(u32, u32, Option<u32>)>, Option<&str>)> = vec![
+    let table: Vec<BootRow> = vec![
         ("same boot keeps the staged update", staged(BOOT), booted(), staged(BOOT), vec![], None),
         ("rebooted into the new version: 3/2", staged(BOOT), booted_b.clone(), Phase::default(),
             vec![(3, 2, None)], Some("1.0.0")),

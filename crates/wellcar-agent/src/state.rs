@@ -3,8 +3,8 @@
 //!
 //! Contract: `status.json` is the serialized [`AgentState`]; the Flatcar status names
 //! ([`Operation`]), the progress and the offered version are computed from the phase, never
-//! stored beside it, so they cannot contradict it. [`StateStore::save`] writes it as temp file
-//! + fsync + rename + fsync of the directory, so after a `kill -9` or power loss the file is
+//! stored beside it, so they cannot contradict it. [`StateStore::save`] writes it as a temp file,
+//! fsyncs it, renames it over the old one and fsyncs the directory, so after a `kill -9` or power loss the file is
 //! either the old or the new state, never a mix. Readers (`update_engine_client -status`,
 //! `wellcar-update status`) only read. A missing file is the initial state; a file in the
 //! format written before the phase existed is migrated on load (see [`crate::migrate`]).

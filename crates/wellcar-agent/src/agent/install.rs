@@ -298,7 +298,7 @@ fn check_offered_version(offered: &str, head: &VerifiedHead) -> Result<(), Failu
             reason: error.to_string(),
             retryable: false,
         },
-        error: Some(error),
+        error: Some(Box::new(error)),
     })
 }
 
@@ -330,7 +330,7 @@ impl std::io::Read for ProgressReader<'_> {
 #[derive(Debug)]
 pub(super) struct Failure {
     pub(super) failure: InstallFailure,
-    pub(super) error: Option<AgentError>,
+    pub(super) error: Option<Box<AgentError>>,
 }
 
 impl Failure {
