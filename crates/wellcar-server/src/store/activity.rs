@@ -1,0 +1,71 @@
+//! The activity log (`activity`): who changed what, and why a group halted.
+//!
+//! Contract:
+//! - Entries are only appended (and deleted by retention), each also written to the trace log.
+//! - The actor is a token name or `system`; the severity is `info`, `warning` or `error`.
+
+use crate::db::Conn;
+use crate::model::Activity;
+use crate::params;
+use crate::StoreError;
+
+/// Appends to the activity log.
+#[allow(clippy::too_many_arguments)]
+pub fn log_activity(
+    conn: &mut dyn Conn,
+    now: i64,
+    actor: &str,
+    kind: &str,
+    app_id: Option<&str>,
+    group_id: Option<&str>,
+    severity: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO activity (id, created_at, actor, kind, app_id, group_id, severity, message)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &params![
+            uuid::Uuid::new_v4().to_string(),
+            now,
+            actor,
+            kind,
+            app_id,
+            group_id,
+            severity,
+            message
+        ],
+    )?;
+    tracing::info!(actor, kind, severity, "{message}");
+    Ok(())
+}
+
+/// The activity log, newest first.
+pub fn list_activity(
+    conn: &mut dyn Conn,
+    app_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Activity>, StoreError> {
+    conn.query(
+        "SELECT created_at, actor, kind, app_id, group_id, severity, message FROM activity
+         WHERE ($1 = '' OR app_id = $1) ORDER BY created_at DESC, id LIMIT $2",
+        &params![
+            app_id
+                .map(wellcar_omaha::normalize_app_id)
+                .unwrap_or_default(),
+            limit.clamp(1, 100_000)
+        ],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Activity {
+            created_at: r.int(0)?,
+            actor: r.text(1)?,
+            kind: r.text(2)?,
+            app_id: r.opt_text(3)?,
+            group_id: r.opt_text(4)?,
+            severity: r.text(5)?,
+            message: r.text(6)?,
+        })
+    })
+    .collect()
+}

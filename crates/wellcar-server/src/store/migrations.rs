@@ -1,0 +1,101 @@
+//! The schema, as an ordered list of migrations, and [`migrate`].
+//!
+//! Contract:
+//! - Migrations are append-only: migration n is applied once, recorded in `schema_migrations`,
+//!   and never edited afterwards; a schema change is a new entry at the end.
+//! - The same SQL runs on SQLite and PostgreSQL (TEXT and BIGINT columns only).
+//! - [`migrate`] is safe to run from several processes at once: on PostgreSQL it takes a
+//!   transaction-scoped advisory lock first. It seeds an empty database (`seed`).
+
+use super::seed::seed;
+use crate::db::{query_one, Backend, Conn};
+use crate::params;
+use crate::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the whole model.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+     INSERT INTO meta (key, value) VALUES ('generation', 1);
+     CREATE TABLE apps (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
+        created_at BIGINT NOT NULL);
+     CREATE TABLE packages (
+        id TEXT PRIMARY KEY, app_id TEXT NOT NULL REFERENCES apps(id),
+        version TEXT NOT NULL, arch TEXT NOT NULL, filename TEXT NOT NULL, url TEXT NOT NULL,
+        size BIGINT NOT NULL, sha256_hex TEXT NOT NULL, sha1_base64 TEXT NOT NULL,
+        sha256_base64 TEXT NOT NULL, created_at BIGINT NOT NULL,
+        UNIQUE (app_id, version, arch));
+     CREATE TABLE channels (
+        id TEXT PRIMARY KEY, app_id TEXT NOT NULL REFERENCES apps(id), name TEXT NOT NULL,
+        arch TEXT NOT NULL, package_id TEXT REFERENCES packages(id), created_at BIGINT NOT NULL,
+        UNIQUE (app_id, name, arch));
+     CREATE TABLE update_groups (
+        id TEXT PRIMARY KEY, app_id TEXT NOT NULL REFERENCES apps(id), name TEXT NOT NULL,
+        track TEXT NOT NULL, channel TEXT NOT NULL, description TEXT NOT NULL,
+        updates_enabled BIGINT NOT NULL, safe_mode BIGINT NOT NULL,
+        max_updates_per_period BIGINT NOT NULL, period_secs BIGINT NOT NULL,
+        max_concurrent BIGINT NOT NULL, update_timeout_secs BIGINT NOT NULL,
+        allow_downgrade BIGINT NOT NULL, timezone TEXT NOT NULL, windows TEXT NOT NULL,
+        halted BIGINT NOT NULL, halted_reason TEXT, created_at BIGINT NOT NULL,
+        UNIQUE (app_id, track));
+     CREATE TABLE instances (
+        app_id TEXT NOT NULL, machine_id TEXT NOT NULL, alias TEXT NOT NULL, ip TEXT NOT NULL,
+        oem TEXT NOT NULL, version TEXT NOT NULL, track TEXT NOT NULL, group_id TEXT,
+        arch TEXT NOT NULL, status TEXT NOT NULL, first_seen BIGINT NOT NULL,
+        last_check BIGINT NOT NULL, granted_version TEXT, granted_at BIGINT,
+        status_changed_at BIGINT NOT NULL, last_error_code BIGINT,
+        PRIMARY KEY (app_id, machine_id));
+     CREATE INDEX instances_group_granted ON instances (group_id, granted_at);
+     CREATE INDEX instances_last_check ON instances (last_check);
+     CREATE TABLE events (
+        id TEXT PRIMARY KEY, app_id TEXT NOT NULL, machine_id TEXT NOT NULL, group_id TEXT,
+        event_type BIGINT NOT NULL, event_result BIGINT NOT NULL, error_code BIGINT,
+        previous_version TEXT, version TEXT NOT NULL, created_at BIGINT NOT NULL);
+     CREATE INDEX events_created ON events (created_at);
+     CREATE INDEX events_machine ON events (app_id, machine_id);
+     CREATE TABLE activity (
+        id TEXT PRIMARY KEY, created_at BIGINT NOT NULL, actor TEXT NOT NULL, kind TEXT NOT NULL,
+        app_id TEXT, group_id TEXT, severity TEXT NOT NULL, message TEXT NOT NULL);
+     CREATE INDEX activity_created ON activity (created_at);
+     CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL);",
+    // 2: mandatory intermediate versions.
+    "CREATE TABLE channel_floors (
+        channel_id TEXT NOT NULL REFERENCES channels(id),
+        package_id TEXT NOT NULL REFERENCES packages(id), reason TEXT NOT NULL,
+        created_at BIGINT NOT NULL, PRIMARY KEY (channel_id, package_id));",
+    // 3: keep the grant transaction's lookups off full scans of a large fleet.
+    "CREATE INDEX instances_group_status_version ON instances (group_id, status, version);
+     CREATE INDEX instances_group_granted_version ON instances (group_id, granted_version);",
+];
+
+/// Runs pending migrations and seeds an empty database. Safe to run from several processes.
+pub fn migrate(conn: &mut dyn Conn, now: i64) -> Result<(), StoreError> {
+    if conn.backend() == Backend::Postgres {
+        // Serializes concurrent server starts; released at commit.
+        conn.batch("SELECT pg_advisory_xact_lock(74700007)")?;
+    }
+    conn.batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )?;
+    let applied = query_one(conn, "SELECT COUNT(*) FROM schema_migrations", &[])?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        conn.batch(sql)?;
+        conn.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &params![i as i64 + 1, now],
+        )?;
+    }
+    let apps = query_one(conn, "SELECT COUNT(*) FROM apps", &[])?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
+    if apps == 0 {
+        seed(conn, now)?;
+    }
+    Ok(())
+}
