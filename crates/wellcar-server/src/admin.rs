@@ -166,12 +166,14 @@ async fn create_app(
             store::log_activity(
                 conn,
                 now,
-                &actor,
-                "app-created",
-                Some(&created.id),
-                None,
-                "info",
-                &format!("application {} ({}) created", created.id, created.name),
+                &store::NewActivity {
+                    actor: &actor,
+                    kind: "app-created",
+                    app_id: Some(&created.id),
+                    group_id: None,
+                    severity: "info",
+                    message: &format!("application {} ({}) created", created.id, created.name),
+                },
             )?;
             Ok(created)
         })
@@ -220,12 +222,14 @@ async fn create_channel(
             store::log_activity(
                 conn,
                 now,
-                &actor,
-                "channel-created",
-                Some(&ch.app_id),
-                None,
-                "info",
-                &format!("channel {} ({}) created", ch.name, ch.arch),
+                &store::NewActivity {
+                    actor: &actor,
+                    kind: "channel-created",
+                    app_id: Some(&ch.app_id),
+                    group_id: None,
+                    severity: "info",
+                    message: &format!("channel {} ({}) created", ch.name, ch.arch),
+                },
             )?;
             Ok(ch)
         })
@@ -279,16 +283,13 @@ async fn add_floor(
     state
         .db
         .write(move |c| {
-            store::add_floor(
-                c,
-                &app,
-                &channel,
-                &body.version,
-                &body.arch,
-                &body.reason,
-                &actor,
-                now,
-            )
+            let floor = store::NewFloor {
+                channel: &channel,
+                version: &body.version,
+                arch: &body.arch,
+                reason: &body.reason,
+            };
+            store::add_floor(c, &app, &floor, &actor, now)
         })
         .await?;
     after_change(&state).await?;
@@ -352,28 +353,28 @@ async fn create_group(
         .write(move |conn| {
             let track = body.track.clone().unwrap_or_else(|| body.name.clone());
             let policy = body.policy.clone().unwrap_or_default();
-            let g = store::create_group(
-                conn,
-                &app,
-                &body.name,
-                &track,
-                &body.channel,
-                &body.description,
-                &policy,
-                now,
-            )?;
+            let spec = store::GroupSpec {
+                name: &body.name,
+                track: &track,
+                channel: &body.channel,
+                description: &body.description,
+                policy: &policy,
+            };
+            let g = store::create_group(conn, &app, &spec, now)?;
             store::log_activity(
                 conn,
                 now,
-                &actor,
-                "group-created",
-                Some(&g.app_id),
-                Some(&g.id),
-                "info",
-                &format!(
-                    "group {} created (channel {}, safe mode {})",
-                    g.track, g.channel, g.policy.safe_mode
-                ),
+                &store::NewActivity {
+                    actor: &actor,
+                    kind: "group-created",
+                    app_id: Some(&g.app_id),
+                    group_id: Some(&g.id),
+                    severity: "info",
+                    message: &format!(
+                        "group {} created (channel {}, safe mode {})",
+                        g.track, g.channel, g.policy.safe_mode
+                    ),
+                },
             )?;
             Ok(g)
         })

@@ -449,15 +449,17 @@ fn grant(
         store::log_activity(
             conn,
             now,
-            "system",
-            "rollout-started",
-            Some(&s.app_id),
-            Some(&group.id),
-            "info",
-            &format!(
-                "rollout of {version} to group {} started with instance {}",
-                group.track, s.machine_id
-            ),
+            &store::NewActivity {
+                actor: "system",
+                kind: "rollout-started",
+                app_id: Some(&s.app_id),
+                group_id: Some(&group.id),
+                severity: "info",
+                message: &format!(
+                    "rollout of {version} to group {} started with instance {}",
+                    group.track, s.machine_id
+                ),
+            },
         )?;
     }
     Ok(Verdict::Granted)
@@ -565,12 +567,14 @@ pub fn apply_events(
             store::log_activity(
                 conn,
                 now,
-                "system",
-                "instance-update-failed",
-                Some(&s.app_id),
-                group_id.as_deref(),
-                "error",
-                &what,
+                &store::NewActivity {
+                    actor: "system",
+                    kind: "instance-update-failed",
+                    app_id: Some(&s.app_id),
+                    group_id: group_id.as_deref(),
+                    severity: "error",
+                    message: &what,
+                },
             )?;
             if let Some(gid) = &group_id {
                 if let Some(g) = store::lock_group(conn, gid)? {

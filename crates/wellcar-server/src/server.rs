@@ -313,15 +313,17 @@ impl ServerState {
                     store::log_activity(
                         conn,
                         now,
-                        "system",
-                        "instance-update-timeout",
-                        Some(&t.app_id),
-                        Some(&t.group_id),
-                        "warning",
-                        &format!(
-                            "instance {} did not finish updating to {} within the group's timeout",
-                            t.machine_id, t.granted_version
-                        ),
+                        &store::NewActivity {
+                            actor: "system",
+                            kind: "instance-update-timeout",
+                            app_id: Some(&t.app_id),
+                            group_id: Some(&t.group_id),
+                            severity: "warning",
+                            message: &format!(
+                                "instance {} did not finish updating to {} within the group's timeout",
+                                t.machine_id, t.granted_version
+                            ),
+                        },
                     )?;
                     if t.safe_mode {
                         halted |= store::halt_group(

@@ -9,18 +9,37 @@ use crate::model::Activity;
 use crate::params;
 use crate::StoreError;
 
+/// One activity-log entry, as [`log_activity`] appends it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewActivity<'a> {
+    /// Who: a token name, or `system`.
+    pub actor: &'a str,
+    /// What happened, e.g. `group-halted`.
+    pub kind: &'a str,
+    /// The app concerned, if any.
+    pub app_id: Option<&'a str>,
+    /// The group concerned, if any.
+    pub group_id: Option<&'a str>,
+    /// `info`, `warning` or `error`.
+    pub severity: &'a str,
+    /// What to tell the operator.
+    pub message: &'a str,
+}
+
 /// Appends to the activity log.
-#[allow(clippy::too_many_arguments)]
 pub fn log_activity(
     conn: &mut dyn Conn,
     now: i64,
-    actor: &str,
-    kind: &str,
-    app_id: Option<&str>,
-    group_id: Option<&str>,
-    severity: &str,
-    message: &str,
+    entry: &NewActivity<'_>,
 ) -> Result<(), StoreError> {
+    let NewActivity {
+        actor,
+        kind,
+        app_id,
+        group_id,
+        severity,
+        message,
+    } = *entry;
     conn.execute(
         "INSERT INTO activity (id, created_at, actor, kind, app_id, group_id, severity, message)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -11,6 +11,7 @@
 use super::packages::{find_package, package_from, PACKAGE_COLUMNS};
 use super::{
     bump_generation, check_arch, check_name, list_apps, log_activity, require_app, stable_id,
+    NewActivity,
 };
 use crate::db::{query_one, Conn};
 use crate::model::{Channel, Floor};
@@ -100,18 +101,34 @@ pub fn list_channels(conn: &mut dyn Conn, app_id: &str) -> Result<Vec<Channel>, 
     Ok(channels)
 }
 
+/// A floor to add ([`add_floor`]): the package of `version` and `arch` becomes a mandatory
+/// intermediate version of `channel`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFloor<'a> {
+    /// Channel name.
+    pub channel: &'a str,
+    /// Package version (the package must exist).
+    pub version: &'a str,
+    /// Architecture (of the channel and the package).
+    pub arch: &'a str,
+    /// Why machines must pass through this version.
+    pub reason: &'a str,
+}
+
 /// Makes a package a mandatory intermediate version (floor) of a channel.
-#[allow(clippy::too_many_arguments)]
 pub fn add_floor(
     conn: &mut dyn Conn,
     app_id: &str,
-    channel: &str,
-    version: &str,
-    arch: &str,
-    reason: &str,
+    floor: &NewFloor<'_>,
     actor: &str,
     now: i64,
 ) -> Result<(), StoreError> {
+    let NewFloor {
+        channel,
+        version,
+        arch,
+        reason,
+    } = *floor;
     let app = require_app(conn, app_id)?;
     let package = find_package(conn, &app.id, version, arch)?;
     let channel_id = stable_id(&["channel", &app.id, channel, arch]);
@@ -140,12 +157,16 @@ pub fn add_floor(
     log_activity(
         conn,
         now,
-        actor,
-        "floor-added",
-        Some(&app.id),
-        None,
-        "info",
-        &format!("{version} is now a mandatory step on channel {channel} ({arch}): {reason}"),
+        &NewActivity {
+            actor,
+            kind: "floor-added",
+            app_id: Some(&app.id),
+            group_id: None,
+            severity: "info",
+            message: &format!(
+                "{version} is now a mandatory step on channel {channel} ({arch}): {reason}"
+            ),
+        },
     )?;
     bump_generation(conn)
 }
@@ -175,12 +196,16 @@ pub fn remove_floor(
     log_activity(
         conn,
         now,
-        actor,
-        "floor-removed",
-        Some(&app.id),
-        None,
-        "info",
-        &format!("{version} is no longer a mandatory step on channel {channel} ({arch})"),
+        &NewActivity {
+            actor,
+            kind: "floor-removed",
+            app_id: Some(&app.id),
+            group_id: None,
+            severity: "info",
+            message: &format!(
+                "{version} is no longer a mandatory step on channel {channel} ({arch})"
+            ),
+        },
     )?;
     bump_generation(conn)
 }
@@ -210,12 +235,14 @@ pub fn publish(
     log_activity(
         conn,
         now,
-        actor,
-        "channel-published",
-        Some(&app.id),
-        None,
-        "info",
-        &format!("channel {channel} ({arch}) now points at {version}"),
+        &NewActivity {
+            actor,
+            kind: "channel-published",
+            app_id: Some(&app.id),
+            group_id: None,
+            severity: "info",
+            message: &format!("channel {channel} ({arch}) now points at {version}"),
+        },
     )?;
     bump_generation(conn)?;
     Ok(Channel {

@@ -9,7 +9,6 @@ use crate::params;
 use crate::StoreError;
 
 /// Stores one event row.
-#[allow(clippy::too_many_arguments)]
 pub fn insert_event(
     conn: &mut dyn Conn,
     app_id: &str,

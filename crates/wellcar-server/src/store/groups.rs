@@ -11,7 +11,7 @@
 //! - [`lock_group`] and [`update_group`] read the row `FOR UPDATE` on PostgreSQL, so concurrent
 //!   server processes serialize on a group.
 
-use super::{bump_generation, check_name, log_activity, require_app, stable_id};
+use super::{bump_generation, check_name, log_activity, require_app, stable_id, NewActivity};
 use crate::db::{query_one, Conn, Row};
 use crate::model::{Group, GroupPatch, Policy};
 use crate::params;
@@ -49,18 +49,35 @@ fn group_from(r: &Row) -> Result<Group, StoreError> {
     })
 }
 
-/// Creates a group following `channel`, selected by `track`.
-#[allow(clippy::too_many_arguments)]
+/// A group to create ([`create_group`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSpec<'a> {
+    /// Display name.
+    pub name: &'a str,
+    /// Omaha track that selects the group.
+    pub track: &'a str,
+    /// Channel the group follows.
+    pub channel: &'a str,
+    /// Description.
+    pub description: &'a str,
+    /// Rollout policy.
+    pub policy: &'a Policy,
+}
+
+/// Creates a group following `spec.channel`, selected by `spec.track`.
 pub fn create_group(
     conn: &mut dyn Conn,
     app_id: &str,
-    name: &str,
-    track: &str,
-    channel: &str,
-    description: &str,
-    policy: &Policy,
+    spec: &GroupSpec<'_>,
     now: i64,
 ) -> Result<Group, StoreError> {
+    let GroupSpec {
+        name,
+        track,
+        channel,
+        description,
+        policy,
+    } = *spec;
     let app = require_app(conn, app_id)?;
     check_name("group", name)?;
     check_name("track", track)?;
@@ -240,12 +257,14 @@ pub fn update_group(
     log_activity(
         conn,
         now,
-        actor,
-        kind,
-        Some(&g.app_id),
-        Some(&g.id),
-        "info",
-        &format!("group {} changed: {changes}", g.track),
+        &NewActivity {
+            actor,
+            kind,
+            app_id: Some(&g.app_id),
+            group_id: Some(&g.id),
+            severity: "info",
+            message: &format!("group {} changed: {changes}", g.track),
+        },
     )?;
     bump_generation(conn)?;
     Ok(g)
@@ -302,12 +321,14 @@ pub fn halt_group(
         log_activity(
             conn,
             now,
-            "system",
-            "group-halted",
-            Some(app_id),
-            Some(group_id),
-            "error",
-            &format!("group halted: {reason}"),
+            &NewActivity {
+                actor: "system",
+                kind: "group-halted",
+                app_id: Some(app_id),
+                group_id: Some(group_id),
+                severity: "error",
+                message: &format!("group halted: {reason}"),
+            },
         )?;
         bump_generation(conn)?;
     }

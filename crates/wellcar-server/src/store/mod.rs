@@ -37,12 +37,15 @@ mod tokens;
 use crate::db::{query_one, Conn};
 use crate::StoreError;
 
-pub use activity::{list_activity, log_activity};
+pub use activity::{list_activity, log_activity, NewActivity};
 pub use apps::{create_app, find_app, list_apps, require_app};
-pub use channels::{add_floor, all_channels, create_channel, list_channels, publish, remove_floor};
+pub use channels::{
+    add_floor, all_channels, create_channel, list_channels, publish, remove_floor, NewFloor,
+};
 pub use events::{count_events, insert_event};
 pub use groups::{
     all_groups, create_group, find_group, halt_group, list_groups, lock_group, update_group,
+    GroupSpec,
 };
 pub use instances::{
     find_instance, instance_breakdown, list_instances, set_instance_status, upsert_sightings,

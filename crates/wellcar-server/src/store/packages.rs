@@ -7,7 +7,7 @@
 //! - (app, version, arch) is unique; a duplicate is [`StoreError::Conflict`].
 //! - The column list and row decoding are shared with `channels`, which joins packages.
 
-use super::{check_arch, log_activity, require_app};
+use super::{check_arch, log_activity, require_app, NewActivity};
 use crate::db::{query_one, Conn, Row};
 use crate::model::Package;
 use crate::params;
@@ -161,12 +161,14 @@ pub fn create_package(
     log_activity(
         conn,
         now,
-        actor,
-        "package-created",
-        Some(&app.id),
-        None,
-        "info",
-        &format!("package {} ({}) created", package.version, package.arch),
+        &NewActivity {
+            actor,
+            kind: "package-created",
+            app_id: Some(&app.id),
+            group_id: None,
+            severity: "info",
+            message: &format!("package {} ({}) created", package.version, package.arch),
+        },
     )?;
     Ok(package)
 }

@@ -6,7 +6,7 @@
 //! - It runs only from [`super::migrate`], when the database has no application. Seed rows have
 //!   fixed ids, so two servers starting at once on one PostgreSQL seed once.
 
-use super::{create_app, create_channel, create_group, log_activity};
+use super::{create_app, create_channel, create_group, log_activity, GroupSpec, NewActivity};
 use crate::db::Conn;
 use crate::model::{App, Policy};
 use crate::StoreError;
@@ -22,17 +22,27 @@ pub(super) fn seed(conn: &mut dyn Conn, now: i64) -> Result<(), StoreError> {
         for arch in ["amd64", "arm64"] {
             create_channel(conn, &app.id, name, arch, now)?;
         }
-        create_group(conn, &app.id, name, name, name, "", &Policy::default(), now)?;
+        let spec = GroupSpec {
+            name,
+            track: name,
+            channel: name,
+            description: "",
+            policy: &Policy::default(),
+        };
+        create_group(conn, &app.id, &spec, now)?;
     }
     log_activity(
         conn,
         now,
-        "system",
-        "seeded",
-        Some(&app.id),
-        None,
-        "info",
-        "created the Wellcar application with channels and groups stable, beta and alpha",
+        &NewActivity {
+            actor: "system",
+            kind: "seeded",
+            app_id: Some(&app.id),
+            group_id: None,
+            severity: "info",
+            message:
+                "created the Wellcar application with channels and groups stable, beta and alpha",
+        },
     )?;
     Ok(())
 }

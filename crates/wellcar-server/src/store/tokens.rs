@@ -5,7 +5,7 @@
 //!   token is resolved by hashing it.
 //! - Token names are unique; creating a token is logged in the activity log.
 
-use super::{check_name, log_activity};
+use super::{check_name, log_activity, NewActivity};
 use crate::db::{query_one, Conn};
 use crate::params;
 use crate::StoreError;
@@ -75,12 +75,14 @@ pub fn create_token(
     log_activity(
         conn,
         now,
-        "system",
-        "token-created",
-        None,
-        None,
-        "info",
-        &format!("api token {name:?} ({}) created", role.as_str()),
+        &NewActivity {
+            actor: "system",
+            kind: "token-created",
+            app_id: None,
+            group_id: None,
+            severity: "info",
+            message: &format!("api token {name:?} ({}) created", role.as_str()),
+        },
     )?;
     Ok(secret)
 }
