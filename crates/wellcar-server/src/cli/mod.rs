@@ -1,0 +1,134 @@
+//! `wellcar server …`: run the server, create API tokens, and drive the admin API (publish,
+//! groups, instances, activity) from scripts. The `wellcar` binary re-exports [`Command`] and
+//! [`run`].
+//!
+//! Contract:
+//! - Client subcommands take `--server URL` (default `$WELLCAR_SERVER_URL`, else
+//!   `http://127.0.0.1:8080`) and `--token T` (default `$WELLCAR_SERVER_TOKEN`), and print JSON
+//!   on stdout; a closed pipe is not an error.
+//! - `serve` and `token` open the database themselves; every other subcommand goes through the
+//!   admin API.
+//!
+//! Layout: [`Command`], the shared [`ServerArgs`], JSON printing and the dispatch are here; each
+//! command group is its own module: `serve`, `token` (directly in the database), `app`,
+//! `package` (upload, register, publish, floors), `group` (groups and policy flags) and `fleet`
+//! (instances and the activity log). Every public argument type is re-exported here, so
+//! `cli::…` paths do not name the modules.
+
+mod app;
+mod fleet;
+mod group;
+mod package;
+mod serve;
+mod token;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::client::{ApiClient, OnUpload};
+
+pub use app::AppCommand;
+pub use fleet::{ActivityOpts, InstancesOpts};
+pub use group::{GroupCommand, PolicyArgs};
+pub use package::{PackageCommand, PublishOpts};
+pub use serve::ServeOpts;
+pub use token::TokenCommand;
+
+/// Subcommands of `wellcar server`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the update server.
+    Serve(ServeOpts),
+    /// Manage API tokens (directly in the database).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Applications.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Packages: upload or register, and publish to a channel.
+    #[command(subcommand)]
+    Package(PackageCommand),
+    /// Groups and their rollout policies.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// List instances and their update status.
+    Instances(InstancesOpts),
+    /// Show the activity log.
+    Activity(ActivityOpts),
+}
+
+const DEFAULT_DATABASE: &str = "sqlite:wellcar-server.db";
+
+/// Where the admin API is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Server base URL (default $WELLCAR_SERVER_URL or http://127.0.0.1:8080).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// API token (default $WELLCAR_SERVER_TOKEN).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Application id (default: Wellcar's).
+    #[arg(long, default_value = wellcar_omaha::WELLCAR_APP_ID)]
+    pub app: String,
+}
+
+impl ServerArgs {
+    fn client(&self) -> ApiClient {
+        let server = self
+            .server
+            .clone()
+            .or_else(|| std::env::var("WELLCAR_SERVER_URL").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var("WELLCAR_SERVER_TOKEN").ok());
+        ApiClient::new(&server, token.as_deref())
+    }
+
+    fn app_path(&self) -> String {
+        format!(
+            "/api/v1/apps/{}",
+            wellcar_omaha::normalize_app_id(&self.app)
+        )
+    }
+}
+
+fn print(v: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let text = serde_json::to_string_pretty(v)?;
+    match writeln!(std::io::stdout(), "{text}") {
+        // A closed pipe (`| head`) is not an error of this command.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Runs a `wellcar server` subcommand.
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    run_with_progress(cmd, std::sync::Arc::new(|_| {}))
+}
+
+/// Runs a `wellcar server` subcommand; `package publish` reports its upload to `upload`.
+pub fn run_with_progress(cmd: Command, upload: OnUpload) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(cmd, upload))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_async(cmd: Command, upload: OnUpload) -> anyhow::Result<()> {
+    match cmd {
+        Command::Serve(o) => serve::serve(o).await,
+        Command::Token(t) => token::token(t).await,
+        Command::App(a) => app::app(a).await,
+        Command::Package(p) => package::package(p, upload).await,
+        Command::Group(g) => group::group(g).await,
+        Command::Instances(o) => fleet::instances(o).await,
+        Command::Activity(o) => fleet::activity(o).await,
+    }
+}

@@ -1,0 +1,272 @@
+//! `wellcar server package …`: upload or register payloads, publish them to channels, add
+//! floors.
+//!
+//! Contract:
+//! - `package publish` takes the version, arch and payload from a `wellcar build` output
+//!   (`--build DIR`, its `manifest.json`) or from `--file` and `--version`.
+//! - Without `--url` the payload is uploaded to the server; with `--url` only its record is
+//!   created, with size and hashes computed locally. `--allow-existing` turns an upload conflict
+//!   into reuse of the stored package.
+//! - A channel is only moved (`--channel`) after the package exists.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use hyper::Method;
+use serde_json::json;
+use sha2::Digest as _;
+
+use super::{print, ServerArgs};
+use crate::client::OnUpload;
+
+/// `wellcar server package …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PackageCommand {
+    /// Upload (or register, with --url) a payload and point a channel at it.
+    Publish(PublishOpts),
+    /// List packages.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Make an uploaded version a mandatory intermediate step (floor) of a channel.
+    Floor {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Channel.
+        #[arg(long)]
+        channel: String,
+        /// Version (must be uploaded already).
+        #[arg(long)]
+        version: String,
+        /// Architecture.
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        /// Why machines must pass through this version.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `wellcar server package publish`.
+#[derive(Debug, clap::Args)]
+pub struct PublishOpts {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// A `wellcar build` output directory: version, board and payload file are read from its
+    /// `manifest.json` (`version`, `board`, `payload`).
+    #[arg(long, conflicts_with_all = ["file", "version"])]
+    build: Option<PathBuf>,
+    /// The payload file (a `wellcar payload create` output).
+    #[arg(long, required_unless_present = "build")]
+    file: Option<PathBuf>,
+    /// Version of the payload (an OS version: MAJOR.MINOR.PATCH[+build]).
+    #[arg(long, required_unless_present = "build")]
+    version: Option<String>,
+    /// Channel to publish to; omit to only upload.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Architecture (default amd64, or from the build's board).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Host the payload elsewhere: the base URL clients download `<url>/<file name>` from.
+    #[arg(long)]
+    url: Option<String>,
+    /// Reuse the package if this version is already uploaded.
+    #[arg(long)]
+    allow_existing: bool,
+}
+
+/// Runs `wellcar server package …`; `publish` reports its upload to `upload`.
+pub(super) async fn package(cmd: PackageCommand, upload: OnUpload) -> anyhow::Result<()> {
+    match cmd {
+        PackageCommand::List { server } => print(
+            &server
+                .client()
+                .get(&format!("{}/packages", server.app_path()))
+                .await?,
+        ),
+        PackageCommand::Publish(o) => publish(o, upload).await,
+        PackageCommand::Floor {
+            server,
+            channel,
+            version,
+            arch,
+            reason,
+        } => print(
+            &server
+                .client()
+                .call(
+                    Method::POST,
+                    &format!("{}/channels/{channel}/floors", server.app_path()),
+                    &json!({"version": version, "arch": arch, "reason": reason}),
+                )
+                .await?,
+        ),
+    }
+}
+
+/// What to publish: payload file, version, arch.
+#[derive(Debug, PartialEq, Eq)]
+struct PublishTarget {
+    file: PathBuf,
+    version: String,
+    arch: String,
+}
+
+/// Reads version, board and payload name from a `wellcar build` output's `manifest.json`.
+fn target_from_build(dir: &std::path::Path, arch: Option<String>) -> anyhow::Result<PublishTarget> {
+    let path = dir.join("manifest.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let m: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let field = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let version =
+        field("version").with_context(|| format!("{} has no \"version\"", path.display()))?;
+    let payload = field("payload").with_context(|| {
+        format!(
+            "{} names no \"payload\" (build with a signing key, or use --file)",
+            path.display()
+        )
+    })?;
+    let arch = match arch {
+        Some(a) => a,
+        None => match field("board").as_deref() {
+            Some("arm64-usr") => "arm64".into(),
+            Some("amd64-usr") | None => "amd64".into(),
+            Some(other) => bail!("{}: unknown board {other:?}", path.display()),
+        },
+    };
+    Ok(PublishTarget {
+        file: dir.join(payload),
+        version,
+        arch,
+    })
+}
+
+async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
+    let api = o.server.client();
+    let target = match &o.build {
+        Some(dir) => target_from_build(dir, o.arch.clone())?,
+        None => PublishTarget {
+            file: o
+                .file
+                .clone()
+                .context("--file is required without --build")?,
+            version: o
+                .version
+                .clone()
+                .context("--version is required without --build")?,
+            arch: o.arch.clone().unwrap_or_else(|| "amd64".into()),
+        },
+    };
+    let PublishTarget {
+        file,
+        version,
+        arch,
+    } = target;
+    let filename = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no file name", file.display()))?
+        .to_owned();
+    let created: Result<serde_json::Value, crate::client::ClientError> = match &o.url {
+        Some(url) => {
+            let file = file.clone();
+            let (size, sha256, sha1) =
+                tokio::task::spawn_blocking(move || hash_file(&file)).await??;
+            api.call(
+                Method::POST,
+                &format!("{}/packages", o.server.app_path()),
+                &json!({"version": version, "arch": arch, "filename": filename, "url": url,
+                        "size": size, "sha256_hex": hex::encode(sha256),
+                        "sha1_base64": base64::engine::general_purpose::STANDARD.encode(sha1)}),
+            )
+            .await
+        }
+        None => {
+            api.put_file_with_progress(
+                &format!(
+                    "{}/packages/{}/{}/{}",
+                    o.server.app_path(),
+                    arch,
+                    version,
+                    filename
+                ),
+                &file,
+                upload,
+            )
+            .await
+        }
+    };
+    let package = match created {
+        Ok(p) => p,
+        Err(crate::client::ClientError::Status { status, .. })
+            if status == hyper::StatusCode::CONFLICT && o.allow_existing =>
+        {
+            json!({"version": version, "arch": arch, "existing": true})
+        }
+        Err(e) => return Err(e).context("uploading the package"),
+    };
+    let mut out = json!({ "package": package });
+    if let Some(channel) = &o.channel {
+        let ch: serde_json::Value = api
+            .call(
+                Method::POST,
+                &format!("{}/channels/{channel}/publish", o.server.app_path()),
+                &json!({"version": version, "arch": arch}),
+            )
+            .await
+            .with_context(|| format!("publishing {} to channel {channel}", version))?;
+        out["channel"] = ch;
+    }
+    print(&out)
+}
+
+fn hash_file(path: &std::path::Path) -> anyhow::Result<(u64, [u8; 32], [u8; 20])> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut sha256 = sha2::Sha256::new();
+    let mut sha1 = sha1::Sha1::new();
+    let mut size = 0_u64;
+    let mut buf = vec![0_u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        sha256.update(&buf[..n]);
+        sha1.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, sha256.finalize().into(), sha1.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_manifest_names_version_board_and_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest =
+            json!({"version": "4.5.6", "board": "arm64-usr", "payload": "wellcar_update.bin"});
+        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+        let t = target_from_build(dir.path(), None).unwrap();
+        assert_eq!(
+            t,
+            PublishTarget {
+                file: dir.path().join("wellcar_update.bin"),
+                version: "4.5.6".into(),
+                arch: "arm64".into()
+            }
+        );
+        std::fs::write(dir.path().join("manifest.json"), r#"{"version": "1.0.0"}"#).unwrap();
+        let err = target_from_build(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("names no \"payload\""), "{err}");
+    }
+}

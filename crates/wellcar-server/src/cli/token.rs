@@ -1,0 +1,52 @@
+//! `wellcar server token …`: API tokens, created directly in the database (no server needed).
+//!
+//! Contract:
+//! - The database is migrated (and seeded if empty) first, so a token can be created before the
+//!   server first runs.
+//! - The secret is printed once, on stdout; only its hash is stored.
+
+use anyhow::Context as _;
+
+use super::DEFAULT_DATABASE;
+use crate::store::Role;
+
+/// `wellcar server token …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (stored hashed; shown once).
+    Create {
+        /// Database URL, as given to `serve`.
+        #[arg(long, default_value = DEFAULT_DATABASE)]
+        database: String,
+        /// A name for the token (shown as the actor in the activity log).
+        #[arg(long)]
+        name: String,
+        /// `admin` or `read-only`.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+}
+
+/// Runs `wellcar server token …`.
+pub(super) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            database,
+            name,
+            role,
+        } => {
+            let role = Role::parse(&role)
+                .with_context(|| format!("role {role:?} is not admin or read-only"))?;
+            let secret = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+                let db = crate::db::Db::open(&database, 1)
+                    .with_context(|| format!("opening {}", crate::db::redact(&database)))?;
+                let now = crate::now_ms();
+                db.write_blocking(|c| crate::store::migrate(c, now))?;
+                Ok(db.write_blocking(|c| crate::store::create_token(c, &name, role, now))?)
+            })
+            .await??;
+            println!("{secret}");
+            Ok(())
+        }
+    }
+}
