@@ -1,0 +1,165 @@
+//! [`ApplyError`]: every way applying or verifying a payload can fail.
+//!
+//! Contract: each variant names what failed and where (payload offset, operation index or
+//! target), and any of them means the target slot must not be marked bootable.
+
+use std::io;
+use std::path::PathBuf;
+
+use wellcar_contract::VersionError;
+
+use crate::format::{FormatError, Sha256Digest};
+
+/// What went wrong applying or verifying a payload. Every variant leaves the target slot in
+/// a state the caller must not mark bootable.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The header, manifest or signature is bad (see [`FormatError`]).
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// The payload is for another board.
+    #[error("payload is for board {payload:?}, this system is {expected:?}")]
+    WrongBoard {
+        /// Board in the payload.
+        payload: String,
+        /// This system's board.
+        expected: String,
+    },
+    /// The payload's version is not newer than the running one.
+    #[error("payload version {payload} is not newer than the running version {current} (force to install anyway)")]
+    NotNewer {
+        /// Payload version.
+        payload: String,
+        /// Running version.
+        current: String,
+    },
+    /// The running version is older than the payload's minimum source version.
+    #[error("payload requires running version {min} or newer, this system runs {current}")]
+    SourceTooOld {
+        /// Minimum source version.
+        min: String,
+        /// Running version.
+        current: String,
+    },
+    /// The caller's running version is not an [`OsVersion`](wellcar_contract::OsVersion).
+    #[error("running version {version:?} is invalid: {reason}")]
+    InvalidCurrentVersion {
+        /// The version.
+        version: String,
+        /// Why.
+        reason: VersionError,
+    },
+    /// The target cannot hold the /usr image.
+    #[error("target {target} has {size} bytes, the /usr image needs {needed}")]
+    TargetTooSmall {
+        /// The target.
+        target: String,
+        /// Its size.
+        size: u64,
+        /// The image size.
+        needed: u64,
+    },
+    /// The data stream ended inside an operation's blob.
+    #[error("payload truncated at byte {offset} inside the blob of operation {operation}")]
+    Truncated {
+        /// Payload offset where data ran out.
+        offset: u64,
+        /// Operation index.
+        operation: usize,
+    },
+    /// Reading the data stream failed.
+    #[error("reading payload at byte {offset} (operation {operation})")]
+    Read {
+        /// Payload offset.
+        offset: u64,
+        /// Operation index.
+        operation: usize,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A blob's sha256 differs from the manifest's.
+    #[error("blob of operation {operation} at payload byte {offset} has sha256 {actual}, manifest says {expected}")]
+    BlobHashMismatch {
+        /// Operation index.
+        operation: usize,
+        /// Payload offset of the blob.
+        offset: u64,
+        /// From the manifest.
+        expected: Sha256Digest,
+        /// Computed.
+        actual: Sha256Digest,
+    },
+    /// An authentic blob did not decompress to its declared size (a writer bug).
+    #[error("blob of operation {operation} at payload byte {offset} does not decompress to {expected} bytes: {reason}")]
+    Decompress {
+        /// Operation index.
+        operation: usize,
+        /// Payload offset of the blob.
+        offset: u64,
+        /// Declared size.
+        expected: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The stream goes on after the last operation's blob.
+    #[error("payload has unexpected data after its last blob, at byte {offset}")]
+    TrailingData {
+        /// Payload offset.
+        offset: u64,
+    },
+    /// Writing, syncing or reading back a target failed.
+    #[error("{action} {target} at byte {offset}")]
+    Target {
+        /// "writing", "syncing", "reading back", "opening", "renaming".
+        action: &'static str,
+        /// The target.
+        target: String,
+        /// Offset in the target.
+        offset: u64,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// `finish` was called before all operations were applied.
+    #[error("apply is incomplete: {done} of {total} operations applied")]
+    Incomplete {
+        /// Operations done.
+        done: usize,
+        /// Operations in the payload.
+        total: usize,
+    },
+    /// A finished image's content is not what the manifest says.
+    #[error("{image} on the target has sha256 {actual}, manifest says {expected}")]
+    ImageMismatch {
+        /// "usr", "kernel" or "initramfs".
+        image: &'static str,
+        /// From the manifest.
+        expected: Sha256Digest,
+        /// Read back.
+        actual: String,
+    },
+    /// The /usr data does not hash to the manifest's dm-verity root.
+    #[error("/usr on the target has dm-verity root {actual}, manifest says {expected}")]
+    VerityMismatch {
+        /// From the manifest.
+        expected: Sha256Digest,
+        /// Computed.
+        actual: String,
+    },
+    /// A saved checkpoint does not belong to this payload.
+    #[error("checkpoint does not match this payload: {reason}")]
+    CheckpointMismatch {
+        /// Why.
+        reason: String,
+    },
+    /// Saving or loading a checkpoint file failed.
+    #[error("checkpoint file {path}")]
+    CheckpointFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error (or JSON error, as invalid data).
+        #[source]
+        source: io::Error,
+    },
+}
