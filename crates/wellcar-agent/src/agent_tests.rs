@@ -267,8 +267,8 @@ impl Server {
             )
             .await
             .unwrap();
-        // Let the config snapshot pick it up.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The server reloads its config snapshot on a timer; reload it now.
+        self.server.state.refresh_config(true).await.unwrap();
     }
 
     /// `(type, result, error code, previous version)` of every event of `MACHINE`, in order.
@@ -295,7 +295,8 @@ impl Server {
     }
 
     async fn instance(&self) -> Instance {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Check-ins are queued and written in batches; write the queue now.
+        self.server.state.flush_sightings().await.unwrap();
         let list: Vec<Instance> = self
             .api
             .get(&format!(
