@@ -1,6 +1,6 @@
 //! Reading and writing Wellcar's GPT with `gptman`.
 //!
-//! [`write_layout`] lays the [`LAYOUT`](crate::LAYOUT) out on an image file or device and
+//! [`write_layout`] lays the [`LAYOUT`] out on an image file or device and
 //! writes the protective MBR, primary and backup GPT; it touches nothing else on the disk.
 //! [`read_gpt`] and [`find_partition`] are what the initramfs and the boot-state code use to
 //! find a partition by label or unique GUID without udev.

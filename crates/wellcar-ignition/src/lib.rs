@@ -5,7 +5,7 @@
 //! 1. [`parse_config`]: any stable spec 3.0.0–3.6.0, translated to the 3.6.0 model
 //!    ([`Config`]); Ignition's validation rules and messages, each naming its JSON path; unknown
 //!    keys are warnings.
-//! 2. [`merge`]: base configs and the user config, child over parent.
+//! 2. [`merge()`]: base configs and the user config, child over parent.
 //! 3. [`resolve_references`]: `ignition.config.replace` / `ignition.config.merge` (`data:` URLs;
 //!    remote URLs fail with a message naming the URL because this stage has no network).
 //! 4. [`apply()`]: filesystems on other disks (mkfs + mount units), users and groups, files,

@@ -1,7 +1,7 @@
 //! Opening a USR slot through dm-verity.
 //!
 //! Contract: [`open_verity`] reads the verity superblock at
-//! [`USR_VERITY_HASH_OFFSET`](wellcar_disk::USR_VERITY_HASH_OFFSET) of the partition, checks
+//! [`wellcar_disk::USR_VERITY_HASH_OFFSET`] of the partition, checks
 //! the top block of the hash tree against the root hash from the command line (so a wrong
 //! `verity.usrhash` or an unformatted slot is a clear error instead of a kernel panic on the
 //! first read), then creates the read-only `verity` mapping with `panic_on_corruption` via

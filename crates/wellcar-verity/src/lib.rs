@@ -4,7 +4,7 @@
 //! hash type 1 ("normal": salt prepended, hash blocks zero-padded), sha256, 4096-byte data and
 //! hash blocks, data and hash area in the same image with the hash area at `hash_offset`.
 //!
-//! - [`format`] writes the superblock and tree and returns the root hash; given the same data,
+//! - [`format()`] writes the superblock and tree and returns the root hash; given the same data,
 //!   salt and uuid it writes exactly the bytes `veritysetup format --salt=<hex> --uuid=<uuid>`
 //!   writes, so `veritysetup verify` and the kernel accept it.
 //! - [`read_superblock`] parses and validates the superblock (the initramfs learns the salt and
@@ -16,7 +16,7 @@
 //! The tests check all of this against the real `veritysetup` (Debian package `cryptsetup-bin`).
 //!
 //! Speed (`cargo bench -p wellcar-verity`, 1 GiB Flatcar-shaped USR image with 350 MiB of
-//! random data, 2 shared cores): `veritysetup format` ~850-930 ms, [`format`] ~130-250 ms
+//! random data, 2 shared cores): `veritysetup format` ~850-930 ms, [`format()`] ~130-250 ms
 //! (2 threads) and ~250 ms (1 thread), same root hash.
 
 mod error;

@@ -3,7 +3,7 @@
 //! Order, as Ignition's stages: filesystems on other disks (with their mount units), then the
 //! files stage: groups, users (with ssh keys), files/directories/links, systemd units, and the
 //! result record `/etc/.ignition-result.json`. Every path is resolved
-//! inside the root (see [`root`]); every replaced file is written atomically. Each action is
+//! inside the root (see the private `root` module); every replaced file is written atomically. Each action is
 //! logged at info level and listed in the [`ApplyReport`].
 //!
 //! Before anything is written, the config is checked for features this implementation does not

@@ -55,7 +55,7 @@ pub struct VerityParams {
     pub uuid: Uuid,
 }
 
-/// The outcome of [`format`]: everything needed to open the device later.
+/// The outcome of [`format()`]: everything needed to open the device later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerityInfo {
     /// The root hash (`verity.usrhash=`).
@@ -106,7 +106,7 @@ pub fn format(image: &File, params: &VerityParams) -> Result<VerityInfo, VerityE
     format_with_threads(image, params, default_threads())
 }
 
-/// [`format`] with an explicit number of hashing threads (the output does not depend on it).
+/// [`format()`] with an explicit number of hashing threads (the output does not depend on it).
 pub fn format_with_threads(
     image: &File,
     params: &VerityParams,
