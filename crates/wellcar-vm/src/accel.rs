@@ -85,10 +85,7 @@ fn cache_file() -> Option<PathBuf> {
         h.update(part);
     }
     let key = hex::encode(&h.finalize()[..8]);
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("wellcar").join(format!("accel-{key}")))
+    Some(crate::login::cache_dir()?.join(format!("accel-{key}")))
 }
 
 fn probe_kvm(kernel: &Path) -> bool {

@@ -8,10 +8,13 @@
 //! - networking is QEMU user-mode with `restrict=on`: the guest reaches only the host loopback
 //!   services given as `guestfwd`s, and ssh is forwarded from a host loopback port;
 //! - an Ignition config is passed over fw_cfg as `opt/org.flatcar-linux/config`, as Flatcar's
-//!   QEMU platform does.
+//!   QEMU platform does; without one, `wellcar run` passes one that lets `core` log in with a
+//!   key it keeps (module [`login`]).
 
 pub mod accel;
+pub mod login;
 pub mod machine;
 
 pub use accel::{choose_accel, Accel};
+pub use login::{authorized_keys, cache_dir, core_login_config, login_key, LoginKey};
 pub use machine::{Firmware, Machine, MachineConfig, VmError};

@@ -159,7 +159,7 @@ fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T, 
     })
 }
 
-fn run(cmd: &mut Command) -> Result<(), VmError> {
+pub(crate) fn run(cmd: &mut Command) -> Result<(), VmError> {
     let out = cmd.output().map_err(|e| VmError::Command {
         command: format!("{cmd:?}"),
         message: e.to_string(),

@@ -1,5 +1,9 @@
 //! `wellcar run IMAGE`: boots a built image in QEMU with the serial console on this terminal
 //! (crate `wellcar-vm`). Quit QEMU with Ctrl-A X.
+//!
+//! Without `--ignition`, the VM is provisioned with an Ignition config that lets `core` log in
+//! over ssh with a key kept in `~/.cache/wellcar/ssh/id_ed25519` (made once by `ssh-keygen`)
+//! and with the user's own `~/.ssh/id_*.pub`, and the ssh command printed names that key.
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
@@ -10,6 +14,31 @@ use std::time::Duration;
 use anyhow::Context;
 use wellcar_vm::{choose_accel, Accel, Firmware, Machine, MachineConfig};
 
+/// What `wellcar run` tells the user to type to log in.
+fn ssh_command(port: u16, key: Option<&std::path::Path>) -> String {
+    match key {
+        Some(key) => format!("ssh -p {port} -i {} core@127.0.0.1", key.display()),
+        None => format!("ssh -p {port} core@127.0.0.1"),
+    }
+}
+
+/// Without a config of the user's: one authorizing the kept key (and `~/.ssh/id_*.pub`) for
+/// `core`, written next to the key. Returns the config and the private key.
+fn login_config() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = wellcar_vm::cache_dir()
+        .context("neither XDG_CACHE_HOME nor HOME is set: no place for the login key")?
+        .join("ssh");
+    let key = wellcar_vm::login_key(&dir).context("making the login key")?;
+    let home_ssh = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".ssh"))
+        .unwrap_or_default();
+    let keys = wellcar_vm::authorized_keys(&key, &home_ssh)?;
+    let config = dir.join("login.ign");
+    std::fs::write(&config, wellcar_vm::core_login_config(&keys))
+        .with_context(|| format!("writing {}", config.display()))?;
+    Ok((config, key.private))
+}
+
 /// Options of `wellcar run`.
 #[derive(Debug, clap::Args)]
 pub struct Opts {
@@ -18,7 +47,9 @@ pub struct Opts {
     /// Boot through UEFI (OVMF) instead of BIOS.
     #[arg(long)]
     pub uefi: bool,
-    /// Ignition config passed over fw_cfg as `opt/org.flatcar-linux/config`.
+    /// Ignition config passed over fw_cfg as `opt/org.flatcar-linux/config`. Without it, a
+    /// config that lets `core` log in with the key in `~/.cache/wellcar/ssh` (and with
+    /// `~/.ssh/id_*.pub`) is passed.
     #[arg(long)]
     pub ignition: Option<PathBuf>,
     /// Host loopback port forwarded to the guest's ssh (default 2222; 0 picks a free one).
@@ -72,7 +103,17 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     } else {
         Firmware::Bios
     };
-    cfg.ignition = opts.ignition;
+    let login_key = match opts.ignition {
+        Some(config) => {
+            cfg.ignition = Some(config);
+            None
+        }
+        None => {
+            let (config, key) = login_config()?;
+            cfg.ignition = Some(config);
+            Some(key)
+        }
+    };
     cfg.ssh_port = Some(opts.ssh_port);
     cfg.memory_mib = opts.memory;
     cfg.disk_size = opts.disk_gib.map(|g| g << 30);
@@ -81,9 +122,10 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     let mut vm =
         Machine::spawn(&cfg).with_context(|| format!("booting {}", opts.image.display()))?;
     let port = vm.ssh_port.unwrap_or(opts.ssh_port);
+    let ssh = ssh_command(port, login_key.as_deref());
     console_note(&format!(
         "VM started ({}, {}): serial console below, quit with Ctrl-A X; \
-         ssh -p {port} core@127.0.0.1 once sshd is up",
+         `{ssh}` once sshd is up",
         accel.as_str(),
         if opts.uefi { "UEFI" } else { "BIOS" },
     ));
@@ -92,7 +134,7 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         while !ssh_banner(addr, Duration::from_secs(3)) {
             std::thread::sleep(Duration::from_secs(1));
         }
-        console_note(&format!("ssh is up: ssh -p {port} core@127.0.0.1"));
+        console_note(&format!("ssh is up: {ssh}"));
     });
     let status = vm.wait_exit().context("waiting for QEMU")?;
     Ok(if status.success() {
