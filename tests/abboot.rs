@@ -168,7 +168,7 @@ fn image() -> Built {
 #[test]
 fn ab_update_rollback_fallbacks_and_power_cuts() {
     let b = image();
-    let hash_a = b.manifest.verity_root_hash.clone();
+    let hash_a = b.manifest.verity_root_hash.to_string();
     let _slot = vm_slot();
     let dir = test_dir().join("abboot-vm");
     let _ = std::fs::remove_dir_all(&dir);
@@ -490,7 +490,7 @@ fn write_empty_usr_b(disk: &Path, dir: &Path) -> String {
     }
     let store = Esp::new(&tree);
     let (_, loaded) = store
-        .update(|s: &mut BootState| s.stage(Slot::B, Some(Slot::A), &hash, "0.0.0+empty"))
+        .update(|s: &mut BootState| s.stage(Slot::B, Some(Slot::A), hash.parse().unwrap(), "0.0.0+empty"))
         .unwrap();
     assert_eq!(loaded.state.next_boot(), Some(Slot::B));
     for i in 0..2 {

@@ -135,7 +135,7 @@ fn veritysetup_verifies_usr_a_and_rejects_a_flipped_byte() {
     let usr = tmp.path().join("usr-a");
     extract_usr_a(&b, &usr);
     let m = &b.manifest;
-    let ok = veritysetup_verify(&usr, m.verity_hash_offset, &m.verity_root_hash);
+    let ok = veritysetup_verify(&usr, m.verity_hash_offset, &m.verity_root_hash.to_string());
     assert!(
         ok.status.success(),
         "veritysetup rejected a fresh USR-A: {}",
@@ -151,7 +151,7 @@ fn veritysetup_verifies_usr_a_and_rejects_a_flipped_byte() {
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(&[byte[0] ^ 0x01]).unwrap();
     drop(f);
-    let bad = veritysetup_verify(&usr, m.verity_hash_offset, &m.verity_root_hash);
+    let bad = veritysetup_verify(&usr, m.verity_hash_offset, &m.verity_root_hash.to_string());
     assert!(
         !bad.status.success(),
         "veritysetup accepted a corrupted USR-A"

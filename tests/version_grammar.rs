@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use wellcar_bootstate::BootState;
-use wellcar_contract::OsVersion;
+use wellcar_contract::{OsVersion, RootHash};
 use wellcar_image::OsDefinition;
 use wellcar_payload::format::{Destination, FileImage, Operation, UsrImage, VerityParams, ZeroOp};
 use wellcar_payload::{ApplyError, ApplyPolicy, FormatError, Manifest, Sha256Digest};
@@ -88,7 +88,7 @@ fn manifest(version: &str) -> Manifest {
             size: 8192,
             sha256: Sha256Digest([1; 32]),
             verity: VerityParams {
-                root_hash: Sha256Digest([2; 32]),
+                root_hash: RootHash::from_bytes([2; 32]),
                 salt: "aa".into(),
                 hash_offset: 4096,
                 data_blocks: 1,
@@ -157,7 +157,8 @@ fn payload_policy_accepts(version: &str) -> bool {
 
 /// The boot state: a fresh image's USR-A records the version.
 fn boot_state_accepts(version: &str) -> bool {
-    match BootState::fresh(ROOT_HASH, version) {
+    let root_hash: RootHash = ROOT_HASH.parse().expect("a root hash");
+    match BootState::fresh(root_hash, version) {
         Ok(state) => {
             assert_eq!(state.a.version, version);
             true

@@ -315,7 +315,7 @@ impl<S: SlotControl> Agent<S> {
                 } => Some(
                     match self
                         .slots
-                        .stage(slot, run.facts.booted_slot, &root_hash, &version)
+                        .stage(slot, run.facts.booted_slot, root_hash, &version)
                     {
                         Ok(()) => {
                             tracing::info!(%version, %slot, "update staged");

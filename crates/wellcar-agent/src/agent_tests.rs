@@ -14,10 +14,11 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wellcar_contract::RootHash;
 use wellcar_disk::Slot;
 use wellcar_omaha::WELLCAR_APP_ID;
 use wellcar_payload::create::{create_payload_with, CreateOptions};
-use wellcar_payload::verity::VerityHasher;
+use wellcar_verity::RootHasher;
 use wellcar_payload::{Sha256Digest, SigningKey};
 use wellcar_server::client::ApiClient;
 use wellcar_server::db::Conn;
@@ -57,7 +58,7 @@ fn filler(len: usize, seed: u64) -> Vec<u8> {
 struct Payload {
     path: PathBuf,
     size: u64,
-    root_hash: String,
+    root_hash: RootHash,
     kernel: Vec<u8>,
 }
 
@@ -66,9 +67,9 @@ fn make_payload(dir: &Path, version: &str, key: &SigningKey) -> Payload {
     std::fs::create_dir_all(&build).unwrap();
     let mut usr = filler(16 * MIB as usize, version.len() as u64 + 7);
     usr.resize(USR_SIZE as usize, 0);
-    let mut verity = VerityHasher::new(&hex::decode(SALT).unwrap(), DATA_BLOCKS);
+    let mut verity = RootHasher::new(&hex::decode(SALT).unwrap(), DATA_BLOCKS);
     verity.update(&usr[..(DATA_BLOCKS * 4096) as usize]);
-    let root = verity.finish().unwrap().to_string();
+    let root = verity.finish().unwrap();
     usr[(DATA_BLOCKS * 4096) as usize..][..4096].copy_from_slice(&filler(4096, 99));
     std::fs::write(build.join("usr.img"), &usr).unwrap();
     let kernel = filler(300_001, 4);
@@ -406,7 +407,7 @@ fn asserts_staged(host: &Host, payload: &Payload) {
     let state = host.boot_state();
     assert_eq!(state.next_boot(), Some(Slot::B), "B boots next");
     assert_eq!((state.b.tries, state.b.successful), (1, false), "once");
-    assert_eq!(state.b.root_hash, payload.root_hash);
+    assert_eq!(state.b.root_hash, Some(payload.root_hash));
     assert_eq!(state.b.version, "1.1.0");
     assert!(
         state.a.successful && state.a.priority > 0,
@@ -542,7 +543,7 @@ async fn update_reports_every_event_then_the_reboot() {
     let state = host.boot_state();
     assert_eq!(state.next_boot(), Some(Slot::A));
     assert_eq!((state.a.version.as_str(), state.a.tries), ("1.2.0", 1));
-    assert_eq!(state.a.root_hash, payload2.root_hash);
+    assert_eq!(state.a.root_hash, Some(payload2.root_hash));
     assert!(state.b.successful, "the running 1.1.0 is the fallback now");
 }
 

@@ -16,6 +16,7 @@
 //! interrupted for the next offer of the same payload; drop an install aimed at the booted slot.
 
 use wellcar_bootstate::Slot;
+use wellcar_contract::RootHash;
 use wellcar_payload::Checkpoint;
 
 use crate::state::{AgentState, Busy, Download, Offer, Phase, QueuedEvent, StagedUpdate};
@@ -127,7 +128,7 @@ pub enum Input {
     /// The written slot verified.
     Verified {
         /// Its dm-verity root hash.
-        root_hash: String,
+        root_hash: RootHash,
     },
     /// The slot is staged in the boot state.
     Staged,
@@ -195,7 +196,7 @@ pub enum Effect {
         /// The slot.
         slot: Slot,
         /// Its verified root hash.
-        root_hash: String,
+        root_hash: RootHash,
         /// Its version.
         version: String,
     },
@@ -358,7 +359,7 @@ impl Machine {
             (Phase::Verifying(d), Input::Verified { root_hash }) => {
                 let stage = Effect::Stage {
                     slot: d.offer.target,
-                    root_hash: root_hash.clone(),
+                    root_hash,
                     version: d.offer.version.clone(),
                 };
                 let phase = Phase::Verified {
@@ -542,7 +543,7 @@ impl Machine {
             Phase::Verified { offer, root_hash } => {
                 let stage = Effect::Stage {
                     slot: offer.target,
-                    root_hash: root_hash.clone(),
+                    root_hash,
                     version: offer.version.clone(),
                 };
                 (Phase::Verified { offer, root_hash }, vec![stage])

@@ -3,6 +3,9 @@
 use super::*;
 use crate::state::Operation;
 
+/// The root hash a verified slot read back as.
+const ROOT: RootHash = RootHash::from_bytes([0x5a; 32]);
+
 const BOOT: &str = "boot-1";
 
 /// An Omaha event as (type, result, error code).
@@ -100,11 +103,11 @@ fn single_transitions() {
     let download0 = Effect::Download { attempt: 0 };
     let verified = Phase::Verified {
         offer: offer("a"),
-        root_hash: "r".into(),
+        root_hash: ROOT,
     };
     let stage = Effect::Stage {
         slot: Slot::B,
-        root_hash: "r".into(),
+        root_hash: ROOT,
         version: "1.1.0".into(),
     };
     let verifying = Phase::Verifying(Download {
@@ -152,7 +155,7 @@ fn single_transitions() {
             vec![Effect::Persist, Effect::Report, Effect::Finish(End::Failed {
                 version: "1.1.0".into(), failure: failure(false) })],
             vec![(3, 0, Some(10))]),
-        ("verified: staging", verifying.clone(), Input::Verified { root_hash: "r".into() },
+        ("verified: staging", verifying.clone(), Input::Verified { root_hash: ROOT },
             verified.clone(), vec![Effect::Persist, stage.clone()], vec![]),
         ("staged: 3/1, reboot-required", verified.clone(), Input::Staged, staged(BOOT),
             vec![Effect::Persist, Effect::RebootRequired, Effect::Report,

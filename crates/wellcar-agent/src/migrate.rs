@@ -5,13 +5,16 @@
 //! staged update side by side, with the download's resume point in `checkpoint.json` next to
 //! it. [`from_legacy`] maps that onto one phase: a staged update stays staged (same slot, same
 //! boot id, so a reboot is still noticed); an install in progress continues where its
-//! checkpoint is (verified ones go on to staging); an install a transfer failure interrupted
+//! checkpoint is (verified ones go on to staging, if the recorded root hash is a
+//! [`RootHash`]; otherwise the slot is read back or downloaded again, never staged with a hash
+//! the boot state would refuse); an install a transfer failure interrupted
 //! (status IDLE, `pending` kept) becomes a paused download; anything else is idle. Events,
 //! counters and prefs carry over unchanged. A file is in the old format when it has no `phase`
 //! key but one of `operation`, `pending`, `staged`.
 
 use serde::Deserialize;
 use wellcar_bootstate::Slot;
+use wellcar_contract::RootHash;
 use wellcar_payload::Checkpoint;
 
 use crate::state::{
@@ -97,7 +100,19 @@ pub fn from_legacy(
                 received,
                 finish_reported: p.finished_reported,
             };
-            match (p.verified_root_hash, old.operation) {
+            // Old agents recorded the read-back's root hash, always 64 lower-case hex digits;
+            // anything else is treated as not verified.
+            let verified = p.verified_root_hash.and_then(|text| {
+                text.parse::<RootHash>()
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "status.json: verified root hash {text:?} ignored, the slot is \
+                             verified again: {e}"
+                        )
+                    })
+                    .ok()
+            });
+            match (verified, old.operation) {
                 (Some(root_hash), _) => Phase::Verified {
                     offer: download.offer,
                     root_hash,
@@ -304,9 +319,15 @@ mod tests {
             with("IDLE", None),
             Phase::Idle { paused: Some(_) }
         ));
+        let hash = "cd".repeat(32);
+        assert!(matches!(
+            with("FINALIZING", Some(&hash)),
+            Phase::Verified { root_hash, .. } if root_hash.to_string() == hash
+        ));
+        // A recorded hash that is not a root hash: not verified, so not staged.
         assert!(matches!(
             with("FINALIZING", Some("cd")),
-            Phase::Verified { ref root_hash, .. } if root_hash == "cd"
+            Phase::Downloading(_)
         ));
         assert!(matches!(with("VERIFYING", None), Phase::Downloading(_)));
         let mut v = base.clone();

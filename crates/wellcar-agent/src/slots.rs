@@ -13,6 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use wellcar_bootstate::Esp;
+use wellcar_contract::RootHash;
 use wellcar_disk::{find_partition, PartitionKey, Slot};
 use wellcar_payload::UsrTarget;
 
@@ -52,7 +53,7 @@ pub trait SlotControl {
         &mut self,
         slot: Slot,
         booted: Slot,
-        root_hash: &str,
+        root_hash: RootHash,
         version: &str,
     ) -> Result<(), SlotError>;
 }
@@ -94,7 +95,7 @@ impl SlotControl for EspSlots {
         &mut self,
         slot: Slot,
         booted: Slot,
-        root_hash: &str,
+        root_hash: RootHash,
         version: &str,
     ) -> Result<(), SlotError> {
         let (_, loaded) = self
@@ -244,8 +245,7 @@ pub(crate) mod tests {
     use wellcar_bootstate::BootState;
 
     /// The root hash of the version a fresh test machine runs from USR-A.
-    pub(crate) const HASH_A: &str =
-        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    pub(crate) const HASH_A: RootHash = RootHash::from_bytes([0xaa; 32]);
 
     /// A sparse disk image with the Wellcar GPT layout.
     pub(crate) fn disk_image(dir: &Path) -> PathBuf {
@@ -273,8 +273,8 @@ pub(crate) mod tests {
             esp: fresh_esp(&dir.path().join("esp"), "1.0.0"),
             mirror_gpt: Some(disk.clone()),
         };
-        let hash = "ab".repeat(32);
-        let err = slots.stage(Slot::A, Slot::A, &hash, "1.1.0").unwrap_err();
+        let hash = RootHash::from_bytes([0xab; 32]);
+        let err = slots.stage(Slot::A, Slot::A, hash, "1.1.0").unwrap_err();
         assert!(format!("{err:#}").contains("boot state"), "{err}");
         assert!(
             std::error::Error::source(&err)
@@ -283,13 +283,13 @@ pub(crate) mod tests {
                 .contains("booted slot"),
             "{err:?}"
         );
-        slots.stage(Slot::B, Slot::A, &hash, "1.1.0").unwrap();
+        slots.stage(Slot::B, Slot::A, hash, "1.1.0").unwrap();
         let state = slots.esp.load().unwrap().state;
         assert_eq!(state.next_boot(), Some(Slot::B));
         assert_eq!((state.b.tries, state.b.successful), (1, false));
         assert_eq!(
-            (state.b.root_hash.as_str(), state.b.version.as_str()),
-            (hash.as_str(), "1.1.0")
+            (state.b.root_hash, state.b.version.as_str()),
+            (Some(hash), "1.1.0")
         );
         assert!(
             state.a.successful && state.a.priority > 0,
@@ -305,7 +305,7 @@ pub(crate) mod tests {
         slots.invalidate(Slot::B, Slot::A).unwrap();
         let state = slots.esp.load().unwrap().state;
         assert_eq!(state.next_boot(), Some(Slot::A));
-        assert!(state.b.root_hash.is_empty());
+        assert!(state.b.root_hash.is_none());
     }
 
     #[test]

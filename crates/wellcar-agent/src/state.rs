@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use wellcar_bootstate::Slot;
+use wellcar_contract::RootHash;
 use wellcar_payload::Checkpoint;
 
 /// Status values, named as update_engine names them.
@@ -184,7 +185,7 @@ pub enum Phase {
         /// The offer.
         offer: Offer,
         /// The dm-verity root hash the read-back produced.
-        root_hash: String,
+        root_hash: RootHash,
     },
     /// Staged in the boot state; a reboot activates it.
     Staged(StagedUpdate),
@@ -395,8 +396,8 @@ pub enum StateError {
     },
 }
 
-/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync
-/// of the directory.
+/// Writes `bytes` to `path` with [`wellcar_contract::atomic_file`] (mode 0644), creating
+/// its directory first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let io = |action, source| StateError::Io {
         action,
@@ -405,20 +406,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating a temp file for", e))?;
-        f.write_all(bytes).map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| io("renaming into place", e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing the directory of", e))
+    wellcar_contract::atomic_file::write(path, bytes, 0o644).map_err(|e| io("writing", e))
 }
 
 /// The state directory (`/var/lib/wellcar/update-agent`).
@@ -559,7 +547,7 @@ mod tests {
             (
                 Phase::Verified {
                     offer: o,
-                    root_hash: "r".into(),
+                    root_hash: RootHash::from_bytes([0x5a; 32]),
                 },
                 Operation::Finalizing,
             ),

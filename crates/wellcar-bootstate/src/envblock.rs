@@ -7,7 +7,7 @@
 //! a_prio=<0-15>\n                  decimal
 //! a_tries=<0-f>\n                  ONE hex digit: GRUB rewrites it in place (see below)
 //! a_ok=<0|1>\n
-//! a_hash=<64 hex digits or empty>\n
+//! a_hash=<root hash or empty>\n    a wellcar_contract::RootHash: 64 lower-case hex digits
 //! a_version=<version or empty>\n   written: an OS version (wellcar_contract::OsVersion);
 //!                                  read: also an older build's 1-40 bytes of [A-Za-z0-9._+-]
 //! b_prio=… b_tries=… b_ok=… b_hash=… b_version=…
@@ -87,12 +87,13 @@ pub fn encode(state: &BootState, gen: u64) -> [u8; BLOCK_SIZE] {
     for slot in Slot::ALL {
         let s = state.slot(slot);
         let l = slot.letter();
+        let hash = s.root_hash.map(|h| h.to_string()).unwrap_or_default();
         text.push_str(&format!(
             "{l}_prio={}\n{l}_tries={:x}\n{l}_ok={}\n{l}_hash={}\n{l}_version={}\n",
             s.priority.min(MAX_NIBBLE),
             s.tries.min(MAX_NIBBLE),
             u8::from(s.successful),
-            s.root_hash,
+            hash,
             s.version,
         ));
     }
@@ -177,10 +178,10 @@ pub fn decode(block: &[u8]) -> Result<(BootState, u64), BlockError> {
             "1" => true,
             v => return Err(value_error(KEYS[base + 2], v)),
         };
-        let root_hash = get(base + 3)?;
-        if !root_hash.is_empty() && check_root_hash(root_hash).is_err() {
-            return Err(value_error(KEYS[base + 3], root_hash));
-        }
+        let root_hash = match get(base + 3)? {
+            "" => None,
+            text => Some(check_root_hash(text).map_err(|_| value_error(KEYS[base + 3], text))?),
+        };
         // Lenient: an older build may have recorded a version the OsVersion contract refuses
         // (`1.2`, `unknown`); it is kept as written. Only writing a version is strict.
         let version = get(base + 4)?;
@@ -191,7 +192,7 @@ pub fn decode(block: &[u8]) -> Result<(BootState, u64), BlockError> {
             priority,
             tries,
             successful,
-            root_hash: root_hash.into(),
+            root_hash,
             version: version.into(),
         })
     };
@@ -265,14 +266,18 @@ mod tests {
 
     const H1: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+    fn h1() -> wellcar_contract::RootHash {
+        H1.parse().unwrap()
+    }
+
     #[test]
     fn round_trips_and_looks_like_grub_editenv_output() {
-        let mut s = BootState::fresh(H1, "1.0.0+dev").unwrap();
+        let mut s = BootState::fresh(h1(), "1.0.0+dev").unwrap();
         s.b.tries = 15;
         s.b.priority = 15;
         s.b.version = format!("1.0.0+{}", "x".repeat(34));
         assert_eq!(s.b.version.len(), crate::state::MAX_VERSION_LEN);
-        s.b.root_hash = H1.into();
+        s.b.root_hash = Some(h1());
         let block = encode(&s, 1234567890123);
         assert!(block.starts_with(b"# GRUB Environment Block\nwc_gen=1234567890123\na_prio=1\n"));
         assert_eq!(*block.last().unwrap(), b'#');
@@ -304,18 +309,14 @@ mod tests {
         assert_eq!(state.a.os_version(), None, "its OS version is unknown");
         assert_eq!(state.b.os_version(), None, "its OS version is unknown");
         assert_eq!(
-            (
-                state.a.successful,
-                state.b.tries,
-                state.b.root_hash.as_str()
-            ),
-            (true, 1, H1),
+            (state.a.successful, state.b.tries, state.b.root_hash),
+            (true, 1, Some(h1())),
             "the rest of the slot is read as usual"
         );
         // Re-encoding (any later host write) keeps them; the older text round-trips.
         assert_eq!(decode(&encode(&state, 9)), Ok((state, 9)));
         // Everything the old grammar allowed, and an empty slot's empty version.
-        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
+        let mut s = BootState::fresh(h1(), "1.0.0").unwrap();
         assert_eq!(s.b.version, "");
         assert_eq!(decode(&encode(&s, 3)), Ok((s.clone(), 3)));
         let forty_nines = "9".repeat(crate::state::MAX_VERSION_LEN);
@@ -364,7 +365,7 @@ mod tests {
 
     #[test]
     fn highest_generation_sees_torn_leftovers() {
-        let s = BootState::fresh(H1, "1.0.0").unwrap();
+        let s = BootState::fresh(h1(), "1.0.0").unwrap();
         let mut torn = encode(&s, 41);
         torn[..40].copy_from_slice(&encode(&s, 1000)[..40]);
         assert_eq!(highest_generation_mentioned(&torn), 1000);
@@ -373,7 +374,7 @@ mod tests {
 
     #[test]
     fn grub_decrement_changes_exactly_one_byte() {
-        let mut s = BootState::fresh(H1, "1.0.0").unwrap();
+        let mut s = BootState::fresh(h1(), "1.0.0").unwrap();
         s.b.tries = 1;
         let block = encode(&s, 7);
         let after = with_tries(&block, Slot::B, 0).unwrap();
@@ -385,7 +386,7 @@ mod tests {
 
     #[test]
     fn torn_and_garbage_blocks_are_rejected() {
-        let s = BootState::fresh(H1, "1.0.0").unwrap();
+        let s = BootState::fresh(h1(), "1.0.0").unwrap();
         let old = encode(&s, 9);
         let mut t = s.clone();
         t.a.priority = 2;

@@ -24,6 +24,7 @@
 //! esp.update(|s| s.invalidate(target, booted)).unwrap();
 //! // ... write the slot, verify its verity tree ...
 //! let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+//! let hash: wellcar_contract::RootHash = hash.parse().unwrap();
 //! esp.update(|s| s.stage(target, booted, hash, "1.1.0")).unwrap();
 //! let status = esp.load().unwrap(); // status.state.next_boot() == Some(target)
 //! ```

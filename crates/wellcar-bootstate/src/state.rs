@@ -12,7 +12,7 @@
 //! the machine always has somewhere to go back to.
 
 use serde::Serialize;
-use wellcar_contract::{OsVersion, VersionError};
+use wellcar_contract::{OsVersion, RootHash, RootHashError, VersionError};
 use wellcar_disk::Slot;
 
 /// Highest priority and highest tries value (4 bits each, as in the GPT attribute bits).
@@ -31,8 +31,11 @@ pub struct SlotState {
     pub tries: u8,
     /// The slot booted and passed its health checks.
     pub successful: bool,
-    /// The slot's dm-verity root hash (64 lower-case hex digits), or empty if it holds nothing.
-    pub root_hash: String,
+    /// The slot's dm-verity root hash, or `None` if it holds nothing. On the ESP (`a_hash=`)
+    /// and in serde it is the [`RootHash`]'s 64 lower-case hex digits, or the empty string for
+    /// `None`, as when this field was a string.
+    #[serde(serialize_with = "root_hash_or_empty")]
+    pub root_hash: Option<RootHash>,
     /// The OS version the slot holds, or empty. Staged and fresh slots record an [`OsVersion`]
     /// (`MAJOR.MINOR.PATCH[+build]`, at most 40 bytes, [`check_version`]); a block an older
     /// build wrote may hold a version the contract refuses (`1.2`, `unknown`), which is read
@@ -47,7 +50,7 @@ impl SlotState {
             priority: 0,
             tries: 0,
             successful: false,
-            root_hash: String::new(),
+            root_hash: None,
             version: String::new(),
         }
     }
@@ -102,15 +105,13 @@ pub enum Refusal {
     /// Cancel found no staged update.
     #[error("nothing to cancel: {0}")]
     NothingStaged(String),
-    /// A root hash that cannot be stored.
-    #[error("invalid {field} {value:?}: {reason}")]
-    InvalidValue {
-        /// `root_hash`.
-        field: &'static str,
-        /// The value given.
+    /// A text that is not a [`RootHash`] ([`check_root_hash`]).
+    #[error("invalid root hash {value:?}: {reason}")]
+    InvalidRootHash {
+        /// The text given.
         value: String,
-        /// What is wrong.
-        reason: &'static str,
+        /// What is wrong with it.
+        reason: RootHashError,
     },
     /// A `version` that is not an [`OsVersion`].
     #[error("invalid version: {0}")]
@@ -119,15 +120,14 @@ pub enum Refusal {
 
 impl BootState {
     /// A freshly built image: USR-A priority 1 and successful, USR-B priority 0 and empty.
-    pub fn fresh(root_hash: &str, version: &str) -> Result<Self, Refusal> {
-        check_root_hash(root_hash)?;
+    pub fn fresh(root_hash: RootHash, version: &str) -> Result<Self, Refusal> {
         check_version(version)?;
         Ok(BootState {
             a: SlotState {
                 priority: 1,
                 tries: 0,
                 successful: true,
-                root_hash: root_hash.into(),
+                root_hash: Some(root_hash),
                 version: version.into(),
             },
             b: SlotState::empty(),
@@ -219,16 +219,15 @@ impl BootState {
         &mut self,
         slot: Slot,
         booted: Option<Slot>,
-        root_hash: &str,
+        root_hash: RootHash,
         version: &str,
     ) -> Result<(), Refusal> {
-        check_root_hash(root_hash)?;
         check_version(version)?;
         self.check_target(slot, booted)?;
         let s = self.slot_mut(slot);
         s.tries = 1;
         s.successful = false;
-        s.root_hash = root_hash.into();
+        s.root_hash = Some(root_hash);
         s.version = version.into();
         self.prioritize(slot);
         Ok(())
@@ -248,7 +247,7 @@ impl BootState {
     pub fn rollback(&mut self, booted: Slot) -> Result<Slot, Refusal> {
         let target = booted.other();
         let t = self.slot(target);
-        let reason = if t.root_hash.is_empty() {
+        let reason = if t.root_hash.is_none() {
             Some("it holds no verified /usr (no root hash recorded)".to_string())
         } else if t.is_staged() {
             Some(
@@ -306,19 +305,23 @@ impl BootState {
     }
 }
 
-/// A root hash is 64 lower-case hex digits.
-pub fn check_root_hash(h: &str) -> Result<(), Refusal> {
-    if h.len() == 64
-        && h.bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    {
-        Ok(())
-    } else {
-        Err(Refusal::InvalidValue {
-            field: "root_hash",
-            value: h.into(),
-            reason: "expected 64 lower-case hex digits (sha256)",
-        })
+/// Parses a root hash given as text (`wellcar-update stage --root-hash`, a block's `a_hash=`):
+/// the [`RootHash`] contract, 64 lower-case hex digits, as a [`Refusal`] otherwise.
+pub fn check_root_hash(h: &str) -> Result<RootHash, Refusal> {
+    h.parse().map_err(|reason| Refusal::InvalidRootHash {
+        value: h.into(),
+        reason,
+    })
+}
+
+/// Serializes a slot's root hash as before it was typed: its hex digits, or `""` for none.
+fn root_hash_or_empty<S: serde::Serializer>(
+    hash: &Option<RootHash>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match hash {
+        Some(hash) => serializer.collect_str(hash),
+        None => serializer.serialize_str(""),
     }
 }
 
@@ -345,8 +348,8 @@ pub fn readable_version(v: &str) -> bool {
 mod tests {
     use super::*;
 
-    const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-    const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const H1: RootHash = RootHash::from_bytes([0x11; 32]);
+    const H2: RootHash = RootHash::from_bytes([0x22; 32]);
 
     fn attrs(s: &BootState) -> [(u8, u8, bool); 2] {
         [
@@ -416,13 +419,23 @@ mod tests {
         assert!(e.to_string().contains("use `wellcar-update cancel`"), "{e}");
         assert_eq!(s.cancel(Slot::A), Ok(Slot::B));
         assert_eq!(attrs(&s), [(1, 0, true), (0, 0, false)]);
-        assert!(matches!(
-            s.stage(Slot::B, Some(Slot::A), "XYZ", "2.0.0"),
-            Err(Refusal::InvalidValue {
-                field: "root_hash",
-                ..
-            })
-        ));
+        let e = check_root_hash("XYZ").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Refusal::InvalidRootHash {
+                    reason: RootHashError::Length { len: 3 },
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("64 lower-case hex digits"), "{e}");
+        assert_eq!(check_root_hash(&H1.to_string()), Ok(H1));
+        assert_eq!(
+            H1.to_string(),
+            "1111111111111111111111111111111111111111111111111111111111111111"
+        );
         let before = s.clone();
         for bad in [
             "bad version!",
@@ -474,5 +487,14 @@ mod tests {
         assert_eq!(s.rollback(Slot::B), Ok(Slot::A));
         assert_eq!(s.next_boot(), Some(Slot::A));
         assert!(s.b.successful && s.b.priority == 1, "B stays a fallback");
+    }
+
+    #[test]
+    fn serializes_root_hashes_as_strings_and_an_empty_slot_as_empty() {
+        let s = BootState::fresh(H1, "1.0.0").unwrap();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["a"]["root_hash"], H1.to_string());
+        assert_eq!(json["b"]["root_hash"], "");
+        assert_eq!(json["b"]["version"], "");
     }
 }

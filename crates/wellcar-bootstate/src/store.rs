@@ -294,9 +294,10 @@ pub fn write_in_place(path: &Path, block: &[u8; BLOCK_SIZE]) -> Result<(), Store
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wellcar_contract::RootHash;
 
-    const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-    const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const H1: RootHash = RootHash::from_bytes([0x11; 32]);
+    const H2: RootHash = RootHash::from_bytes([0x22; 32]);
 
     /// SplitMix64: a small deterministic generator, so a failing seed can be replayed.
     struct Rng(u64);

@@ -7,12 +7,17 @@
 //! `1.2` used to pass the image and payload checks and then could not be published). So each
 //! contract is parsed here, by one type, and every crate uses that type.
 //!
-//! Today: [`OsVersion`]. More contracts move here later: the dm-verity root hash, the build
+//! Today: [`OsVersion`] (the OS version grammar, [`version`]), [`RootHash`] (the dm-verity
+//! root hash of a `/usr` slot, [`root_hash`]) and how a file is replaced so that a power cut
+//! never leaves half of it ([`atomic_file`]). More contracts move here later: the build
 //! manifest, the ESP layout.
 //!
-//! This crate is linked into the static initramfs (through `wellcar-bootstate`): it depends on
-//! `serde` and `thiserror` only.
+//! This crate is linked into the static initramfs (through `wellcar-verity`): it depends on
+//! `serde`, `thiserror` and `std` only, and encodes hex by hand.
 
+pub mod atomic_file;
+pub mod root_hash;
 pub mod version;
 
+pub use root_hash::{RootHash, RootHashError, ROOT_HASH_HEX_LEN, ROOT_HASH_LEN};
 pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};

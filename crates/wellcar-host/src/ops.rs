@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use wellcar_bootstate::state::check_root_hash;
 use wellcar_bootstate::{gptprio, Loaded, Slot};
+use wellcar_contract::RootHash;
 
 use crate::Context;
 
@@ -15,7 +17,8 @@ pub struct StageOpts {
     /// The slot that was written: A, B, USR-A or USR-B.
     #[arg(value_parser = parse_slot)]
     pub slot: Slot,
-    /// The slot's dm-verity root hash (64 hex digits), as verified after writing it.
+    /// The slot's dm-verity root hash (64 lower-case hex digits), as verified after writing
+    /// it.
     #[arg(long)]
     pub root_hash: String,
     /// The OS version the slot now holds (MAJOR.MINOR.PATCH, optionally +build: the version
@@ -86,9 +89,12 @@ pub fn cancel(ctx: &Context) -> anyhow::Result<()> {
 
 /// `stage SLOT`: one try, not successful, top priority, with the given root hash and version.
 pub fn stage(ctx: &Context, opts: &StageOpts) -> anyhow::Result<()> {
+    // A bad root hash is a refusal (exit status 2), like a bad version; nothing is written.
+    let root_hash = check_root_hash(&opts.root_hash)
+        .with_context(|| format!("stage {} refused", opts.slot))?;
     let (_, after) = ctx
         .esp
-        .update(|s| s.stage(opts.slot, ctx.booted, &opts.root_hash, &opts.version))
+        .update(|s| s.stage(opts.slot, ctx.booted, root_hash, &opts.version))
         .with_context(|| format!("stage {} refused", opts.slot))?;
     println!(
         "{} staged ({}): it boots next, once; reboot to try it",
@@ -124,12 +130,17 @@ pub fn check_usr(ctx: &Context) -> anyhow::Result<()> {
     if lower != [part_name.clone()] {
         bail!("/usr's verity device sits on {lower:?}, not on the booted {booted} ({part_name})");
     }
-    let usrhash = ctx
+    let usrhash_text = ctx
         .cmdline
         .split_whitespace()
         .find_map(|a| a.strip_prefix("verity.usrhash="))
         .context("the kernel command line has no verity.usrhash=")?;
-    let recorded = &state.slot(booted).root_hash;
+    let usrhash: RootHash = usrhash_text.parse().with_context(|| {
+        format!("the kernel command line's verity.usrhash={usrhash_text} is not a root hash")
+    })?;
+    let Some(recorded) = state.slot(booted).root_hash else {
+        bail!("booted with root hash {usrhash} but the boot state records none for {booted}");
+    };
     if usrhash != recorded {
         bail!("booted with root hash {usrhash} but the boot state records {recorded} for {booted}");
     }

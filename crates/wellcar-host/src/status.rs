@@ -95,7 +95,7 @@ pub fn collect(loaded: &Loaded, booted: Option<Slot>) -> Status {
                     tries: x.tries,
                     successful: x.successful,
                     bootable: x.bootable(),
-                    verity_hash: x.root_hash.clone(),
+                    verity_hash: x.root_hash.map(|h| h.to_string()).unwrap_or_default(),
                 }
             })
             .collect(),

@@ -58,7 +58,8 @@ fn update_cycle_with_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let esp_dir = dir.path().join("esp");
     let esp = Esp::new(&esp_dir);
-    esp.create(&BootState::fresh(H1, "1.0.0").unwrap()).unwrap();
+    esp.create(&BootState::fresh(H1.parse().unwrap(), "1.0.0").unwrap())
+        .unwrap();
     let on_a = cmdline_for(dir.path(), Slot::A, H1);
     let on_b = cmdline_for(dir.path(), Slot::B, H2);
 

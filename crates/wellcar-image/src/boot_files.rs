@@ -18,6 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use wellcar_bootstate::{BootState, Esp};
+use wellcar_contract::RootHash;
 
 use crate::error::{IoContext, Result};
 use crate::tools::{self, MCOPY, MKFS_EXT4, MKFS_VFAT};
@@ -77,7 +78,7 @@ pub struct EspContents<'a> {
     /// USR-A's initramfs.
     pub initramfs: &'a Path,
     /// USR-A's verity root hash.
-    pub root_hash: &'a str,
+    pub root_hash: RootHash,
     /// The OS version in USR-A (recorded in the boot state).
     pub version: &'a str,
 }

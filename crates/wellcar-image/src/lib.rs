@@ -35,6 +35,7 @@ pub use manifest::BuildManifest;
 pub use rootfs::{PackageStep, RootfsProgress};
 
 use error::IoContext;
+use wellcar_contract::RootHash;
 use wellcar_disk::{layout::LAYOUT, USR_DATA_BLOCKS, USR_EXTRACT_SIZE, USR_VERITY_HASH_OFFSET};
 
 /// What to build.
@@ -106,7 +107,7 @@ pub enum BuildEvent {
         /// Size of the EROFS image.
         fs_bytes: u64,
         /// The dm-verity root hash.
-        root_hash: String,
+        root_hash: RootHash,
     },
 }
 
@@ -317,7 +318,7 @@ pub fn build_with_progress(
     progress(BuildEvent::UsrImage {
         tree_bytes: usr.tree_size,
         fs_bytes: usr.fs_size,
-        root_hash: usr.root_hash.clone(),
+        root_hash: usr.root_hash,
     });
     let kernel_path = out.join("vmlinuz");
     std::fs::copy(&shaped.kernel, &kernel_path).at("copying kernel to", &kernel_path)?;
@@ -347,7 +348,7 @@ pub fn build_with_progress(
                     efi_image: &efi,
                     kernel: &kernel_path,
                     initramfs: &initramfs_path,
-                    root_hash: &usr.root_hash,
+                    root_hash: usr.root_hash,
                     version: &version,
                 },
                 &work,
@@ -391,7 +392,7 @@ pub fn build_with_progress(
         board: def.os.board.clone(),
         build_id: identity.build_id,
         source_date_epoch: sde,
-        verity_root_hash: usr.root_hash.clone(),
+        verity_root_hash: usr.root_hash,
         verity_salt: usr.salt.clone(),
         verity_hash_offset: USR_VERITY_HASH_OFFSET,
         verity_data_blocks: USR_DATA_BLOCKS,

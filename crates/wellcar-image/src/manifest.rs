@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use wellcar_contract::RootHash;
 
 use crate::error::{IoContext, Result};
 use crate::reshape::Package;
@@ -20,8 +21,8 @@ pub struct BuildManifest {
     pub build_id: String,
     /// SOURCE_DATE_EPOCH the build used.
     pub source_date_epoch: u64,
-    /// dm-verity root hash of the /usr slot image (hex).
-    pub verity_root_hash: String,
+    /// dm-verity root hash of the /usr slot image (64 lower-case hex digits in the JSON).
+    pub verity_root_hash: RootHash,
     /// dm-verity salt (hex).
     pub verity_salt: String,
     /// Byte offset of the hash area (superblock first) inside the USR partition.
@@ -69,10 +70,8 @@ impl BuildManifest {
     /// Writes the manifest atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let p = dir.join("manifest.json");
-        let tmp = dir.join(".manifest.json.tmp");
         let text = serde_json::to_string_pretty(self).expect("manifest serialises");
-        std::fs::write(&tmp, text + "\n").at("writing", &tmp)?;
-        std::fs::rename(&tmp, &p).at("renaming into", &p)
+        wellcar_contract::atomic_file::write(&p, (text + "\n").as_bytes(), 0o644).at("writing", &p)
     }
 
     /// Reads `dir/manifest.json`.

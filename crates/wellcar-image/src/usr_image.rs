@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+use wellcar_contract::RootHash;
 use wellcar_disk::{USR_DATA_BLOCKS, USR_EXTRACT_SIZE, USR_VERITY_HASH_OFFSET};
 
 use crate::error::{BuildError, IoContext, Result};
@@ -28,8 +29,8 @@ pub struct UsrImage {
     pub tree_size: u64,
     /// sha256 of the whole slot image.
     pub sha256: String,
-    /// Verity root hash (hex).
-    pub root_hash: String,
+    /// Verity root hash.
+    pub root_hash: RootHash,
     /// Verity salt (hex).
     pub salt: String,
 }
@@ -91,7 +92,7 @@ pub fn build(usr_tree: &Path, work: &Path, out: &Path, source_date_epoch: u64) -
         path,
         fs_size,
         tree_size: tree_size(usr_tree)?,
-        root_hash: hex::encode(info.root_hash),
+        root_hash: info.root_hash,
         salt: hex::encode(&salt),
     })
 }

@@ -75,7 +75,7 @@ pub enum UsrSource {
         /// The USR partition (data and hash area).
         device: DeviceSpec,
         /// The expected root hash.
-        root_hash: [u8; 32],
+        root_hash: wellcar_contract::RootHash,
         /// Name of the mapping (`usr` for `mount.usr=/dev/mapper/usr`).
         name: String,
     },
@@ -367,8 +367,8 @@ mod tests {
             device,
             &DeviceSpec::PartUuid(wellcar_disk::layout::USR_A_GUID)
         );
-        assert_eq!(root_hash[0], 0x01);
-        assert_eq!(root_hash[31], 0xef);
+        assert_eq!(root_hash.as_bytes()[0], 0x01);
+        assert_eq!(root_hash.as_bytes()[31], 0xef);
         assert_eq!(name, "usr");
         assert_eq!(p.root, DeviceSpec::Label("ROOT".into()));
         assert_eq!(p.root_flags, "rw");

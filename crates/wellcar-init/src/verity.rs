@@ -9,13 +9,11 @@
 //! while reading, panics the kernel; `/init` sets `kernel.panic` so that panic reboots.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use wellcar_contract::RootHash;
 use wellcar_disk::USR_VERITY_HASH_OFFSET;
-use wellcar_verity::{Superblock, TreeGeometry, BLOCK_SIZE};
 
 use crate::sys;
 
@@ -31,8 +29,8 @@ pub enum OpenUsrError {
         #[source]
         source: std::io::Error,
     },
-    /// No valid verity superblock at the hash offset.
-    #[error("no usable verity superblock on {device} at byte {offset}")]
+    /// No valid verity superblock at the hash offset, or its tree's top block unreadable.
+    #[error("no usable verity superblock and tree on {device} at byte {offset}")]
     Superblock {
         /// The USR partition.
         device: PathBuf,
@@ -48,9 +46,9 @@ pub enum OpenUsrError {
         /// The USR partition.
         device: PathBuf,
         /// `verity.usrhash`.
-        expected: String,
+        expected: RootHash,
         /// What the tree on disk hashes to.
-        found: String,
+        found: RootHash,
     },
     /// A device-mapper ioctl failed.
     #[error("device-mapper {operation} of {name} on {device}")]
@@ -76,34 +74,11 @@ pub enum OpenUsrError {
     },
 }
 
-/// The root hash the tree stored at `hash_offset` of `image` hashes to (format 1: salt first).
-pub fn tree_root_hash<R: Read + Seek>(
-    image: &mut R,
-    hash_offset: u64,
-    superblock: &Superblock,
-) -> std::io::Result<[u8; 32]> {
-    let geometry = TreeGeometry::new(superblock.data_blocks)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    // The top level is a single block right after the superblock block; with one data block
-    // there is no tree and the root is the digest of that block.
-    let top = match geometry.levels().last() {
-        Some(level) => hash_offset + level.byte_offset(),
-        None => 0,
-    };
-    let mut block = vec![0u8; BLOCK_SIZE as usize];
-    image.seek(SeekFrom::Start(top))?;
-    image.read_exact(&mut block)?;
-    let mut hasher = Sha256::new();
-    hasher.update(&superblock.salt);
-    hasher.update(&block);
-    Ok(hasher.finalize().into())
-}
-
 /// Checks the slot on `device` and maps it as `/dev/mapper/<name>` under `dev_dir`.
 pub fn open_verity(
     device: &Path,
     name: &str,
-    root_hash: &[u8; 32],
+    root_hash: &RootHash,
     dev_dir: &Path,
 ) -> Result<PathBuf, OpenUsrError> {
     let read_err = |source| OpenUsrError::Read {
@@ -111,20 +86,17 @@ pub fn open_verity(
         source,
     };
     let mut file = File::open(device).map_err(read_err)?;
-    let superblock =
-        wellcar_verity::read_superblock(&mut file, USR_VERITY_HASH_OFFSET).map_err(|source| {
-            OpenUsrError::Superblock {
-                device: device.to_path_buf(),
-                offset: USR_VERITY_HASH_OFFSET,
-                source,
-            }
+    let (superblock, found) = wellcar_verity::stored_root_hash(&mut file, USR_VERITY_HASH_OFFSET)
+        .map_err(|source| OpenUsrError::Superblock {
+            device: device.to_path_buf(),
+            offset: USR_VERITY_HASH_OFFSET,
+            source,
         })?;
-    let found = tree_root_hash(&mut file, USR_VERITY_HASH_OFFSET, &superblock).map_err(read_err)?;
     if &found != root_hash {
         return Err(OpenUsrError::RootHashMismatch {
             device: device.to_path_buf(),
-            expected: hex::encode(root_hash),
-            found: hex::encode(found),
+            expected: *root_hash,
+            found,
         });
     }
     drop(file);
@@ -152,7 +124,7 @@ pub fn open_verity(
         &device_text,
         superblock.data_blocks,
         USR_VERITY_HASH_OFFSET,
-        root_hash,
+        root_hash.as_bytes(),
         &superblock.salt,
     );
     let uuid = format!("WELLCAR-VERITY-{}", superblock.uuid.simple());
@@ -189,14 +161,14 @@ pub fn open_verity(
 mod tests {
     use super::*;
 
-    fn formatted_slot(data_blocks: u64) -> (tempfile::NamedTempFile, [u8; 32]) {
+    /// A slot image of `data_blocks` blocks with its tree right after the data, formatted by
+    /// `wellcar_verity::format`, and the root hash it reported.
+    fn formatted_slot(data_blocks: u64) -> (tempfile::NamedTempFile, RootHash) {
         let image = tempfile::NamedTempFile::new().unwrap();
-        let hash_offset = data_blocks * BLOCK_SIZE;
+        let hash_offset = USR_VERITY_HASH_OFFSET;
         image.as_file().set_len(hash_offset).unwrap();
         // Some non-zero data so the tree is not all zero blocks.
-        use std::io::Write;
-        let mut f = image.as_file();
-        f.write_all(&[0x5a; 8192]).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(image.as_file(), &[0x5a; 8192], 0).unwrap();
         let info = wellcar_verity::format(
             image.as_file(),
             &wellcar_verity::VerityParams {
@@ -211,34 +183,22 @@ mod tests {
     }
 
     #[test]
-    fn root_of_the_tree_matches_what_format_reported() {
-        for blocks in [1, 3, 300] {
-            let (image, root) = formatted_slot(blocks);
-            let mut f = File::open(image.path()).unwrap();
-            let offset = blocks * BLOCK_SIZE;
-            let sb = wellcar_verity::read_superblock(&mut f, offset).unwrap();
-            assert_eq!(
-                tree_root_hash(&mut f, offset, &sb).unwrap(),
-                root,
-                "{blocks} blocks"
-            );
-        }
-    }
-
-    #[test]
-    fn a_tampered_top_block_changes_the_root() {
+    fn a_wrong_root_hash_is_refused_naming_both_before_any_mapping() {
         let (image, root) = formatted_slot(300);
-        let offset = 300 * BLOCK_SIZE;
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .open(image.path())
-            .unwrap();
-        f.seek(SeekFrom::Start(offset + BLOCK_SIZE + 5)).unwrap();
-        use std::io::Write;
-        f.write_all(&[0xff]).unwrap();
-        let sb = wellcar_verity::read_superblock(&mut f, offset).unwrap();
-        assert_ne!(tree_root_hash(&mut f, offset, &sb).unwrap(), root);
+        let mut wrong = *root.as_bytes();
+        wrong[0] ^= 1;
+        let wrong = RootHash::from_bytes(wrong);
+        // dev_dir does not exist: reaching device-mapper would fail differently.
+        let err = open_verity(image.path(), "usr", &wrong, Path::new("/nonexistent")).unwrap_err();
+        assert!(
+            matches!(&err, OpenUsrError::RootHashMismatch { expected, found, .. }
+                if *expected == wrong && *found == root),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&root.to_string()), "{err}");
+        // The right hash gets past the check, to device-mapper's control node.
+        let err = open_verity(image.path(), "usr", &root, Path::new("/nonexistent")).unwrap_err();
+        assert!(matches!(err, OpenUsrError::Node { .. }), "{err:?}");
     }
 
     #[test]
@@ -248,12 +208,12 @@ mod tests {
             .as_file()
             .set_len(USR_VERITY_HASH_OFFSET + 4096)
             .unwrap();
-        let err =
-            open_verity(image.path(), "usr", &[0; 32], Path::new("/nonexistent")).unwrap_err();
+        let zero = RootHash::from_bytes([0; 32]);
+        let err = open_verity(image.path(), "usr", &zero, Path::new("/nonexistent")).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
-                "no usable verity superblock on {} at byte 1065345024",
+                "no usable verity superblock and tree on {} at byte 1065345024",
                 image.path().display()
             )
         );

@@ -290,33 +290,14 @@ pub fn kernel_compression(
     })
 }
 
-/// Writes `output` through a temporary file in the same directory: fill, fsync, rename, fsync
-/// the directory. Returns the final size.
+/// Writes `output` (mode 0644) with [`wellcar_contract::atomic_file`]: fill a temporary file
+/// in the same directory, fsync, rename, fsync the directory. Returns the final size.
 fn write_atomically(
     output: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<u64, InitramfsError> {
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut temp =
-        tempfile::NamedTempFile::new_in(&dir).map_err(|e| InitramfsError::io(&dir, e))?;
-    fill(temp.as_file_mut()).map_err(|e| InitramfsError::io(output, e))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| InitramfsError::io(output, e))?;
-    let size = temp
-        .as_file()
-        .metadata()
-        .map_err(|e| InitramfsError::io(output, e))?
-        .len();
-    temp.persist(output)
-        .map_err(|e| InitramfsError::io(output, e.error))?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| InitramfsError::io(&dir, e))?;
-    Ok(size)
+    wellcar_contract::atomic_file::write_with(output, 0o644, fill)
+        .map_err(|e| InitramfsError::io(output, e))
 }
 
 #[cfg(test)]

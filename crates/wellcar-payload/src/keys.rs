@@ -22,7 +22,7 @@ use ed25519_dalek::pkcs8::{
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::format::key_fingerprint;
-use crate::fsutil::write_atomic;
+use wellcar_contract::atomic_file;
 
 /// File name of the private key written by [`generate_keypair`].
 pub const PRIVATE_KEY_FILE: &str = "update-key";
@@ -158,10 +158,13 @@ pub fn write_keypair(
     }
     // Public first: a crash in between leaves a public key without its private key, which
     // is harmless, rather than a private key nobody can trust.
-    write_atomic(&public_path, public_pem.as_bytes(), 0o644, overwrite)
-        .map_err(write_err(&public_path))?;
-    write_atomic(private_path, private_pem.as_bytes(), 0o600, overwrite)
-        .map_err(write_err(private_path))?;
+    let write = if overwrite {
+        atomic_file::write
+    } else {
+        atomic_file::write_new
+    };
+    write(&public_path, public_pem.as_bytes(), 0o644).map_err(write_err(&public_path))?;
+    write(private_path, private_pem.as_bytes(), 0o600).map_err(write_err(private_path))?;
     Ok(KeyPairFiles {
         private_key: private_path.to_owned(),
         public_key: public_path,

@@ -26,7 +26,6 @@ pub mod format;
 mod fsutil;
 pub mod info;
 pub mod keys;
-pub mod verity;
 
 #[cfg(test)]
 mod round_trip_tests;

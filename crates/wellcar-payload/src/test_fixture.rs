@@ -11,7 +11,7 @@ use ed25519_dalek::SigningKey;
 use crate::create::{create_payload_with, CreateOptions, PayloadSummary};
 use crate::format::Sha256Digest;
 use crate::keys::{new_signing_key, TrustedKey, TrustedKeys};
-use crate::verity::VerityHasher;
+use wellcar_verity::RootHasher;
 
 pub(crate) const MIB: u64 = 1024 * 1024;
 /// /usr region size of the fixture.
@@ -89,7 +89,7 @@ impl Fixture {
             usr.read_exact_at(&mut d, 0).unwrap();
             d
         };
-        let mut verity = VerityHasher::new(&hex::decode(SALT).unwrap(), DATA_BLOCKS);
+        let mut verity = RootHasher::new(&hex::decode(SALT).unwrap(), DATA_BLOCKS);
         verity.update(&data);
         let root = verity.finish().unwrap().to_string();
         if veritysetup_available() {

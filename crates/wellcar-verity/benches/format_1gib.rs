@@ -144,7 +144,7 @@ fn write_usr_like_image(path: &Path, dense: bool) {
     file.sync_all().unwrap();
 }
 
-fn run_veritysetup(image: &Path, salt: &[u8]) -> (Duration, [u8; 32]) {
+fn run_veritysetup(image: &Path, salt: &[u8]) -> (Duration, wellcar_contract::RootHash) {
     let started = Instant::now();
     let output = Command::new("veritysetup")
         .arg("format")

@@ -6,6 +6,8 @@
 //! The kernel ignores the superblock; everything it needs is in this line. An empty salt is
 //! written `-`, as `veritysetup` does.
 
+use wellcar_contract::RootHash;
+
 use crate::{VerityError, BLOCK_SIZE, DIGEST_SIZE};
 
 /// Renders the dm-verity target parameters (the part after `verity` in a dm table line).
@@ -39,13 +41,19 @@ pub fn dm_target_sectors(data_blocks: u64) -> u64 {
 }
 
 /// Parses a root hash given as 64 hexadecimal characters (e.g. `verity.usrhash=` from the
-/// kernel command line); upper and lower case are accepted.
-pub fn parse_root_hash(text: &str) -> Result<[u8; DIGEST_SIZE], VerityError> {
-    let mut root = [0u8; DIGEST_SIZE];
-    hex::decode_to_slice(text, &mut root).map_err(|_| VerityError::InvalidRootHash {
-        input: text.to_string(),
-    })?;
-    Ok(root)
+/// kernel command line, as the initramfs reads it).
+///
+/// Upper and lower case are accepted, as the kernel's dm-verity target accepts both (a hash
+/// typed into the GRUB editor in upper case still boots); the result is the canonical
+/// [`RootHash`], which writes lower case. Everything else follows the [`RootHash`] contract:
+/// text that must be canonical (boot state, manifests, `status.json`) is parsed with
+/// [`RootHash`]'s `FromStr`, which refuses upper case.
+pub fn parse_root_hash(text: &str) -> Result<RootHash, VerityError> {
+    text.to_ascii_lowercase()
+        .parse()
+        .map_err(|_| VerityError::InvalidRootHash {
+            input: text.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -62,7 +70,7 @@ mod tests {
             "/dev/sda3",
             260_094,
             1_065_345_024,
-            &root,
+            root.as_bytes(),
             &[0x00, 0x11, 0xab],
         );
         assert_eq!(
@@ -89,7 +97,8 @@ mod tests {
     #[test]
     fn parses_root_hashes_and_rejects_bad_ones() {
         let root = parse_root_hash(&ROOT_HEX.to_uppercase()).unwrap();
-        assert_eq!(hex::encode(root), ROOT_HEX);
+        assert_eq!(root.to_string(), ROOT_HEX);
+        assert_eq!(parse_root_hash(ROOT_HEX).unwrap(), root);
         for bad in [
             "",
             &ROOT_HEX[..62],

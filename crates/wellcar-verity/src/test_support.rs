@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use wellcar_contract::RootHash;
+
 use crate::BLOCK_SIZE;
 
 /// Runs `veritysetup` with `args`, panicking with the package name if it is not installed.
@@ -29,7 +31,7 @@ pub fn veritysetup_format(
     hash_offset: u64,
     salt: &[u8],
     uuid: &str,
-) -> [u8; 32] {
+) -> RootHash {
     let salt_arg = if salt.is_empty() {
         "-".to_string()
     } else {
@@ -64,14 +66,14 @@ pub fn veritysetup_format(
 }
 
 /// `veritysetup verify`; returns whether it accepted, plus its combined output for messages.
-pub fn veritysetup_verify(path: &Path, hash_offset: u64, root_hash: &[u8; 32]) -> (bool, String) {
+pub fn veritysetup_verify(path: &Path, hash_offset: u64, root_hash: &RootHash) -> (bool, String) {
     let path = path.display().to_string();
     let output = veritysetup(&[
         "verify".into(),
         format!("--hash-offset={hash_offset}"),
         path.clone(),
         path,
-        hex::encode(root_hash),
+        root_hash.to_string(),
     ]);
     let text = format!(
         "{}{}",

@@ -120,7 +120,7 @@ impl<S: SlotControl> Agent<S> {
             // Reading back is no transfer: whatever fails here is final for this download.
             installer
                 .finish()
-                .map(|report| report.verity_root_hash.to_string())
+                .map(|report| report.verity_root_hash)
                 .map_err(|e| {
                     let mut f = Failure::from_apply(e);
                     f.failure.retryable = false;

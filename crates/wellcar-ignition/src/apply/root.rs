@@ -145,54 +145,15 @@ fn components(p: &Path) -> VecDeque<OsString> {
         .collect()
 }
 
-/// Writes `data` to `host` atomically: a temp file in the same directory, fsync, rename over the
-/// final name (never following a symlink there), fsync of the directory. The new file has
-/// `mode`; ownership is the caller's.
+/// Writes `data` to `host` with [`wellcar_contract::atomic_file`]: temp file, fsync, rename
+/// over the final name (never following a symlink there), fsync of the directory. The new file
+/// has `mode`; ownership is the caller's.
 pub(crate) fn write_atomic(host: &Path, data: &[u8], mode: u32) -> Result<(), ApplyError> {
-    let dir = host.parent().unwrap_or(Path::new("/"));
-    let name = host
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut attempt = 0u32;
-    let (tmp, mut file) = loop {
-        let tmp = dir.join(format!(
-            ".{name}.wellcar-tmp-{}-{attempt}",
-            std::process::id()
-        ));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-        {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
-            Err(e) => {
-                return Err(ApplyError::Io {
-                    what: "creating temporary file",
-                    path: tmp,
-                    source: e,
-                })
-            }
-        }
-    };
-    let result = (|| {
-        file.write_all(data)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&tmp, host)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(ApplyError::Io {
-            what: "writing",
-            path: host.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
+    wellcar_contract::atomic_file::write(host, data, mode).map_err(|source| ApplyError::Io {
+        what: "writing",
+        path: host.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

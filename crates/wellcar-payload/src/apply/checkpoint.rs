@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ApplyError;
 use crate::format::Sha256Digest;
-use crate::fsutil::write_atomic;
+use wellcar_contract::atomic_file;
 
 /// A durable resume point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ impl Checkpoint {
     /// Writes the checkpoint as JSON, temp + fsync + rename.
     pub fn save(&self, path: &Path) -> Result<(), ApplyError> {
         let json = serde_json::to_vec(self).expect("a checkpoint always serializes");
-        write_atomic(path, &json, 0o644, true).map_err(|source| ApplyError::CheckpointFile {
+        atomic_file::write(path, &json, 0o644).map_err(|source| ApplyError::CheckpointFile {
             path: path.to_owned(),
             source,
         })

@@ -6,7 +6,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use wellcar_contract::VersionError;
+use wellcar_contract::{RootHash, VersionError};
 
 use crate::format::{FormatError, Sha256Digest};
 
@@ -143,7 +143,7 @@ pub enum ApplyError {
     #[error("/usr on the target has dm-verity root {actual}, manifest says {expected}")]
     VerityMismatch {
         /// From the manifest.
-        expected: Sha256Digest,
+        expected: RootHash,
         /// Computed.
         actual: String,
     },

@@ -46,11 +46,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use wellcar_contract::RootHash;
 
 use crate::format::{Destination, Manifest, Operation, PayloadHead, Sha256Digest, VerifiedHead};
-use crate::fsutil::sync_parent;
+use wellcar_contract::atomic_file::sync_parent;
 use crate::keys::TrustedKeys;
-use crate::verity::VerityHasher;
+use wellcar_verity::RootHasher;
 use blob::{check_blob, data_before, decompress, hash_file, read_blob, write_zeros_at};
 
 pub use checkpoint::{partial_path, Checkpoint};
@@ -74,7 +75,7 @@ pub struct InstallReport {
     /// sha256 of the /usr region as read back.
     pub usr_sha256: Sha256Digest,
     /// dm-verity root hash of the /usr region as recomputed.
-    pub verity_root_hash: Sha256Digest,
+    pub verity_root_hash: RootHash,
     /// Final kernel path.
     pub kernel: PathBuf,
     /// Final initramfs path.
@@ -507,7 +508,7 @@ impl<T: UsrTarget> Installer<T> {
     fn read_back_usr(
         &mut self,
         manifest: &Manifest,
-    ) -> Result<(Sha256Digest, Sha256Digest), ApplyError> {
+    ) -> Result<(Sha256Digest, RootHash), ApplyError> {
         let usr = &mut self.targets.usr;
         let target = usr.describe();
         let read_err = |offset, source| ApplyError::Target {
@@ -522,7 +523,7 @@ impl<T: UsrTarget> Installer<T> {
         usr.seek(SeekFrom::Start(0)).map_err(|e| read_err(0, e))?;
         let verity = &manifest.usr.verity;
         let salt = hex::decode(&verity.salt).expect("salt validated by Manifest::validate");
-        let mut verity_hasher = VerityHasher::new(&salt, verity.data_blocks);
+        let mut verity_hasher = RootHasher::new(&salt, verity.data_blocks);
         let mut sha = Sha256::new();
         let mut buf = vec![0u8; IO_BUF_LEN];
         let mut pos = 0u64;

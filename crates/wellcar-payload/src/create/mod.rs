@@ -20,14 +20,16 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{Signer, SigningKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use wellcar_contract::RootHash;
 
 use crate::format::{
     encode_signature_block, key_fingerprint, Destination, FileImage, FormatError, Header, Manifest,
     Operation, ReplaceOp, Sha256Digest, SignatureEntry, UsrImage, VerityParams, ZeroOp,
     SIGNATURE_ENTRY_LEN,
 };
-use crate::fsutil::{create_temp, sync_parent};
-use crate::verity::VerityHasher;
+use crate::fsutil::create_temp;
+use wellcar_contract::atomic_file;
+use wellcar_verity::RootHasher;
 
 /// Default payload file name.
 pub const PAYLOAD_FILE_NAME: &str = "wellcar_update.bin";
@@ -47,8 +49,8 @@ pub struct BuildManifest {
     /// Build identifier.
     #[serde(default)]
     pub build_id: String,
-    /// dm-verity root hash, hex.
-    pub verity_root_hash: String,
+    /// dm-verity root hash (64 lower-case hex digits in the JSON).
+    pub verity_root_hash: RootHash,
     /// dm-verity salt, hex.
     pub verity_salt: String,
     /// Byte offset of the verity hash area in the /usr image.
@@ -235,7 +237,7 @@ pub fn create_payload_with(
     let usr_sha = parse_digest("usr_image_sha256", &build.usr_image_sha256)?;
     let kernel_sha = parse_digest("kernel_sha256", &build.kernel_sha256)?;
     let initramfs_sha = parse_digest("initramfs_sha256", &build.initramfs_sha256)?;
-    let root_hash = parse_digest("verity_root_hash", &build.verity_root_hash)?;
+    let root_hash = build.verity_root_hash;
     let salt = hex::decode(&build.verity_salt)
         .map_err(|e| field_err("verity_salt", format!("not hex: {e}")))?;
     // Checked again with the whole manifest at the end; refused here before compressing.
@@ -258,7 +260,7 @@ pub fn create_payload_with(
     let result = (|| {
         let mut writer = BlobWriter::new(data_file, &data_path, options)?;
         let usr_path = build_dir.join(&build.usr_image);
-        let mut verity = VerityHasher::new(&salt, build.verity_data_blocks);
+        let mut verity = RootHasher::new(&salt, build.verity_data_blocks);
         let usr = writer.add_image(
             Destination::Usr,
             &usr_path,
@@ -266,10 +268,9 @@ pub fn create_payload_with(
             usr_sha,
             Some(&mut verity),
         )?;
-        let actual_root = verity
-            .finish()
-            .map_or_else(|| "incomplete".to_owned(), |d| d.to_string());
-        if actual_root != root_hash.to_string() {
+        let actual = verity.finish();
+        if actual != Some(root_hash) {
+            let actual_root = actual.map_or_else(|| "incomplete".to_owned(), |d| d.to_string());
             return Err(CreateError::ArtifactMismatch {
                 path: usr_path,
                 what: "verity root hash",
@@ -448,7 +449,7 @@ impl BlobWriter {
         path: &Path,
         expected_size: Option<u64>,
         expected_sha: Sha256Digest,
-        mut verity: Option<&mut VerityHasher>,
+        mut verity: Option<&mut RootHasher>,
     ) -> Result<u64, CreateError> {
         let input_err = |source| CreateError::Input {
             path: path.to_owned(),
@@ -468,7 +469,7 @@ impl BlobWriter {
         }
         let mut sha = Sha256::new();
         let zeros = vec![0u8; 1 << 16];
-        let hash_zeros = |sha: &mut Sha256, verity: &mut Option<&mut VerityHasher>, mut n: u64| {
+        let hash_zeros = |sha: &mut Sha256, verity: &mut Option<&mut RootHasher>, mut n: u64| {
             if let Some(v) = verity.as_deref_mut() {
                 v.update_zeros(n);
             }
@@ -613,10 +614,9 @@ fn write_payload(
         .collect();
     let signature_block = encode_signature_block(&entries);
 
-    let (file, temp) = create_temp(out, "tmp", 0o644).map_err(out_err(out))?;
-    let result = (|| {
+    let mut sha = Sha256::new();
+    let size = atomic_file::write_with(out, 0o644, |file| {
         let mut writer = BufWriter::with_capacity(1 << 20, file);
-        let mut sha = Sha256::new();
         for part in [&message[..], &signature_block[..]] {
             sha.update(part);
             writer.write_all(part)?;
@@ -631,23 +631,10 @@ fn write_payload(
             sha.update(&buf[..n]);
             writer.write_all(&buf[..n])?;
         }
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        let size = file.metadata()?.len();
-        std::fs::rename(&temp, out)?;
-        sync_parent(out)?;
-        Ok((size, Sha256Digest(sha.finalize().into())))
-    })();
-    let (size, sha256) = match result {
-        Ok(v) => v,
-        Err(source) => {
-            let _ = std::fs::remove_file(&temp);
-            return Err(CreateError::Output {
-                path: out.to_owned(),
-                source,
-            });
-        }
-    };
+        writer.flush()
+    })
+    .map_err(out_err(out))?;
+    let sha256 = Sha256Digest(sha.finalize().into());
     let mut sha_path = out.as_os_str().to_owned();
     sha_path.push(".sha256");
     let sha_path = PathBuf::from(sha_path);
@@ -655,11 +642,10 @@ fn write_payload(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    crate::fsutil::write_atomic(
+    atomic_file::write(
         &sha_path,
         format!("{sha256}  {file_name}\n").as_bytes(),
         0o644,
-        true,
     )
     .map_err(out_err(&sha_path))?;
     tracing::info!(path = %out.display(), size, %sha256, "wrote update payload");

@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wellcar_contract::OsVersion;
+use wellcar_contract::{OsVersion, RootHash};
 
 use super::{FormatError, MAX_BLOB_LEN, MAX_CHUNK_LEN};
 
@@ -99,8 +99,8 @@ pub struct UsrImage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerityParams {
-    /// Root hash, hex.
-    pub root_hash: Sha256Digest,
+    /// Root hash: 64 lower-case hex digits in JSON (the [`RootHash`] contract).
+    pub root_hash: RootHash,
     /// Salt, hex (any length up to 256 bytes).
     pub salt: String,
     /// Byte offset of the hash area (superblock first).
@@ -272,7 +272,7 @@ impl Manifest {
         }
         let data_end = verity
             .data_blocks
-            .checked_mul(crate::verity::BLOCK_SIZE)
+            .checked_mul(wellcar_verity::BLOCK_SIZE)
             .filter(|&end| end <= verity.hash_offset && verity.hash_offset <= self.usr.size);
         if data_end.is_none() || verity.data_blocks == 0 {
             return Err(invalid(

@@ -4,6 +4,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use wellcar_contract::RootHash;
 
 #[test]
 fn header_round_trips_and_rejects_each_bad_field() {
@@ -63,7 +64,7 @@ fn minimal_manifest() -> Manifest {
             size: 8192,
             sha256: Sha256Digest([1; 32]),
             verity: VerityParams {
-                root_hash: Sha256Digest([2; 32]),
+                root_hash: RootHash::from_bytes([2; 32]),
                 salt: "aa".into(),
                 hash_offset: 4096,
                 data_blocks: 1,

@@ -27,9 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
+use wellcar_contract::RootHash;
 
+use crate::block_hasher::BlockHasher;
 use crate::geometry::TreeGeometry;
 use crate::superblock::{read_superblock, Superblock, SUPERBLOCK_SIZE};
 use crate::{table, VerityError, BLOCK_SIZE, DIGEST_SIZE, MAX_SALT_SIZE};
@@ -37,7 +38,6 @@ use crate::{table, VerityError, BLOCK_SIZE, DIGEST_SIZE, MAX_SALT_SIZE};
 const BLOCK: usize = BLOCK_SIZE as usize;
 /// Data blocks per unit of work of the parallel bottom-level hashing (1 MiB reads).
 const CHUNK_BLOCKS: usize = 256;
-static ZERO_BLOCK: [u8; BLOCK] = [0; BLOCK];
 
 /// What to format: the data region's size, where the hash area goes, and the two values that
 /// `veritysetup` would otherwise pick at random. Pass a deterministic salt and uuid to get a
@@ -58,8 +58,9 @@ pub struct VerityParams {
 /// The outcome of [`format()`]: everything needed to open the device later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerityInfo {
-    /// The root hash (`verity.usrhash=`).
-    pub root_hash: [u8; DIGEST_SIZE],
+    /// The root hash (`verity.usrhash=`); its `Display` is the 64 lower-case hex digits
+    /// `veritysetup` prints.
+    pub root_hash: RootHash,
     /// The salt, as written to the superblock.
     pub salt: Vec<u8>,
     /// Bytes from `hash_offset` to the end of the tree, superblock block included.
@@ -73,11 +74,6 @@ pub struct VerityInfo {
 }
 
 impl VerityInfo {
-    /// The root hash as 64 lowercase hex characters, as `veritysetup` prints it.
-    pub fn root_hash_hex(&self) -> String {
-        hex::encode(self.root_hash)
-    }
-
     /// The salt as lowercase hex (`-` when empty), as `veritysetup` prints it.
     pub fn salt_hex(&self) -> String {
         if self.salt.is_empty() {
@@ -94,7 +90,7 @@ impl VerityInfo {
             hash_dev,
             self.data_blocks,
             self.hash_offset,
-            &self.root_hash,
+            self.root_hash.as_bytes(),
             &self.salt,
         )
     }
@@ -188,7 +184,7 @@ pub fn format_with_threads(
     image.sync_data().map_err(VerityError::Sync)?;
 
     let info = VerityInfo {
-        root_hash,
+        root_hash: RootHash::from_bytes(root_hash),
         salt: params.salt.clone(),
         hash_area_size: geometry.hash_area_size(),
         data_blocks: params.data_blocks,
@@ -198,7 +194,7 @@ pub fn format_with_threads(
     tracing::debug!(
         data_blocks = info.data_blocks,
         hash_offset = info.hash_offset,
-        root_hash = %info.root_hash_hex(),
+        root_hash = %info.root_hash,
         hash_seconds = hashed.as_secs_f64(),
         total_seconds = started.elapsed().as_secs_f64(),
         "formatted dm-verity hash area"
@@ -213,11 +209,7 @@ pub fn format_with_threads(
 /// the root hash, then each level's blocks against their parent's digests, then the data
 /// blocks against level 0. The error names the first mismatch in that order, so a corrupt data
 /// block is reported as that data block, and a corrupt hash block as that hash block.
-pub fn verify(
-    image: &File,
-    hash_offset: u64,
-    root_hash: &[u8; DIGEST_SIZE],
-) -> Result<(), VerityError> {
+pub fn verify(image: &File, hash_offset: u64, root_hash: &RootHash) -> Result<(), VerityError> {
     verify_with_threads(image, hash_offset, root_hash, default_threads())
 }
 
@@ -225,9 +217,11 @@ pub fn verify(
 pub fn verify_with_threads(
     image: &File,
     hash_offset: u64,
-    root_hash: &[u8; DIGEST_SIZE],
+    root_hash: &RootHash,
     threads: NonZeroUsize,
 ) -> Result<(), VerityError> {
+    let expected = *root_hash;
+    let root_hash = root_hash.as_bytes();
     let mut superblock_bytes = [0u8; SUPERBLOCK_SIZE];
     image
         .read_exact_at(&mut superblock_bytes, hash_offset)
@@ -255,8 +249,8 @@ pub fn verify_with_threads(
             source,
         })?;
     let root_mismatch = |actual: &[u8; DIGEST_SIZE]| VerityError::RootHashMismatch {
-        expected: hex::encode(root_hash),
-        actual: hex::encode(actual),
+        expected: expected.to_string(),
+        actual: RootHash::from_bytes(*actual).to_string(),
     };
 
     let levels = geometry.levels();
@@ -316,7 +310,7 @@ pub fn verify_with_threads(
 pub fn stored_root_hash<R: Read + Seek>(
     reader: &mut R,
     hash_offset: u64,
-) -> Result<(Superblock, [u8; DIGEST_SIZE]), VerityError> {
+) -> Result<(Superblock, RootHash), VerityError> {
     let superblock = read_superblock(reader, hash_offset)?;
     let geometry = TreeGeometry::new(superblock.data_blocks)?;
     let (offset, read_error): (u64, fn(u64, std::io::Error) -> VerityError) =
@@ -332,7 +326,7 @@ pub fn stored_root_hash<R: Read + Seek>(
         .and_then(|_| reader.read_exact(&mut block))
         .map_err(|source| read_error(offset, source))?;
     let root = BlockHasher::new(&superblock.salt).digest(&block);
-    Ok((superblock, root))
+    Ok((superblock, RootHash::from_bytes(root)))
 }
 
 /// All CPUs the process may use (1 if that cannot be determined).
@@ -376,37 +370,6 @@ fn image_size(image: &File) -> Result<u64, VerityError> {
 /// numbered from the start of the hash area.
 fn tree_offset(first_block: u64) -> usize {
     ((first_block - 1) * BLOCK_SIZE) as usize
-}
-
-/// sha256 with the salt fed first, plus the precomputed digest of an all-zero block.
-struct BlockHasher {
-    salted: Sha256,
-    zero_block_digest: [u8; DIGEST_SIZE],
-}
-
-impl BlockHasher {
-    fn new(salt: &[u8]) -> Self {
-        let salted = Sha256::new_with_prefix(salt);
-        let zero_block_digest = salted.clone().chain_update(ZERO_BLOCK).finalize().into();
-        BlockHasher {
-            salted,
-            zero_block_digest,
-        }
-    }
-
-    fn digest(&self, block: &[u8]) -> [u8; DIGEST_SIZE] {
-        self.salted.clone().chain_update(block).finalize().into()
-    }
-
-    /// Like [`Self::digest`], but answers all-zero blocks from the precomputed digest
-    /// (comparing 4 KiB against zeros is ~20 times cheaper than hashing it).
-    fn digest_data_block(&self, block: &[u8]) -> [u8; DIGEST_SIZE] {
-        if block == ZERO_BLOCK {
-            self.zero_block_digest
-        } else {
-            self.digest(block)
-        }
-    }
 }
 
 /// Fills `digests` (32 bytes per data block, starting at data block 0) with the digests of

@@ -73,11 +73,7 @@ fn golden_hash_area_is_byte_identical_to_veritysetup() {
         let expected_root = veritysetup_format(&reference, data_blocks, hash_offset, &salt, UUID);
         let info = format(&open_rw(&ours), &params(data_blocks, hash_offset, &salt)).unwrap();
 
-        assert_eq!(
-            info.root_hash_hex(),
-            hex::encode(expected_root),
-            "{data_blocks} blocks"
-        );
+        assert_eq!(info.root_hash, expected_root, "{data_blocks} blocks");
         assert_same_bytes(&ours, &reference);
         assert_eq!(
             std::fs::metadata(&ours).unwrap().len(),
@@ -141,12 +137,13 @@ fn verify_names_the_first_corrupt_hash_block_top_down() {
     let levels = geometry.levels().to_vec();
 
     // A wrong root hash.
-    let mut wrong_root = info.root_hash;
-    wrong_root[31] ^= 0xff;
+    let mut wrong_bytes = *info.root_hash.as_bytes();
+    wrong_bytes[31] ^= 0xff;
+    let wrong_root = RootHash::from_bytes(wrong_bytes);
     match verify(&open_rw(&image), hash_offset, &wrong_root) {
         Err(VerityError::RootHashMismatch { expected, actual }) => {
-            assert_eq!(expected, hex::encode(wrong_root));
-            assert_eq!(actual, info.root_hash_hex());
+            assert_eq!(expected, wrong_root.to_string());
+            assert_eq!(actual, info.root_hash.to_string());
         }
         other => panic!("expected a root hash mismatch, got {other:?}"),
     }
@@ -236,7 +233,7 @@ fn output_is_reproducible_and_independent_of_thread_count() {
         .unwrap();
         roots.push(info.root_hash);
     }
-    assert!(roots.iter().all(|root| *root == roots[0]), "{roots:02x?}");
+    assert!(roots.iter().all(|root| *root == roots[0]), "{roots:?}");
     assert_same_bytes(&dir.path().join("t1"), &dir.path().join("t2"));
     assert_same_bytes(&dir.path().join("t1"), &dir.path().join("t5"));
 }
@@ -247,12 +244,12 @@ fn info_renders_hex_and_the_dm_table() {
     let image = write_image(dir.path(), "img", 10, 10, 5);
     let info = format(&open_rw(&image), &params(10, 10 * BLOCK_SIZE, &[])).unwrap();
     assert_eq!(info.salt_hex(), "-");
-    assert_eq!(info.root_hash_hex().len(), 64);
+    assert_eq!(info.root_hash.to_string().len(), 64);
     assert_eq!(
         info.dm_table_params("/dev/sda3", "/dev/sda3"),
         format!(
             "1 /dev/sda3 /dev/sda3 4096 4096 10 11 sha256 {} - 1 panic_on_corruption",
-            info.root_hash_hex()
+            info.root_hash
         )
     );
 }
@@ -300,7 +297,7 @@ fn verify_reports_a_missing_or_truncated_hash_area() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_image(dir.path(), "img", 300, 300, 2);
     let hash_offset = 300 * BLOCK_SIZE;
-    let err = verify(&open_rw(&path), hash_offset, &[0; 32]).unwrap_err();
+    let err = verify(&open_rw(&path), hash_offset, &RootHash::from_bytes([0; 32])).unwrap_err();
     assert!(
         matches!(err, VerityError::ReadHashArea { offset, .. } if offset == hash_offset),
         "{err:?}"
