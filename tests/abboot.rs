@@ -490,7 +490,9 @@ fn write_empty_usr_b(disk: &Path, dir: &Path) -> String {
     }
     let store = Esp::new(&tree);
     let (_, loaded) = store
-        .update(|s: &mut BootState| s.stage(Slot::B, Some(Slot::A), hash.parse().unwrap(), "0.0.0+empty"))
+        .update(|s: &mut BootState| {
+            s.stage(Slot::B, Some(Slot::A), hash.parse().unwrap(), "0.0.0+empty")
+        })
         .unwrap();
     assert_eq!(loaded.state.next_boot(), Some(Slot::B));
     for i in 0..2 {

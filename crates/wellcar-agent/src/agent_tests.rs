@@ -18,12 +18,12 @@ use wellcar_contract::RootHash;
 use wellcar_disk::Slot;
 use wellcar_omaha::WELLCAR_APP_ID;
 use wellcar_payload::create::{create_payload_with, CreateOptions};
-use wellcar_verity::RootHasher;
 use wellcar_payload::{Sha256Digest, SigningKey};
 use wellcar_server::client::ApiClient;
 use wellcar_server::db::Conn;
 use wellcar_server::model::Instance;
 use wellcar_server::store::{self, Role};
+use wellcar_verity::RootHasher;
 
 use crate::agent::{Agent, CheckOutcome, InstallSource};
 use crate::host::HostPaths;

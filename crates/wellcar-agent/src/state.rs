@@ -9,7 +9,6 @@
 //! `wellcar-update status`) only read. A missing file is the initial state; a file in the
 //! format written before the phase existed is migrated on load (see [`crate::migrate`]).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

@@ -125,7 +125,9 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(len).unwrap();
         wellcar_disk::gpt::write_layout(f.as_file_mut(), len, Path::new("t")).unwrap();
-        let mut state = BootState::fresh(wellcar_contract::RootHash::from_bytes([0xaa; 32]), "1.0.0").expect("valid fresh state");
+        let mut state =
+            BootState::fresh(wellcar_contract::RootHash::from_bytes([0xaa; 32]), "1.0.0")
+                .expect("valid fresh state");
         state.b.priority = 2;
         state.b.tries = 1;
         mirror(f.path(), &state).unwrap();

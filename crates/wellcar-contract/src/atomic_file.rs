@@ -130,9 +130,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         write(&path, b"one", 0o600).unwrap();
-        assert_eq!((std::fs::read(&path).unwrap(), mode(&path)), (b"one".to_vec(), 0o600));
+        assert_eq!(
+            (std::fs::read(&path).unwrap(), mode(&path)),
+            (b"one".to_vec(), 0o600)
+        );
         write(&path, b"two", 0o644).unwrap();
-        assert_eq!((std::fs::read(&path).unwrap(), mode(&path)), (b"two".to_vec(), 0o644));
+        assert_eq!(
+            (std::fs::read(&path).unwrap(), mode(&path)),
+            (b"two".to_vec(), 0o644)
+        );
         assert_eq!(leftovers(dir.path()), Vec::<String>::new());
     }
 
@@ -174,7 +180,10 @@ mod tests {
         assert_eq!(err.to_string(), "disk full");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(leftovers(dir.path()), Vec::<String>::new());
-        assert_eq!(write_with(&path, 0o644, |f| f.write_all(b"12345")).unwrap(), 5);
+        assert_eq!(
+            write_with(&path, 0o644, |f| f.write_all(b"12345")).unwrap(),
+            5
+        );
     }
 
     #[test]

@@ -81,8 +81,10 @@ impl FromStr for RootHash {
         }
         let mut bytes = [0u8; ROOT_HASH_LEN];
         for (position, character) in text.chars().enumerate() {
-            let value =
-                nibble(character).ok_or(RootHashError::Character { character, position })?;
+            let value = nibble(character).ok_or(RootHashError::Character {
+                character,
+                position,
+            })?;
             bytes[position / 2] |= if position % 2 == 0 { value << 4 } else { value };
         }
         Ok(RootHash(bytes))

@@ -90,8 +90,8 @@ pub fn cancel(ctx: &Context) -> anyhow::Result<()> {
 /// `stage SLOT`: one try, not successful, top priority, with the given root hash and version.
 pub fn stage(ctx: &Context, opts: &StageOpts) -> anyhow::Result<()> {
     // A bad root hash is a refusal (exit status 2), like a bad version; nothing is written.
-    let root_hash = check_root_hash(&opts.root_hash)
-        .with_context(|| format!("stage {} refused", opts.slot))?;
+    let root_hash =
+        check_root_hash(&opts.root_hash).with_context(|| format!("stage {} refused", opts.slot))?;
     let (_, after) = ctx
         .esp
         .update(|s| s.stage(opts.slot, ctx.booted, root_hash, &opts.version))

@@ -88,10 +88,10 @@ pub fn open_verity(
     let mut file = File::open(device).map_err(read_err)?;
     let (superblock, found) = wellcar_verity::stored_root_hash(&mut file, USR_VERITY_HASH_OFFSET)
         .map_err(|source| OpenUsrError::Superblock {
-            device: device.to_path_buf(),
-            offset: USR_VERITY_HASH_OFFSET,
-            source,
-        })?;
+        device: device.to_path_buf(),
+        offset: USR_VERITY_HASH_OFFSET,
+        source,
+    })?;
     if &found != root_hash {
         return Err(OpenUsrError::RootHashMismatch {
             device: device.to_path_buf(),

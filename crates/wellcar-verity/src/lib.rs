@@ -28,8 +28,8 @@
 mod block_hasher;
 mod error;
 pub mod geometry;
-pub mod superblock;
 mod stream;
+pub mod superblock;
 pub mod table;
 mod tree;
 

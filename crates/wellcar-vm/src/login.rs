@@ -54,7 +54,16 @@ pub fn login_key(dir: &Path) -> Result<LoginKey, VmError> {
         }
         crate::machine::run(
             Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", "core@wellcar-run", "-f"])
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "core@wellcar-run",
+                    "-f",
+                ])
                 .arg(&private),
         )?;
     }
@@ -126,7 +135,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = login_key(&dir.path().join("ssh")).unwrap();
         assert!(first.public.starts_with("ssh-ed25519 "), "{}", first.public);
-        assert!(first.public.ends_with(" core@wellcar-run"), "{}", first.public);
+        assert!(
+            first.public.ends_with(" core@wellcar-run"),
+            "{}",
+            first.public
+        );
         let again = login_key(&dir.path().join("ssh")).unwrap();
         assert_eq!(again, first, "a second call reuses the pair");
         // A lost public half makes a new pair, never a mismatched one.
@@ -140,7 +153,11 @@ mod tests {
             .output()
             .unwrap();
         let derived = String::from_utf8(derived.stdout).unwrap();
-        assert!(new.public.starts_with(derived.trim()), "{derived} / {}", new.public);
+        assert!(
+            new.public.starts_with(derived.trim()),
+            "{derived} / {}",
+            new.public
+        );
     }
 
     #[test]
@@ -151,11 +168,18 @@ mod tests {
             public: "ssh-ed25519 AAAAmine run".into(),
         };
         let ssh = dir.path().join(".ssh");
-        assert_eq!(authorized_keys(&key, &ssh).unwrap(), vec![key.public.clone()]);
+        assert_eq!(
+            authorized_keys(&key, &ssh).unwrap(),
+            vec![key.public.clone()]
+        );
         std::fs::create_dir(&ssh).unwrap();
         std::fs::write(ssh.join("id_rsa.pub"), "ssh-rsa AAAArsa me@host\n").unwrap();
         std::fs::write(ssh.join("id_ed25519.pub"), "ssh-ed25519 AAAAmine run\n").unwrap();
-        std::fs::write(ssh.join("id_ecdsa.pub"), "ecdsa-sha2-nistp256 AAAAec me@host\n").unwrap();
+        std::fs::write(
+            ssh.join("id_ecdsa.pub"),
+            "ecdsa-sha2-nistp256 AAAAec me@host\n",
+        )
+        .unwrap();
         std::fs::write(ssh.join("id_rsa"), "PRIVATE").unwrap();
         std::fs::write(ssh.join("authorized_keys"), "ssh-rsa AAAAother x\n").unwrap();
         assert_eq!(

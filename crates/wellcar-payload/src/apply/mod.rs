@@ -49,10 +49,10 @@ use sha2::{Digest, Sha256};
 use wellcar_contract::RootHash;
 
 use crate::format::{Destination, Manifest, Operation, PayloadHead, Sha256Digest, VerifiedHead};
-use wellcar_contract::atomic_file::sync_parent;
 use crate::keys::TrustedKeys;
-use wellcar_verity::RootHasher;
 use blob::{check_blob, data_before, decompress, hash_file, read_blob, write_zeros_at};
+use wellcar_contract::atomic_file::sync_parent;
+use wellcar_verity::RootHasher;
 
 pub use checkpoint::{partial_path, Checkpoint};
 pub use error::ApplyError;
