@@ -9,15 +9,17 @@
 //!
 //! Today: [`OsVersion`] (the OS version grammar, [`version`]), [`RootHash`] (the dm-verity
 //! root hash of a `/usr` slot, [`root_hash`]) and how a file is replaced so that a power cut
-//! never leaves half of it ([`atomic_file`]). More contracts move here later: the build
-//! manifest, the ESP layout.
+//! never leaves half of it ([`atomic_file`]), and the build's `manifest.json`
+//! ([`BuildManifest`]). The ESP layout moves here later.
 //!
 //! This crate is linked into the static initramfs (through `wellcar-verity`): it depends on
-//! `serde`, `thiserror` and `std` only, and encodes hex by hand.
+//! `serde`, `serde_json`, `thiserror` and `std` only, and encodes hex by hand.
 
 pub mod atomic_file;
+pub mod build_manifest;
 pub mod root_hash;
 pub mod version;
 
+pub use build_manifest::{BuildManifest, BuildManifestError, PackageRecord, BUILD_MANIFEST_FILE};
 pub use root_hash::{RootHash, RootHashError, ROOT_HASH_HEX_LEN, ROOT_HASH_LEN};
 pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};

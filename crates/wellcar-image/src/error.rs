@@ -56,6 +56,9 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// The build manifest could not be written.
+    #[error(transparent)]
+    Manifest(#[from] wellcar_contract::BuildManifestError),
     /// A file operation failed.
     #[error("{action} {path}")]
     Io {

@@ -9,7 +9,7 @@
 //! 5. `grub`: BIOS core.img and UEFI BOOTX64.EFI ([`grub`]);
 //! 6. `partitions`: ESP, OEM and ROOT filesystem images ([`boot_files`]);
 //! 7. `disk`: the GPT image and its qcow2 twin ([`disk`]);
-//! 8. the manifest ([`manifest`]).
+//! 8. the manifest ([`BuildManifest`], whose schema is `wellcar_contract`'s).
 //!
 //! Outputs in the output directory: `wellcar.img`, `wellcar.qcow2`, `usr.img`, `vmlinuz`,
 //! `initramfs.img`, `manifest.json`. Intermediate files stay in `<output>/.work`.
@@ -19,7 +19,6 @@ pub mod definition;
 pub mod disk;
 pub mod error;
 pub mod grub;
-pub mod manifest;
 pub mod reshape;
 pub mod rootfs;
 pub mod tools;
@@ -31,8 +30,8 @@ use std::time::Instant;
 
 pub use definition::OsDefinition;
 pub use error::{BuildError, Result};
-pub use manifest::BuildManifest;
 pub use rootfs::{PackageStep, RootfsProgress};
+pub use wellcar_contract::BuildManifest;
 
 use error::IoContext;
 use wellcar_contract::RootHash;
@@ -427,7 +426,7 @@ pub fn build_with_progress(
             };
             wellcar_payload::create_payload_with(
                 &out,
-                &out.join("manifest.json"),
+                &out.join(wellcar_contract::BUILD_MANIFEST_FILE),
                 &[&signing_key],
                 &out,
                 &opts,

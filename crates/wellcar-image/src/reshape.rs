@@ -24,14 +24,8 @@ use crate::error::{BuildError, IoContext, Result};
 use crate::tools::{self, DPKG_QUERY};
 use crate::units;
 
-/// One installed Debian package.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Package {
-    /// Package name.
-    pub name: String,
-    /// Installed version.
-    pub version: String,
-}
+/// One installed Debian package (the build manifest's record of it).
+pub use wellcar_contract::PackageRecord as Package;
 
 /// The reshaped tree and what was learned from it.
 #[derive(Debug)]

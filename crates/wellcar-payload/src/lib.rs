@@ -37,7 +37,7 @@ pub use apply::{
     InstallTargets, Installer, UsrPartition, UsrTarget, VerifyReport,
 };
 pub use create::{
-    create_payload, create_payload_with, BuildManifest, CreateError, CreateOptions, PayloadSummary,
+    create_payload, create_payload_with, CreateError, CreateOptions, PayloadSummary,
     PAYLOAD_FILE_NAME,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -18,9 +18,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer, SigningKey};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use wellcar_contract::RootHash;
+use wellcar_contract::{BuildManifest, BuildManifestError};
 
 use crate::format::{
     encode_signature_block, key_fingerprint, Destination, FileImage, FormatError, Header, Manifest,
@@ -38,40 +37,6 @@ pub const CHUNK_LEN: u64 = 4 * 1024 * 1024;
 /// Default zstd level: the densest standard level; creation is a build step, apply speed does
 /// not depend on it.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 19;
-
-/// The builder's `out/manifest.json`: the fields a payload needs (others are ignored).
-#[derive(Debug, Clone, Deserialize)]
-pub struct BuildManifest {
-    /// OS version.
-    pub version: String,
-    /// Board, e.g. `amd64-usr`.
-    pub board: String,
-    /// Build identifier.
-    #[serde(default)]
-    pub build_id: String,
-    /// dm-verity root hash (64 lower-case hex digits in the JSON).
-    pub verity_root_hash: RootHash,
-    /// dm-verity salt, hex.
-    pub verity_salt: String,
-    /// Byte offset of the verity hash area in the /usr image.
-    pub verity_hash_offset: u64,
-    /// Data blocks covered by verity.
-    pub verity_data_blocks: u64,
-    /// /usr image file name, relative to the build directory.
-    pub usr_image: PathBuf,
-    /// /usr image size.
-    pub usr_image_size: u64,
-    /// /usr image sha256, hex.
-    pub usr_image_sha256: String,
-    /// Kernel file name.
-    pub kernel: PathBuf,
-    /// Kernel sha256, hex.
-    pub kernel_sha256: String,
-    /// Initramfs file name.
-    pub initramfs: PathBuf,
-    /// Initramfs sha256, hex.
-    pub initramfs_sha256: String,
-}
 
 /// Knobs of payload creation.
 #[derive(Debug, Clone)]
@@ -333,13 +298,11 @@ pub fn create_payload_with(
 }
 
 fn read_build_manifest(path: &Path) -> Result<BuildManifest, CreateError> {
-    let bytes = std::fs::read(path).map_err(|source| CreateError::Input {
-        path: path.to_owned(),
-        source,
-    })?;
-    serde_json::from_slice(&bytes).map_err(|source| CreateError::BuildManifest {
-        path: path.to_owned(),
-        source,
+    BuildManifest::read_file(path).map_err(|e| match e {
+        BuildManifestError::Read { path, source } | BuildManifestError::Write { path, source } => {
+            CreateError::Input { path, source }
+        }
+        BuildManifestError::Parse { path, source } => CreateError::BuildManifest { path, source },
     })
 }
 

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use hyper::Method;
 use serde_json::json;
 use sha2::Digest as _;
+use wellcar_contract::{BuildManifest, BUILD_MANIFEST_FILE};
 
 use super::{print, ServerArgs};
 use crate::client::OnUpload;
@@ -117,15 +118,9 @@ struct PublishTarget {
 
 /// Reads version, board and payload name from a `wellcar build` output's `manifest.json`.
 fn target_from_build(dir: &std::path::Path, arch: Option<String>) -> anyhow::Result<PublishTarget> {
-    let path = dir.join("manifest.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let m: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let field = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let version =
-        field("version").with_context(|| format!("{} has no \"version\"", path.display()))?;
-    let payload = field("payload").with_context(|| {
+    let manifest = BuildManifest::read(dir)?;
+    let path = dir.join(BUILD_MANIFEST_FILE);
+    let payload = manifest.payload.with_context(|| {
         format!(
             "{} names no \"payload\" (build with a signing key, or use --file)",
             path.display()
@@ -133,15 +128,15 @@ fn target_from_build(dir: &std::path::Path, arch: Option<String>) -> anyhow::Res
     })?;
     let arch = match arch {
         Some(a) => a,
-        None => match field("board").as_deref() {
-            Some("arm64-usr") => "arm64".into(),
-            Some("amd64-usr") | None => "amd64".into(),
-            Some(other) => bail!("{}: unknown board {other:?}", path.display()),
+        None => match manifest.board.as_str() {
+            "arm64-usr" => "arm64".into(),
+            "amd64-usr" => "amd64".into(),
+            other => bail!("{}: unknown board {other:?}", path.display()),
         },
     };
     Ok(PublishTarget {
         file: dir.join(payload),
-        version,
+        version: manifest.version,
         arch,
     })
 }
@@ -253,8 +248,15 @@ mod tests {
     #[test]
     fn build_manifest_names_version_board_and_payload() {
         let dir = tempfile::tempdir().unwrap();
-        let manifest =
-            json!({"version": "4.5.6", "board": "arm64-usr", "payload": "wellcar_update.bin"});
+        // The keys every build manifest has, as the oldest builds wrote them.
+        let mut manifest = json!({
+            "version": "4.5.6", "board": "arm64-usr", "payload": "wellcar_update.bin",
+            "verity_root_hash": "ab".repeat(32), "verity_salt": "00",
+            "verity_hash_offset": 4096, "verity_data_blocks": 1,
+            "usr_image": "usr.img", "usr_image_size": 8192, "usr_image_sha256": "cd".repeat(32),
+            "kernel": "vmlinuz", "kernel_sha256": "ef".repeat(32),
+            "initramfs": "initramfs.img", "initramfs_sha256": "01".repeat(32)
+        });
         std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
         let t = target_from_build(dir.path(), None).unwrap();
         assert_eq!(
@@ -265,8 +267,24 @@ mod tests {
                 arch: "arm64".into()
             }
         );
-        std::fs::write(dir.path().join("manifest.json"), r#"{"version": "1.0.0"}"#).unwrap();
+        manifest.as_object_mut().unwrap().remove("payload");
+        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
         let err = target_from_build(dir.path(), None).unwrap_err();
         assert!(err.to_string().contains("names no \"payload\""), "{err}");
+        manifest["board"] = json!("riscv-usr");
+        manifest["payload"] = json!("wellcar_update.bin");
+        std::fs::write(dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+        let err = target_from_build(dir.path(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown board \"riscv-usr\""),
+            "{err}"
+        );
+        // Not a build manifest: the error names the file.
+        std::fs::write(dir.path().join("manifest.json"), r#"{"version": "1.0.0"}"#).unwrap();
+        let err = format!("{:#}", target_from_build(dir.path(), None).unwrap_err());
+        assert!(
+            err.contains("manifest.json is not a valid build manifest"),
+            "{err}"
+        );
     }
 }
