@@ -1,6 +1,6 @@
 //! Crash-safe file writes: the one implementation every Wellcar crate uses.
 //!
-//! Contract: after [`write`] (or [`write_new`], [`write_with`]) returns, the file holds exactly
+//! Contract: after [`write()`] (or [`write_new`], [`write_with`]) returns, the file holds exactly
 //! the new bytes, durably; if it fails, or the machine loses power half way, a reader sees the
 //! old file (or none) and never a partial one. How: a temporary file
 //! `.<name>.wellcar-tmp-<pid>-<n>` in the same directory, created exclusively with the final
