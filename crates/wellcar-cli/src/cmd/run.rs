@@ -15,11 +15,42 @@ use anyhow::Context;
 use wellcar_vm::{choose_accel, Accel, Firmware, Machine, MachineConfig};
 
 /// What `wellcar run` tells the user to type to log in.
+/// Every `wellcar run` boots a VM with new host keys on the same port, so the command skips
+/// the known-hosts check: otherwise the second run meets "REMOTE HOST IDENTIFICATION HAS
+/// CHANGED".
 fn ssh_command(port: u16, key: Option<&std::path::Path>) -> String {
-    match key {
-        Some(key) => format!("ssh -p {port} -i {} core@127.0.0.1", key.display()),
-        None => format!("ssh -p {port} core@127.0.0.1"),
-    }
+    let key = key.map_or_else(String::new, |k| format!(" -i {}", k.display()));
+    format!(
+        "ssh -p {port}{key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+         core@127.0.0.1"
+    )
+}
+
+/// Whether `core` can log in with `key`: sshd answers *and* logins are allowed (until
+/// `systemd-user-sessions` has run, pam_nologin turns them away with "System is booting up").
+fn core_can_log_in(port: u16, key: &std::path::Path) -> bool {
+    std::process::Command::new("ssh")
+        .args(["-p", &port.to_string(), "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+            "core@127.0.0.1",
+            "true",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Without a config of the user's: one authorizing the kept key (and `~/.ssh/id_*.pub`) for
@@ -134,7 +165,16 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         while !ssh_banner(addr, Duration::from_secs(3)) {
             std::thread::sleep(Duration::from_secs(1));
         }
-        console_note(&format!("ssh is up: {ssh}"));
+        // With the key made here, wait until a login really works; with the user's own
+        // config, the banner is all that can be checked.
+        if let Some(key) = &login_key {
+            while !core_can_log_in(port, key) {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            console_note(&format!("ssh is up, core can log in: {ssh}"));
+        } else {
+            console_note(&format!("ssh is up: {ssh}"));
+        }
     });
     let status = vm.wait_exit().context("waiting for QEMU")?;
     Ok(if status.success() {
@@ -203,6 +243,23 @@ mod tests {
             .local_addr()
             .unwrap();
         assert!(!ssh_banner(closed, t));
+    }
+
+    #[test]
+    fn the_printed_command_names_the_key_and_skips_known_hosts() {
+        let key = std::path::Path::new("/root/.cache/wellcar/ssh/id_ed25519");
+        assert_eq!(
+            ssh_command(2222, Some(key)),
+            "ssh -p 2222 -i /root/.cache/wellcar/ssh/id_ed25519 -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null core@127.0.0.1"
+        );
+        assert!(!ssh_command(2222, None).contains(" -i "));
+        // Nothing listens: no login (ssh from openssh-client runs and fails).
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(!core_can_log_in(closed.port(), key));
     }
 
     #[test]
