@@ -765,20 +765,8 @@ impl Story {
     /// ssh with the Ignition key, as an operator logs in.
     fn ssh(&self, command: &str) -> String {
         let port = self.vm.ssh_port.expect("ssh is forwarded");
-        let out = Command::new("ssh")
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=60",
-                "-i",
-            ])
-            .arg(&self.ssh_key)
-            .args(["-p", &port.to_string(), "core@127.0.0.1", command])
+        let out = wellcar_vm::core_ssh(port, &self.ssh_key, 60)
+            .arg(command)
             .output()
             .expect("running ssh");
         if !out.status.success() {

@@ -16,5 +16,5 @@ pub mod login;
 pub mod machine;
 
 pub use accel::{choose_accel, Accel};
-pub use login::{authorized_keys, cache_dir, core_login_config, login_key, LoginKey};
+pub use login::{authorized_keys, cache_dir, core_login_config, core_ssh, login_key, LoginKey};
 pub use machine::{Firmware, Machine, MachineConfig, VmError};

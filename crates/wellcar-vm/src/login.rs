@@ -117,6 +117,29 @@ pub fn authorized_keys(key: &LoginKey, ssh_dir: &Path) -> Result<Vec<String>, Vm
     Ok(keys)
 }
 
+/// `ssh` to `core` on the forwarded `port` with `key`, ready for a remote command: no prompts
+/// (`BatchMode`), no known-hosts check (every VM boots new host keys on the same port), and
+/// `connect_timeout_secs` for the TCP connection.
+pub fn core_ssh(port: u16, key: &Path, connect_timeout_secs: u32) -> Command {
+    let mut ssh = Command::new("ssh");
+    ssh.args(["-p", &port.to_string(), "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+        ])
+        .arg(format!("ConnectTimeout={connect_timeout_secs}"))
+        .arg("core@127.0.0.1");
+    ssh
+}
+
 /// The Ignition config (spec 3.4.0) that authorizes `public_keys` for `core`.
 pub fn core_login_config(public_keys: &[String]) -> String {
     serde_json::json!({
@@ -190,6 +213,27 @@ mod tests {
                 "ssh-rsa AAAArsa me@host".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn core_ssh_never_prompts_nor_checks_known_hosts() {
+        let ssh = core_ssh(2222, Path::new("/k/id"), 7);
+        assert_eq!(ssh.get_program(), "ssh");
+        let args: Vec<_> = ssh
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(&args[..4], ["-p", "2222", "-i", "/k/id"]);
+        for option in [
+            "BatchMode=yes",
+            "StrictHostKeyChecking=no",
+            "UserKnownHostsFile=/dev/null",
+            "ConnectTimeout=7",
+        ] {
+            let at = args.iter().position(|a| a == option).expect(option);
+            assert_eq!(args[at - 1], "-o", "{option}");
+        }
+        assert_eq!(args.last().unwrap(), "core@127.0.0.1");
     }
 
     #[test]

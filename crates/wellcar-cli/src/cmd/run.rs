@@ -29,23 +29,8 @@ fn ssh_command(port: u16, key: Option<&std::path::Path>) -> String {
 /// Whether `core` can log in with `key`: sshd answers *and* logins are allowed (until
 /// `systemd-user-sessions` has run, pam_nologin turns them away with "System is booting up").
 fn core_can_log_in(port: u16, key: &std::path::Path) -> bool {
-    std::process::Command::new("ssh")
-        .args(["-p", &port.to_string(), "-i"])
-        .arg(key)
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "LogLevel=ERROR",
-            "core@127.0.0.1",
-            "true",
-        ])
+    wellcar_vm::core_ssh(port, key, 5)
+        .arg("true")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
