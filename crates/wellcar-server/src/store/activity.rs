@@ -26,6 +26,20 @@ pub struct NewActivity<'a> {
     pub message: &'a str,
 }
 
+impl<'a> NewActivity<'a> {
+    /// An `info` entry about a change to app `app_id`'s configuration.
+    pub fn app_info(actor: &'a str, kind: &'a str, app_id: &'a str, message: &'a str) -> Self {
+        Self {
+            actor,
+            kind,
+            app_id: Some(app_id),
+            group_id: None,
+            severity: "info",
+            message,
+        }
+    }
+}
+
 /// Appends to the activity log.
 pub fn log_activity(
     conn: &mut dyn Conn,

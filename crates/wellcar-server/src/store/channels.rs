@@ -154,19 +154,12 @@ pub fn add_floor(
             "{version} is already a floor of channel {channel} ({arch})"
         )));
     }
+    let message =
+        format!("{version} is now a mandatory step on channel {channel} ({arch}): {reason}");
     log_activity(
         conn,
         now,
-        &NewActivity {
-            actor,
-            kind: "floor-added",
-            app_id: Some(&app.id),
-            group_id: None,
-            severity: "info",
-            message: &format!(
-                "{version} is now a mandatory step on channel {channel} ({arch}): {reason}"
-            ),
-        },
+        &NewActivity::app_info(actor, "floor-added", &app.id, &message),
     )?;
     bump_generation(conn)
 }
@@ -193,19 +186,11 @@ pub fn remove_floor(
             "floor {version} on channel {channel} ({arch})"
         )));
     }
+    let message = format!("{version} is no longer a mandatory step on channel {channel} ({arch})");
     log_activity(
         conn,
         now,
-        &NewActivity {
-            actor,
-            kind: "floor-removed",
-            app_id: Some(&app.id),
-            group_id: None,
-            severity: "info",
-            message: &format!(
-                "{version} is no longer a mandatory step on channel {channel} ({arch})"
-            ),
-        },
+        &NewActivity::app_info(actor, "floor-removed", &app.id, &message),
     )?;
     bump_generation(conn)
 }
@@ -232,17 +217,11 @@ pub fn publish(
             app.id
         )));
     }
+    let message = format!("channel {channel} ({arch}) now points at {version}");
     log_activity(
         conn,
         now,
-        &NewActivity {
-            actor,
-            kind: "channel-published",
-            app_id: Some(&app.id),
-            group_id: None,
-            severity: "info",
-            message: &format!("channel {channel} ({arch}) now points at {version}"),
-        },
+        &NewActivity::app_info(actor, "channel-published", &app.id, &message),
     )?;
     bump_generation(conn)?;
     Ok(Channel {

@@ -9,7 +9,7 @@
 //!   `rollout`.
 
 use super::{find_group, require_app};
-use crate::db::{query_one, Conn, Row};
+use crate::db::{query_one, Conn, Row, Value};
 use crate::model::{status, Instance};
 use crate::params;
 use crate::StoreError;
@@ -122,6 +122,25 @@ pub struct Sighting {
     pub at: i64,
 }
 
+impl Sighting {
+    /// The values of an `instances` row's first nine columns (`app_id` to `arch`, in table
+    /// order), followed by `rest`: the parameters of an insert of this sighting.
+    pub(crate) fn row_values(&self, rest: impl IntoIterator<Item = Value>) -> Vec<Value> {
+        let facts = params![
+            &self.app_id,
+            &self.machine_id,
+            &self.alias,
+            &self.ip,
+            &self.oem,
+            &self.version,
+            &self.track,
+            self.group_id.clone(),
+            &self.arch,
+        ];
+        facts.into_iter().chain(rest).collect()
+    }
+}
+
 /// Writes queued sightings: creates new instances, refreshes facts and `last_check` of known
 /// ones, and completes an in-progress update once the instance reports the granted version.
 pub fn upsert_sightings(conn: &mut dyn Conn, sightings: &[Sighting]) -> Result<(), StoreError> {
@@ -138,19 +157,7 @@ pub fn upsert_sightings(conn: &mut dyn Conn, sightings: &[Sighting]) -> Result<(
                     THEN excluded.last_check ELSE instances.last_check END,
                 status = CASE WHEN instances.status IN ('granted', 'downloading', 'downloaded', 'installed')
                     AND instances.granted_version = excluded.version THEN 'complete' ELSE instances.status END",
-            &params![
-                &s.app_id,
-                &s.machine_id,
-                &s.alias,
-                &s.ip,
-                &s.oem,
-                &s.version,
-                &s.track,
-                s.group_id.clone(),
-                &s.arch,
-                status::UNDEFINED,
-                s.at
-            ],
+            &s.row_values(params![status::UNDEFINED, s.at]),
         )?;
     }
     Ok(())

@@ -161,14 +161,12 @@ pub fn create_package(
     log_activity(
         conn,
         now,
-        &NewActivity {
+        &NewActivity::app_info(
             actor,
-            kind: "package-created",
-            app_id: Some(&app.id),
-            group_id: None,
-            severity: "info",
-            message: &format!("package {} ({}) created", package.version, package.arch),
-        },
+            "package-created",
+            &app.id,
+            &format!("package {} ({}) created", package.version, package.arch),
+        ),
     )?;
     Ok(package)
 }

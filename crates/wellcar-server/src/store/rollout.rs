@@ -78,19 +78,7 @@ pub fn record_grant(
             status = 'granted', last_check = excluded.last_check,
             granted_version = excluded.granted_version, granted_at = excluded.granted_at,
             status_changed_at = excluded.status_changed_at, last_error_code = NULL",
-        &params![
-            &s.app_id,
-            &s.machine_id,
-            &s.alias,
-            &s.ip,
-            &s.oem,
-            &s.version,
-            &s.track,
-            s.group_id.clone(),
-            &s.arch,
-            now,
-            version
-        ],
+        &s.row_values(params![now, version]),
     )?;
     Ok(())
 }
