@@ -78,14 +78,13 @@ pub fn fw_cfg_config(by_name: &Path) -> Result<Option<FoundConfig>, FirstBootErr
     Ok(None)
 }
 
-/// Reads `config.ign` from the OEM partition `device` (ext4), mounted read-only at `mount_point`.
-pub fn oem_config(
+/// Mounts `device` (of type `fstype`) at `mount_point`, creating the directory.
+fn mount_at(
     device: &Path,
     mount_point: &Path,
-) -> Result<Option<FoundConfig>, FirstBootError> {
-    if crate::disk::ext4_identity(device).is_none() {
-        return Ok(None);
-    }
+    fstype: &str,
+    flags: MountFlags,
+) -> Result<(), FirstBootError> {
     std::fs::create_dir_all(mount_point).map_err(|source| FirstBootError::Io {
         what: "creating",
         path: mount_point.to_path_buf(),
@@ -94,9 +93,26 @@ pub fn oem_config(
     sysroot::mount(
         &device.display().to_string(),
         mount_point,
+        fstype,
+        flags,
+        "",
+    )?;
+    Ok(())
+}
+
+/// Reads `config.ign` from the OEM partition `device` (ext4), mounted read-only at `mount_point`.
+pub fn oem_config(
+    device: &Path,
+    mount_point: &Path,
+) -> Result<Option<FoundConfig>, FirstBootError> {
+    if crate::disk::ext4_identity(device).is_none() {
+        return Ok(None);
+    }
+    mount_at(
+        device,
+        mount_point,
         "ext4",
         MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        "",
     )?;
     let path = mount_point.join("config.ign");
     let result = match std::fs::read(&path) {
@@ -147,17 +163,11 @@ pub fn remove_flag_files(esp_root: &Path) -> Result<Vec<String>, FirstBootError>
 
 /// Mounts the ESP `device` (vfat) at `mount_point`, removes the flag, unmounts.
 pub fn remove_flag(device: &Path, mount_point: &Path) -> Result<Vec<String>, FirstBootError> {
-    std::fs::create_dir_all(mount_point).map_err(|source| FirstBootError::Io {
-        what: "creating",
-        path: mount_point.to_path_buf(),
-        source,
-    })?;
-    sysroot::mount(
-        &device.display().to_string(),
+    mount_at(
+        device,
         mount_point,
         "vfat",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        "",
     )?;
     let result = remove_flag_files(mount_point);
     let unmounted = rustix::mount::unmount(mount_point, UnmountFlags::empty());
