@@ -18,6 +18,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::Event;
+
 /// containerd's default gRPC socket.
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
@@ -117,10 +119,12 @@ pub fn check(socket: &Path, timeout: Duration) -> Result<(), CheckError> {
     Ok(())
 }
 
-/// Runs `check-containerd`.
-pub fn run(opts: &Opts) -> anyhow::Result<()> {
+/// Runs `check-containerd`; reports [`Event::ContainerdAnswers`] when it passes.
+pub fn run(opts: &Opts, on_event: &mut impl FnMut(Event)) -> anyhow::Result<()> {
     check(&opts.socket, Duration::from_secs(opts.timeout))?;
-    println!("containerd answers on {}", opts.socket.display());
+    on_event(Event::ContainerdAnswers {
+        socket: opts.socket.clone(),
+    });
     Ok(())
 }
 
@@ -161,8 +165,21 @@ mod tests {
             std::thread::sleep(Duration::from_millis(600));
             serve_http2(late).join().unwrap();
         });
-        check(&socket, Duration::from_secs(30)).unwrap();
+        let mut events = Vec::new();
+        let opts = Opts {
+            socket: socket.clone(),
+            timeout: 30,
+        };
+        run(&opts, &mut |e| events.push(e)).unwrap();
         server.join().unwrap();
+        let [Event::ContainerdAnswers { socket: answered }] = &events[..] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(answered, &socket);
+        assert_eq!(
+            events[0].to_string(),
+            format!("containerd answers on {}", socket.display())
+        );
     }
 
     #[test]

@@ -14,9 +14,16 @@
 //! The state lives on the ESP mounted at `/boot` (`--esp`); the booted slot comes from
 //! `/proc/cmdline` (`--cmdline`). Refusals exit with status 2 and the reason, other errors with 1.
 //!
+//! Contract: the library prints nothing. [`run`] reports what a command did or found as
+//! [`Event`]s to its caller, in order; the `wellcar-update` binary prints
+//! [`Event::Warning`]s on stderr (`wellcar-update: warning: …`) and every other event on stdout,
+//! one `Display` each.
+//!
 //! **Extending** (the update agent, issue 8): add one variant to [`Command`] and one module
-//! file (e.g. `check.rs` with `Opts` + `run`), and fill [`status::Status::update`] for the
-//! update section of `status`.
+//! file (e.g. `check.rs` with `Opts` + `run`, reporting through its own [`Event`] variant), and
+//! fill [`status::Status::update`] for the update section of `status`.
+
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod containerd;
 pub mod ops;
@@ -113,19 +120,60 @@ impl Context {
     }
 }
 
-/// Runs one command.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// What a command reports while it runs; [`run`] hands each to its caller as it happens.
+#[derive(Debug)]
+pub enum Event {
+    /// `status`: the report.
+    Status(status::Report),
+    /// A state change or health check of [`ops`] done, or `trial-timeout`'s decision.
+    Done(ops::Outcome),
+    /// `check-containerd` passed.
+    ContainerdAnswers {
+        /// The socket that answered.
+        socket: PathBuf,
+    },
+    /// `check`: the update agent's progress.
+    Check(update::Progress),
+    /// Something the command survives (its result stands); shown on stderr.
+    Warning(Warning),
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Status(r) => r.fmt(f),
+            Event::Done(o) => o.fmt(f),
+            Event::ContainerdAnswers { socket } => {
+                write!(f, "containerd answers on {}", socket.display())
+            }
+            Event::Check(p) => p.fmt(f),
+            Event::Warning(w) => w.fmt(f),
+        }
+    }
+}
+
+/// A failure that does not fail the command.
+#[derive(Debug, thiserror::Error)]
+pub enum Warning {
+    /// `--mirror-gpt`: the state is on the ESP (authoritative) but not in the GPT of the disk
+    /// the error names.
+    #[error("not mirrored into the GPT: {0}")]
+    GptNotMirrored(#[source] wellcar_bootstate::gptprio::MirrorError),
+}
+
+/// Runs one command, reporting to `on_event`.
+pub fn run(cli: Cli, mut on_event: impl FnMut(Event)) -> anyhow::Result<()> {
     let ctx = Context::new(&cli)?;
     match cli.command {
-        Command::Status(opts) => status::run(&ctx, &opts),
-        Command::MarkGood => ops::mark_good(&ctx),
-        Command::Rollback => ops::rollback(&ctx),
-        Command::Cancel => ops::cancel(&ctx),
-        Command::Stage(opts) => ops::stage(&ctx, &opts),
-        Command::CheckUsr => ops::check_usr(&ctx),
-        Command::CheckContainerd(opts) => containerd::run(&opts),
-        Command::TrialTimeout => ops::trial_timeout(&ctx),
-        Command::Check(opts) => update::check(&opts),
+        Command::Status(opts) => status::run(&ctx, &opts, &mut on_event),
+        Command::MarkGood => ops::mark_good(&ctx, &mut on_event),
+        Command::Rollback => ops::rollback(&ctx, &mut on_event),
+        Command::Cancel => ops::cancel(&ctx, &mut on_event),
+        Command::Stage(opts) => ops::stage(&ctx, &opts, &mut on_event),
+        Command::CheckUsr => ops::check_usr(&ctx, &mut on_event),
+        Command::CheckContainerd(opts) => containerd::run(&opts, &mut on_event),
+        Command::TrialTimeout => ops::trial_timeout(&ctx, &mut on_event),
+        Command::Check(opts) => update::check(&opts, &mut on_event),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `wellcar-update`: the on-host A/B update command. All logic lives in the library
-//! ([`wellcar_host`]); this only parses arguments and maps errors to exit codes.
+//! ([`wellcar_host`]); this only parses arguments, prints what the command reports (warnings on
+//! stderr, the rest on stdout) and maps errors to exit codes.
 
 use clap::Parser;
 
@@ -12,7 +13,11 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = wellcar_host::Cli::parse();
-    match wellcar_host::run(cli) {
+    let result = wellcar_host::run(cli, |event| match event {
+        wellcar_host::Event::Warning(w) => eprintln!("wellcar-update: warning: {w}"),
+        other => println!("{other}"),
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wellcar-update: {e:#}");

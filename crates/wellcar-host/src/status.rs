@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use wellcar_bootstate::{Loaded, Slot};
 
-use crate::Context;
+use crate::{Context, Event};
 
 /// `status` options.
 #[derive(Debug, clap::Args)]
@@ -153,15 +153,80 @@ pub fn render(st: &Status) -> String {
     out
 }
 
+/// What `status` shows: the [`Status`] as pretty JSON, or as text ([`render`], then the update
+/// agent's section).
+#[derive(Debug, PartialEq)]
+pub struct Report {
+    /// The state.
+    pub status: Status,
+    /// The update agent's section as text ("" when the agent never ran).
+    pub update_text: String,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl std::fmt::Display for Report {
+    /// The JSON object or the text, without a final newline.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.json {
+            // Strings, numbers and a JSON value: serializing cannot fail.
+            let text = serde_json::to_string_pretty(&self.status).map_err(|_| std::fmt::Error)?;
+            f.write_str(&text)
+        } else {
+            let text = format!("{}{}", render(&self.status), self.update_text);
+            f.write_str(text.strip_suffix('\n').unwrap_or(&text))
+        }
+    }
+}
+
 /// `status`.
-pub fn run(ctx: &Context, opts: &Opts) -> anyhow::Result<()> {
+pub fn run(ctx: &Context, opts: &Opts, on_event: &mut impl FnMut(Event)) -> anyhow::Result<()> {
     let loaded = ctx.esp.load().context("reading the boot state")?;
     let mut st = collect(&loaded, ctx.booted);
     st.update = crate::update::section();
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+    let update_text = if opts.json {
+        String::new()
     } else {
-        print!("{}{}", render(&st), crate::update::render());
-    }
+        crate::update::render()
+    };
+    on_event(Event::Status(Report {
+        status: st,
+        update_text,
+        json: opts.json,
+    }));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wellcar_bootstate::{BootState, Esp};
+
+    #[test]
+    fn the_report_is_the_json_or_the_text_with_the_update_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = Esp::new(dir.path());
+        let hash = "1111111111111111111111111111111111111111111111111111111111111111";
+        esp.create(&BootState::fresh(hash.parse().unwrap(), "1.0.0").unwrap())
+            .unwrap();
+        let loaded = esp.load().unwrap();
+        let report = |json, update_text: &str| Report {
+            status: collect(&loaded, Some(Slot::A)),
+            update_text: update_text.into(),
+            json,
+        };
+        let json: serde_json::Value = serde_json::from_str(&report(true, "").to_string()).unwrap();
+        assert_eq!(json["booted"], "USR-A");
+        assert_eq!(json["slots"][0]["verity_hash"], hash);
+        let st = collect(&loaded, Some(Slot::A));
+        let text = report(false, "\nUpdate status: IDLE\n").to_string();
+        assert_eq!(text, format!("{}\nUpdate status: IDLE", render(&st)));
+        assert!(text.contains("*USR-A 1.0.0"), "{text}");
+        // `wellcar-update` adds the final newline.
+        assert_eq!(
+            format!("{}\n", report(false, "")),
+            render(&st),
+            "no update section"
+        );
+    }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use wellcar_agent::state::{Operation, StateStore};
 
+use crate::Event;
+
 /// The agent's state directory.
 pub fn state_store() -> StateStore {
     let dir = std::env::var_os("WELLCAR_UPDATE_STATE_DIR")
@@ -23,21 +25,61 @@ pub struct CheckOpts {
     pub take_timeout: u64,
 }
 
-/// `check`: asks the agent to check now, prints progress, waits for the result. Fails if the
-/// check or the install failed.
-pub fn check(opts: &CheckOpts) -> anyhow::Result<()> {
-    check_with(&state_store(), opts, &mut std::io::stdout())
+/// What `check` reports while it waits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// The agent was asked for a check.
+    Requested,
+    /// The agent's operation changed, or its download progressed.
+    Agent {
+        /// What the agent does.
+        operation: Operation,
+        /// The version on offer ("" before one is known).
+        version: String,
+        /// How much of the download arrived, 0.0 to 1.0.
+        progress: f64,
+    },
+    /// The check ended well: the agent's result.
+    Finished(String),
 }
 
-/// [`check`] against `store`, printing to `out`.
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Requested => f.write_str("Checking for updates..."),
+            Progress::Agent {
+                operation: op @ Operation::Downloading,
+                version,
+                progress,
+            } => write!(f, "{} {version} {:.0}%", op.short_name(), progress * 100.0),
+            Progress::Agent {
+                operation:
+                    op @ (Operation::UpdateAvailable | Operation::Verifying | Operation::Finalizing),
+                version,
+                ..
+            } => write!(f, "{} {version}", op.short_name()),
+            Progress::Agent { operation, .. } => f.write_str(operation.short_name()),
+            Progress::Finished(result) => f.write_str(result),
+        }
+    }
+}
+
+/// `check`: asks the agent to check now, reports progress, waits for the result. Fails if the
+/// check or the install failed.
+pub fn check(opts: &CheckOpts, on_event: &mut impl FnMut(Event)) -> anyhow::Result<()> {
+    check_with(&state_store(), opts, &mut |p| on_event(Event::Check(p)))
+}
+
+/// [`check`] against `store`. Consecutive [`Progress::Agent`] reports differ in what they
+/// show (a download is reported once per percent).
 pub fn check_with(
     store: &StateStore,
     opts: &CheckOpts,
-    out: &mut dyn std::io::Write,
+    on_progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<()> {
     let id = wellcar_agent::client::request_check(store)
         .context("asking the update agent for a check")?;
-    writeln!(out, "Checking for updates...")?;
+    on_progress(Progress::Requested);
     let mut last_line = String::new();
     let state = wellcar_agent::client::wait_for(
         store,
@@ -45,21 +87,14 @@ pub fn check_with(
         Duration::from_millis(500),
         Duration::from_secs(opts.take_timeout),
         &mut |s| {
-            let version = s.new_version().unwrap_or_default();
-            let line = match s.operation() {
-                Operation::Downloading => format!(
-                    "{} {version} {:.0}%",
-                    Operation::Downloading.short_name(),
-                    s.progress() * 100.0
-                ),
-                op
-                @ (Operation::UpdateAvailable | Operation::Verifying | Operation::Finalizing) => {
-                    format!("{} {version}", op.short_name())
-                }
-                other => other.short_name().to_owned(),
+            let progress = Progress::Agent {
+                operation: s.operation(),
+                version: s.new_version().unwrap_or_default().to_owned(),
+                progress: s.progress(),
             };
+            let line = progress.to_string();
             if line != last_line {
-                let _ = writeln!(out, "{line}");
+                on_progress(progress);
                 last_line = line;
             }
         },
@@ -68,7 +103,7 @@ pub fn check_with(
     if result.starts_with("failed") {
         anyhow::bail!("update check {result}");
     }
-    writeln!(out, "{result}")?;
+    on_progress(Progress::Finished(result));
     Ok(())
 }
 
@@ -152,14 +187,24 @@ mod tests {
     }
 
     #[test]
-    fn check_prints_progress_and_the_result() {
+    fn check_reports_progress_and_the_result() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::new(dir.path());
         let daemon = fake_daemon(store.clone(), "1.1.0 staged: reboot to activate it");
-        let mut out = Vec::new();
-        check_with(&store, &CheckOpts { take_timeout: 10 }, &mut out).unwrap();
+        let mut reports = Vec::new();
+        check_with(&store, &CheckOpts { take_timeout: 10 }, &mut |p| {
+            reports.push(p)
+        })
+        .unwrap();
         daemon.join().unwrap();
-        let text = String::from_utf8(out).unwrap();
+        assert_eq!(reports.first(), Some(&Progress::Requested));
+        assert!(reports.contains(&Progress::Agent {
+            operation: Operation::Downloading,
+            version: "1.1.0".into(),
+            progress: 0.5,
+        }));
+        let text: String = reports.iter().map(|p| format!("{p}\n")).collect();
+        assert!(text.starts_with("Checking for updates...\n"), "{text}");
         assert!(text.contains("DOWNLOADING 1.1.0 50%\n"), "{text}");
         assert!(
             text.ends_with("1.1.0 staged: reboot to activate it\n"),
@@ -172,10 +217,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::new(dir.path());
         let daemon = fake_daemon(store.clone(), "failed: server unreachable");
-        let err = check_with(&store, &CheckOpts { take_timeout: 10 }, &mut Vec::new()).unwrap_err();
+        let err = check_with(&store, &CheckOpts { take_timeout: 10 }, &mut |_| {}).unwrap_err();
         daemon.join().unwrap();
         assert!(err.to_string().contains("server unreachable"), "{err}");
-        let err = check_with(&store, &CheckOpts { take_timeout: 0 }, &mut Vec::new()).unwrap_err();
+        let err = check_with(&store, &CheckOpts { take_timeout: 0 }, &mut |_| {}).unwrap_err();
         assert!(
             format!("{err:#}").contains("wellcar-update-agent.service"),
             "{err:#}"

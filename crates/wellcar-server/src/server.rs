@@ -470,6 +470,16 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
+    /// Serves until Ctrl-C or SIGTERM, then [`RunningServer::shutdown`].
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        self.shutdown().await
+    }
+
     /// Stops accepting, finishes requests, flushes queued sightings.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
@@ -545,14 +555,8 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// Runs the server until Ctrl-C or SIGTERM, then shuts down cleanly.
+/// Runs the server until Ctrl-C or SIGTERM, then shuts down cleanly. Where it listens is
+/// logged (`tracing`, as [`spawn`] does), not printed.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let server = spawn(settings).await?;
-    eprintln!("wellcar server listening on {}", server.url());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    server.shutdown().await
+    spawn(settings).await?.run_until_signal().await
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use hyper::Method;
 use serde_json::json;
 
-use super::{print, ServerArgs};
+use super::{Note, ServerArgs};
 use crate::model::{GroupPatch, Policy, Window};
 
 /// Policy flags shared by `group create` and `group update`.
@@ -147,21 +147,26 @@ pub enum GroupCommand {
     },
 }
 
-/// Runs `wellcar server group …`.
-pub(super) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
-    match cmd {
-        GroupCommand::List { server } => print(
-            &server
+/// Runs `wellcar server group …`; returns the group(s) as the admin API answered (the caller
+/// prints them). `group create` on an existing track reports [`Note::GroupExists`] before it
+/// patches that group.
+pub(super) async fn group(
+    cmd: GroupCommand,
+    on_note: &mut dyn FnMut(Note),
+) -> anyhow::Result<serde_json::Value> {
+    Ok(match cmd {
+        GroupCommand::List { server } => {
+            server
                 .client()
                 .get(&format!("{}/groups", server.app_path()))
-                .await?,
-        ),
-        GroupCommand::Show { server, group } => print(
-            &server
+                .await?
+        }
+        GroupCommand::Show { server, group } => {
+            server
                 .client()
                 .get(&format!("{}/groups/{group}", server.app_path()))
-                .await?,
-        ),
+                .await?
+        }
         GroupCommand::Create {
             server,
             name,
@@ -196,68 +201,133 @@ pub(super) async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
                 )
                 .await;
             match created {
-                Ok(g) => print(&g),
+                Ok(g) => g,
                 Err(crate::client::ClientError::Status { status, .. })
                     if status == hyper::StatusCode::CONFLICT =>
                 {
-                    eprintln!("group {track} exists; applying the settings to it");
+                    on_note(Note::GroupExists {
+                        track: track.clone(),
+                    });
                     let patch = GroupPatch {
                         channel: Some(channel),
                         name: Some(name),
                         ..patch
                     };
-                    print(
-                        &api.call(
-                            Method::PATCH,
-                            &format!("{}/groups/{track}", server.app_path()),
-                            &patch,
-                        )
-                        .await?,
+                    api.call(
+                        Method::PATCH,
+                        &format!("{}/groups/{track}", server.app_path()),
+                        &patch,
                     )
+                    .await?
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => return Err(e.into()),
             }
         }
         GroupCommand::Update {
             server,
             group,
             policy,
-        } => print(
-            &server
+        } => {
+            server
                 .client()
                 .call(
                     Method::PATCH,
                     &format!("{}/groups/{group}", server.app_path()),
                     &policy.patch()?,
                 )
-                .await?,
-        ),
-        GroupCommand::Pause { server, group } => print(
-            &server
+                .await?
+        }
+        GroupCommand::Pause { server, group } => {
+            server
                 .client()
                 .call(
                     Method::POST,
                     &format!("{}/groups/{group}/pause", server.app_path()),
                     &json!({}),
                 )
-                .await?,
-        ),
-        GroupCommand::Resume { server, group } => print(
-            &server
+                .await?
+        }
+        GroupCommand::Resume { server, group } => {
+            server
                 .client()
                 .call(
                     Method::POST,
                     &format!("{}/groups/{group}/resume", server.app_path()),
                     &json!({}),
                 )
-                .await?,
-        ),
-    }
+                .await?
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(subcommand)]
+        cmd: GroupCommand,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_on_an_existing_track_notes_it_and_applies_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = format!("sqlite:{}", dir.path().join("server.db").display());
+        let mut settings = crate::Settings::new(&database, "127.0.0.1:0".parse().unwrap());
+        settings.payload_dir = dir.path().join("payloads");
+        let server = crate::spawn(settings).await.unwrap();
+        let now = crate::now_ms();
+        let token = server
+            .state
+            .db
+            .write(move |c| crate::store::create_token(c, "t", crate::store::Role::Admin, now))
+            .await
+            .unwrap();
+        let url = server.url();
+        let cmd = |args: &[&str]| {
+            let mut argv = vec!["group"];
+            argv.extend_from_slice(args);
+            argv.extend_from_slice(&["--server", &url, "--token", &token]);
+            Args::try_parse_from(argv).unwrap().cmd
+        };
+
+        // `stable` is seeded: the create becomes a patch, and says so.
+        let mut notes = Vec::new();
+        let g = group(
+            cmd(&["create", "--name", "stable", "--max-concurrent", "3"]),
+            &mut |n| notes.push(n),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            notes,
+            [Note::GroupExists {
+                track: "stable".into()
+            }]
+        );
+        assert_eq!(
+            notes[0].to_string(),
+            "group stable exists; applying the settings to it"
+        );
+        assert_eq!(
+            (g["track"].as_str(), g["policy"]["max_concurrent"].as_i64()),
+            (Some("stable"), Some(3))
+        );
+
+        // A new track is created without a note.
+        notes.clear();
+        let g = group(
+            cmd(&["create", "--name", "canary", "--channel", "stable"]),
+            &mut |n| notes.push(n),
+        )
+        .await
+        .unwrap();
+        assert_eq!(notes, []);
+        assert_eq!(g["track"], "canary");
+        server.shutdown().await.unwrap();
+    }
 
     #[test]
     fn windows_parse_from_flags() {

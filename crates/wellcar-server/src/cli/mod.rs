@@ -8,11 +8,14 @@
 //!   on stdout; a closed pipe is not an error.
 //! - `serve` and `token` open the database themselves; every other subcommand goes through the
 //!   admin API.
+//! - What a subcommand says while it runs (`serve`'s address, `group create` on an existing
+//!   track) goes to stderr; `token create` prints only the secret, on stdout.
 //!
-//! Layout: [`Command`], the shared [`ServerArgs`], JSON printing and the dispatch are here; each
-//! command group is its own module: `serve`, `token` (directly in the database), `app`,
-//! `package` (upload, register, publish, floors), `group` (groups and policy flags) and `fleet`
-//! (instances and the activity log). Every public argument type is re-exported here, so
+//! Layout: [`Command`], the shared [`ServerArgs`], the printing (JSON and the token's secret on
+//! stdout, `Note`s on stderr) and the dispatch are here; the command modules print only through
+//! these. Each command group is its own module: `serve`, `token` (directly in the database),
+//! `app`, `package` (upload, register, publish, floors), `group` (groups and policy flags) and
+//! `fleet` (instances and the activity log). Every public argument type is re-exported here, so
 //! `cli::…` paths do not name the modules.
 
 mod app;
@@ -106,6 +109,39 @@ fn print(v: &serde_json::Value) -> anyhow::Result<()> {
     }
 }
 
+/// Prints a token's secret on stdout. Unlike JSON, failing to write it is an error: it is
+/// shown only once.
+fn print_secret(secret: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout(), "{secret}").context("writing the token's secret to stdout")
+}
+
+/// What a subcommand tells the user while it runs; [`run`] prints it on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Note {
+    /// `serve`: the server accepts connections at `url`.
+    Listening {
+        /// `http://ADDR:PORT`.
+        url: String,
+    },
+    /// `group create`: a group with `track` exists; the settings are applied to it instead.
+    GroupExists {
+        /// The existing group's track.
+        track: String,
+    },
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Note::Listening { url } => write!(f, "wellcar server listening on {url}"),
+            Note::GroupExists { track } => {
+                write!(f, "group {track} exists; applying the settings to it")
+            }
+        }
+    }
+}
+
 /// Runs a `wellcar server` subcommand.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     run_with_progress(cmd, std::sync::Arc::new(|_| {}))
@@ -122,12 +158,13 @@ pub fn run_with_progress(cmd: Command, upload: OnUpload) -> anyhow::Result<ExitC
 }
 
 async fn run_async(cmd: Command, upload: OnUpload) -> anyhow::Result<()> {
+    let mut note = |n: Note| eprintln!("{n}");
     match cmd {
-        Command::Serve(o) => serve::serve(o).await,
-        Command::Token(t) => token::token(t).await,
+        Command::Serve(o) => serve::serve(o, &mut note).await,
+        Command::Token(t) => print_secret(&token::token(t).await?),
         Command::App(a) => app::app(a).await,
         Command::Package(p) => package::package(p, upload).await,
-        Command::Group(g) => group::group(g).await,
+        Command::Group(g) => print(&group::group(g, &mut note).await?),
         Command::Instances(o) => fleet::instances(o).await,
         Command::Activity(o) => fleet::activity(o).await,
     }

@@ -3,12 +3,14 @@
 //! Contract:
 //! - Every flag maps onto one field of [`crate::Settings`]; the flush interval is at least
 //!   10 ms and the sweep interval at least 1 s. Retention flags are in days.
+//! - Once the server accepts connections, its URL is reported ([`Note::Listening`]: "wellcar
+//!   server listening on http://…" on stderr).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::DEFAULT_DATABASE;
+use super::{Note, DEFAULT_DATABASE};
 
 /// `wellcar server serve`.
 #[derive(Debug, clap::Args)]
@@ -48,8 +50,9 @@ pub struct ServeOpts {
     pub sweep_interval: u64,
 }
 
-/// Runs `wellcar server serve` until the server stops.
-pub(super) async fn serve(o: ServeOpts) -> anyhow::Result<()> {
+/// Runs `wellcar server serve` until the server stops; reports [`Note::Listening`] once it
+/// accepts connections.
+pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow::Result<()> {
     let mut s = crate::Settings::new(&o.database, o.listen);
     s.payload_dir = o.payload_dir;
     s.public_url = o.public_url;
@@ -60,5 +63,7 @@ pub(super) async fn serve(o: ServeOpts) -> anyhow::Result<()> {
     s.instance_retention = Duration::from_secs(o.instance_retention_days * 86_400);
     s.activity_retention = Duration::from_secs(o.activity_retention_days * 86_400);
     s.sweep_interval = Duration::from_secs(o.sweep_interval.max(1));
-    crate::serve(s).await
+    let server = crate::spawn(s).await?;
+    on_note(Note::Listening { url: server.url() });
+    server.run_until_signal().await
 }

@@ -3,7 +3,8 @@
 //! Contract:
 //! - The database is migrated (and seeded if empty) first, so a token can be created before the
 //!   server first runs.
-//! - The secret is printed once, on stdout; only its hash is stored.
+//! - The secret is returned once, and printed once on stdout by the dispatch; only its hash is
+//!   stored.
 
 use anyhow::Context as _;
 
@@ -27,8 +28,9 @@ pub enum TokenCommand {
     },
 }
 
-/// Runs `wellcar server token …`.
-pub(super) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+/// Runs `wellcar server token …`; returns the secret of the token created (the caller prints
+/// it).
+pub(super) async fn token(cmd: TokenCommand) -> anyhow::Result<String> {
     match cmd {
         TokenCommand::Create {
             database,
@@ -45,8 +47,31 @@ pub(super) async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 Ok(db.write_blocking(|c| crate::store::create_token(c, &name, role, now))?)
             })
             .await??;
-            println!("{secret}");
-            Ok(())
+            Ok(secret)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn create_returns_the_secret_of_the_stored_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = format!("sqlite:{}", dir.path().join("server.db").display());
+        let create = |role: &str| TokenCommand::Create {
+            database: database.clone(),
+            name: "me".into(),
+            role: role.into(),
+        };
+        let secret = token(create("read-only")).await.unwrap();
+        let db = crate::db::Db::open(&database, 1).unwrap();
+        let found = db
+            .write_blocking(|c| crate::store::check_token(c, &secret))
+            .unwrap();
+        assert_eq!(found, Some(("me".into(), Role::ReadOnly)));
+        let err = token(create("root")).await.unwrap_err();
+        assert!(err.to_string().contains("\"root\""), "{err}");
     }
 }
