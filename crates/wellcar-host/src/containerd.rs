@@ -47,14 +47,14 @@ pub struct Opts {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     /// The socket never accepted a connection within the timeout.
-    #[error("{socket}: no connection within {timeout_s} s: {source}")]
+    #[error("{socket}: no connection within {timeout_s} s")]
     Unreachable {
         socket: PathBuf,
         timeout_s: u64,
         source: std::io::Error,
     },
     /// The connection failed after it was accepted.
-    #[error("{socket}: {action}: {source}")]
+    #[error("{socket}: {action}")]
     Io {
         socket: PathBuf,
         action: &'static str,
