@@ -14,6 +14,8 @@
 use std::fs;
 use std::path::Path;
 
+use wellcar_contract::esp;
+
 use crate::error::{BuildError, IoContext, Result};
 use crate::tools::{self, GRUB_EFI_DIR, GRUB_MKIMAGE, GRUB_PC_DIR};
 
@@ -45,9 +47,15 @@ const COMMON_MODULES: &[&str] = &[
     "regexp",
 ];
 
-/// The embedded config: find the ESP, then normal mode reads `$prefix/grub.cfg`.
-pub const EARLY_CONFIG: &str =
-    "search --no-floppy --label EFI-SYSTEM --set root\nset prefix=($root)/grub\n";
+/// The embedded config: find the ESP by its volume label, then normal mode reads
+/// `$prefix/grub.cfg` ([`esp::GRUB_CFG`]).
+pub fn early_config() -> String {
+    format!(
+        "search --no-floppy --label {} --set root\nset prefix=($root)/{}\n",
+        esp::VOLUME_LABEL,
+        esp::GRUB_DIR
+    )
+}
 
 /// Offset of the kernel (core.img) sector in boot.img (`GRUB_BOOT_MACHINE_KERNEL_SECTOR`).
 const BOOT_KERNEL_SECTOR: usize = 0x5c;
@@ -78,7 +86,7 @@ pub fn build_efi(work: &Path, out: &Path) -> Result<()> {
 
 fn mkimage(work: &Path, out: &Path, format: &str, dir: &Path, extra: &[&str]) -> Result<()> {
     let early = work.join(format!("grub-early-{format}.cfg"));
-    fs::write(&early, EARLY_CONFIG).at("writing", &early)?;
+    fs::write(&early, early_config()).at("writing", &early)?;
     tools::run(
         GRUB_MKIMAGE
             .command()?
@@ -91,7 +99,7 @@ fn mkimage(work: &Path, out: &Path, format: &str, dir: &Path, extra: &[&str]) ->
             .arg("-c")
             .arg(&early)
             .arg("-p")
-            .arg("/grub")
+            .arg(format!("/{}", esp::GRUB_DIR))
             .args(COMMON_MODULES)
             .args(extra),
     )?;
@@ -166,6 +174,15 @@ mod tests {
             0x820
         );
         assert!(core[488..500].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn the_embedded_config_finds_the_esp_and_its_grub_cfg() {
+        assert_eq!(
+            early_config(),
+            "search --no-floppy --label EFI-SYSTEM --set root\nset prefix=($root)/grub\n"
+        );
+        assert_eq!(esp::GRUB_CFG, format!("{}/grub.cfg", esp::GRUB_DIR));
     }
 
     #[test]

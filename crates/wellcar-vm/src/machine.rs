@@ -74,7 +74,8 @@ pub enum VmError {
 pub enum Firmware {
     /// SeaBIOS (legacy BIOS, GRUB from the MBR and BIOS-BOOT).
     Bios,
-    /// OVMF (UEFI, GRUB from `EFI/BOOT/BOOTX64.EFI`).
+    /// OVMF (UEFI, GRUB from the ESP's removable-media path,
+    /// [`wellcar_contract::esp::EFI_LOADER`]).
     Uefi,
 }
 
