@@ -295,7 +295,7 @@ pub fn build_with_progress(
                 rootfs: cached.tree.clone(),
                 kernel_version: shaped.kernel_version.clone(),
                 init_binary: opts.init_binary.clone(),
-                modules: wellcar_initramfs::DEFAULT_MODULES
+                modules: wellcar_contract::module_list::WANTED
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),
