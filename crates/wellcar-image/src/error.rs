@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use wellcar_contract::CommandError;
+
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -14,16 +16,10 @@ pub enum BuildError {
         /// The Debian package that ships it.
         package: String,
     },
-    /// A host command failed.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: String,
-        /// The tail of its standard error.
-        stderr: String,
-    },
+    /// A host command could not be started or failed: its command line, exit status and the
+    /// tail of its stderr.
+    #[error(transparent)]
+    Command(#[from] CommandError),
     /// The OS definition names a package the apt sources do not have.
     #[error("unknown package `{package}` in the OS definition: apt cannot locate it in {sources}")]
     UnknownPackage {
@@ -31,6 +27,9 @@ pub enum BuildError {
         package: String,
         /// The apt sources used.
         sources: PathBuf,
+        /// mmdebstrap's failure.
+        #[source]
+        source: Box<CommandError>,
     },
     /// The OS definition is malformed.
     #[error("OS definition {path}: {message}")]
