@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use wellcar_bootstate::{BootState, Esp, Slot};
 use wellcar_contract::{esp, RootHash};
 
-use crate::error::{IoContext, Result};
+use crate::error::{BuildError, IoContext, Result};
 use crate::tools::{self, MCOPY, MKFS_EXT4, MKFS_VFAT};
 
 /// FAT volume id of the ESP (fixed so builds do not differ needlessly).
@@ -91,14 +91,10 @@ pub fn build_esp(c: &EspContents<'_>, work: &Path, out: &Path, size: u64) -> Res
     copy(c.kernel, &tree.join(esp::kernel(Slot::A.letter())))?;
     copy(c.initramfs, &tree.join(esp::initramfs(Slot::A.letter())))?;
     // A fresh image: USR-A priority 1 and successful, USR-B priority 0.
-    let state_dir = tree.join(esp::WELLCAR_DIR);
-    let state = BootState::fresh(c.root_hash, c.version)
-        .map_err(std::io::Error::other)
-        .at("making the initial boot state for", &state_dir)?;
+    let state = BootState::fresh(c.root_hash, c.version).map_err(BuildError::InitialBootState)?;
     Esp::new(&tree)
         .create(&state)
-        .map_err(std::io::Error::other)
-        .at("writing the initial boot state into", &state_dir)?;
+        .map_err(BuildError::BootState)?;
     write(
         &tree.join(esp::FIRST_BOOT_FLAG),
         "If this file exists, the initramfs provisions the machine and then deletes it.\n",

@@ -110,8 +110,8 @@ pub fn require_dir((dir, package): (&str, &str)) -> Result<PathBuf> {
     if p.is_dir() {
         Ok(p)
     } else {
-        Err(BuildError::MissingTool {
-            tool: dir.into(),
+        Err(BuildError::MissingPlatformFiles {
+            dir: p,
             package: package.into(),
         })
     }
