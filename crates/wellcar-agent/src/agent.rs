@@ -26,7 +26,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wellcar_contract::OsVersion;
+use wellcar_contract::{CommandError, OsVersion};
 use wellcar_omaha::{AppRequest, OsInfo, Request, Response, UpdateDecision};
 use wellcar_payload::Installer;
 
@@ -80,6 +80,15 @@ pub enum AgentError {
         code: u32,
         /// What failed.
         reason: String,
+    },
+    /// The reboot command failed; the update stays staged.
+    #[error("rebooting into {version}")]
+    Reboot {
+        /// The staged version.
+        version: String,
+        /// The command's failure.
+        #[source]
+        source: CommandError,
     },
     /// Slot access or staging.
     #[error(transparent)]
@@ -612,15 +621,14 @@ impl<S: SlotControl> Agent<S> {
             let mut wall = self.paths.wall_command.clone();
             wall.push(message);
             if let Err(e) = run_capture(&wall) {
-                tracing::warn!("warning users failed: {e}");
+                tracing::warn!("warning users failed: {}", error_chain(&e));
             }
             std::thread::sleep(warning);
         }
         tracing::info!(command = ?self.paths.reboot_command, "rebooting into the new version");
-        run_capture(&self.paths.reboot_command).map_err(|reason| AgentError::Install {
+        run_capture(&self.paths.reboot_command).map_err(|source| AgentError::Reboot {
             version: self.state().new_version().unwrap_or_default().to_owned(),
-            code: error_code::ERROR,
-            reason,
+            source,
         })?;
         Ok(())
     }
@@ -631,20 +639,26 @@ impl<S: SlotControl> Agent<S> {
     }
 }
 
-fn run_capture(command: &[String]) -> Result<String, String> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| "empty command".to_owned())?;
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("running {program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{program} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+/// Runs `command` (program, then arguments) and returns its stdout.
+fn run_capture(command: &[String]) -> Result<String, CommandError> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(CommandError::Spawn {
+            program: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
+        });
+    };
+    let out = wellcar_contract::command::run(std::process::Command::new(program).args(args))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An error and its causes on one line (`a: b: c`), for the log.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }

@@ -82,7 +82,10 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
         let reboot_due = next_reboot_attempt.is_none_or(|t| Instant::now() >= t);
         if reboot_due && agent.reboot_wait(&config, &now) == Some(Duration::ZERO) {
             if let Err(e) = agent.reboot(config.reboot_warning) {
-                tracing::error!("reboot failed, retrying in {REBOOT_RETRY:?}: {e:#}");
+                tracing::error!(
+                    "reboot failed, retrying in {REBOOT_RETRY:?}: {}",
+                    crate::agent::error_chain(&e)
+                );
             }
             // Success: the machine is going down; if it does not, ask again later.
             next_reboot_attempt = Some(Instant::now() + REBOOT_RETRY);

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use wellcar_contract::esp;
 use wellcar_disk::Slot;
 
 /// Failure reading a host fact.
@@ -47,7 +48,7 @@ pub struct HostPaths {
     pub boot_id: PathBuf,
     /// `/proc/cmdline` (the booted slot is its `verity.usr=PARTUUID=`).
     pub cmdline: PathBuf,
-    /// The mounted ESP (kernels at `wellcar/vmlinuz-<slot>`).
+    /// The mounted ESP (layout: `wellcar_contract::esp`).
     pub esp: PathBuf,
     /// The disk holding USR-A and USR-B (an image file in tests); `None`: the disk that holds
     /// `/dev/disk/by-partlabel/USR-A`, found through sysfs.
@@ -85,7 +86,7 @@ impl HostPaths {
             machine_id: "/etc/machine-id".into(),
             boot_id: "/proc/sys/kernel/random/boot_id".into(),
             cmdline: "/proc/cmdline".into(),
-            esp: "/boot".into(),
+            esp: esp::MOUNT_POINT.into(),
             disk: None,
             mirror_gpt: None,
             trusted_keys: wellcar_payload::SYSTEM_TRUSTED_KEYS_DIR.into(),
@@ -145,12 +146,12 @@ impl HostPaths {
         Ok(Path::new("/dev").join(disk))
     }
 
-    /// The kernel and initramfs paths of `slot` on the ESP.
+    /// The kernel and initramfs paths of `slot` on the ESP ([`esp::kernel`],
+    /// [`esp::initramfs`]).
     pub fn boot_files(&self, slot: Slot) -> (PathBuf, PathBuf) {
-        let dir = self.esp.join("wellcar");
         (
-            dir.join(format!("vmlinuz-{}", slot.letter())),
-            dir.join(format!("initrd-{}", slot.letter())),
+            self.esp.join(esp::kernel(slot.letter())),
+            self.esp.join(esp::initramfs(slot.letter())),
         )
     }
 }

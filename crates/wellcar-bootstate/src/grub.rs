@@ -12,11 +12,13 @@
 
 use std::fmt::Write;
 
+use wellcar_contract::esp;
 use wellcar_disk::Slot;
 
 /// The grub.cfg functions (see the module docs).
 pub fn functions() -> String {
     let vars = crate::envblock::GRUB_VARIABLES.join(" ");
+    let state = esp::state_file("$1");
     let mut s = String::new();
     let _ = write!(
         s,
@@ -34,7 +36,7 @@ function wellcar_load_state {{
   unset b_ok
   unset b_hash
   set wc_valid=0
-  load_env --file "($root)/wellcar/state-$1.env" {vars}
+  load_env --file "($root)/{state}" {vars}
   if [ -n "$wc_gen" ]; then
     if [ "$wc_gen" = "$wc_seal" ]; then set wc_valid=1; fi
   fi
@@ -87,15 +89,16 @@ function wellcar_consume_try {{
             t - 1
         );
     }
-    s.push_str(
+    let _ = write!(
+        s,
         r#"  if [ -n "$wc_less" ]; then
     set wc_saved=0
     if [ "$1" = a ]; then
       set a_tries="$wc_less"
-      if save_env --file "($root)/wellcar/state-$wc_copy.env" a_tries; then set wc_saved=1; fi
+      if save_env --file "($root)/{current}" a_tries; then set wc_saved=1; fi
     else
       set b_tries="$wc_less"
-      if save_env --file "($root)/wellcar/state-$wc_copy.env" b_tries; then set wc_saved=1; fi
+      if save_env --file "($root)/{current}" b_tries; then set wc_saved=1; fi
     fi
     if [ "$wc_saved" = 0 ]; then
       echo "Wellcar: cannot record the boot attempt of USR-$1 on the ESP"
@@ -105,11 +108,12 @@ function wellcar_consume_try {{
       fi
     fi
   fi
-}
+}}
 
 # $1: slot letter. Uses the hashes loaded by wellcar_select.
-function wellcar_boot {
+function wellcar_boot {{
 "#,
+        current = esp::state_file("$wc_copy"),
     );
     let _ = writeln!(
         s,
@@ -117,12 +121,15 @@ function wellcar_boot {
         Slot::A.unique_guid(),
         Slot::B.unique_guid()
     );
-    s.push_str(
+    let _ = write!(
+        s,
         r#"  echo "Wellcar: booting USR-$1"
-  linux "($root)/wellcar/vmlinuz-$1" mount.usr=/dev/mapper/usr verity.usr=PARTUUID=$wc_guid verity.usrhash=$wc_hash $linux_cmdline
-  initrd "($root)/wellcar/initrd-$1"
-}
+  linux "($root)/{kernel}" mount.usr=/dev/mapper/usr verity.usr=PARTUUID=$wc_guid verity.usrhash=$wc_hash $linux_cmdline
+  initrd "($root)/{initramfs}"
+}}
 "#,
+        kernel = esp::kernel("$1"),
+        initramfs = esp::initramfs("$1"),
     );
     s
 }
@@ -168,6 +175,8 @@ mod tests {
         assert!(f.contains("load_env --file \"($root)/wellcar/state-$1.env\" wc_gen a_prio"));
         assert!(f.contains("save_env --file \"($root)/wellcar/state-$wc_copy.env\" b_tries"));
         assert!(f.contains("set wc_guid=7130c94a-213a-4e5a-8e26-6cce9662f132"));
+        assert!(f.contains("  linux \"($root)/wellcar/vmlinuz-$1\" mount.usr=/dev/mapper/usr"));
+        assert!(f.contains("  initrd \"($root)/wellcar/initrd-$1\"\n}\n"));
         // Balanced braces: every function closes.
         assert_eq!(f.matches('{').count(), f.matches('}').count());
     }

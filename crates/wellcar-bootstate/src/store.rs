@@ -1,5 +1,5 @@
 //! The boot state on the ESP: two GRUB environment blocks, `/wellcar/state-0.env` and
-//! `/wellcar/state-1.env`, one 512-byte sector each ([`crate::envblock`]).
+//! `/wellcar/state-1.env` ([`STATE_FILES`]), one 512-byte sector each ([`crate::envblock`]).
 //!
 //! **Reading** (GRUB and [`Esp::load`] alike): a copy is valid when it decodes and its `wc_gen`
 //! equals its `wc_seal`; the valid copy with the higher generation is current (ties: copy 0).
@@ -30,8 +30,8 @@ use wellcar_disk::Slot;
 use crate::envblock::{self, BlockError, BLOCK_SIZE};
 use crate::state::{BootState, Refusal};
 
-/// The state copies, relative to the ESP root.
-pub const STATE_FILES: [&str; 2] = ["wellcar/state-0.env", "wellcar/state-1.env"];
+/// The state copies, relative to the ESP root (the ESP layout, `wellcar_contract::esp`).
+pub use wellcar_contract::esp::STATE_FILES;
 
 /// Errors of the on-ESP store.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +117,7 @@ impl Esp {
     /// Creates both copies for `state` (build time: copy 0 generation 1, copy 1 generation 0,
     /// same state), creating `/wellcar` if needed.
     pub fn create(&self, state: &BootState) -> Result<(), StoreError> {
-        let dir = self.root.join("wellcar");
+        let dir = self.root.join(wellcar_contract::esp::WELLCAR_DIR);
         fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             action: "creating",
             path: dir,

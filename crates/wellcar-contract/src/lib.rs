@@ -8,18 +8,24 @@
 //! contract is parsed here, by one type, and every crate uses that type.
 //!
 //! Today: [`OsVersion`] (the OS version grammar, [`version`]), [`RootHash`] (the dm-verity
-//! root hash of a `/usr` slot, [`root_hash`]) and how a file is replaced so that a power cut
-//! never leaves half of it ([`atomic_file`]), and the build's `manifest.json`
-//! ([`BuildManifest`]). The ESP layout moves here later.
+//! root hash of a `/usr` slot, [`root_hash`]), how a file is replaced so that a power cut
+//! never leaves half of it ([`atomic_file`]), the build's `manifest.json`
+//! ([`BuildManifest`]), the files on the EFI system partition ([`esp`]), the initramfs module
+//! load list ([`module_list`]) and how a host program is run so that its failure says why
+//! ([`command`]).
 //!
 //! This crate is linked into the static initramfs (through `wellcar-verity`): it depends on
 //! `serde`, `serde_json`, `thiserror` and `std` only, and encodes hex by hand.
 
 pub mod atomic_file;
 pub mod build_manifest;
+pub mod command;
+pub mod esp;
+pub mod module_list;
 pub mod root_hash;
 pub mod version;
 
 pub use build_manifest::{BuildManifest, BuildManifestError, PackageRecord, BUILD_MANIFEST_FILE};
+pub use command::CommandError;
 pub use root_hash::{RootHash, RootHashError, ROOT_HASH_HEX_LEN, ROOT_HASH_LEN};
 pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};

@@ -44,7 +44,7 @@ use wellcar_bootstate::{Esp, Slot, StoreError};
 )]
 pub struct Cli {
     /// Where the ESP (EFI-SYSTEM) is mounted.
-    #[arg(long, global = true, default_value = "/boot")]
+    #[arg(long, global = true, default_value = wellcar_contract::esp::MOUNT_POINT)]
     pub esp: PathBuf,
     /// The kernel command line that names the booted slot.
     #[arg(long, global = true, default_value = "/proc/cmdline")]

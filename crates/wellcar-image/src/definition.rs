@@ -94,54 +94,61 @@ pub struct SystemdUnits {
 impl OsDefinition {
     /// Reads and validates a definition file.
     pub fn load(path: &Path) -> Result<OsDefinition> {
-        let text = std::fs::read_to_string(path).map_err(|e| BuildError::Definition {
+        let text = std::fs::read_to_string(path).map_err(|source| BuildError::DefinitionRead {
             path: path.into(),
-            message: format!("cannot read: {e}"),
+            source,
         })?;
-        let def: OsDefinition = toml::from_str(&text).map_err(|e| BuildError::Definition {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let def: OsDefinition =
+            toml::from_str(&text).map_err(|source| BuildError::DefinitionSyntax {
+                path: path.into(),
+                source: Box::new(source),
+            })?;
         def.validate(path)?;
         Ok(def)
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |message: String| {
-            Err(BuildError::Definition {
+        let bad = |field: String, problem: String| {
+            Err(BuildError::DefinitionField {
                 path: path.into(),
-                message,
+                field,
+                problem,
             })
         };
         if self.debian.packages.is_empty() {
-            return bad("debian.packages is empty".into());
+            return bad("debian.packages".into(), "is empty".into());
         }
         for (i, p) in self.debian.packages.iter().enumerate() {
             let ok = !p.is_empty()
                 && p.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
             if !ok {
-                return bad(format!(
-                    "debian.packages.{i}: `{p}` is not a Debian package name"
-                ));
+                return bad(
+                    format!("debian.packages.{i}"),
+                    format!("`{p}` is not a Debian package name"),
+                );
             }
         }
-        if let Err(e) = check_version(&self.os.version) {
-            return bad(format!("os.version: {e}"));
-        }
+        check_version(&self.os.version).map_err(|source| BuildError::Version {
+            path: path.into(),
+            source,
+        })?;
         if !self
             .os
             .id
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
         {
-            return bad(format!(
-                "os.id: `{}` must be lower-case [a-z0-9._-]",
-                self.os.id
-            ));
+            return bad(
+                "os.id".into(),
+                format!("`{}` must be lower-case [a-z0-9._-]", self.os.id),
+            );
         }
         if self.user.uid == 0 {
-            return bad("user.uid: the default user must not be root".into());
+            return bad(
+                "user.uid".into(),
+                "the default user must not be root".into(),
+            );
         }
         let units = &self.systemd;
         for (list, name) in [(&units.disable, "disable"), (&units.mask, "mask")] {
@@ -150,16 +157,18 @@ impl OsDefinition {
                 .enumerate()
                 .find(|(_, u)| units.enable.contains(u))
             {
-                return bad(format!(
-                    "systemd.{name}.{i}: `{unit}` is also in systemd.enable"
-                ));
+                return bad(
+                    format!("systemd.{name}.{i}"),
+                    format!("`{unit}` is also in systemd.enable"),
+                );
             }
         }
         for (i, g) in units.skip_generators.iter().enumerate() {
             if g.is_empty() || g.contains('/') || g.starts_with('.') {
-                return bad(format!(
-                    "systemd.skip_generators.{i}: `{g}` is not a generator's file name"
-                ));
+                return bad(
+                    format!("systemd.skip_generators.{i}"),
+                    format!("`{g}` is not a generator's file name"),
+                );
             }
         }
         Ok(())
@@ -246,11 +255,13 @@ enable = ["ssh.service"]
         assert!(check_version("1.2.3.4").is_err());
         for bad in ["v1", "1.2"] {
             let (_d, p) = write(&SAMPLE.replace("1.2.3", bad));
-            let err = OsDefinition::load(&p).unwrap_err().to_string();
+            let err = OsDefinition::load(&p).unwrap_err();
             assert!(
-                err.contains("os.version") && err.contains(&format!("{bad:?}")),
-                "{err}"
+                matches!(&err, BuildError::Version { path, .. } if *path == p),
+                "{err:?}"
             );
+            let err = crate::chain(&err);
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
     }
 
@@ -260,8 +271,15 @@ enable = ["ssh.service"]
             "enable = [\"ssh.service\"]",
             "enable = [\"ssh.service\"]\ndisable = [\"fstrim.timer\", \"ssh.service\"]",
         ));
-        let err = OsDefinition::load(&p).unwrap_err().to_string();
-        assert!(err.contains("systemd.disable.1: `ssh.service`"), "{err}");
+        let err = OsDefinition::load(&p).unwrap_err();
+        assert!(
+            matches!(&err, BuildError::DefinitionField { field, .. } if field == "systemd.disable.1"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("systemd.disable.1: `ssh.service`"),
+            "{err}"
+        );
         let (_d, p) = write(&SAMPLE.replace(
             "enable = [\"ssh.service\"]",
             "enable = [\"ssh.service\"]\nmask = [\"ssh.service\"]",
@@ -286,8 +304,22 @@ enable = ["ssh.service"]
     #[test]
     fn unknown_key_is_named() {
         let (_d, p) = write(&SAMPLE.replace("[systemd]", "[systemd]\nenabel = []"));
-        let err = OsDefinition::load(&p).unwrap_err().to_string();
-        assert!(err.contains("enabel"), "{err}");
+        let err = OsDefinition::load(&p).unwrap_err();
+        assert!(
+            matches!(&err, BuildError::DefinitionSyntax { .. }),
+            "{err:?}"
+        );
+        // The parser's error, kept as the cause, names the key.
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("enabel"), "{cause}");
+        let (_d, p) = write(SAMPLE);
+        let missing = p.with_file_name("missing.toml");
+        let err = OsDefinition::load(&missing).unwrap_err();
+        assert!(
+            matches!(&err, BuildError::DefinitionRead { path, source }
+                if *path == missing && source.kind() == std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
     }
 
     #[test]

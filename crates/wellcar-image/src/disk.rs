@@ -67,13 +67,12 @@ pub fn assemble(c: &DiskContents<'_>, out: &Path) -> Result<Vec<PartitionLocatio
     let mut core = fs::read(c.bios_core).at("reading", c.bios_core)?;
     core.resize(core.len().div_ceil(512) * 512, 0);
     if core.len() as u64 > bios.size {
-        return Err(BuildError::Rootfs {
-            path: c.bios_core.into(),
-            message: format!(
-                "core.img is {} bytes, BIOS-BOOT holds {}",
-                core.len(),
-                bios.size
-            ),
+        return Err(BuildError::PartitionTooSmall {
+            image: c.bios_core.into(),
+            len: core.len() as u64,
+            number: bios.number,
+            label: bios.label.clone(),
+            capacity: bios.size,
         });
     }
     let boot_img_path = PathBuf::from(GRUB_PC_DIR.0).join("boot.img");
@@ -94,12 +93,12 @@ fn place(disk: &mut File, disk_path: &Path, part: &PartitionLocation, image: &Pa
     let mut src = File::open(image).at("opening", image)?;
     let len = src.metadata().at("inspecting", image)?.len();
     if len > part.size {
-        return Err(BuildError::Rootfs {
-            path: image.into(),
-            message: format!(
-                "is {len} bytes but partition {} ({}) holds {}",
-                part.number, part.label, part.size
-            ),
+        return Err(BuildError::PartitionTooSmall {
+            image: image.into(),
+            len,
+            number: part.number,
+            label: part.label.clone(),
+            capacity: part.size,
         });
     }
     sparse_copy(&mut src, image, disk, disk_path, part.offset)?;

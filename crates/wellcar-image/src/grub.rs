@@ -14,6 +14,8 @@
 use std::fs;
 use std::path::Path;
 
+use wellcar_contract::esp;
+
 use crate::error::{BuildError, IoContext, Result};
 use crate::tools::{self, GRUB_EFI_DIR, GRUB_MKIMAGE, GRUB_PC_DIR};
 
@@ -45,9 +47,15 @@ const COMMON_MODULES: &[&str] = &[
     "regexp",
 ];
 
-/// The embedded config: find the ESP, then normal mode reads `$prefix/grub.cfg`.
-pub const EARLY_CONFIG: &str =
-    "search --no-floppy --label EFI-SYSTEM --set root\nset prefix=($root)/grub\n";
+/// The embedded config: find the ESP by its volume label, then normal mode reads
+/// `$prefix/grub.cfg` ([`esp::GRUB_CFG`]).
+pub fn early_config() -> String {
+    format!(
+        "search --no-floppy --label {} --set root\nset prefix=($root)/{}\n",
+        esp::VOLUME_LABEL,
+        esp::GRUB_DIR
+    )
+}
 
 /// Offset of the kernel (core.img) sector in boot.img (`GRUB_BOOT_MACHINE_KERNEL_SECTOR`).
 const BOOT_KERNEL_SECTOR: usize = 0x5c;
@@ -78,7 +86,7 @@ pub fn build_efi(work: &Path, out: &Path) -> Result<()> {
 
 fn mkimage(work: &Path, out: &Path, format: &str, dir: &Path, extra: &[&str]) -> Result<()> {
     let early = work.join(format!("grub-early-{format}.cfg"));
-    fs::write(&early, EARLY_CONFIG).at("writing", &early)?;
+    fs::write(&early, early_config()).at("writing", &early)?;
     tools::run(
         GRUB_MKIMAGE
             .command()?
@@ -91,7 +99,7 @@ fn mkimage(work: &Path, out: &Path, format: &str, dir: &Path, extra: &[&str]) ->
             .arg("-c")
             .arg(&early)
             .arg("-p")
-            .arg("/grub")
+            .arg(format!("/{}", esp::GRUB_DIR))
             .args(COMMON_MODULES)
             .args(extra),
     )?;
@@ -107,16 +115,13 @@ pub fn embed_bios(
     core_lba: u64,
 ) -> Result<()> {
     if boot_img.len() != 512 {
-        return Err(BuildError::Rootfs {
-            path: GRUB_PC_DIR.0.into(),
-            message: format!("boot.img is {} bytes, expected 512", boot_img.len()),
+        return Err(BuildError::BootImgSize {
+            dir: GRUB_PC_DIR.0.into(),
+            len: boot_img.len(),
         });
     }
     if core.len() < 1024 || !core.len().is_multiple_of(512) {
-        return Err(BuildError::Rootfs {
-            path: "core.img".into(),
-            message: format!("core.img is {} bytes", core.len()),
-        });
+        return Err(BuildError::CoreImgSize { len: core.len() });
     }
     mbr[..MBR_CODE_SIZE].copy_from_slice(&boot_img[..MBR_CODE_SIZE]);
     mbr[BOOT_KERNEL_SECTOR..BOOT_KERNEL_SECTOR + 8].copy_from_slice(&core_lba.to_le_bytes());
@@ -126,10 +131,7 @@ pub fn embed_bios(
     mbr[510] = 0x55;
     mbr[511] = 0xaa;
     let sectors = (core.len() / 512) as u64;
-    let rest = u16::try_from(sectors - 1).map_err(|_| BuildError::Rootfs {
-        path: "core.img".into(),
-        message: format!("core.img has {sectors} sectors, more than one block list entry holds"),
-    })?;
+    let rest = u16::try_from(sectors - 1).map_err(|_| BuildError::CoreImgSectors { sectors })?;
     // Block list entries (start u64, len u16, segment u16) grow downwards from the end of the
     // first sector; one entry for the contiguous rest, then a zero terminator.
     let first = 512 - 12;
@@ -169,9 +171,28 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_config_finds_the_esp_and_its_grub_cfg() {
+        assert_eq!(
+            early_config(),
+            "search --no-floppy --label EFI-SYSTEM --set root\nset prefix=($root)/grub\n"
+        );
+        assert_eq!(esp::GRUB_CFG, format!("{}/grub.cfg", esp::GRUB_DIR));
+    }
+
+    #[test]
     fn odd_sized_core_is_rejected() {
         let mut mbr = [0u8; 512];
         let err = embed_bios(&[0; 512], &mut mbr, &mut [0; 700], 1).unwrap_err();
+        assert!(
+            matches!(err, BuildError::CoreImgSize { len: 700 }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("700 bytes"), "{err}");
+        let err = embed_bios(&[0; 511], &mut mbr, &mut [0; 1024], 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("GRUB's boot.img (/usr/lib/grub/i386-pc) is 511 bytes"),
+            "{err}"
+        );
     }
 }

@@ -238,21 +238,18 @@ pub fn build_with_progress(
 ) -> Result<BuildManifest> {
     let def = OsDefinition::load(&opts.definition)?;
     if !opts.init_binary.is_file() {
-        return Err(BuildError::Rootfs {
+        return Err(BuildError::InitBinaryMissing {
             path: opts.init_binary.clone(),
-            message:
-                "the initramfs /init binary is missing; build it with `scripts/build-guest.sh`"
-                    .into(),
         });
     }
-    let (version, field) = match &opts.version {
-        Some(v) => (v.clone(), "version override"),
-        None => (def.os.version.clone(), "os.version"),
+    // The definition's own version was checked when it was loaded.
+    let version = match &opts.version {
+        Some(v) => {
+            definition::check_version(v).map_err(BuildError::VersionOverride)?;
+            v.clone()
+        }
+        None => def.os.version.clone(),
     };
-    definition::check_version(&version).map_err(|e| BuildError::Definition {
-        path: opts.definition.clone(),
-        message: format!("{field}: {e}"),
-    })?;
     let out = opts.output.clone();
     let work = out.join(".work");
     std::fs::create_dir_all(&work).at("creating", &work)?;
@@ -295,15 +292,15 @@ pub fn build_with_progress(
                 rootfs: cached.tree.clone(),
                 kernel_version: shaped.kernel_version.clone(),
                 init_binary: opts.init_binary.clone(),
-                modules: wellcar_initramfs::DEFAULT_MODULES
+                modules: wellcar_contract::module_list::WANTED
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),
                 output: initramfs_path.clone(),
             })
-            .map_err(|e| BuildError::Rootfs {
+            .map_err(|source| BuildError::Initramfs {
                 path: initramfs_path.clone(),
-                message: format!("initramfs: {e}"),
+                source,
             })
         },
         |_| vec![initramfs_path.clone()],
@@ -431,9 +428,9 @@ pub fn build_with_progress(
                 &out,
                 &opts,
             )
-            .map_err(|e| BuildError::Payload {
+            .map_err(|source| BuildError::Payload {
                 path: out.join(wellcar_payload::PAYLOAD_FILE_NAME),
-                message: chain(&e),
+                source: Box::new(source),
             })
         },
         |summary| vec![summary.path.clone()],
@@ -448,15 +445,11 @@ fn signing_key(
     path: Option<&Path>,
     progress: &dyn Fn(BuildEvent),
 ) -> Result<wellcar_payload::SigningKey> {
-    let key_err = |path: PathBuf, e: &dyn std::error::Error| BuildError::Payload {
-        path,
-        message: chain(e),
-    };
     match path {
-        Some(p) => wellcar_payload::load_signing_key(p).map_err(|e| key_err(p.into(), &e)),
+        Some(p) => wellcar_payload::load_signing_key(p).map_err(BuildError::SigningKey),
         None => {
-            let (key, path, created) = wellcar_payload::dev_signing_key()
-                .map_err(|e| key_err("~/.config/wellcar".into(), &e))?;
+            let (key, path, created) =
+                wellcar_payload::dev_signing_key().map_err(BuildError::SigningKey)?;
             progress(BuildEvent::DevSigningKey { path, created });
             Ok(key)
         }
@@ -483,10 +476,11 @@ fn install_trusted_keys(
     )
     .at("writing", dir.join(&name))?;
     for key in extra {
-        let loaded = wellcar_payload::load_verifying_key(key).map_err(|e| BuildError::Payload {
-            path: key.clone(),
-            message: chain(&e),
-        })?;
+        let loaded =
+            wellcar_payload::load_verifying_key(key).map_err(|source| BuildError::TrustedKey {
+                path: key.clone(),
+                source,
+            })?;
         let name = format!(
             "{}.pub",
             wellcar_payload::format::key_fingerprint(loaded.as_bytes())
@@ -538,6 +532,25 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
+
+    #[test]
+    fn an_unreadable_trusted_key_is_named_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let signing = wellcar_payload::SigningKey::from_bytes(&[3; 32]);
+        let missing = dir.path().join("rotated.pub");
+        let err =
+            install_trusted_keys(dir.path(), &signing, std::slice::from_ref(&missing)).unwrap_err();
+        assert!(
+            matches!(&err, BuildError::TrustedKey { path, source: wellcar_payload::KeyError::Read { .. } }
+                if *path == missing),
+            "{err:?}"
+        );
+        assert!(
+            chain(&err).starts_with(&format!("the trusted key {}: ", missing.display())),
+            "{}",
+            chain(&err)
+        );
+    }
 
     #[test]
     fn phases_report_start_end_and_the_disk_usage_of_what_they_made() {

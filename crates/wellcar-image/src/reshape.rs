@@ -74,10 +74,7 @@ pub fn reshape(
     for link in ["bin", "sbin", "lib"] {
         let p = root.join(link);
         if !p.is_symlink() {
-            return Err(BuildError::Rootfs {
-                path: p,
-                message: "is not a merged-/usr symlink".into(),
-            });
+            return Err(BuildError::NotMergedUsr { path: p });
         }
     }
 
@@ -132,9 +129,8 @@ fn list_packages(root: &Path) -> Result<Vec<Package>> {
         .collect();
     packages.sort_by(|a, b| a.name.cmp(&b.name));
     if packages.is_empty() {
-        return Err(BuildError::Rootfs {
+        return Err(BuildError::NoInstalledPackages {
             path: root.join("var/lib/dpkg"),
-            message: "no installed packages".into(),
         });
     }
     Ok(packages)
@@ -149,10 +145,7 @@ fn take_kernel(root: &Path, boot_out: &Path) -> Result<(PathBuf, String, Option<
         .collect();
     kernels.sort();
     let Some(kver) = kernels.pop() else {
-        return Err(BuildError::Rootfs {
-            path: boot,
-            message: "no vmlinuz-* (is a linux-image package listed?)".into(),
-        });
+        return Err(BuildError::NoKernel { path: boot });
     };
     fs::create_dir_all(boot_out).at("creating", boot_out)?;
     let kernel = boot_out.join("vmlinuz");
@@ -384,10 +377,9 @@ fn freeze_etc_and_var(root: &Path) -> Result<()> {
 pub fn install_usr_binaries(root: &Path, binaries: &[PathBuf]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for bin in binaries {
-        let name = bin.file_name().ok_or_else(|| BuildError::Rootfs {
-            path: bin.clone(),
-            message: "not a file name".into(),
-        })?;
+        let name = bin
+            .file_name()
+            .ok_or_else(|| BuildError::UsrBinaryName { path: bin.clone() })?;
         let dst = root.join("usr/bin").join(name);
         fs::copy(bin, &dst).at("installing", bin)?;
         fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).at("chmod", &dst)?;
@@ -398,9 +390,8 @@ pub fn install_usr_binaries(root: &Path, binaries: &[PathBuf]) -> Result<()> {
 /// Lays the contents of `overlay` over `/usr` (files replace, directories merge).
 pub fn overlay_usr(root: &Path, overlay: &Path) -> Result<()> {
     if !overlay.is_dir() {
-        return Err(BuildError::Rootfs {
+        return Err(BuildError::UsrOverlayNotDirectory {
             path: overlay.into(),
-            message: "usr overlay is not a directory".into(),
         });
     }
     tools::run(

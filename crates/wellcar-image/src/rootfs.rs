@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
+use wellcar_contract::CommandError;
 
 use crate::definition::DebianSource;
 use crate::error::{BuildError, IoContext, Result};
@@ -231,26 +232,31 @@ pub fn ensure(
 
 /// Turns apt's "Unable to locate package X" into an error naming the package.
 fn explain_mmdebstrap_failure(err: BuildError, sources: &Path) -> BuildError {
-    if let BuildError::Command { stderr, .. } = &err {
-        for marker in ["Unable to locate package ", "has no installation candidate"] {
-            if let Some(line) = stderr.lines().find(|l| l.contains(marker)) {
-                let package = if marker.starts_with("Unable") {
-                    line.split(marker).nth(1).unwrap_or("").trim().to_string()
-                } else {
-                    line.split('\'')
-                        .nth(1)
-                        .or_else(|| line.split_whitespace().nth(1))
-                        .unwrap_or("")
-                        .to_string()
-                };
-                return BuildError::UnknownPackage {
-                    package,
-                    sources: sources.into(),
-                };
-            }
+    let BuildError::Command(source) = err else {
+        return err;
+    };
+    let CommandError::Failed { stderr, .. } = &source else {
+        return BuildError::Command(source);
+    };
+    for marker in ["Unable to locate package ", "has no installation candidate"] {
+        if let Some(line) = stderr.lines().find(|l| l.contains(marker)) {
+            let package = if marker.starts_with("Unable") {
+                line.split(marker).nth(1).unwrap_or("").trim().to_string()
+            } else {
+                line.split('\'')
+                    .nth(1)
+                    .or_else(|| line.split_whitespace().nth(1))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            return BuildError::UnknownPackage {
+                package,
+                sources: sources.into(),
+                source: Box::new(source),
+            };
         }
     }
-    err
+    BuildError::Command(source)
 }
 
 #[cfg(test)]
@@ -345,14 +351,27 @@ I: success in 130.0852 seconds";
 
     #[test]
     fn unknown_package_is_named() {
-        let err = BuildError::Command {
-            command: "mmdebstrap".into(),
-            status: "exit status: 1".into(),
-            stderr: "E: Unable to locate package wellcar-nope\nE: apt-get failed".into(),
-        };
+        let err = BuildError::Command(CommandError::failed(
+            &Command::new("mmdebstrap"),
+            std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+            b"E: Unable to locate package wellcar-nope\nE: apt-get failed\n",
+        ));
         let e = explain_mmdebstrap_failure(err, Path::new("/s.sources"));
         assert!(
-            matches!(&e, BuildError::UnknownPackage { package, .. } if package == "wellcar-nope"),
+            matches!(&e, BuildError::UnknownPackage { package, source, .. }
+                if package == "wellcar-nope" && source.status().and_then(|s| s.code()) == Some(1)),
+            "{e}"
+        );
+        // Any other failure stays the command's.
+        let other = BuildError::Command(CommandError::failed(
+            &Command::new("mmdebstrap"),
+            std::os::unix::process::ExitStatusExt::from_raw(2 << 8),
+            b"E: disk full\n",
+        ));
+        let e = explain_mmdebstrap_failure(other, Path::new("/s.sources"));
+        assert!(
+            e.to_string()
+                .ends_with("failed (exit status: 2): E: disk full"),
             "{e}"
         );
     }

@@ -4,8 +4,11 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
+
+use wellcar_contract::command::{self, STDERR_TAIL_LINES};
+use wellcar_contract::CommandError;
 
 use crate::error::{BuildError, Result};
 
@@ -107,24 +110,18 @@ pub fn require_dir((dir, package): (&str, &str)) -> Result<PathBuf> {
     if p.is_dir() {
         Ok(p)
     } else {
-        Err(BuildError::MissingTool {
-            tool: dir.into(),
+        Err(BuildError::MissingPlatformFiles {
+            dir: p,
             package: package.into(),
         })
     }
 }
 
-/// Lines of stderr kept for the error of a failed command.
-const STDERR_TAIL: usize = 20;
-
-/// Runs a command, failing with its command line and the tail of its stderr.
+/// Runs a command, failing with its command line and the tail of its stderr
+/// ([`wellcar_contract::command`]).
 pub fn run(cmd: &mut Command) -> Result<Output> {
     tracing::debug!("exec: {cmd:?}");
-    let out = cmd.output().map_err(|e| not_started(cmd, e))?;
-    check(cmd, out.status, || {
-        tail(&String::from_utf8_lossy(&out.stderr), STDERR_TAIL)
-    })?;
-    Ok(out)
+    Ok(command::run(cmd)?)
 }
 
 /// Which output of a command a line came from.
@@ -146,9 +143,9 @@ pub fn run_streaming(cmd: &mut Command, mut on_line: impl FnMut(Stream, &str)) -
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| not_started(cmd, e))?;
+        .map_err(|e| CommandError::spawn(cmd, e))?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let mut last = VecDeque::with_capacity(STDERR_TAIL);
+    let mut last = VecDeque::with_capacity(STDERR_TAIL_LINES);
     let status = std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
         let out_tx = tx.clone();
@@ -157,7 +154,7 @@ pub fn run_streaming(cmd: &mut Command, mut on_line: impl FnMut(Stream, &str)) -
         for (stream, line) in rx {
             on_line(stream, &line);
             if stream == Stream::Stderr {
-                if last.len() == STDERR_TAIL {
+                if last.len() == STDERR_TAIL_LINES {
                     last.pop_front();
                 }
                 last.push_back(line);
@@ -165,8 +162,13 @@ pub fn run_streaming(cmd: &mut Command, mut on_line: impl FnMut(Stream, &str)) -
         }
         child.wait()
     })
-    .map_err(|e| not_started(cmd, e))?;
-    check(cmd, status, || Vec::from(last).join("\n"))
+    .map_err(|e| CommandError::spawn(cmd, e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        let stderr = Vec::from(last).join("\n");
+        Err(CommandError::failed(cmd, status, stderr.as_bytes()).into())
+    }
 }
 
 /// Sends the lines of `pipe` until it ends or nobody listens.
@@ -185,32 +187,6 @@ fn forward_lines(pipe: impl Read, stream: Stream, tx: &mpsc::Sender<(Stream, Str
     }
 }
 
-fn not_started(cmd: &Command, e: std::io::Error) -> BuildError {
-    BuildError::Command {
-        command: format!("{cmd:?}"),
-        status: "could not start".into(),
-        stderr: e.to_string(),
-    }
-}
-
-/// Ok on success, else the command's error with `stderr` (its tail).
-fn check(cmd: &Command, status: ExitStatus, stderr: impl FnOnce() -> String) -> Result<()> {
-    if status.success() {
-        return Ok(());
-    }
-    Err(BuildError::Command {
-        command: format!("{cmd:?}"),
-        status: status.to_string(),
-        stderr: stderr(),
-    })
-}
-
-/// The last `lines` lines of `text`.
-pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,9 +203,12 @@ mod tests {
 
     #[test]
     fn failing_command_reports_stderr() {
-        let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]))
-            .unwrap_err()
-            .to_string();
+        let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"])).unwrap_err();
+        assert!(
+            matches!(&err, BuildError::Command(CommandError::Failed { stderr, .. }) if stderr == "boom"),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(
             err.contains("boom") && err.contains("exit status: 3"),
             "{err}"

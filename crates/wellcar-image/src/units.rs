@@ -80,10 +80,7 @@ pub fn skip_generators(root: &Path, def: &OsDefinition) -> Result<()> {
     for name in &def.systemd.skip_generators {
         let generator = root.join(GENERATORS).join(name);
         if !generator.is_file() {
-            return Err(BuildError::Rootfs {
-                path: generator,
-                message: "is in systemd.skip_generators but is no generator in the image".into(),
-            });
+            return Err(BuildError::UnknownGenerator { path: generator });
         }
         fs::create_dir_all(&masked).at("creating", &masked)?;
         let link = masked.join(name);
@@ -110,11 +107,11 @@ pub fn start_after_sysinit(root: &Path) -> Result<()> {
     for unit in NOT_BEFORE_SYSINIT {
         let path = root.join(unit);
         let text = fs::read_to_string(&path).at("reading", &path)?;
-        let edited = without_before(&text, "sysinit.target").ok_or_else(|| BuildError::Rootfs {
-            path: path.clone(),
-            message: "has no `Before=` line naming sysinit.target: check the boot order it now has"
-                .into(),
-        })?;
+        let edited =
+            without_before(&text, "sysinit.target").ok_or_else(|| BuildError::UnitOrdering {
+                path: path.clone(),
+                target: "sysinit.target",
+            })?;
         fs::write(&path, edited).at("writing", &path)?;
     }
     Ok(())

@@ -81,9 +81,9 @@ pub fn build(usr_tree: &Path, work: &Path, out: &Path, source_date_epoch: u64) -
         salt: salt.clone(),
         uuid: Uuid::new_v5(&Uuid::NAMESPACE_OID, &salt),
     };
-    let info = wellcar_verity::format(&slot, &params).map_err(|e| BuildError::Rootfs {
+    let info = wellcar_verity::format(&slot, &params).map_err(|source| BuildError::Verity {
         path: path.clone(),
-        message: format!("verity format failed: {e}"),
+        source,
     })?;
     slot.sync_all().at("syncing", &path)?;
     drop(slot);

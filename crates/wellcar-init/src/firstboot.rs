@@ -13,18 +13,12 @@
 use std::path::{Path, PathBuf};
 
 use rustix::mount::{MountFlags, UnmountFlags};
+use wellcar_contract::esp;
 
 use crate::sysroot;
 
 /// fw_cfg entries carrying an Ignition config, in order of preference.
 pub const FW_CFG_NAMES: [&str; 2] = ["opt/org.flatcar-linux/config", "opt/com.coreos/config"];
-
-/// The first-boot flag on the ESP, and the legacy names also removed.
-pub const FLAG_FILES: [&str; 3] = [
-    "wellcar/first_boot",
-    "flatcar/first_boot",
-    "coreos/first_boot",
-];
 
 /// Reading a config or touching the flag failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +125,11 @@ pub fn oem_config(
     result
 }
 
-/// Removes the flag files under the mounted ESP at `esp_root`; returns those removed.
+/// Removes the flag files ([`esp::FIRST_BOOT_FLAGS`]) under the mounted ESP at `esp_root`;
+/// returns those removed.
 pub fn remove_flag_files(esp_root: &Path) -> Result<Vec<String>, FirstBootError> {
     let mut removed = Vec::new();
-    for name in FLAG_FILES {
+    for name in esp::FIRST_BOOT_FLAGS {
         let path = esp_root.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {

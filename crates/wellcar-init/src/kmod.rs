@@ -1,8 +1,9 @@
 //! Loading the kernel modules the initramfs carries.
 //!
-//! Contract: [`load_all`] reads the load list written by `wellcar-initramfs` (one module per
-//! line: its absolute path, then the names of the listed modules it depends on; dependencies
-//! come first) and loads the modules with `finit_module`, several at a time: a module starts
+//! Contract: [`load_all`] reads the load list written by `wellcar-initramfs` (at
+//! `wellcar_contract::module_list::LOAD_LIST`, in its format: one module per line, its absolute
+//! path, then the names of the listed modules it depends on; dependencies come first) and
+//! loads the modules with `finit_module`, several at a time: a module starts
 //! as soon as every dependency it names has finished (a dependency not in the list counts as
 //! present: built in, or loaded by an earlier pass). A module that is already loaded
 //! (`EEXIST`) is fine; one whose hardware is absent (`ENODEV`) is reported back but not an
@@ -11,30 +12,15 @@
 //!
 //! [`Pass::Boot`] loads everything but [`FIRST_BOOT_ONLY`] (vfat for the ESP flag, fw_cfg for
 //! the Ignition config) and [`SCSI_FALLBACK`] (the SCSI stack, needed only when the boot disk
-//! is not a virtio-blk or NVMe disk); [`Pass::FirstBoot`] and [`Pass::Scsi`] load those.
+//! is not a virtio-blk or NVMe disk); [`Pass::FirstBoot`] and [`Pass::Scsi`] load those. Both
+//! lists are `wellcar_contract::module_list`'s, next to the builder's list of wanted modules.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Path of the load list inside the initramfs (`wellcar_initramfs::MODULE_LOAD_LIST`).
-pub const MODULE_LOAD_LIST: &str = "/etc/wellcar-init/modules.load";
-
-/// Modules needed only on first boot (by kernel module name).
-pub const FIRST_BOOT_ONLY: &[&str] = &[
-    "fat",
-    "vfat",
-    "nls_cp437",
-    "nls_iso8859_1",
-    "nls_ascii",
-    "nls_utf8",
-    "qemu_fw_cfg",
-];
-
-/// Modules for SCSI disks (virtio-scsi, SATA through libata), loaded only when the boot disk
-/// does not show up without them.
-pub const SCSI_FALLBACK: &[&str] = &["scsi_common", "scsi_mod", "virtio_scsi", "sd_mod"];
+use wellcar_contract::module_list::{ListedModule as Listed, FIRST_BOOT_ONLY, SCSI_FALLBACK};
 
 /// Default number of modules loading at the same time (`wellcar.init.module_workers`).
 pub const DEFAULT_WORKERS: usize = 1;
@@ -62,12 +48,6 @@ impl Pass {
     }
 }
 
-/// Kernel module name of a module path (`.../nls_iso8859-1.ko` -> `nls_iso8859_1`).
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    file.split(".ko").next().unwrap_or(file).replace('-', "_")
-}
-
 /// A module could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("loading module {path}")]
@@ -92,29 +72,9 @@ pub struct LoadReport {
     pub slowest: Vec<(String, Duration)>,
 }
 
-/// One line of the load list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Listed {
-    path: String,
-    name: String,
-    depends: Vec<String>,
-}
-
 fn parse_list(text: &str, pass: Pass) -> Vec<Listed> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let path = words.next()?.to_string();
-            let name = module_name(&path);
-            if !pass.includes(&name) {
-                return None;
-            }
-            Some(Listed {
-                path,
-                name,
-                depends: words.map(str::to_string).collect(),
-            })
-        })
+    wellcar_contract::module_list::parse(text)
+        .filter(|m| pass.includes(&m.name))
         .collect()
 }
 
@@ -361,6 +321,5 @@ mod tests {
             err.to_string(),
             "loading module /nonexistent/kernel/fs/erofs.ko"
         );
-        assert_eq!(module_name("/m/nls_iso8859-1.ko"), "nls_iso8859_1");
     }
 }

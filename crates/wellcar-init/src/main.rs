@@ -31,6 +31,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustix::mount::MountFlags;
+use wellcar_contract::module_list;
 
 use cmdline::{BootParams, FirstBoot, UsrSource};
 use disk::Found;
@@ -169,7 +170,7 @@ fn boot_steps(
 
     log.step("load-modules", |log| {
         let report = kmod::load_all(
-            Path::new(kmod::MODULE_LOAD_LIST),
+            Path::new(module_list::LOAD_LIST),
             kmod::Pass::Boot,
             params.module_workers,
         )?;
@@ -194,7 +195,7 @@ fn boot_steps(
             Ok(found) => found,
             Err(_) => {
                 let report = kmod::load_all(
-                    Path::new(kmod::MODULE_LOAD_LIST),
+                    Path::new(module_list::LOAD_LIST),
                     kmod::Pass::Scsi,
                     params.module_workers,
                 )?;
@@ -310,7 +311,7 @@ fn first_boot_steps(
 ) -> Result<(), BootError> {
     log.step("load-first-boot-modules", |_| {
         kmod::load_all(
-            Path::new(kmod::MODULE_LOAD_LIST),
+            Path::new(module_list::LOAD_LIST),
             kmod::Pass::FirstBoot,
             params.module_workers,
         )

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         rootfs: PathBuf::from(rootfs),
         kernel_version: kernel_version.clone(),
         init_binary: PathBuf::from(init),
-        modules: wellcar_initramfs::DEFAULT_MODULES
+        modules: wellcar_contract::module_list::WANTED
             .iter()
             .map(|m| m.to_string())
             .collect(),

@@ -6,9 +6,10 @@
 //!   names plus their dependencies are resolved (see [`modules`]), built-in ones skipped,
 //!   names the kernel lacks reported in [`InitramfsSummary::skipped`] and logged;
 //! - modules are stored decompressed at `usr/lib/modules/<kver>/<path>.ko`, so `/init` only
-//!   calls `finit_module`; [`MODULE_LOAD_LIST`] names them one per line, dependencies first:
-//!   the absolute path, then the names of the listed modules it depends on (space separated),
-//!   so `/init` can load independent modules in parallel;
+//!   calls `finit_module`; the load list ([`module_list::LOAD_LIST`], whose format is
+//!   `wellcar_contract`'s) names them one per line, dependencies first: the absolute path, then
+//!   the names of the listed modules it depends on, so `/init` can load independent modules in
+//!   parallel;
 //! - the archive also holds `/init`, `/dev/console` and the empty mount points `/dev`, `/proc`,
 //!   `/sys`, `/run`, `/sysroot`; nothing else (no shell, no busybox);
 //! - every mtime is `SOURCE_DATE_EPOCH` (0 when unset), members are sorted, so the same inputs
@@ -24,42 +25,7 @@ pub mod modules;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Modules a Wellcar boot needs: disks (virtio, SCSI, NVMe, AHCI), device-mapper verity,
-/// the filesystems (EROFS /usr, ext4 ROOT and OEM, overlay /etc, vfat ESP), QEMU's fw_cfg
-/// for Ignition configs, and the virtio NIC. Names a kernel does not have are skipped.
-///
-/// `virtio_net` is here so the NIC exists before udev starts: udev's coldplug handles the
-/// `net` subsystem first and networkd configures it at once. Left to udev, the module is
-/// loaded only when the coldplug queue reaches the virtio device, behind several hundred
-/// events (65 ttys among them), which delayed DHCP by about 4 s on every boot under TCG.
-pub const DEFAULT_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_scsi",
-    "sd_mod",
-    "nvme",
-    "ahci",
-    "dm_mod",
-    "dm_verity",
-    // SSSE3/AVX2/SHA-NI sha256 for dm-verity (the built-in one is plain C).
-    "sha256_ssse3",
-    "erofs",
-    "ext4",
-    "overlay",
-    "vfat",
-    "nls_cp437",
-    "nls_iso8859_1",
-    // vfat's default iocharset (ascii) and its utf8 option need these at mount time.
-    "nls_ascii",
-    "nls_utf8",
-    "qemu_fw_cfg",
-    "virtio_net",
-];
-
-/// Path inside the initramfs (no leading `/`) of the module load list `/init` reads: one module
-/// per line, dependencies first, `<absolute path> [<dependency name>...]`. `wellcar-init` has
-/// the same constant.
-pub const MODULE_LOAD_LIST: &str = "etc/wellcar-init/modules.load";
+use wellcar_contract::module_list::{self, ListedModule};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -70,7 +36,8 @@ pub struct InitramfsOptions {
     pub kernel_version: String,
     /// The static `/init` binary.
     pub init_binary: PathBuf,
-    /// Wanted module names; dependencies are added, built-ins skipped. See [`DEFAULT_MODULES`].
+    /// Wanted module names; dependencies are added, built-ins skipped. Wellcar's:
+    /// [`module_list::WANTED`].
     pub modules: Vec<String>,
     /// Where to write the initramfs.
     pub output: PathBuf,
@@ -204,18 +171,24 @@ pub fn build_initramfs(opts: &InitramfsOptions) -> Result<InitramfsSummary, Init
         let bytes = modules::read_module(&module_dir.join(&module.path))?;
         let stored = strip_compression(&module.path);
         let inside = format!("usr/lib/modules/{}/{stored}", opts.kernel_version);
-        load_list.push('/');
-        load_list.push_str(&inside);
         // Dependencies that are themselves in the list (earlier lines); built-ins are not.
-        for dep in module.depends.iter().filter(|d| names.contains(d)) {
-            load_list.push(' ');
-            load_list.push_str(dep);
-        }
+        let depends = module
+            .depends
+            .iter()
+            .filter(|d| names.contains(d))
+            .cloned()
+            .collect();
+        let listed = ListedModule::new(format!("/{inside}"), depends);
+        load_list.push_str(&listed.to_string());
         load_list.push('\n');
         archive.add_file(&inside, 0o644, bytes);
-        names.push(modules::module_name(&module.path));
+        names.push(listed.name);
     }
-    archive.add_file(MODULE_LOAD_LIST, 0o644, load_list.into_bytes());
+    archive.add_file(
+        archive_path(module_list::LOAD_LIST),
+        0o644,
+        load_list.into_bytes(),
+    );
 
     let compression = kernel_compression(&opts.rootfs, &opts.kernel_version)?;
     let size = write_atomically(&opts.output, |file| {
@@ -246,6 +219,11 @@ pub fn build_initramfs(opts: &InitramfsOptions) -> Result<InitramfsSummary, Init
         skipped: resolution.missing,
         compression,
     })
+}
+
+/// A path inside the initramfs as the archive names it (no leading `/`).
+fn archive_path(absolute: &str) -> &str {
+    absolute.trim_start_matches('/')
 }
 
 fn strip_compression(path: &str) -> &str {
@@ -310,7 +288,7 @@ mod tests {
             rootfs: tree.to_path_buf(),
             kernel_version: "6.1.0-test".into(),
             init_binary: init.to_path_buf(),
-            modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            modules: module_list::WANTED.iter().map(|s| s.to_string()).collect(),
             output: output.to_path_buf(),
         }
     }
@@ -363,7 +341,7 @@ mod tests {
         assert_eq!(summary.size, fs::metadata(&out).unwrap().len());
         assert_eq!(
             summary.modules,
-            // DEFAULT_MODULES order, each after its dependencies.
+            // WANTED order, each after its dependencies.
             [
                 "virtio_ring",
                 "virtio",
@@ -390,7 +368,11 @@ mod tests {
                 .data,
             plain
         );
-        let list = String::from_utf8(get(MODULE_LOAD_LIST).unwrap().data.clone()).unwrap();
+        let list = get(archive_path(module_list::LOAD_LIST))
+            .unwrap()
+            .data
+            .clone();
+        let list = String::from_utf8(list).unwrap();
         let lines: Vec<&str> = list.lines().collect();
         assert_eq!(
             lines[0],
@@ -401,6 +383,9 @@ mod tests {
             "/usr/lib/modules/6.1.0-test/kernel/drivers/block/virtio_blk.ko virtio virtio_ring"
         );
         assert_eq!(lines.len(), 7);
+        // /init reads it back (wellcar_contract's parser) as the modules built, in order.
+        let names: Vec<String> = module_list::parse(&list).map(|m| m.name).collect();
+        assert_eq!(names, summary.modules);
         let paths = lines.iter().map(|l| l.split(' ').next().unwrap());
         assert!(paths.clone().all(|p| get(&p[1..]).is_some()), "{list}");
     }

@@ -17,12 +17,9 @@ use std::path::{Path, PathBuf};
 
 use crate::InitramfsError;
 
-/// Kernel-style module name: file stem without `.ko*`, `-` folded to `_`.
-pub fn module_name(path_or_name: &str) -> String {
-    let file = path_or_name.rsplit('/').next().unwrap_or(path_or_name);
-    let stem = file.find(".ko").map_or(file, |i| &file[..i]);
-    stem.replace('-', "_")
-}
+/// Kernel-style module name: file stem without `.ko*`, `-` folded to `_` (the load list's
+/// names, `wellcar_contract::module_list`).
+pub use wellcar_contract::module_list::module_name;
 
 /// One loadable module of the tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,15 +442,6 @@ pub(crate) mod tests {
             ["dm_bufio", "dm_mod"]
         );
         check_resolution(&index);
-    }
-
-    #[test]
-    fn names_fold_dashes_and_extensions() {
-        assert_eq!(
-            module_name("kernel/fs/nls/nls_iso8859-1.ko.xz"),
-            "nls_iso8859_1"
-        );
-        assert_eq!(module_name("dm-verity"), "dm_verity");
     }
 
     #[test]

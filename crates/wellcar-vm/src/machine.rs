@@ -11,6 +11,8 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use wellcar_contract::CommandError;
+
 use crate::accel::Accel;
 
 /// Failures starting or driving a VM; each names the file, pattern or process concerned.
@@ -26,13 +28,14 @@ pub enum VmError {
         /// How to get it.
         hint: &'static str,
     },
-    /// A command (qemu-img, qemu) failed.
-    #[error("`{command}` failed: {message}")]
-    Command {
-        /// The command.
-        command: String,
-        /// What went wrong.
-        message: String,
+    /// A command (qemu-img, ssh-keygen) failed, or QEMU could not be started.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// Text was to be typed on a console that is the terminal's, not captured.
+    #[error("the serial console of {dir} is interactive (on the terminal), not captured")]
+    ConsoleNotCaptured {
+        /// The machine's state directory.
+        dir: PathBuf,
     },
     /// The console did not show the pattern in time.
     #[error("console did not show {pattern:?} within {seconds} s; last console lines:\n{tail}")]
@@ -74,7 +77,8 @@ pub enum VmError {
 pub enum Firmware {
     /// SeaBIOS (legacy BIOS, GRUB from the MBR and BIOS-BOOT).
     Bios,
-    /// OVMF (UEFI, GRUB from `EFI/BOOT/BOOTX64.EFI`).
+    /// OVMF (UEFI, GRUB from the ESP's removable-media path,
+    /// [`wellcar_contract::esp::EFI_LOADER`]).
     Uefi,
 }
 
@@ -160,18 +164,9 @@ fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T, 
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Result<(), VmError> {
-    let out = cmd.output().map_err(|e| VmError::Command {
-        command: format!("{cmd:?}"),
-        message: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(VmError::Command {
-            command: format!("{cmd:?}"),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    tracing::debug!("exec: {cmd:?}");
+    wellcar_contract::command::run(cmd)?;
+    Ok(())
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -292,10 +287,7 @@ impl Machine {
         let console: Arc<(Mutex<Console>, Condvar)> = Arc::default();
         if cfg.interactive {
             cmd.args(["-serial", "mon:stdio"]);
-            let child = cmd.spawn().map_err(|e| VmError::Command {
-                command: format!("{cmd:?}"),
-                message: e.to_string(),
-            })?;
+            let child = cmd.spawn().map_err(|e| CommandError::spawn(&cmd, e))?;
             return Ok(Machine {
                 child,
                 stdin: None,
@@ -310,10 +302,7 @@ impl Machine {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         tracing::debug!("exec: {cmd:?}");
-        let mut child = cmd.spawn().map_err(|e| VmError::Command {
-            command: format!("{cmd:?}"),
-            message: e.to_string(),
-        })?;
+        let mut child = cmd.spawn().map_err(|e| CommandError::spawn(&cmd, e))?;
         let log_path = dir.join("console.log");
         let mut log = io(std::fs::File::create(&log_path), "creating", &log_path)?;
         let mut stdout = child.stdout.take().expect("piped");
@@ -417,10 +406,12 @@ impl Machine {
 
     /// Types `text` on the serial console.
     pub fn send(&mut self, text: &str) -> Result<(), VmError> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| VmError::Command {
-            command: "serial console".into(),
-            message: "the console is interactive, not captured".into(),
-        })?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| VmError::ConsoleNotCaptured {
+                dir: self.dir.clone(),
+            })?;
         io(
             stdin.write_all(text.as_bytes()).and_then(|_| stdin.flush()),
             "writing to console of",
@@ -473,10 +464,7 @@ impl Machine {
 
     /// Blocks until QEMU exits.
     pub fn wait_exit(&mut self) -> Result<ExitStatus, VmError> {
-        self.child.wait().map_err(|e| VmError::Command {
-            command: "qemu-system-x86_64".into(),
-            message: e.to_string(),
-        })
+        io(self.child.wait(), "waiting for QEMU of", &self.dir)
     }
 
     /// The overlay disk the machine writes.
@@ -541,6 +529,26 @@ mod tests {
         std::fs::write(&raw, [0u8; 512]).unwrap();
         assert_eq!(backing_format(&qcow2).unwrap(), "qcow2");
         assert_eq!(backing_format(&raw).unwrap(), "raw");
+    }
+
+    #[test]
+    fn a_failing_qemu_img_names_the_command_and_its_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.qcow2");
+        let err = run(Command::new("qemu-img").arg("info").arg(&missing)).unwrap_err();
+        let VmError::Command(CommandError::Failed {
+            program,
+            args,
+            stderr,
+            ..
+        }) = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(program, "qemu-img");
+        assert_eq!(args[1], missing.display().to_string());
+        assert!(stderr.contains("missing.qcow2"), "{stderr}");
+        assert!(err.to_string().starts_with("`qemu-img info "), "{err}");
     }
 
     #[test]

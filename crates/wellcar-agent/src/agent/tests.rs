@@ -152,3 +152,30 @@ fn reboot_warns_logged_in_users_and_refuses_mid_install() {
     agent.reboot(Duration::from_secs(3600)).unwrap();
     assert!(!wall.exists());
 }
+
+#[test]
+fn a_failed_reboot_command_is_an_error_with_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_in(dir.path());
+    agent.paths.who_command = vec!["true".into()];
+    agent.paths.reboot_command = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo 'Access denied' >&2; exit 1".into(),
+    ];
+    agent.machine.state_mut().phase = staged();
+    let err = agent.reboot(Duration::ZERO).unwrap_err();
+    let AgentError::Reboot { version, source } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(version, "1.1.0");
+    assert_eq!(source.status().and_then(|s| s.code()), Some(1));
+    let line = error_chain(&err);
+    assert!(
+        line.starts_with("rebooting into 1.1.0: `sh -c ") && line.ends_with(": Access denied"),
+        "{line}"
+    );
+    agent.paths.reboot_command = Vec::new();
+    let err = error_chain(&agent.reboot(Duration::ZERO).unwrap_err());
+    assert!(err.ends_with("cannot run ``: empty command"), "{err}");
+}

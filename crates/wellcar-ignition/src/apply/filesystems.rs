@@ -15,7 +15,9 @@
 //!
 //! Runs `blkid`, `wipefs` and `mkfs.<type>`/`mkswap` from `PATH`.
 
-use std::process::Command;
+use std::process::{Command, Output};
+
+use wellcar_contract::command;
 
 use super::root::{write_atomic, TargetRoot};
 use super::{ApplyError, Recorder};
@@ -47,49 +49,28 @@ pub(crate) fn escape_path(path: &str) -> String {
     out
 }
 
-fn run(field: &str, program: &str, args: &[String]) -> Result<std::process::Output, ApplyError> {
+/// Runs `program` for the config entry at `field`.
+fn run(field: &str, program: &str, args: &[String]) -> Result<Output, ApplyError> {
     tracing::debug!("exec: {program} {args:?}");
-    Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| ApplyError::Spawn {
-            field: field.to_string(),
-            program: program.to_string(),
-            source,
-        })
-}
-
-fn check(field: &str, program: &str, args: &[String]) -> Result<(), ApplyError> {
-    let out = run(field, program, args)?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(ApplyError::CommandFailed {
+    command::run(Command::new(program).args(args)).map_err(|source| ApplyError::Command {
         field: field.to_string(),
-        program: program.to_string(),
-        status: out.status.to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        source,
     })
 }
 
 /// `(TYPE, LABEL, UUID)` of an existing signature, if any.
 fn probe(field: &str, device: &str) -> Result<Option<(String, String, String)>, ApplyError> {
-    let out = run(
-        field,
-        "blkid",
-        &["-p".into(), "-o".into(), "export".into(), device.into()],
-    )?;
-    if out.status.code() == Some(2) {
-        return Ok(None);
-    }
-    if !out.status.success() {
-        return Err(ApplyError::CommandFailed {
-            field: field.to_string(),
-            program: "blkid".into(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+    let args = ["-p".into(), "-o".into(), "export".into(), device.into()];
+    let out = match run(field, "blkid", &args) {
+        Ok(out) => out,
+        // blkid's "nothing found".
+        Err(ApplyError::Command { source, .. })
+            if source.status().and_then(|s| s.code()) == Some(2) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
     let text = String::from_utf8_lossy(&out.stdout);
     let get = |k: &str| {
         text.lines()
@@ -250,12 +231,12 @@ pub(crate) fn apply_filesystems(
             }
             _ => {
                 if existing.is_some() {
-                    check(&field, "wipefs", &["-a".into(), fs.device.clone()])?;
+                    run(&field, "wipefs", &["-a".into(), fs.device.clone()])?;
                     rec.action(format!("wiped signatures on {}", fs.device));
                 }
                 if format != "none" {
                     let (program, args) = mkfs_command(fs, format);
-                    check(&field, &program, &args)?;
+                    run(&field, &program, &args)?;
                     rec.action(format!("created {format} filesystem on {}", fs.device));
                 }
             }
@@ -305,6 +286,31 @@ mod tests {
 
     fn have(tool: &str) -> bool {
         Command::new(tool).arg("--version").output().is_ok()
+    }
+
+    #[test]
+    fn a_failing_program_is_an_error_naming_the_field_program_and_stderr() {
+        let err = run(
+            "storage.filesystems.0",
+            "sh",
+            &["-c".into(), "echo 'no such device' >&2; exit 1".into()],
+        )
+        .unwrap_err();
+        let ApplyError::Command { field, source } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(field, "storage.filesystems.0");
+        assert!(
+            matches!(source, wellcar_contract::CommandError::Failed { program, stderr, .. }
+                if program == "sh" && stderr == "no such device"),
+            "{source:?}"
+        );
+        let err = run("storage.filesystems.1", "wellcar-no-mkfs", &[]).unwrap_err();
+        assert_eq!(err.to_string(), "storage.filesystems.1");
+        assert_eq!(
+            std::error::Error::source(&err).unwrap().to_string(),
+            "cannot run `wellcar-no-mkfs`"
+        );
     }
 
     /// Runs mkfs against a regular file, which mkfs and blkid accept like a disk.

@@ -136,28 +136,14 @@ pub enum ApplyError {
         /// Group name.
         name: String,
     },
-    /// An external program could not be started.
-    #[error("{field}: cannot run {program}")]
-    Spawn {
+    /// An external program (mkfs, wipefs, blkid) could not be started or failed.
+    #[error("{field}")]
+    Command {
         /// JSON path.
         field: String,
-        /// Program name.
-        program: String,
-        /// The OS error.
+        /// The program, its exit status and its stderr.
         #[source]
-        source: std::io::Error,
-    },
-    /// An external program (mkfs, wipefs, blkid) failed.
-    #[error("{field}: {program} failed ({status}): {stderr}")]
-    CommandFailed {
-        /// JSON path.
-        field: String,
-        /// Program name.
-        program: String,
-        /// Exit status.
-        status: String,
-        /// Its standard error.
-        stderr: String,
+        source: wellcar_contract::CommandError,
     },
     /// An existing filesystem does not match and `wipeFilesystem` is false.
     #[error("{field}: {device} already holds {found}, which does not match the config, and wipeFilesystem is false")]
