@@ -1,5 +1,5 @@
 //! End-to-end tests: a real server on an ephemeral loopback port, driven over real HTTP, each
-//! test run against SQLite and against a real PostgreSQL (see [`crate::pg_cluster`]).
+//! test run against SQLite and against a real PostgreSQL (see [`wellcar_test_support::pg_cluster`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -35,7 +35,7 @@ fn database_url(backend: Backend, dir: &std::path::Path) -> String {
     match backend {
         Backend::Sqlite => format!("sqlite:{}", dir.join("server.db").display()),
         Backend::Postgres => {
-            let cluster = crate::pg_cluster::shared_cluster()
+            let cluster = wellcar_test_support::pg_cluster::shared_cluster()
                 .unwrap_or_else(|e| panic!("postgresql tests need a server: {e}"));
             cluster.create_database().expect("creating a test database")
         }
