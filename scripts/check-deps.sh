@@ -8,7 +8,8 @@
 #
 # Keep the list in step with what the code runs: Command::new(...) in crates/ and tests/ (grep
 # for it), wellcar-image's src/tools.rs, crates/wellcar-vm, wellcar-test-support's pg_cluster.rs
-# and scripts/. install-deps.sh installs every package named here.
+# and tools.rs (its tests check that each of its tools is listed here with the same package) and
+# scripts/. install-deps.sh installs every package named here.
 set -euo pipefail
 
 # command:package, one per command the project calls.
