@@ -12,7 +12,7 @@ use wellcar_omaha::{
 };
 
 use crate::client::ApiClient;
-use crate::model::{Activity, Group, Instance, Package};
+use crate::model::{Activity, Group, Instance, InstanceEvent, Package};
 use crate::store::{self, Role};
 use crate::{RunningServer, Settings};
 
@@ -268,6 +268,7 @@ both_backends!(
     retention_prunes_old_data,
     downgrades_only_when_allowed,
     floors_are_mandatory_steps,
+    instance_events_list_in_the_order_machines_sent_them,
 );
 
 async fn fresh_server_seeds_and_answers(backend: Backend) {
@@ -1045,6 +1046,97 @@ async fn downgrades_only_when_allowed(backend: Backend) {
         panic!()
     };
     assert_eq!(info.version, "1.5.0");
+    h.stop().await;
+}
+
+async fn instance_events_list_in_the_order_machines_sent_them(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.publish("1.2.3", "stable").await;
+    assert!(is_update(&h.check("m1", "1.0.0", "stable").await));
+    // The test clock stands still: these events share one created_at, and still list in order.
+    h.event("m1", "1.0.0", "stable", ev(13, 1)).await;
+    h.event("m1", "1.0.0", "stable", ev(14, 1)).await;
+    // Two in one request, as an agent sends its outbox after an outage.
+    let r = h
+        .post(&request(
+            WELLCAR_APP_ID,
+            "m1",
+            "1.0.0",
+            "stable",
+            false,
+            &[ev(3, 1), ev_err(44)],
+        ))
+        .await;
+    assert_eq!(r.apps[0].event_acks, 2);
+    h.advance(Duration::from_secs(60));
+    h.post(&request(
+        WELLCAR_APP_ID,
+        "m1",
+        "1.2.3",
+        "stable",
+        true,
+        &[ev_rebooted("1.0.0")],
+    ))
+    .await;
+    h.event("m2", "1.0.0", "stable", ev(13, 1)).await;
+    let path = format!("/api/v1/apps/{WELLCAR_APP_ID}/instances/m1/events");
+    let events: Vec<InstanceEvent> = h.api.get(&path).await.unwrap();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event_type,
+                e.event_result,
+                e.error_code,
+                e.previous_version.as_deref(),
+                e.version.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (13, 1, None, None, "1.0.0"),
+            (14, 1, None, None, "1.0.0"),
+            (3, 1, None, None, "1.0.0"),
+            (3, 0, Some(44), None, "1.0.0"),
+            (3, 2, None, Some("1.0.0"), "1.2.3"),
+        ]
+    );
+    assert_eq!(events[4].created_at - events[0].created_at, 60_000);
+    // A limit keeps the latest, still oldest first.
+    let latest: Vec<InstanceEvent> = h.api.get(&format!("{path}?limit=2")).await.unwrap();
+    assert_eq!(latest, events[3..]);
+    // Each machine has its own; an unknown one has none.
+    let m2: Vec<InstanceEvent> = h
+        .api
+        .get(&format!(
+            "/api/v1/apps/{WELLCAR_APP_ID}/instances/m2/events"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        m2.iter()
+            .map(|e| (e.event_type, e.event_result))
+            .collect::<Vec<_>>(),
+        [(13, 1)]
+    );
+    let none: Vec<InstanceEvent> = h
+        .api
+        .get(&format!(
+            "/api/v1/apps/{WELLCAR_APP_ID}/instances/nobody/events"
+        ))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let err = h
+        .api
+        .get::<Vec<InstanceEvent>>("/api/v1/apps/no-such-app/instances/m1/events")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    let err = h.omaha.get::<Vec<InstanceEvent>>(&path).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
     h.stop().await;
 }
 
