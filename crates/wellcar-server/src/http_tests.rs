@@ -1140,6 +1140,18 @@ async fn instance_events_list_in_the_order_machines_sent_them(backend: Backend) 
     h.stop().await;
 }
 
+/// Waits until server `b` has reloaded the configuration generation `a` is at: `a` reloads
+/// at once after a change made through it, `b` on its own every `config_refresh`.
+async fn b_reloads_what_a_wrote(a: &Harness, b: &RunningServer) {
+    let want = a.state().config().generation;
+    wellcar_test_support::wait::wait_until_async(
+        &format!("the second server to reload configuration generation {want}"),
+        Duration::from_secs(10),
+        || async { (b.state.config().generation >= want).then_some(()) },
+    )
+    .await;
+}
+
 /// Several server processes share one PostgreSQL: a concurrency limit of one holds across them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_share_one_postgres() {
@@ -1151,7 +1163,7 @@ async fn two_servers_share_one_postgres() {
     let b = ApiClient::new(&b_server.url(), None);
     a.publish("2.0.0", "stable").await;
     a.patch_group("stable", json!({"max_concurrent": 1})).await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // > config_refresh: b sees the package
+    b_reloads_what_a_wrote(&a, &b_server).await;
     let first = a.check("x1", "1.0.0", "stable").await;
     assert!(is_update(&first));
     let (_, body) = b
@@ -1166,7 +1178,8 @@ async fn two_servers_share_one_postgres() {
         !is_update(&via_b),
         "the second server granted past the shared limit"
     );
-    // Pausing through one server stops the other within its refresh interval.
+    // Pausing through one server stops the other once it reloads (it polls every
+    // `config_refresh`).
     let _: Group = a
         .api
         .call(
@@ -1185,7 +1198,7 @@ async fn two_servers_share_one_postgres() {
         &[ev_rebooted("1.0.0")],
     ))
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    b_reloads_what_a_wrote(&a, &b_server).await;
     let (_, body) = b
         .omaha(&request(WELLCAR_APP_ID, "x2", "1.0.0", "stable", true, &[]))
         .await
