@@ -1,18 +1,21 @@
 //! Fixtures and helpers shared by the tests of more than one crate. **For tests only**: crates
 //! take it as a `[dev-dependencies]` entry, never as a normal dependency, and nothing here is
-//! part of Wellcar. It is test code: helpers panic with a message that says what went wrong
-//! instead of returning errors.
+//! part of Wellcar. It is test code: helpers fail the test (panic) with a message that says
+//! what went wrong; the few that return an error do so for callers that add their own context.
 //!
 //! - [`build`]: a small build output directory shaped like `wellcar build`'s, and signed
 //!   payloads made from it (the payload and agent tests);
 //! - [`pg_cluster`]: a private, throw-away PostgreSQL cluster (the server's tests and
 //!   benchmark);
 //! - [`tools`]: running host tools; a missing one fails the test naming its Debian package;
-//! - [`wait`]: waiting on a condition with a deadline, never on a fixed sleep.
+//! - [`wait`]: waiting on a condition with a deadline, never on a fixed sleep;
+//! - [`vm`]: the VM tests' helpers over a booted machine (console tail, autologin wait, a
+//!   console command with its exit status).
 //!
 //! A fixture that only one crate's tests use stays in that crate.
 
 pub mod build;
 pub mod pg_cluster;
 pub mod tools;
+pub mod vm;
 pub mod wait;

@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("mcopy", "mtools"),
     ("debugfs", "e2fsprogs"),
     ("sgdisk", "gdisk"),
+    ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
     ("gzip", "gzip"),
     ("tar", "tar"),
