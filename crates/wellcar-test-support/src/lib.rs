@@ -19,3 +19,41 @@ pub mod pg_cluster;
 pub mod tools;
 pub mod vm;
 pub mod wait;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every workspace manifest that names this crate names it under `[dev-dependencies]`
+    /// only.
+    #[test]
+    fn only_dev_dependencies_name_this_crate() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut manifests = vec![root.join("tests/Cargo.toml")];
+        for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+            let manifest = entry.unwrap().path().join("Cargo.toml");
+            if manifest.is_file() {
+                manifests.push(manifest);
+            }
+        }
+        let mut users = Vec::new();
+        for manifest in &manifests {
+            let doc: toml::Table = std::fs::read_to_string(manifest).unwrap().parse().unwrap();
+            for (section, table) in &doc {
+                let names_it = table
+                    .as_table()
+                    .is_some_and(|t| t.contains_key("wellcar-test-support"));
+                if names_it {
+                    assert_eq!(
+                        section,
+                        "dev-dependencies",
+                        "{} names wellcar-test-support under [{section}]",
+                        manifest.display()
+                    );
+                    users.push(manifest);
+                }
+            }
+        }
+        assert!(users.len() >= 4, "{users:?}");
+    }
+}
