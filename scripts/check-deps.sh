@@ -7,7 +7,8 @@
 # WELLCAR_CHECK_DEPS_NO_RUST=1 skips the Rust toolchain (a chroot has none).
 #
 # Keep the list in step with what the code runs: Command::new(...) in crates/ and tests/ (grep
-# for it), wellcar-image's src/tools.rs, crates/wellcar-vm, the server's pg_cluster.rs and
+# for it), wellcar-image's src/tools.rs, crates/wellcar-vm, wellcar-test-support's pg_cluster.rs
+# and tools.rs (its tests check that each of its tools is listed here with the same package) and
 # scripts/. install-deps.sh installs every package named here.
 set -euo pipefail
 

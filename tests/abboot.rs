@@ -22,27 +22,17 @@ use std::time::Duration;
 
 use wellcar_bootstate::{BootState, Esp};
 use wellcar_disk::{find_partition, PartitionKey, Slot, USR_DATA_BLOCKS, USR_VERITY_HASH_OFFSET};
+use wellcar_test_support::tools::run;
+use wellcar_test_support::vm::{logged_in, shell_status, tail, BOOT_TIMEOUT};
 use wellcar_vmtests::*;
 
 /// A failing boot: kernel panic (`panic=10`) or initramfs failure (reboot delay 3 s) plus GRUB.
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(480);
 const B_GUID: &str = "e03dd35c-7c2d-4a47-b3fe-27f15780a57c";
 
-/// Runs `command` on the console; returns its output and exit status. The status is printed
-/// inside the framed output (the frame's own `rc=` can be read before it fully arrived).
+/// Runs `command` on the console; returns its output and exit status.
 fn sh(vm: &mut Machine, command: &str) -> (String, i32) {
-    let out = vm
-        .shell(&format!("{command}; echo \"@RC=$?@\""), BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{command}: {}\n{}", chain(&e), tail(vm)));
-    let at = out
-        .rfind("@RC=")
-        .unwrap_or_else(|| panic!("{command}: no status in {out:?}"));
-    let code = out[at + 4..]
-        .split('@')
-        .next()
-        .and_then(|c| c.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{command}: bad status in {out:?}"));
-    (out[..at].to_string(), code)
+    shell_status(vm, command).unwrap_or_else(|e| panic!("{e}\n{}", tail(vm)))
 }
 
 fn ok(vm: &mut Machine, command: &str) -> String {
@@ -58,16 +48,6 @@ fn refused(vm: &mut Machine, command: &str, reason: &str) {
         out.contains(reason),
         "{command}: {out:?} does not say {reason:?}"
     );
-}
-
-fn tail(vm: &Machine) -> String {
-    let c = vm.console();
-    let start = c.len().saturating_sub(4000);
-    let start = (0..=start)
-        .rev()
-        .find(|&i| c.is_char_boundary(i))
-        .unwrap_or(0);
-    c[start..].to_string()
 }
 
 fn status(vm: &mut Machine) -> serde_json::Value {
@@ -90,7 +70,7 @@ fn expect_boot(vm: &mut Machine, from: usize, slot: Slot, timeout: Duration) -> 
         "GRUB booted the wrong slot:\n{}",
         tail(vm)
     );
-    logged_in(vm, at);
+    logged_in_quiet(vm, at);
     at
 }
 
@@ -109,10 +89,9 @@ fn next_boot(vm: &mut Machine, from: usize, timeout: Duration) -> usize {
     at
 }
 
-fn logged_in(vm: &mut Machine, from: usize) {
-    vm.wait_for_from(from, "(automatic login)", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("no autologin: {}\n{}", chain(&e), tail(vm)));
-    std::thread::sleep(Duration::from_secs(2));
+/// Waits for the autologin shell, then keeps kernel messages off the console.
+fn logged_in_quiet(vm: &mut Machine, from: usize) {
+    logged_in(vm, from);
     // Kernel messages on the serial console would interleave with command output.
     ok(vm, "sudo dmesg -n 1");
 }
@@ -133,16 +112,6 @@ fn boot_settled(vm: &mut Machine) -> bool {
         )
         .unwrap();
     out.starts_with("active")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Restarts the machine on the disk `vm` left behind (after a power cut or a poweroff).
@@ -289,7 +258,7 @@ fn ab_update_rollback_fallbacks_and_power_cuts() {
         } else {
             Slot::A
         };
-        logged_in(&mut vm, at);
+        logged_in_quiet(&mut vm, at);
         boot_settled(&mut vm);
         let st = status(&mut vm);
         assert_eq!(st["booted"], now.to_string());
@@ -443,6 +412,7 @@ fn write_empty_usr_b(disk: &Path, dir: &Path) -> String {
         .arg(format!("--data-blocks={USR_DATA_BLOCKS}"))
         .arg(&slot)
         .arg(&slot));
+    let out = String::from_utf8_lossy(&out.stdout);
     let hash = out
         .lines()
         .find_map(|l| l.strip_prefix("Root hash:"))

@@ -12,6 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use wellcar_disk::{find_partition, PartitionKey, Slot, USR_VERITY_HASH_OFFSET};
+use wellcar_test_support::tools::{self, run};
+use wellcar_test_support::vm::{logged_in, BOOT_TIMEOUT};
 use wellcar_vmtests::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -31,24 +33,6 @@ fn ok(vm: &mut Machine, command: &str) -> String {
         "{command} failed:\n{out}"
     );
     out
-}
-
-fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Waits for the autologin shell on the serial console.
-fn logged_in(vm: &mut Machine, from: usize) {
-    vm.wait_for_from(from, "(automatic login)", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("no autologin: {}\n{}", chain(&e), vm.console()));
-    // Let the shell print its prompt before typing.
-    std::thread::sleep(Duration::from_secs(2));
 }
 
 /// A copy of the built disk in `target/vmtest/<name>`, edited as raw bytes by `edit`, returned
@@ -86,12 +70,12 @@ fn append_to_cmdline(raw: &Path, disk: &mut File, extra: &str) {
         .arg(format!("skip={}", oem.offset / 512))
         .arg(format!("count={}", oem.size / 512)));
     let cfg = raw.with_extension("grub.cfg");
-    let dumped = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("dump /grub.cfg {}", cfg.display()))
-        .arg(&part)
-        .output()
-        .unwrap();
+    let dumped = tools::output(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump /grub.cfg {}", cfg.display()))
+            .arg(&part),
+    );
     assert!(dumped.status.success());
     let text = std::fs::read_to_string(&cfg).unwrap_or_default();
     let edited = if text.contains("linux_append=\"") {
@@ -237,18 +221,18 @@ fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
     assert!(bytes > 5 << 30, "ROOT is only {bytes} bytes:\n{size}");
 
     let port = vm.ssh_port.unwrap();
-    let ssh = Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-i"])
-        .arg(&key)
-        .args(["-p", &port.to_string(), "core@127.0.0.1", "id -un"])
-        .output()
-        .unwrap();
+    let ssh = tools::output(
+        Command::new("ssh")
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-i"])
+            .arg(&key)
+            .args(["-p", &port.to_string(), "core@127.0.0.1", "id -un"]),
+    );
     assert!(
         String::from_utf8_lossy(&ssh.stdout).trim() == "core",
         "ssh login failed: {}",

@@ -29,6 +29,8 @@ use base64::Engine as _;
 use clap::Parser as _;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
+use wellcar_test_support::tools::{self, run};
+use wellcar_test_support::vm::{shell_status, tail, wait_logged_in, BOOT_TIMEOUT};
 use wellcar_vmtests::*;
 
 /// Where the guest finds the update server (forwarded to the host's loopback).
@@ -291,16 +293,6 @@ fn make_executable(path: &Path) {
 // ---------------------------------------------------------------------------------------------
 // The workload image and the Ignition config
 
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -340,7 +332,7 @@ fn workload_image(dir: &Path) -> Vec<u8> {
         .arg("-cf")
         .arg("-")
         .args(what);
-        run(&mut cmd)
+        run(&mut cmd).stdout
     };
     let layer = tar(&rootfs, &["bin"]);
     let layout = dir.join("layout");
@@ -389,7 +381,7 @@ fn workload_image(dir: &Path) -> Vec<u8> {
 fn gzip(bytes: &[u8], dir: &Path) -> Vec<u8> {
     let path = dir.join("gzip-input");
     std::fs::write(&path, bytes).expect("gzip input");
-    run(Command::new("gzip").args(["-9", "-n", "-c"]).arg(&path))
+    run(Command::new("gzip").args(["-9", "-n", "-c"]).arg(&path)).stdout
 }
 
 fn data_url(bytes: &[u8]) -> String {
@@ -571,23 +563,9 @@ impl Story {
 
     /// Runs `command` on the console; returns its output and exit status.
     fn sh(&mut self, command: &str) -> (String, i32) {
-        let out = match self
-            .vm
-            .shell(&format!("{command}; echo \"@RC=$?@\""), BOOT_TIMEOUT)
-        {
-            Ok(out) => out,
-            Err(e) => self.fail(&format!("{command}: {}", chain(&e))),
-        };
-        let Some(at) = out.rfind("@RC=") else {
-            self.fail(&format!("{command}: no status in {out:?}"))
-        };
-        let code = out[at + 4..]
-            .split('@')
-            .next()
-            .and_then(|c| c.trim().parse().ok());
-        match code {
-            Some(code) => (out[..at].to_string(), code),
-            None => self.fail(&format!("{command}: bad status in {out:?}")),
+        match shell_status(&mut self.vm, command) {
+            Ok(done) => done,
+            Err(e) => self.fail(&e),
         }
     }
 
@@ -646,13 +624,9 @@ impl Story {
     /// Waits for the autologin shell after `from`, then for the boot to settle; returns
     /// whether mark-good ran.
     fn settle(&mut self, from: usize) -> bool {
-        if let Err(e) = self
-            .vm
-            .wait_for_from(from, "(automatic login)", BOOT_TIMEOUT)
-        {
+        if let Err(e) = wait_logged_in(&mut self.vm, from) {
             self.fail(&format!("no autologin: {}", chain(&e)));
         }
-        std::thread::sleep(Duration::from_secs(2));
         // Kernel messages on the serial console would interleave with command output.
         self.ok("sudo dmesg -n 1");
         let _ = self
@@ -765,10 +739,7 @@ impl Story {
     /// ssh with the Ignition key, as an operator logs in.
     fn ssh(&self, command: &str) -> String {
         let port = self.vm.ssh_port.expect("ssh is forwarded");
-        let out = wellcar_vm::core_ssh(port, &self.ssh_key, 60)
-            .arg(command)
-            .output()
-            .expect("running ssh");
+        let out = tools::output(wellcar_vm::core_ssh(port, &self.ssh_key, 60).arg(command));
         if !out.status.success() {
             self.fail(&format!(
                 "ssh core@ {command}: {}",
@@ -835,16 +806,6 @@ fn spawn(
     cfg.ssh_port = Some(0);
     cfg.guest_forwards = vec![(GUEST_SERVER.to_owned(), server.port())];
     Machine::spawn(&cfg).unwrap_or_else(|e| panic!("starting QEMU: {}", chain(&e)))
-}
-
-fn tail(vm: &Machine) -> String {
-    let c = vm.console();
-    let start = c.len().saturating_sub(6000);
-    let start = (0..=start)
-        .rev()
-        .find(|&i| c.is_char_boundary(i))
-        .unwrap_or(0);
-    c[start..].to_string()
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! Shared pieces of the VM tests: building real images (once per test process, or once per
 //! `scripts/test.sh` run through `WELLCAR_TEST_BUILD_ID`), locating the workspace, and booting.
+//! The helpers over a booted machine (console tail, autologin wait, console commands, running
+//! host tools) are in `wellcar_test_support::vm` and `::tools`, a dev-dependency of these tests.
 //!
 //! These tests need the host tools `scripts/install-deps.sh` installs and the static initramfs
 //! `/init` that `scripts/build-guest.sh` builds; when either is missing they fail and say so.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 pub use wellcar_image::{chain, BuildManifest};
 pub use wellcar_vm::{Accel, Firmware, Machine, MachineConfig};
@@ -138,6 +139,3 @@ pub fn machine(built: &Built, firmware: Firmware) -> MachineConfig {
     cfg.firmware = firmware;
     cfg
 }
-
-/// Generous timeouts: TCG on two shared cores is slow.
-pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);

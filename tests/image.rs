@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::Command;
 
+use wellcar_test_support::vm::BOOT_TIMEOUT;
 use wellcar_vmtests::*;
 
 fn sgdisk(args: &[&str], disk: &std::path::Path) -> String {

@@ -17,42 +17,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wellcar_contract::RootHash;
 use wellcar_disk::Slot;
 use wellcar_omaha::WELLCAR_APP_ID;
-use wellcar_payload::create::{create_payload_with, CreateOptions};
-use wellcar_payload::{Sha256Digest, SigningKey};
+use wellcar_payload::SigningKey;
 use wellcar_server::client::ApiClient;
-use wellcar_server::db::Conn;
-use wellcar_server::model::Instance;
+use wellcar_server::model::{Instance, InstanceEvent};
 use wellcar_server::store::{self, Role};
-use wellcar_verity::RootHasher;
+use wellcar_test_support::build::{Build, MIB};
+use wellcar_test_support::wait::wait_until;
 
 use crate::agent::{Agent, CheckOutcome, InstallSource};
 use crate::host::HostPaths;
 use crate::slots::EspSlots;
 use crate::state::{Operation, Phase};
 
-const MIB: u64 = 1024 * 1024;
-const USR_SIZE: u64 = 24 * MIB;
-const DATA_BLOCKS: u64 = 20 * MIB / 4096;
-const SALT: &str = "5ea1ab1e5ea1ab1e5ea1ab1e5ea1ab1e";
 const MACHINE: &str = "0f6a2d3b9c8e4f1aa7b6c5d4e3f2a1b0";
-
-/// Deterministic bytes that compress about 2:1 and do not repeat.
-fn filler(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        if state.is_multiple_of(2) {
-            out.extend_from_slice(&state.to_le_bytes()[..4]);
-        } else {
-            out.extend_from_slice(b"wellcar usr ");
-        }
-    }
-    out.truncate(len);
-    out
-}
 
 /// A signed payload for `version` and what it should install.
 struct Payload {
@@ -62,41 +39,16 @@ struct Payload {
     kernel: Vec<u8>,
 }
 
+/// The shared test build of `version` (`wellcar_test_support::build`) in `dir`, and its payload
+/// signed by `key`.
 fn make_payload(dir: &Path, version: &str, key: &SigningKey) -> Payload {
-    let build = dir.join(format!("build-{version}"));
-    std::fs::create_dir_all(&build).unwrap();
-    let mut usr = filler(16 * MIB as usize, version.len() as u64 + 7);
-    usr.resize(USR_SIZE as usize, 0);
-    let mut verity = RootHasher::new(&hex::decode(SALT).unwrap(), DATA_BLOCKS);
-    verity.update(&usr[..(DATA_BLOCKS * 4096) as usize]);
-    let root = verity.finish().unwrap();
-    usr[(DATA_BLOCKS * 4096) as usize..][..4096].copy_from_slice(&filler(4096, 99));
-    std::fs::write(build.join("usr.img"), &usr).unwrap();
-    let kernel = filler(300_001, 4);
-    std::fs::write(build.join("vmlinuz"), &kernel).unwrap();
-    std::fs::write(build.join("initramfs.img"), filler(MIB as usize + 17, 5)).unwrap();
-    let sha = |name: &str| Sha256Digest::of(&std::fs::read(build.join(name)).unwrap()).to_string();
-    let manifest = json!({
-        "version": version, "board": "amd64-usr", "build_id": "agent-test",
-        "verity_root_hash": root, "verity_salt": SALT,
-        "verity_hash_offset": DATA_BLOCKS * 4096, "verity_data_blocks": DATA_BLOCKS,
-        "usr_image": "usr.img", "usr_image_size": USR_SIZE, "usr_image_sha256": sha("usr.img"),
-        "kernel": "vmlinuz", "kernel_sha256": sha("vmlinuz"),
-        "initramfs": "initramfs.img", "initramfs_sha256": sha("initramfs.img"),
-        "disk_image": "wellcar.img", "qcow2_image": "wellcar.qcow2", "packages": []
-    });
-    let manifest_path = build.join("manifest.json");
-    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    let options = CreateOptions {
-        compression_level: 1,
-        ..CreateOptions::default()
-    };
-    let summary = create_payload_with(&build, &manifest_path, &[key], &build, &options).unwrap();
+    let build = Build::create(&dir.join(format!("build-{version}")), version);
+    let summary = build.payload(&[key]);
     Payload {
         path: summary.path,
         size: summary.size,
-        root_hash: root,
-        kernel,
+        root_hash: build.root_hash(),
+        kernel: build.kernel(),
     }
 }
 
@@ -193,6 +145,7 @@ impl Relay {
                         }
                         let pause = slow.load(Ordering::SeqCst);
                         if pause > 0 {
+                            // Part of the scenario, not a wait: a slow network.
                             tokio::time::sleep(Duration::from_millis(pause)).await;
                         }
                     }
@@ -228,6 +181,7 @@ impl Server {
         settings.poll_interval_secs = 1800;
         settings.public_url = Some(format!("http://{relay_addr}"));
         let server = wellcar_server::spawn(settings).await.unwrap();
+        // An operator's token, made the way `wellcar server token create` makes one.
         let token = server
             .state
             .db
@@ -248,6 +202,8 @@ impl Server {
         format!("{}/v1/update/", self.server.url())
     }
 
+    /// Uploads `payload` as `version` and publishes it to `stable`, through the admin API as
+    /// `wellcar server package publish` does.
     async fn publish(&self, version: &str, payload: &Path) {
         let _: serde_json::Value = self
             .api
@@ -259,6 +215,7 @@ impl Server {
             )
             .await
             .unwrap();
+        // The server reloads its configuration snapshot when a change is made through the API.
         let _: serde_json::Value = self
             .api
             .call(
@@ -268,36 +225,34 @@ impl Server {
             )
             .await
             .unwrap();
-        // The server reloads its config snapshot on a timer; reload it now.
-        self.server.state.refresh_config(true).await.unwrap();
     }
 
-    /// `(type, result, error code, previous version)` of every event of `MACHINE`, in order.
+    /// `(type, result, error code, previous version)` of every event of `MACHINE`, in the order
+    /// the agent sent them, as the admin API lists them.
     async fn events(&self) -> Vec<(i64, i64, Option<i64>, Option<String>)> {
-        self.server
-            .state
-            .db
-            .read(|c: &mut dyn Conn| {
-                let rows = c.query(
-                    "SELECT event_type, event_result, error_code, previous_version, machine_id
-                     FROM events ORDER BY created_at, rowid",
-                    &[],
-                )?;
-                let mut out = Vec::new();
-                for r in rows {
-                    if r.text(4)? == MACHINE {
-                        out.push((r.int(0)?, r.int(1)?, r.opt_int(2)?, r.opt_text(3)?));
-                    }
-                }
-                Ok(out)
-            })
+        let events: Vec<InstanceEvent> = self
+            .api
+            .get(&format!(
+                "/api/v1/apps/{WELLCAR_APP_ID}/instances/{MACHINE}/events?limit=1000"
+            ))
             .await
-            .unwrap()
+            .unwrap();
+        events
+            .into_iter()
+            .map(|e| {
+                (
+                    e.event_type,
+                    e.event_result,
+                    e.error_code,
+                    e.previous_version,
+                )
+            })
+            .collect()
     }
 
+    /// The agent's instance, as the admin API lists it (the listing includes check-ins still
+    /// queued for the batched write).
     async fn instance(&self) -> Instance {
-        // Check-ins are queued and written in batches; write the queue now.
-        self.server.state.flush_sightings().await.unwrap();
         let list: Vec<Instance> = self
             .api
             .get(&format!(
@@ -400,7 +355,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 fn key() -> SigningKey {
-    wellcar_payload::keys::new_signing_key().unwrap()
+    wellcar_test_support::build::signing_key()
 }
 
 fn asserts_staged(host: &Host, payload: &Payload) {
@@ -809,8 +764,8 @@ async fn kill_9_at_any_step_then_restart_continues() {
         &key,
         "REBOOT_STRATEGY=reboot\nWELLCAR_FIRST_CHECK_DELAY=0s\nWELLCAR_RETRY_DELAY=1s\n",
     );
-    // Slow transfers so kills land mid-download: ~6 MiB at 64 KiB per 15 ms.
-    server.relay.slow_ms.store(15, Ordering::SeqCst);
+    // Slow transfers so kills land mid-download: ~8 MiB at 64 KiB per 12 ms, ~1.5 s a download.
+    server.relay.slow_ms.store(12, Ordering::SeqCst);
     let rebooted = host.dir.path().join("rebooted");
     let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
     assert_eq!(HostPaths::under_root(&root).state_dir, host.paths.state_dir);
@@ -829,7 +784,9 @@ async fn kill_9_at_any_step_then_restart_continues() {
     };
     let store = crate::state::StateStore::new(&host.paths.state_dir);
     // Each run: start the daemon, watch status.json closely, SIGKILL it as soon as `kill_when`
-    // holds (or after `limit`). Returns the state seen at the kill.
+    // holds (or after `limit`). Returns the state seen at the kill. The kill time is the
+    // scenario (kills at arbitrary points), so reaching `limit` is not a failure here; what the
+    // kills hit is asserted below.
     let run_and_kill = |kill_when: &dyn Fn(&crate::state::AgentState) -> bool, limit: Duration| {
         let mut child = spawn();
         let start = std::time::Instant::now();
@@ -845,6 +802,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
                     break;
                 }
             }
+            // Poll interval of the watch (not a wait for something to happen).
             std::thread::sleep(Duration::from_millis(1));
         }
         child.sigkill();
@@ -968,8 +926,24 @@ async fn update_engine_client_update_drives_the_daemon() {
             .unwrap()
     })
     .await;
-    // Give a wrong reboot a chance to happen before checking it did not.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The daemon makes its reboot decision right after it records the check the client waited
+    // for, on the same thread: once it has handled a second request, a wrong reboot would have
+    // run (or would still block the loop, and this wait would fail).
+    let store = crate::state::StateStore::new(&host.paths.state_dir);
+    let second = crate::client::request_check(&store).unwrap();
+    blocking(move || {
+        wait_until(
+            "the daemon to handle a second check request",
+            Duration::from_secs(30),
+            || {
+                store
+                    .load()
+                    .ok()
+                    .filter(|s| s.handled_request.as_deref() == Some(second.as_str()))
+            },
+        )
+    })
+    .await;
     daemon.sigkill();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1011,16 +985,29 @@ async fn daemon_backs_off_while_the_server_is_down() {
     );
     let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
     let mut daemon = Daemon::start(&root, &[]);
-    let attempts = blocking(move || {
-        let mut at = Vec::new();
+    // A thread takes the daemon's first four connections, timing each as it arrives, then
+    // closes the listener; the test waits for each attempt with a deadline.
+    let (attempt, attempts) = std::sync::mpsc::channel();
+    let acceptor = std::thread::spawn(move || {
         for _ in 0..4 {
-            let (conn, _) = down.accept().unwrap();
-            at.push(std::time::Instant::now());
+            let Ok((conn, _)) = down.accept() else {
+                return;
+            };
+            let _ = attempt.send(std::time::Instant::now());
             drop(conn);
         }
-        at
+    });
+    let attempts = blocking(move || {
+        (1..=4)
+            .map(|n| {
+                attempts
+                    .recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|_| panic!("the daemon made no attempt {n} within 30 s"))
+            })
+            .collect::<Vec<_>>()
     })
     .await;
+    acceptor.join().unwrap();
     let gaps: Vec<f64> = attempts
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
@@ -1037,24 +1024,20 @@ async fn daemon_backs_off_while_the_server_is_down() {
     // The server comes back on that address (the listener above is closed).
     let server = Server::start(dir.path(), addr).await;
     let store = crate::state::StateStore::new(&host.paths.state_dir);
-    let recovered = blocking(move || {
-        for _ in 0..200 {
-            if store
-                .load()
-                .is_ok_and(|s| s.consecutive_failures() == 0 && s.last_checked_time > 0)
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+    blocking(move || {
+        wait_until(
+            "the daemon to get through after the server came back",
+            Duration::from_secs(30),
+            || {
+                store
+                    .load()
+                    .ok()
+                    .filter(|s| s.consecutive_failures() == 0 && s.last_checked_time > 0)
+            },
+        )
     })
     .await;
     daemon.sigkill();
-    assert!(
-        recovered,
-        "the daemon never got through after the server came back"
-    );
     assert_eq!(server.instance().await.version, "1.0.0");
 }
 

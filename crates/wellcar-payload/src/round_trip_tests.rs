@@ -14,6 +14,7 @@ use crate::format::{
 };
 use crate::keys::{new_signing_key, write_keypair, TrustedKeys};
 use crate::test_fixture::*;
+use wellcar_test_support::tools;
 
 fn policy() -> ApplyPolicy {
     ApplyPolicy::new(BOARD, Some("1.0.0".into()))
@@ -113,18 +114,17 @@ fn round_trip_is_bit_identical_and_veritysetup_accepts_it() {
             crate::Sha256Digest::of(&payload)
         )
     );
-    if let Ok(out) = Command::new("sha256sum")
-        .arg("-c")
-        .arg(&summary.sha256_path)
-        .current_dir(&fx.build)
-        .output()
-    {
-        assert!(
-            out.status.success(),
-            "sha256sum -c: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    let out = tools::output(
+        Command::new("sha256sum")
+            .arg("-c")
+            .arg(&summary.sha256_path)
+            .current_dir(&fx.build),
+    );
+    assert!(
+        out.status.success(),
+        "sha256sum -c: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let report = verify_payload(&mut File::open(&summary.path).unwrap(), &fx.trusted()).unwrap();
     assert_eq!(report.version, "1.2.3");
@@ -156,24 +156,20 @@ fn round_trip_is_bit_identical_and_veritysetup_accepts_it() {
     );
     assert!(!crate::apply::partial_path(&target.kernel).exists());
 
-    if veritysetup_available() {
-        let out = Command::new("veritysetup")
+    let out = tools::output(
+        Command::new("veritysetup")
             .arg("verify")
             .arg(format!("--hash-offset={HASH_OFFSET}"))
             .arg(format!("--data-blocks={DATA_BLOCKS}"))
             .arg(&target.usr)
             .arg(&target.usr)
-            .arg(report.verity_root_hash.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "veritysetup verify: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    } else {
-        eprintln!("veritysetup not installed; skipped the veritysetup verify step");
-    }
+            .arg(report.verity_root_hash.to_string()),
+    );
+    assert!(
+        out.status.success(),
+        "veritysetup verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -779,25 +775,26 @@ impl Drop for LoopDevice {
 
 /// Applies to a real block device (a loop device over a file full of old data): capacity
 /// comes from the device, zero runs use the kernel's zero-out. Skipped, with a message, where
-/// loop devices cannot be set up (not root, no /dev/loop-control).
+/// the kernel refuses a loop device (not root, no /dev/loop-control); a missing `losetup`
+/// fails, naming its package.
 #[test]
 fn apply_to_a_loop_block_device() {
     let fx = Fixture::new("1.2.3");
     let summary = fx.payload();
     let target = fx.target("loop", USR_SIZE + MIB);
-    let attached = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&target.usr)
-        .output();
-    let device = match attached {
-        Ok(out) if out.status.success() => {
-            LoopDevice(String::from_utf8_lossy(&out.stdout).trim().into())
-        }
-        _ => {
-            eprintln!("cannot attach a loop device here; skipping the block device test");
-            return;
-        }
-    };
+    let attached = tools::output(
+        Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&target.usr),
+    );
+    if !attached.status.success() {
+        eprintln!(
+            "cannot attach a loop device here ({}); skipping the block device test",
+            String::from_utf8_lossy(&attached.stderr).trim()
+        );
+        return;
+    }
+    let device = LoopDevice(String::from_utf8_lossy(&attached.stdout).trim().into());
     let partition = crate::UsrPartition::open(&device.0).unwrap();
     let targets = crate::InstallTargets {
         usr: partition,
@@ -824,11 +821,11 @@ fn apply_to_a_loop_block_device() {
 
     // A device smaller than the image is refused before anything is written.
     let small = fx.target("small-loop", USR_SIZE - MIB);
-    let out = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(&small.usr)
-        .output()
-        .unwrap();
+    let out = tools::run(
+        Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&small.usr),
+    );
     let device = LoopDevice(String::from_utf8_lossy(&out.stdout).trim().into());
     let targets = crate::InstallTargets {
         usr: crate::UsrPartition::open(&device.0).unwrap(),

@@ -236,7 +236,7 @@ async fn bench(backend: &str, machines: usize, concurrency: usize) {
     let url = match backend {
         "sqlite" => format!("sqlite:{}", dir.path().join("bench.db").display()),
         "postgres" => tokio::task::spawn_blocking(|| {
-            wellcar_server::pg_cluster::shared_cluster()
+            wellcar_test_support::pg_cluster::shared_cluster()
                 .expect("postgresql for the benchmark")
                 .create_database()
                 .expect("creating the benchmark database")

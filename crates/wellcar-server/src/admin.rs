@@ -135,6 +135,10 @@ pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
             put(upload_package).layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route("/api/v1/apps/{app}/instances", get(list_instances))
+        .route(
+            "/api/v1/apps/{app}/instances/{machine}/events",
+            get(list_instance_events),
+        )
         .route("/api/v1/activity", get(list_activity))
         .route("/api/v1/retention/prune", post(prune))
 }
@@ -624,6 +628,26 @@ async fn list_instances(
         state
             .db
             .read(move |c| store::list_instances(c, &app, &filter))
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    limit: Option<i64>,
+}
+
+async fn list_instance_events(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path((app, machine)): Path<(String, String)>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Vec<crate::model::InstanceEvent>>> {
+    authorize(&state, &headers, false).await?;
+    Ok(Json(
+        state
+            .db
+            .read(move |c| store::list_instance_events(c, &app, &machine, q.limit.unwrap_or(100)))
             .await?,
     ))
 }

@@ -1,5 +1,5 @@
 //! End-to-end tests: a real server on an ephemeral loopback port, driven over real HTTP, each
-//! test run against SQLite and against a real PostgreSQL (see [`crate::pg_cluster`]).
+//! test run against SQLite and against a real PostgreSQL (see [`wellcar_test_support::pg_cluster`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use wellcar_omaha::{
 };
 
 use crate::client::ApiClient;
-use crate::model::{Activity, Group, Instance, Package};
+use crate::model::{Activity, Group, Instance, InstanceEvent, Package};
 use crate::store::{self, Role};
 use crate::{RunningServer, Settings};
 
@@ -35,7 +35,7 @@ fn database_url(backend: Backend, dir: &std::path::Path) -> String {
     match backend {
         Backend::Sqlite => format!("sqlite:{}", dir.join("server.db").display()),
         Backend::Postgres => {
-            let cluster = crate::pg_cluster::shared_cluster()
+            let cluster = wellcar_test_support::pg_cluster::shared_cluster()
                 .unwrap_or_else(|e| panic!("postgresql tests need a server: {e}"));
             cluster.create_database().expect("creating a test database")
         }
@@ -268,6 +268,7 @@ both_backends!(
     retention_prunes_old_data,
     downgrades_only_when_allowed,
     floors_are_mandatory_steps,
+    instance_events_list_in_the_order_machines_sent_them,
 );
 
 async fn fresh_server_seeds_and_answers(backend: Backend) {
@@ -1048,6 +1049,109 @@ async fn downgrades_only_when_allowed(backend: Backend) {
     h.stop().await;
 }
 
+async fn instance_events_list_in_the_order_machines_sent_them(backend: Backend) {
+    let h = Harness::start(backend).await;
+    h.publish("1.2.3", "stable").await;
+    assert!(is_update(&h.check("m1", "1.0.0", "stable").await));
+    // The test clock stands still: these events share one created_at, and still list in order.
+    h.event("m1", "1.0.0", "stable", ev(13, 1)).await;
+    h.event("m1", "1.0.0", "stable", ev(14, 1)).await;
+    // Two in one request, as an agent sends its outbox after an outage.
+    let r = h
+        .post(&request(
+            WELLCAR_APP_ID,
+            "m1",
+            "1.0.0",
+            "stable",
+            false,
+            &[ev(3, 1), ev_err(44)],
+        ))
+        .await;
+    assert_eq!(r.apps[0].event_acks, 2);
+    h.advance(Duration::from_secs(60));
+    h.post(&request(
+        WELLCAR_APP_ID,
+        "m1",
+        "1.2.3",
+        "stable",
+        true,
+        &[ev_rebooted("1.0.0")],
+    ))
+    .await;
+    h.event("m2", "1.0.0", "stable", ev(13, 1)).await;
+    let path = format!("/api/v1/apps/{WELLCAR_APP_ID}/instances/m1/events");
+    let events: Vec<InstanceEvent> = h.api.get(&path).await.unwrap();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event_type,
+                e.event_result,
+                e.error_code,
+                e.previous_version.as_deref(),
+                e.version.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (13, 1, None, None, "1.0.0"),
+            (14, 1, None, None, "1.0.0"),
+            (3, 1, None, None, "1.0.0"),
+            (3, 0, Some(44), None, "1.0.0"),
+            (3, 2, None, Some("1.0.0"), "1.2.3"),
+        ]
+    );
+    assert_eq!(events[4].created_at - events[0].created_at, 60_000);
+    // A limit keeps the latest, still oldest first.
+    let latest: Vec<InstanceEvent> = h.api.get(&format!("{path}?limit=2")).await.unwrap();
+    assert_eq!(latest, events[3..]);
+    // Each machine has its own; an unknown one has none.
+    let m2: Vec<InstanceEvent> = h
+        .api
+        .get(&format!(
+            "/api/v1/apps/{WELLCAR_APP_ID}/instances/m2/events"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        m2.iter()
+            .map(|e| (e.event_type, e.event_result))
+            .collect::<Vec<_>>(),
+        [(13, 1)]
+    );
+    let none: Vec<InstanceEvent> = h
+        .api
+        .get(&format!(
+            "/api/v1/apps/{WELLCAR_APP_ID}/instances/nobody/events"
+        ))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let err = h
+        .api
+        .get::<Vec<InstanceEvent>>("/api/v1/apps/no-such-app/instances/m1/events")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    let err = h.omaha.get::<Vec<InstanceEvent>>(&path).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    h.stop().await;
+}
+
+/// Waits until server `b` has reloaded the configuration generation `a` is at: `a` reloads
+/// at once after a change made through it, `b` on its own every `config_refresh`.
+async fn b_reloads_what_a_wrote(a: &Harness, b: &RunningServer) {
+    let want = a.state().config().generation;
+    wellcar_test_support::wait::wait_until_async(
+        &format!("the second server to reload configuration generation {want}"),
+        Duration::from_secs(10),
+        || async { (b.state.config().generation >= want).then_some(()) },
+    )
+    .await;
+}
+
 /// Several server processes share one PostgreSQL: a concurrency limit of one holds across them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_share_one_postgres() {
@@ -1059,7 +1163,7 @@ async fn two_servers_share_one_postgres() {
     let b = ApiClient::new(&b_server.url(), None);
     a.publish("2.0.0", "stable").await;
     a.patch_group("stable", json!({"max_concurrent": 1})).await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // > config_refresh: b sees the package
+    b_reloads_what_a_wrote(&a, &b_server).await;
     let first = a.check("x1", "1.0.0", "stable").await;
     assert!(is_update(&first));
     let (_, body) = b
@@ -1074,7 +1178,8 @@ async fn two_servers_share_one_postgres() {
         !is_update(&via_b),
         "the second server granted past the shared limit"
     );
-    // Pausing through one server stops the other within its refresh interval.
+    // Pausing through one server stops the other once it reloads (it polls every
+    // `config_refresh`).
     let _: Group = a
         .api
         .call(
@@ -1093,7 +1198,7 @@ async fn two_servers_share_one_postgres() {
         &[ev_rebooted("1.0.0")],
     ))
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    b_reloads_what_a_wrote(&a, &b_server).await;
     let (_, body) = b
         .omaha(&request(WELLCAR_APP_ID, "x2", "1.0.0", "stable", true, &[]))
         .await

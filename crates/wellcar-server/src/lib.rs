@@ -13,7 +13,6 @@ pub mod db;
 pub mod metrics;
 pub mod model;
 pub mod omaha;
-pub mod pg_cluster;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -201,6 +201,23 @@ pub struct Instance {
     pub last_error_code: Option<i64>,
 }
 
+/// One Omaha event a machine reported, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceEvent {
+    /// When the server stored it (unix ms).
+    pub created_at: i64,
+    /// Omaha `eventtype` (3 update complete, 13 download started, 14 download finished, …).
+    pub event_type: i64,
+    /// Omaha `eventresult` (0 error, 1 success, 2 success and reboot).
+    pub event_result: i64,
+    /// update_engine error code, if the machine sent one.
+    pub error_code: Option<i64>,
+    /// `previousversion`, if the machine sent one.
+    pub previous_version: Option<String>,
+    /// The version the machine was running when it reported the event.
+    pub version: String,
+}
+
 /// One line of the activity log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Activity {

@@ -3,10 +3,15 @@
 //! Contract:
 //! - Events are only appended (and deleted by retention); the caller stores an event before
 //!   acknowledging it.
+//! - Event ids are time-ordered (UUIDv7, monotonic within a server process), so the events of
+//!   one request, which share a `created_at`, list in the order the machine sent them.
 
 use crate::db::{query_one, Conn};
+use crate::model::InstanceEvent;
 use crate::params;
 use crate::StoreError;
+
+use super::require_app;
 
 /// Stores one event row.
 pub fn insert_event(
@@ -23,7 +28,7 @@ pub fn insert_event(
             error_code, previous_version, version, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &params![
-            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::now_v7().to_string(),
             app_id,
             machine_id,
             group_id,
@@ -44,4 +49,37 @@ pub fn count_events(conn: &mut dyn Conn) -> Result<i64, StoreError> {
         .map(|r| r.int(0))
         .transpose()?
         .unwrap_or(0))
+}
+
+/// The latest `limit` (1 to 100000) events of one machine, oldest first. A machine with no
+/// stored events (unknown, or pruned by retention) has an empty list; an unknown app is
+/// [`StoreError::NotFound`].
+pub fn list_instance_events(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    machine_id: &str,
+    limit: i64,
+) -> Result<Vec<InstanceEvent>, StoreError> {
+    let app = require_app(conn, app_id)?;
+    let mut events = conn
+        .query(
+            "SELECT created_at, event_type, event_result, error_code, previous_version, version
+             FROM events WHERE app_id = $1 AND machine_id = $2
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+            &params![&app.id, machine_id, limit.clamp(1, 100_000)],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(InstanceEvent {
+                created_at: r.int(0)?,
+                event_type: r.int(1)?,
+                event_result: r.int(2)?,
+                error_code: r.opt_int(3)?,
+                previous_version: r.opt_text(4)?,
+                version: r.text(5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    events.reverse();
+    Ok(events)
 }

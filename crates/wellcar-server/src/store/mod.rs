@@ -42,7 +42,7 @@ pub use apps::{create_app, find_app, list_apps, require_app};
 pub use channels::{
     add_floor, all_channels, create_channel, list_channels, publish, remove_floor, NewFloor,
 };
-pub use events::{count_events, insert_event};
+pub use events::{count_events, insert_event, list_instance_events};
 pub use groups::{
     all_groups, create_group, find_group, halt_group, list_groups, lock_group, update_group,
     GroupSpec,

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// No PostgreSQL binaries.
-    #[error("postgresql is not installed: no initdb under /usr/lib/postgresql/*/bin (apt-get install postgresql), and WELLCAR_TEST_POSTGRES_URL is not set")]
+    #[error("postgresql is not installed: no initdb under /usr/lib/postgresql/*/bin (Debian package `postgresql`; scripts/install-deps.sh installs it), and WELLCAR_TEST_POSTGRES_URL is not set")]
     NotInstalled,
     /// A command failed.
     #[error("{command} failed: {output}")]
