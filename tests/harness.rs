@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-pub use wellcar_image::{chain, BuildManifest};
+pub use wellcar_contract::error_chain as chain;
+pub use wellcar_image::BuildManifest;
 pub use wellcar_vm::{Accel, Firmware, Machine, MachineConfig};
 
 /// The workspace root.

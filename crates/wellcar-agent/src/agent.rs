@@ -621,7 +621,10 @@ impl<S: SlotControl> Agent<S> {
             let mut wall = self.paths.wall_command.clone();
             wall.push(message);
             if let Err(e) = run_capture(&wall) {
-                tracing::warn!("warning users failed: {}", error_chain(&e));
+                tracing::warn!(
+                    "warning users failed: {}",
+                    wellcar_contract::error_chain(&e)
+                );
             }
             std::thread::sleep(warning);
         }
@@ -649,16 +652,4 @@ fn run_capture(command: &[String]) -> Result<String, CommandError> {
     };
     let out = wellcar_contract::command::run(std::process::Command::new(program).args(args))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// An error and its causes on one line (`a: b: c`), for the log.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
 }

@@ -84,7 +84,7 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
             if let Err(e) = agent.reboot(config.reboot_warning) {
                 tracing::error!(
                     "reboot failed, retrying in {REBOOT_RETRY:?}: {}",
-                    crate::agent::error_chain(&e)
+                    wellcar_contract::error_chain(&e)
                 );
             }
             // Success: the machine is going down; if it does not, ask again later.

@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use wellcar_contract::PathIoError;
 
 use wellcar_bootstate::Esp;
 use wellcar_contract::RootHash;
@@ -20,17 +21,9 @@ use wellcar_payload::UsrTarget;
 /// Failure locating or staging a slot.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
-    /// Disk I/O.
-    #[error("{action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The disk or file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     /// The partition table.
     #[error(transparent)]
     Disk(#[from] wellcar_disk::DiskError),
@@ -125,10 +118,8 @@ impl PartitionWindow {
             .read(true)
             .write(true)
             .open(disk)
-            .map_err(|source| SlotError::Io {
-                action: "opening",
-                path: disk.to_owned(),
-                source,
+            .map_err(|source| {
+                SlotError::Io(PathIoError::new("opening", disk.to_owned(), source))
             })?;
         let loc = find_partition(&mut file, disk, PartitionKey::Guid(slot.unique_guid()))?;
         Ok(Self {

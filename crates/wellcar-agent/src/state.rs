@@ -10,6 +10,7 @@
 //! format written before the phase existed is migrated on load (see [`crate::migrate`]).
 
 use std::path::{Path, PathBuf};
+use wellcar_contract::PathIoError;
 
 use serde::{Deserialize, Serialize};
 use wellcar_bootstate::Slot;
@@ -373,17 +374,9 @@ impl AgentState {
 /// Failure reading or writing the state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// I/O on a state file.
-    #[error("{action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     /// `status.json` is not valid.
     #[error("{path} is not a valid agent state")]
     Corrupt {
@@ -398,11 +391,7 @@ pub enum StateError {
 /// Writes `bytes` to `path` with [`wellcar_contract::atomic_file`] (mode 0644), creating
 /// its directory first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let io = |action, source| StateError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
+    let io = |action, source| StateError::Io(PathIoError::new(action, path.to_owned(), source));
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
     wellcar_contract::atomic_file::write(path, bytes, 0o644).map_err(|e| io("writing", e))
@@ -447,13 +436,7 @@ impl StateStore {
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AgentState::default()),
-            Err(source) => {
-                return Err(StateError::Io {
-                    action: "reading",
-                    path,
-                    source,
-                })
-            }
+            Err(source) => return Err(StateError::Io(PathIoError::new("reading", path, source))),
         };
         let corrupt = |source| StateError::Corrupt {
             path: path.clone(),

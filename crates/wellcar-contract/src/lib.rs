@@ -11,8 +11,9 @@
 //! root hash of a `/usr` slot, [`root_hash`]), how a file is replaced so that a power cut
 //! never leaves half of it ([`atomic_file`]), the build's `manifest.json`
 //! ([`BuildManifest`]), the files on the EFI system partition ([`esp`]), the initramfs module
-//! load list ([`module_list`]) and how a host program is run so that its failure says why
-//! ([`command`]).
+//! load list ([`module_list`]), how a host program is run so that its failure says why
+//! ([`command`]), and how an I/O failure on a path and an error's causes are reported
+//! ([`error_report`]).
 //!
 //! This crate is linked into the static initramfs (through `wellcar-verity`): it depends on
 //! `serde`, `serde_json`, `thiserror` and `std` only, and encodes hex by hand.
@@ -20,6 +21,7 @@
 pub mod atomic_file;
 pub mod build_manifest;
 pub mod command;
+pub mod error_report;
 pub mod esp;
 pub mod module_list;
 pub mod root_hash;
@@ -27,5 +29,6 @@ pub mod version;
 
 pub use build_manifest::{BuildManifest, BuildManifestError, PackageRecord, BUILD_MANIFEST_FILE};
 pub use command::CommandError;
+pub use error_report::{error_chain, IoResultExt, PathIoError};
 pub use root_hash::{RootHash, RootHashError, ROOT_HASH_HEX_LEN, ROOT_HASH_LEN};
 pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};

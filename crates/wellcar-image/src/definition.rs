@@ -260,7 +260,7 @@ enable = ["ssh.service"]
                 matches!(&err, BuildError::Version { path, .. } if *path == p),
                 "{err:?}"
             );
-            let err = crate::chain(&err);
+            let err = wellcar_contract::error_chain(&err);
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
     }

@@ -3,6 +3,7 @@
 //! its [`source`](std::error::Error::source) (`wellcar build` prints the whole chain).
 
 use std::path::PathBuf;
+use wellcar_contract::PathIoError;
 
 use wellcar_contract::{CommandError, VersionError};
 
@@ -223,17 +224,9 @@ pub enum BuildError {
     /// The build manifest could not be written.
     #[error(transparent)]
     Manifest(#[from] wellcar_contract::BuildManifestError),
-    /// A file operation failed.
-    #[error("{action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     /// Writing the partition table failed.
     #[error(transparent)]
     Disk(#[from] wellcar_disk::DiskError),
@@ -249,10 +242,6 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| BuildError::Io {
-            action,
-            path: path.into(),
-            source,
-        })
+        self.map_err(|source| BuildError::Io(PathIoError::new(action, path, source)))
     }
 }

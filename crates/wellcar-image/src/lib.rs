@@ -494,18 +494,6 @@ fn install_trusted_keys(
     Ok(())
 }
 
-/// An error and its causes on one line (`a: b: c`).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Default SOURCE_DATE_EPOCH: the environment's, else the last commit of the definition's
 /// repository, else 0.
 pub fn default_source_date_epoch(definition: &Path) -> u64 {
@@ -546,9 +534,10 @@ mod tests {
             "{err:?}"
         );
         assert!(
-            chain(&err).starts_with(&format!("the trusted key {}: ", missing.display())),
+            wellcar_contract::error_chain(&err)
+                .starts_with(&format!("the trusted key {}: ", missing.display())),
             "{}",
-            chain(&err)
+            wellcar_contract::error_chain(&err)
         );
     }
 

@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use wellcar_contract::PathIoError;
 
 use crate::definition::OsDefinition;
 use crate::error::{BuildError, IoContext, Result};
@@ -434,11 +435,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 fn remove(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(BuildError::Io {
-            action: "inspecting",
-            path: p.into(),
-            source: e,
-        }),
+        Err(e) => Err(BuildError::Io(PathIoError::new("inspecting", p, e))),
         Ok(m) if m.is_dir() => fs::remove_dir_all(p).at("removing", p),
         Ok(_) => fs::remove_file(p).at("removing", p),
     }

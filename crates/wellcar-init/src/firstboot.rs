@@ -10,7 +10,8 @@
 //!   it is called only after every first-boot step succeeded. A flag that is already gone is
 //!   not an error (nothing would re-run Ignition); any other failure is.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use wellcar_contract::PathIoError;
 
 use rustix::mount::{MountFlags, UnmountFlags};
 use wellcar_contract::esp;
@@ -23,17 +24,9 @@ pub const FW_CFG_NAMES: [&str; 2] = ["opt/org.flatcar-linux/config", "opt/com.co
 /// Reading a config or touching the flag failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FirstBootError {
-    /// Reading or removing a file failed.
-    #[error("{what} {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     /// Mounting a partition failed.
     #[error(transparent)]
     Mount(#[from] sysroot::SysrootError),
@@ -61,11 +54,9 @@ pub fn fw_cfg_config(by_name: &Path) -> Result<Option<FoundConfig>, FirstBootErr
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => {
-                return Err(FirstBootError::Io {
-                    what: "reading",
-                    path,
-                    source,
-                })
+                return Err(FirstBootError::Io(PathIoError::new(
+                    "reading", path, source,
+                )))
             }
         }
     }
@@ -79,10 +70,12 @@ fn mount_at(
     fstype: &str,
     flags: MountFlags,
 ) -> Result<(), FirstBootError> {
-    std::fs::create_dir_all(mount_point).map_err(|source| FirstBootError::Io {
-        what: "creating",
-        path: mount_point.to_path_buf(),
-        source,
+    std::fs::create_dir_all(mount_point).map_err(|source| {
+        FirstBootError::Io(PathIoError::new(
+            "creating",
+            mount_point.to_path_buf(),
+            source,
+        ))
     })?;
     sysroot::mount(
         &device.display().to_string(),
@@ -115,11 +108,9 @@ pub fn oem_config(
             bytes,
         })),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(FirstBootError::Io {
-            what: "reading",
-            path,
-            source,
-        }),
+        Err(source) => Err(FirstBootError::Io(PathIoError::new(
+            "reading", path, source,
+        ))),
     };
     let _ = rustix::mount::unmount(mount_point, UnmountFlags::empty());
     result
@@ -137,19 +128,15 @@ pub fn remove_flag_files(esp_root: &Path) -> Result<Vec<String>, FirstBootError>
                 let dir = path.parent().unwrap_or(esp_root);
                 std::fs::File::open(dir)
                     .and_then(|d| d.sync_all())
-                    .map_err(|source| FirstBootError::Io {
-                        what: "syncing",
-                        path: dir.to_path_buf(),
-                        source,
+                    .map_err(|source| {
+                        FirstBootError::Io(PathIoError::new("syncing", dir.to_path_buf(), source))
                     })?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
-                return Err(FirstBootError::Io {
-                    what: "removing",
-                    path,
-                    source,
-                })
+                return Err(FirstBootError::Io(PathIoError::new(
+                    "removing", path, source,
+                )))
             }
         }
     }
@@ -167,10 +154,12 @@ pub fn remove_flag(device: &Path, mount_point: &Path) -> Result<Vec<String>, Fir
     let result = remove_flag_files(mount_point);
     let unmounted = rustix::mount::unmount(mount_point, UnmountFlags::empty());
     let removed = result?;
-    unmounted.map_err(|e| FirstBootError::Io {
-        what: "unmounting",
-        path: mount_point.to_path_buf(),
-        source: e.into(),
+    unmounted.map_err(|e| {
+        FirstBootError::Io(PathIoError::new(
+            "unmounting",
+            mount_point.to_path_buf(),
+            e.into(),
+        ))
     })?;
     Ok(removed)
 }

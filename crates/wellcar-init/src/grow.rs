@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use wellcar_contract::PathIoError;
 
 use wellcar_disk::SECTOR_SIZE;
 
@@ -53,17 +54,9 @@ pub enum GrowError {
         /// The number looked for.
         number: u32,
     },
-    /// I/O on a device or sysfs file failed.
-    #[error("{what} {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     /// The partition does not hold ext4.
     #[error("{device} does not hold an ext4 filesystem")]
     NotExt4 {
@@ -128,11 +121,8 @@ pub fn grow_partition_table<D: Read + Write + Seek>(
     let end = gpt[number].ending_lba;
     if moved || grows {
         gpt.write_into(disk).map_err(table_err)?;
-        let io_err = |source| GrowError::Io {
-            what: "writing",
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_err =
+            |source| GrowError::Io(PathIoError::new("writing", path.to_path_buf(), source));
         if moved && old_backup < gpt.header.backup_lba {
             // The old backup header now lies inside the grown partition, past its filesystem;
             // zero it so no tool mistakes it for a GPT.
@@ -152,11 +142,7 @@ pub fn grow_partition_table<D: Read + Write + Seek>(
 
 /// ext4 block count and block size from the superblock on `device`.
 pub fn ext4_size(device: &Path) -> Result<(u64, u64), GrowError> {
-    let io_err = |source| GrowError::Io {
-        what: "reading",
-        path: device.to_path_buf(),
-        source,
-    };
+    let io_err = |source| GrowError::Io(PathIoError::new("reading", device.to_path_buf(), source));
     let mut file = File::open(device).map_err(io_err)?;
     let mut sb = [0u8; 1024];
     file.seek(SeekFrom::Start(1024)).map_err(io_err)?;
@@ -198,32 +184,23 @@ pub fn grow_root(
         .read(true)
         .write(true)
         .open(disk_path)
-        .map_err(|source| GrowError::Io {
-            what: "opening",
-            path: disk_path.clone(),
-            source,
-        })?;
+        .map_err(|source| GrowError::Io(PathIoError::new("opening", disk_path.clone(), source)))?;
     let extent = grow_partition_table(&mut disk, disk_path, root.location.number)?;
-    disk.sync_all().map_err(|source| GrowError::Io {
-        what: "syncing",
-        path: disk_path.clone(),
-        source,
-    })?;
+    disk.sync_all()
+        .map_err(|source| GrowError::Io(PathIoError::new("syncing", disk_path.clone(), source)))?;
 
     let name = root.device.file_name().unwrap_or_default();
     let size_file = class_block.join(name).join("size");
     let kernel_sectors: u64 = std::fs::read_to_string(&size_file)
-        .map_err(|source| GrowError::Io {
-            what: "reading",
-            path: size_file.clone(),
-            source,
-        })?
+        .map_err(|source| GrowError::Io(PathIoError::new("reading", size_file.clone(), source)))?
         .trim()
         .parse()
-        .map_err(|_| GrowError::Io {
-            what: "parsing",
-            path: size_file.clone(),
-            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        .map_err(|_| {
+            GrowError::Io(PathIoError::new(
+                "parsing",
+                size_file.clone(),
+                std::io::Error::from(std::io::ErrorKind::InvalidData),
+            ))
         })?;
     if kernel_sectors * 512 != extent.size {
         sys::blkpg_resize_partition(
@@ -232,25 +209,31 @@ pub fn grow_root(
             extent.start,
             extent.size,
         )
-        .map_err(|source| GrowError::Io {
-            what: "BLKPG resize of partition on",
-            path: disk_path.clone(),
-            source,
+        .map_err(|source| {
+            GrowError::Io(PathIoError::new(
+                "BLKPG resize of partition on",
+                disk_path.clone(),
+                source,
+            ))
         })?;
     }
 
     let (blocks, block_size) = ext4_size(&root.device)?;
     let wanted = extent.size / block_size;
     if blocks < wanted {
-        let dir = File::open(mount_point).map_err(|source| GrowError::Io {
-            what: "opening",
-            path: mount_point.to_path_buf(),
-            source,
+        let dir = File::open(mount_point).map_err(|source| {
+            GrowError::Io(PathIoError::new(
+                "opening",
+                mount_point.to_path_buf(),
+                source,
+            ))
         })?;
-        sys::ext4_resize(dir.as_fd(), wanted).map_err(|source| GrowError::Io {
-            what: "EXT4_IOC_RESIZE_FS on",
-            path: mount_point.to_path_buf(),
-            source,
+        sys::ext4_resize(dir.as_fd(), wanted).map_err(|source| {
+            GrowError::Io(PathIoError::new(
+                "EXT4_IOC_RESIZE_FS on",
+                mount_point.to_path_buf(),
+                source,
+            ))
         })?;
     }
     Ok(GrowReport {

@@ -9,6 +9,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use wellcar_contract::PathIoError;
 
 /// Init programs tried, in order, when `init=` is not given.
 pub const INIT_CANDIDATES: [&str; 2] = ["/usr/lib/systemd/systemd", "/sbin/init"];
@@ -27,17 +28,9 @@ pub enum SwitchError {
         /// Paths tried.
         tried: String,
     },
-    /// A syscall on a path failed.
-    #[error("{what} {path}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
 }
 
 /// The first of `init` (if given) or [`INIT_CANDIDATES`] that exists inside `new_root`
@@ -89,7 +82,7 @@ pub fn remove_tree_on_device(dir: &Path, dev: u64) {
 pub fn switch_root(new_root: &Path, init: &str) -> SwitchError {
     let io = |what, path: &Path| {
         let path = path.to_path_buf();
-        move |source: std::io::Error| SwitchError::Io { what, path, source }
+        move |source: std::io::Error| SwitchError::Io(PathIoError::new(what, path, source))
     };
     for mount in MOVED_MOUNTS {
         let target = new_root.join(mount.trim_start_matches('/'));

@@ -14,17 +14,7 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 /// How much of the console [`tail`] shows.
 const TAIL_BYTES: usize = 6000;
 
-/// An error and its causes on one line (`a: b: c`).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use wellcar_contract::error_chain as chain;
 
 /// The last 6000 bytes of the console (from a character boundary), for failure messages.
 pub fn tail(vm: &Machine) -> String {
@@ -89,11 +79,11 @@ mod tests {
 
     #[test]
     fn errors_read_with_their_causes() {
-        let e = VmError::Io {
-            action: "reading",
-            path: "/x".into(),
-            source: std::io::Error::other("boom"),
-        };
+        let e = VmError::Io(wellcar_contract::PathIoError::new(
+            "reading",
+            "/x",
+            std::io::Error::other("boom"),
+        ));
         assert_eq!(chain(&e), "reading /x: boom");
     }
 }

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use wellcar_contract::PathIoError;
 
 use crate::machine::VmError;
 
@@ -34,21 +35,19 @@ pub fn login_key(dir: &Path) -> Result<LoginKey, VmError> {
     let private = dir.join("id_ed25519");
     let public_path = dir.join("id_ed25519.pub");
     if !private.is_file() || !public_path.is_file() {
-        std::fs::create_dir_all(dir).map_err(|source| VmError::Io {
-            action: "creating",
-            path: dir.to_path_buf(),
-            source,
+        std::fs::create_dir_all(dir).map_err(|source| {
+            VmError::Io(PathIoError::new("creating", dir.to_path_buf(), source))
         })?;
         for stale in [&private, &public_path] {
             match std::fs::remove_file(stale) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(VmError::Io {
-                        action: "removing",
-                        path: stale.clone(),
+                    return Err(VmError::Io(PathIoError::new(
+                        "removing",
+                        stale.clone(),
                         source,
-                    })
+                    )))
                 }
             }
         }
@@ -67,11 +66,8 @@ pub fn login_key(dir: &Path) -> Result<LoginKey, VmError> {
                 .arg(&private),
         )?;
     }
-    let public = std::fs::read_to_string(&public_path).map_err(|source| VmError::Io {
-        action: "reading",
-        path: public_path,
-        source,
-    })?;
+    let public = std::fs::read_to_string(&public_path)
+        .map_err(|source| VmError::Io(PathIoError::new("reading", public_path, source)))?;
     Ok(LoginKey {
         private,
         public: public.trim().to_owned(),
@@ -86,11 +82,11 @@ pub fn authorized_keys(key: &LoginKey, ssh_dir: &Path) -> Result<Vec<String>, Vm
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
         Err(source) => {
-            return Err(VmError::Io {
-                action: "listing",
-                path: ssh_dir.to_path_buf(),
+            return Err(VmError::Io(PathIoError::new(
+                "listing",
+                ssh_dir.to_path_buf(),
                 source,
-            })
+            )))
         }
     };
     let mut paths: Vec<PathBuf> = entries
@@ -103,11 +99,8 @@ pub fn authorized_keys(key: &LoginKey, ssh_dir: &Path) -> Result<Vec<String>, Vm
         .collect();
     paths.sort();
     for path in paths {
-        let text = std::fs::read_to_string(&path).map_err(|source| VmError::Io {
-            action: "reading",
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| VmError::Io(PathIoError::new("reading", path.clone(), source)))?;
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
             if !keys.iter().any(|k| k == line) {
                 keys.push(line.to_owned());

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use wellcar_contract::PathIoError;
 
 use wellcar_contract::CommandError;
 
@@ -59,17 +60,9 @@ pub enum VmError {
         /// The end of the console log.
         tail: String,
     },
-    /// Plain I/O.
-    #[error("{action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
 }
 
 /// Firmware to boot with.
@@ -156,11 +149,7 @@ pub struct Machine {
 }
 
 fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T, VmError> {
-    r.map_err(|source| VmError::Io {
-        action,
-        path: path.into(),
-        source,
-    })
+    r.map_err(|source| VmError::Io(PathIoError::new(action, path, source)))
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Result<(), VmError> {

@@ -5,6 +5,7 @@ use super::*;
 use crate::config::RebootStrategy;
 use crate::state::{Phase, StagedUpdate};
 use crate::window::RebootWindow;
+use wellcar_contract::error_chain;
 use wellcar_disk::Slot;
 
 #[test]

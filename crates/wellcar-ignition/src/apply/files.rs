@@ -15,6 +15,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
 use std::path::Path;
+use wellcar_contract::PathIoError;
 
 use super::root::{write_atomic, TargetRoot};
 use super::users::Table;
@@ -39,7 +40,7 @@ fn depth(path: &str) -> usize {
 
 fn io_at(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ApplyError {
     let path = path.to_path_buf();
-    move |source| ApplyError::Io { what, path, source }
+    move |source| ApplyError::Io(PathIoError::new(what, path, source))
 }
 
 struct Owners {

@@ -16,6 +16,7 @@
 //! Runs `blkid`, `wipefs` and `mkfs.<type>`/`mkswap` from `PATH`.
 
 use std::process::{Command, Output};
+use wellcar_contract::PathIoError;
 
 use wellcar_contract::command;
 
@@ -187,10 +188,8 @@ fn write_unit(
     write_atomic(&host, contents.as_bytes(), 0o644)?;
     let link = root.prepare_parent(&format!("{ETC_UNITS}/{wanted_by}.requires/{name}"))?;
     if std::fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink(&path, &link).map_err(|source| ApplyError::Io {
-            what: "creating symlink",
-            path: link.clone(),
-            source,
+        std::os::unix::fs::symlink(&path, &link).map_err(|source| {
+            ApplyError::Io(PathIoError::new("creating symlink", link.clone(), source))
         })?;
     }
     rec.action(format!("wrote and enabled {path}"));

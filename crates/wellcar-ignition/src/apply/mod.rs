@@ -21,6 +21,7 @@ mod units;
 mod users;
 
 use std::path::{Path, PathBuf};
+use wellcar_contract::PathIoError;
 
 use crate::fetch::FetchError;
 use crate::model::Config;
@@ -47,17 +48,9 @@ pub enum ApplyError {
         #[source]
         source: Box<FetchError>,
     },
-    /// Filesystem operation failed.
-    #[error("{what} {path}")]
-    Io {
-        /// The operation, e.g. `creating directory`.
-        what: &'static str,
-        /// Host path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     /// A node already exists and `overwrite` is false.
     #[error("{field}: error creating {path:?}: {what}")]
     Exists {

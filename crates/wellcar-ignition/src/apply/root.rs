@@ -15,6 +15,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use wellcar_contract::PathIoError;
 
 use super::ApplyError;
 
@@ -28,11 +29,7 @@ pub(crate) struct TargetRoot {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ApplyError + 'a {
-    move |source| ApplyError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ApplyError::Io(PathIoError::new(what, path.to_path_buf(), source))
 }
 
 impl TargetRoot {
@@ -111,13 +108,7 @@ impl TargetRoot {
                     fs::set_permissions(&current, fs::Permissions::from_mode(0o755))
                         .map_err(io_err("setting mode of", &current))?;
                 }
-                Err(e) => {
-                    return Err(ApplyError::Io {
-                        what: "inspecting",
-                        path: current,
-                        source: e,
-                    })
-                }
+                Err(e) => return Err(ApplyError::Io(PathIoError::new("inspecting", current, e))),
             }
         }
         Ok(resolved)
@@ -149,11 +140,8 @@ fn components(p: &Path) -> VecDeque<OsString> {
 /// over the final name (never following a symlink there), fsync of the directory. The new file
 /// has `mode`; ownership is the caller's.
 pub(crate) fn write_atomic(host: &Path, data: &[u8], mode: u32) -> Result<(), ApplyError> {
-    wellcar_contract::atomic_file::write(host, data, mode).map_err(|source| ApplyError::Io {
-        what: "writing",
-        path: host.to_path_buf(),
-        source,
-    })
+    wellcar_contract::atomic_file::write(host, data, mode)
+        .map_err(|source| ApplyError::Io(PathIoError::new("writing", host.to_path_buf(), source)))
 }
 
 #[cfg(test)]

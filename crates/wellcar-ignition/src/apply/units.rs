@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
+use wellcar_contract::PathIoError;
 
 use super::root::{write_atomic, TargetRoot};
 use super::{ApplyError, Recorder};
@@ -37,7 +38,7 @@ const PRESET_FILE: &str = "/etc/systemd/system-preset/20-ignition.preset";
 
 fn io_at(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ApplyError {
     let path = path.to_path_buf();
-    move |source| ApplyError::Io { what, path, source }
+    move |source| ApplyError::Io(PathIoError::new(what, path, source))
 }
 
 fn write_text(root: &TargetRoot, path: &str, contents: &str) -> Result<(), ApplyError> {

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::Path;
+use wellcar_contract::PathIoError;
 
 use super::root::{write_atomic, TargetRoot};
 use super::{ApplyError, Recorder};
@@ -37,13 +38,7 @@ impl Table {
         let (text, present) = match fs::read_to_string(&host) {
             Ok(t) => (t, true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), false),
-            Err(source) => {
-                return Err(ApplyError::Io {
-                    what: "reading",
-                    path: host,
-                    source,
-                })
-            }
+            Err(source) => return Err(ApplyError::Io(PathIoError::new("reading", host, source))),
         };
         let lines = text
             .lines()
@@ -114,10 +109,8 @@ impl Table {
         }
         write_atomic(&host, text.as_bytes(), mode)?;
         if let Some(m) = meta {
-            chown(&host, Some(m.uid()), Some(m.gid())).map_err(|source| ApplyError::Io {
-                what: "restoring owner of",
-                path: host.clone(),
-                source,
+            chown(&host, Some(m.uid()), Some(m.gid())).map_err(|source| {
+                ApplyError::Io(PathIoError::new("restoring owner of", host.clone(), source))
             })?;
         }
         Ok(())
@@ -364,10 +357,8 @@ fn delete_user(
         // A home of "/.." or similar resolves to the root itself: never remove that.
         let is_root = host == root.resolve("/", true)?;
         if !is_root && fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&host).map_err(|source| ApplyError::Io {
-                what: "removing home",
-                path: host,
-                source,
+            fs::remove_dir_all(&host).map_err(|source| {
+                ApplyError::Io(PathIoError::new("removing home", host, source))
             })?;
         }
     }
@@ -430,10 +421,8 @@ fn user_stage(
                 if fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir())
                     && fs::symlink_metadata(&new).is_err()
                 {
-                    fs::rename(&old, &new).map_err(|source| ApplyError::Io {
-                        what: "moving home to",
-                        path: new,
-                        source,
+                    fs::rename(&old, &new).map_err(|source| {
+                        ApplyError::Io(PathIoError::new("moving home to", new, source))
                     })?;
                 }
                 line[5] = home.clone();
@@ -542,35 +531,25 @@ fn user_stage(
             if fs::symlink_metadata(&host).is_err() {
                 let umask = acc.def("UMASK", 0o022);
                 let mode = acc.def("HOME_MODE", 0o777 & !umask) as u32;
-                fs::create_dir(&host).map_err(|source| ApplyError::Io {
-                    what: "creating home",
-                    path: host.clone(),
-                    source,
+                fs::create_dir(&host).map_err(|source| {
+                    ApplyError::Io(PathIoError::new("creating home", host.clone(), source))
                 })?;
                 fs::set_permissions(&host, fs::Permissions::from_mode(mode)).map_err(|source| {
-                    ApplyError::Io {
-                        what: "setting mode of",
-                        path: host.clone(),
-                        source,
-                    }
+                    ApplyError::Io(PathIoError::new("setting mode of", host.clone(), source))
                 })?;
                 if let Ok(skel) = root.resolve("/etc/skel", true) {
                     if skel.is_dir() {
                         copy_skel(&skel, &host, uid as u32, gid as u32).map_err(|source| {
-                            ApplyError::Io {
-                                what: "copying /etc/skel to",
-                                path: host.clone(),
+                            ApplyError::Io(PathIoError::new(
+                                "copying /etc/skel to",
+                                host.clone(),
                                 source,
-                            }
+                            ))
                         })?;
                     }
                 }
                 chown(&host, Some(uid as u32), Some(gid as u32)).map_err(|source| {
-                    ApplyError::Io {
-                        what: "changing owner of",
-                        path: host.clone(),
-                        source,
-                    }
+                    ApplyError::Io(PathIoError::new("changing owner of", host.clone(), source))
                 })?;
             }
         }
@@ -611,7 +590,7 @@ fn write_ssh_keys(
 ) -> Result<(), ApplyError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
-        move |source| ApplyError::Io { what, path, source }
+        move |source| ApplyError::Io(PathIoError::new(what, path, source))
     };
     let ssh_dir = format!("{}/.ssh", home.trim_end_matches('/'));
     let frag_dir = format!("{ssh_dir}/authorized_keys.d");
