@@ -317,22 +317,11 @@ mod tests {
 
     use super::*;
     use crate::model::Package;
-    use crate::store::{self, Role};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn upload_reports_progress_up_to_the_whole_file() {
         let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite:{}", dir.path().join("server.db").display());
-        let mut settings = crate::Settings::new(&db, "127.0.0.1:0".parse().unwrap());
-        settings.payload_dir = dir.path().join("payloads");
-        let server = crate::spawn(settings).await.unwrap();
-        let now = crate::now_ms();
-        let token = server
-            .state
-            .db
-            .write(move |c| store::create_token(c, "test", Role::Admin, now))
-            .await
-            .unwrap();
+        let (server, token) = crate::test_server::sqlite_with_admin(dir.path()).await;
         let payload: Vec<u8> = (0..(3 << 20) + 12_345).map(|i: u32| i as u8).collect();
         let file = dir.path().join("wellcar_update.bin");
         std::fs::write(&file, &payload).unwrap();

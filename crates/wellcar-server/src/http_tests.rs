@@ -66,12 +66,7 @@ impl Harness {
             .await
             .unwrap();
         let now = clock.load(Ordering::SeqCst);
-        let token = server
-            .state
-            .db
-            .write(move |c| store::create_token(c, "test-admin", Role::Admin, now))
-            .await
-            .unwrap();
+        let token = crate::test_server::token(&server, "test-admin", Role::Admin, now).await;
         let api = ApiClient::new(&server.url(), Some(&token));
         let omaha = ApiClient::new(&server.url(), None);
         Harness {
@@ -938,12 +933,8 @@ async fn admin_tokens_and_flatcar_app(backend: Backend) {
         .unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
     let now = h.clock.load(Ordering::SeqCst);
-    let ro_token = h
-        .state()
-        .db
-        .write(move |c| store::create_token(c, "viewer", Role::ReadOnly, now))
-        .await
-        .unwrap();
+    let ro_token =
+        crate::test_server::token(h.server.as_ref().unwrap(), "viewer", Role::ReadOnly, now).await;
     let viewer = ApiClient::new(h.api.base(), Some(&ro_token));
     let apps: Vec<crate::model::App> = viewer.get("/api/v1/apps").await.unwrap();
     assert_eq!(apps[0].id, WELLCAR_APP_ID);

@@ -274,17 +274,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn create_on_an_existing_track_notes_it_and_applies_the_settings() {
         let dir = tempfile::tempdir().unwrap();
-        let database = format!("sqlite:{}", dir.path().join("server.db").display());
-        let mut settings = crate::Settings::new(&database, "127.0.0.1:0".parse().unwrap());
-        settings.payload_dir = dir.path().join("payloads");
-        let server = crate::spawn(settings).await.unwrap();
-        let now = crate::now_ms();
-        let token = server
-            .state
-            .db
-            .write(move |c| crate::store::create_token(c, "t", crate::store::Role::Admin, now))
-            .await
-            .unwrap();
+        let (server, token) = crate::test_server::sqlite_with_admin(dir.path()).await;
         let url = server.url();
         let cmd = |args: &[&str]| {
             let mut argv = vec!["group"];
