@@ -270,20 +270,11 @@ fn wrong_root_hash_names_the_step_and_reboots() {
         let usr = usr_a_offset(raw, f);
         flip_byte(f, usr + USR_VERITY_HASH_OFFSET + 4096 + 17);
     });
-    let _slot = vm_slot();
-    let mut cfg = machine(&b, Firmware::Bios);
-    cfg.image = disk;
-    let mut vm = Machine::spawn(&cfg).unwrap();
-    let at = vm
-        .wait_for(
-            "FAILED: step open-usr failed: verity root hash of /dev/vda3",
-            BOOT_TIMEOUT,
-        )
-        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
-    vm.wait_for_from(at, "rebooting in 2 s", MINUTE).unwrap();
-    // GRUB runs again: the machine rebooted instead of hanging.
-    vm.wait_for_from(at, "Wellcar: booting", MINUTE)
-        .unwrap_or_else(|e| panic!("no reboot: {}\n{}", chain(&e), vm.console()));
+    fails_and_reboots(
+        &b,
+        disk,
+        "FAILED: step open-usr failed: verity root hash of /dev/vda3",
+    );
 }
 
 #[test]
@@ -299,15 +290,22 @@ fn missing_usr_partition_names_it_and_reboots() {
         gpt.remove(3).unwrap();
         gpt.write_into(f).unwrap();
     });
+    fails_and_reboots(
+        &b,
+        disk,
+        "FAILED: step find-disk failed: no device for PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132",
+    );
+}
+
+/// Boots `disk` (under BIOS) and waits for `/init` to print `failure`, count down the 2 s
+/// reboot delay and reboot: GRUB runs again instead of the machine hanging.
+fn fails_and_reboots(b: &Built, disk: PathBuf, failure: &str) {
     let _slot = vm_slot();
-    let mut cfg = machine(&b, Firmware::Bios);
+    let mut cfg = machine(b, Firmware::Bios);
     cfg.image = disk;
     let mut vm = Machine::spawn(&cfg).unwrap();
     let at = vm
-        .wait_for(
-            "FAILED: step find-disk failed: no device for PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132",
-            BOOT_TIMEOUT,
-        )
+        .wait_for(failure, BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
     vm.wait_for_from(at, "rebooting in 2 s", MINUTE).unwrap();
     vm.wait_for_from(at, "Wellcar: booting", MINUTE)

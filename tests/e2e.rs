@@ -679,20 +679,27 @@ impl Story {
         }
     }
 
+    /// The server's view of the instance (`null` when it has none); marks the timeline when its
+    /// status differs from `seen`, which it then updates.
+    fn server_instance_marking_changes(&mut self, seen: &mut String) -> Value {
+        let instance = self.server.instance().unwrap_or(Value::Null);
+        let status = instance["status"].as_str().unwrap_or("none").to_owned();
+        if status != *seen {
+            self.tl.mark(&format!(
+                "server: instance {status} (version {}, granted {})",
+                instance["version"], instance["granted_version"]
+            ));
+            *seen = status;
+        }
+        instance
+    }
+
     /// Polls the server until `pred` holds for the instance; records server status changes.
     fn wait_server(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) {
         let deadline = Instant::now() + timeout;
         let mut seen = String::new();
         loop {
-            let instance = self.server.instance().unwrap_or(Value::Null);
-            let status = instance["status"].as_str().unwrap_or("none").to_owned();
-            if status != seen {
-                self.tl.mark(&format!(
-                    "server: instance {status} (version {}, granted {})",
-                    instance["version"], instance["granted_version"]
-                ));
-                seen = status;
-            }
+            let instance = self.server_instance_marking_changes(&mut seen);
             if pred(&instance) {
                 return;
             }
@@ -711,15 +718,7 @@ impl Story {
             .find("Wellcar: booting USR-")
             .is_none()
         {
-            let instance = self.server.instance().unwrap_or(Value::Null);
-            let status = instance["status"].as_str().unwrap_or("none").to_owned();
-            if status != seen {
-                self.tl.mark(&format!(
-                    "server: instance {status} (version {}, granted {})",
-                    instance["version"], instance["granted_version"]
-                ));
-                seen = status;
-            }
+            self.server_instance_marking_changes(&mut seen);
             if Instant::now() > deadline {
                 self.fail("the agent did not reboot into the update");
             }

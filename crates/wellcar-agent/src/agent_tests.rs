@@ -31,6 +31,11 @@ use crate::state::{Operation, Phase};
 
 const MACHINE: &str = "0f6a2d3b9c8e4f1aa7b6c5d4e3f2a1b0";
 
+/// The events (type, result, error code, version) of an update that downloaded, installed and
+/// staged: download started (13), download finished (14), update complete (3), each a success.
+const INSTALLED_EVENTS: [(i64, i64, Option<i64>, Option<String>); 3] =
+    [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)];
+
 /// A signed payload for `version` and what it should install.
 struct Payload {
     path: PathBuf,
@@ -452,10 +457,7 @@ async fn update_reports_every_event_then_the_reboot() {
     );
     assert_eq!(agent.state().operation(), Operation::UpdatedNeedReboot);
     assert!(agent.state().outbox.is_empty(), "every event acknowledged");
-    assert_eq!(
-        server.events().await,
-        [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)]
-    );
+    assert_eq!(server.events().await, INSTALLED_EVENTS);
     assert_eq!(server.instance().await.status, "installed");
     asserts_staged(&host, &payload);
     assert!(host.paths.reboot_required.exists());
@@ -570,10 +572,7 @@ async fn interrupted_download_resumes_with_range() {
         "served {served}, expected {expected} + headers (payload {})",
         payload.size
     );
-    assert_eq!(
-        server.events().await,
-        [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)]
-    );
+    assert_eq!(server.events().await, INSTALLED_EVENTS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -991,10 +990,7 @@ async fn update_engine_client_update_drives_the_daemon() {
     asserts_staged(&host, &payload);
     assert!(host.paths.reboot_required.exists());
     assert!(!rebooted.exists(), "REBOOT_STRATEGY=off never reboots");
-    assert_eq!(
-        server.events().await,
-        [(13, 1, None, None), (14, 1, None, None), (3, 1, None, None)]
-    );
+    assert_eq!(server.events().await, INSTALLED_EVENTS);
 }
 
 /// The daemon against a server that is down (connections accepted and closed at once): its
