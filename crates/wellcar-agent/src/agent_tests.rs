@@ -292,7 +292,7 @@ impl Server {
             .await
             .unwrap();
         list.into_iter()
-            .find(|i| i.machine_id == MACHINE)
+            .find(|i| i.facts.machine_id == MACHINE)
             .expect("the agent's instance is listed")
     }
 }
@@ -426,11 +426,14 @@ async fn no_update() {
     assert_eq!(agent.state().aleph_version.as_deref(), Some("1.0.0"));
     let instance = server.instance().await;
     assert_eq!(
-        (instance.version.as_str(), instance.track.as_str()),
+        (
+            instance.facts.version.as_str(),
+            instance.facts.track.as_str()
+        ),
         ("1.0.0", "stable")
     );
-    assert_eq!(instance.alias, "agent-test");
-    assert_eq!(instance.oem, "qemu");
+    assert_eq!(instance.facts.alias, "agent-test");
+    assert_eq!(instance.facts.oem, "qemu");
     assert!(
         server.events().await.is_empty(),
         "a plain check reports no event"
@@ -483,7 +486,7 @@ async fn update_reports_every_event_then_the_reboot() {
     assert_eq!(events.last().unwrap(), &(3, 2, None, Some("1.0.0".into())));
     let instance = server.instance().await;
     assert_eq!(
-        (instance.status.as_str(), instance.version.as_str()),
+        (instance.status.as_str(), instance.facts.version.as_str()),
         ("complete", "1.1.0")
     );
     // A newer version while B is on trial (not marked good): deferred, A is not touched.
@@ -676,7 +679,7 @@ async fn server_down_backs_off_then_recovers() {
         Duration::from_secs(1800),
         "back to the server's poll interval"
     );
-    assert_eq!(server.instance().await.version, "1.0.0");
+    assert_eq!(server.instance().await.facts.version, "1.0.0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1062,7 +1065,7 @@ async fn daemon_backs_off_while_the_server_is_down() {
     })
     .await;
     daemon.sigkill();
-    assert_eq!(server.instance().await.version, "1.0.0");
+    assert_eq!(server.instance().await.facts.version, "1.0.0");
 }
 
 /// A restart right after the previous run's verification moved kernel and initramfs into place

@@ -123,7 +123,7 @@ impl Harness {
             .await
             .unwrap();
         list.into_iter()
-            .find(|i| i.machine_id == machine)
+            .find(|i| i.facts.machine_id == machine)
             .unwrap_or_else(|| panic!("instance {machine} not listed"))
     }
 
@@ -552,10 +552,10 @@ async fn corpus_requests_get_flatcar_acceptable_answers(backend: Backend) {
         .unwrap();
     let m = list
         .iter()
-        .find(|i| i.machine_id == "0f6a2d3b9c8e4f1aa7b6c5d4e3f2a1b0")
+        .find(|i| i.facts.machine_id == "0f6a2d3b9c8e4f1aa7b6c5d4e3f2a1b0")
         .unwrap();
     assert_eq!(m.status, "error");
-    assert_eq!(m.version, "3815.2.0");
+    assert_eq!(m.facts.version, "3815.2.0");
     assert_eq!(m.last_error_code, Some(10));
     h.stop().await;
 }
@@ -611,7 +611,7 @@ async fn update_conversation_and_rollback(backend: Backend) {
     assert_eq!(r.apps[0].event_acks, 1);
     let m1 = h.instance("m1").await;
     assert_eq!(
-        (m1.status.as_str(), m1.version.as_str()),
+        (m1.status.as_str(), m1.facts.version.as_str()),
         ("complete", "1.2.3")
     );
 
@@ -873,7 +873,7 @@ async fn unchanged_checks_do_not_write(backend: Backend) {
         h.state().db.write_counts().transactions,
         before.transactions + 1
     );
-    assert_eq!(h.instance("quiet").await.version, "1.1.0");
+    assert_eq!(h.instance("quiet").await.facts.version, "1.1.0");
     h.stop().await;
 }
 
@@ -1019,11 +1019,11 @@ async fn retention_prunes_old_data(backend: Backend) {
         .get(&format!("/api/v1/apps/{WELLCAR_APP_ID}/instances"))
         .await
         .unwrap();
-    let ids: Vec<_> = list.iter().map(|i| i.machine_id.as_str()).collect();
+    let ids: Vec<_> = list.iter().map(|i| i.facts.machine_id.as_str()).collect();
     assert_eq!(ids, ["new"]);
     // A pruned machine that checks in again is recorded again.
     h.check("old", "2.0.0", "stable").await;
-    assert_eq!(h.instance("old").await.version, "2.0.0");
+    assert_eq!(h.instance("old").await.facts.version, "2.0.0");
     h.stop().await;
 }
 

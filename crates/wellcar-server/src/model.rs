@@ -168,9 +168,9 @@ pub struct GroupPatch {
     pub windows: Option<Vec<Window>>,
 }
 
-/// A machine running an application.
+/// What a machine tells about itself when it checks in: the facts its instance row keeps.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Instance {
+pub struct InstanceFacts {
     /// App.
     pub app_id: String,
     /// Omaha `machineid`.
@@ -189,6 +189,14 @@ pub struct Instance {
     pub group_id: Option<String>,
     /// Architecture.
     pub arch: String,
+}
+
+/// A machine running an application.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Instance {
+    /// What it last told about itself (its keys appear at the top level in JSON).
+    #[serde(flatten)]
+    pub facts: InstanceFacts,
     /// One of the [`status`] values.
     pub status: String,
     /// Last check-in (unix ms; persisted at the configured resolution).

@@ -27,7 +27,7 @@ use wellcar_omaha::{
     Request, UpdateCheckResponse, MAX_REQUEST_BYTES,
 };
 
-use crate::model::{status, Channel, Group, Package};
+use crate::model::{status, Channel, Group, InstanceFacts, Package};
 use crate::server::ServerState;
 use crate::store::{self, Sighting};
 use crate::StoreError;
@@ -206,15 +206,17 @@ async fn answer_app(
         .cloned();
     let arch = arch_of(app, request);
     let sighting = Sighting {
-        app_id: app_id.clone(),
-        machine_id: app.machine_id.clone(),
-        alias: app.machine_alias.clone(),
-        ip: ip.to_owned(),
-        oem: app.oem.clone(),
-        version: app.version.clone(),
-        track: track.to_owned(),
-        group_id: group.as_ref().map(|g| g.id.clone()),
-        arch: arch.to_owned(),
+        facts: InstanceFacts {
+            app_id: app_id.clone(),
+            machine_id: app.machine_id.clone(),
+            alias: app.machine_alias.clone(),
+            ip: ip.to_owned(),
+            oem: app.oem.clone(),
+            version: app.version.clone(),
+            track: track.to_owned(),
+            group_id: group.as_ref().map(|g| g.id.clone()),
+            arch: arch.to_owned(),
+        },
         at: now,
     };
 
@@ -366,7 +368,7 @@ async fn decide(
     sighting: &Sighting,
     now: i64,
 ) -> Result<Option<Package>, StoreError> {
-    if sighting.machine_id.is_empty() {
+    if sighting.facts.machine_id.is_empty() {
         return Ok(None);
     }
     // Cheap refusals from the snapshot; the transaction re-checks them authoritatively.
@@ -417,7 +419,7 @@ fn grant(
     let Some(group) = store::lock_group(conn, group_id)? else {
         return Ok(Verdict::Refused);
     };
-    if let Some(inst) = store::find_instance(conn, &s.app_id, &s.machine_id, true)? {
+    if let Some(inst) = store::find_instance(conn, &s.facts.app_id, &s.facts.machine_id, true)? {
         let same_version = inst.granted_version.as_deref() == Some(version);
         if same_version && status::IN_PROGRESS.contains(&inst.status.as_str()) {
             return Ok(Verdict::Granted); // the client asked again: re-serve its grant
@@ -435,7 +437,7 @@ fn grant(
     }
     let counters = store::rollout_counters(conn, &group, version, now)?;
     if let Err(denial) = crate::policy::decide(&group.policy, group.halted, counters, now) {
-        tracing::debug!(machine = %s.machine_id, group = %group.track, reason = denial.as_str(), "update withheld");
+        tracing::debug!(machine = %s.facts.machine_id, group = %group.track, reason = denial.as_str(), "update withheld");
         return Ok(match denial {
             crate::policy::Denial::PeriodLimit
             | crate::policy::Denial::ConcurrencyLimit
@@ -452,12 +454,12 @@ fn grant(
             &store::NewActivity {
                 actor: "system",
                 kind: "rollout-started",
-                app_id: Some(&s.app_id),
+                app_id: Some(&s.facts.app_id),
                 group_id: Some(&group.id),
                 severity: "info",
                 message: &format!(
                     "rollout of {version} to group {} started with instance {}",
-                    group.track, s.machine_id
+                    group.track, s.facts.machine_id
                 ),
             },
         )?;
@@ -489,15 +491,16 @@ pub fn apply_events(
     if let Some(g) = request_group {
         store::lock_group(conn, &g.id)?;
     }
-    let instance = match store::find_instance(conn, &s.app_id, &s.machine_id, true)? {
+    let instance = match store::find_instance(conn, &s.facts.app_id, &s.facts.machine_id, true)? {
         Some(i) => i,
         None => {
             store::upsert_sightings(conn, std::slice::from_ref(s))?;
-            store::find_instance(conn, &s.app_id, &s.machine_id, true)?
-                .ok_or_else(|| StoreError::NotFound(format!("instance {}", s.machine_id)))?
+            store::find_instance(conn, &s.facts.app_id, &s.facts.machine_id, true)?
+                .ok_or_else(|| StoreError::NotFound(format!("instance {}", s.facts.machine_id)))?
         }
     };
     let group_id = instance
+        .facts
         .group_id
         .clone()
         .or_else(|| request_group.map(|g| g.id.clone()));
@@ -505,11 +508,11 @@ pub fn apply_events(
     for ev in events {
         store::insert_event(
             conn,
-            &s.app_id,
-            &s.machine_id,
+            &s.facts.app_id,
+            &s.facts.machine_id,
             group_id.as_deref(),
             ev,
-            &s.version,
+            &s.facts.version,
             now,
         )?;
         outcome.stored += 1;
@@ -526,11 +529,11 @@ pub fn apply_events(
             _ => continue,
         };
         let error_code = ev.error_code.map(|c| i64::from(c.code()));
-        let version = (new_status == status::COMPLETE).then_some(s.version.as_str());
+        let version = (new_status == status::COMPLETE).then_some(s.facts.version.as_str());
         store::set_instance_status(
             conn,
-            &s.app_id,
-            &s.machine_id,
+            &s.facts.app_id,
+            &s.facts.machine_id,
             new_status,
             version,
             error_code,
@@ -547,7 +550,7 @@ pub fn apply_events(
             let what = if rollback {
                 format!(
                     "instance {} rolled back from {} (error code 44)",
-                    s.machine_id,
+                    s.facts.machine_id,
                     if target.is_empty() {
                         "its update"
                     } else {
@@ -557,7 +560,7 @@ pub fn apply_events(
             } else {
                 format!(
                     "instance {} failed updating to {} (error code {}, event {}/{})",
-                    s.machine_id,
+                    s.facts.machine_id,
                     if target.is_empty() { "?" } else { &target },
                     error_code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
                     ev.event_type,
@@ -570,7 +573,7 @@ pub fn apply_events(
                 &store::NewActivity {
                     actor: "system",
                     kind: "instance-update-failed",
-                    app_id: Some(&s.app_id),
+                    app_id: Some(&s.facts.app_id),
                     group_id: group_id.as_deref(),
                     severity: "error",
                     message: &what,
@@ -582,7 +585,7 @@ pub fn apply_events(
                         outcome.halted |= store::halt_group(
                             conn,
                             gid,
-                            &s.app_id,
+                            &s.facts.app_id,
                             &format!("safe mode: {what}"),
                             now,
                         )?;

@@ -149,7 +149,7 @@ fn load_snapshot(conn: &mut dyn crate::db::Conn) -> Result<ConfigSnapshot, Store
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct SeenEntry {
-    facts: Sighting,
+    sighting: Sighting,
     persisted_at: i64,
 }
 
@@ -216,17 +216,14 @@ impl ServerState {
 
     /// Queues a sighting unless nothing changed and it was persisted recently enough.
     pub fn note_sighting(&self, s: Sighting) {
-        let key = (s.app_id.clone(), s.machine_id.clone());
+        let key = (s.facts.app_id.clone(), s.facts.machine_id.clone());
         let resolution = self.settings.last_seen_resolution.as_millis() as i64;
         {
             let Ok(mut seen) = self.seen.lock() else {
                 return;
             };
             if let Some(e) = seen.get(&key) {
-                let same = Sighting {
-                    at: e.facts.at,
-                    ..s.clone()
-                } == e.facts;
+                let same = s.facts == e.sighting.facts;
                 if same && s.at - e.persisted_at < resolution {
                     return;
                 }
@@ -234,7 +231,7 @@ impl ServerState {
             seen.insert(
                 key.clone(),
                 SeenEntry {
-                    facts: s.clone(),
+                    sighting: s.clone(),
                     persisted_at: s.at,
                 },
             );
@@ -291,7 +288,7 @@ impl ServerState {
                 if let Ok(mut p) = self.pending.lock() {
                     for s in shared.iter().cloned().chain(chunks.flatten()) {
                         // A newer sighting queued meanwhile wins.
-                        p.entry((s.app_id.clone(), s.machine_id.clone()))
+                        p.entry((s.facts.app_id.clone(), s.facts.machine_id.clone()))
                             .or_insert(s);
                     }
                 }

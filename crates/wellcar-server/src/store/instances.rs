@@ -10,7 +10,7 @@
 
 use super::{find_group, require_app};
 use crate::db::{query_one, Conn, Row, Value};
-use crate::model::{status, Instance};
+use crate::model::{status, Instance, InstanceFacts};
 use crate::params;
 use crate::StoreError;
 
@@ -19,15 +19,17 @@ const INSTANCE_COLUMNS: &str = "app_id, machine_id, alias, ip, oem, version, tra
 
 fn instance_from(r: &Row) -> Result<Instance, StoreError> {
     Ok(Instance {
-        app_id: r.text(0)?,
-        machine_id: r.text(1)?,
-        alias: r.text(2)?,
-        ip: r.text(3)?,
-        oem: r.text(4)?,
-        version: r.text(5)?,
-        track: r.text(6)?,
-        group_id: r.opt_text(7)?,
-        arch: r.text(8)?,
+        facts: InstanceFacts {
+            app_id: r.text(0)?,
+            machine_id: r.text(1)?,
+            alias: r.text(2)?,
+            ip: r.text(3)?,
+            oem: r.text(4)?,
+            version: r.text(5)?,
+            track: r.text(6)?,
+            group_id: r.opt_text(7)?,
+            arch: r.text(8)?,
+        },
         status: r.text(9)?,
         last_check: r.int(10)?,
         granted_version: r.opt_text(11)?,
@@ -100,24 +102,8 @@ pub fn list_instances(
 /// Instance facts from one check-in, queued for a batched write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sighting {
-    /// App.
-    pub app_id: String,
-    /// Machine id.
-    pub machine_id: String,
-    /// Alias.
-    pub alias: String,
-    /// Client IP.
-    pub ip: String,
-    /// OEM.
-    pub oem: String,
-    /// Version.
-    pub version: String,
-    /// Track.
-    pub track: String,
-    /// Group id.
-    pub group_id: Option<String>,
-    /// Arch.
-    pub arch: String,
+    /// What the machine told.
+    pub facts: InstanceFacts,
     /// When (unix ms).
     pub at: i64,
 }
@@ -126,16 +112,17 @@ impl Sighting {
     /// The values of an `instances` row's first nine columns (`app_id` to `arch`, in table
     /// order), followed by `rest`: the parameters of an insert of this sighting.
     pub(crate) fn row_values(&self, rest: impl IntoIterator<Item = Value>) -> Vec<Value> {
+        let f = &self.facts;
         let facts = params![
-            &self.app_id,
-            &self.machine_id,
-            &self.alias,
-            &self.ip,
-            &self.oem,
-            &self.version,
-            &self.track,
-            self.group_id.clone(),
-            &self.arch,
+            &f.app_id,
+            &f.machine_id,
+            &f.alias,
+            &f.ip,
+            &f.oem,
+            &f.version,
+            &f.track,
+            f.group_id.clone(),
+            &f.arch,
         ];
         facts.into_iter().chain(rest).collect()
     }
