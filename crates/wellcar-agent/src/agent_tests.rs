@@ -11,14 +11,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::Method;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wellcar_contract::RootHash;
 use wellcar_disk::Slot;
 use wellcar_omaha::WELLCAR_APP_ID;
 use wellcar_payload::SigningKey;
-use wellcar_server::client::ApiClient;
+use wellcar_server::client::{ApiClient, PackageRef};
 use wellcar_server::model::{Instance, InstanceEvent};
 use wellcar_server::store::{self, Role};
 use wellcar_test_support::build::{Build, MIB};
@@ -236,26 +234,18 @@ impl Server {
     /// Uploads `payload` as `version` and publishes it to `stable`, through the admin API as
     /// `wellcar server package publish` does.
     async fn publish(&self, version: &str, payload: &Path) {
+        let package = PackageRef {
+            app: WELLCAR_APP_ID,
+            version,
+            arch: "amd64",
+        };
         let _: serde_json::Value = self
             .api
-            .put_file(
-                &format!(
-                    "/api/v1/apps/{WELLCAR_APP_ID}/packages/amd64/{version}/wellcar_update.bin"
-                ),
-                payload,
-            )
+            .upload_package(&package, "wellcar_update.bin", payload, Arc::new(|_| {}))
             .await
             .unwrap();
         // The server reloads its configuration snapshot when a change is made through the API.
-        let _: serde_json::Value = self
-            .api
-            .call(
-                Method::POST,
-                &format!("/api/v1/apps/{WELLCAR_APP_ID}/channels/stable/publish"),
-                &json!({"version": version, "arch": "amd64"}),
-            )
-            .await
-            .unwrap();
+        let _: serde_json::Value = self.api.publish(&package, "stable").await.unwrap();
     }
 
     /// `(type, result, error code, previous version)` of every event of `MACHINE`, in the order

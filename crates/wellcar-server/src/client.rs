@@ -79,6 +79,22 @@ pub enum ClientError {
     },
 }
 
+/// A package of an app, as the admin API's paths name it.
+#[derive(Debug, Clone, Copy)]
+pub struct PackageRef<'a> {
+    /// The app id (a Flatcar-style `{…}` id is normalized).
+    pub app: &'a str,
+    /// The package's version.
+    pub version: &'a str,
+    /// Its architecture (`amd64`, `arm64`).
+    pub arch: &'a str,
+}
+
+/// The admin API path of app `app`'s resources: `/api/v1/apps/{app}`, the id normalized.
+pub fn app_path(app: &str) -> String {
+    format!("/api/v1/apps/{}", wellcar_omaha::normalize_app_id(app))
+}
+
 /// A client bound to one server base URL and (optionally) an API token.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
@@ -211,6 +227,36 @@ impl ApiClient {
         })?;
         self.json_call(method, path, Some("application/json"), full(bytes))
             .await
+    }
+
+    /// Uploads `file` as package `version` of `app` for `arch`, hosted as `filename`
+    /// (`PUT /api/v1/apps/{app}/packages/{arch}/{version}/{filename}`), reporting progress.
+    pub async fn upload_package<T: DeserializeOwned>(
+        &self,
+        package: &PackageRef<'_>,
+        filename: &str,
+        file: &Path,
+        progress: OnUpload,
+    ) -> Result<T, ClientError> {
+        let PackageRef { app, version, arch } = *package;
+        let path = format!("{}/packages/{arch}/{version}/{filename}", app_path(app));
+        self.put_file_with_progress(&path, file, progress).await
+    }
+
+    /// Points `channel` of the package's app, for its arch, at its version
+    /// (`POST /api/v1/apps/{app}/channels/{channel}/publish`): the publish operation.
+    pub async fn publish<T: DeserializeOwned>(
+        &self,
+        package: &PackageRef<'_>,
+        channel: &str,
+    ) -> Result<T, ClientError> {
+        let PackageRef { app, version, arch } = *package;
+        self.call(
+            Method::POST,
+            &format!("{}/channels/{channel}/publish", app_path(app)),
+            &serde_json::json!({"version": version, "arch": arch}),
+        )
+        .await
     }
 
     /// `PUT path` streaming a local file as the body.

@@ -92,10 +92,7 @@ impl ServerArgs {
     }
 
     fn app_path(&self) -> String {
-        format!(
-            "/api/v1/apps/{}",
-            wellcar_omaha::normalize_app_id(&self.app)
-        )
+        crate::client::app_path(&self.app)
     }
 }
 

@@ -19,7 +19,7 @@ use sha2::Digest as _;
 use wellcar_contract::{BuildManifest, BUILD_MANIFEST_FILE};
 
 use super::{print, ServerArgs};
-use crate::client::OnUpload;
+use crate::client::{OnUpload, PackageRef};
 
 /// `wellcar server package …`.
 #[derive(Debug, clap::Subcommand)]
@@ -167,6 +167,11 @@ async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
         .and_then(|n| n.to_str())
         .with_context(|| format!("{} has no file name", file.display()))?
         .to_owned();
+    let package_ref = PackageRef {
+        app: &o.server.app,
+        version: &version,
+        arch: &arch,
+    };
     let created: Result<serde_json::Value, crate::client::ClientError> = match &o.url {
         Some(url) => {
             let file = file.clone();
@@ -182,18 +187,8 @@ async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
             .await
         }
         None => {
-            api.put_file_with_progress(
-                &format!(
-                    "{}/packages/{}/{}/{}",
-                    o.server.app_path(),
-                    arch,
-                    version,
-                    filename
-                ),
-                &file,
-                upload,
-            )
-            .await
+            api.upload_package(&package_ref, &filename, &file, upload)
+                .await
         }
     };
     let package = match created {
@@ -208,11 +203,7 @@ async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
     let mut out = json!({ "package": package });
     if let Some(channel) = &o.channel {
         let ch: serde_json::Value = api
-            .call(
-                Method::POST,
-                &format!("{}/channels/{channel}/publish", o.server.app_path()),
-                &json!({"version": version, "arch": arch}),
-            )
+            .publish(&package_ref, channel)
             .await
             .with_context(|| format!("publishing {} to channel {channel}", version))?;
         out["channel"] = ch;
