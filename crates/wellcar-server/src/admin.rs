@@ -259,7 +259,14 @@ async fn publish(
     let now = state.now();
     let ch = state
         .db
-        .write(move |c| store::publish(c, &app, &channel, &body.version, &body.arch, &actor, now))
+        .write(move |c| {
+            let target = store::ChannelPackage {
+                channel: &channel,
+                version: &body.version,
+                arch: &body.arch,
+            };
+            store::publish(c, &app, &target, &actor, now)
+        })
         .await?;
     after_change(&state).await?;
     Ok(Json(ch))
@@ -309,7 +316,14 @@ async fn remove_floor(
     let now = state.now();
     state
         .db
-        .write(move |c| store::remove_floor(c, &app, &channel, &version, &arch, &actor, now))
+        .write(move |c| {
+            let floor = store::ChannelPackage {
+                channel: &channel,
+                version: &version,
+                arch: &arch,
+            };
+            store::remove_floor(c, &app, &floor, &actor, now)
+        })
         .await?;
     after_change(&state).await?;
     Ok(StatusCode::NO_CONTENT)

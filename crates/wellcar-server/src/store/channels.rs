@@ -164,16 +164,31 @@ pub fn add_floor(
     bump_generation(conn)
 }
 
+/// A package version on a channel of one arch: what a publish points the channel at, or a
+/// floor of the channel.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelPackage<'a> {
+    /// Channel name.
+    pub channel: &'a str,
+    /// Package version (the package must exist).
+    pub version: &'a str,
+    /// Architecture (of the channel and the package).
+    pub arch: &'a str,
+}
+
 /// Removes a floor.
 pub fn remove_floor(
     conn: &mut dyn Conn,
     app_id: &str,
-    channel: &str,
-    version: &str,
-    arch: &str,
+    floor: &ChannelPackage<'_>,
     actor: &str,
     now: i64,
 ) -> Result<(), StoreError> {
+    let ChannelPackage {
+        channel,
+        version,
+        arch,
+    } = *floor;
     let app = require_app(conn, app_id)?;
     let package = find_package(conn, &app.id, version, arch)?;
     let channel_id = stable_id(&["channel", &app.id, channel, arch]);
@@ -199,12 +214,15 @@ pub fn remove_floor(
 pub fn publish(
     conn: &mut dyn Conn,
     app_id: &str,
-    channel: &str,
-    version: &str,
-    arch: &str,
+    target: &ChannelPackage<'_>,
     actor: &str,
     now: i64,
 ) -> Result<Channel, StoreError> {
+    let ChannelPackage {
+        channel,
+        version,
+        arch,
+    } = *target;
     let app = require_app(conn, app_id)?;
     let package = find_package(conn, &app.id, version, arch)?;
     let n = conn.execute(

@@ -40,7 +40,8 @@ use crate::StoreError;
 pub use activity::{list_activity, log_activity, NewActivity};
 pub use apps::{create_app, find_app, list_apps, require_app};
 pub use channels::{
-    add_floor, all_channels, create_channel, list_channels, publish, remove_floor, NewFloor,
+    add_floor, all_channels, create_channel, list_channels, publish, remove_floor, ChannelPackage,
+    NewFloor,
 };
 pub use events::{count_events, insert_event, list_instance_events};
 pub use groups::{
