@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::Signer;
 
-use crate::apply::{apply, verify_payload, ApplyError, ApplyPolicy, Checkpoint, Installer};
+use crate::apply::{
+    apply, verify_payload, ApplyError, ApplyPolicy, Checkpoint, InstallReport, InstallTargets,
+    Installer, UsrTarget,
+};
 use crate::format::{
-    encode_signature_block, FormatError, Header, PayloadHead, SignatureEntry, HEADER_LEN,
+    encode_signature_block, FormatError, Header, PayloadHead, SignatureEntry, VerifiedHead,
+    HEADER_LEN,
 };
 use crate::keys::{new_signing_key, write_keypair, TrustedKeys};
 use crate::test_fixture::*;
@@ -18,6 +22,26 @@ use wellcar_test_support::tools;
 
 fn policy() -> ApplyPolicy {
     ApplyPolicy::new(BOARD, Some("1.0.0".into()))
+}
+
+/// Applies the payload file at `path` to `targets`, trusting `keys`, under [`policy`].
+fn apply_file<T: UsrTarget>(
+    path: &std::path::Path,
+    keys: &TrustedKeys,
+    targets: InstallTargets<T>,
+) -> Result<InstallReport, ApplyError> {
+    apply(&mut File::open(path).unwrap(), keys, &policy(), targets)
+}
+
+/// Opens the payload at `path` and reads its head, authenticated by `keys`; the file is left
+/// where the data starts.
+fn open_verified(path: &std::path::Path, keys: &TrustedKeys) -> (File, VerifiedHead) {
+    let mut file = File::open(path).unwrap();
+    let head = PayloadHead::read(&mut file)
+        .unwrap()
+        .authenticate(keys)
+        .unwrap();
+    (file, head)
 }
 
 /// A reader that yields at most `limit` bytes, then fails like a dropped connection.
@@ -132,13 +156,7 @@ fn round_trip_is_bit_identical_and_veritysetup_accepts_it() {
 
     // The target is larger than the image (a real partition may be) and holds an old slot.
     let target = fx.target("t", USR_SIZE + 2 * MIB);
-    let report = apply(
-        &mut File::open(&summary.path).unwrap(),
-        &fx.trusted(),
-        &policy(),
-        target.open(),
-    )
-    .unwrap();
+    let report = apply_file(&summary.path, &fx.trusted(), target.open()).unwrap();
     assert_eq!(report.version, "1.2.3");
     let written = read(&target.usr);
     assert!(
@@ -198,13 +216,7 @@ fn flipped_bit_in_blob_is_caught_at_that_blob_and_nothing_is_installed() {
         "{err}"
     );
     let target = fx.target("t", USR_SIZE);
-    let err = apply(
-        &mut File::open(&summary.path).unwrap(),
-        &fx.trusted(),
-        &policy(),
-        target.open(),
-    )
-    .unwrap_err();
+    let err = apply_file(&summary.path, &fx.trusted(), target.open()).unwrap_err();
     assert!(matches!(err, ApplyError::BlobHashMismatch { .. }), "{err}");
     assert!(
         err.to_string().contains(&format!("operation {}", third.0)),
@@ -232,13 +244,7 @@ fn flipped_bits_in_header_manifest_and_signature_are_refused_before_writing() {
         std::fs::write(&summary.path, &pristine).unwrap();
         flip_bit(&summary.path, offset);
         let target = fx.target(what, USR_SIZE);
-        let err = apply(
-            &mut File::open(&summary.path).unwrap(),
-            &fx.trusted(),
-            &policy(),
-            target.open(),
-        )
-        .unwrap_err();
+        let err = apply_file(&summary.path, &fx.trusted(), target.open()).unwrap_err();
         let ok = match what {
             "magic" => matches!(err, ApplyError::Format(FormatError::BadMagic { .. })),
             "format version" => matches!(
@@ -268,13 +274,7 @@ fn unknown_key_is_refused_and_named() {
     let summary = fx.payload();
     let stranger = new_signing_key().unwrap();
     let target = fx.target("t", USR_SIZE);
-    let err = apply(
-        &mut File::open(&summary.path).unwrap(),
-        &trusted(&[&stranger]),
-        &policy(),
-        target.open(),
-    )
-    .unwrap_err();
+    let err = apply_file(&summary.path, &trusted(&[&stranger]), target.open()).unwrap_err();
     assert!(
         matches!(err, ApplyError::Format(FormatError::UntrustedSigner { .. })),
         "{err}"
@@ -444,11 +444,7 @@ fn resume_after_cuts_continues_from_the_checkpoint_without_rereading() {
     let mut start = None::<Checkpoint>;
     let mut downloaded = 0u64;
     for (n, cut) in cuts.iter().enumerate() {
-        let mut file = File::open(&summary.path).unwrap();
-        let head = PayloadHead::read(&mut file)
-            .unwrap()
-            .authenticate(&fx.trusted())
-            .unwrap();
+        let (mut file, head) = open_verified(&summary.path, &fx.trusted());
         let mut installer = match &start {
             None => Installer::new(head, &policy, target.open()).unwrap(),
             Some(cp) => Installer::resume(head, &policy, target.open(), cp.clone()).unwrap(),
@@ -485,11 +481,7 @@ fn resume_after_cuts_continues_from_the_checkpoint_without_rereading() {
         "last checkpoint {}",
         saved.payload_offset
     );
-    let mut file = File::open(&summary.path).unwrap();
-    let head = PayloadHead::read(&mut file)
-        .unwrap()
-        .authenticate(&fx.trusted())
-        .unwrap();
+    let (mut file, head) = open_verified(&summary.path, &fx.trusted());
     let mut installer = Installer::resume(head, &policy, target.open(), saved.clone()).unwrap();
     file.seek(SeekFrom::Start(saved.payload_offset)).unwrap();
     let mut rest = CountingReader {
@@ -522,11 +514,7 @@ fn in_process_resume_and_guarded_checkpoints() {
     let fx = Fixture::new("1.2.3");
     let summary = fx.payload();
     let target = fx.target("t", USR_SIZE);
-    let mut file = File::open(&summary.path).unwrap();
-    let head = PayloadHead::read(&mut file)
-        .unwrap()
-        .authenticate(&fx.trusted())
-        .unwrap();
+    let (_, head) = open_verified(&summary.path, &fx.trusted());
     let mut installer = Installer::new(head.clone(), &policy(), target.open()).unwrap();
     // Default sync interval: the error path still syncs and keeps completed operations.
     let cut = summary.size / 2;
@@ -550,10 +538,7 @@ fn in_process_resume_and_guarded_checkpoints() {
     // A checkpoint for another payload, or with a forged offset, is refused.
     let other = Fixture::new("1.2.4");
     let other_summary = other.payload_signed_by(&[&fx.key]);
-    let other_head = PayloadHead::read(&mut File::open(&other_summary.path).unwrap())
-        .unwrap()
-        .authenticate(&fx.trusted())
-        .unwrap();
+    let (_, other_head) = open_verified(&other_summary.path, &fx.trusted());
     let err = Installer::resume(other_head, &policy(), target.open(), cp.clone()).unwrap_err();
     assert!(
         matches!(err, ApplyError::CheckpointMismatch { .. }),
@@ -573,11 +558,7 @@ fn corrupted_target_fails_final_verification() {
     let fx = Fixture::new("1.2.3");
     let summary = fx.payload();
     let target = fx.target("t", USR_SIZE);
-    let mut file = File::open(&summary.path).unwrap();
-    let head = PayloadHead::read(&mut file)
-        .unwrap()
-        .authenticate(&fx.trusted())
-        .unwrap();
+    let (mut file, head) = open_verified(&summary.path, &fx.trusted());
     let mut installer = Installer::new(head, &policy(), target.open()).unwrap();
     installer.write_from(&mut file).unwrap();
     // Something else scribbles on the slot between write and finish.
@@ -648,11 +629,7 @@ fn sigkill_child() {
     let mut policy = policy();
     policy.sync_interval = 1;
     let state = work.join("checkpoint.json");
-    let mut file = File::open(work.join("payload.bin")).unwrap();
-    let head = PayloadHead::read(&mut file)
-        .unwrap()
-        .authenticate(&trusted(&[&key]))
-        .unwrap();
+    let (mut file, head) = open_verified(&work.join("payload.bin"), &trusted(&[&key]));
     let mut installer = if state.exists() {
         Installer::resume(
             head,
@@ -801,13 +778,7 @@ fn apply_to_a_loop_block_device() {
         kernel: target.kernel.clone(),
         initramfs: target.initramfs.clone(),
     };
-    apply(
-        &mut File::open(&summary.path).unwrap(),
-        &fx.trusted(),
-        &policy(),
-        targets,
-    )
-    .unwrap();
+    apply_file(&summary.path, &fx.trusted(), targets).unwrap();
     let mut on_device = vec![0u8; USR_SIZE as usize];
     File::open(&device.0)
         .unwrap()
@@ -832,13 +803,7 @@ fn apply_to_a_loop_block_device() {
         kernel: small.kernel.clone(),
         initramfs: small.initramfs.clone(),
     };
-    let err = apply(
-        &mut File::open(&summary.path).unwrap(),
-        &fx.trusted(),
-        &policy(),
-        targets,
-    )
-    .unwrap_err();
+    let err = apply_file(&summary.path, &fx.trusted(), targets).unwrap_err();
     assert!(
         matches!(err, ApplyError::TargetTooSmall { size, .. } if size == USR_SIZE - MIB),
         "{err}"

@@ -93,24 +93,35 @@ impl Harness {
         Response::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 
+    /// Sends one Omaha request for the Wellcar app (see [`request`]) and parses the answer.
+    async fn send(
+        &self,
+        machine: &str,
+        version: &str,
+        track: &str,
+        check: bool,
+        events: &[Event],
+    ) -> Response {
+        self.post(&request(
+            WELLCAR_APP_ID,
+            machine,
+            version,
+            track,
+            check,
+            events,
+        ))
+        .await
+    }
+
     async fn check(&self, machine: &str, version: &str, track: &str) -> UpdateDecision {
-        self.post(&request(WELLCAR_APP_ID, machine, version, track, true, &[]))
+        self.send(machine, version, track, true, &[])
             .await
             .update_decision()
             .unwrap()
     }
 
     async fn event(&self, machine: &str, version: &str, track: &str, ev: Event) {
-        let r = self
-            .post(&request(
-                WELLCAR_APP_ID,
-                machine,
-                version,
-                track,
-                false,
-                &[ev],
-            ))
-            .await;
+        let r = self.send(machine, version, track, false, &[ev]).await;
         assert_eq!(r.apps[0].event_acks, 1);
     }
 
@@ -129,6 +140,24 @@ impl Harness {
 
     async fn activity(&self) -> Vec<Activity> {
         self.api.get("/api/v1/activity?limit=1000").await.unwrap()
+    }
+
+    /// POSTs `body` to the admin API at `path` and decodes the answer.
+    async fn admin_post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> T {
+        self.api.call(Method::POST, path, &body).await.unwrap()
+    }
+
+    /// Pauses (`action` "pause") or resumes (`"resume"`) the Wellcar group of `track`.
+    async fn group_action(&self, track: &str, action: &str) -> Group {
+        self.admin_post(
+            &format!("/api/v1/apps/{WELLCAR_APP_ID}/groups/{track}/{action}"),
+            json!({}),
+        )
+        .await
     }
 
     async fn patch_group(&self, track: &str, patch: serde_json::Value) -> Group {
@@ -160,14 +189,11 @@ impl Harness {
             .await
             .unwrap();
         let _: serde_json::Value = self
-            .api
-            .call(
-                Method::POST,
+            .admin_post(
                 &format!("/api/v1/apps/{WELLCAR_APP_ID}/channels/{channel}/publish"),
-                &json!({"version": version, "arch": "amd64"}),
+                json!({"version": version, "arch": "amd64"}),
             )
-            .await
-            .unwrap();
+            .await;
         (pkg, payload)
     }
 
@@ -326,31 +352,21 @@ async fn corpus_requests_get_flatcar_acceptable_answers(backend: Backend) {
         json!({"id": "{87EFFACE-864D-49A5-9BB3-4B050A7C227A}", "name": "corpus test app"}),
         json!({"id": "{8A69D345-D564-463C-AFF1-A69D9E530F96}", "name": "google spec app"}),
     ] {
-        let _: serde_json::Value = h
-            .api
-            .call(Method::POST, "/api/v1/apps", &app)
-            .await
-            .unwrap();
+        let _: serde_json::Value = h.admin_post("/api/v1/apps", app).await;
     }
     let base = format!("/api/v1/apps/{FLATCAR_APP_ID}");
     let _: serde_json::Value = h
-        .api
-        .call(
-            Method::POST,
+        .admin_post(
             &format!("{base}/channels"),
-            &json!({"name": "stable", "arch": "amd64"}),
+            json!({"name": "stable", "arch": "amd64"}),
         )
-        .await
-        .unwrap();
+        .await;
     let _: serde_json::Value = h
-        .api
-        .call(
-            Method::POST,
+        .admin_post(
             &format!("{base}/groups"),
-            &json!({"name": "stable", "channel": "stable"}),
+            json!({"name": "stable", "channel": "stable"}),
         )
-        .await
-        .unwrap();
+        .await;
     // Only OS versions (the version `wellcar build` stamps) can be published.
     for bad in ["1.2", "v3815.2.0", "3815.2.0-rc1"] {
         let err = h
@@ -384,26 +400,20 @@ async fn corpus_requests_get_flatcar_acceptable_answers(backend: Backend) {
         "{err}"
     );
     let _: serde_json::Value = h
-        .api
-        .call(
-            Method::POST,
+        .admin_post(
             &format!("{base}/packages"),
-            &json!({"version": "3815.2.0", "arch": "amd64", "filename": "flatcar_production_update.gz",
+            json!({"version": "3815.2.0", "arch": "amd64", "filename": "flatcar_production_update.gz",
                     "url": "https://update.release.flatcar-linux.net/amd64-usr/3815.2.0/", "size": 382137917,
                     "sha256_hex": "b2d2c6dd4fe8e00afc4cc1c5c13fd1581d22364696383ba90b4baeabebe00705",
                     "sha1_base64": "I6DGNAOrJRUxPbCuLw+AITfiVMo="}),
         )
-        .await
-        .unwrap();
+        .await;
     let _: serde_json::Value = h
-        .api
-        .call(
-            Method::POST,
+        .admin_post(
             &format!("{base}/channels/stable/publish"),
-            &json!({"version": "3815.2.0"}),
+            json!({"version": "3815.2.0"}),
         )
-        .await
-        .unwrap();
+        .await;
 
     struct Want {
         file: &'static str,
@@ -595,14 +605,7 @@ async fn update_conversation_and_rollback(backend: Backend) {
     assert_eq!(h.instance("m1").await.status, "installed");
     // After the reboot: check plus 3/2 in one app, as update_engine sends it.
     let r = h
-        .post(&request(
-            WELLCAR_APP_ID,
-            "m1",
-            "1.2.3",
-            "stable",
-            true,
-            &[ev_rebooted("1.0.0")],
-        ))
+        .send("m1", "1.2.3", "stable", true, &[ev_rebooted("1.0.0")])
         .await;
     assert!(matches!(
         r.update_decision(),
@@ -620,16 +623,7 @@ async fn update_conversation_and_rollback(backend: Backend) {
     for e in [ev(13, 1), ev(14, 1), ev(3, 1)] {
         h.event("m2", "1.0.0", "stable", e).await;
     }
-    let r = h
-        .post(&request(
-            WELLCAR_APP_ID,
-            "m2",
-            "1.0.0",
-            "stable",
-            true,
-            &[ev_err(44)],
-        ))
-        .await;
+    let r = h.send("m2", "1.0.0", "stable", true, &[ev_err(44)]).await;
     assert_eq!(r.apps[0].event_acks, 1);
     assert!(
         matches!(r.update_decision(), Ok(UpdateDecision::NoUpdate { .. })),
@@ -700,15 +694,7 @@ async fn safe_mode_halts_on_first_failure(backend: Backend) {
     );
     // The other groups are unaffected; resuming releases the brake.
     assert!(is_update(&h.check("elsewhere", "1.0.0", "stable").await));
-    let _: Group = h
-        .api
-        .call(
-            Method::POST,
-            &format!("/api/v1/apps/{WELLCAR_APP_ID}/groups/canary/resume"),
-            &json!({}),
-        )
-        .await
-        .unwrap();
+    h.group_action("canary", "resume").await;
     assert!(is_update(&h.check("second", "1.0.0", "canary").await));
     h.stop().await;
 }
@@ -757,15 +743,8 @@ async fn period_and_concurrency_limits(backend: Backend) {
     .await;
     // a, b, c are in progress (and not timed out): the fourth waits until one finishes.
     assert!(!is_update(&h.check("d", "1.0.0", "stable").await));
-    h.post(&request(
-        WELLCAR_APP_ID,
-        "a",
-        "2.0.0",
-        "stable",
-        true,
-        &[ev_rebooted("1.0.0")],
-    ))
-    .await;
+    h.send("a", "2.0.0", "stable", true, &[ev_rebooted("1.0.0")])
+        .await;
     assert!(is_update(&h.check("d", "1.0.0", "stable").await));
     h.stop().await;
 }
@@ -808,26 +787,10 @@ async fn maintenance_windows(backend: Backend) {
 async fn pause_and_resume(backend: Backend) {
     let h = Harness::start(backend).await;
     h.publish("2.0.0", "alpha").await;
-    let g: Group = h
-        .api
-        .call(
-            Method::POST,
-            &format!("/api/v1/apps/{WELLCAR_APP_ID}/groups/alpha/pause"),
-            &json!({}),
-        )
-        .await
-        .unwrap();
+    let g = h.group_action("alpha", "pause").await;
     assert!(!g.policy.updates_enabled);
     assert!(!is_update(&h.check("p", "1.0.0", "alpha").await));
-    let _: Group = h
-        .api
-        .call(
-            Method::POST,
-            &format!("/api/v1/apps/{WELLCAR_APP_ID}/groups/alpha/resume"),
-            &json!({}),
-        )
-        .await
-        .unwrap();
+    h.group_action("alpha", "resume").await;
     assert!(is_update(&h.check("p", "1.0.0", "alpha").await));
     let log = h.activity().await;
     let paused = log.iter().find(|a| a.kind == "group-paused").unwrap();
@@ -849,14 +812,7 @@ async fn unchanged_checks_do_not_write(backend: Backend) {
     for _ in 0..50 {
         // update_engine's routine check, with its no-op 3/2 "" event.
         let r = h
-            .post(&request(
-                WELLCAR_APP_ID,
-                "quiet",
-                "1.0.0",
-                "stable",
-                true,
-                &[ev_rebooted("")],
-            ))
+            .send("quiet", "1.0.0", "stable", true, &[ev_rebooted("")])
             .await;
         assert_eq!(r.apps[0].event_acks, 1);
     }
@@ -906,16 +862,7 @@ async fn bad_requests_get_400(backend: Backend) {
     let (status, _) = h.omaha.omaha("").await.unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Unknown track: an Omaha error status, HTTP 200.
-    let r = h
-        .post(&request(
-            WELLCAR_APP_ID,
-            "m",
-            "1.0.0",
-            "nosuchgroup",
-            true,
-            &[],
-        ))
-        .await;
+    let r = h.send("m", "1.0.0", "nosuchgroup", true, &[]).await;
     assert_eq!(r.apps[0].status, "error-unknownApplicationOrGroup");
     assert_eq!(
         r.apps[0].update_check.as_ref().unwrap().status,
@@ -995,15 +942,8 @@ async fn retention_prunes_old_data(backend: Backend) {
     h.publish("2.0.0", "stable").await;
     h.check("old", "1.0.0", "stable").await;
     h.event("old", "1.0.0", "stable", ev(13, 1)).await;
-    h.post(&request(
-        WELLCAR_APP_ID,
-        "old",
-        "2.0.0",
-        "stable",
-        true,
-        &[ev_rebooted("1.0.0")],
-    ))
-    .await;
+    h.send("old", "2.0.0", "stable", true, &[ev_rebooted("1.0.0")])
+        .await;
     h.state().flush_sightings().await.unwrap();
     h.advance(Duration::from_secs(100 * 24 * 3600));
     h.check("new", "2.0.0", "stable").await;
@@ -1049,26 +989,12 @@ async fn instance_events_list_in_the_order_machines_sent_them(backend: Backend) 
     h.event("m1", "1.0.0", "stable", ev(14, 1)).await;
     // Two in one request, as an agent sends its outbox after an outage.
     let r = h
-        .post(&request(
-            WELLCAR_APP_ID,
-            "m1",
-            "1.0.0",
-            "stable",
-            false,
-            &[ev(3, 1), ev_err(44)],
-        ))
+        .send("m1", "1.0.0", "stable", false, &[ev(3, 1), ev_err(44)])
         .await;
     assert_eq!(r.apps[0].event_acks, 2);
     h.advance(Duration::from_secs(60));
-    h.post(&request(
-        WELLCAR_APP_ID,
-        "m1",
-        "1.2.3",
-        "stable",
-        true,
-        &[ev_rebooted("1.0.0")],
-    ))
-    .await;
+    h.send("m1", "1.2.3", "stable", true, &[ev_rebooted("1.0.0")])
+        .await;
     h.event("m2", "1.0.0", "stable", ev(13, 1)).await;
     let path = format!("/api/v1/apps/{WELLCAR_APP_ID}/instances/m1/events");
     let events: Vec<InstanceEvent> = h.api.get(&path).await.unwrap();
@@ -1171,24 +1097,9 @@ async fn two_servers_share_one_postgres() {
     );
     // Pausing through one server stops the other once it reloads (it polls every
     // `config_refresh`).
-    let _: Group = a
-        .api
-        .call(
-            Method::POST,
-            &format!("/api/v1/apps/{WELLCAR_APP_ID}/groups/stable/pause"),
-            &json!({}),
-        )
-        .await
-        .unwrap();
-    a.post(&request(
-        WELLCAR_APP_ID,
-        "x1",
-        "2.0.0",
-        "stable",
-        true,
-        &[ev_rebooted("1.0.0")],
-    ))
-    .await;
+    a.group_action("stable", "pause").await;
+    a.send("x1", "2.0.0", "stable", true, &[ev_rebooted("1.0.0")])
+        .await;
     b_reloads_what_a_wrote(&a, &b_server).await;
     let (_, body) = b
         .omaha(&request(WELLCAR_APP_ID, "x2", "1.0.0", "stable", true, &[]))
@@ -1326,25 +1237,13 @@ async fn floors_are_mandatory_steps(backend: Backend) {
     let h = Harness::start(backend).await;
     h.publish("1.5.0", "stable").await;
     let _: serde_json::Value = h
-        .api
-        .call(
-            Method::POST,
+        .admin_post(
             &format!("/api/v1/apps/{WELLCAR_APP_ID}/channels/stable/floors"),
-            &json!({"version": "1.5.0", "reason": "partition migration"}),
+            json!({"version": "1.5.0", "reason": "partition migration"}),
         )
-        .await
-        .unwrap();
-    h.publish("2.0.0", "stable").await;
-    let r = h
-        .post(&request(
-            WELLCAR_APP_ID,
-            "low",
-            "1.0.0",
-            "stable",
-            true,
-            &[],
-        ))
         .await;
+    h.publish("2.0.0", "stable").await;
+    let r = h.send("low", "1.0.0", "stable", true, &[]).await;
     let m = &r.apps[0].update_check.as_ref().unwrap().manifests[0];
     assert_eq!((m.version.as_str(), m.is_floor), ("1.5.0", true));
     assert_eq!(m.floor_reason.as_deref(), Some("partition migration"));
