@@ -11,7 +11,7 @@ use wellcar_omaha::{
     ErrorCode, Event, Request, Response, UpdateDecision, FLATCAR_APP_ID, WELLCAR_APP_ID,
 };
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, PackageRef};
 use crate::model::{Activity, Group, Instance, InstanceEvent, Package};
 use crate::store::{self, Role};
 use crate::{RunningServer, Settings};
@@ -178,22 +178,17 @@ impl Harness {
             .collect();
         let file = self._dir.path().join(format!("payload-{version}.bin"));
         std::fs::write(&file, &payload).unwrap();
+        let package = PackageRef {
+            app: WELLCAR_APP_ID,
+            version,
+            arch: "amd64",
+        };
         let pkg: Package = self
             .api
-            .put_file(
-                &format!(
-                    "/api/v1/apps/{WELLCAR_APP_ID}/packages/amd64/{version}/wellcar_update.bin"
-                ),
-                &file,
-            )
+            .upload_package(&package, "wellcar_update.bin", &file, Arc::new(|_| {}))
             .await
             .unwrap();
-        let _: serde_json::Value = self
-            .admin_post(
-                &format!("/api/v1/apps/{WELLCAR_APP_ID}/channels/{channel}/publish"),
-                json!({"version": version, "arch": "amd64"}),
-            )
-            .await;
+        let _: serde_json::Value = self.api.publish(&package, channel).await.unwrap();
         (pkg, payload)
     }
 
