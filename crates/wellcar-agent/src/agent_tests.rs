@@ -55,30 +55,17 @@ fn make_payload(dir: &Path, version: &str, key: &SigningKey) -> Payload {
     }
 }
 
-/// A server offering the signed 1.1.0 payload, and a host at 1.0.0 that checks with it.
-struct Offered {
-    dir: tempfile::TempDir,
-    key: SigningKey,
-    payload: Payload,
-    server: Server,
-    host: Host,
-}
-
-/// [`Offered`], the host's update.conf ending with `extra_config`.
-async fn offered(extra_config: &str) -> Offered {
+/// A server offering the signed 1.1.0 payload, and a host at 1.0.0 whose update.conf ends
+/// with `extra_config`: `(dir, key, payload, server, host)`, the key the payload is signed with
+/// and the directory holding the build, all kept until the test ends.
+async fn offered(extra_config: &str) -> (tempfile::TempDir, SigningKey, Payload, Server, Host) {
     let dir = tempfile::tempdir().unwrap();
     let key = key();
     let payload = make_payload(dir.path(), "1.1.0", &key);
     let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     server.publish("1.1.0", &payload.path).await;
     let host = Host::new(&server.omaha_url(), &key, extra_config);
-    Offered {
-        dir,
-        key,
-        payload,
-        server,
-        host,
-    }
+    (dir, key, payload, server, host)
 }
 
 /// A loopback TCP relay in front of the server (see the module docs).
@@ -434,13 +421,7 @@ async fn no_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_reports_every_event_then_the_reboot() {
-    let Offered {
-        dir,
-        key,
-        payload,
-        server,
-        host,
-    } = offered("").await;
+    let (dir, key, payload, server, host) = offered("").await;
     let mut agent = host.agent();
     let (outcome, mut agent) =
         blocking(move || (agent.check(InstallSource::OnDemand).unwrap(), agent)).await;
@@ -526,13 +507,7 @@ async fn update_reports_every_event_then_the_reboot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_download_resumes_with_range() {
-    let Offered {
-        dir: _dir,
-        key: _key,
-        payload,
-        server,
-        host,
-    } = offered("").await;
+    let (_dir, _key, payload, server, host) = offered("").await;
     let cut = (payload.size * 2 / 3) as i64;
     server.relay.cut_after.store(cut, Ordering::SeqCst);
     let mut agent = host.agent();
@@ -674,13 +649,7 @@ async fn server_down_backs_off_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_is_reported_once() {
-    let Offered {
-        dir: _dir,
-        key: _key,
-        payload: _payload,
-        server,
-        host,
-    } = offered("").await;
+    let (_dir, _key, _payload, server, host) = offered("").await;
     let mut agent = host.agent();
     let (outcome, mut agent) =
         blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
@@ -775,14 +744,8 @@ impl Drop for Daemon {
 /// reported, and no reboot before the slot was staged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_any_step_then_restart_continues() {
-    let Offered {
-        dir: _dir,
-        key: _key,
-        payload,
-        server,
-        host,
-    } = offered("REBOOT_STRATEGY=reboot\nWELLCAR_FIRST_CHECK_DELAY=0s\nWELLCAR_RETRY_DELAY=1s\n")
-        .await;
+    let config = "REBOOT_STRATEGY=reboot\nWELLCAR_FIRST_CHECK_DELAY=0s\nWELLCAR_RETRY_DELAY=1s\n";
+    let (_dir, _key, payload, server, host) = offered(config).await;
     // Slow transfers so kills land mid-download: ~8 MiB at 64 KiB per 12 ms, ~1.5 s a download.
     server.relay.slow_ms.store(12, Ordering::SeqCst);
     let rebooted = host.dir.path().join("rebooted");
@@ -920,13 +883,7 @@ async fn kill_9_at_any_step_then_restart_continues() {
 /// `REBOOT_STRATEGY=off` the machine stays in UPDATED_NEED_REBOOT and does not reboot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_engine_client_update_drives_the_daemon() {
-    let Offered {
-        dir: _dir,
-        key: _key,
-        payload,
-        server,
-        host,
-    } = offered("WELLCAR_FIRST_CHECK_DELAY=1h\n").await;
+    let (_dir, _key, payload, server, host) = offered("WELLCAR_FIRST_CHECK_DELAY=1h\n").await;
     let rebooted = host.dir.path().join("rebooted");
     let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
     let mut daemon = Daemon::start(
@@ -1064,13 +1021,7 @@ async fn daemon_backs_off_while_the_server_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_verification_but_before_recording_it_downloads_again() {
     use wellcar_payload::{ApplyPolicy, InstallTargets, Installer, PayloadHead};
-    let Offered {
-        dir: _dir,
-        key: _key,
-        payload,
-        server,
-        host,
-    } = offered("").await;
+    let (_dir, _key, payload, server, host) = offered("").await;
     let agent = host.agent();
     // What the earlier run did: the whole payload written, checkpoint complete, `finish` done.
     let (kernel, initramfs) = host.paths.boot_files(Slot::B);
