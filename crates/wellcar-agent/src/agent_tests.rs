@@ -235,16 +235,20 @@ impl Server {
         let _: serde_json::Value = self.api.publish(&package, "stable").await.unwrap();
     }
 
+    /// `GET /api/v1/apps/{Wellcar's app}/{path}` from the admin API, decoded.
+    async fn app_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.api
+            .get(&format!("/api/v1/apps/{WELLCAR_APP_ID}/{path}"))
+            .await
+            .unwrap()
+    }
+
     /// `(type, result, error code, previous version)` of every event of `MACHINE`, in the order
     /// the agent sent them, as the admin API lists them.
     async fn events(&self) -> Vec<(i64, i64, Option<i64>, Option<String>)> {
         let events: Vec<InstanceEvent> = self
-            .api
-            .get(&format!(
-                "/api/v1/apps/{WELLCAR_APP_ID}/instances/{MACHINE}/events?limit=1000"
-            ))
-            .await
-            .unwrap();
+            .app_get(&format!("instances/{MACHINE}/events?limit=1000"))
+            .await;
         events
             .into_iter()
             .map(|e| {
@@ -261,13 +265,7 @@ impl Server {
     /// The agent's instance, as the admin API lists it (the listing includes check-ins still
     /// queued for the batched write).
     async fn instance(&self) -> Instance {
-        let list: Vec<Instance> = self
-            .api
-            .get(&format!(
-                "/api/v1/apps/{WELLCAR_APP_ID}/instances?limit=1000"
-            ))
-            .await
-            .unwrap();
+        let list: Vec<Instance> = self.app_get("instances?limit=1000").await;
         list.into_iter()
             .find(|i| i.facts.machine_id == MACHINE)
             .expect("the agent's instance is listed")
