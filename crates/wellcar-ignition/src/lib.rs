@@ -284,12 +284,7 @@ mod tests {
             data_url(child)
         );
         let merged = resolve_references(parse_config(base.as_bytes()).unwrap().config).unwrap();
-        let paths: Vec<&str> = merged
-            .storage
-            .files
-            .iter()
-            .map(|f| f.node.path.as_str())
-            .collect();
+        let paths = merged.file_paths();
         assert_eq!(paths, ["/base", "/child"]);
         assert!(merged.ignition.config.merge.is_empty());
 
@@ -299,12 +294,7 @@ mod tests {
         );
         let replaced =
             resolve_references(parse_config(replacing.as_bytes()).unwrap().config).unwrap();
-        let paths: Vec<&str> = replaced
-            .storage
-            .files
-            .iter()
-            .map(|f| f.node.path.as_str())
-            .collect();
+        let paths = replaced.file_paths();
         assert_eq!(paths, ["/child"]);
     }
 

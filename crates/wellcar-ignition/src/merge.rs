@@ -462,12 +462,7 @@ mod tests {
         let mut child = Config::default();
         child.storage.files = vec![file("/c", None, None), file("/a", Some("data:,A"), None)];
         let merged = merge(parent, child);
-        let paths: Vec<&str> = merged
-            .storage
-            .files
-            .iter()
-            .map(|f| f.node.path.as_str())
-            .collect();
+        let paths = merged.file_paths();
         assert_eq!(paths, ["/a", "/b", "/c"]);
         assert_eq!(
             merged.storage.files[0].contents.source.as_deref(),

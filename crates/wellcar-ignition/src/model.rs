@@ -24,6 +24,18 @@ pub struct Config {
     pub systemd: Systemd,
 }
 
+#[cfg(test)]
+impl Config {
+    /// The paths of `storage.files`, in order (for tests).
+    pub(crate) fn file_paths(&self) -> Vec<&str> {
+        self.storage
+            .files
+            .iter()
+            .map(|f| f.node.path.as_str())
+            .collect()
+    }
+}
+
 /// `ignition` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ignition {
