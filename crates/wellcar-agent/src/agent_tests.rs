@@ -364,6 +364,17 @@ fn key() -> SigningKey {
     wellcar_test_support::build::signing_key()
 }
 
+/// Slot B holds nothing bootable and A boots next, as before the update was tried.
+fn asserts_nothing_staged(host: &Host) {
+    let state = host.boot_state();
+    assert_eq!(
+        state.b,
+        wellcar_bootstate::SlotState::empty(),
+        "nothing staged in B"
+    );
+    assert_eq!(state.next_boot(), Some(Slot::A));
+}
+
 fn asserts_staged(host: &Host, payload: &Payload) {
     let state = host.boot_state();
     assert_eq!(state.next_boot(), Some(Slot::B), "B boots next");
@@ -579,13 +590,7 @@ async fn corrupt_payload_is_rejected_reported_and_nothing_staged() {
         (instance.status.as_str(), instance.last_error_code),
         ("error", Some(10))
     );
-    let state = host.boot_state();
-    assert_eq!(
-        state.b,
-        wellcar_bootstate::SlotState::empty(),
-        "nothing bootable"
-    );
-    assert_eq!(state.next_boot(), Some(Slot::A));
+    asserts_nothing_staged(&host);
     assert!(!host.paths.boot_files(Slot::B).0.exists());
     assert!(!host.paths.reboot_required.exists());
 }
@@ -1203,13 +1208,7 @@ async fn payload_whose_manifest_is_another_version_than_the_offer_is_refused() {
         server.events().await,
         [(13, 1, None, None), (3, 0, Some(12), None)]
     );
-    let state = host.boot_state();
-    assert_eq!(
-        state.b,
-        wellcar_bootstate::SlotState::empty(),
-        "nothing staged"
-    );
-    assert_eq!(state.next_boot(), Some(Slot::A));
+    asserts_nothing_staged(&host);
     assert!(
         host.slot_bytes(Slot::B, MIB).iter().all(|&b| b == 0),
         "nothing written to the inactive slot"
