@@ -29,6 +29,11 @@ use crate::state::{Operation, Phase};
 
 const MACHINE: &str = "0f6a2d3b9c8e4f1aa7b6c5d4e3f2a1b0";
 
+/// A check's outcome when the server has no update and asks for the next check in 30 min.
+const NO_UPDATE_POLL_1800: CheckOutcome = CheckOutcome::NoUpdate {
+    poll_interval: Some(1800),
+};
+
 /// The events (type, result, error code, version) of an update that downloaded, installed and
 /// staged: download started (13), download finished (14), update complete (3), each a success.
 const INSTALLED_EVENTS: [(i64, i64, Option<i64>, Option<String>); 3] =
@@ -401,12 +406,7 @@ async fn no_update() {
     let mut agent = host.agent();
     let (outcome, agent) =
         blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
-    assert_eq!(
-        outcome,
-        CheckOutcome::NoUpdate {
-            poll_interval: Some(1800)
-        }
-    );
+    assert_eq!(outcome, NO_UPDATE_POLL_1800);
     assert_eq!(agent.state().operation(), Operation::Idle);
     assert!(agent.state().last_checked_time > 0);
     assert_eq!(agent.state().aleph_version.as_deref(), Some("1.0.0"));
@@ -635,12 +635,7 @@ async fn server_down_backs_off_then_recovers() {
     let config = crate::config::Config::load(&host.paths.config_files).unwrap();
     let (outcome, agent) =
         blocking(move || (agent.check(InstallSource::Scheduler).unwrap(), agent)).await;
-    assert_eq!(
-        outcome,
-        CheckOutcome::NoUpdate {
-            poll_interval: Some(1800)
-        }
-    );
+    assert_eq!(outcome, NO_UPDATE_POLL_1800);
     assert_eq!(agent.state().consecutive_failures(), 0);
     assert_eq!(
         crate::schedule::next_delay(&config, 0, outcome.poll_interval(), 0.0),
