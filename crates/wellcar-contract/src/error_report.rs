@@ -36,11 +36,6 @@ impl PathIoError {
             source,
         }
     }
-
-    /// The OS error's kind (e.g. to tell "not found" from other failures).
-    pub fn kind(&self) -> io::ErrorKind {
-        self.source.kind()
-    }
 }
 
 /// Naming the action and path of an `io::Result`'s error.
@@ -77,7 +72,7 @@ mod tests {
             std::fs::read("/nonexistent/wellcar-x").at_path("reading", "/nonexistent/wellcar-x");
         let err = err.unwrap_err();
         assert_eq!(err.to_string(), "reading /nonexistent/wellcar-x");
-        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
         assert_eq!(err.path, Path::new("/nonexistent/wellcar-x"));
         assert_eq!(
             error_chain(&err),

@@ -3,7 +3,7 @@
 //! its [`source`](std::error::Error::source) (`wellcar build` prints the whole chain).
 
 use std::path::PathBuf;
-use wellcar_contract::PathIoError;
+use wellcar_contract::{IoResultExt, PathIoError};
 
 use wellcar_contract::{CommandError, VersionError};
 
@@ -242,6 +242,6 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| BuildError::Io(PathIoError::new(action, path, source)))
+        Ok(self.at_path(action, path.into())?)
     }
 }

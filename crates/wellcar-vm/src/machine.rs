@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use wellcar_contract::PathIoError;
+use wellcar_contract::{IoResultExt, PathIoError};
 
 use wellcar_contract::CommandError;
 
@@ -149,7 +149,7 @@ pub struct Machine {
 }
 
 fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T, VmError> {
-    r.map_err(|source| VmError::Io(PathIoError::new(action, path, source)))
+    Ok(r.at_path(action, path)?)
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Result<(), VmError> {
