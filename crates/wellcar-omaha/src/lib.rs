@@ -14,6 +14,7 @@
 //! This crate does no I/O and has no HTTP dependencies.
 
 mod codes;
+pub mod headers;
 #[cfg(test)]
 mod corpus;
 mod request;
