@@ -19,52 +19,19 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use wellcar_omaha::{AppRequest, Event, Request, UpdateDecision, WELLCAR_APP_ID};
+use wellcar_omaha::{UpdateDecision, WELLCAR_APP_ID};
 use wellcar_server::client::ApiClient;
 use wellcar_server::store::{self, Role};
 use wellcar_server::Settings;
+
+mod common;
+use common::{env_or, event, percentile_ms, request};
 
 /// Every n-th machine is outdated (`WELLCAR_BENCH_OUTDATED_EVERY`, default 100).
 static OLD_SHARE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 fn old_share() -> usize {
     *OLD_SHARE.get_or_init(|| env_or("WELLCAR_BENCH_OUTDATED_EVERY", 100).max(1))
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn request(machine: usize, version: &str, check: bool, events: Vec<Event>) -> String {
-    Request {
-        updater_version: "update_engine-0.4.10".into(),
-        install_source: "scheduler".into(),
-        os: None,
-        apps: vec![AppRequest {
-            app_id: WELLCAR_APP_ID.into(),
-            version: version.into(),
-            track: "stable".into(),
-            board: "amd64-usr".into(),
-            machine_id: format!("{machine:032x}"),
-            oem: "qemu".into(),
-            ping: check,
-            update_check: check.then(Default::default),
-            events,
-            ..AppRequest::default()
-        }],
-    }
-    .to_xml()
-}
-
-fn event(t: u32, r: u32) -> Event {
-    Event {
-        event_type: t,
-        event_result: r,
-        ..Event::default()
-    }
 }
 
 struct Round {
@@ -98,14 +65,6 @@ impl Round {
             events_us,
             granted,
         }
-    }
-
-    fn percentile(sorted: &[u32], p: f64) -> f64 {
-        if sorted.is_empty() {
-            return 0.0;
-        }
-        let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(sorted[idx]) / 1000.0
     }
 }
 
@@ -304,10 +263,10 @@ async fn bench(backend: &str, machines: usize, concurrency: usize) {
             "{backend:8} {name:20} {:>7} req {:>8.0} req/s  checks p50 {:>6.2} ms p99 {:>7.2} ms  events p50 {:>6.2} ms p99 {:>7.2} ms  granted {:>5}  db write tx {:>5} ({:.4}/check)  rows {:>6} ({:.4}/check)",
             r.requests,
             r.requests as f64 / r.elapsed.as_secs_f64(),
-            Round::percentile(&r.checks_us, 0.50),
-            Round::percentile(&r.checks_us, 0.99),
-            Round::percentile(&r.events_us, 0.50),
-            Round::percentile(&r.events_us, 0.99),
+            percentile_ms(&r.checks_us, 0.50),
+            percentile_ms(&r.checks_us, 0.99),
+            percentile_ms(&r.events_us, 0.50),
+            percentile_ms(&r.events_us, 0.99),
             r.granted,
             tx,
             *tx as f64 / r.checks as f64,
@@ -320,7 +279,7 @@ async fn bench(backend: &str, machines: usize, concurrency: usize) {
     println!(
         "{backend:8} capacity vs goal 4000 checks/s: {:.2}x (steady, saturated); at {rate} conversations/s of new machines: check p99 {:.2} ms vs goal 50 ms",
         steady.checks as f64 / steady.elapsed.as_secs_f64() / 4000.0,
-        Round::percentile(&paced.checks_us, 0.99)
+        percentile_ms(&paced.checks_us, 0.99)
     );
     server.shutdown().await.unwrap();
 }
