@@ -317,7 +317,7 @@ async fn soak(
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
                 let m = (rng % machines as u64) as usize;
-                if rng % 100 == 0 {
+                if rng.is_multiple_of(100) {
                     admin_read(&admin, &tally).await;
                 } else {
                     conversation(&client, m, &fleet, &tally).await;
