@@ -7,6 +7,7 @@
 //!   payloads made from it (the payload and agent tests);
 //! - [`pg_cluster`]: a private, throw-away PostgreSQL cluster (the server's tests and
 //!   benchmark);
+//! - [`pki`]: a throw-away CA and server certificate for TLS tests;
 //! - [`tools`]: running host tools; a missing one fails the test naming its Debian package;
 //! - [`wait`]: waiting on a condition with a deadline, never on a fixed sleep;
 //! - [`vm`]: the VM tests' helpers over a booted machine (console tail, autologin wait, a
@@ -16,6 +17,7 @@
 
 pub mod build;
 pub mod pg_cluster;
+pub mod pki;
 pub mod tools;
 pub mod vm;
 pub mod wait;

@@ -44,6 +44,9 @@ pub struct Cluster {
     pub base_url: String,
     /// Data directory when private.
     pub data_dir: Option<PathBuf>,
+    /// For a cluster from [`start_private_tls`]: the PEM file of the CA that issued the
+    /// server's certificate (for `localhost` only, not `127.0.0.1`).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -126,6 +129,46 @@ fn free_port() -> Result<u16, ClusterError> {
 
 /// Starts a private cluster (see the module docs).
 pub fn start_private() -> Result<Cluster, ClusterError> {
+    start(false)
+}
+
+/// Starts a private cluster that also accepts TLS (`ssl=on`), with a server certificate for
+/// `localhost` issued by a fresh CA ([`Cluster::tls_ca`]). Plain connections still work.
+pub fn start_private_tls() -> Result<Cluster, ClusterError> {
+    start(true)
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), ClusterError> {
+    std::fs::write(path, contents).map_err(|e| ClusterError::Io {
+        what: format!("writing {}", path.display()),
+        source: e,
+    })
+}
+
+/// Writes `server.crt`/`server.key` into `data` and the CA to `dir/ca.pem`; returns the CA's path.
+fn write_tls_files(dir: &Path, data: &Path) -> Result<PathBuf, ClusterError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pki = crate::pki::TestPki::generate("wellcar test PostgreSQL CA", &["localhost"]).map_err(
+        |e| ClusterError::Command {
+            command: "generating test certificates".into(),
+            output: e.to_string(),
+        },
+    )?;
+    write_file(&data.join("server.crt"), &pki.server_cert_pem)?;
+    let key = data.join("server.key");
+    write_file(&key, &pki.server_key_pem)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        ClusterError::Io {
+            what: format!("chmod 600 {}", key.display()),
+            source: e,
+        }
+    })?;
+    let ca = dir.join("ca.pem");
+    write_file(&ca, &pki.ca_pem)?;
+    Ok(ca)
+}
+
+fn start(tls: bool) -> Result<Cluster, ClusterError> {
     let bin = find_bin_dir().ok_or(ClusterError::NotInstalled)?;
     let root = is_root();
     let dir = std::env::temp_dir().join(format!("wellcar-pg-{}", uuid::Uuid::new_v4().simple()));
@@ -153,6 +196,20 @@ pub fn start_private() -> Result<Cluster, ClusterError> {
         ])
         .arg(&data);
     run(initdb)?;
+    let tls_ca = if tls {
+        let ca = write_tls_files(&dir, &data)?;
+        if root {
+            let mut chown = Command::new("chown");
+            chown
+                .args(["postgres:postgres"])
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"));
+            run(chown)?;
+        }
+        Some(ca)
+    } else {
+        None
+    };
     let port = free_port()?;
     let mut ctl = as_pg_user(root, &bin.join("pg_ctl"));
     ctl.arg("-D")
@@ -161,8 +218,9 @@ pub fn start_private() -> Result<Cluster, ClusterError> {
         .arg(dir.join("log"))
         .arg("-o")
         .arg(format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on",
-            dir.display()
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on -c ssl={}",
+            dir.display(),
+            if tls { "on" } else { "off" }
         ))
         .args(["-w", "start"]);
     run(ctl)?;
@@ -188,6 +246,7 @@ pub fn start_private() -> Result<Cluster, ClusterError> {
     Ok(Cluster {
         base_url: format!("postgres://postgres@127.0.0.1:{port}"),
         data_dir: Some(data),
+        tls_ca,
     })
 }
 
@@ -204,6 +263,7 @@ pub fn shared_cluster() -> Result<Cluster, String> {
                 return Ok(Cluster {
                     base_url: base,
                     data_dir: None,
+                    tls_ca: None,
                 });
             }
             start_private().map_err(|e| e.to_string())

@@ -19,6 +19,7 @@
 mod combiner;
 mod counts;
 mod pg;
+pub mod pg_tls;
 mod sqlite;
 mod value;
 
@@ -45,6 +46,14 @@ pub enum DbError {
         /// The driver's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The URL's TLS parameters are wrong, or its root certificates cannot be read.
+    #[error("TLS to {url}: {reason}")]
+    Tls {
+        /// The URL (without password).
+        url: String,
+        /// What was wrong.
+        reason: String,
     },
     /// A statement failed.
     #[error("sql failed: {sql}")]

@@ -1,4 +1,5 @@
-//! The PostgreSQL backend (postgres, no TLS): one client per connection, statements prepared
+//! The PostgreSQL backend (postgres; TLS as the URL's `sslmode` says, see [`super::pg_tls`]): one
+//! client per connection, statements prepared
 //! once per connection and cached by their text. An integer parameter is sent as the type the
 //! server expects (INT8, INT4, INT2 or BOOL, else as decimal text); result columns of those types
 //! come back as integers, every other type as text. Connection errors name the URL with its
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
+use super::pg_tls::PgTarget;
 use super::{redact, sql_error, Backend, Conn, DbError, Row, Value};
 
 impl ToSql for Value {
@@ -46,11 +48,18 @@ pub(super) struct PgConn {
 
 impl PgConn {
     pub fn open(url: &str) -> Result<Self, DbError> {
-        let client =
-            postgres::Client::connect(url, postgres::NoTls).map_err(|e| DbError::Connect {
-                url: redact(url),
-                source: Box::new(e),
-            })?;
+        let target = PgTarget::parse(url)?;
+        let connect_err = |e: postgres::Error| DbError::Connect {
+            url: redact(url),
+            source: Box::new(e),
+        };
+        let mut config: postgres::Config = target.driver_url.parse().map_err(connect_err)?;
+        config.ssl_mode(target.driver_ssl_mode());
+        let client = match target.connector(url)? {
+            Some(tls) => config.connect(tls),
+            None => config.connect(postgres::NoTls),
+        }
+        .map_err(connect_err)?;
         Ok(Self {
             client,
             statements: HashMap::new(),
