@@ -546,11 +546,10 @@ mod tests {
     /// than the per-app event limit; the error names the app's position and the limit.
     #[test]
     fn events_past_the_per_app_limit_are_refused() {
+        let second = many_apps(1, MAX_EVENTS_PER_APP + 1);
         let body = many_apps(1, 1).replace(
             "</request>",
-            &many_apps(1, MAX_EVENTS_PER_APP + 1)
-                .trim_start_matches("<request protocol=\"3.0\">")
-                .to_owned(),
+            second.trim_start_matches("<request protocol=\"3.0\">"),
         );
         let err = Request::parse(body.as_bytes()).unwrap_err();
         assert_eq!(
