@@ -18,9 +18,9 @@
 //!   should stop reading at those bounds rather than rely on the parser to refuse it afterwards.
 
 /// Largest response body a client should read and [`Response::parse`](crate::Response::parse)
-/// accepts: 256 KiB. Real responses are under 2 KB; the largest one a Wellcar server can write
-/// (every request limit at its maximum, each app granted an update) is under 40 KB. The update
-/// agent stops reading a response body at this many bytes.
+/// accepts: 256 KiB. Real responses are under 2 KB; a Wellcar server's answer to the largest
+/// request the limits allow (every app offered an update with a 2 KB URL, every event acked) is
+/// about 25 KB. The update agent stops reading a response body at this many bytes.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// Deepest element nesting accepted (the root is depth 1). Omaha documents are at most 6 deep
@@ -35,10 +35,12 @@ pub const MAX_ELEMENTS: usize = 1024;
 /// the corpus.
 pub const MAX_ATTRIBUTES_PER_ELEMENT: usize = 64;
 
-/// Most `<app>` elements accepted in one request. `update_engine` sends 1; the corpus's largest
-/// multi-app request (go-omaha's client) sends 2.
-pub const MAX_APPS_PER_REQUEST: usize = 16;
+/// Most `<app>` elements accepted in one request. `update_engine`, Nebraska's syncer and the
+/// Wellcar agent send 1; the corpus's largest multi-app request (go-omaha's client) sends 2.
+pub const MAX_APPS_PER_REQUEST: usize = 8;
 
 /// Most `<event>` elements accepted in one `<app>` of a request. `update_engine` sends at most 1
-/// per request; the Omaha spec's event report example sends 3.
-pub const MAX_EVENTS_PER_APP: usize = 8;
+/// per request and the Omaha spec's event report example 3. The Wellcar agent sends its queued
+/// events in one request (at most about 5 build up between two answered requests); a client
+/// with more queued should send them over several requests, this many at a time.
+pub const MAX_EVENTS_PER_APP: usize = 16;

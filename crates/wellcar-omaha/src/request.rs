@@ -530,7 +530,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "request has 500 <app> elements, over the limit of 16 per request"
+            "request has 500 <app> elements, over the limit of 8 per request"
         );
         let at_limit =
             Request::parse(many_apps(MAX_APPS_PER_REQUEST, MAX_EVENTS_PER_APP).as_bytes())
@@ -562,7 +562,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "<app> number 2 of the request has 9 <event> elements, over the limit of 8 per app"
+            "<app> number 2 of the request has 17 <event> elements, over the limit of 16 per app"
         );
     }
 

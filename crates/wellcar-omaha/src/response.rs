@@ -687,8 +687,8 @@ mod tests {
     }
 
     /// The largest response a Wellcar server writes (an answer to the largest request the
-    /// limits allow: every app pinged, offered an update with a long URL, and every event acked)
-    /// is well inside the response limits.
+    /// limits allow: every app pinged, offered an update with a 2 KB URL, and every event acked;
+    /// about 25 KB) is well inside the response limits.
     #[test]
     fn the_largest_server_response_is_within_the_limits() {
         let app = AppResponse {

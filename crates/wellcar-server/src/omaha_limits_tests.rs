@@ -35,7 +35,7 @@ async fn omaha_limits_refuse_500_apps_without_storing_events() {
     let (status, body) = omaha.omaha(&attack).await.unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
-        body.contains("request has 500 <app> elements, over the limit of 16 per request"),
+        body.contains("request has 500 <app> elements, over the limit of 8 per request"),
         "{body}"
     );
     let stored = server.state.db.read(store::count_events).await.unwrap();
