@@ -5,6 +5,12 @@
 //!   (leading whitespace, no XML declaration, unknown elements and attributes, `<updatecheck>` and
 //!   `<event>` in one `<app>`). It rejects input that is not well-formed XML, whose root is not
 //!   `<request>`, or whose `protocol` is not `3.0`, with a [`ParseError`] naming what was wrong.
+//! - Both parsers are bounded ([`limits`]): a request body is at most [`MAX_REQUEST_BYTES`], a
+//!   response body at most [`MAX_RESPONSE_BYTES`]; every document at most [`MAX_DEPTH`] deep, with
+//!   at most [`MAX_ELEMENTS`] elements and [`MAX_ATTRIBUTES_PER_ELEMENT`] attributes per element,
+//!   none repeated; a request at most [`MAX_APPS_PER_REQUEST`] apps of at most
+//!   [`MAX_EVENTS_PER_APP`] events each. Parsing is linear in the body's size and never recurses,
+//!   so the server and the update agent, which share these parsers, share the bounds.
 //! - [`Response::to_xml`] writes the shape Nebraska writes (explicit end tags, children in the order
 //!   `ping`, `updatecheck`, `event`), which both `update_engine` and `ue-rs` accept.
 //! - [`Response::parse`] plus [`Response::update_decision`] read a response the way `update_engine`
@@ -17,11 +23,16 @@ mod codes;
 #[cfg(test)]
 mod corpus;
 pub mod headers;
+pub mod limits;
 mod request;
 mod response;
 mod xml;
 
 pub use codes::{event_result, event_type, status, ErrorCode};
+pub use limits::{
+    MAX_APPS_PER_REQUEST, MAX_ATTRIBUTES_PER_ELEMENT, MAX_DEPTH, MAX_ELEMENTS, MAX_EVENTS_PER_APP,
+    MAX_RESPONSE_BYTES,
+};
 pub use request::{AppRequest, Event, OsInfo, Request, UpdateCheckRequest};
 pub use response::{
     Action, AppResponse, InterpretError, Manifest, Package, Response, UpdateCheckResponse,

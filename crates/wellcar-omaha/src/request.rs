@@ -1,7 +1,9 @@
 //! Omaha requests: what a client POSTs to `/v1/update/`.
 
 use crate::codes::{event_result, event_type, ErrorCode};
+use crate::limits::{MAX_APPS_PER_REQUEST, MAX_EVENTS_PER_APP};
 use crate::xml::{parse_document, push_attr, Element, ParseError};
+use crate::MAX_REQUEST_BYTES;
 
 /// A parsed `<request>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,12 +121,14 @@ fn parse_u32(el: &Element, name: &'static str) -> Result<u32, ParseError> {
 }
 
 impl Request {
-    /// Parses a request body. See the crate docs for what is accepted.
+    /// Parses a request body. See the crate docs for what is accepted, and [`crate::limits`] for
+    /// the bounds: besides the document bounds, at most [`MAX_APPS_PER_REQUEST`] apps and
+    /// [`MAX_EVENTS_PER_APP`] events per app, checked before any app is read.
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
-        let root = parse_document(body)?;
+        let mut root = parse_document(body, "request", MAX_REQUEST_BYTES)?;
         if root.name != "request" {
             return Err(ParseError::WrongRoot {
-                found: root.name,
+                found: root.take_name(),
                 expected: "request",
             });
         }
@@ -140,7 +144,24 @@ impl Request {
             sp: attr(os, "sp"),
             arch: attr(os, "arch"),
         });
-        let mut apps = Vec::new();
+        let count = root.children_named("app").count();
+        if count > MAX_APPS_PER_REQUEST {
+            return Err(ParseError::TooManyApps {
+                count,
+                max: MAX_APPS_PER_REQUEST,
+            });
+        }
+        for (index, app) in root.children_named("app").enumerate() {
+            let count = app.children_named("event").count();
+            if count > MAX_EVENTS_PER_APP {
+                return Err(ParseError::TooManyEvents {
+                    app: index + 1,
+                    count,
+                    max: MAX_EVENTS_PER_APP,
+                });
+            }
+        }
+        let mut apps = Vec::with_capacity(count);
         for app in root.children_named("app") {
             let app_id = app.attr("appid").ok_or(ParseError::MissingAttribute {
                 element: "app",
@@ -481,5 +502,104 @@ mod tests {
         .unwrap();
         let again = Request::parse(req.to_xml().as_bytes()).unwrap();
         assert_eq!(again, req);
+    }
+
+    /// `n` apps of the Wellcar app, each with `events` download-started events.
+    fn many_apps(n: usize, events: usize) -> String {
+        let event = "<event eventtype=\"13\" eventresult=\"1\"/>".repeat(events);
+        let app = format!(
+            "<app appid=\"{}\" machineid=\"m\" track=\"stable\">{event}</app>",
+            crate::WELLCAR_APP_ID
+        );
+        format!("<request protocol=\"3.0\">{}</request>", app.repeat(n))
+    }
+
+    /// Finding "a request with 500 apps and events wrote 500 rows": such a request is refused
+    /// before any app is read, naming the limit. At 5098ded it parsed into 500 apps.
+    #[test]
+    fn apps_past_the_per_request_limit_are_refused() {
+        let body = many_apps(500, 1);
+        assert!(body.len() <= MAX_REQUEST_BYTES, "{} bytes", body.len());
+        let err = Request::parse(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::TooManyApps {
+                count: 500,
+                max: MAX_APPS_PER_REQUEST
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "request has 500 <app> elements, over the limit of 8 per request"
+        );
+        let at_limit =
+            Request::parse(many_apps(MAX_APPS_PER_REQUEST, MAX_EVENTS_PER_APP).as_bytes())
+                .expect("the largest allowed request parses");
+        assert_eq!(at_limit.apps.len(), MAX_APPS_PER_REQUEST);
+        assert!(at_limit
+            .apps
+            .iter()
+            .all(|a| a.events.len() == MAX_EVENTS_PER_APP));
+    }
+
+    /// Finding "a request with 500 apps and events wrote 500 rows": one app may not carry more
+    /// than the per-app event limit; the error names the app's position and the limit.
+    #[test]
+    fn events_past_the_per_app_limit_are_refused() {
+        let second = many_apps(1, MAX_EVENTS_PER_APP + 1);
+        let body = many_apps(1, 1).replace(
+            "</request>",
+            second.trim_start_matches("<request protocol=\"3.0\">"),
+        );
+        let err = Request::parse(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::TooManyEvents {
+                app: 2,
+                count: MAX_EVENTS_PER_APP + 1,
+                max: MAX_EVENTS_PER_APP
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "<app> number 2 of the request has 17 <event> elements, over the limit of 16 per app"
+        );
+    }
+
+    /// Finding "CPU amplification": a request is bounded in size by the parser itself, not only
+    /// by the server's body check, and a request element with thousands of attributes is refused
+    /// at the per-element limit.
+    #[test]
+    fn oversized_requests_are_refused_by_the_parser() {
+        let big = format!(
+            "<request protocol=\"3.0\">{}</request>",
+            " ".repeat(MAX_REQUEST_BYTES)
+        );
+        assert!(matches!(
+            Request::parse(big.as_bytes()),
+            Err(ParseError::TooLarge {
+                document: "request",
+                max: MAX_REQUEST_BYTES,
+                ..
+            })
+        ));
+        // As many distinct short attributes as fit in one request body.
+        let mut attrs = String::new();
+        let mut i = 0u32;
+        while attrs.len() < MAX_REQUEST_BYTES - 64 {
+            attrs.push_str(&format!(" {}=''", char::from_u32(0x4e00 + i).unwrap()));
+            i += 1;
+        }
+        let body = format!("<request protocol=\"3.0\"{attrs}/>");
+        assert!(
+            body.len() <= MAX_REQUEST_BYTES && i > 9_000,
+            "{} attributes",
+            i
+        );
+        let err = Request::parse(body.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&err, ParseError::TooManyAttributes { element, max: 64, .. } if element == "request"),
+            "{err}"
+        );
     }
 }

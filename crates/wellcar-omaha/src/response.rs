@@ -3,6 +3,7 @@
 use base64::Engine as _;
 
 use crate::codes::status;
+use crate::limits::MAX_RESPONSE_BYTES;
 use crate::xml::{parse_document, push_attr, Element, ParseError};
 
 /// A `<response>`.
@@ -150,12 +151,14 @@ fn parse_bool(v: Option<&str>) -> bool {
 
 impl Response {
     /// Parses a response document. Well-formedness and the root element are checked here;
-    /// whether a client can act on it is [`Response::update_decision`]'s job.
+    /// whether a client can act on it is [`Response::update_decision`]'s job. Bodies over
+    /// [`MAX_RESPONSE_BYTES`], and documents over the other bounds of [`crate::limits`], are
+    /// refused.
     pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
-        let root = parse_document(body)?;
+        let mut root = parse_document(body, "response", MAX_RESPONSE_BYTES)?;
         if root.name != "response" {
             return Err(ParseError::WrongRoot {
-                found: root.name,
+                found: root.take_name(),
                 expected: "response",
             });
         }
@@ -646,5 +649,84 @@ mod tests {
         };
         assert_eq!(info.urls, ["http://h/packages/a&b/wellcar_update.bin"]);
         assert_eq!(info.poll_interval, Some(1800));
+    }
+
+    /// Finding "the agent can be crashed by its server": a response nested as deep as fits in
+    /// the response size limit is refused at the depth limit on a small stack, and the 1.04 MB
+    /// attack body is refused by size before it is parsed. At 5098ded the deep tree was freed
+    /// recursively and the stack overflowed.
+    #[test]
+    fn deep_or_oversized_responses_are_refused_on_a_small_stack() {
+        let depth = (MAX_RESPONSE_BYTES - "<response></response>".len()) / "<app></app>".len();
+        let body = format!(
+            "<response>{}{}</response>",
+            "<app>".repeat(depth),
+            "</app>".repeat(depth)
+        );
+        assert!(body.len() <= MAX_RESPONSE_BYTES);
+        let err = crate::xml::tests::on_small_stack(move || Response::parse(body.as_bytes()))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ParseError::TooDeep { element, max: crate::MAX_DEPTH, .. } if element == "app"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("depth limit of 32"), "{err}");
+
+        let attack = "<a>".repeat(149_000) + &"</a>".repeat(149_000);
+        assert!(attack.len() > 1_000_000);
+        let err = crate::xml::tests::on_small_stack(move || Response::parse(attack.as_bytes()))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::TooLarge {
+                document: "response",
+                bytes: 7 * 149_000,
+                max: MAX_RESPONSE_BYTES
+            }
+        );
+    }
+
+    /// The largest response a Wellcar server writes (an answer to the largest request the
+    /// limits allow: every app pinged, offered an update with a 2 KB URL, and every event acked;
+    /// about 25 KB) is well inside the response limits.
+    #[test]
+    fn the_largest_server_response_is_within_the_limits() {
+        let app = AppResponse {
+            app_id: format!("{{{}}}", crate::WELLCAR_APP_ID),
+            status: "ok".into(),
+            ping_ok: true,
+            update_check: Some(UpdateCheckResponse {
+                status: "ok".into(),
+                poll_interval: Some(1800),
+                codebases: vec![format!("https://{}/", "u".repeat(2000))],
+                manifests: vec![Manifest {
+                    version: "4081.2.0+nightly-20251231-0000".into(),
+                    packages: vec![Package {
+                        name: "wellcar_update.bin".into(),
+                        sha1_base64: Some("I6DGNAOrJRUxPbCuLw+AITfiVMo=".into()),
+                        sha256_hex: Some("ab".repeat(32)),
+                        size: 1 << 40,
+                        required: Some(true),
+                    }],
+                    actions: vec![Action {
+                        event: "postinstall".into(),
+                        sha256_base64: Some("stLG3U/o4Ar8TMHFwT/RWB0iNkaWOO6QtLrq6+AHBbA=".into()),
+                        disable_payload_backoff: true,
+                        ..Action::default()
+                    }],
+                    ..Manifest::default()
+                }],
+            }),
+            event_acks: crate::MAX_EVENTS_PER_APP,
+        };
+        let resp = Response {
+            server: "wellcar".into(),
+            elapsed_seconds: 86_399,
+            elapsed_days: Some(7_000),
+            apps: vec![app; crate::MAX_APPS_PER_REQUEST],
+        };
+        let xml = resp.to_xml();
+        assert!(xml.len() < MAX_RESPONSE_BYTES / 4, "{} bytes", xml.len());
+        assert_eq!(Response::parse(xml.as_bytes()).unwrap(), resp);
     }
 }

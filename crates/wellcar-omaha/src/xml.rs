@@ -1,8 +1,22 @@
 //! A minimal element tree over quick-xml: elements and attributes only (Omaha carries no text
-//! content we need). Parsing fails on anything that is not well-formed, with the byte offset.
+//! content we need).
+//!
+//! Contract:
+//! - [`parse_document`] fails on anything that is not well-formed, with the byte offset, and on
+//!   anything over the bounds in [`crate::limits`]: the body's size, nesting depth, element count,
+//!   attributes per element. Duplicate attributes are refused (an XML well-formedness rule).
+//! - Parsing is iterative and linear in the body's size: attributes go into a hash map (duplicate
+//!   check and lookup without rescanning), and the tree is built with an explicit stack.
+//! - An [`Element`] tree is freed iteratively, so dropping one never recurses, however deep.
+//! - No entities beyond XML's predefined five and character references are expanded (quick-xml
+//!   does not read DTDs), so a body cannot expand into more than itself.
+
+use std::collections::hash_map::{Entry, HashMap};
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
+
+use crate::limits::{MAX_ATTRIBUTES_PER_ELEMENT, MAX_DEPTH, MAX_ELEMENTS};
 
 /// Why an Omaha document could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -10,6 +24,16 @@ pub enum ParseError {
     /// The body is empty or only whitespace.
     #[error("empty document")]
     Empty,
+    /// The body is larger than documents of its kind may be.
+    #[error("omaha {document} is {bytes} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// `request` or `response`.
+        document: &'static str,
+        /// Size of the body.
+        bytes: usize,
+        /// The limit ([`crate::MAX_REQUEST_BYTES`] or [`crate::MAX_RESPONSE_BYTES`]).
+        max: usize,
+    },
     /// The body is not UTF-8.
     #[error("document is not utf-8 (invalid byte at offset {offset})")]
     NotUtf8 {
@@ -23,6 +47,64 @@ pub enum ParseError {
         offset: u64,
         /// The parser's description.
         message: String,
+    },
+    /// An element is nested deeper than [`crate::MAX_DEPTH`].
+    #[error("<{element}> at byte {offset} is nested deeper than the depth limit of {max}")]
+    TooDeep {
+        /// Name of the first element past the limit.
+        element: String,
+        /// Byte offset of its start tag.
+        offset: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The document has more than [`crate::MAX_ELEMENTS`] elements.
+    #[error("<{element}> at byte {offset} is over the limit of {max} elements per document")]
+    TooManyElements {
+        /// Name of the first element past the limit.
+        element: String,
+        /// Byte offset of its start tag.
+        offset: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// One element has more than [`crate::MAX_ATTRIBUTES_PER_ELEMENT`] attributes.
+    #[error("<{element}> at byte {offset} has more than {max} attributes, the per-element limit")]
+    TooManyAttributes {
+        /// Element name.
+        element: String,
+        /// Byte offset of its start tag.
+        offset: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// One element has the same attribute twice.
+    #[error("<{element}> at byte {offset} has attribute {attribute:?} more than once")]
+    DuplicateAttribute {
+        /// Element name.
+        element: String,
+        /// The repeated attribute.
+        attribute: String,
+        /// Byte offset of the element's start tag.
+        offset: u64,
+    },
+    /// A request has more than [`crate::MAX_APPS_PER_REQUEST`] `<app>` elements.
+    #[error("request has {count} <app> elements, over the limit of {max} per request")]
+    TooManyApps {
+        /// How many the request has.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An `<app>` of a request has more than [`crate::MAX_EVENTS_PER_APP`] `<event>` elements.
+    #[error("<app> number {app} of the request has {count} <event> elements, over the limit of {max} per app")]
+    TooManyEvents {
+        /// Position of the app in the request, from 1.
+        app: usize,
+        /// How many events it has.
+        count: usize,
+        /// The limit.
+        max: usize,
     },
     /// The root element is not the expected one.
     #[error("root element is <{found}>, expected <{expected}>")]
@@ -58,20 +140,28 @@ pub enum ParseError {
     },
 }
 
-/// One element: name, attributes in document order, child elements.
-#[derive(Debug, Clone, Default)]
+/// One element: name, attributes, child elements in document order.
+#[derive(Debug, Default)]
 pub(crate) struct Element {
     pub name: String,
-    pub attrs: Vec<(String, String)>,
+    attrs: HashMap<String, String>,
     pub children: Vec<Element>,
+}
+
+impl Drop for Element {
+    /// Frees the subtree without recursion: every descendant is moved into one flat list and
+    /// dropped childless, so the stack depth does not grow with the tree's depth.
+    fn drop(&mut self) {
+        let mut pending = std::mem::take(&mut self.children);
+        while let Some(mut element) = pending.pop() {
+            pending.append(&mut element.children);
+        }
+    }
 }
 
 impl Element {
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.attrs.get(name).map(String::as_str)
     }
 
     pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
@@ -80,6 +170,11 @@ impl Element {
 
     pub fn child(&self, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.name == name)
+    }
+
+    /// Takes the name out (an `Element` cannot be moved out of, since it implements `Drop`).
+    pub fn take_name(&mut self) -> String {
+        std::mem::take(&mut self.name)
     }
 }
 
@@ -90,7 +185,12 @@ fn malformed(reader: &Reader<&[u8]>, message: impl ToString) -> ParseError {
     }
 }
 
-fn element_from(reader: &Reader<&[u8]>, start: &BytesStart<'_>) -> Result<Element, ParseError> {
+/// Reads one start tag (`<name attr="…">` or `<name …/>`) that begins at byte `offset`.
+fn element_from(
+    reader: &Reader<&[u8]>,
+    start: &BytesStart<'_>,
+    offset: u64,
+) -> Result<Element, ParseError> {
     let name = std::str::from_utf8(start.name().as_ref())
         .map_err(|e| malformed(reader, e))?
         .to_owned();
@@ -100,21 +200,41 @@ fn element_from(reader: &Reader<&[u8]>, start: &BytesStart<'_>) -> Result<Elemen
             .all(|c| c.is_alphanumeric() || "_-.:".contains(c))
     {
         return Err(ParseError::Malformed {
-            offset: reader.buffer_position(),
+            offset,
             message: format!("invalid element name {name:?}"),
         });
     }
-    let mut attrs = Vec::new();
-    for attr in start.attributes() {
+    let mut attrs = HashMap::new();
+    // quick-xml's own duplicate check compares each attribute with every earlier one (quadratic
+    // in the attribute count); the hash map below does the same check in linear time.
+    for attr in start.attributes().with_checks(false) {
         let attr = attr.map_err(|e| malformed(reader, e))?;
+        if attrs.len() == MAX_ATTRIBUTES_PER_ELEMENT {
+            return Err(ParseError::TooManyAttributes {
+                element: name,
+                offset,
+                max: MAX_ATTRIBUTES_PER_ELEMENT,
+            });
+        }
         let key = std::str::from_utf8(attr.key.as_ref())
             .map_err(|e| malformed(reader, e))?
             .to_owned();
-        let value = attr
-            .unescape_value()
-            .map_err(|e| malformed(reader, e))?
-            .into_owned();
-        attrs.push((key, value));
+        match attrs.entry(key) {
+            Entry::Occupied(repeated) => {
+                return Err(ParseError::DuplicateAttribute {
+                    element: name,
+                    attribute: repeated.key().clone(),
+                    offset,
+                })
+            }
+            Entry::Vacant(slot) => {
+                let value = attr
+                    .unescape_value()
+                    .map_err(|e| malformed(reader, e))?
+                    .into_owned();
+                slot.insert(value);
+            }
+        }
     }
     Ok(Element {
         name,
@@ -123,8 +243,20 @@ fn element_from(reader: &Reader<&[u8]>, start: &BytesStart<'_>) -> Result<Elemen
     })
 }
 
-/// Parses a whole document into its root element.
-pub(crate) fn parse_document(body: &[u8]) -> Result<Element, ParseError> {
+/// Parses a whole `document` (`"request"` or `"response"`, for errors) of at most `max_bytes`
+/// into its root element, within the bounds of [`crate::limits`].
+pub(crate) fn parse_document(
+    body: &[u8],
+    document: &'static str,
+    max_bytes: usize,
+) -> Result<Element, ParseError> {
+    if body.len() > max_bytes {
+        return Err(ParseError::TooLarge {
+            document,
+            bytes: body.len(),
+            max: max_bytes,
+        });
+    }
     let text = std::str::from_utf8(body).map_err(|e| ParseError::NotUtf8 {
         offset: e.valid_up_to(),
     })?;
@@ -133,27 +265,15 @@ pub(crate) fn parse_document(body: &[u8]) -> Result<Element, ParseError> {
     }
     let mut reader = Reader::from_str(text);
     reader.config_mut().trim_text(true);
+    // The open elements, innermost last; never longer than MAX_DEPTH.
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
+    let mut elements = 0usize;
     loop {
         let event = reader.read_event().map_err(|e| malformed(&reader, e))?;
-        match event {
-            Event::Start(start) => {
-                if root.is_some() {
-                    return Err(malformed(&reader, "content after the root element"));
-                }
-                stack.push(element_from(&reader, &start)?);
-            }
-            Event::Empty(start) => {
-                if root.is_some() {
-                    return Err(malformed(&reader, "content after the root element"));
-                }
-                let el = element_from(&reader, &start)?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(el),
-                    None => root = Some(el),
-                }
-            }
+        let (start, empty) = match event {
+            Event::Start(start) => (start, false),
+            Event::Empty(start) => (start, true),
             Event::End(_) => {
                 let done = stack
                     .pop()
@@ -162,6 +282,7 @@ pub(crate) fn parse_document(body: &[u8]) -> Result<Element, ParseError> {
                     Some(parent) => parent.children.push(done),
                     None => root = Some(done),
                 }
+                continue;
             }
             Event::Text(t)
                 if stack.is_empty() && !t.as_ref().iter().all(u8::is_ascii_whitespace) =>
@@ -169,7 +290,38 @@ pub(crate) fn parse_document(body: &[u8]) -> Result<Element, ParseError> {
                 return Err(malformed(&reader, "text outside the root element"));
             }
             Event::Eof => break,
-            _ => {}
+            _ => continue,
+        };
+        if root.is_some() {
+            return Err(malformed(&reader, "content after the root element"));
+        }
+        // The tag spans `<`, its content, then `>` or `/>`, and ends at the reader's position.
+        let tag_len = start.len() + if empty { 3 } else { 2 };
+        let offset = reader.buffer_position().saturating_sub(tag_len as u64);
+        let limit_name = || String::from_utf8_lossy(start.name().as_ref()).into_owned();
+        elements += 1;
+        if elements > MAX_ELEMENTS {
+            return Err(ParseError::TooManyElements {
+                element: limit_name(),
+                offset,
+                max: MAX_ELEMENTS,
+            });
+        }
+        if stack.len() == MAX_DEPTH {
+            return Err(ParseError::TooDeep {
+                element: limit_name(),
+                offset,
+                max: MAX_DEPTH,
+            });
+        }
+        let element = element_from(&reader, &start, offset)?;
+        if !empty {
+            stack.push(element);
+            continue;
+        }
+        match stack.last_mut() {
+            Some(parent) => parent.children.push(element),
+            None => root = Some(element),
         }
     }
     if let Some(open) = stack.last() {
@@ -196,12 +348,29 @@ pub(crate) fn push_attr(out: &mut String, name: &str, value: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::limits::MAX_RESPONSE_BYTES;
+
+    fn parse(body: &[u8]) -> Result<Element, ParseError> {
+        parse_document(body, "response", MAX_RESPONSE_BYTES)
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack, as small as a busy async worker may have left;
+    /// a stack overflow there aborts the whole test process, which fails the test run.
+    pub(crate) fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .name("small-stack".into())
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .expect("spawning a thread")
+            .join()
+            .expect("the small-stack thread panicked")
+    }
 
     #[test]
     fn tree_keeps_attributes_and_nesting() {
-        let root = parse_document(b"  <a x=\"1&amp;2\"><b/><c y='z'></c></a>\n").expect("parses");
+        let root = parse(b"  <a x=\"1&amp;2\"><b/><c y='z'></c></a>\n").expect("parses");
         assert_eq!(root.name, "a");
         assert_eq!(root.attr("x"), Some("1&2"));
         assert_eq!(root.children.len(), 2);
@@ -210,26 +379,186 @@ mod tests {
 
     #[test]
     fn broken_documents_are_rejected_with_reason() {
-        assert_eq!(parse_document(b"  \n").unwrap_err(), ParseError::Empty);
+        assert_eq!(parse(b"  \n").unwrap_err(), ParseError::Empty);
         assert!(matches!(
-            parse_document(b"<a><b></a>"),
+            parse(b"<a><b></a>"),
             Err(ParseError::Malformed { .. })
         ));
         assert!(matches!(
-            parse_document(b"<a><b/>"),
+            parse(b"<a><b/>"),
             Err(ParseError::Malformed { .. })
         ));
         assert!(matches!(
-            parse_document(b"invalid xml>"),
+            parse(b"invalid xml>"),
             Err(ParseError::Malformed { .. })
         ));
         assert!(matches!(
-            parse_document(b"<a/><b/>"),
+            parse(b"<a/><b/>"),
             Err(ParseError::Malformed { .. })
         ));
         assert!(matches!(
-            parse_document(&[0x3c, 0xff, 0x3e]),
+            parse(&[0x3c, 0xff, 0x3e]),
             Err(ParseError::NotUtf8 { offset: 1 })
         ));
+    }
+
+    /// Finding "the agent can be crashed by its server": a document nested 200,000 deep (the
+    /// attack was 149k) is refused at the depth limit, naming it, and parsing it needs no more
+    /// than a small stack. At 5098ded the tree was built and then freed recursively, which
+    /// overflowed the stack and aborted.
+    #[test]
+    fn nesting_past_the_depth_limit_is_refused_on_a_small_stack() {
+        let depth = 200_000;
+        let body = format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth));
+        let err = on_small_stack(move || {
+            parse_document(body.as_bytes(), "response", usize::MAX).unwrap_err()
+        });
+        let offset = 3 * MAX_DEPTH as u64;
+        assert_eq!(
+            err,
+            ParseError::TooDeep {
+                element: "a".into(),
+                offset,
+                max: MAX_DEPTH
+            }
+        );
+        assert!(
+            err.to_string().contains(&format!(
+                "at byte {offset} is nested deeper than the depth limit of 32"
+            )),
+            "{err}"
+        );
+        // Exactly at the limit is accepted (self-closing innermost element).
+        let at_limit = format!(
+            "{}<a/>{}",
+            "<a>".repeat(MAX_DEPTH - 1),
+            "</a>".repeat(MAX_DEPTH - 1)
+        );
+        assert!(parse(at_limit.as_bytes()).is_ok());
+    }
+
+    /// Finding "the agent can be crashed by its server": a tree far deeper than any parse may
+    /// build (built by hand here) is freed without recursion, on a small stack.
+    #[test]
+    fn a_deep_tree_is_freed_without_recursion() {
+        let freed_depth = on_small_stack(|| {
+            let mut tree = Element::default();
+            for _ in 0..1_000_000 {
+                tree = Element {
+                    name: "a".into(),
+                    attrs: Default::default(),
+                    children: vec![tree],
+                };
+            }
+            let mut depth = 0;
+            let mut at = &tree;
+            while let Some(child) = at.children.first() {
+                depth += 1;
+                at = child;
+            }
+            drop(tree);
+            depth
+        });
+        assert_eq!(freed_depth, 1_000_000);
+    }
+
+    /// Finding "CPU amplification": 9,800 attributes on one element (the attack) are refused at
+    /// the per-element limit, naming the element, its offset and the limit. At 5098ded they were
+    /// accepted after a duplicate check quadratic in the attribute count.
+    #[test]
+    fn attributes_past_the_per_element_limit_are_refused() {
+        let attrs: String = (0..9_800).map(|i| format!(" a{i}=\"\"")).collect();
+        let body = format!("<response><app{attrs}/></response>");
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::TooManyAttributes {
+                element: "app".into(),
+                offset: 10,
+                max: MAX_ATTRIBUTES_PER_ELEMENT
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("<app> at byte 10 has more than 64 attributes"),
+            "{err}"
+        );
+        // Exactly at the limit is accepted, and every attribute can be looked up.
+        let attrs: String = (0..MAX_ATTRIBUTES_PER_ELEMENT)
+            .map(|i| format!(" a{i}=\"{i}\""))
+            .collect();
+        let root = parse(format!("<response{attrs}/>").as_bytes()).unwrap();
+        for i in 0..MAX_ATTRIBUTES_PER_ELEMENT {
+            assert_eq!(root.attr(&format!("a{i}")), Some(i.to_string().as_str()));
+        }
+    }
+
+    /// Finding "CPU amplification": duplicate attributes are still refused now that the check is
+    /// a hash-map lookup instead of quick-xml's quadratic scan, naming element and attribute.
+    #[test]
+    fn duplicate_attributes_are_refused() {
+        let err = parse(b"<response><app a=\"1\" b=\"2\" a='3'/></response>").unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::DuplicateAttribute {
+                element: "app".into(),
+                attribute: "a".into(),
+                offset: 10
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("<app> at byte 10 has attribute \"a\" more than once"),
+            "{err}"
+        );
+    }
+
+    /// Parsing is bounded in element count and body size, naming the limit.
+    #[test]
+    fn element_count_and_size_limits_are_enforced() {
+        let body = format!("<r>{}</r>", "<e/>".repeat(MAX_ELEMENTS));
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::TooManyElements {
+                element: "e".into(),
+                offset: 3 + 4 * (MAX_ELEMENTS as u64 - 1),
+                max: MAX_ELEMENTS
+            }
+        );
+        let body = format!("<r>{}</r>", "<e/>".repeat(MAX_ELEMENTS - 1));
+        assert_eq!(
+            parse(body.as_bytes()).unwrap().children.len(),
+            MAX_ELEMENTS - 1
+        );
+
+        let err = parse_document(b"<r/>  ", "request", 5).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::TooLarge {
+                document: "request",
+                bytes: 6,
+                max: 5
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "omaha request is 6 bytes, over the 5-byte limit"
+        );
+    }
+
+    /// Offsets in limit errors point at the `<` of the offending start tag, for both kinds of tag.
+    #[test]
+    fn limit_errors_point_at_the_start_tag() {
+        let dup = parse(b"<r>\n  <bb x='1' x='2'></bb></r>").unwrap_err();
+        assert!(
+            matches!(dup, ParseError::DuplicateAttribute { offset: 6, .. }),
+            "{dup:?}"
+        );
+        let dup = parse(b"<r>\n  <bb x='1' x='2' /></r>").unwrap_err();
+        assert!(
+            matches!(dup, ParseError::DuplicateAttribute { offset: 6, .. }),
+            "{dup:?}"
+        );
     }
 }

@@ -20,6 +20,8 @@ pub mod store;
 #[cfg(test)]
 mod http_tests;
 #[cfg(test)]
+mod omaha_limits_tests;
+#[cfg(test)]
 mod test_server;
 
 pub use server::{serve, spawn, RunningServer, Settings};
