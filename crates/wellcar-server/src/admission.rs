@@ -73,6 +73,15 @@ impl Refusal {
     }
 }
 
+/// A refused request: why, and when to retry (seconds; 0 for a missing fleet token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Why.
+    pub why: Refusal,
+    /// Seconds until a retry may pass.
+    pub retry_after_secs: u64,
+}
+
 /// The fleet's shared secret, kept only as its SHA-256.
 #[derive(Clone)]
 pub struct FleetToken {
@@ -126,7 +135,11 @@ impl Limiters {
 }
 
 /// The response to a refused request (also counted).
-pub fn refuse(state: &ServerState, why: Refusal, retry_after_secs: u64) -> Response {
+pub fn refuse(state: &ServerState, refused: Refused) -> Response {
+    let Refused {
+        why,
+        retry_after_secs,
+    } = refused;
     state.metrics.refused(why);
     tracing::debug!(reason = why.as_str(), "request refused");
     match why {
@@ -156,17 +169,23 @@ pub fn refuse(state: &ServerState, why: Refusal, retry_after_secs: u64) -> Respo
 
 /// The checks an Omaha request passes before it is parsed: its IP's rate limit, then the fleet
 /// token.
-pub fn admit_omaha(state: &ServerState, ip: IpAddr, headers: &HeaderMap) -> Result<(), Response> {
+pub fn admit_omaha(state: &ServerState, ip: IpAddr, headers: &HeaderMap) -> Result<(), Refused> {
     let now = state.now();
-    if let Err(secs) = state.limiters.omaha_ip.check(ip_key(ip), now) {
-        return Err(refuse(state, Refusal::OmahaIpRate, secs));
+    state
+        .limiters
+        .omaha_ip
+        .check(ip_key(ip), now)
+        .map_err(|secs| Refused {
+            why: Refusal::OmahaIpRate,
+            retry_after_secs: secs,
+        })?;
+    match &state.settings.fleet_token {
+        Some(token) if !token.admits(headers) => Err(Refused {
+            why: Refusal::FleetToken,
+            retry_after_secs: 0,
+        }),
+        _ => Ok(()),
     }
-    if let Some(token) = &state.settings.fleet_token {
-        if !token.admits(headers) {
-            return Err(refuse(state, Refusal::FleetToken, 0));
-        }
-    }
-    Ok(())
 }
 
 /// What a parsed Omaha request may not exceed; `Err` names the count and the limit.
@@ -190,7 +209,7 @@ pub fn check_counts(request: &wellcar_omaha::Request) -> Result<(), String> {
 pub fn admit_instances(
     state: &ServerState,
     request: &wellcar_omaha::Request,
-) -> Result<(), Response> {
+) -> Result<(), Refused> {
     let now = state.now();
     let limiter = &state.limiters.omaha_instance;
     let mut keys: Vec<u64> = request
@@ -202,9 +221,10 @@ pub fn admit_instances(
     keys.sort_unstable();
     keys.dedup();
     for key in keys {
-        if let Err(secs) = limiter.check(key, now) {
-            return Err(refuse(state, Refusal::OmahaInstanceRate, secs));
-        }
+        limiter.check(key, now).map_err(|secs| Refused {
+            why: Refusal::OmahaInstanceRate,
+            retry_after_secs: secs,
+        })?;
     }
     Ok(())
 }
@@ -222,7 +242,11 @@ pub async fn admin_rate_limit(
         .map(|c| c.0.ip());
     if let Some(ip) = peer {
         if let Err(secs) = state.limiters.admin_ip.check(ip_key(ip), state.now()) {
-            return refuse(&state, Refusal::AdminIpRate, secs);
+            let refused = Refused {
+                why: Refusal::AdminIpRate,
+                retry_after_secs: secs,
+            };
+            return refuse(&state, refused);
         }
     }
     next.run(request).await

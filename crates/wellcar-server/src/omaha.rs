@@ -121,7 +121,7 @@ pub async fn handle(
     let ip = client_ip(&headers, peer);
     let ip_addr = ip.parse().unwrap_or_else(|_| peer.ip());
     if let Err(refused) = crate::admission::admit_omaha(&state, ip_addr, &headers) {
-        return refused;
+        return crate::admission::refuse(&state, refused);
     }
     if body.len() > MAX_REQUEST_BYTES {
         return bad_request(
@@ -154,7 +154,7 @@ pub async fn handle(
         return bad_request(&state, reason);
     }
     if let Err(refused) = crate::admission::admit_instances(&state, &request) {
-        return refused;
+        return crate::admission::refuse(&state, refused);
     }
     match answer(&state, &request, &ip, &headers).await {
         Ok(response) => {

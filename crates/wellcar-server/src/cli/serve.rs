@@ -139,3 +139,43 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
     on_note(Note::Listening { url: server.url() });
     server.run_until_signal().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn fleet_token_comes_from_one_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fleet-token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            wellcar_omaha::headers::FLEET_TOKEN,
+            HeaderValue::from_static("from-file"),
+        );
+        let token = fleet_token(Some(&file), None).unwrap().unwrap();
+        assert!(
+            token.admits(&headers),
+            "the file's newline is not part of it"
+        );
+        headers.insert(
+            wellcar_omaha::headers::FLEET_TOKEN,
+            HeaderValue::from_static("from-env"),
+        );
+        assert!(fleet_token(None, Some("from-env"))
+            .unwrap()
+            .unwrap()
+            .admits(&headers));
+        assert!(fleet_token(None, None).unwrap().is_none());
+        let both = fleet_token(Some(&file), Some("x")).unwrap_err().to_string();
+        assert!(both.contains("not both"), "{both}");
+        std::fs::write(&file, "\n").unwrap();
+        let empty = fleet_token(Some(&file), None).unwrap_err().to_string();
+        assert!(empty.contains("fleet-token is empty"), "{empty}");
+        let missing = dir.path().join("missing");
+        let err = format!("{:#}", fleet_token(Some(&missing), None).unwrap_err());
+        assert!(err.contains("missing"), "{err}");
+    }
+}
