@@ -45,7 +45,8 @@ impl Limit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
     /// Omaha requests per client IP. Generous: a whole fleet may sit behind one NAT
-    /// (100,000 machines polling every 45 minutes average 37 requests a second).
+    /// (100,000 machines polling every 45 minutes average 37 requests a second; the default
+    /// sustains 100 a second).
     pub omaha_per_ip: Limit,
     /// Omaha requests per machine id. A machine checks every 45 minutes and sends a handful
     /// of event reports per update.
@@ -60,8 +61,8 @@ impl Default for RateLimits {
     fn default() -> Self {
         Self {
             omaha_per_ip: Limit {
-                burst: 3000,
-                per_minute: 3000,
+                burst: 6000,
+                per_minute: 6000,
             },
             omaha_per_instance: Limit {
                 burst: 60,
