@@ -392,6 +392,38 @@ async fn safe_mode_halts_after_the_configured_number_of_distinct_failures() {
     f.stop().await;
 }
 
+/// Safe mode's failure count includes timeouts: with `safe_mode_failures` 2, one machine
+/// timing out does not halt the group, a second distinct machine failing does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_count_toward_safe_mode_failures() {
+    let f = Fleet::start(None, |_| {}).await;
+    f.patch_group(
+        "stable",
+        GroupPatch {
+            update_timeout_secs: Some(600),
+            ..safe_mode(Some(2))
+        },
+    )
+    .await;
+    assert!(f.granted("slow", "stable", &[]).await);
+    f.clock.fetch_add(601_000, Ordering::SeqCst);
+    assert_eq!(f.server().state.sweep_timeouts().await.unwrap(), 1);
+    assert!(
+        !f.halted("stable").await,
+        "one timeout of two failures allowed"
+    );
+    assert!(f.granted("next", "stable", &[]).await);
+    f.report(
+        "next",
+        "1.0.0",
+        "stable",
+        r#"<event eventtype="3" eventresult="0" errorcode="10"/>"#,
+    )
+    .await;
+    assert!(f.halted("stable").await);
+    f.stop().await;
+}
+
 /// Finding "Fake instances spend the rollout budget": two fake ids took both slots of a group
 /// limited to 2 a day, and the real machine got `noupdate`. With a fleet token, requests
 /// without it (or with a wrong one) get 401 and record nothing; the real machine is granted.
