@@ -206,6 +206,8 @@ async fn bench(backend: &str, machines: usize, concurrency: usize) {
     };
     let mut settings = Settings::new(&url, "127.0.0.1:0".parse().unwrap());
     settings.payload_dir = dir.path().join("payloads");
+    // Every simulated machine shares the loopback address: no per-IP limit.
+    settings.rate_limits.omaha_per_ip = wellcar_server::rate_limit::Limit::OFF;
     let server = wellcar_server::spawn(settings).await.unwrap();
     let now = wellcar_server::now_ms();
     let token = server

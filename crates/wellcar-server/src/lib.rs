@@ -7,16 +7,21 @@
 //! synchronously (see [`server`]). Events are written before they are acknowledged.
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod db;
+pub mod event_trust;
 pub mod metrics;
 pub mod model;
 pub mod omaha;
 pub mod policy;
+pub mod rate_limit;
 pub mod server;
 pub mod store;
 
+#[cfg(test)]
+mod event_trust_tests;
 #[cfg(test)]
 mod http_tests;
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub struct Metrics {
     events: AtomicU64,
     failures: AtomicU64,
     bad_requests: AtomicU64,
+    unverified_events: [AtomicU64; crate::event_trust::Unverified::ALL.len()],
+    refused: [AtomicU64; crate::admission::Refusal::ALL.len()],
     latency_buckets: [AtomicU64; 11],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -52,6 +54,16 @@ impl Metrics {
     /// A rejected Omaha request.
     pub fn bad_request(&self) {
         self.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An event stored unverified, not acted on.
+    pub fn unverified_event(&self, why: crate::event_trust::Unverified) {
+        self.unverified_events[why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request refused before it was acted on (fleet token, rate limits).
+    pub fn refused(&self, why: crate::admission::Refusal) {
+        self.refused[why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Latency of one Omaha request.
@@ -120,6 +132,32 @@ pub async fn handle(State(state): State<Arc<ServerState>>) -> impl IntoResponse 
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
             v.load(Ordering::Relaxed)
+        );
+    }
+    let name = "wellcar_server_events_unverified_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Omaha events stored but not acted on: not from an instance granted that update.\n# TYPE {name} counter"
+    );
+    for why in crate::event_trust::Unverified::ALL {
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"{}\"}} {}",
+            why.as_str(),
+            m.unverified_events[why.index()].load(Ordering::Relaxed)
+        );
+    }
+    let name = "wellcar_server_requests_refused_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests refused before they were acted on (fleet token, rate limits).\n# TYPE {name} counter"
+    );
+    for why in crate::admission::Refusal::ALL {
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"{}\"}} {}",
+            why.as_str(),
+            m.refused[why.index()].load(Ordering::Relaxed)
         );
     }
     let writes = state.db.write_counts();

@@ -82,8 +82,12 @@ pub struct Window {
 pub struct Policy {
     /// Updates granted at all (false = paused by an operator).
     pub updates_enabled: bool,
-    /// One instance goes first; any failure or timeout halts the group.
+    /// One instance goes first; failures or timeouts of granted instances halt the group.
     pub safe_mode: bool,
+    /// Safe mode halts the group once this many distinct instances granted the target version
+    /// failed or timed out on it (at least 1; default 1: the first failure halts).
+    #[serde(default = "default_safe_mode_failures")]
+    pub safe_mode_failures: i64,
     /// Grants allowed per `period_secs` (0 = unlimited).
     pub max_updates_per_period: i64,
     /// Length of the grant-counting period in seconds.
@@ -100,11 +104,19 @@ pub struct Policy {
     pub windows: Vec<Window>,
 }
 
+/// [`Policy::safe_mode_failures`] when a stored or sent policy does not name it.
+pub const DEFAULT_SAFE_MODE_FAILURES: i64 = 1;
+
+fn default_safe_mode_failures() -> i64 {
+    DEFAULT_SAFE_MODE_FAILURES
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Self {
             updates_enabled: true,
             safe_mode: false,
+            safe_mode_failures: DEFAULT_SAFE_MODE_FAILURES,
             max_updates_per_period: 0,
             period_secs: 3600,
             max_concurrent: 0,
@@ -152,6 +164,8 @@ pub struct GroupPatch {
     pub updates_enabled: Option<bool>,
     /// Safe mode.
     pub safe_mode: Option<bool>,
+    /// Distinct failed instances that halt a safe-mode group.
+    pub safe_mode_failures: Option<i64>,
     /// Grants per period.
     pub max_updates_per_period: Option<i64>,
     /// Period length.
@@ -224,6 +238,15 @@ pub struct InstanceEvent {
     pub previous_version: Option<String>,
     /// The version the machine was running when it reported the event.
     pub version: String,
+    /// Whether the event came from an instance the server granted that update to, for the
+    /// version it was granted (see [`crate::event_trust`]); only verified events change rollout
+    /// state. Unverified events are kept for the operator, never acted on.
+    #[serde(default = "verified_by_default")]
+    pub verified: bool,
+}
+
+fn verified_by_default() -> bool {
+    true
 }
 
 /// One line of the activity log.

@@ -6,9 +6,19 @@
 //! - Every `<app>` gets one `<app>` back, appid echoed as sent. Unknown app:
 //!   `error-unknownApplication`; unknown track: `error-unknownApplicationOrGroup`; both with
 //!   `<updatecheck status="error-internal">` if a check was asked for.
-//! - Events are stored and applied to the instance before the response is sent; each is acked.
+//! - Before anything else: the client IP's rate limit (429), the fleet token if one is set
+//!   (401), then the body limit and parse (400, parsed off the async workers), the per-request
+//!   app and event counts (400), and each machine id's rate limit (429); see
+//!   [`crate::admission`]. A refused request changes nothing.
+//! - Events are stored before the response is sent; each is acked. Only events verified
+//!   against a grant ([`crate::event_trust`]: the instance was granted that update, for that
+//!   version) move the instance's status or halt a group; the rest are stored marked
+//!   unverified, counted (`wellcar_server_events_unverified_total{reason}`) and never acted
+//!   on. An event never creates an instance.
 //!   Flatcar's routine `3/2` with an empty `previousversion` is acked and ignored; events
 //!   without a `machineid` are acked but cannot be attributed, so they are not stored.
+//! - Safe mode halts a group once `safe_mode_failures` distinct instances granted the version
+//!   failed (verified failure events, or timeouts) on it.
 //! - An update check is answered `noupdate` from memory when the instance is current, the group
 //!   is paused or halted, or the window is closed; only a possible grant touches the database.
 //!   Every `updatecheck` carries `PollInterval`.
@@ -108,6 +118,11 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    let ip = client_ip(&headers, peer);
+    let ip_addr = ip.parse().unwrap_or_else(|_| peer.ip());
+    if let Err(refused) = crate::admission::admit_omaha(&state, ip_addr, &headers) {
+        return crate::admission::refuse(&state, refused);
+    }
     if body.len() > MAX_REQUEST_BYTES {
         return bad_request(
             &state,
@@ -117,11 +132,30 @@ pub async fn handle(
             ),
         );
     }
-    let request = match Request::parse(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(&state, format!("malformed omaha request: {e}")),
+    // Parsing is CPU work proportional to the body: off the async workers.
+    let parse = move || {
+        #[cfg(test)]
+        crate::event_trust_tests::parse_gate::pass(&body);
+        Request::parse(&body)
     };
-    let ip = client_ip(&headers, peer);
+    let request = match tokio::task::spawn_blocking(parse).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return bad_request(&state, format!("malformed omaha request: {e}")),
+        Err(e) => {
+            tracing::error!("omaha request parser failed: {e}");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server error: the omaha request parser failed\n",
+            )
+                .into_response();
+        }
+    };
+    if let Err(reason) = crate::admission::check_counts(&request) {
+        return bad_request(&state, reason);
+    }
+    if let Err(refused) = crate::admission::admit_instances(&state, &request) {
+        return crate::admission::refuse(&state, refused);
+    }
     match answer(&state, &request, &ip, &headers).await {
         Ok(response) => {
             state.metrics.observe(started.elapsed());
@@ -235,7 +269,10 @@ async fn answer_app(
             .write_combined(move |conn| apply_events(conn, &s, g.as_ref(), &meaningful, now))
             .await?;
         state.metrics.add_events(outcome.stored as u64);
-        if let Some(g) = &group {
+        for why in &outcome.unverified {
+            state.metrics.unverified_event(*why);
+        }
+        if let (Some(g), true) = (&group, outcome.verified > 0) {
             // A finished or failed update may free a slot.
             state.clear_saturated(&g.id);
         }
@@ -470,15 +507,21 @@ fn grant(
 /// What applying a request's events did.
 #[derive(Debug, Default)]
 pub struct EventOutcome {
-    /// Events stored.
+    /// Events stored (verified or not).
     pub stored: usize,
-    /// Failed updates among them.
+    /// Events verified and applied.
+    pub verified: usize,
+    /// Why each unverified event was not acted on.
+    pub unverified: Vec<crate::event_trust::Unverified>,
+    /// Failed updates among the verified events.
     pub failures: usize,
     /// Whether a group was halted.
     pub halted: bool,
 }
 
-/// Stores events and moves the instance's status; halts a safe-mode group on a failed update.
+/// Stores events; those [`crate::event_trust::classify`] verifies move the instance's status,
+/// and a verified failure halts a safe-mode group once `safe_mode_failures` distinct granted
+/// instances failed on the version. Unverified events are only stored (marked so).
 pub fn apply_events(
     conn: &mut dyn crate::db::Conn,
     s: &Sighting,
@@ -491,32 +534,46 @@ pub fn apply_events(
     if let Some(g) = request_group {
         store::lock_group(conn, &g.id)?;
     }
-    let instance = match store::find_instance(conn, &s.facts.app_id, &s.facts.machine_id, true)? {
-        Some(i) => i,
-        None => {
-            store::upsert_sightings(conn, std::slice::from_ref(s))?;
-            store::find_instance(conn, &s.facts.app_id, &s.facts.machine_id, true)?
-                .ok_or_else(|| StoreError::NotFound(format!("instance {}", s.facts.machine_id)))?
-        }
-    };
+    // Never created here: an event cannot make up an instance, let alone a grant.
+    let instance = store::find_instance(conn, &s.facts.app_id, &s.facts.machine_id, true)?;
     let group_id = instance
-        .facts
-        .group_id
-        .clone()
+        .as_ref()
+        .and_then(|i| i.facts.group_id.clone())
         .or_else(|| request_group.map(|g| g.id.clone()));
-    let mut current_status = instance.status.clone();
+    let mut current_status = instance
+        .as_ref()
+        .map_or_else(|| status::UNDEFINED.to_owned(), |i| i.status.clone());
     for ev in events {
+        let trust = crate::event_trust::classify(
+            instance.as_ref().map(|i| crate::event_trust::GrantState {
+                instance: i,
+                status: &current_status,
+            }),
+            request_group.map(|g| g.id.as_str()),
+            &s.facts.version,
+            ev,
+        );
         store::insert_event(
             conn,
-            &s.facts.app_id,
-            &s.facts.machine_id,
-            group_id.as_deref(),
-            ev,
-            &s.facts.version,
+            &store::NewEvent {
+                app_id: &s.facts.app_id,
+                machine_id: &s.facts.machine_id,
+                group_id: group_id.as_deref(),
+                event: ev,
+                version: &s.facts.version,
+                verified: trust.is_ok(),
+            },
             now,
         )?;
         outcome.stored += 1;
-        let in_progress = status::IN_PROGRESS.contains(&current_status.as_str());
+        let (Ok(()), Some(instance)) = (trust, &instance) else {
+            if let Err(why) = trust {
+                tracing::debug!(machine = %s.facts.machine_id, reason = why.as_str(), "event not verified; stored, not acted on");
+                outcome.unverified.push(why);
+            }
+            continue;
+        };
+        outcome.verified += 1;
         let new_status = match (ev.event_type, ev.event_result) {
             (_, event_result::ERROR) => status::ERROR,
             (event_type::UPDATE_DOWNLOAD_STARTED, event_result::SUCCESS) => status::DOWNLOADING,
@@ -539,63 +596,74 @@ pub fn apply_events(
             error_code,
             now,
         )?;
-        if new_status == status::ERROR {
-            let rollback = ev.error_code.is_some_and(|c| c.is_rollback());
-            if !(in_progress || rollback || instance.granted_version.is_some()) {
-                current_status = new_status.to_owned();
-                continue;
-            }
-            outcome.failures += 1;
-            let target = instance.granted_version.clone().unwrap_or_default();
-            let what = if rollback {
-                format!(
-                    "instance {} rolled back from {} (error code 44)",
-                    s.facts.machine_id,
-                    if target.is_empty() {
-                        "its update"
-                    } else {
-                        &target
-                    }
-                )
-            } else {
-                format!(
-                    "instance {} failed updating to {} (error code {}, event {}/{})",
-                    s.facts.machine_id,
-                    if target.is_empty() { "?" } else { &target },
-                    error_code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
-                    ev.event_type,
-                    ev.event_result
-                )
-            };
-            store::log_activity(
-                conn,
-                now,
-                &store::NewActivity {
-                    actor: "system",
-                    kind: "instance-update-failed",
-                    app_id: Some(&s.facts.app_id),
-                    group_id: group_id.as_deref(),
-                    severity: "error",
-                    message: &what,
-                },
-            )?;
-            if let Some(gid) = &group_id {
-                if let Some(g) = store::lock_group(conn, gid)? {
-                    if g.policy.safe_mode {
-                        outcome.halted |= store::halt_group(
-                            conn,
-                            gid,
-                            &s.facts.app_id,
-                            &format!("safe mode: {what}"),
-                            now,
-                        )?;
-                    }
-                }
-            }
-        }
         current_status = new_status.to_owned();
+        if new_status == status::ERROR {
+            outcome.failures += 1;
+            outcome.halted |= record_failure(conn, s, instance, ev, now)?;
+        }
     }
     Ok(outcome)
+}
+
+/// Logs a verified failure of `instance`'s grant and applies the safe-mode brake of its group.
+/// Returns whether this halted the group.
+fn record_failure(
+    conn: &mut dyn crate::db::Conn,
+    s: &Sighting,
+    instance: &crate::model::Instance,
+    ev: &wellcar_omaha::Event,
+    now: i64,
+) -> Result<bool, StoreError> {
+    // Verified events come only from instances with a grant in a group.
+    let target = instance.granted_version.clone().unwrap_or_default();
+    let group_id = instance.facts.group_id.clone().unwrap_or_default();
+    let error_code = ev.error_code.map(|c| i64::from(c.code()));
+    let what = if ev.error_code.is_some_and(|c| c.is_rollback()) {
+        format!(
+            "instance {} rolled back from {target} (error code 44)",
+            s.facts.machine_id
+        )
+    } else {
+        format!(
+            "instance {} failed updating to {target} (error code {}, event {}/{})",
+            s.facts.machine_id,
+            error_code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            ev.event_type,
+            ev.event_result
+        )
+    };
+    store::log_activity(
+        conn,
+        now,
+        &store::NewActivity {
+            actor: "system",
+            kind: "instance-update-failed",
+            app_id: Some(&s.facts.app_id),
+            group_id: Some(&group_id),
+            severity: "error",
+            message: &what,
+        },
+    )?;
+    let Some(g) = store::lock_group(conn, &group_id)? else {
+        return Ok(false);
+    };
+    if !g.policy.safe_mode {
+        return Ok(false);
+    }
+    let failed = store::count_failed_on_version(conn, &group_id, &target)?;
+    if failed < g.policy.safe_mode_failures {
+        return Ok(false);
+    }
+    store::halt_group(
+        conn,
+        &group_id,
+        &s.facts.app_id,
+        &format!(
+            "safe mode: {what}; {failed} of the {} failures allowed on {target}",
+            g.policy.safe_mode_failures
+        ),
+        now,
+    )
 }
 
 #[cfg(test)]

@@ -137,6 +137,12 @@ pub fn validate(policy: &Policy) -> Result<(), PolicyError> {
             "zero (unlimited) or positive",
             policy.max_concurrent >= 0,
         ),
+        (
+            "safe_mode_failures",
+            policy.safe_mode_failures,
+            "at least 1",
+            policy.safe_mode_failures >= 1,
+        ),
     ] {
         if !ok {
             return Err(PolicyError::Number { field, rule, value });
@@ -270,6 +276,15 @@ mod tests {
         ));
         p.period_secs = 60;
         assert_eq!(validate(&p), Ok(()));
+        p.safe_mode_failures = 0;
+        assert!(matches!(
+            validate(&p),
+            Err(PolicyError::Number {
+                field: "safe_mode_failures",
+                value: 0,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct Settings {
     pub max_connections: usize,
     /// The clock.
     pub clock: Clock,
+    /// When set, Omaha requests must carry this fleet token ([`crate::admission`]).
+    pub fleet_token: Option<crate::admission::FleetToken>,
+    /// Rate limits on Omaha and admin requests ([`crate::rate_limit`]).
+    pub rate_limits: crate::rate_limit::RateLimits,
 }
 
 impl std::fmt::Debug for Settings {
@@ -108,6 +112,8 @@ impl Settings {
             max_upload_bytes: 8 << 30,
             max_connections: 8,
             clock: Arc::new(crate::now_ms),
+            fleet_token: None,
+            rate_limits: crate::rate_limit::RateLimits::default(),
         }
     }
 }
@@ -161,6 +167,8 @@ pub struct ServerState {
     pub settings: Settings,
     /// Metrics.
     pub metrics: Metrics,
+    /// Rate limiters ([`crate::admission`]).
+    pub limiters: crate::admission::Limiters,
     config: RwLock<Arc<ConfigSnapshot>>,
     seen: Mutex<HashMap<(String, String), SeenEntry>>,
     pending: Mutex<HashMap<(String, String), Sighting>>,
@@ -322,7 +330,7 @@ impl ServerState {
                             ),
                         },
                     )?;
-                    if t.safe_mode {
+                    if t.halts_group {
                         halted |= store::halt_group(
                             conn,
                             &t.group_id,
@@ -385,6 +393,7 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<Arc<ServerState>> 
     let state = Arc::new(ServerState {
         db,
         metrics: Metrics::default(),
+        limiters: crate::admission::Limiters::new(&settings.rate_limits),
         config: RwLock::new(Arc::new(ConfigSnapshot::default())),
         seen: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
@@ -410,7 +419,12 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(crate::metrics::handle))
         .nest_service("/packages", ServeDir::new(&state.settings.payload_dir))
-        .merge(crate::admin::routes(state.clone()))
+        .merge(
+            crate::admin::routes(state.clone()).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::admission::admin_rate_limit,
+            )),
+        )
         .with_state(state)
 }
 

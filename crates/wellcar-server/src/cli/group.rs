@@ -5,6 +5,8 @@
 //!   exists already (e.g. a seeded `stable`), it patches that group instead, with the flags
 //!   given and the name and channel.
 //! - `group update` changes only what its flags name; `--window none` clears the windows.
+//! - `--safe-mode-failures N` (N ≥ 1) sets how many distinct granted instances must fail before
+//!   safe mode halts the group.
 
 use anyhow::{bail, Context as _};
 use hyper::Method;
@@ -19,10 +21,14 @@ pub struct PolicyArgs {
     /// Channel the group follows.
     #[arg(long)]
     channel: Option<String>,
-    /// Safe mode: one instance first; any failure or timeout halts the group
-    /// (`--safe-mode` alone means true).
+    /// Safe mode: one instance first; failures or timeouts of granted instances halt the
+    /// group (`--safe-mode` alone means true).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     safe_mode: Option<bool>,
+    /// Safe mode halts the group once this many distinct granted instances failed or timed out
+    /// on the target version (default 1).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    safe_mode_failures: Option<i64>,
     /// Grants per period (0 = unlimited).
     #[arg(long)]
     max_updates_per_period: Option<i64>,
@@ -78,6 +84,7 @@ impl PolicyArgs {
         Ok(GroupPatch {
             channel: self.channel.clone(),
             safe_mode: self.safe_mode,
+            safe_mode_failures: self.safe_mode_failures,
             max_updates_per_period: self.max_updates_per_period,
             period_secs: self.period_secs,
             max_concurrent: self.max_concurrent,
@@ -180,6 +187,9 @@ pub(super) async fn group(
             let full = Policy {
                 updates_enabled: true,
                 safe_mode: patch.safe_mode.unwrap_or(defaults.safe_mode),
+                safe_mode_failures: patch
+                    .safe_mode_failures
+                    .unwrap_or(defaults.safe_mode_failures),
                 max_updates_per_period: patch
                     .max_updates_per_period
                     .unwrap_or(defaults.max_updates_per_period),
@@ -309,13 +319,52 @@ mod tests {
         // A new track is created without a note.
         notes.clear();
         let g = group(
-            cmd(&["create", "--name", "canary", "--channel", "stable"]),
+            cmd(&[
+                "create",
+                "--name",
+                "canary",
+                "--channel",
+                "stable",
+                "--safe-mode",
+                "--safe-mode-failures",
+                "2",
+            ]),
             &mut |n| notes.push(n),
         )
         .await
         .unwrap();
         assert_eq!(notes, []);
         assert_eq!(g["track"], "canary");
+        assert_eq!(
+            (
+                &g["policy"]["safe_mode"],
+                &g["policy"]["safe_mode_failures"]
+            ),
+            (&json!(true), &json!(2))
+        );
+        // `group update` changes it alone; zero is refused before anything is sent.
+        let g = group(
+            cmd(&["update", "--group", "canary", "--safe-mode-failures", "3"]),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (
+                &g["policy"]["safe_mode"],
+                &g["policy"]["safe_mode_failures"]
+            ),
+            (&json!(true), &json!(3))
+        );
+        assert!(Args::try_parse_from([
+            "group",
+            "update",
+            "--group",
+            "canary",
+            "--safe-mode-failures",
+            "0"
+        ])
+        .is_err());
         server.shutdown().await.unwrap();
     }
 

@@ -3,12 +3,22 @@
 //! Contract:
 //! - Every flag maps onto one field of [`crate::Settings`]; the flush interval is at least
 //!   10 ms and the sweep interval at least 1 s. Retention flags are in days.
+//! - The fleet token comes from `--fleet-token-file PATH` (the file's text, trimmed) or the
+//!   environment variable `WELLCAR_FLEET_TOKEN`; both at once, or an empty token, is an error.
+//! - Rate limits: `--omaha-ip-burst`/`--omaha-ip-per-minute`, `--omaha-instance-burst`/
+//!   `--omaha-instance-per-minute`, `--admin-burst`/`--admin-per-minute`, `--rate-limit-keys`
+//!   (defaults in [`RateLimits::default`]; a burst of 0 switches that limit off).
 //! - Once the server accepts connections, its URL is reported ([`Note::Listening`]: "wellcar
 //!   server listening on http://…" on stderr).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::admission::FleetToken;
+use crate::rate_limit::{Limit, RateLimits};
 
 use super::{Note, DEFAULT_DATABASE};
 
@@ -48,6 +58,59 @@ pub struct ServeOpts {
     /// Look for timed-out updates this often (seconds).
     #[arg(long, default_value_t = 10)]
     pub sweep_interval: u64,
+    /// File holding the fleet token: Omaha requests without it (header X-Wellcar-Fleet-Token)
+    /// get HTTP 401. Alternatively set WELLCAR_FLEET_TOKEN to the token itself.
+    #[arg(long)]
+    pub fleet_token_file: Option<PathBuf>,
+    /// Omaha requests allowed at once per client IP (IPv6: per /64); 0 = unlimited.
+    #[arg(long, default_value_t = RateLimits::default().omaha_per_ip.burst)]
+    pub omaha_ip_burst: u32,
+    /// Omaha requests per minute per client IP, sustained.
+    #[arg(long, default_value_t = RateLimits::default().omaha_per_ip.per_minute)]
+    pub omaha_ip_per_minute: u32,
+    /// Omaha requests allowed at once per machine id; 0 = unlimited.
+    #[arg(long, default_value_t = RateLimits::default().omaha_per_instance.burst)]
+    pub omaha_instance_burst: u32,
+    /// Omaha requests per minute per machine id, sustained.
+    #[arg(long, default_value_t = RateLimits::default().omaha_per_instance.per_minute)]
+    pub omaha_instance_per_minute: u32,
+    /// Admin API requests allowed at once per client IP; 0 = unlimited.
+    #[arg(long, default_value_t = RateLimits::default().admin_per_ip.burst)]
+    pub admin_burst: u32,
+    /// Admin API requests per minute per client IP, sustained.
+    #[arg(long, default_value_t = RateLimits::default().admin_per_ip.per_minute)]
+    pub admin_per_minute: u32,
+    /// Keys (IPs, machine ids) each rate limiter tracks at most; the least recently seen are
+    /// forgotten first.
+    #[arg(long, default_value_t = RateLimits::default().max_keys)]
+    pub rate_limit_keys: usize,
+}
+
+/// The environment variable that may hold the fleet token instead of `--fleet-token-file`.
+pub const FLEET_TOKEN_ENV: &str = "WELLCAR_FLEET_TOKEN";
+
+/// The fleet token from `--fleet-token-file` or `env_token` (the value of
+/// [`FLEET_TOKEN_ENV`]); both at once, an unreadable file or an empty token is an error naming
+/// the source.
+pub fn fleet_token(
+    file: Option<&Path>,
+    env_token: Option<&str>,
+) -> anyhow::Result<Option<FleetToken>> {
+    let (text, source) = match (file, env_token) {
+        (Some(_), Some(_)) => {
+            bail!("give the fleet token by --fleet-token-file or {FLEET_TOKEN_ENV}, not both")
+        }
+        (Some(path), None) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the fleet token file {}", path.display()))?,
+            format!("fleet token file {}", path.display()),
+        ),
+        (None, Some(token)) => (token.to_owned(), FLEET_TOKEN_ENV.to_owned()),
+        (None, None) => return Ok(None),
+    };
+    FleetToken::new(&text)
+        .map(Some)
+        .ok_or_else(|| anyhow::anyhow!("{source} is empty"))
 }
 
 /// Runs `wellcar server serve` until the server stops; reports [`Note::Listening`] once it
@@ -63,7 +126,56 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
     s.instance_retention = Duration::from_secs(o.instance_retention_days * 86_400);
     s.activity_retention = Duration::from_secs(o.activity_retention_days * 86_400);
     s.sweep_interval = Duration::from_secs(o.sweep_interval.max(1));
+    let env_token = std::env::var(FLEET_TOKEN_ENV).ok();
+    s.fleet_token = fleet_token(o.fleet_token_file.as_deref(), env_token.as_deref())?;
+    let limit = |burst, per_minute| Limit { burst, per_minute };
+    s.rate_limits = RateLimits {
+        omaha_per_ip: limit(o.omaha_ip_burst, o.omaha_ip_per_minute),
+        omaha_per_instance: limit(o.omaha_instance_burst, o.omaha_instance_per_minute),
+        admin_per_ip: limit(o.admin_burst, o.admin_per_minute),
+        max_keys: o.rate_limit_keys,
+    };
     let server = crate::spawn(s).await?;
     on_note(Note::Listening { url: server.url() });
     server.run_until_signal().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn fleet_token_comes_from_one_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fleet-token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            wellcar_omaha::headers::FLEET_TOKEN,
+            HeaderValue::from_static("from-file"),
+        );
+        let token = fleet_token(Some(&file), None).unwrap().unwrap();
+        assert!(
+            token.admits(&headers),
+            "the file's newline is not part of it"
+        );
+        headers.insert(
+            wellcar_omaha::headers::FLEET_TOKEN,
+            HeaderValue::from_static("from-env"),
+        );
+        assert!(fleet_token(None, Some("from-env"))
+            .unwrap()
+            .unwrap()
+            .admits(&headers));
+        assert!(fleet_token(None, None).unwrap().is_none());
+        let both = fleet_token(Some(&file), Some("x")).unwrap_err().to_string();
+        assert!(both.contains("not both"), "{both}");
+        std::fs::write(&file, "\n").unwrap();
+        let empty = fleet_token(Some(&file), None).unwrap_err().to_string();
+        assert!(empty.contains("fleet-token is empty"), "{empty}");
+        let missing = dir.path().join("missing");
+        let err = format!("{:#}", fleet_token(Some(&missing), None).unwrap_err());
+        assert!(err.contains("missing"), "{err}");
+    }
 }

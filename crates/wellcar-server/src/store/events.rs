@@ -3,6 +3,9 @@
 //! Contract:
 //! - Events are only appended (and deleted by retention); the caller stores an event before
 //!   acknowledging it.
+//! - Every event is stored with `verified`: whether it came from an instance the server granted
+//!   that update to, for the version it was granted ([`crate::event_trust`]). Unverified events
+//!   are kept for the operator and never change rollout state.
 //! - Event ids are time-ordered (UUIDv7, monotonic within a server process), so the events of
 //!   one request, which share a `created_at`, list in the order the machine sent them.
 
@@ -13,20 +16,37 @@ use crate::StoreError;
 
 use super::require_app;
 
+/// One event to store ([`insert_event`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    /// App.
+    pub app_id: &'a str,
+    /// Machine that sent it.
+    pub machine_id: &'a str,
+    /// The group it is attributed to, if any.
+    pub group_id: Option<&'a str>,
+    /// The event as sent.
+    pub event: &'a wellcar_omaha::Event,
+    /// The version the machine was running when it sent it.
+    pub version: &'a str,
+    /// Whether it came from an instance granted that update ([`crate::event_trust`]).
+    pub verified: bool,
+}
+
 /// Stores one event row.
-pub fn insert_event(
-    conn: &mut dyn Conn,
-    app_id: &str,
-    machine_id: &str,
-    group_id: Option<&str>,
-    event: &wellcar_omaha::Event,
-    version: &str,
-    now: i64,
-) -> Result<(), StoreError> {
+pub fn insert_event(conn: &mut dyn Conn, e: &NewEvent<'_>, now: i64) -> Result<(), StoreError> {
+    let NewEvent {
+        app_id,
+        machine_id,
+        group_id,
+        event,
+        version,
+        verified,
+    } = *e;
     conn.execute(
         "INSERT INTO events (id, app_id, machine_id, group_id, event_type, event_result,
-            error_code, previous_version, version, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            error_code, previous_version, version, created_at, verified)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         &params![
             uuid::Uuid::now_v7().to_string(),
             app_id,
@@ -37,7 +57,8 @@ pub fn insert_event(
             event.error_code.map(|c| i64::from(c.raw)),
             event.previous_version.clone(),
             version,
-            now
+            now,
+            verified
         ],
     )?;
     Ok(())
@@ -63,7 +84,8 @@ pub fn list_instance_events(
     let app = require_app(conn, app_id)?;
     let mut events = conn
         .query(
-            "SELECT created_at, event_type, event_result, error_code, previous_version, version
+            "SELECT created_at, event_type, event_result, error_code, previous_version, version,
+                verified
              FROM events WHERE app_id = $1 AND machine_id = $2
              ORDER BY created_at DESC, id DESC LIMIT $3",
             &params![&app.id, machine_id, limit.clamp(1, 100_000)],
@@ -77,6 +99,7 @@ pub fn list_instance_events(
                 error_code: r.opt_int(3)?,
                 previous_version: r.opt_text(4)?,
                 version: r.text(5)?,
+                verified: r.bool(6)?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

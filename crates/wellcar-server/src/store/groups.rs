@@ -5,6 +5,8 @@
 //! - A group is found by app and track (or id); (app, track) is unique and the id is derived
 //!   from it.
 //! - Every stored policy passed [`crate::policy::validate`]; windows are stored as JSON.
+//! - `safe_mode_failures` is how many distinct granted instances must fail (or time out) on
+//!   the target version before safe mode halts the group ([`count_failed_on_version`]).
 //! - Every change bumps the configuration generation. Updates and halts are logged in the
 //!   activity log here (naming who changed what); creating a group is logged by the caller.
 //!   Resuming a group releases the halt.
@@ -20,7 +22,7 @@ use crate::StoreError;
 const GROUP_COLUMNS: &str =
     "id, app_id, name, track, channel, description, updates_enabled, safe_mode,
     max_updates_per_period, period_secs, max_concurrent, update_timeout_secs, allow_downgrade,
-    timezone, windows, halted, halted_reason";
+    timezone, windows, halted, halted_reason, safe_mode_failures";
 
 fn group_from(r: &Row) -> Result<Group, StoreError> {
     let windows_json = r.text(14)?;
@@ -34,6 +36,7 @@ fn group_from(r: &Row) -> Result<Group, StoreError> {
         policy: Policy {
             updates_enabled: r.bool(6)?,
             safe_mode: r.bool(7)?,
+            safe_mode_failures: r.int(17)?,
             max_updates_per_period: r.int(8)?,
             period_secs: r.int(9)?,
             max_concurrent: r.int(10)?,
@@ -89,8 +92,10 @@ pub fn create_group(
     let n = conn.execute(
         "INSERT INTO update_groups (id, app_id, name, track, channel, description, updates_enabled,
             safe_mode, max_updates_per_period, period_secs, max_concurrent, update_timeout_secs,
-            allow_downgrade, timezone, windows, halted, halted_reason, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, NULL, $16)
+            allow_downgrade, timezone, windows, halted, halted_reason, created_at,
+            safe_mode_failures)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, NULL, $16,
+            $17)
          ON CONFLICT DO NOTHING",
         &params![
             &id,
@@ -108,7 +113,8 @@ pub fn create_group(
             policy.allow_downgrade,
             &policy.timezone,
             windows,
-            now
+            now,
+            policy.safe_mode_failures
         ],
     )?;
     if n == 0 {
@@ -196,6 +202,9 @@ pub fn update_group(
     if let Some(v) = patch.safe_mode {
         p.safe_mode = v;
     }
+    if let Some(v) = patch.safe_mode_failures {
+        p.safe_mode_failures = v;
+    }
     if let Some(v) = patch.max_updates_per_period {
         p.max_updates_per_period = v;
     }
@@ -228,7 +237,7 @@ pub fn update_group(
         "UPDATE update_groups SET name = $1, channel = $2, description = $3, updates_enabled = $4,
             safe_mode = $5, max_updates_per_period = $6, period_secs = $7, max_concurrent = $8,
             update_timeout_secs = $9, allow_downgrade = $10, timezone = $11, windows = $12,
-            halted = $13, halted_reason = $14
+            halted = $13, halted_reason = $14, safe_mode_failures = $16
          WHERE id = $15",
         &params![
             &g.name,
@@ -245,7 +254,8 @@ pub fn update_group(
             windows,
             g.halted,
             g.halted_reason.clone(),
-            &g.id
+            &g.id,
+            g.policy.safe_mode_failures
         ],
     )?;
     let changes = describe_changes(&old, &g);
@@ -344,4 +354,23 @@ pub fn lock_group(conn: &mut dyn Conn, group_id: &str) -> Result<Option<Group>, 
     query_one(conn, &sql, &params![group_id])?
         .map(|r| group_from(&r))
         .transpose()
+}
+
+/// How many distinct instances of the group were granted `version` and failed or timed out on
+/// it: what safe mode compares with the group's `safe_mode_failures`. Instances granted another
+/// version since are not counted. An index range scan (`instances_group_granted_version`).
+pub fn count_failed_on_version(
+    conn: &mut dyn Conn,
+    group_id: &str,
+    version: &str,
+) -> Result<i64, StoreError> {
+    Ok(query_one(
+        conn,
+        "SELECT COUNT(*) FROM instances WHERE group_id = $1 AND granted_version = $2
+           AND status IN ('error', 'timeout')",
+        &params![group_id, version],
+    )?
+    .map(|r| r.int(0))
+    .transpose()?
+    .unwrap_or(0))
 }

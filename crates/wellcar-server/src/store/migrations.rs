@@ -68,6 +68,9 @@ const MIGRATIONS: &[&str] = &[
     // 3: keep the grant transaction's lookups off full scans of a large fleet.
     "CREATE INDEX instances_group_status_version ON instances (group_id, status, version);
      CREATE INDEX instances_group_granted_version ON instances (group_id, granted_version);",
+    // 4: events are verified against grants; safe mode halts after N distinct failures.
+    "ALTER TABLE events ADD COLUMN verified BIGINT NOT NULL DEFAULT 1;
+     ALTER TABLE update_groups ADD COLUMN safe_mode_failures BIGINT NOT NULL DEFAULT 1;",
 ];
 
 /// Runs pending migrations and seeds an empty database. Safe to run from several processes.

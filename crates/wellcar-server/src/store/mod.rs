@@ -43,10 +43,10 @@ pub use channels::{
     add_floor, all_channels, create_channel, list_channels, publish, remove_floor, ChannelPackage,
     NewFloor,
 };
-pub use events::{count_events, insert_event, list_instance_events};
+pub use events::{count_events, insert_event, list_instance_events, NewEvent};
 pub use groups::{
-    all_groups, create_group, find_group, halt_group, list_groups, lock_group, update_group,
-    GroupSpec,
+    all_groups, count_failed_on_version, create_group, find_group, halt_group, list_groups,
+    lock_group, update_group, GroupSpec,
 };
 pub use instances::{
     find_instance, instance_breakdown, list_instances, set_instance_status, upsert_sightings,

@@ -6,7 +6,8 @@
 //!   after the group is locked ([`super::lock_group`]); their lookups are index range scans,
 //!   never a scan of the fleet.
 //! - An update is in progress while the instance's status is `granted`, `downloading`,
-//!   `downloaded` or `installed`; [`sweep_timeouts`] moves it to `timeout` at most once.
+//!   `downloaded` or `installed`; [`sweep_timeouts`] moves it to `timeout` at most once, and
+//!   says whether that trips the group's safe-mode brake (timeouts count as failures).
 
 use super::Sighting;
 use crate::db::{query_one, Conn};
@@ -110,12 +111,15 @@ pub struct TimedOut {
     pub granted_version: String,
     /// Whether the group is in safe mode.
     pub safe_mode: bool,
+    /// Whether this timeout trips the safe-mode brake: the group is in safe mode and, with it,
+    /// `safe_mode_failures` distinct instances failed or timed out on the granted version.
+    pub halts_group: bool,
 }
 
 /// Marks updates that exceeded their group's timeout as `timeout`; returns them.
 pub fn sweep_timeouts(conn: &mut dyn Conn, now: i64) -> Result<Vec<TimedOut>, StoreError> {
     let rows = conn.query(
-        "SELECT i.app_id, i.machine_id, g.id, i.granted_version, g.safe_mode
+        "SELECT i.app_id, i.machine_id, g.id, i.granted_version, g.safe_mode, g.safe_mode_failures
          FROM instances i JOIN update_groups g ON g.id = i.group_id
          WHERE i.status IN ('granted', 'downloading', 'downloaded', 'installed')
            AND i.granted_at < $1 - g.update_timeout_secs * 1000",
@@ -123,13 +127,15 @@ pub fn sweep_timeouts(conn: &mut dyn Conn, now: i64) -> Result<Vec<TimedOut>, St
     )?;
     let mut out = Vec::new();
     for r in rows {
-        let t = TimedOut {
+        let mut t = TimedOut {
             app_id: r.text(0)?,
             machine_id: r.text(1)?,
             group_id: r.text(2)?,
             granted_version: r.opt_text(3)?.unwrap_or_default(),
             safe_mode: r.bool(4)?,
+            halts_group: false,
         };
+        let threshold = r.int(5)?;
         let n = conn.execute(
             "UPDATE instances SET status = 'timeout', status_changed_at = $1
              WHERE app_id = $2 AND machine_id = $3
@@ -137,6 +143,9 @@ pub fn sweep_timeouts(conn: &mut dyn Conn, now: i64) -> Result<Vec<TimedOut>, St
             &params![now, &t.app_id, &t.machine_id],
         )?;
         if n == 1 {
+            t.halts_group = t.safe_mode
+                && super::count_failed_on_version(conn, &t.group_id, &t.granted_version)?
+                    >= threshold;
             out.push(t);
         }
     }
