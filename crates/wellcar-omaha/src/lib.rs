@@ -19,6 +19,7 @@ pub mod headers;
 mod corpus;
 mod request;
 mod response;
+pub mod signature;
 mod xml;
 
 pub use codes::{event_result, event_type, status, ErrorCode};
@@ -37,6 +38,10 @@ pub const FLATCAR_APP_ID: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 
 /// Largest request body a server should accept (Nebraska's limit, 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Largest response body a client reads (1 MiB, well above any real answer: a Nebraska
+/// response for one app is a few KiB). A longer body is an error, not truncated.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Normalizes an Omaha application id for comparison: trims whitespace, strips `{}` and lowercases,
 /// as Nebraska matches appids case-insensitively with or without braces.

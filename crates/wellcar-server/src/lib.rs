@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod omaha;
 pub mod policy;
+pub mod response_signing;
 pub mod server;
 pub mod store;
 

@@ -125,11 +125,8 @@ pub async fn handle(
     match answer(&state, &request, &ip, &headers).await {
         Ok(response) => {
             state.metrics.observe(started.elapsed());
-            (
-                [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-                response.to_xml(),
-            )
-                .into_response()
+            let signer = state.settings.response_signer.as_ref();
+            crate::response_signing::omaha_reply(signer, &body, &headers, response.to_xml())
         }
         Err(e) => {
             tracing::error!("omaha request failed: {e}");

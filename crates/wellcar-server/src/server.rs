@@ -74,6 +74,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// The clock.
     pub clock: Clock,
+    /// Signs every Omaha answer when set (`--response-key`); see [`crate::response_signing`].
+    pub response_signer: Option<crate::response_signing::ResponseSigner>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -108,6 +110,7 @@ impl Settings {
             max_upload_bytes: 8 << 30,
             max_connections: 8,
             clock: Arc::new(crate::now_ms),
+            response_signer: None,
         }
     }
 }

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use super::{Note, DEFAULT_DATABASE};
 
 /// `wellcar server serve`.
@@ -48,6 +50,10 @@ pub struct ServeOpts {
     /// Look for timed-out updates this often (seconds).
     #[arg(long, default_value_t = 10)]
     pub sweep_interval: u64,
+    /// Sign every Omaha answer with this PEM ed25519 private key (`wellcar key generate`);
+    /// agents whose update.conf names its public key in SERVER_PUBLIC_KEY require it.
+    #[arg(long)]
+    pub response_key: Option<PathBuf>,
 }
 
 /// Runs `wellcar server serve` until the server stops; reports [`Note::Listening`] once it
@@ -63,6 +69,12 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
     s.instance_retention = Duration::from_secs(o.instance_retention_days * 86_400);
     s.activity_retention = Duration::from_secs(o.activity_retention_days * 86_400);
     s.sweep_interval = Duration::from_secs(o.sweep_interval.max(1));
+    if let Some(path) = &o.response_key {
+        let signer = crate::response_signing::ResponseSigner::load(path)
+            .with_context(|| format!("--response-key {}", path.display()))?;
+        tracing::info!(public_key = %signer.fingerprint(), "signing Omaha responses");
+        s.response_signer = Some(signer);
+    }
     let server = crate::spawn(s).await?;
     on_note(Note::Listening { url: server.url() });
     server.run_until_signal().await
