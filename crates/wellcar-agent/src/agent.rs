@@ -537,21 +537,23 @@ impl<S: SlotControl> Agent<S> {
         app.update_check = Some(Default::default());
         let request = self.request(&facts, source, app);
         self.record(Input::CheckStarted)?;
-        let answer = self.post(&server, &config, &request, queued).and_then(|response| {
-            let decision = response.update_decision().map_err(|e| AgentError::Omaha {
-                url: server.clone(),
-                reason: e.to_string(),
-            })?;
-            // The offered version is staged into the boot state after the download: refuse one
-            // the boot state (and every other crate) would refuse before fetching anything.
-            if let UpdateDecision::Update(info) = &decision {
-                OsVersion::parse(&info.version).map_err(|e| AgentError::Omaha {
+        let answer = self
+            .post(&server, &config, &request, queued)
+            .and_then(|response| {
+                let decision = response.update_decision().map_err(|e| AgentError::Omaha {
                     url: server.clone(),
-                    reason: format!("offered version: {e}"),
+                    reason: e.to_string(),
                 })?;
-            }
-            Ok(decision)
-        });
+                // The offered version is staged into the boot state after the download: refuse one
+                // the boot state (and every other crate) would refuse before fetching anything.
+                if let UpdateDecision::Update(info) = &decision {
+                    OsVersion::parse(&info.version).map_err(|e| AgentError::Omaha {
+                        url: server.clone(),
+                        reason: format!("offered version: {e}"),
+                    })?;
+                }
+                Ok(decision)
+            });
         let answer = answer.and_then(|decision| match &decision {
             UpdateDecision::Update(_) => {
                 Ok((decision, self.slots.booted_is_good(facts.booted_slot)?))

@@ -1252,7 +1252,10 @@ async fn payload_failing_authentication_leaves_the_inactive_slot_boot_state_unto
         })
         .unwrap();
     let before = host.boot_state();
-    assert!(before.clone().rollback(Slot::A).is_ok(), "B is a rollback target");
+    assert!(
+        before.clone().rollback(Slot::A).is_ok(),
+        "B is a rollback target"
+    );
     let mut agent = host.agent();
     let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
     let err = result.expect_err("a payload signed by an untrusted key is refused");
@@ -1265,5 +1268,8 @@ async fn payload_failing_authentication_leaves_the_inactive_slot_boot_state_unto
     let after = host.boot_state();
     assert_eq!(after.b.root_hash, Some(earlier), "B's root hash kept");
     assert_eq!(after, before, "boot state untouched");
-    assert!(after.clone().rollback(Slot::A).is_ok(), "rollback still allowed");
+    assert!(
+        after.clone().rollback(Slot::A).is_ok(),
+        "rollback still allowed"
+    );
 }

@@ -349,11 +349,7 @@ impl Config {
                     ));
                 }
                 let key = wellcar_payload::load_verifying_key(path).map_err(|e| {
-                    invalid(
-                        "SERVER_PUBLIC_KEY",
-                        s,
-                        wellcar_contract::error_chain(&e),
-                    )
+                    invalid("SERVER_PUBLIC_KEY", s, wellcar_contract::error_chain(&e))
                 })?;
                 config.server_public_key = Some(ServerPublicKey {
                     path: path.to_owned(),
@@ -363,12 +359,16 @@ impl Config {
         }
         if let Some(s) = settings.get("FLEET_TOKEN") {
             if !s.value.is_empty() {
-                config.fleet_token = Some(FleetToken::parse(&s.value).map_err(|r| {
-                    ConfigError::Invalid {
-                        value: "<redacted>".into(),
-                        ..invalid("FLEET_TOKEN", s, r)
-                    }
-                })?);
+                config.fleet_token =
+                    Some(
+                        FleetToken::parse(&s.value).map_err(|reason| ConfigError::Invalid {
+                            path: s.path.clone(),
+                            line: s.line,
+                            key: "FLEET_TOKEN".into(),
+                            value: "<redacted>".into(),
+                            reason,
+                        })?,
+                    );
             }
         }
         if let Some(s) = settings.get("REBOOT_STRATEGY") {
@@ -550,17 +550,27 @@ mod tests {
             &format!("GROUP=x\nSERVER_PUBLIC_KEY={}\n", missing.display()),
         );
         let err = Config::load(&[f]).unwrap_err().to_string();
-        assert!(err.contains("v.conf:2") && err.contains("SERVER_PUBLIC_KEY"), "{err}");
+        assert!(
+            err.contains("v.conf:2") && err.contains("SERVER_PUBLIC_KEY"),
+            "{err}"
+        );
         assert!(err.contains("missing.pub"), "{err}");
         let f = write(dir.path(), "w.conf", "SERVER_PUBLIC_KEY=keys/server.pub\n");
         let err = Config::load(&[f]).unwrap_err().to_string();
         assert!(err.contains("absolute path"), "{err}");
-        let f = write(dir.path(), "x.conf", &format!("SERVER_PUBLIC_KEY={}\n", f_path(dir.path())));
+        let f = write(
+            dir.path(),
+            "x.conf",
+            &format!("SERVER_PUBLIC_KEY={}\n", f_path(dir.path())),
+        );
         let err = Config::load(&[f]).unwrap_err().to_string();
         assert!(err.contains("not a PEM ed25519 public key"), "{err}");
         let f = write(dir.path(), "y.conf", "FLEET_TOKEN=two words\n");
         let err = Config::load(&[f]).unwrap_err().to_string();
-        assert!(err.contains("y.conf:1") && err.contains("FLEET_TOKEN"), "{err}");
+        assert!(
+            err.contains("y.conf:1") && err.contains("FLEET_TOKEN"),
+            "{err}"
+        );
         assert!(!err.contains("two words"), "{err}");
     }
 

@@ -350,7 +350,10 @@ impl Machine {
             {
                 self.attempts += 1;
                 let attempt = self.attempts;
-                (Phase::Offered { offer }, vec![Effect::Authenticate { attempt }])
+                (
+                    Phase::Offered { offer },
+                    vec![Effect::Authenticate { attempt }],
+                )
             }
             (Phase::Offered { offer }, Input::Invalidated) => (
                 Phase::Downloading(Download::start(offer)),

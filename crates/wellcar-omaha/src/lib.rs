@@ -14,9 +14,9 @@
 //! This crate does no I/O and has no HTTP dependencies.
 
 mod codes;
-pub mod headers;
 #[cfg(test)]
 mod corpus;
+pub mod headers;
 mod request;
 mod response;
 pub mod signature;

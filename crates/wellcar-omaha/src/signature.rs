@@ -40,10 +40,16 @@ const MAX_SIGNATURE_HEADER_LEN: usize = 88;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     /// The response carried no signature header.
-    #[error("the response has no {} header (is the server started with --response-key?)", crate::headers::RESPONSE_SIGNATURE)]
+    #[error(
+        "the response has no {} header (is the server started with --response-key?)",
+        crate::headers::RESPONSE_SIGNATURE
+    )]
     Missing,
     /// The header is not base64 of 64 bytes.
-    #[error("the {} header is not a base64 ed25519 signature: {reason}", crate::headers::RESPONSE_SIGNATURE)]
+    #[error(
+        "the {} header is not a base64 ed25519 signature: {reason}",
+        crate::headers::RESPONSE_SIGNATURE
+    )]
     Malformed {
         /// What is wrong with it.
         reason: String,
@@ -63,9 +69,10 @@ pub fn signed_message(
     let mut message = [0u8; SIGNED_MESSAGE_LEN];
     let (domain, digests) = message.split_at_mut(DOMAIN.len());
     domain.copy_from_slice(DOMAIN);
-    for (slot, part) in digests
-        .chunks_exact_mut(32)
-        .zip([request_body, request_nonce, response_body])
+    for (slot, part) in
+        digests
+            .chunks_exact_mut(32)
+            .zip([request_body, request_nonce, response_body])
     {
         slot.copy_from_slice(&Sha256::digest(part));
     }
@@ -82,11 +89,7 @@ pub fn sign_response(
     response_body: &[u8],
 ) -> String {
     use ed25519_dalek::Signer as _;
-    let signature = key.sign(&signed_message(
-        request_body,
-        request_nonce,
-        response_body,
-    ));
+    let signature = key.sign(&signed_message(request_body, request_nonce, response_body));
     base64::engine::general_purpose::STANDARD.encode(signature.to_bytes())
 }
 

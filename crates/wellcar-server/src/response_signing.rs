@@ -94,12 +94,7 @@ mod tests {
         let signer = ResponseSigner::new(key.clone());
         let mut headers = HeaderMap::new();
         headers.insert(REQUEST_NONCE, HeaderValue::from_static("00ff"));
-        let reply = omaha_reply(
-            Some(&signer),
-            b"<request/>",
-            &headers,
-            "<response/>".into(),
-        );
+        let reply = omaha_reply(Some(&signer), b"<request/>", &headers, "<response/>".into());
         let header = reply.headers()[RESPONSE_SIGNATURE].to_str().unwrap();
         let public = key.verifying_key();
         wellcar_omaha::signature::verify_response(

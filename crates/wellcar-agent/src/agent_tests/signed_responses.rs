@@ -90,8 +90,12 @@ impl Mitm {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let (upstream, mode, log, recorded) =
-                    (upstream.clone(), mode.clone(), log.clone(), recorded.clone());
+                let (upstream, mode, log, recorded) = (
+                    upstream.clone(),
+                    mode.clone(),
+                    log.clone(),
+                    recorded.clone(),
+                );
                 std::thread::spawn(move || relay(stream, &upstream, &mode, &log, &recorded));
             }
         });
@@ -221,11 +225,17 @@ async fn signed_answers_are_accepted_and_requests_carry_nonce_and_fleet_token() 
         }
     );
     asserts_staged(&host, &payload);
-    assert!(agent.state().outbox.is_empty(), "signed acknowledgements taken");
+    assert!(
+        agent.state().outbox.is_empty(),
+        "signed acknowledgements taken"
+    );
     assert_eq!(server.events().await, INSTALLED_EVENTS);
     let seen = mitm.seen();
     assert!(seen.len() >= 2, "the check and the event reports: {seen:?}");
-    let mut nonces: Vec<&str> = seen.iter().filter_map(|s| s.header(REQUEST_NONCE)).collect();
+    let mut nonces: Vec<&str> = seen
+        .iter()
+        .filter_map(|s| s.header(REQUEST_NONCE))
+        .collect();
     assert_eq!(nonces.len(), seen.len(), "every request has a nonce");
     assert!(nonces
         .iter()
@@ -234,7 +244,8 @@ async fn signed_answers_are_accepted_and_requests_carry_nonce_and_fleet_token() 
     nonces.dedup();
     assert_eq!(nonces.len(), seen.len(), "nonces are fresh");
     assert!(
-        seen.iter().all(|s| s.header(FLEET_TOKEN) == Some("fleet-7f3a")),
+        seen.iter()
+            .all(|s| s.header(FLEET_TOKEN) == Some("fleet-7f3a")),
         "{seen:?}"
     );
 }
@@ -253,7 +264,11 @@ async fn unsigned_answer_is_rejected_when_a_key_is_configured() {
     let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
     let err = result.expect_err("an unsigned answer is refused");
     assert_eq!(signature_failure(&err, &url), SignatureError::Missing);
-    assert_eq!(agent.state().phase, Phase::Idle { paused: None }, "offer not taken");
+    assert_eq!(
+        agent.state().phase,
+        Phase::Idle { paused: None },
+        "offer not taken"
+    );
     assert_eq!(agent.state().consecutive_failures(), 1);
     assert!(agent.state().outbox.is_empty());
     asserts_nothing_staged(&host);
@@ -276,7 +291,11 @@ async fn answer_signed_with_another_key_is_rejected() {
     let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
     let err = result.expect_err("another key's signature is refused");
     assert_eq!(signature_failure(&err, &url), SignatureError::Invalid);
-    assert_eq!(agent.state().last_checked_time, 0, "no check recorded as done");
+    assert_eq!(
+        agent.state().last_checked_time,
+        0,
+        "no check recorded as done"
+    );
 }
 
 /// Finding "signed responses" (freeze attack by forgery): a man in the middle turns the
@@ -309,7 +328,11 @@ async fn forged_answer_with_a_real_signature_is_rejected() {
     let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
     let err = result.expect_err("a forged noupdate is refused");
     assert_eq!(signature_failure(&err, &url), SignatureError::Invalid);
-    assert_eq!(agent.state().last_checked_time, 0, "not recorded as checked");
+    assert_eq!(
+        agent.state().last_checked_time,
+        0,
+        "not recorded as checked"
+    );
     assert_eq!(agent.state().consecutive_failures(), 1);
     asserts_nothing_staged(&host);
 }
