@@ -116,4 +116,17 @@ mod tests {
         let unsigned = omaha_reply(None, b"<request/>", &headers, "<response/>".into());
         assert!(unsigned.headers().get(RESPONSE_SIGNATURE).is_none());
     }
+
+    /// `--response-key` takes the payload key format; a file that is not one is an error
+    /// naming the file.
+    #[test]
+    fn loads_pem_keys_and_names_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = wellcar_payload::generate_keypair(dir.path(), false).unwrap();
+        let signer = ResponseSigner::load(&files.private_key).unwrap();
+        assert_eq!(signer.fingerprint(), files.fingerprint);
+        let err = ResponseSigner::load(&files.public_key).unwrap_err();
+        assert!(err.to_string().contains("update-key.pub"), "{err}");
+        assert!(err.to_string().contains("private"), "{err}");
+    }
 }
