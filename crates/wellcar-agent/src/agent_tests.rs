@@ -1273,3 +1273,25 @@ async fn payload_failing_authentication_leaves_the_inactive_slot_boot_state_unto
         "rollback still allowed"
     );
 }
+
+/// Issue part 6 ("response size is bounded"): an answer one byte over
+/// [`wellcar_omaha::MAX_RESPONSE_BYTES`] is refused while reading, with an error naming the
+/// server and the limit, and nothing in it is acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_answer_is_refused_naming_the_limit() {
+    let body = format!(
+        "<response protocol=\"3.0\">{}</response>",
+        " ".repeat(wellcar_omaha::MAX_RESPONSE_BYTES)
+    );
+    let url = canned_omaha(body);
+    let host = Host::new(&url, &key(), "");
+    let mut agent = host.agent();
+    let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
+    let err = result
+        .expect_err("an oversized answer is refused")
+        .to_string();
+    assert!(err.contains(&url), "{err}");
+    assert!(err.contains("at most 1048576 bytes"), "{err}");
+    assert_eq!(agent.state().phase, Phase::Idle { paused: None });
+    assert_eq!(agent.state().consecutive_failures(), 1);
+}
