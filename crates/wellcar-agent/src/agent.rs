@@ -442,18 +442,18 @@ impl<S: SlotControl> Agent<S> {
         }
         let reply = self.http.post_omaha(server, &xml, &headers)?;
         match &config.server_public_key {
-            Some(key) => wellcar_omaha::signature::verify_response(
-                &key.key,
-                xml.as_bytes(),
-                nonce.as_bytes(),
-                &reply.body,
-                reply.signature.as_deref(),
-            )
-            .map_err(|reason| AgentError::UnauthenticatedResponse {
-                url: server.to_owned(),
-                key: key.path.clone(),
-                reason,
-            })?,
+            Some(key) => key
+                .verify(
+                    xml.as_bytes(),
+                    nonce.as_bytes(),
+                    &reply.body,
+                    reply.signature.as_deref(),
+                )
+                .map_err(|reason| AgentError::UnauthenticatedResponse {
+                    url: server.to_owned(),
+                    key: key.path.clone(),
+                    reason,
+                })?,
             None => self.warn_unauthenticated(server),
         }
         let response = Response::parse(&reply.body).map_err(|e| AgentError::Omaha {

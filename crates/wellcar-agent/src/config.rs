@@ -14,8 +14,9 @@
 //!   `WELLCAR_RETRY_DELAY`, `WELLCAR_REBOOT_WARNING` (Go durations such as `7m`, `1h30m`).
 //!   Unknown keys are ignored (locksmith's etcd settings live in the same file).
 //! - `SERVER_PUBLIC_KEY` (Wellcar): the absolute path of a PEM ed25519 public key (SPKI, the
-//!   `.pub` that `wellcar key generate` writes), the key of the server's `--response-key`. When
-//!   set, every Omaha answer must carry a valid signature
+//!   `.pub` that `wellcar key generate` writes), the key of the server's `--response-key`, or of
+//!   a directory whose `*.pub` keys are all accepted (to rotate: add the new key, switch the
+//!   server, drop the old key). When set, every Omaha answer must carry a valid signature
 //!   ([`wellcar_omaha::signature`]) or it is rejected and not acted on. The file is read with
 //!   the configuration: a missing or unparsable key is an error naming the update.conf line, so
 //!   a broken key never silently turns authentication off. Empty means unset.
@@ -133,13 +134,43 @@ pub struct Config {
     pub fleet_token: Option<FleetToken>,
 }
 
-/// The server's response-signing public key, and the file it came from (for messages).
+/// The server's response-signing public keys, and the file or directory they came from (for
+/// messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerPublicKey {
-    /// The file named by `SERVER_PUBLIC_KEY`.
+    /// The file or directory named by `SERVER_PUBLIC_KEY`.
     pub path: PathBuf,
-    /// The key.
-    pub key: wellcar_omaha::signature::VerifyingKey,
+    /// The keys (one for a file; every `*.pub`, in name order, for a directory).
+    pub keys: Vec<wellcar_omaha::signature::VerifyingKey>,
+}
+
+impl ServerPublicKey {
+    /// Checks a response signature header against the keys; any one verifying is enough.
+    pub fn verify(
+        &self,
+        request_body: &[u8],
+        request_nonce: &[u8],
+        response_body: &[u8],
+        header: Option<&str>,
+    ) -> Result<(), wellcar_omaha::signature::SignatureError> {
+        let mut outcome = Err(wellcar_omaha::signature::SignatureError::Invalid);
+        for key in &self.keys {
+            outcome = wellcar_omaha::signature::verify_response(
+                key,
+                request_body,
+                request_nonce,
+                response_body,
+                header,
+            );
+            if matches!(
+                outcome,
+                Ok(()) | Err(wellcar_omaha::signature::SignatureError::Missing)
+            ) {
+                break;
+            }
+        }
+        outcome
+    }
 }
 
 /// `FLEET_TOKEN`: a shared secret, redacted in `Debug`.
@@ -345,15 +376,17 @@ impl Config {
                     return Err(invalid(
                         "SERVER_PUBLIC_KEY",
                         s,
-                        "must be an absolute path to a PEM ed25519 public key".into(),
+                        "must be an absolute path to a PEM ed25519 public key or a directory of them"
+                            .into(),
                     ));
                 }
-                let key = wellcar_payload::load_verifying_key(path).map_err(|e| {
-                    invalid("SERVER_PUBLIC_KEY", s, wellcar_contract::error_chain(&e))
-                })?;
+                let keys =
+                    wellcar_payload::TrustedKeys::from_paths(&[path.to_owned()]).map_err(|e| {
+                        invalid("SERVER_PUBLIC_KEY", s, wellcar_contract::error_chain(&e))
+                    })?;
                 config.server_public_key = Some(ServerPublicKey {
                     path: path.to_owned(),
-                    key,
+                    keys: keys.keys().iter().map(|k| k.verifying_key).collect(),
                 });
             }
         }
@@ -537,7 +570,10 @@ mod tests {
         );
         let config = Config::load(&[f]).unwrap();
         let key = config.server_public_key.unwrap();
-        assert_eq!((key.path, key.key), (pem.clone(), signing.verifying_key()));
+        assert_eq!(
+            (key.path, key.keys),
+            (pem.clone(), vec![signing.verifying_key()])
+        );
         let token = config.fleet_token.unwrap();
         assert_eq!(token.expose(), "s3cret-token");
         assert!(!format!("{token:?}").contains("s3cret"));
@@ -572,6 +608,45 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("two words"), "{err}");
+    }
+
+    /// `SERVER_PUBLIC_KEY` naming a directory accepts a signature by any of its keys (key
+    /// rotation), and still refuses another key's or a missing signature.
+    #[test]
+    fn server_public_key_directory_accepts_any_of_its_keys() {
+        use wellcar_omaha::signature::{sign_response, SignatureError, SigningKey};
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("server-keys");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let (old, new) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        for (name, key) in [("old.pub", &old), ("new.pub", &new)] {
+            let pem = wellcar_payload::keys::public_key_pem(&key.verifying_key());
+            std::fs::write(keys_dir.join(name), pem).unwrap();
+        }
+        let f = write(
+            dir.path(),
+            "u.conf",
+            &format!("SERVER_PUBLIC_KEY={}\n", keys_dir.display()),
+        );
+        let key = Config::load(&[f]).unwrap().server_public_key.unwrap();
+        assert_eq!(key.keys.len(), 2);
+        let verify = |signer: &SigningKey| {
+            let header = sign_response(signer, b"req", b"nonce", b"resp");
+            key.verify(b"req", b"nonce", b"resp", Some(&header))
+        };
+        assert_eq!(verify(&old), Ok(()));
+        assert_eq!(verify(&new), Ok(()));
+        assert_eq!(
+            verify(&SigningKey::from_bytes(&[3; 32])),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            key.verify(b"req", b"nonce", b"resp", None),
+            Err(SignatureError::Missing)
+        );
     }
 
     /// A file that exists but holds no key.
