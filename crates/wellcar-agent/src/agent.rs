@@ -8,11 +8,12 @@
 //! so a `kill -9` anywhere resumes:
 //! 1. update check (ping + updatecheck + the boot report: 3/2 with `previousversion` after
 //!    booting a new version, or 3/0 errorcode 44 once after a rollback);
-//! 2. the offer is recorded (UPDATE_AVAILABLE) with event 13/1, the target slot made
-//!    unbootable;
-//! 3. DOWNLOADING: the payload's head is authenticated and its signed manifest's version must
-//!    be the offered version ([`AgentError::OfferVersionMismatch`] otherwise, before anything
-//!    is written); the payload streams through [`wellcar_payload::Installer`] into the
+//! 2. the offer is recorded (UPDATE_AVAILABLE) with event 13/1; the payload's head is fetched
+//!    and authenticated, its signed manifest's version must be the offered version
+//!    ([`AgentError::OfferVersionMismatch`] otherwise) and board, version and slot size must
+//!    fit; only then is the target slot made unbootable (an offer that fails here leaves the
+//!    slot's boot state, and so a rollback to it, untouched);
+//! 3. DOWNLOADING: the payload streams through [`wellcar_payload::Installer`] into the
 //!    inactive slot (never the booted one), verified blob by blob; its checkpoints are saved in
 //!    the phase and an interrupted transfer resumes with an HTTP Range request, also after a
 //!    restart or reboot; event 14/1;
@@ -89,6 +90,17 @@ pub enum AgentError {
         /// The command's failure.
         #[source]
         source: CommandError,
+    },
+    /// update.conf names `SERVER_PUBLIC_KEY` and the server's answer is not signed with it:
+    /// nothing in the answer was acted on (no offer, no event acknowledgement).
+    #[error("rejected the Omaha answer from {url}: {reason} (SERVER_PUBLIC_KEY={})", key.display())]
+    UnauthenticatedResponse {
+        /// The server.
+        url: String,
+        /// The key file it was checked against.
+        key: PathBuf,
+        /// What was wrong with the signature.
+        reason: wellcar_omaha::signature::SignatureError,
     },
     /// Slot access or staging.
     #[error(transparent)]
@@ -194,14 +206,20 @@ pub struct Agent<S: SlotControl = EspSlots> {
     http: Http,
     sync_interval: u64,
     transfer_retry_delay: Duration,
+    /// The "answers are unauthenticated" warning was logged (once per process; the daemon
+    /// keeps one agent for its life, so once per boot unless it is restarted).
+    warned_unauthenticated: bool,
 }
 
 /// One install run: what it was started with and what it holds between effects.
 struct Run<'a> {
     facts: &'a HostFacts,
     config: &'a Config,
-    /// The installer, from the transfer to the verification.
+    /// The installer, from the authentication or transfer to the verification.
     installer: Option<Installer<PartitionWindow>>,
+    /// The rest of the payload stream whose head [`Effect::Authenticate`] read, until the
+    /// first transfer writes it.
+    authenticated_body: Option<Box<dyn std::io::Read + Send>>,
     /// Where the payload goes, prepared once per run.
     env: Option<install::Env>,
     /// A more telling error than [`AgentError::Install`] for the failure being reported.
@@ -214,6 +232,7 @@ impl<'a> Run<'a> {
             facts,
             config,
             installer: None,
+            authenticated_body: None,
             env: None,
             error: None,
         }
@@ -250,6 +269,7 @@ impl<S: SlotControl> Agent<S> {
             http: Http::new(),
             sync_interval: wellcar_payload::apply::DEFAULT_SYNC_INTERVAL,
             transfer_retry_delay: Duration::from_secs(2),
+            warned_unauthenticated: false,
         })
     }
 
@@ -315,6 +335,7 @@ impl<S: SlotControl> Agent<S> {
                         )),
                     })
                 }
+                Effect::Authenticate { attempt } => Some(self.authenticate(run, attempt)),
                 Effect::Download { attempt } => Some(self.download(run, attempt)),
                 Effect::Verify { attempt } => Some(self.verify(run, attempt)),
                 Effect::Stage {
@@ -400,20 +421,59 @@ impl<S: SlotControl> Agent<S> {
         }
     }
 
-    /// POSTs `request`; on a parsed answer, drops the first `acked` outbox events.
+    /// POSTs `request` (with a fresh nonce and the fleet token); checks the answer's signature
+    /// when update.conf names `SERVER_PUBLIC_KEY`; on an authenticated (or, without a key,
+    /// any) parsed answer, drops the first `acked` outbox events.
     fn post(
         &mut self,
         server: &str,
+        config: &Config,
         request: &Request,
         acked: usize,
     ) -> Result<Response, AgentError> {
-        let body = self.http.post_omaha(server, &request.to_xml())?;
-        let response = Response::parse(&body).map_err(|e| AgentError::Omaha {
+        let xml = request.to_xml();
+        let nonce = request_nonce().map_err(|reason| AgentError::Omaha {
+            url: server.to_owned(),
+            reason,
+        })?;
+        let mut headers = vec![(wellcar_omaha::headers::REQUEST_NONCE, nonce.as_str())];
+        if let Some(token) = &config.fleet_token {
+            headers.push((wellcar_omaha::headers::FLEET_TOKEN, token.expose()));
+        }
+        let reply = self.http.post_omaha(server, &xml, &headers)?;
+        match &config.server_public_key {
+            Some(key) => key
+                .verify(
+                    xml.as_bytes(),
+                    nonce.as_bytes(),
+                    &reply.body,
+                    reply.signature.as_deref(),
+                )
+                .map_err(|reason| AgentError::UnauthenticatedResponse {
+                    url: server.to_owned(),
+                    key: key.path.clone(),
+                    reason,
+                })?,
+            None => self.warn_unauthenticated(server),
+        }
+        let response = Response::parse(&reply.body).map_err(|e| AgentError::Omaha {
             url: server.to_owned(),
             reason: e.to_string(),
         })?;
         self.record(Input::Acked { count: acked })?;
         Ok(response)
+    }
+
+    /// Logs, once per process, that answers are taken without authentication.
+    fn warn_unauthenticated(&mut self, server: &str) {
+        if !std::mem::replace(&mut self.warned_unauthenticated, true) {
+            tracing::warn!(
+                server,
+                "Omaha answers are not authenticated (update.conf sets no SERVER_PUBLIC_KEY): \
+                 anyone on the network path can answer \"no update\" or fake event \
+                 acknowledgements; payloads are still verified by their signatures"
+            );
+        }
     }
 
     /// Sends queued events in an event-only request. Failures leave them queued.
@@ -428,7 +488,7 @@ impl<S: SlotControl> Agent<S> {
         app.events = self.state().outbox.iter().map(|e| e.to_omaha()).collect();
         let n = app.events.len();
         let request = self.request(facts, InstallSource::Scheduler, app);
-        self.post(&server, &request, n).map(|_| ())
+        self.post(&server, config, &request, n).map(|_| ())
     }
 
     fn flush_events_logged(&mut self, facts: &HostFacts, config: &Config) {
@@ -470,28 +530,30 @@ impl<S: SlotControl> Agent<S> {
         let queued = app.events.len();
         if self.state().phase.staged().is_some() {
             let request = self.request(&facts, source, app);
-            self.post(&server, &request, queued)?;
+            self.post(&server, &config, &request, queued)?;
             self.record(Input::Pinged { now: now_unix() })?;
             return Ok(CheckOutcome::AwaitingReboot);
         }
         app.update_check = Some(Default::default());
         let request = self.request(&facts, source, app);
         self.record(Input::CheckStarted)?;
-        let answer = self.post(&server, &request, queued).and_then(|response| {
-            let decision = response.update_decision().map_err(|e| AgentError::Omaha {
-                url: server.clone(),
-                reason: e.to_string(),
-            })?;
-            // The offered version is staged into the boot state after the download: refuse one
-            // the boot state (and every other crate) would refuse before fetching anything.
-            if let UpdateDecision::Update(info) = &decision {
-                OsVersion::parse(&info.version).map_err(|e| AgentError::Omaha {
+        let answer = self
+            .post(&server, &config, &request, queued)
+            .and_then(|response| {
+                let decision = response.update_decision().map_err(|e| AgentError::Omaha {
                     url: server.clone(),
-                    reason: format!("offered version: {e}"),
+                    reason: e.to_string(),
                 })?;
-            }
-            Ok(decision)
-        });
+                // The offered version is staged into the boot state after the download: refuse one
+                // the boot state (and every other crate) would refuse before fetching anything.
+                if let UpdateDecision::Update(info) = &decision {
+                    OsVersion::parse(&info.version).map_err(|e| AgentError::Omaha {
+                        url: server.clone(),
+                        reason: format!("offered version: {e}"),
+                    })?;
+                }
+                Ok(decision)
+            });
         let answer = answer.and_then(|decision| match &decision {
             UpdateDecision::Update(_) => {
                 Ok((decision, self.slots.booted_is_good(facts.booted_slot)?))
@@ -640,6 +702,15 @@ impl<S: SlotControl> Agent<S> {
     pub fn request_path(&self) -> PathBuf {
         self.store.request_path()
     }
+}
+
+/// A fresh [`REQUEST_NONCE`](wellcar_omaha::headers::REQUEST_NONCE): 16 random bytes as
+/// 32 lowercase hex characters.
+fn request_nonce() -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| format!("reading random bytes for the request nonce: {e}"))?;
+    Ok(hex::encode(bytes))
 }
 
 /// Runs `command` (program, then arguments) and returns its stdout.

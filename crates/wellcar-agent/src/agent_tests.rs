@@ -27,6 +27,8 @@ use crate::host::HostPaths;
 use crate::slots::EspSlots;
 use crate::state::{Operation, Phase};
 
+mod signed_responses;
+
 const MACHINE: &str = "0f6a2d3b9c8e4f1aa7b6c5d4e3f2a1b0";
 
 /// A check's outcome when the server has no update and asks for the next check in 30 min.
@@ -189,6 +191,15 @@ struct Server {
 
 impl Server {
     async fn start(dir: &Path, listen: std::net::SocketAddr) -> Self {
+        Self::start_with(dir, listen, |_| {}).await
+    }
+
+    /// [`Server::start`] with `configure` applied to the settings last.
+    async fn start_with(
+        dir: &Path,
+        listen: std::net::SocketAddr,
+        configure: impl FnOnce(&mut wellcar_server::Settings),
+    ) -> Self {
         // Payload URLs go through the relay: pick its port first, then point public_url at it.
         let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let relay_addr = relay_listener.local_addr().unwrap();
@@ -201,6 +212,7 @@ impl Server {
         settings.config_refresh = Duration::from_millis(100);
         settings.poll_interval_secs = 1800;
         settings.public_url = Some(format!("http://{relay_addr}"));
+        configure(&mut settings);
         let server = wellcar_server::spawn(settings).await.unwrap();
         // An operator's token, made the way `wellcar server token create` makes one.
         let token = server
@@ -1210,4 +1222,76 @@ async fn payload_whose_manifest_is_another_version_than_the_offer_is_refused() {
     );
     assert!(!host.paths.boot_files(Slot::B).0.exists());
     assert!(!host.paths.reboot_required.exists());
+}
+
+/// Finding "slot invalidation": the inactive slot was invalidated (its root hash cleared, so a
+/// rollback to it was refused afterwards) before any payload byte was authenticated. Slot B holds
+/// the earlier good 0.9.0 (a valid rollback target); the server offers a payload signed by a
+/// key the host does not trust. The offer fails authentication (reported, error code 12) and
+/// B's boot state, root hash included, is exactly as before: a rollback to it is still allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_failing_authentication_leaves_the_inactive_slot_boot_state_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let untrusted = SigningKey::from_bytes(&[0x42; 32]);
+    let payload = make_payload(dir.path(), "1.1.0", &untrusted);
+    let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    server.publish("1.1.0", &payload.path).await;
+    let host = Host::new(&server.omaha_url(), &key(), "");
+    let earlier = RootHash::from_bytes([0x0b; 32]);
+    wellcar_bootstate::Esp::new(&host.paths.esp)
+        .update(|state| {
+            *state.slot_mut(Slot::B) = wellcar_bootstate::SlotState {
+                priority: 1,
+                tries: 0,
+                successful: true,
+                root_hash: Some(earlier),
+                version: "0.9.0".into(),
+            };
+            state.prioritize(Slot::A);
+            Ok(())
+        })
+        .unwrap();
+    let before = host.boot_state();
+    assert!(
+        before.clone().rollback(Slot::A).is_ok(),
+        "B is a rollback target"
+    );
+    let mut agent = host.agent();
+    let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
+    let err = result.expect_err("a payload signed by an untrusted key is refused");
+    assert!(err.to_string().contains("error code 12"), "{err}");
+    assert_eq!(agent.state().phase, Phase::Idle { paused: None });
+    assert_eq!(
+        server.events().await,
+        [(13, 1, None, None), (3, 0, Some(12), None)]
+    );
+    let after = host.boot_state();
+    assert_eq!(after.b.root_hash, Some(earlier), "B's root hash kept");
+    assert_eq!(after, before, "boot state untouched");
+    assert!(
+        after.clone().rollback(Slot::A).is_ok(),
+        "rollback still allowed"
+    );
+}
+
+/// Issue part 6 ("response size is bounded"): an answer one byte over
+/// [`wellcar_omaha::MAX_RESPONSE_BYTES`] is refused while reading, with an error naming the
+/// server and the limit, and nothing in it is acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_answer_is_refused_naming_the_limit() {
+    let body = format!(
+        "<response protocol=\"3.0\">{}</response>",
+        " ".repeat(wellcar_omaha::MAX_RESPONSE_BYTES)
+    );
+    let url = canned_omaha(body);
+    let host = Host::new(&url, &key(), "");
+    let mut agent = host.agent();
+    let (result, agent) = blocking(move || (agent.check(InstallSource::Scheduler), agent)).await;
+    let err = result
+        .expect_err("an oversized answer is refused")
+        .to_string();
+    assert!(err.contains(&url), "{err}");
+    assert!(err.contains("at most 1048576 bytes"), "{err}");
+    assert_eq!(agent.state().phase, Phase::Idle { paused: None });
+    assert_eq!(agent.state().consecutive_failures(), 1);
 }

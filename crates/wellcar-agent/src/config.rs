@@ -13,6 +13,15 @@
 //!   Wellcar scheduling keys `WELLCAR_FIRST_CHECK_DELAY`, `WELLCAR_CHECK_INTERVAL`,
 //!   `WELLCAR_RETRY_DELAY`, `WELLCAR_REBOOT_WARNING` (Go durations such as `7m`, `1h30m`).
 //!   Unknown keys are ignored (locksmith's etcd settings live in the same file).
+//! - `SERVER_PUBLIC_KEY` (Wellcar): the absolute path of a PEM ed25519 public key (SPKI, the
+//!   `.pub` that `wellcar key generate` writes), the key of the server's `--response-key`, or of
+//!   a directory whose `*.pub` keys are all accepted (to rotate: add the new key, switch the
+//!   server, drop the old key). When set, every Omaha answer must carry a valid signature
+//!   ([`wellcar_omaha::signature`]) or it is rejected and not acted on. The file is read with
+//!   the configuration: a missing or unparsable key is an error naming the update.conf line, so
+//!   a broken key never silently turns authentication off. Empty means unset.
+//! - `FLEET_TOKEN` (Wellcar): sent as the `X-Wellcar-Fleet-Token` header with every Omaha
+//!   request; visible ASCII without spaces, at most 1024 bytes. Empty means unset. Never logged.
 //! - A bad value is an error naming the file, line, key and value.
 
 use std::collections::BTreeMap;
@@ -119,6 +128,87 @@ pub struct Config {
     pub retry_delay: Duration,
     /// How long logged-in users are warned before a reboot.
     pub reboot_warning: Duration,
+    /// `SERVER_PUBLIC_KEY`: the key Omaha answers must be signed with, if any.
+    pub server_public_key: Option<ServerPublicKey>,
+    /// `FLEET_TOKEN`, if set.
+    pub fleet_token: Option<FleetToken>,
+}
+
+/// The server's response-signing public keys, and the file or directory they came from (for
+/// messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerPublicKey {
+    /// The file or directory named by `SERVER_PUBLIC_KEY`.
+    pub path: PathBuf,
+    /// The keys (one for a file; every `*.pub`, in name order, for a directory).
+    pub keys: Vec<wellcar_omaha::signature::VerifyingKey>,
+}
+
+impl ServerPublicKey {
+    /// Checks a response signature header against the keys; any one verifying is enough.
+    pub fn verify(
+        &self,
+        request_body: &[u8],
+        request_nonce: &[u8],
+        response_body: &[u8],
+        header: Option<&str>,
+    ) -> Result<(), wellcar_omaha::signature::SignatureError> {
+        let mut outcome = Err(wellcar_omaha::signature::SignatureError::Invalid);
+        for key in &self.keys {
+            outcome = wellcar_omaha::signature::verify_response(
+                key,
+                request_body,
+                request_nonce,
+                response_body,
+                header,
+            );
+            if matches!(
+                outcome,
+                Ok(()) | Err(wellcar_omaha::signature::SignatureError::Missing)
+            ) {
+                break;
+            }
+        }
+        outcome
+    }
+}
+
+/// `FLEET_TOKEN`: a shared secret, redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FleetToken(String);
+
+impl FleetToken {
+    /// Longest token accepted.
+    pub const MAX_LEN: usize = 1024;
+
+    /// Accepts visible ASCII without spaces (a valid HTTP header value), 1 to [`Self::MAX_LEN`]
+    /// bytes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > Self::MAX_LEN {
+            return Err(format!(
+                "the token must be 1 to {} bytes, not {}",
+                Self::MAX_LEN,
+                text.len()
+            ));
+        }
+        if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "the token may hold only visible ASCII without spaces, found {bad:?}"
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The token, for the request header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for FleetToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetToken(<redacted>)")
+    }
 }
 
 impl Default for Config {
@@ -133,6 +223,8 @@ impl Default for Config {
             check_interval: Duration::from_secs(45 * 60),
             retry_delay: Duration::from_secs(60),
             reboot_warning: Duration::from_secs(5 * 60),
+            server_public_key: None,
+            fleet_token: None,
         }
     }
 }
@@ -276,6 +368,42 @@ impl Config {
         if let Some(s) = settings.get("MACHINE_ALIAS") {
             config.machine_alias = s.value.clone();
         }
+        if let Some(s) = settings.get("SERVER_PUBLIC_KEY") {
+            let path = s.value.trim();
+            if !path.is_empty() {
+                let path = Path::new(path);
+                if !path.is_absolute() {
+                    return Err(invalid(
+                        "SERVER_PUBLIC_KEY",
+                        s,
+                        "must be an absolute path to a PEM ed25519 public key or a directory of them"
+                            .into(),
+                    ));
+                }
+                let keys =
+                    wellcar_payload::TrustedKeys::from_paths(&[path.to_owned()]).map_err(|e| {
+                        invalid("SERVER_PUBLIC_KEY", s, wellcar_contract::error_chain(&e))
+                    })?;
+                config.server_public_key = Some(ServerPublicKey {
+                    path: path.to_owned(),
+                    keys: keys.keys().iter().map(|k| k.verifying_key).collect(),
+                });
+            }
+        }
+        if let Some(s) = settings.get("FLEET_TOKEN") {
+            if !s.value.is_empty() {
+                config.fleet_token =
+                    Some(
+                        FleetToken::parse(&s.value).map_err(|reason| ConfigError::Invalid {
+                            path: s.path.clone(),
+                            line: s.line,
+                            key: "FLEET_TOKEN".into(),
+                            value: "<redacted>".into(),
+                            reason,
+                        })?,
+                    );
+            }
+        }
         if let Some(s) = settings.get("REBOOT_STRATEGY") {
             config.reboot_strategy =
                 RebootStrategy::parse(&s.value).map_err(|r| invalid("REBOOT_STRATEGY", s, r))?;
@@ -418,6 +546,112 @@ mod tests {
         assert_eq!(config.first_check_delay, Duration::from_secs(120));
         assert_eq!(config.check_interval, Duration::from_secs(600));
         assert_eq!(config.retry_delay, Duration::from_secs(5));
+    }
+
+    /// `SERVER_PUBLIC_KEY` and `FLEET_TOKEN` are read; a key that cannot be used, or a token
+    /// that is no header value, is an error naming the line (and never echoes the token).
+    #[test]
+    fn server_public_key_and_fleet_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let signing = wellcar_omaha::signature::SigningKey::from_bytes(&[9; 32]);
+        let pem = dir.path().join("server.pub");
+        std::fs::write(
+            &pem,
+            wellcar_payload::keys::public_key_pem(&signing.verifying_key()),
+        )
+        .unwrap();
+        let f = write(
+            dir.path(),
+            "u.conf",
+            &format!(
+                "SERVER_PUBLIC_KEY={}\nFLEET_TOKEN=\"s3cret-token\"\n",
+                pem.display()
+            ),
+        );
+        let config = Config::load(&[f]).unwrap();
+        let key = config.server_public_key.unwrap();
+        assert_eq!(
+            (key.path, key.keys),
+            (pem.clone(), vec![signing.verifying_key()])
+        );
+        let token = config.fleet_token.unwrap();
+        assert_eq!(token.expose(), "s3cret-token");
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert_eq!(Config::default().server_public_key, None);
+
+        let missing = dir.path().join("missing.pub");
+        let f = write(
+            dir.path(),
+            "v.conf",
+            &format!("GROUP=x\nSERVER_PUBLIC_KEY={}\n", missing.display()),
+        );
+        let err = Config::load(&[f]).unwrap_err().to_string();
+        assert!(
+            err.contains("v.conf:2") && err.contains("SERVER_PUBLIC_KEY"),
+            "{err}"
+        );
+        assert!(err.contains("missing.pub"), "{err}");
+        let f = write(dir.path(), "w.conf", "SERVER_PUBLIC_KEY=keys/server.pub\n");
+        let err = Config::load(&[f]).unwrap_err().to_string();
+        assert!(err.contains("absolute path"), "{err}");
+        let f = write(
+            dir.path(),
+            "x.conf",
+            &format!("SERVER_PUBLIC_KEY={}\n", f_path(dir.path())),
+        );
+        let err = Config::load(&[f]).unwrap_err().to_string();
+        assert!(err.contains("not a PEM ed25519 public key"), "{err}");
+        let f = write(dir.path(), "y.conf", "FLEET_TOKEN=two words\n");
+        let err = Config::load(&[f]).unwrap_err().to_string();
+        assert!(
+            err.contains("y.conf:1") && err.contains("FLEET_TOKEN"),
+            "{err}"
+        );
+        assert!(!err.contains("two words"), "{err}");
+    }
+
+    /// `SERVER_PUBLIC_KEY` naming a directory accepts a signature by any of its keys (key
+    /// rotation), and still refuses another key's or a missing signature.
+    #[test]
+    fn server_public_key_directory_accepts_any_of_its_keys() {
+        use wellcar_omaha::signature::{sign_response, SignatureError, SigningKey};
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("server-keys");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let (old, new) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        for (name, key) in [("old.pub", &old), ("new.pub", &new)] {
+            let pem = wellcar_payload::keys::public_key_pem(&key.verifying_key());
+            std::fs::write(keys_dir.join(name), pem).unwrap();
+        }
+        let f = write(
+            dir.path(),
+            "u.conf",
+            &format!("SERVER_PUBLIC_KEY={}\n", keys_dir.display()),
+        );
+        let key = Config::load(&[f]).unwrap().server_public_key.unwrap();
+        assert_eq!(key.keys.len(), 2);
+        let verify = |signer: &SigningKey| {
+            let header = sign_response(signer, b"req", b"nonce", b"resp");
+            key.verify(b"req", b"nonce", b"resp", Some(&header))
+        };
+        assert_eq!(verify(&old), Ok(()));
+        assert_eq!(verify(&new), Ok(()));
+        assert_eq!(
+            verify(&SigningKey::from_bytes(&[3; 32])),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            key.verify(b"req", b"nonce", b"resp", None),
+            Err(SignatureError::Missing)
+        );
+    }
+
+    /// A file that exists but holds no key.
+    fn f_path(dir: &Path) -> String {
+        write(dir, "not-a-key.pub", "hello\n").display().to_string()
     }
 
     #[test]

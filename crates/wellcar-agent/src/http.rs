@@ -1,7 +1,14 @@
 //! HTTP for the agent: Omaha POSTs and ranged payload GETs (blocking, ureq).
+//!
+//! Contract: an Omaha answer is read only from a 200 response, at most
+//! [`wellcar_omaha::MAX_RESPONSE_BYTES`] of body (a longer one is an error, never truncated),
+//! together with its [`RESPONSE_SIGNATURE`] header; checking that signature is the caller's
+//! job ([`crate::agent`]).
 
 use std::io::Read;
 use std::time::Duration;
+
+use wellcar_omaha::headers::RESPONSE_SIGNATURE;
 
 /// An HTTP failure, naming the URL.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +57,14 @@ impl Default for Http {
     }
 }
 
-/// Largest Omaha response read.
-const MAX_OMAHA_RESPONSE: u64 = 1 << 20;
+/// A 200 answer to an Omaha POST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OmahaReply {
+    /// The body, exactly as received.
+    pub body: Vec<u8>,
+    /// The [`RESPONSE_SIGNATURE`] header, if present and text.
+    pub signature: Option<String>,
+}
 
 impl Http {
     /// A client with connect and response-header timeouts (no total timeout: payloads are
@@ -73,19 +86,23 @@ impl Http {
         }
     }
 
-    /// POSTs an Omaha request; returns the body of a 200 answer.
-    pub fn post_omaha(&self, url: &str, xml: &str) -> Result<Vec<u8>, HttpError> {
+    /// POSTs an Omaha request with `headers` added; returns a 200 answer.
+    pub fn post_omaha(
+        &self,
+        url: &str,
+        xml: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<OmahaReply, HttpError> {
         let transport = |reason: String| HttpError::Transport {
             method: "POST",
             url: url.to_owned(),
             reason,
         };
-        let response = self
-            .agent
-            .post(url)
-            .header("Content-Type", "text/xml")
-            .send(xml)
-            .map_err(|e| transport(e.to_string()))?;
+        let mut request = self.agent.post(url).header("Content-Type", "text/xml");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send(xml).map_err(|e| transport(e.to_string()))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(HttpError::Status {
@@ -94,12 +111,23 @@ impl Http {
                 status,
             });
         }
-        response
+        let signature = response
+            .headers()
+            .get(RESPONSE_SIGNATURE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
             .into_body()
             .into_with_config()
-            .limit(MAX_OMAHA_RESPONSE)
+            .limit(wellcar_omaha::MAX_RESPONSE_BYTES as u64)
             .read_to_vec()
-            .map_err(|e| transport(e.to_string()))
+            .map_err(|e| {
+                transport(format!(
+                    "reading the answer (at most {} bytes): {e}",
+                    wellcar_omaha::MAX_RESPONSE_BYTES
+                ))
+            })?;
+        Ok(OmahaReply { body, signature })
     }
 
     /// GETs `url` from byte `start` (to `end`, inclusive, if given). A server that ignores

@@ -19,7 +19,9 @@
 //! Guarantees: the booted slot is never written; nothing is marked bootable before the
 //! payload's signature, every blob and the read-back image verified; no reboot while an install
 //! is in progress; every state change is durable before the next step, so `kill -9` at any
-//! point resumes correctly (an interrupted download resumes with HTTP Range).
+//! point resumes correctly (an interrupted download resumes with HTTP Range); the inactive slot
+//! is invalidated only after the payload is authenticated; with `SERVER_PUBLIC_KEY` set, no
+//! Omaha answer without a valid signature for its own request is acted on.
 
 #![deny(missing_docs)]
 

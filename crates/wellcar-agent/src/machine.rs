@@ -14,6 +14,12 @@
 //! interrupted transfer up to [`TRANSFER_ATTEMPTS`] times; download once more when a download
 //! completed by an earlier run cannot be verified; keep a download a transfer failure
 //! interrupted for the next offer of the same payload; drop an install aimed at the booted slot.
+//!
+//! The inactive slot is made unbootable ([`Effect::Invalidate`], which clears its root hash so
+//! a rollback to it is refused afterwards) only once the payload has been authenticated
+//! ([`Effect::Authenticate`]: the signed head, whose manifest carries the hash of every block,
+//! is verified and the offer accepted by policy), immediately before the first block is written.
+//! An offer whose payload fails authentication leaves the slot's boot state untouched.
 
 use wellcar_bootstate::Slot;
 use wellcar_contract::RootHash;
@@ -111,6 +117,8 @@ pub enum Input {
     },
     /// An event report ended (acknowledged or not).
     Reported,
+    /// The payload head is authenticated and its first block may be written.
+    Authenticated,
     /// The target slot is unbootable and may be written.
     Invalidated,
     /// Payload bytes received (display).
@@ -174,6 +182,13 @@ pub enum Effect {
     Persist,
     /// Send the outbox; answer [`Input::Acked`] on success, then [`Input::Reported`].
     Report,
+    /// Fetch and authenticate the offered payload's head (signature, offered version, board,
+    /// version and target size) and get ready to write its first block (the `attempt`-th retry,
+    /// 0 = first; wait before retries); answer [`Input::Authenticated`] or [`Input::Failed`].
+    Authenticate {
+        /// Retry number.
+        attempt: u32,
+    },
     /// Make `slot` unbootable; answer [`Input::Invalidated`] or [`Input::Failed`].
     Invalidate {
         /// The target slot.
@@ -325,6 +340,20 @@ impl Machine {
                 } else {
                     (phase, vec![])
                 }
+            }
+            (Phase::Offered { offer }, Input::Authenticated) => {
+                let slot = offer.target;
+                (Phase::Offered { offer }, vec![Effect::Invalidate { slot }])
+            }
+            (Phase::Offered { offer }, Input::Failed(f))
+                if f.retryable && self.attempts + 1 < TRANSFER_ATTEMPTS =>
+            {
+                self.attempts += 1;
+                let attempt = self.attempts;
+                (
+                    Phase::Offered { offer },
+                    vec![Effect::Authenticate { attempt }],
+                )
             }
             (Phase::Offered { offer }, Input::Invalidated) => (
                 Phase::Downloading(Download::start(offer)),
@@ -514,10 +543,9 @@ impl Machine {
             _ => {
                 self.reset_install();
                 self.queue(kind::UPDATE_DOWNLOAD_STARTED, result::SUCCESS, None);
-                let slot = offer.target;
                 (
                     Phase::Offered { offer },
-                    vec![Persist, Report, Effect::Invalidate { slot }],
+                    vec![Persist, Report, Effect::Authenticate { attempt: 0 }],
                 )
             }
         }
@@ -525,10 +553,10 @@ impl Machine {
 
     fn resume(&mut self, phase: Phase) -> (Phase, Vec<Effect>) {
         match phase {
-            Phase::Offered { offer } => {
-                let slot = offer.target;
-                (Phase::Offered { offer }, vec![Effect::Invalidate { slot }])
-            }
+            Phase::Offered { offer } => (
+                Phase::Offered { offer },
+                vec![Effect::Authenticate { attempt: 0 }],
+            ),
             Phase::Downloading(d) => {
                 let slot = d.offer.target;
                 (Phase::Downloading(d), vec![Effect::Invalidate { slot }])

@@ -101,6 +101,7 @@ fn events(m: &Machine) -> Vec<(u32, u32, Option<u32>)> {
 fn single_transitions() {
     let invalidate = Effect::Invalidate { slot: Slot::B };
     let download0 = Effect::Download { attempt: 0 };
+    let authenticate = |attempt| Effect::Authenticate { attempt };
     let verified = Phase::Verified {
         offer: offer("a"),
         root_hash: ROOT,
@@ -126,9 +127,22 @@ fn single_transitions() {
             Phase::default(), vec![Effect::Persist], vec![]),
         ("no update drops a paused download", Phase::Idle { paused: Some(download(Some(50))) },
             Input::NoUpdate { now: 7 }, Phase::default(), vec![Effect::Persist], vec![]),
-        ("a new offer queues 13/1 and invalidates the target", Phase::default(), offered(true),
-            Phase::Offered { offer: offer("a") },
-            vec![Effect::Persist, Effect::Report, invalidate.clone()], vec![(13, 1, None)]),
+        ("a new offer queues 13/1 and authenticates the payload, not yet invalidating the target",
+            Phase::default(), offered(true), Phase::Offered { offer: offer("a") },
+            vec![Effect::Persist, Effect::Report, authenticate(0)], vec![(13, 1, None)]),
+        ("authenticated: only now is the target invalidated", Phase::Offered { offer: offer("a") },
+            Input::Authenticated, Phase::Offered { offer: offer("a") }, vec![invalidate.clone()],
+            vec![]),
+        ("a transfer failure before authentication retries it",
+            Phase::Offered { offer: offer("a") }, Input::Failed(failure(true)),
+            Phase::Offered { offer: offer("a") }, vec![authenticate(1)], vec![]),
+        ("a payload failing authentication is reported, the target never invalidated",
+            Phase::Offered { offer: offer("a") }, Input::Failed(failure(false)), Phase::default(),
+            vec![Effect::Persist, Effect::Report, Effect::Finish(End::Failed {
+                version: "1.1.0".into(), failure: failure(false) })],
+            vec![(3, 0, Some(10))]),
+        ("resume of an offer authenticates first", Phase::Offered { offer: offer("a") },
+            Input::Resume, Phase::Offered { offer: offer("a") }, vec![authenticate(0)], vec![]),
         ("an offer while the booted slot is on trial is deferred", Phase::default(), offered(false),
             Phase::default(),
             vec![Effect::Persist, Effect::Finish(End::Deferred { version: "1.1.0".into() })], vec![]),
@@ -138,7 +152,7 @@ fn single_transitions() {
         ("another offer replaces a paused download",
             Phase::Idle { paused: Some(Download { offer: offer("c"), ..download(Some(50)) }) },
             offered(true), Phase::Offered { offer: offer("a") },
-            vec![Effect::Persist, Effect::Report, invalidate.clone()], vec![(13, 1, None)]),
+            vec![Effect::Persist, Effect::Report, authenticate(0)], vec![(13, 1, None)]),
         ("invalidated: the download starts", Phase::Offered { offer: offer("a") }, Input::Invalidated,
             Phase::Downloading(download(None)), vec![Effect::Persist, download0.clone()], vec![]),
         ("a checkpoint is persisted", Phase::Downloading(download(None)),

@@ -26,6 +26,7 @@ pub mod headers;
 pub mod limits;
 mod request;
 mod response;
+pub mod signature;
 mod xml;
 
 pub use codes::{event_result, event_type, status, ErrorCode};

@@ -17,6 +17,7 @@ pub mod model;
 pub mod omaha;
 pub mod policy;
 pub mod rate_limit;
+pub mod response_signing;
 pub mod server;
 pub mod store;
 

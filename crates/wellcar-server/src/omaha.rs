@@ -133,10 +133,12 @@ pub async fn handle(
         );
     }
     // Parsing is CPU work proportional to the body: off the async workers.
+    // (`Bytes` clones share the buffer; the body is signed over below.)
+    let parse_body = body.clone();
     let parse = move || {
         #[cfg(test)]
-        crate::event_trust_tests::parse_gate::pass(&body);
-        Request::parse(&body)
+        crate::event_trust_tests::parse_gate::pass(&parse_body);
+        Request::parse(&parse_body)
     };
     let request = match tokio::task::spawn_blocking(parse).await {
         Ok(Ok(r)) => r,
@@ -159,11 +161,8 @@ pub async fn handle(
     match answer(&state, &request, &ip, &headers).await {
         Ok(response) => {
             state.metrics.observe(started.elapsed());
-            (
-                [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-                response.to_xml(),
-            )
-                .into_response()
+            let signer = state.settings.response_signer.as_ref();
+            crate::response_signing::omaha_reply(signer, &body, &headers, response.to_xml())
         }
         Err(e) => {
             tracing::error!("omaha request failed: {e}");

@@ -78,6 +78,8 @@ pub struct Settings {
     pub fleet_token: Option<crate::admission::FleetToken>,
     /// Rate limits on Omaha and admin requests ([`crate::rate_limit`]).
     pub rate_limits: crate::rate_limit::RateLimits,
+    /// Signs every Omaha answer when set (`--response-key`); see [`crate::response_signing`].
+    pub response_signer: Option<crate::response_signing::ResponseSigner>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -114,6 +116,7 @@ impl Settings {
             clock: Arc::new(crate::now_ms),
             fleet_token: None,
             rate_limits: crate::rate_limit::RateLimits::default(),
+            response_signer: None,
         }
     }
 }

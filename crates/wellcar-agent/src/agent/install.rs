@@ -90,6 +90,32 @@ impl<S: SlotControl> Agent<S> {
         }
     }
 
+    /// Carries out [`Effect::Authenticate`](crate::machine::Effect::Authenticate): reads and
+    /// authenticates the payload head and prepares the installer (policy and target size
+    /// checked), keeping the rest of the stream for the first transfer. Writes nothing.
+    pub(super) fn authenticate(&mut self, run: &mut Run<'_>, attempt: u32) -> Input {
+        self.pause_before(attempt, "payload authentication");
+        run.installer = None;
+        run.authenticated_body = None;
+        let result = (|| {
+            let offer = self.offer()?;
+            let url = pick_url(&offer, attempt);
+            let (head, body) = self.head_and_body(url, None, &offer, run)?;
+            let env = self.env(run, &offer)?;
+            let installer = Installer::new(head, &env.policy, env.targets(offer.target)?)
+                .map_err(Failure::from_apply)?;
+            Ok((installer, body))
+        })();
+        match result {
+            Ok((installer, body)) => {
+                run.installer = Some(installer);
+                run.authenticated_body = Some(body);
+                Input::Authenticated
+            }
+            Err(f) => run.failed(f),
+        }
+    }
+
     /// Carries out [`Effect::Download`]: one transfer attempt.
     pub(super) fn download(&mut self, run: &mut Run<'_>, attempt: u32) -> Input {
         self.pause_before(attempt, "download");
@@ -171,6 +197,17 @@ impl<S: SlotControl> Agent<S> {
     fn transfer(&mut self, run: &mut Run<'_>, attempt: u32) -> Result<bool, Failure> {
         let offer = self.offer()?;
         let url = pick_url(&offer, attempt);
+        if let (Some(mut body), Some(installer)) =
+            (run.authenticated_body.take(), run.installer.as_mut())
+        {
+            // The head was authenticated before the slot was invalidated: write from here.
+            let checkpoint = Input::Checkpointed(installer.checkpoint().clone());
+            persist_step(&mut self.machine, &self.store, checkpoint)
+                .map_err(Failure::fatal(error_code::ERROR))?;
+            return self
+                .stream(installer, &mut body, offer.size)
+                .map(|()| false);
+        }
         if run.installer.is_none() {
             let saved = self.state().phase.checkpoint().cloned();
             let resumed = match saved {

@@ -84,6 +84,10 @@ pub struct ServeOpts {
     /// forgotten first.
     #[arg(long, default_value_t = RateLimits::default().max_keys)]
     pub rate_limit_keys: usize,
+    /// Sign every Omaha answer with this PEM ed25519 private key (`wellcar key generate`);
+    /// agents whose update.conf names its public key in SERVER_PUBLIC_KEY require it.
+    #[arg(long)]
+    pub response_key: Option<PathBuf>,
 }
 
 /// The environment variable that may hold the fleet token instead of `--fleet-token-file`.
@@ -135,6 +139,12 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
         admin_per_ip: limit(o.admin_burst, o.admin_per_minute),
         max_keys: o.rate_limit_keys,
     };
+    if let Some(path) = &o.response_key {
+        let signer = crate::response_signing::ResponseSigner::load(path)
+            .with_context(|| format!("--response-key {}", path.display()))?;
+        tracing::info!(public_key = %signer.fingerprint(), "signing Omaha responses");
+        s.response_signer = Some(signer);
+    }
     let server = crate::spawn(s).await?;
     on_note(Note::Listening { url: server.url() });
     server.run_until_signal().await
