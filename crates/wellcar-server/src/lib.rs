@@ -10,17 +10,23 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod db;
+pub mod fd_limit;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod omaha;
+pub mod peer;
 pub mod policy;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 #[cfg(test)]
 mod http_tests;
 #[cfg(test)]
 mod test_server;
+#[cfg(test)]
+mod transport_tests;
 
 pub use server::{serve, spawn, RunningServer, Settings};
 

@@ -3,8 +3,11 @@
 //! Contract:
 //! - Every flag maps onto one field of [`crate::Settings`]; the flush interval is at least
 //!   10 ms and the sweep interval at least 1 s. Retention flags are in days.
+//! - `--tls-cert`/`--tls-key` come together (HTTPS, reloaded on SIGHUP: see [`crate::tls`]).
+//! - `--trusted-proxy` is repeatable; see [`crate::peer`]. Connection flags: see
+//!   [`crate::listener`]; `--max-connections` above the open-file budget is refused.
 //! - Once the server accepts connections, its URL is reported ([`Note::Listening`]: "wellcar
-//!   server listening on http://…" on stderr).
+//!   server listening on http(s)://…" on stderr).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,9 +27,33 @@ pub struct ServeOpts {
     /// Directory for hosted payloads (served at /packages/).
     #[arg(long, default_value = "wellcar-payloads")]
     pub payload_dir: PathBuf,
-    /// Base URL clients reach this server at (default: taken from each request's Host header).
+    /// Base URL clients reach this server at (default: the listener's own address; never the
+    /// request's Host header).
     #[arg(long)]
     pub public_url: Option<String>,
+    /// PEM certificate chain to serve HTTPS with (leaf first); needs --tls-key. Reloaded on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching --tls-cert. Reloaded on SIGHUP.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A proxy network (CIDR or address) whose X-Forwarded-For is believed; repeatable. From
+    /// any other peer the TCP address is the client's.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<crate::peer::TrustedProxy>,
+    /// Most simultaneous client connections (default: what the open-file limit, raised to its
+    /// hard limit at start, leaves room for; at most 16384).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a complete request head once it started (milliseconds).
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Time a connection may stay open with no request in progress (milliseconds).
+    #[arg(long, default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Time a request body may send nothing while the server waits for it (milliseconds).
+    #[arg(long, default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
     /// PollInterval (seconds) sent with every update check.
     #[arg(long, default_value_t = 2700)]
     pub poll_interval: u32,
@@ -56,6 +83,17 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
     let mut s = crate::Settings::new(&o.database, o.listen);
     s.payload_dir = o.payload_dir;
     s.public_url = o.public_url;
+    s.tls = match (o.tls_cert, o.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+        _ => None,
+    };
+    s.trusted_proxies = o.trusted_proxies;
+    s.connection_limits = crate::listener::ConnectionLimits {
+        max_connections: o.max_connections,
+        header_timeout: Duration::from_millis(o.header_timeout_ms.max(1)),
+        idle_timeout: Duration::from_millis(o.idle_timeout_ms.max(1)),
+        body_timeout: Duration::from_millis(o.body_timeout_ms.max(1)),
+    };
     s.poll_interval_secs = o.poll_interval;
     s.last_seen_resolution = Duration::from_secs(o.last_seen_resolution);
     s.flush_interval = Duration::from_millis(o.flush_interval_ms.max(10));
