@@ -176,7 +176,7 @@ async fn idle_sockets_beyond_the_cap_cannot_starve_health() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("ok"), "{answer}");
         let closed = wait_until("idle sockets beyond the cap to be closed", PATIENCE, || {
-            let closed = idle.iter_mut().filter_map(|s| closed_by_server(s)).count();
+            let closed = idle.iter_mut().filter_map(closed_by_server).count();
             (closed >= CAP).then_some(closed)
         });
         assert!(closed <= 2 * CAP);

@@ -105,3 +105,45 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
     on_note(Note::Listening { url: server.url() });
     server.run_until_signal().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ServeOpts;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        serve: ServeOpts,
+    }
+
+    fn parse(extra: &[&str]) -> Result<ServeOpts, clap::Error> {
+        let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).map(|a| a.serve)
+    }
+
+    #[test]
+    fn transport_flags_parse_and_bad_values_are_named() {
+        let o = parse(&[
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "192.0.2.1",
+            "--max-connections",
+            "500",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(o.trusted_proxies.len(), 2);
+        assert_eq!(o.max_connections, Some(500));
+        assert_eq!(o.header_timeout_ms, 10_000);
+        let e = parse(&["--trusted-proxy", "10.0.0.0/33"]).unwrap_err();
+        assert!(e.to_string().contains("10.0.0.0/33"), "{e}");
+        let e = parse(&["--tls-cert", "c.pem"]).unwrap_err();
+        assert!(e.to_string().contains("--tls-key"), "{e}");
+    }
+}
