@@ -12,6 +12,10 @@
 //!   at most one flush interval of sightings, which the next check re-creates.
 //! - Events are written (and committed with `synchronous=FULL` on SQLite) before the HTTP 200
 //!   that acknowledges them.
+//!
+//! Listening ([`spawn`]): the connection cap and timeouts are [`crate::listener`]'s, HTTPS and
+//! its SIGHUP reload [`crate::tls`]'s; the soft open-file limit is raised first
+//! ([`crate::fd_limit`]), and a `--max-connections` it cannot hold is refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
