@@ -528,7 +528,7 @@ pub async fn spawn(mut settings: Settings) -> anyhow::Result<RunningServer> {
     let state = open_state(settings).await?;
     let (stop, stop_rx) = watch::channel(false);
     let s = &state.settings;
-    let tickers = vec![
+    let mut tickers = vec![
         spawn_ticker(
             &state,
             s.flush_interval,
@@ -558,7 +558,6 @@ pub async fn spawn(mut settings: Settings) -> anyhow::Result<RunningServer> {
             |st| async move { st.prune().await.map(|_| ()) },
         ),
     ];
-    let mut tickers = tickers;
     if let Some(cert) = &tls {
         tickers.push(crate::tls::reload_on_sighup(cert.clone(), stop_rx.clone())?);
     }

@@ -187,6 +187,21 @@ async fn idle_sockets_beyond_the_cap_cannot_starve_health() {
     server.shutdown().await.unwrap();
 }
 
+/// A connection cap the open-file limit cannot hold is refused at start, naming both numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_beyond_the_open_file_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}", dir.path().join("server.db").display());
+    let mut settings = Settings::new(&database, "127.0.0.1:0".parse().unwrap());
+    settings.payload_dir = dir.path().join("payloads");
+    settings.connection_limits.max_connections = Some(usize::MAX);
+    let e = crate::spawn(settings).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&usize::MAX.to_string()) && e.contains("open-file limit"),
+        "{e}"
+    );
+}
+
 /// A CA and two server certificates for `localhost` it signed, written as PEM files.
 struct TestPki {
     ca: CertificateDer<'static>,
