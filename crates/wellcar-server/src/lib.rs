@@ -12,14 +12,18 @@ pub mod cli;
 pub mod client;
 pub mod db;
 pub mod event_trust;
+pub mod fd_limit;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod omaha;
+pub mod peer;
 pub mod policy;
 pub mod rate_limit;
 pub mod response_signing;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 #[cfg(test)]
 mod event_trust_tests;
@@ -29,6 +33,8 @@ mod http_tests;
 mod omaha_limits_tests;
 #[cfg(test)]
 mod test_server;
+#[cfg(test)]
+mod transport_tests;
 
 pub use server::{serve, spawn, RunningServer, Settings};
 

@@ -22,6 +22,8 @@
 //! - An update check is answered `noupdate` from memory when the instance is current, the group
 //!   is paused or halted, or the window is closed; only a possible grant touches the database.
 //!   Every `updatecheck` carries `PollInterval`.
+//! - The recorded client IP and the download URLs' base come from [`crate::peer`]: the TCP peer
+//!   unless it is a `--trusted-proxy`; `--public-url` or the listener's address, never `Host`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,25 +76,15 @@ pub fn arch_of(app: &AppRequest, req: &Request) -> &'static str {
     }
 }
 
-fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
-        .map_or_else(|| peer.ip().to_string(), |ip| ip.to_string())
+/// The client's address: the peer, or `X-Forwarded-For` from a `--trusted-proxy` peer.
+fn client_ip(state: &ServerState, headers: &HeaderMap, peer: SocketAddr) -> String {
+    crate::peer::client_ip(&state.settings.trusted_proxies, headers, peer).to_string()
 }
 
-fn public_base(state: &ServerState, headers: &HeaderMap) -> String {
-    if let Some(url) = &state.settings.public_url {
-        return url.trim_end_matches('/').to_owned();
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map_or_else(|| state.settings.listen.to_string(), str::to_owned);
-    format!("http://{host}")
+/// The base of download URLs: `--public-url` or the listener's own address, never `Host`.
+fn public_base(state: &ServerState, _headers: &HeaderMap) -> String {
+    let s = &state.settings;
+    crate::peer::public_base(s.public_url.as_deref(), s.listen, s.tls.is_some())
 }
 
 /// A client's or package's version as an [`OsVersion`] (Flatcar's `3815.2.0`,
@@ -118,7 +110,7 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let ip = client_ip(&headers, peer);
+    let ip = client_ip(&state, &headers, peer);
     let ip_addr = ip.parse().unwrap_or_else(|_| peer.ip());
     if let Err(refused) = crate::admission::admit_omaha(&state, ip_addr, &headers) {
         return crate::admission::refuse(&state, refused);

@@ -12,6 +12,10 @@
 //!   at most one flush interval of sightings, which the next check re-creates.
 //! - Events are written (and committed with `synchronous=FULL` on SQLite) before the HTTP 200
 //!   that acknowledges them.
+//!
+//! Listening ([`spawn`]): the connection cap and timeouts are [`crate::listener`]'s, HTTPS and
+//! its SIGHUP reload [`crate::tls`]'s; the soft open-file limit is raised first
+//! ([`crate::fd_limit`]), and a `--max-connections` it cannot hold is refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,12 +48,19 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 pub struct Settings {
     /// `sqlite:PATH` or `postgres://…`.
     pub database_url: String,
-    /// Address to listen on.
+    /// Address to listen on; [`spawn`] replaces it with the address actually bound.
     pub listen: SocketAddr,
     /// Where hosted payloads are stored (served at `/packages/`).
     pub payload_dir: PathBuf,
-    /// Base URL clients use to reach this server; default: from the request's `Host` header.
+    /// Base URL clients use to reach this server; default: the listener's own address
+    /// ([`crate::peer::public_base`]), never a request header.
     pub public_url: Option<String>,
+    /// Certificate and key to serve HTTPS with; `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<crate::peer::TrustedProxy>,
+    /// Client connection cap and timeouts.
+    pub connection_limits: crate::listener::ConnectionLimits,
     /// `PollInterval` sent on every update check.
     pub poll_interval_secs: u32,
     /// How often queued sightings are written.
@@ -102,6 +113,9 @@ impl Settings {
             listen,
             payload_dir: PathBuf::from("wellcar-payloads"),
             public_url: None,
+            tls: None,
+            trusted_proxies: Vec::new(),
+            connection_limits: crate::listener::ConnectionLimits::default(),
             poll_interval_secs: 2700,
             flush_interval: Duration::from_secs(1),
             last_seen_resolution: Duration::from_secs(15 * 60),
@@ -465,6 +479,9 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Its state (tests inspect it).
     pub state: Arc<ServerState>,
+    /// The client connections being served.
+    pub connections: Arc<crate::listener::Connections>,
+    tls: Option<Arc<crate::tls::ReloadableCert>>,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
     tickers: Vec<tokio::task::JoinHandle<()>>,
@@ -479,9 +496,14 @@ impl std::fmt::Debug for RunningServer {
 }
 
 impl RunningServer {
-    /// `http://addr`.
+    /// `http://addr`, or `https://addr` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        crate::peer::advertised_base(self.addr, self.tls.is_some())
+    }
+
+    /// Re-reads the TLS certificate and key, as SIGHUP does; `None` without TLS.
+    pub fn reload_tls(&self) -> Option<Result<(), crate::tls::TlsError>> {
+        self.tls.as_ref().map(|t| t.reload())
     }
 
     /// Serves until Ctrl-C or SIGTERM, then [`RunningServer::shutdown`].
@@ -507,17 +529,23 @@ impl RunningServer {
 }
 
 /// Starts the server on `settings.listen` and returns once it accepts connections.
-pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
+pub async fn spawn(mut settings: Settings) -> anyhow::Result<RunningServer> {
     use anyhow::Context as _;
     let listen = settings.listen;
-    let state = open_state(settings).await?;
+    let cap = connection_cap(settings.connection_limits.max_connections)?;
+    let tls = match &settings.tls {
+        Some(files) => Some(crate::tls::ReloadableCert::open(files.clone())?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
+    settings.listen = addr;
+    let state = open_state(settings).await?;
     let (stop, stop_rx) = watch::channel(false);
     let s = &state.settings;
-    let tickers = vec![
+    let mut tickers = vec![
         spawn_ticker(
             &state,
             s.flush_interval,
@@ -547,26 +575,45 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
             |st| async move { st.prune().await.map(|_| ()) },
         ),
     ];
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let mut stop_serving = stop_rx;
-    let handle = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_serving.changed().await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!("server failed: {e}");
-        }
-    });
-    tracing::info!(%addr, "wellcar server listening");
+    if let Some(cert) = &tls {
+        tickers.push(crate::tls::reload_on_sighup(cert.clone(), stop_rx.clone())?);
+    }
+    let (connections, handle) = crate::listener::spawn(
+        listener,
+        router(state.clone()),
+        state.settings.connection_limits,
+        cap,
+        tls.as_ref().map(|t| t.acceptor()),
+        stop_rx,
+    );
+    tracing::info!(%addr, tls = tls.is_some(), max_connections = cap, "wellcar server listening");
     Ok(RunningServer {
         addr,
         state,
+        connections,
+        tls,
         stop,
         handle,
         tickers,
     })
+}
+
+/// The connection cap: `wanted`, or the budget the (raised) open-file limit leaves; an error if
+/// `wanted` exceeds that budget.
+fn connection_cap(wanted: Option<usize>) -> anyhow::Result<usize> {
+    let limit = crate::fd_limit::raise_to_hard_limit();
+    let budget = crate::fd_limit::connection_budget(limit);
+    match wanted {
+        Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+        Some(n) if n <= budget => Ok(n),
+        Some(n) => anyhow::bail!(
+            "--max-connections {n} leaves no headroom under the open-file limit {limit} (at most {budget}); raise the hard limit (ulimit -Hn) or lower --max-connections"
+        ),
+        None if budget == 0 => anyhow::bail!(
+            "the open-file limit {limit} leaves no room for client connections; raise it (ulimit -n)"
+        ),
+        None => Ok(budget.min(crate::fd_limit::MAX_DEFAULT_CONNECTIONS)),
+    }
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then shuts down cleanly. Where it listens is

@@ -8,8 +8,11 @@
 //! - Rate limits: `--omaha-ip-burst`/`--omaha-ip-per-minute`, `--omaha-instance-burst`/
 //!   `--omaha-instance-per-minute`, `--admin-burst`/`--admin-per-minute`, `--rate-limit-keys`
 //!   (defaults in [`RateLimits::default`]; a burst of 0 switches that limit off).
+//! - `--tls-cert`/`--tls-key` come together (HTTPS, reloaded on SIGHUP: see [`crate::tls`]).
+//! - `--trusted-proxy` is repeatable; see [`crate::peer`]. Connection flags: see
+//!   [`crate::listener`]; `--max-connections` above the open-file budget is refused.
 //! - Once the server accepts connections, its URL is reported ([`Note::Listening`]: "wellcar
-//!   server listening on http://…" on stderr).
+//!   server listening on http(s)://…" on stderr).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,9 +37,33 @@ pub struct ServeOpts {
     /// Directory for hosted payloads (served at /packages/).
     #[arg(long, default_value = "wellcar-payloads")]
     pub payload_dir: PathBuf,
-    /// Base URL clients reach this server at (default: taken from each request's Host header).
+    /// Base URL clients reach this server at (default: the listener's own address; never the
+    /// request's Host header).
     #[arg(long)]
     pub public_url: Option<String>,
+    /// PEM certificate chain to serve HTTPS with (leaf first); needs --tls-key. Reloaded on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching --tls-cert. Reloaded on SIGHUP.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A proxy network (CIDR or address) whose X-Forwarded-For is believed; repeatable. From
+    /// any other peer the TCP address is the client's.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<crate::peer::TrustedProxy>,
+    /// Most simultaneous client connections (default: what the open-file limit, raised to its
+    /// hard limit at start, leaves room for; at most 16384).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a complete request head once it started (milliseconds).
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Time a connection may stay open with no request in progress (milliseconds).
+    #[arg(long, default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Time a request body may send nothing while the server waits for it (milliseconds).
+    #[arg(long, default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
     /// PollInterval (seconds) sent with every update check.
     #[arg(long, default_value_t = 2700)]
     pub poll_interval: u32,
@@ -123,6 +150,17 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
     let mut s = crate::Settings::new(&o.database, o.listen);
     s.payload_dir = o.payload_dir;
     s.public_url = o.public_url;
+    s.tls = match (o.tls_cert, o.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+        _ => None,
+    };
+    s.trusted_proxies = o.trusted_proxies;
+    s.connection_limits = crate::listener::ConnectionLimits {
+        max_connections: o.max_connections,
+        header_timeout: Duration::from_millis(o.header_timeout_ms.max(1)),
+        idle_timeout: Duration::from_millis(o.idle_timeout_ms.max(1)),
+        body_timeout: Duration::from_millis(o.body_timeout_ms.max(1)),
+    };
     s.poll_interval_secs = o.poll_interval;
     s.last_seen_resolution = Duration::from_secs(o.last_seen_resolution);
     s.flush_interval = Duration::from_millis(o.flush_interval_ms.max(10));
@@ -154,6 +192,7 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
 mod tests {
     use super::*;
     use axum::http::{HeaderMap, HeaderValue};
+    use clap::Parser as _;
 
     #[test]
     fn fleet_token_comes_from_one_source() {
@@ -187,5 +226,41 @@ mod tests {
         let missing = dir.path().join("missing");
         let err = format!("{:#}", fleet_token(Some(&missing), None).unwrap_err());
         assert!(err.contains("missing"), "{err}");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        serve: ServeOpts,
+    }
+
+    fn parse(extra: &[&str]) -> Result<ServeOpts, clap::Error> {
+        let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).map(|a| a.serve)
+    }
+
+    #[test]
+    fn transport_flags_parse_and_bad_values_are_named() {
+        let o = parse(&[
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "192.0.2.1",
+            "--max-connections",
+            "500",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(o.trusted_proxies.len(), 2);
+        assert_eq!(o.max_connections, Some(500));
+        assert_eq!(o.header_timeout_ms, 10_000);
+        let e = parse(&["--trusted-proxy", "10.0.0.0/33"]).unwrap_err();
+        assert!(e.to_string().contains("10.0.0.0/33"), "{e}");
+        let e = parse(&["--tls-cert", "c.pem"]).unwrap_err();
+        assert!(e.to_string().contains("--tls-key"), "{e}");
     }
 }
