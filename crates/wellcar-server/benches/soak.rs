@@ -90,6 +90,12 @@ fn run_server_process(database: &str) {
     rt.block_on(async {
         let mut settings = Settings::new(database, listen);
         settings.payload_dir = payloads;
+        // One loopback client stands for the whole fleet, and each simulated machine checks far
+        // more often than a real one: the rate limits would measure themselves.
+        let off = wellcar_server::rate_limit::Limit::OFF;
+        settings.rate_limits.omaha_per_ip = off;
+        settings.rate_limits.omaha_per_instance = off;
+        settings.rate_limits.admin_per_ip = off;
         let server = wellcar_server::spawn(settings).await.expect("server start");
         println!("ready {}", server.addr);
         server.run_until_signal().await.expect("server run");

@@ -3,8 +3,8 @@
 //!
 //! Contract:
 //! - Omaha requests, in this order: the client IP's rate limit (HTTP 429), then the fleet token
-//!   (HTTP 401), then (after parsing) the per-request counts (HTTP 400), then each machine id's
-//!   rate limit (HTTP 429). A refused request is acted on in no way: nothing is stored.
+//!   (HTTP 401), then parsing, whose bounds ([`wellcar_omaha::limits`]: apps per request, events
+//!   per app, size, depth) give HTTP 400, then each machine id's rate limit (HTTP 429). A refused request is acted on in no way: nothing is stored.
 //! - With a fleet token set (`--fleet-token-file`, or `WELLCAR_FLEET_TOKEN`), an Omaha request
 //!   must carry header [`wellcar_omaha::headers::FLEET_TOKEN`] equal to it. The comparison
 //!   hashes both sides and compares the digests in constant time, so it leaks neither content
@@ -13,8 +13,6 @@
 //!   routes); `/health`, `/metrics` and payload downloads are not limited here.
 //! - Every 429 carries `Retry-After` (seconds). Refusals are counted by reason
 //!   ([`Refusal::as_str`], a fixed set of metrics labels).
-//! - One Omaha request carries at most [`MAX_APPS_PER_REQUEST`] apps and
-//!   [`MAX_EVENTS_PER_REQUEST`] events in all (an agent sends one app and a few events).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,12 +26,6 @@ use subtle::ConstantTimeEq as _;
 
 use crate::rate_limit::{ip_key, KeyedLimiter, RateLimits};
 use crate::server::ServerState;
-
-/// Apps one Omaha request may carry.
-pub const MAX_APPS_PER_REQUEST: usize = 8;
-
-/// Events one Omaha request may carry, over all its apps.
-pub const MAX_EVENTS_PER_REQUEST: usize = 32;
 
 /// Why a request was refused before it was acted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,23 +180,6 @@ pub fn admit_omaha(state: &ServerState, ip: IpAddr, headers: &HeaderMap) -> Resu
     }
 }
 
-/// What a parsed Omaha request may not exceed; `Err` names the count and the limit.
-pub fn check_counts(request: &wellcar_omaha::Request) -> Result<(), String> {
-    let apps = request.apps.len();
-    if apps > MAX_APPS_PER_REQUEST {
-        return Err(format!(
-            "omaha request has {apps} apps, over the limit of {MAX_APPS_PER_REQUEST}"
-        ));
-    }
-    let events: usize = request.apps.iter().map(|a| a.events.len()).sum();
-    if events > MAX_EVENTS_PER_REQUEST {
-        return Err(format!(
-            "omaha request has {events} events, over the limit of {MAX_EVENTS_PER_REQUEST}"
-        ));
-    }
-    Ok(())
-}
-
 /// Each machine id's rate limit, for a parsed Omaha request (each distinct id once).
 pub fn admit_instances(
     state: &ServerState,
@@ -274,27 +249,5 @@ mod tests {
         assert!(token.admits(&h));
         assert!(FleetToken::new(" \n").is_none());
         assert_eq!(format!("{token:?}"), "FleetToken(..)");
-    }
-
-    #[test]
-    fn counts_are_bounded() {
-        let app = r#"<app appid="a"><event eventtype="13" eventresult="1"/></app>"#;
-        let many_apps = format!(r#"<request protocol="3.0">{}</request>"#, app.repeat(9));
-        let err = check_counts(&wellcar_omaha::Request::parse(many_apps.as_bytes()).unwrap())
-            .unwrap_err();
-        assert_eq!(err, "omaha request has 9 apps, over the limit of 8");
-        let ev = r#"<event eventtype="13" eventresult="1"/>"#;
-        let many_events = format!(
-            r#"<request protocol="3.0"><app appid="a">{}</app></request>"#,
-            ev.repeat(33)
-        );
-        let err = check_counts(&wellcar_omaha::Request::parse(many_events.as_bytes()).unwrap())
-            .unwrap_err();
-        assert_eq!(err, "omaha request has 33 events, over the limit of 32");
-        let ok = format!(r#"<request protocol="3.0">{}</request>"#, app.repeat(8));
-        assert_eq!(
-            check_counts(&wellcar_omaha::Request::parse(ok.as_bytes()).unwrap()),
-            Ok(())
-        );
     }
 }

@@ -144,9 +144,6 @@ pub async fn handle(
                 .into_response();
         }
     };
-    if let Err(reason) = crate::admission::check_counts(&request) {
-        return bad_request(&state, reason);
-    }
     if let Err(refused) = crate::admission::admit_instances(&state, &request) {
         return crate::admission::refuse(&state, refused);
     }
