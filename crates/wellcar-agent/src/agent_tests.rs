@@ -1291,7 +1291,8 @@ async fn oversized_answer_is_refused_naming_the_limit() {
         .expect_err("an oversized answer is refused")
         .to_string();
     assert!(err.contains(&url), "{err}");
-    assert!(err.contains("at most 1048576 bytes"), "{err}");
+    let limit = format!("at most {} bytes", wellcar_omaha::MAX_RESPONSE_BYTES);
+    assert!(err.contains(&limit), "{err}");
     assert_eq!(agent.state().phase, Phase::Idle { paused: None });
     assert_eq!(agent.state().consecutive_failures(), 1);
 }
