@@ -485,7 +485,7 @@ impl<S: SlotControl> Agent<S> {
             return Ok(());
         }
         let mut app = self.app(facts, config);
-        app.events = self.state().outbox.iter().map(|e| e.to_omaha()).collect();
+        app.events = self.state().outbox_batch();
         let n = app.events.len();
         let request = self.request(facts, InstallSource::Scheduler, app);
         self.post(&server, config, &request, n).map(|_| ())
@@ -526,7 +526,7 @@ impl<S: SlotControl> Agent<S> {
         };
         let mut app = self.app(&facts, &config);
         app.ping = true;
-        app.events = self.state().outbox.iter().map(|e| e.to_omaha()).collect();
+        app.events = self.state().outbox_batch();
         let queued = app.events.len();
         if self.state().phase.staged().is_some() {
             let request = self.request(&facts, source, app);

@@ -319,6 +319,17 @@ impl AgentState {
         }
     }
 
+    /// The oldest outbox events, as many as one Omaha `<app>` may carry
+    /// ([`wellcar_omaha::MAX_EVENTS_PER_APP`]): a server refuses a request with more, so a long
+    /// outage must never make every report too large to send. The rest go in later requests.
+    pub fn outbox_batch(&self) -> Vec<wellcar_omaha::Event> {
+        self.outbox
+            .iter()
+            .take(wellcar_omaha::MAX_EVENTS_PER_APP)
+            .map(QueuedEvent::to_omaha)
+            .collect()
+    }
+
     /// The Flatcar status: what is in flight, else the phase's.
     pub fn operation(&self) -> Operation {
         match self.busy {
@@ -478,6 +489,27 @@ mod tests {
             sha256: "ab".repeat(32),
             target: Slot::B,
         }
+    }
+
+    /// A long outage leaves more events queued than one request may carry: the batch is the
+    /// oldest ones, within the server's limit.
+    #[test]
+    fn outbox_batches_fit_one_omaha_app() {
+        let event = |n: u32| QueuedEvent {
+            event_type: 3,
+            event_result: 0,
+            error_code: Some(n),
+            previous_version: None,
+            version: "1.0.0".into(),
+        };
+        let total = wellcar_omaha::MAX_EVENTS_PER_APP as u32 + 5;
+        let state = AgentState {
+            outbox: (0..total).map(event).collect(),
+            ..AgentState::default()
+        };
+        let batch = state.outbox_batch();
+        assert_eq!(batch.len(), wellcar_omaha::MAX_EVENTS_PER_APP);
+        assert_eq!(batch[0].error_code.map(|c| c.raw), Some(0), "oldest first");
     }
 
     #[test]
