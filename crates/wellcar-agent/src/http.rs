@@ -6,7 +6,6 @@
 //! job ([`crate::agent`]).
 
 use std::io::Read;
-use std::time::Duration;
 
 use wellcar_omaha::headers::RESPONSE_SIGNATURE;
 
@@ -67,22 +66,16 @@ pub struct OmahaReply {
 }
 
 impl Http {
-    /// A client with connect and response-header timeouts (no total timeout: payloads are
-    /// large) that trusts the system's CA store (`/etc/ssl/certs`, where Ignition can add a
-    /// private CA for a private update server).
+    /// The workspace's client ([`wellcar_http`]) with its connect and response-head timeouts
+    /// (15 s, 60 s; no total timeout: payloads are large), trusting the system's CA store
+    /// (`/etc/ssl/certs`, where Ignition can add a private CA for a private update server).
     pub fn new() -> Self {
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-            .build();
-        let config = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .user_agent(concat!("wellcar-update-agent/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let options = wellcar_http::ClientOptions::new(concat!(
+            "wellcar-update-agent/",
+            env!("CARGO_PKG_VERSION")
+        ));
         Self {
-            agent: config.into(),
+            agent: wellcar_http::system_client(&options),
         }
     }
 

@@ -5,7 +5,8 @@
 //! - `https://` servers are verified (rustls, ring) against the system trust store
 //!   (`/etc/ssl/certs` through `rustls-native-certs`, where Ignition can add a private CA) **plus**
 //!   the PEM certificates of [`ClientOptions::ca_file`] if given. A CA file that cannot be read,
-//!   or holds no certificate, is a [`SetupError`] naming the file; so is having no root at all.
+//!   or holds no certificate, is a [`SetupError`] naming the file. With no root at all (no
+//!   system store, no CA file) every https server is refused as of unknown issuer.
 //! - `http://` works too: Wellcar payloads are signed, and Omaha responses can be
 //!   (`SERVER_PUBLIC_KEY`).
 //! - A non-2xx status is an answer, not an error: callers read it.
@@ -38,9 +39,6 @@ pub enum SetupError {
         /// What was wrong.
         reason: String,
     },
-    /// Neither the system store nor a CA file gave a root certificate.
-    #[error("no trusted root certificates: the system store (/etc/ssl/certs, Debian package ca-certificates) is empty and no CA file was given")]
-    NoRoots,
 }
 
 /// How to build a client.
@@ -54,6 +52,8 @@ pub struct ClientOptions {
     pub response_timeout: Duration,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Idle keep-alive connections kept for reuse (per host too).
+    pub idle_connections: usize,
 }
 
 impl ClientOptions {
@@ -64,6 +64,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(15),
             response_timeout: Duration::from_secs(60),
             user_agent: user_agent.into(),
+            idle_connections: 3,
         }
     }
 }
@@ -90,38 +91,45 @@ pub fn read_pem_certificates(path: &Path) -> Result<Vec<Certificate<'static>>, S
     Ok(certs)
 }
 
-/// The trusted roots: the system store plus `ca_file`.
-fn roots(ca_file: Option<&Path>) -> Result<Vec<Certificate<'static>>, SetupError> {
-    let mut roots: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
+/// The system trust store's certificates (none if it is missing).
+fn system_roots() -> Vec<Certificate<'static>> {
+    rustls_native_certs::load_native_certs()
         .certs
         .iter()
         .map(|der| Certificate::from_der(der.as_ref()).to_owned())
-        .collect();
-    if let Some(path) = ca_file {
-        roots.extend(read_pem_certificates(path)?);
-    }
-    if roots.is_empty() {
-        return Err(SetupError::NoRoots);
-    }
-    Ok(roots)
+        .collect()
 }
 
 /// A client as the module docs describe.
 pub fn client(options: &ClientOptions) -> Result<ureq::Agent, SetupError> {
+    let mut roots = system_roots();
+    if let Some(path) = &options.ca_file {
+        roots.extend(read_pem_certificates(path)?);
+    }
+    Ok(build(options, &roots))
+}
+
+/// [`client`] trusting the system store only (ignoring [`ClientOptions::ca_file`]), which
+/// cannot fail.
+pub fn system_client(options: &ClientOptions) -> ureq::Agent {
+    build(options, &system_roots())
+}
+
+fn build(options: &ClientOptions, roots: &[Certificate<'static>]) -> ureq::Agent {
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
-        .root_certs(RootCerts::new_with_certs(&roots(
-            options.ca_file.as_deref(),
-        )?))
+        .root_certs(RootCerts::new_with_certs(roots))
         .build();
-    let config = ureq::Agent::config_builder()
+    ureq::Agent::config_builder()
         .tls_config(tls)
         .timeout_connect(Some(options.connect_timeout))
         .timeout_recv_response(Some(options.response_timeout))
         .http_status_as_error(false)
         .user_agent(options.user_agent.as_str())
-        .build();
-    Ok(config.into())
+        .max_idle_connections(options.idle_connections)
+        .max_idle_connections_per_host(options.idle_connections)
+        .build()
+        .into()
 }
 
 #[cfg(test)]

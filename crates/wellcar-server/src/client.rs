@@ -1,22 +1,16 @@
-//! An HTTP client for the admin API and the Omaha endpoint (plain HTTP), used by the
-//! `wellcar server` CLI, the tests and the benchmark.
+//! The admin API and Omaha client used by the `wellcar server` CLI, the tests and the
+//! benchmarks. It speaks the workspace's one HTTP stack ([`wellcar_http`]: ureq over rustls,
+//! `http://` or `https://` verified against the system store plus an optional CA file); each
+//! call runs on tokio's blocking pool, so the async API stays.
 
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, StreamBody};
-use hyper::body::Frame;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::AsyncReadExt as _;
-
-type Body = BoxBody<Bytes, std::io::Error>;
 
 /// How far an upload is: bytes handed to the connection so far, of the file's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,32 +89,75 @@ pub fn app_path(app: &str) -> String {
     format!("/api/v1/apps/{}", wellcar_omaha::normalize_app_id(app))
 }
 
+/// A request body.
+enum Body {
+    Bytes(Vec<u8>),
+    File { path: PathBuf, progress: OnUpload },
+}
+
+/// A reader that reports how much of a file was read.
+struct Counted {
+    file: std::fs::File,
+    sent: u64,
+    total: u64,
+    progress: OnUpload,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if n > 0 {
+            self.sent += n as u64;
+            (self.progress)(UploadProgress {
+                sent: self.sent,
+                total: self.total,
+            });
+        }
+        Ok(n)
+    }
+}
+
 /// A client bound to one server base URL and (optionally) an API token.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     base: String,
     token: Option<String>,
-    http: Client<HttpConnector, Body>,
+    http: ureq::Agent,
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+fn options() -> wellcar_http::ClientOptions {
+    let mut o =
+        wellcar_http::ClientOptions::new(concat!("wellcar-server/", env!("CARGO_PKG_VERSION")));
+    // Payload uploads are hashed and synced before the answer; keep-alive for benchmarks.
+    o.response_timeout = std::time::Duration::from_secs(600);
+    o.idle_connections = 1024;
+    o
 }
 
 impl ApiClient {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`, or `https://…` verified against the
+    /// system trust store).
     pub fn new(base: &str, token: Option<&str>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.map(str::to_owned),
-            http: Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(1024)
-                .build(connector),
+            http: wellcar_http::system_client(&options()),
         }
+    }
+
+    /// As [`ApiClient::new`], also trusting the PEM CA certificates in `ca_file`.
+    pub fn with_ca_file(
+        base: &str,
+        token: Option<&str>,
+        ca_file: &Path,
+    ) -> Result<Self, wellcar_http::SetupError> {
+        let mut o = options();
+        o.ca_file = Some(ca_file.to_owned());
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.map(str::to_owned),
+            http: wellcar_http::client(&o)?,
+        })
     }
 
     /// The base URL.
@@ -129,52 +166,85 @@ impl ApiClient {
     }
 
     /// Sends a request and returns status and body, without judging the status.
-    pub async fn send(
+    async fn send(
         &self,
         method: Method,
         path: &str,
-        content_type: Option<&str>,
+        headers: &[(&str, &str)],
         body: Body,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut builder = Request::builder().method(method.clone()).uri(&url);
+        let mut builder = hyper::Request::builder().method(method.clone()).uri(&url);
         if let Some(t) = &self.token {
             builder = builder.header("authorization", format!("Bearer {t}"));
         }
-        if let Some(ct) = content_type {
-            builder = builder.header("content-type", ct);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
-        let req = builder
-            .body(body)
+        let request = builder
+            .body(())
             .map_err(|_| ClientError::Url(url.clone()))?;
-        let http_err = |e: Box<dyn std::error::Error + Send + Sync>| ClientError::Http {
-            method: method.clone(),
-            url: url.clone(),
-            source: e,
+        let http = self.http.clone();
+        let http_err = {
+            let (method, url) = (method.clone(), url.clone());
+            move |e: ureq::Error| ClientError::Http {
+                method: method.clone(),
+                url: url.clone(),
+                source: Box::new(e),
+            }
         };
-        let resp = self
-            .http
-            .request(req)
+        let file_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| ClientError::File { path, source }
+        };
+        let run = move || -> Result<(StatusCode, Bytes), ClientError> {
+            let (parts, ()) = request.into_parts();
+            let response = match body {
+                Body::Bytes(bytes) => http.run(hyper::Request::from_parts(parts, bytes)),
+                Body::File { path, progress } => {
+                    let file = std::fs::File::open(&path).map_err(file_err(&path))?;
+                    let total = file.metadata().map_err(file_err(&path))?.len();
+                    let reader = Counted {
+                        file,
+                        sent: 0,
+                        total,
+                        progress,
+                    };
+                    let mut parts = parts;
+                    parts
+                        .headers
+                        .insert(hyper::header::CONTENT_LENGTH, total.into());
+                    let body = ureq::SendBody::from_owned_reader(reader);
+                    http.run(hyper::Request::from_parts(parts, body))
+                }
+            }
+            .map_err(&http_err)?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .into_with_config()
+                .limit(u64::MAX)
+                .read_to_vec()
+                .map_err(&http_err)?;
+            Ok((status, Bytes::from(bytes)))
+        };
+        tokio::task::spawn_blocking(run)
             .await
-            .map_err(|e| http_err(Box::new(e)))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| http_err(Box::new(e)))?
-            .to_bytes();
-        Ok((status, bytes))
+            .map_err(|e| ClientError::Http {
+                method,
+                url,
+                source: Box::new(e),
+            })?
     }
 
     async fn json_call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        content_type: Option<&str>,
+        headers: &[(&str, &str)],
         body: Body,
     ) -> Result<T, ClientError> {
-        let (status, bytes) = self.send(method.clone(), path, content_type, body).await?;
+        let (status, bytes) = self.send(method.clone(), path, headers, body).await?;
         let url = format!("{}{path}", self.base);
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
@@ -194,14 +264,14 @@ impl ApiClient {
 
     /// `GET path`, decoded from JSON.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.json_call(Method::GET, path, None, full(Bytes::new()))
+        self.json_call(Method::GET, path, &[], Body::Bytes(Vec::new()))
             .await
     }
 
     /// `DELETE path`; returns the status (an error status is an error).
     pub async fn delete(&self, path: &str) -> Result<StatusCode, ClientError> {
         let (status, bytes) = self
-            .send(Method::DELETE, path, None, full(Bytes::new()))
+            .send(Method::DELETE, path, &[], Body::Bytes(Vec::new()))
             .await?;
         if !status.is_success() {
             return Err(ClientError::Status {
@@ -225,7 +295,8 @@ impl ApiClient {
             url: format!("{}{path}", self.base),
             source,
         })?;
-        self.json_call(method, path, Some("application/json"), full(bytes))
+        let json = [("content-type", "application/json")];
+        self.json_call(method, path, &json, Body::Bytes(bytes))
             .await
     }
 
@@ -276,49 +347,28 @@ impl ApiClient {
         file: &Path,
         progress: OnUpload,
     ) -> Result<T, ClientError> {
-        let file_err = |source| ClientError::File {
-            path: file.display().to_string(),
-            source,
+        let body = Body::File {
+            path: file.to_owned(),
+            progress,
         };
-        let f = tokio::fs::File::open(file).await.map_err(file_err)?;
-        let total = f.metadata().await.map_err(file_err)?.len();
-        let stream = futures_util::stream::unfold((f, 0), move |(mut f, sent)| {
-            let progress = progress.clone();
-            async move {
-                let mut buf = vec![0_u8; 1 << 20];
-                match f.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        let sent = sent + n as u64;
-                        progress(UploadProgress { sent, total });
-                        Some((Ok(Frame::data(Bytes::from(buf))), (f, sent)))
-                    }
-                    Err(e) => Some((Err(e), (f, sent))),
-                }
-            }
-        });
-        let body = StreamBody::new(stream).boxed();
-        self.json_call(Method::PUT, path, Some("application/octet-stream"), body)
-            .await
+        let octets = [("content-type", "application/octet-stream")];
+        self.json_call(Method::PUT, path, &octets, body).await
     }
 
     /// POSTs an Omaha request to `/v1/update/`; returns status and body text.
     pub async fn omaha(&self, xml: &str) -> Result<(StatusCode, String), ClientError> {
+        let xml_type = [("content-type", "text/xml")];
+        let body = Body::Bytes(xml.as_bytes().to_vec());
         let (status, bytes) = self
-            .send(
-                Method::POST,
-                "/v1/update/",
-                Some("text/xml"),
-                full(xml.to_owned()),
-            )
+            .send(Method::POST, "/v1/update/", &xml_type, body)
             .await?;
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// `GET path` as text (metrics, payloads), with an optional `Range` header.
     pub async fn get_text(&self, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
-        self.send(Method::GET, path, None, full(Bytes::new())).await
+        self.send(Method::GET, path, &[], Body::Bytes(Vec::new()))
+            .await
     }
 
     /// `GET path` with a `Range: bytes=…` header.
@@ -327,33 +377,9 @@ impl ApiClient {
         path: &str,
         range: &str,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let url = format!("{}{path}", self.base);
-        let req = Request::builder()
-            .uri(&url)
-            .header("range", range)
-            .body(full(Bytes::new()))
-            .map_err(|_| ClientError::Url(url.clone()))?;
-        let resp = self
-            .http
-            .request(req)
+        let range = [("range", range)];
+        self.send(Method::GET, path, &range, Body::Bytes(Vec::new()))
             .await
-            .map_err(|e| ClientError::Http {
-                method: Method::GET,
-                url: url.clone(),
-                source: Box::new(e),
-            })?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Http {
-                method: Method::GET,
-                url,
-                source: Box::new(e),
-            })?
-            .to_bytes();
-        Ok((status, bytes))
     }
 }
 
@@ -394,5 +420,38 @@ mod tests {
         assert!(seen.iter().all(|p| p.total == total), "{seen:?}");
         assert_eq!(seen.last().map(|p| p.sent), Some(total));
         assert_eq!(package.size, total as i64);
+    }
+
+    /// "One HTTP client stack, speaking https": the admin client reaches an https server whose
+    /// certificate comes from a private CA once it is given the CA file, and refuses it without.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn https_with_a_private_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = wellcar_test_support::pki::TestPki::generate("admin CA", &["localhost"]).unwrap();
+        let files = crate::tls::TlsFiles {
+            cert: dir.path().join("server.crt"),
+            key: dir.path().join("server.key"),
+        };
+        std::fs::write(&files.cert, &pki.server_cert_pem).unwrap();
+        std::fs::write(&files.key, &pki.server_key_pem).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        let database = format!("sqlite:{}", dir.path().join("s.db").display());
+        let mut settings = crate::Settings::new(&database, "127.0.0.1:0".parse().unwrap());
+        settings.payload_dir = dir.path().join("payloads");
+        settings.tls = Some(files);
+        let server = crate::spawn(settings).await.unwrap();
+        let base = format!("https://localhost:{}", server.addr.port());
+
+        let trusted = ApiClient::with_ca_file(&base, None, &ca).unwrap();
+        let (status, body) = trusted.get_text("/health").await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+
+        let untrusted = ApiClient::new(&base, None).get_text("/health").await;
+        assert!(
+            matches!(untrusted, Err(ClientError::Http { .. })),
+            "a certificate from an unknown CA must be refused: {untrusted:?}"
+        );
+        server.shutdown().await.unwrap();
     }
 }

@@ -33,13 +33,13 @@ pub enum AppCommand {
 /// Runs `wellcar server app …`.
 pub(super) async fn app(cmd: AppCommand) -> anyhow::Result<()> {
     match cmd {
-        AppCommand::List { server } => print(&server.client().get("/api/v1/apps").await?),
+        AppCommand::List { server } => print(&server.client()?.get("/api/v1/apps").await?),
         AppCommand::Create {
             server,
             name,
             channels,
         } => {
-            let api = server.client();
+            let api = server.client()?;
             let app: serde_json::Value = api
                 .call(
                     Method::POST,

@@ -40,7 +40,7 @@ pub(super) async fn instances(o: InstancesOpts) -> anyhow::Result<()> {
     }
     print(
         &o.server
-            .client()
+            .client()?
             .get(&format!(
                 "{}/instances?{}",
                 o.server.app_path(),
@@ -54,7 +54,7 @@ pub(super) async fn instances(o: InstancesOpts) -> anyhow::Result<()> {
 pub(super) async fn activity(o: ActivityOpts) -> anyhow::Result<()> {
     print(
         &o.server
-            .client()
+            .client()?
             .get(&format!(
                 "/api/v1/activity?app={}&limit={}",
                 wellcar_omaha::normalize_app_id(&o.server.app),

@@ -164,13 +164,13 @@ pub(super) async fn group(
     Ok(match cmd {
         GroupCommand::List { server } => {
             server
-                .client()
+                .client()?
                 .get(&format!("{}/groups", server.app_path()))
                 .await?
         }
         GroupCommand::Show { server, group } => {
             server
-                .client()
+                .client()?
                 .get(&format!("{}/groups/{group}", server.app_path()))
                 .await?
         }
@@ -180,7 +180,7 @@ pub(super) async fn group(
             track,
             policy,
         } => {
-            let api = server.client();
+            let api = server.client()?;
             let patch = policy.patch()?;
             let track = track.unwrap_or_else(|| name.clone());
             let defaults = Policy::default();
@@ -239,7 +239,7 @@ pub(super) async fn group(
             policy,
         } => {
             server
-                .client()
+                .client()?
                 .call(
                     Method::PATCH,
                     &format!("{}/groups/{group}", server.app_path()),
@@ -249,7 +249,7 @@ pub(super) async fn group(
         }
         GroupCommand::Pause { server, group } => {
             server
-                .client()
+                .client()?
                 .call(
                     Method::POST,
                     &format!("{}/groups/{group}/pause", server.app_path()),
@@ -259,7 +259,7 @@ pub(super) async fn group(
         }
         GroupCommand::Resume { server, group } => {
             server
-                .client()
+                .client()?
                 .call(
                     Method::POST,
                     &format!("{}/groups/{group}/resume", server.app_path()),

@@ -4,8 +4,9 @@
 //!
 //! Contract:
 //! - Client subcommands take `--server URL` (default `$WELLCAR_SERVER_URL`, else
-//!   `http://127.0.0.1:8080`) and `--token T` (default `$WELLCAR_SERVER_TOKEN`), and print JSON
-//!   on stdout; a closed pipe is not an error.
+//!   `http://127.0.0.1:8080`), `--token T` (default `$WELLCAR_SERVER_TOKEN`) and, for an https
+//!   server with a private CA, `--ca-file PEM` (default `$WELLCAR_SERVER_CA_FILE`; trusted besides
+//!   the system store), and print JSON on stdout; a closed pipe is not an error.
 //! - `serve` and `token` open the database themselves; every other subcommand goes through the
 //!   admin API.
 //! - What a subcommand says while it runs (`serve`'s address, `group create` on an existing
@@ -72,13 +73,17 @@ pub struct ServerArgs {
     /// API token (default $WELLCAR_SERVER_TOKEN).
     #[arg(long)]
     pub token: Option<String>,
+    /// PEM CA certificates to trust for an https server, besides the system store (default
+    /// $WELLCAR_SERVER_CA_FILE).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Application id (default: Wellcar's).
     #[arg(long, default_value = wellcar_omaha::WELLCAR_APP_ID)]
     pub app: String,
 }
 
 impl ServerArgs {
-    fn client(&self) -> ApiClient {
+    fn client(&self) -> anyhow::Result<ApiClient> {
         let server = self
             .server
             .clone()
@@ -88,7 +93,15 @@ impl ServerArgs {
             .token
             .clone()
             .or_else(|| std::env::var("WELLCAR_SERVER_TOKEN").ok());
-        ApiClient::new(&server, token.as_deref())
+        let ca_file = self
+            .ca_file
+            .clone()
+            .or_else(|| std::env::var_os("WELLCAR_SERVER_CA_FILE").map(Into::into));
+        match ca_file {
+            Some(ca) => ApiClient::with_ca_file(&server, token.as_deref(), &ca)
+                .with_context(|| format!("a client for {server}")),
+            None => Ok(ApiClient::new(&server, token.as_deref())),
+        }
     }
 
     fn app_path(&self) -> String {

@@ -84,7 +84,7 @@ pub(super) async fn package(cmd: PackageCommand, upload: OnUpload) -> anyhow::Re
     match cmd {
         PackageCommand::List { server } => print(
             &server
-                .client()
+                .client()?
                 .get(&format!("{}/packages", server.app_path()))
                 .await?,
         ),
@@ -97,7 +97,7 @@ pub(super) async fn package(cmd: PackageCommand, upload: OnUpload) -> anyhow::Re
             reason,
         } => print(
             &server
-                .client()
+                .client()?
                 .call(
                     Method::POST,
                     &format!("{}/channels/{channel}/floors", server.app_path()),
@@ -142,7 +142,7 @@ fn target_from_build(dir: &std::path::Path, arch: Option<String>) -> anyhow::Res
 }
 
 async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
-    let api = o.server.client();
+    let api = o.server.client()?;
     let target = match &o.build {
         Some(dir) => target_from_build(dir, o.arch.clone())?,
         None => PublishTarget {
