@@ -66,8 +66,7 @@ pub const TARGETS: &[Target] = &[
 pub fn main(target: &Target) -> std::process::ExitCode {
     #[cfg(feature = "afl")]
     {
-        let run = target.run;
-        afl::fuzz(true, |data| run(data));
+        afl::fuzz(true, target.run);
         std::process::ExitCode::SUCCESS
     }
     #[cfg(not(feature = "afl"))]
