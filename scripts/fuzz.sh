@@ -52,7 +52,7 @@ RUSTFLAGS="${rustflags[*]}" CARGO_TARGET_DIR="$target_dir" \
 export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_FAST_CAL=1 AFL_NO_STARTUP_CALIBRATION=1
 
-stat() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$2"; }
+afl_stat() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$2"; }
 
 crashed=0
 rows=()
@@ -68,12 +68,12 @@ for t in "${targets[@]}"; do
     exit 2
   fi
   stats="$out/$t/default/fuzzer_stats"
-  execs="$(stat execs_done "$stats")"
-  crashes="$(stat saved_crashes "$stats")"
-  crashes="${crashes:-$(stat unique_crashes "$stats")}"
-  hangs="$(stat saved_hangs "$stats")"
-  hangs="${hangs:-$(stat unique_hangs "$stats")}"
-  rows+=("$(printf '%-18s %12s %8s %8s %6s' "$t" "$execs" "$(stat corpus_count "$stats")" "$crashes" "$hangs")")
+  execs="$(afl_stat execs_done "$stats")"
+  crashes="$(afl_stat saved_crashes "$stats")"
+  crashes="${crashes:-$(afl_stat unique_crashes "$stats")}"
+  hangs="$(afl_stat saved_hangs "$stats")"
+  hangs="${hangs:-$(afl_stat unique_hangs "$stats")}"
+  rows+=("$(printf '%-18s %12s %8s %8s %6s' "$t" "$execs" "$(afl_stat corpus_count "$stats")" "$crashes" "$hangs")")
   if [ "${crashes:-0}" != 0 ]; then
     crashed=1
     echo "fuzz: $t crashed; inputs in $out/$t/default/crashes/" >&2
