@@ -46,6 +46,8 @@ commands=(
   kill:procps
   # Rust: the linker, and crates that build C
   cc:gcc gcc:gcc pkg-config:pkg-config
+  # scripts/fuzz.sh
+  afl-fuzz:afl++
 )
 # Files rather than commands.
 files=(
@@ -55,6 +57,8 @@ files=(
   /usr/share/OVMF/OVMF_VARS_4M.fd:ovmf
   # the e2e test copies this very file into the workload's container image
   /bin/busybox:busybox-static
+  # scripts/fuzz.sh links the fuzz targets against AFL++'s runtime
+  /usr/lib/afl/afl-compiler-rt.o:afl++
 )
 
 missing=0

@@ -30,6 +30,8 @@ packages=(
   busybox-static
   # update server tests
   postgresql
+  # fuzzing (scripts/fuzz.sh): afl-fuzz and AFL++'s compiler runtime
+  afl++
   # Rust: the linker (cc) with the C library to link against (libc6-dev is only a Recommends
   # of gcc), crates that build C; ca-certificates for cargo's HTTPS, curl for rustup
   gcc libc6-dev pkg-config ca-certificates curl

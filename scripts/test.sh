@@ -16,3 +16,6 @@ scripts/build-guest.sh
 # ../shared/corpus beside the checkout; WELLCAR_CORPUS names another directory holding omaha/ and
 # ignition/.
 cargo test --workspace
+# Fuzzing: every parser target 10 s under AFL++ (scripts/fuzz.sh: its own instrumented build in
+# target/afl); fails on any crash, which then becomes a regression test.
+scripts/fuzz.sh 10

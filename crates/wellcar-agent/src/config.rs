@@ -346,6 +346,14 @@ impl Config {
         Self::from_settings(&settings)
     }
 
+    /// Interprets the text of one file as [`Config::load`] does, `path` naming it in errors.
+    /// Reads no file itself (except a file a key names, such as a key file).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut settings = BTreeMap::new();
+        parse_lines(text, path, &mut settings)?;
+        Self::from_settings(&settings)
+    }
+
     fn from_settings(settings: &BTreeMap<String, Setting>) -> Result<Self, ConfigError> {
         let mut config = Config::default();
         let invalid = |key: &str, s: &Setting, reason: String| ConfigError::Invalid {

@@ -206,12 +206,13 @@ pub fn decode(block: &[u8]) -> Result<(BootState, u64), BlockError> {
 }
 
 /// What GRUB's `save_env <x>_tries` does to a block holding `slot`'s tries as one hex digit:
-/// the same block with that one digit replaced. `None` if the key is not found.
+/// the same block with that one digit replaced. `None` if the key is not found, or ends the
+/// block with no byte left for the digit.
 pub fn with_tries(block: &[u8; BLOCK_SIZE], slot: Slot, tries: u8) -> Option<[u8; BLOCK_SIZE]> {
     let key = format!("\n{}_tries=", slot.letter());
     let at = block.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
     let mut out = *block;
-    out[at] = format!("{:x}", tries.min(MAX_NIBBLE)).as_bytes()[0];
+    *out.get_mut(at)? = format!("{:x}", tries.min(MAX_NIBBLE)).as_bytes()[0];
     Some(out)
 }
 
@@ -263,6 +264,23 @@ fn line_error(bytes: &[u8]) -> BlockError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzzing finding (issue 20, target `grub-envblock`): a block whose last bytes are
+    /// `\na_tries=` made `with_tries` index one past the sector and panic; there is no digit to
+    /// replace, so it is `None`.
+    #[test]
+    fn with_tries_on_a_key_that_ends_the_block_is_none() {
+        for slot in Slot::ALL {
+            let key = format!("\n{}_tries=", slot.letter());
+            let mut block = [b'#'; BLOCK_SIZE];
+            block[BLOCK_SIZE - key.len()..].copy_from_slice(key.as_bytes());
+            assert_eq!(with_tries(&block, slot, 3), None);
+            // One byte earlier there is a digit slot, and it is written.
+            let mut block = [b'#'; BLOCK_SIZE];
+            block[BLOCK_SIZE - key.len() - 1..BLOCK_SIZE - 1].copy_from_slice(key.as_bytes());
+            assert_eq!(with_tries(&block, slot, 3).unwrap()[BLOCK_SIZE - 1], b'3');
+        }
+    }
 
     const H1: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -148,6 +148,8 @@ pub enum CmdlineError {
 pub const DEFAULT_REBOOT_DELAY: Duration = Duration::from_secs(60);
 /// Default time to wait for the boot disk to appear.
 pub const DEFAULT_DISK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default number of modules loading at the same time (`wellcar.init.module_workers`).
+pub const DEFAULT_MODULE_WORKERS: usize = 1;
 
 /// Splits a command line into `key` / `key=value` words, honouring double quotes.
 pub fn split(cmdline: &str) -> Vec<String> {
@@ -234,7 +236,7 @@ impl BootParams {
                     value: v.to_string(),
                     why: "expected a number from 1 to 64".into(),
                 })?,
-            None => crate::kmod::DEFAULT_WORKERS,
+            None => DEFAULT_MODULE_WORKERS,
         };
         let disk_timeout = match value("wellcar.init.disk_timeout") {
             Some(v) => seconds("wellcar.init.disk_timeout", v)?,

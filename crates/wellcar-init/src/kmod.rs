@@ -22,9 +22,6 @@ use std::time::{Duration, Instant};
 
 use wellcar_contract::module_list::{ListedModule as Listed, FIRST_BOOT_ONLY, SCSI_FALLBACK};
 
-/// Default number of modules loading at the same time (`wellcar.init.module_workers`).
-pub const DEFAULT_WORKERS: usize = 1;
-
 /// Which modules a [`load_all`] call loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {

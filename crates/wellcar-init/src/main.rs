@@ -16,7 +16,6 @@
 //! reboots after `wellcar.init.reboot_delay` seconds (default 60), so GRUB's tries counter
 //! can fall back to the other slot.
 
-mod cmdline;
 mod disk;
 mod firstboot;
 mod grow;
@@ -33,9 +32,9 @@ use std::time::Duration;
 use rustix::mount::MountFlags;
 use wellcar_contract::module_list;
 
-use cmdline::{BootParams, FirstBoot, UsrSource};
 use disk::Found;
 use log::Log;
+use wellcar_init::cmdline::{self, BootParams, FirstBoot, UsrSource};
 
 /// Where the new root is assembled.
 const SYSROOT: &str = "/sysroot";

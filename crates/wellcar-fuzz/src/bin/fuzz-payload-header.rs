@@ -1,0 +1,5 @@
+//! Fuzz target `payload-header`: see [`wellcar_fuzz::targets::payload`] and the crate docs for the two modes.
+
+fn main() -> std::process::ExitCode {
+    wellcar_fuzz::main(&wellcar_fuzz::targets::payload::HEADER)
+}
