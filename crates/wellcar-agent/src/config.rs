@@ -324,7 +324,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total += number * seconds_per;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| format!("{text:?}: too long"))
 }
 
 impl Config {
@@ -471,6 +471,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzzing finding (issue 20, target `update-conf`): a duration past `Duration::MAX`
+    /// (`18446744073709551616h`) panicked in `Duration::from_secs_f64` and took the agent down
+    /// at start; it is an error naming the key and value.
+    #[test]
+    fn a_duration_too_long_for_duration_is_an_error_not_a_panic() {
+        let err = parse_duration("18446744073709551616h").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        let err = Config::parse(
+            "WELLCAR_CHECK_INTERVAL=18446744073709551616h\n",
+            Path::new("/etc/wellcar/update.conf"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("WELLCAR_CHECK_INTERVAL"), "{err}");
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

@@ -107,16 +107,6 @@ mod tests {
         }
     }
 
-    /// Crashes found by fuzzing in code another change owns, reported with a reproducer and
-    /// tolerated here (by panic message) until that fix lands: `(target, message, reproducer)`.
-    /// Remove an entry when its fix is merged; everything else that panics fails the test.
-    const OPEN_FINDINGS: &[(&str, &str, &str)] = &[(
-        "update-conf",
-        "cannot convert float seconds to Duration",
-        "update-conf-duration-overflow-*: wellcar_agent::config::parse_duration calls \
-         Duration::from_secs_f64 on an unbounded sum (`WELLCAR_CHECK_INTERVAL=18446744073709551616h`)",
-    )];
-
     /// The replay mode every binary falls back to passes over each target's seeds and a few
     /// hundred mutants of them: what `cargo test` can do without AFL++.
     #[test]
@@ -129,16 +119,12 @@ mod tests {
                 target.name,
                 report.inputs
             );
-            let unexpected: Vec<_> = report
-                .panicked
-                .iter()
-                .filter(|p| {
-                    !OPEN_FINDINGS
-                        .iter()
-                        .any(|(t, message, _)| *t == target.name && p.message.contains(message))
-                })
-                .collect();
-            assert!(unexpected.is_empty(), "{}: {unexpected:#?}", target.name);
+            assert!(
+                report.panicked.is_empty(),
+                "{}: {:#?}",
+                target.name,
+                report.panicked
+            );
         }
     }
 }
