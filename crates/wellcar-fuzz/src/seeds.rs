@@ -191,7 +191,8 @@ mod tests {
         }
     }
 
-    /// The hand-written seeds are valid inputs too.
+    /// The hand-written seeds are valid inputs too; crash reproducers (`crash-*`) are kept as
+    /// seeds so every round replays them, and must be refused cleanly instead.
     #[test]
     fn hand_written_seeds_are_accepted_by_their_parsers() {
         let files = |name| crate::replay::collect_inputs(&[target(name).corpus_dir()]).unwrap();
@@ -202,8 +203,13 @@ mod tests {
         }
         for file in files("update-conf") {
             let text = std::fs::read_to_string(&file).unwrap();
-            wellcar_agent::Config::parse(&text, &file)
-                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let parsed = wellcar_agent::Config::parse(&text, &file);
+            let reproducer = file
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("crash-");
+            assert_eq!(parsed.is_ok(), !reproducer, "{}", file.display());
         }
     }
 }
