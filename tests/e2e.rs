@@ -145,6 +145,8 @@ impl Server {
         let mut settings =
             wellcar_server::Settings::new(&database, "127.0.0.1:0".parse().expect("address"));
         settings.payload_dir = dir.path().join("payloads");
+        // Guests reach the server only through the guestfwd address: download URLs name it.
+        settings.public_url = Some(format!("http://{GUEST_SERVER}"));
         settings.poll_interval_secs = poll_interval_secs;
         settings.flush_interval = Duration::from_millis(200);
         let running = rt
