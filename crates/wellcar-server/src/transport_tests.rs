@@ -213,25 +213,10 @@ struct TestPki {
 
 impl TestPki {
     fn new(dir: &Path) -> Self {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "wellcar test CA");
-        let ca =
-            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        let leaf = |name: &str| {
-            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, name);
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &ca).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
+        let ca = wellcar_test_support::pki::TestCa::new("wellcar test CA").unwrap();
+        let leaf = |name: &str| ca.issue(&["localhost"], name).unwrap();
         let pki = Self {
-            ca: ca.der().clone(),
+            ca: der_of(&ca.pem()),
             first: leaf("first"),
             second: leaf("second"),
             cert_file: dir.join("server.crt"),
