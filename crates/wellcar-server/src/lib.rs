@@ -7,16 +7,20 @@
 //! synchronously (see [`server`]). Events are written before they are acknowledged.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod db;
 pub mod metrics;
 pub mod model;
 pub mod omaha;
+pub mod payload_files;
 pub mod policy;
 pub mod server;
 pub mod store;
 
+#[cfg(test)]
+mod admin_security_tests;
 #[cfg(test)]
 mod http_tests;
 #[cfg(test)]

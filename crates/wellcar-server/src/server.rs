@@ -22,7 +22,6 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
-use tower_http::services::ServeDir;
 
 use crate::db::Db;
 use crate::metrics::Metrics;
@@ -70,6 +69,10 @@ pub struct Settings {
     pub instance_retention: Duration,
     /// Largest payload upload accepted.
     pub max_upload_bytes: u64,
+    /// A separate address serving only `/metrics`, without a token; when set, the main
+    /// listener does not serve `/metrics`. Unset: `/metrics` on the main listener, with a
+    /// `read` token.
+    pub metrics_listen: Option<SocketAddr>,
     /// Database connections.
     pub max_connections: usize,
     /// The clock.
@@ -106,6 +109,7 @@ impl Settings {
             activity_retention: 365 * DAY,
             instance_retention: 30 * DAY,
             max_upload_bytes: 8 << 30,
+            metrics_listen: None,
             max_connections: 8,
             clock: Arc::new(crate::now_ms),
         }
@@ -161,6 +165,8 @@ pub struct ServerState {
     pub settings: Settings,
     /// Metrics.
     pub metrics: Metrics,
+    /// Payload uploads in flight (one per app, version and arch).
+    pub uploads: crate::payload_files::UploadsInFlight,
     config: RwLock<Arc<ConfigSnapshot>>,
     seen: Mutex<HashMap<(String, String), SeenEntry>>,
     pending: Mutex<HashMap<(String, String), Sighting>>,
@@ -385,6 +391,7 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<Arc<ServerState>> 
     let state = Arc::new(ServerState {
         db,
         metrics: Metrics::default(),
+        uploads: Default::default(),
         config: RwLock::new(Arc::new(ConfigSnapshot::default())),
         seen: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
@@ -408,9 +415,12 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/omaha/v1/update", omaha.clone())
         .route("/omaha/v1/update/", omaha)
         .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(crate::metrics::handle))
-        .nest_service("/packages", ServeDir::new(&state.settings.payload_dir))
-        .merge(crate::admin::routes(state.clone()))
+        .merge(crate::metrics::routes(&state.settings))
+        .route(
+            "/packages/{app}/{arch}/{version}/{filename}",
+            get(crate::payload_files::serve),
+        )
+        .merge(crate::admin::routes())
         .with_state(state)
 }
 
@@ -446,6 +456,8 @@ where
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the separate metrics listener listens (`Settings::metrics_listen`), if any.
+    pub metrics_addr: Option<SocketAddr>,
     /// Its state (tests inspect it).
     pub state: Arc<ServerState>,
     stop: watch::Sender<bool>,
@@ -500,7 +512,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
     let s = &state.settings;
-    let tickers = vec![
+    let mut tickers = vec![
         spawn_ticker(
             &state,
             s.flush_interval,
@@ -530,6 +542,13 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
             |st| async move { st.prune().await.map(|_| ()) },
         ),
     ];
+    let metrics_addr = match crate::metrics::spawn_listener(&state, stop_rx.clone()).await? {
+        Some((addr, handle)) => {
+            tickers.push(handle);
+            Some(addr)
+        }
+        None => None,
+    };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let mut stop_serving = stop_rx;
     let handle = tokio::spawn(async move {
@@ -545,6 +564,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<RunningServer> {
     tracing::info!(%addr, "wellcar server listening");
     Ok(RunningServer {
         addr,
+        metrics_addr,
         state,
         stop,
         handle,

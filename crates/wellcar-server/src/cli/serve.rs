@@ -48,6 +48,10 @@ pub struct ServeOpts {
     /// Look for timed-out updates this often (seconds).
     #[arg(long, default_value_t = 10)]
     pub sweep_interval: u64,
+    /// Serve /metrics only on this separate address, without a token (default: on --listen,
+    /// with a read-scoped token).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs `wellcar server serve` until the server stops; reports [`Note::Listening`] once it
@@ -63,6 +67,7 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
     s.instance_retention = Duration::from_secs(o.instance_retention_days * 86_400);
     s.activity_retention = Duration::from_secs(o.activity_retention_days * 86_400);
     s.sweep_interval = Duration::from_secs(o.sweep_interval.max(1));
+    s.metrics_listen = o.metrics_listen;
     let server = crate::spawn(s).await?;
     on_note(Note::Listening { url: server.url() });
     server.run_until_signal().await

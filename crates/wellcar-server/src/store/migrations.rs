@@ -68,6 +68,13 @@ const MIGRATIONS: &[&str] = &[
     // 3: keep the grant transaction's lookups off full scans of a large fleet.
     "CREATE INDEX instances_group_status_version ON instances (group_id, status, version);
      CREATE INDEX instances_group_granted_version ON instances (group_id, granted_version);",
+    // 4: token scopes, expiry, revocation and last use. Old admin tokens stay admin, old
+    // read-only tokens become read.
+    "ALTER TABLE api_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
+     UPDATE api_tokens SET scope = 'read' WHERE role <> 'admin';
+     ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT;
+     ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT;
+     ALTER TABLE api_tokens ADD COLUMN last_used_at BIGINT;",
 ];
 
 /// Runs pending migrations and seeds an empty database. Safe to run from several processes.
