@@ -58,9 +58,12 @@ struct UploadSlot<'a> {
 impl UploadsInFlight {
     /// Takes the slot of `key`, or `None` if an upload of it is in flight.
     fn reserve(&self, key: (String, String, String)) -> Option<UploadSlot<'_>> {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        set.insert(key.clone())
-            .then_some(UploadSlot { uploads: self, key })
+        let inserted = {
+            let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            set.insert(key.clone())
+        };
+        // Built only when taken: dropping a slot frees its key.
+        inserted.then(|| UploadSlot { uploads: self, key })
     }
 }
 
