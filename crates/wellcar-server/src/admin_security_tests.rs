@@ -204,13 +204,9 @@ async fn expired_token_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_is_refused_and_listings_hold_no_secrets() {
     let s = Setup::start(|_| {}).await;
-    let created: store::CreatedToken = s
+    let created = s
         .admin
-        .call(
-            Method::POST,
-            "/api/v1/tokens",
-            &json!({"name": "laptop", "scope": "publish", "expires_in_secs": 3600}),
-        )
+        .create_token("laptop", Scope::Publish, Some(Duration::from_secs(3600)))
         .await
         .unwrap();
     assert_eq!(created.token.scope, Scope::Publish);
@@ -226,13 +222,10 @@ async fn revoked_token_is_refused_and_listings_hold_no_secrets() {
     assert_eq!(listed.id, created.token.id);
     assert!(listed.last_used_at.is_some(), "{listed:?}");
 
-    s.admin
-        .delete(&format!("/api/v1/tokens/{}", created.token.id))
-        .await
-        .unwrap();
+    s.admin.revoke_token(&created.token.id).await.unwrap();
     let (status, _) = laptop.get_text("/api/v1/apps").await.unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let tokens: Vec<store::ApiToken> = s.admin.get("/api/v1/tokens").await.unwrap();
+    let tokens = s.admin.list_tokens().await.unwrap();
     let listed = tokens.iter().find(|t| t.name == "laptop").unwrap();
     assert!(listed.revoked_at.is_some(), "{listed:?}");
     s.stop().await;

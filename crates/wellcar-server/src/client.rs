@@ -303,6 +303,31 @@ impl ApiClient {
             .await
     }
 
+    /// Creates an API token (`POST /api/v1/tokens`, admin scope); the answer holds its secret.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        scope: crate::store::Scope,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<crate::store::CreatedToken, ClientError> {
+        let body = crate::admin::NewTokenBody {
+            name: name.to_owned(),
+            scope,
+            expires_in_secs: expires_in.map(|d| d.as_secs()),
+        };
+        self.call(Method::POST, "/api/v1/tokens", &body).await
+    }
+
+    /// Lists API tokens (`GET /api/v1/tokens`, admin scope); never their secrets.
+    pub async fn list_tokens(&self) -> Result<Vec<crate::store::ApiToken>, ClientError> {
+        self.get("/api/v1/tokens").await
+    }
+
+    /// Revokes the API token with id (or name) `id` (`DELETE /api/v1/tokens/{id}`).
+    pub async fn revoke_token(&self, id: &str) -> Result<StatusCode, ClientError> {
+        self.delete(&format!("/api/v1/tokens/{id}")).await
+    }
+
     /// POSTs an Omaha request to `/v1/update/`; returns status and body text.
     pub async fn omaha(&self, xml: &str) -> Result<(StatusCode, String), ClientError> {
         let (status, bytes) = self
