@@ -1,27 +1,32 @@
 //! The admin JSON API under `/api/v1`, described by `/api/v1/openapi.json`.
 //!
-//! Contract: every route but the OpenAPI document needs `Authorization: Bearer <token>`
-//! (401 without a known token). `GET`s accept read-only and admin tokens; everything else needs
-//! an admin token (403 otherwise). Errors are `{"error": "…"}` with 400 (bad value), 404, 409
-//! (exists) or 500. Changes are written to the activity log under the token's name.
+//! Contract:
+//! - Every route but the OpenAPI document needs `Authorization: Bearer <token>` ([`crate::auth`]):
+//!   401 without a valid (known, unexpired, unrevoked) token, 403 when the token's scope is too
+//!   small. The token is checked before the body is read or parsed.
+//! - Scopes: `GET`s need `read`; creating and uploading packages, publishing to a channel and
+//!   floors need `publish`; everything else (apps, channels, groups, retention, tokens) needs
+//!   `admin`. A higher scope includes the lower ones.
+//! - Tokens: `GET /api/v1/tokens` lists them (ids, names, scopes, expiry, revocation, last use;
+//!   never secrets), `POST /api/v1/tokens` `{"name", "scope", "expires_in_secs"?}` creates one
+//!   and answers its secret once, `DELETE /api/v1/tokens/{id}` revokes one (by id or name).
+//! - Errors are `{"error": "…"}` with 400 (bad value), 401, 403, 404, 409 (exists), 413 (upload
+//!   too large) or 500. Changes are written to the activity log under the token's name.
+//! - Uploads (`PUT …/packages/{arch}/{version}/{filename}`) follow [`crate::payload_files`].
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use base64::Engine as _;
-use http_body_util::BodyExt as _;
 use serde::Deserialize;
-use sha2::Digest as _;
-use tokio::io::AsyncWriteExt as _;
 
+use crate::auth::{Authorized, NeedsAdmin, NeedsPublish, NeedsRead};
 use crate::model::{App, GroupPatch, Policy};
 use crate::server::ServerState;
-use crate::store::{self, InstanceFilter, NewPackage, Role};
+use crate::store::{self, InstanceFilter, NewPackage};
 use crate::StoreError;
 
 /// The OpenAPI 3 description of this API.
@@ -31,9 +36,25 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
+impl ApiError {
+    /// A failure with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError(status, message.into())
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let body = Json(serde_json::json!({ "error": self.1 }));
+        if self.0 == StatusCode::UNAUTHORIZED {
+            return (self.0, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+        }
+        (self.0, body).into_response()
     }
 }
 
@@ -58,39 +79,8 @@ impl From<StoreError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Checks the bearer token; returns the token's name (the actor for the activity log).
-async fn authorize(
-    state: &Arc<ServerState>,
-    headers: &HeaderMap,
-    need_admin: bool,
-) -> ApiResult<String> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "missing bearer token".into()))?
-        .to_owned();
-    let found = state
-        .db
-        .read(move |conn| store::check_token(conn, &token))
-        .await?;
-    match found {
-        None => Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "unknown api token".into(),
-        )),
-        Some((name, Role::ReadOnly)) if need_admin => Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!("token {name:?} is read-only; this needs an admin token"),
-        )),
-        Some((name, _)) => Ok(name),
-    }
-}
-
 /// Routes of the admin API.
-pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
-    let upload_limit = usize::try_from(state.settings.max_upload_bytes).unwrap_or(usize::MAX);
+pub fn routes() -> Router<Arc<ServerState>> {
     Router::new()
         .route(
             "/api/v1/openapi.json",
@@ -132,7 +122,7 @@ pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
         )
         .route(
             "/api/v1/apps/{app}/packages/{arch}/{version}/{filename}",
-            put(upload_package).layer(DefaultBodyLimit::max(upload_limit)),
+            put(crate::payload_files::upload),
         )
         .route("/api/v1/apps/{app}/instances", get(list_instances))
         .route(
@@ -141,6 +131,8 @@ pub fn routes(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
         )
         .route("/api/v1/activity", get(list_activity))
         .route("/api/v1/retention/prune", post(prune))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
 }
 
 async fn after_change(state: &Arc<ServerState>) -> ApiResult<()> {
@@ -150,18 +142,17 @@ async fn after_change(state: &Arc<ServerState>) -> ApiResult<()> {
 
 async fn list_apps(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsRead>,
 ) -> ApiResult<Json<Vec<App>>> {
-    authorize(&state, &headers, false).await?;
     Ok(Json(state.db.read(store::list_apps).await?))
 }
 
 async fn create_app(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsAdmin>,
     Json(app): Json<App>,
 ) -> ApiResult<(StatusCode, Json<App>)> {
-    let actor = authorize(&state, &headers, true).await?;
+    let actor = auth.actor();
     let now = state.now();
     let created = state
         .db
@@ -188,10 +179,9 @@ async fn create_app(
 
 async fn list_channels(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsRead>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<crate::model::Channel>>> {
-    authorize(&state, &headers, false).await?;
     Ok(Json(
         state
             .db
@@ -213,11 +203,11 @@ fn default_arch() -> String {
 
 async fn create_channel(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsAdmin>,
     Path(app): Path<String>,
     Json(body): Json<NewChannel>,
 ) -> ApiResult<(StatusCode, Json<crate::model::Channel>)> {
-    let actor = authorize(&state, &headers, true).await?;
+    let actor = auth.actor();
     let now = state.now();
     let ch = state
         .db
@@ -251,11 +241,11 @@ struct PublishBody {
 
 async fn publish(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsPublish>,
     Path((app, channel)): Path<(String, String)>,
     Json(body): Json<PublishBody>,
 ) -> ApiResult<Json<crate::model::Channel>> {
-    let actor = authorize(&state, &headers, true).await?;
+    let actor = auth.actor();
     let now = state.now();
     let ch = state
         .db
@@ -282,11 +272,11 @@ struct FloorBody {
 
 async fn add_floor(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsPublish>,
     Path((app, channel)): Path<(String, String)>,
     Json(body): Json<FloorBody>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let actor = authorize(&state, &headers, true).await?;
+    let actor = auth.actor();
     let now = state.now();
     let reply = serde_json::json!({
         "channel": channel, "version": body.version, "arch": body.arch, "reason": body.reason
@@ -309,10 +299,10 @@ async fn add_floor(
 
 async fn remove_floor(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsPublish>,
     Path((app, channel, arch, version)): Path<(String, String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    let actor = authorize(&state, &headers, true).await?;
+    let actor = auth.actor();
     let now = state.now();
     state
         .db
@@ -331,10 +321,9 @@ async fn remove_floor(
 
 async fn list_groups(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsRead>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<crate::model::Group>>> {
-    authorize(&state, &headers, false).await?;
     Ok(Json(
         state.db.read(move |c| store::list_groups(c, &app)).await?,
     ))
@@ -360,11 +349,11 @@ pub struct NewGroup {
 
 async fn create_group(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsAdmin>,
     Path(app): Path<String>,
     Json(body): Json<NewGroup>,
 ) -> ApiResult<(StatusCode, Json<crate::model::Group>)> {
-    let actor = authorize(&state, &headers, true).await?;
+    let actor = auth.actor();
     let now = state.now();
     let group = state
         .db
@@ -403,10 +392,9 @@ async fn create_group(
 
 async fn get_group(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsRead>,
     Path((app, track)): Path<(String, String)>,
 ) -> ApiResult<Json<crate::model::Group>> {
-    authorize(&state, &headers, false).await?;
     let g = state
         .db
         .read(move |c| {
@@ -419,12 +407,11 @@ async fn get_group(
 
 async fn change_group(
     state: &Arc<ServerState>,
-    headers: &HeaderMap,
+    actor: String,
     app: String,
     track: String,
     patch: GroupPatch,
 ) -> ApiResult<Json<crate::model::Group>> {
-    let actor = authorize(state, headers, true).await?;
     let now = state.now();
     let g = state
         .db
@@ -436,43 +423,42 @@ async fn change_group(
 
 async fn patch_group(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsAdmin>,
     Path((app, track)): Path<(String, String)>,
     Json(patch): Json<GroupPatch>,
 ) -> ApiResult<Json<crate::model::Group>> {
-    change_group(&state, &headers, app, track, patch).await
+    change_group(&state, auth.actor(), app, track, patch).await
 }
 
 async fn pause_group(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsAdmin>,
     Path((app, track)): Path<(String, String)>,
 ) -> ApiResult<Json<crate::model::Group>> {
     let patch = GroupPatch {
         updates_enabled: Some(false),
         ..GroupPatch::default()
     };
-    change_group(&state, &headers, app, track, patch).await
+    change_group(&state, auth.actor(), app, track, patch).await
 }
 
 async fn resume_group(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsAdmin>,
     Path((app, track)): Path<(String, String)>,
 ) -> ApiResult<Json<crate::model::Group>> {
     let patch = GroupPatch {
         updates_enabled: Some(true),
         ..GroupPatch::default()
     };
-    change_group(&state, &headers, app, track, patch).await
+    change_group(&state, auth.actor(), app, track, patch).await
 }
 
 async fn list_packages(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsRead>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<crate::model::Package>>> {
-    authorize(&state, &headers, false).await?;
     Ok(Json(
         state
             .db
@@ -483,11 +469,11 @@ async fn list_packages(
 
 async fn create_package(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    auth: Authorized<NeedsPublish>,
     Path(app): Path<String>,
     Json(body): Json<NewPackage>,
 ) -> ApiResult<(StatusCode, Json<crate::model::Package>)> {
-    let actor = authorize(&state, &headers, true).await?;
+    let actor = auth.actor();
     if body.url.is_empty() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -502,140 +488,12 @@ async fn create_package(
     Ok((StatusCode::CREATED, Json(p)))
 }
 
-/// Streams an upload to `dir/filename` via a temporary file: hash while writing, fsync, rename,
-/// fsync the directory. Returns (size, sha256, sha1).
-async fn store_payload(
-    dir: &std::path::Path,
-    filename: &str,
-    body: Body,
-) -> Result<(i64, [u8; 32], [u8; 20]), ApiError> {
-    let io_err = |what: &str, e: std::io::Error| {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
-    };
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| io_err(&format!("creating {}", dir.display()), e))?;
-    let tmp = dir.join(format!(
-        ".{filename}.{}.part",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let result = async {
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| io_err(&format!("creating {}", tmp.display()), e))?;
-        let mut sha256 = sha2::Sha256::new();
-        let mut sha1 = sha1::Sha1::new();
-        let mut size: i64 = 0;
-        let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("reading upload: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                sha256.update(&data);
-                sha1.update(&data);
-                size += data.len() as i64;
-                file.write_all(&data)
-                    .await
-                    .map_err(|e| io_err(&format!("writing {}", tmp.display()), e))?;
-            }
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| io_err(&format!("syncing {}", tmp.display()), e))?;
-        Ok::<_, ApiError>((size, sha256.finalize().into(), sha1.finalize().into()))
-    }
-    .await;
-    let (size, sha256, sha1) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-    };
-    let dest = dir.join(filename);
-    tokio::fs::rename(&tmp, &dest)
-        .await
-        .map_err(|e| io_err(&format!("renaming to {}", dest.display()), e))?;
-    let dir_owned = dir.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir_owned).and_then(|d| d.sync_all()))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| io_err(&format!("syncing {}", dir.display()), e))?;
-    Ok((size, sha256, sha1))
-}
-
-async fn upload_package(
-    State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    Path((app, arch, version, filename)): Path<(String, String, String, String)>,
-    body: Body,
-) -> ApiResult<(StatusCode, Json<crate::model::Package>)> {
-    let actor = authorize(&state, &headers, true).await?;
-    let app_id = wellcar_omaha::normalize_app_id(&app);
-    for (what, v) in [
-        ("arch", &arch),
-        ("version", &version),
-        ("filename", &filename),
-    ] {
-        if v.is_empty() || v.contains('/') || v.contains('\\') || v.starts_with('.') {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("{what} {v:?} is not a plain path segment"),
-            ));
-        }
-    }
-    // An unpublishable version is refused before the body is read, like a duplicate.
-    store::validate_package_version(&version)?;
-    // Reject duplicates before accepting gigabytes.
-    {
-        let (a, v, ar) = (app_id.clone(), version.clone(), arch.clone());
-        let exists = state
-            .db
-            .read(move |c| {
-                store::require_app(c, &a)?;
-                Ok(store::list_packages(c, &a)?
-                    .into_iter()
-                    .any(|p| p.version == v && p.arch == ar))
-            })
-            .await?;
-        if exists {
-            return Err(ApiError(
-                StatusCode::CONFLICT,
-                format!("package {version} ({arch}) already exists in app {app_id}"),
-            ));
-        }
-    }
-    let dir = state
-        .settings
-        .payload_dir
-        .join(&app_id)
-        .join(&arch)
-        .join(&version);
-    let (size, sha256, sha1) = store_payload(&dir, &filename, body).await?;
-    let new = NewPackage {
-        version,
-        arch,
-        filename,
-        url: String::new(),
-        size,
-        sha256_hex: hex::encode(sha256),
-        sha1_base64: base64::engine::general_purpose::STANDARD.encode(sha1),
-    };
-    let now = state.now();
-    let p = state
-        .db
-        .write(move |c| store::create_package(c, &app_id, &new, &actor, now))
-        .await?;
-    Ok((StatusCode::CREATED, Json(p)))
-}
-
 async fn list_instances(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsRead>,
     Path(app): Path<String>,
     Query(filter): Query<InstanceFilter>,
 ) -> ApiResult<Json<Vec<crate::model::Instance>>> {
-    authorize(&state, &headers, false).await?;
     // Make the listing include sightings still queued in memory.
     state.flush_sightings().await?;
     Ok(Json(
@@ -653,11 +511,10 @@ struct EventsQuery {
 
 async fn list_instance_events(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsRead>,
     Path((app, machine)): Path<(String, String)>,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<Vec<crate::model::InstanceEvent>>> {
-    authorize(&state, &headers, false).await?;
     Ok(Json(
         state
             .db
@@ -674,10 +531,9 @@ struct ActivityQuery {
 
 async fn list_activity(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsRead>,
     Query(q): Query<ActivityQuery>,
 ) -> ApiResult<Json<Vec<crate::model::Activity>>> {
-    authorize(&state, &headers, false).await?;
     Ok(Json(
         state
             .db
@@ -688,8 +544,80 @@ async fn list_activity(
 
 async fn prune(
     State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
+    _auth: Authorized<NeedsAdmin>,
 ) -> ApiResult<Json<store::Pruned>> {
-    authorize(&state, &headers, true).await?;
     Ok(Json(state.prune().await?))
+}
+
+async fn list_tokens(
+    State(state): State<Arc<ServerState>>,
+    _auth: Authorized<NeedsAdmin>,
+) -> ApiResult<Json<Vec<store::ApiToken>>> {
+    Ok(Json(state.db.read(store::list_tokens).await?))
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct NewTokenBody {
+    /// Unique name.
+    pub name: String,
+    /// `read`, `publish` or `admin`.
+    pub scope: store::Scope,
+    /// Lifetime in seconds from now; absent: never expires.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+}
+
+async fn create_token(
+    State(state): State<Arc<ServerState>>,
+    auth: Authorized<NeedsAdmin>,
+    Json(body): Json<NewTokenBody>,
+) -> ApiResult<(StatusCode, Json<store::CreatedToken>)> {
+    let actor = auth.actor();
+    let now = state.now();
+    let expires_at = match body.expires_in_secs {
+        None => None,
+        Some(secs) => Some(expiry_after(now, secs).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("expires_in_secs {secs} is out of range"),
+            )
+        })?),
+    };
+    let created = state
+        .db
+        .write(move |c| {
+            let new = store::NewToken {
+                name: &body.name,
+                scope: body.scope,
+                expires_at,
+                actor: &actor,
+            };
+            store::create_scoped_token(c, &new, now)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `now` (unix ms) plus `secs`, if that fits.
+pub fn expiry_after(now: i64, secs: u64) -> Option<i64> {
+    i64::try_from(secs)
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(now)
+        .filter(|_| secs > 0)
+}
+
+async fn revoke_token(
+    State(state): State<Arc<ServerState>>,
+    auth: Authorized<NeedsAdmin>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<store::ApiToken>> {
+    let actor = auth.actor();
+    let now = state.now();
+    let revoked = state
+        .db
+        .write(move |c| store::revoke_token(c, &id, &actor, now))
+        .await?;
+    Ok(Json(revoked))
 }

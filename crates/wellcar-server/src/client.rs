@@ -90,9 +90,18 @@ pub fn app_path(app: &str) -> String {
 }
 
 /// A request body.
-enum Body {
+pub enum Body {
+    /// These bytes.
     Bytes(Vec<u8>),
-    File { path: PathBuf, progress: OnUpload },
+    /// A local file (with its length), reporting progress as it is sent.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Receives progress.
+        progress: OnUpload,
+    },
+    /// Whatever the reader yields, sent chunked (tests: a body that stalls).
+    Reader(Box<dyn Read + Send + 'static>),
 }
 
 /// A reader that reports how much of a file was read.
@@ -166,7 +175,22 @@ impl ApiClient {
     }
 
     /// Sends a request and returns status and body, without judging the status.
-    async fn send(
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Body,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| ("content-type", ct))
+            .into_iter()
+            .collect();
+        self.send_with(method, path, &headers, body).await
+    }
+
+    /// [`ApiClient::send`] with these headers.
+    async fn send_with(
         &self,
         method: Method,
         path: &str,
@@ -217,6 +241,10 @@ impl ApiClient {
                     let body = ureq::SendBody::from_owned_reader(reader);
                     http.run(hyper::Request::from_parts(parts, body))
                 }
+                Body::Reader(reader) => {
+                    let body = ureq::SendBody::from_owned_reader(reader);
+                    http.run(hyper::Request::from_parts(parts, body))
+                }
             }
             .map_err(&http_err)?;
             let status = response.status();
@@ -244,7 +272,7 @@ impl ApiClient {
         headers: &[(&str, &str)],
         body: Body,
     ) -> Result<T, ClientError> {
-        let (status, bytes) = self.send(method.clone(), path, headers, body).await?;
+        let (status, bytes) = self.send_with(method.clone(), path, headers, body).await?;
         let url = format!("{}{path}", self.base);
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
@@ -271,7 +299,7 @@ impl ApiClient {
     /// `DELETE path`; returns the status (an error status is an error).
     pub async fn delete(&self, path: &str) -> Result<StatusCode, ClientError> {
         let (status, bytes) = self
-            .send(Method::DELETE, path, &[], Body::Bytes(Vec::new()))
+            .send(Method::DELETE, path, None, Body::Bytes(Vec::new()))
             .await?;
         if !status.is_success() {
             return Err(ClientError::Status {
@@ -355,19 +383,43 @@ impl ApiClient {
         self.json_call(Method::PUT, path, &octets, body).await
     }
 
+    /// Creates an API token (`POST /api/v1/tokens`, admin scope); the answer holds its secret.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        scope: crate::store::Scope,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<crate::store::CreatedToken, ClientError> {
+        let body = crate::admin::NewTokenBody {
+            name: name.to_owned(),
+            scope,
+            expires_in_secs: expires_in.map(|d| d.as_secs()),
+        };
+        self.call(Method::POST, "/api/v1/tokens", &body).await
+    }
+
+    /// Lists API tokens (`GET /api/v1/tokens`, admin scope); never their secrets.
+    pub async fn list_tokens(&self) -> Result<Vec<crate::store::ApiToken>, ClientError> {
+        self.get("/api/v1/tokens").await
+    }
+
+    /// Revokes the API token with id (or name) `id` (`DELETE /api/v1/tokens/{id}`).
+    pub async fn revoke_token(&self, id: &str) -> Result<StatusCode, ClientError> {
+        self.delete(&format!("/api/v1/tokens/{id}")).await
+    }
+
     /// POSTs an Omaha request to `/v1/update/`; returns status and body text.
     pub async fn omaha(&self, xml: &str) -> Result<(StatusCode, String), ClientError> {
-        let xml_type = [("content-type", "text/xml")];
         let body = Body::Bytes(xml.as_bytes().to_vec());
         let (status, bytes) = self
-            .send(Method::POST, "/v1/update/", &xml_type, body)
+            .send(Method::POST, "/v1/update/", Some("text/xml"), body)
             .await?;
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// `GET path` as text (metrics, payloads), with an optional `Range` header.
     pub async fn get_text(&self, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
-        self.send(Method::GET, path, &[], Body::Bytes(Vec::new()))
+        self.send(Method::GET, path, None, Body::Bytes(Vec::new()))
             .await
     }
 
@@ -378,7 +430,7 @@ impl ApiClient {
         range: &str,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let range = [("range", range)];
-        self.send(Method::GET, path, &range, Body::Bytes(Vec::new()))
+        self.send_with(Method::GET, path, &range, Body::Bytes(Vec::new()))
             .await
     }
 }

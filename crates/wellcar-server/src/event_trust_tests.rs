@@ -232,8 +232,22 @@ impl Fleet {
             .unwrap()
     }
 
+    /// One sample of `/metrics`, read with a read-scoped token.
     async fn metric(&self, sample: &str) -> f64 {
-        let a = http(self.server().addr, "GET", "/metrics", &[], "").await;
+        let now = self.server().state.now();
+        let token = self
+            .server()
+            .state
+            .db
+            .write(move |c| {
+                let name = format!("metrics-{}", uuid::Uuid::now_v7());
+                store::create_token(c, &name, store::Scope::Read, now)
+            })
+            .await
+            .unwrap();
+        let bearer = format!("Bearer {token}");
+        let auth = [("authorization", bearer.as_str())];
+        let a = http(self.server().addr, "GET", "/metrics", &auth, "").await;
         a.body
             .lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())

@@ -305,14 +305,14 @@ async fn fresh_server_seeds_and_answers(backend: Backend) {
         }
     );
     h.state().flush_sightings().await.unwrap();
-    let metrics = h.omaha.get_text("/metrics").await.unwrap().1;
+    let metrics = h.api.get_text("/metrics").await.unwrap().1;
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     assert_eq!(
         crate::metrics::sample(&metrics, "wellcar_server_update_checks_total"),
         Some(1.0)
     );
     let gauge = format!(
-        "wellcar_server_instances{{app=\"{WELLCAR_APP_ID}\",version=\"1.0.0\",group=\"stable\",status=\"undefined\"}}"
+        "wellcar_server_instances{{app=\"{WELLCAR_APP_ID}\",version=\"other\",group=\"stable\",status=\"undefined\"}}"
     );
     assert_eq!(
         crate::metrics::sample(&metrics, &gauge),
@@ -877,7 +877,7 @@ async fn admin_tokens_and_flatcar_app(backend: Backend) {
     assert!(err.to_string().contains("401"), "{err}");
     let now = h.clock.load(Ordering::SeqCst);
     let ro_token =
-        crate::test_server::token(h.server.as_ref().unwrap(), "viewer", Role::ReadOnly, now).await;
+        crate::test_server::token(h.server.as_ref().unwrap(), "viewer", Role::Read, now).await;
     let viewer = ApiClient::new(h.api.base(), Some(&ro_token));
     let apps: Vec<crate::model::App> = viewer.get("/api/v1/apps").await.unwrap();
     assert_eq!(apps[0].id, WELLCAR_APP_ID);
@@ -890,7 +890,7 @@ async fn admin_tokens_and_flatcar_app(backend: Backend) {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("403") && err.to_string().contains("read-only"),
+        err.to_string().contains("403") && err.to_string().contains("has scope read"),
         "{err}"
     );
     let created: crate::model::App = h

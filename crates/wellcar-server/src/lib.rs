@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod db;
@@ -17,6 +18,7 @@ pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod omaha;
+pub mod payload_files;
 pub mod peer;
 pub mod policy;
 pub mod rate_limit;
@@ -25,6 +27,8 @@ pub mod server;
 pub mod store;
 pub mod tls;
 
+#[cfg(test)]
+mod admin_security_tests;
 #[cfg(test)]
 mod event_trust_tests;
 #[cfg(test)]

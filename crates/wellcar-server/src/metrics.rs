@@ -1,14 +1,33 @@
 //! Prometheus metrics: counters kept in atomics, instance gauges read from the database at scrape.
+//!
+//! Contract:
+//! - `GET /metrics` on the main listener needs a `read`-scoped bearer token (401/403 otherwise,
+//!   like the admin API). With `--metrics-listen ADDR` ([`crate::Settings::metrics_listen`]) it
+//!   is served only there, without a token (bind that address to a private network), and the
+//!   main listener answers 404.
+//! - Label values are bounded and never raw client strings: `app` is a configured app id,
+//!   `version` a version that has a package in that app, `group` a configured track and
+//!   `status` one of the server's statuses; anything else is reported as `other` (summed).
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch;
 
-use crate::server::ServerState;
+use crate::auth::{Authorized, NeedsRead};
+use crate::server::{ServerState, Settings};
+use crate::store::InstanceCount;
+
+/// The label value standing for every value that may not be a label.
+pub const OTHER_LABEL: &str = "other";
 
 const LATENCY_BUCKETS_MS: [f64; 11] = [
     0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
@@ -91,7 +110,103 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// `GET /metrics`.
+/// The main listener's `/metrics` route: with a `read` token, unless a separate metrics
+/// listener is configured (then none).
+pub fn routes(settings: &Settings) -> Router<Arc<ServerState>> {
+    if settings.metrics_listen.is_some() {
+        return Router::new();
+    }
+    Router::new().route("/metrics", get(handle_authorized))
+}
+
+/// `GET /metrics` on the main listener: needs a `read` token.
+pub async fn handle_authorized(
+    state: State<Arc<ServerState>>,
+    _auth: Authorized<NeedsRead>,
+) -> impl IntoResponse {
+    handle(state).await
+}
+
+/// Binds [`Settings::metrics_listen`], if set, and serves `/metrics` there without a token
+/// until `stop` changes. Returns the bound address and the serving task.
+pub async fn spawn_listener(
+    state: &Arc<ServerState>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>> {
+    use anyhow::Context as _;
+    let Some(listen) = state.settings.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening for metrics on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(handle))
+        .with_state(state.clone());
+    let handle = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("metrics listener failed: {e}");
+        }
+    });
+    tracing::info!(%addr, "wellcar server metrics listening");
+    Ok(Some((addr, handle)))
+}
+
+/// Instance counts with every label bounded: app ids not in `apps`, versions without a package
+/// in their app (`versions`), tracks not in `tracks` and unknown statuses become
+/// [`OTHER_LABEL`], and rows that then share labels are summed.
+pub fn bounded_instance_labels(
+    rows: Vec<InstanceCount>,
+    apps: &HashSet<String>,
+    versions: &HashSet<(String, String)>,
+    tracks: &HashSet<(String, String)>,
+) -> BTreeMap<(String, String, String, String), i64> {
+    use crate::model::status;
+    const STATUSES: [&str; 8] = [
+        status::UNDEFINED,
+        status::GRANTED,
+        status::DOWNLOADING,
+        status::DOWNLOADED,
+        status::INSTALLED,
+        status::COMPLETE,
+        status::ERROR,
+        status::TIMEOUT,
+    ];
+    let mut out = BTreeMap::new();
+    for (app, version, group, status, n) in rows {
+        let known_app = apps.contains(&app);
+        let version = if known_app && versions.contains(&(app.clone(), version.clone())) {
+            version
+        } else {
+            OTHER_LABEL.to_owned()
+        };
+        let group = if group.is_empty() || tracks.contains(&(app.clone(), group.clone())) {
+            group
+        } else {
+            OTHER_LABEL.to_owned()
+        };
+        let status = if STATUSES.contains(&status.as_str()) {
+            status
+        } else {
+            OTHER_LABEL.to_owned()
+        };
+        let app = if known_app {
+            app
+        } else {
+            OTHER_LABEL.to_owned()
+        };
+        *out.entry((app, version, group, status)).or_insert(0) += n;
+    }
+    out
+}
+
+/// Renders the metrics (no authentication: callers decide who may see them).
 pub async fn handle(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
     let m = &state.metrics;
     let mut out = String::new();
@@ -191,14 +306,27 @@ pub async fn handle(State(state): State<Arc<ServerState>>) -> impl IntoResponse 
         "{name}_sum {}\n{name}_count {count}",
         m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
     );
-    match state.db.read(crate::store::instance_breakdown).await {
-        Ok(rows) => {
+    let breakdown = state
+        .db
+        .read(|c| {
+            let rows = crate::store::instance_breakdown(c)?;
+            let versions = crate::store::published_versions(c)?;
+            Ok((rows, versions))
+        })
+        .await;
+    let config = state.config();
+    let apps: HashSet<String> = config.apps.keys().cloned().collect();
+    let tracks: HashSet<(String, String)> = config.groups.keys().cloned().collect();
+    match breakdown {
+        Ok((rows, versions)) => {
+            let versions: HashSet<(String, String)> = versions.into_iter().collect();
+            let rows = bounded_instance_labels(rows, &apps, &versions, &tracks);
             let name = "wellcar_server_instances";
             let _ = writeln!(
                 out,
                 "# HELP {name} Instances by app, version, group and status.\n# TYPE {name} gauge"
             );
-            for (app, version, group, status, n) in rows {
+            for ((app, version, group, status), n) in rows {
                 let _ = writeln!(
                     out,
                     "{name}{{app=\"{}\",version=\"{}\",group=\"{}\",status=\"{}\"}} {n}",

@@ -26,7 +26,6 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
-use tower_http::services::ServeDir;
 
 use crate::db::Db;
 use crate::metrics::Metrics;
@@ -81,6 +80,10 @@ pub struct Settings {
     pub instance_retention: Duration,
     /// Largest payload upload accepted.
     pub max_upload_bytes: u64,
+    /// A separate address serving only `/metrics`, without a token; when set, the main
+    /// listener does not serve `/metrics`. Unset: `/metrics` on the main listener, with a
+    /// `read` token.
+    pub metrics_listen: Option<SocketAddr>,
     /// Database connections.
     pub max_connections: usize,
     /// The clock.
@@ -126,6 +129,7 @@ impl Settings {
             activity_retention: 365 * DAY,
             instance_retention: 30 * DAY,
             max_upload_bytes: 8 << 30,
+            metrics_listen: None,
             max_connections: 8,
             clock: Arc::new(crate::now_ms),
             fleet_token: None,
@@ -186,6 +190,8 @@ pub struct ServerState {
     pub metrics: Metrics,
     /// Rate limiters ([`crate::admission`]).
     pub limiters: crate::admission::Limiters,
+    /// Payload uploads in flight (one per app, version and arch).
+    pub uploads: crate::payload_files::UploadsInFlight,
     config: RwLock<Arc<ConfigSnapshot>>,
     seen: Mutex<HashMap<(String, String), SeenEntry>>,
     pending: Mutex<HashMap<(String, String), Sighting>>,
@@ -411,6 +417,7 @@ pub async fn open_state(settings: Settings) -> anyhow::Result<Arc<ServerState>> 
         db,
         metrics: Metrics::default(),
         limiters: crate::admission::Limiters::new(&settings.rate_limits),
+        uploads: Default::default(),
         config: RwLock::new(Arc::new(ConfigSnapshot::default())),
         seen: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
@@ -434,10 +441,13 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/omaha/v1/update", omaha.clone())
         .route("/omaha/v1/update/", omaha)
         .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(crate::metrics::handle))
-        .nest_service("/packages", ServeDir::new(&state.settings.payload_dir))
+        .merge(crate::metrics::routes(&state.settings))
+        .route(
+            "/packages/{app}/{arch}/{version}/{filename}",
+            get(crate::payload_files::serve),
+        )
         .merge(
-            crate::admin::routes(state.clone()).layer(axum::middleware::from_fn_with_state(
+            crate::admin::routes().layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 crate::admission::admin_rate_limit,
             )),
@@ -477,6 +487,8 @@ where
 pub struct RunningServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the separate metrics listener listens (`Settings::metrics_listen`), if any.
+    pub metrics_addr: Option<SocketAddr>,
     /// Its state (tests inspect it).
     pub state: Arc<ServerState>,
     /// The client connections being served.
@@ -575,6 +587,13 @@ pub async fn spawn(mut settings: Settings) -> anyhow::Result<RunningServer> {
             |st| async move { st.prune().await.map(|_| ()) },
         ),
     ];
+    let metrics_addr = match crate::metrics::spawn_listener(&state, stop_rx.clone()).await? {
+        Some((addr, handle)) => {
+            tickers.push(handle);
+            Some(addr)
+        }
+        None => None,
+    };
     if let Some(cert) = &tls {
         tickers.push(crate::tls::reload_on_sighup(cert.clone(), stop_rx.clone())?);
     }
@@ -589,6 +608,7 @@ pub async fn spawn(mut settings: Settings) -> anyhow::Result<RunningServer> {
     tracing::info!(%addr, tls = tls.is_some(), max_connections = cap, "wellcar server listening");
     Ok(RunningServer {
         addr,
+        metrics_addr,
         state,
         connections,
         tls,

@@ -10,7 +10,8 @@
 //! - `serve` and `token` open the database themselves; every other subcommand goes through the
 //!   admin API.
 //! - What a subcommand says while it runs (`serve`'s address, `group create` on an existing
-//!   track) goes to stderr; `token create` prints only the secret, on stdout.
+//!   track) goes to stderr; `token create` prints only the secret, on stdout; `token list` and
+//!   `token revoke` print JSON.
 //!
 //! Layout: [`Command`], the shared [`ServerArgs`], the printing (JSON and the token's secret on
 //! stdout, `Note`s on stderr) and the dispatch are here; the command modules print only through
@@ -171,7 +172,10 @@ async fn run_async(cmd: Command, upload: OnUpload) -> anyhow::Result<()> {
     let mut note = |n: Note| eprintln!("{n}");
     match cmd {
         Command::Serve(o) => serve::serve(o, &mut note).await,
-        Command::Token(t) => print_secret(&token::token(t).await?),
+        Command::Token(t) => match token::token(t).await? {
+            token::TokenOutput::Secret(secret) => print_secret(&secret),
+            token::TokenOutput::Json(v) => print(&v),
+        },
         Command::App(a) => app::app(a).await,
         Command::Package(p) => package::package(p, upload).await,
         Command::Group(g) => print(&group::group(g, &mut note).await?),

@@ -115,6 +115,10 @@ pub struct ServeOpts {
     /// agents whose update.conf names its public key in SERVER_PUBLIC_KEY require it.
     #[arg(long)]
     pub response_key: Option<PathBuf>,
+    /// Serve /metrics only on this separate address, without a token (default: on --listen,
+    /// with a read-scoped token).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The environment variable that may hold the fleet token instead of `--fleet-token-file`.
@@ -183,6 +187,7 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
         tracing::info!(public_key = %signer.fingerprint(), "signing Omaha responses");
         s.response_signer = Some(signer);
     }
+    s.metrics_listen = o.metrics_listen;
     let server = crate::spawn(s).await?;
     on_note(Note::Listening { url: server.url() });
     server.run_until_signal().await

@@ -71,6 +71,13 @@ const MIGRATIONS: &[&str] = &[
     // 4: events are verified against grants; safe mode halts after N distinct failures.
     "ALTER TABLE events ADD COLUMN verified BIGINT NOT NULL DEFAULT 1;
      ALTER TABLE update_groups ADD COLUMN safe_mode_failures BIGINT NOT NULL DEFAULT 1;",
+    // 5: token scopes, expiry, revocation and last use. Old admin tokens stay admin, old
+    // read-only tokens become read.
+    "ALTER TABLE api_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
+     UPDATE api_tokens SET scope = 'read' WHERE role <> 'admin';
+     ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT;
+     ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT;
+     ALTER TABLE api_tokens ADD COLUMN last_used_at BIGINT;",
 ];
 
 /// Runs pending migrations and seeds an empty database. Safe to run from several processes.

@@ -53,12 +53,19 @@ pub use instances::{
     InstanceCount, InstanceFilter, Sighting,
 };
 pub use migrations::migrate;
-pub use packages::{create_package, list_packages, validate_package_version, NewPackage};
+pub use packages::{
+    check_package_fields, create_package, find_hosted_package, list_packages, published_versions,
+    validate_package_version, NewPackage,
+};
+pub(crate) use packages::{check_payload_filename, delete_unused_package};
 pub use retention::{prune, Pruned, RetentionCutoffs};
 pub use rollout::{
     record_grant, rollout_counters, sweep_timeouts, version_granted_before, TimedOut,
 };
-pub use tokens::{check_token, create_token, Role};
+pub use tokens::{
+    check_token, create_scoped_token, create_token, list_tokens, revoke_token, touch_token,
+    ApiToken, CreatedToken, NewToken, Role, Scope, LAST_USED_RESOLUTION_MS,
+};
 
 /// Deterministic id for seed and natural-key rows.
 fn stable_id(parts: &[&str]) -> String {
@@ -84,7 +91,7 @@ pub fn generation(conn: &mut dyn Conn) -> Result<i64, StoreError> {
     )
 }
 
-fn check_arch(arch: &str) -> Result<(), StoreError> {
+pub(crate) fn check_arch(arch: &str) -> Result<(), StoreError> {
     if matches!(arch, "amd64" | "arm64") {
         Ok(())
     } else {

@@ -4,7 +4,12 @@
 //! - A package's version is an OS version ([`validate_package_version`]); its file name is a
 //!   plain name, its size positive, its hashes decode (hex SHA-256, base64 SHA-1) and its URL,
 //!   if any, is http(s). Rejections are [`StoreError::Invalid`].
+//!   [`check_package_fields`] checks all of this without the database, so an upload can be
+//!   refused before anything is stored.
 //! - (app, version, arch) is unique; a duplicate is [`StoreError::Conflict`].
+//! - A hosted package (empty URL) is the only thing `/packages/{app}/{arch}/{version}/{filename}`
+//!   serves ([`find_hosted_package`]). `/metrics` names only versions that have a package
+//!   ([`published_versions`]).
 //! - The column list and row decoding are shared with `channels`, which joins packages.
 
 use super::{check_arch, log_activity, require_app, NewActivity};
@@ -74,25 +79,15 @@ pub fn validate_package_version(version: &str) -> Result<OsVersion, StoreError> 
     OsVersion::parse(version).map_err(|e| StoreError::Invalid(format!("package version: {e}")))
 }
 
-/// Stores a package record. The version must be an OS version
-/// ([`validate_package_version`]); hashes must decode.
-pub fn create_package(
-    conn: &mut dyn Conn,
-    app_id: &str,
-    new: &NewPackage,
-    actor: &str,
-    now: i64,
-) -> Result<Package, StoreError> {
+/// Checks every field of a new package without touching the database: arch, version
+/// ([`validate_package_version`]), file name (a plain name: no `/`, `\\`, NUL or leading dot,
+/// at most 255 bytes), positive size, hashes that decode, http(s) URL if any. Uploads call this
+/// before anything is stored. Returns the decoded SHA-256.
+pub fn check_package_fields(new: &NewPackage) -> Result<Vec<u8>, StoreError> {
     use base64::Engine as _;
-    let app = require_app(conn, app_id)?;
     check_arch(&new.arch)?;
     validate_package_version(&new.version)?;
-    if new.filename.is_empty() || new.filename.contains('/') || new.filename.starts_with('.') {
-        return Err(StoreError::Invalid(format!(
-            "package filename {:?} must be a plain file name",
-            new.filename
-        )));
-    }
+    check_payload_filename(&new.filename)?;
     if new.size <= 0 {
         return Err(StoreError::Invalid(format!(
             "package size {} must be positive",
@@ -122,6 +117,36 @@ pub fn create_package(
             new.url
         )));
     }
+    Ok(sha256)
+}
+
+/// A payload file name must be one plain path segment that is not hidden.
+pub(crate) fn check_payload_filename(filename: &str) -> Result<(), StoreError> {
+    let plain = !filename.is_empty()
+        && filename.len() <= 255
+        && !filename.starts_with('.')
+        && !filename.contains(['/', '\\', '\0']);
+    if plain {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "package filename {filename:?} must be a plain file name (no '/', no leading '.')"
+        )))
+    }
+}
+
+/// Stores a package record after [`check_package_fields`].
+pub fn create_package(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    new: &NewPackage,
+    actor: &str,
+    now: i64,
+) -> Result<Package, StoreError> {
+    use base64::Engine as _;
+    let app = require_app(conn, app_id)?;
+    let sha256 = check_package_fields(new)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
     let package = Package {
         id: uuid::Uuid::new_v4().to_string(),
         app_id: app.id.clone(),
@@ -180,5 +205,42 @@ pub fn list_packages(conn: &mut dyn Conn, app_id: &str) -> Result<Vec<Package>, 
     conn.query(&sql, &params![&app.id])?
         .iter()
         .map(|r| package_from(r, 0))
+        .collect()
+}
+
+/// The hosted package (no external URL) of `app_id` served as `arch/version/filename`, if any.
+pub fn find_hosted_package(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    arch: &str,
+    version: &str,
+    filename: &str,
+) -> Result<Option<Package>, StoreError> {
+    let sql = format!(
+        "SELECT {PACKAGE_COLUMNS} FROM packages p
+         WHERE p.app_id = $1 AND p.arch = $2 AND p.version = $3 AND p.filename = $4 AND p.url = ''"
+    );
+    query_one(conn, &sql, &params![app_id, arch, version, filename])?
+        .map(|r| package_from(&r, 0))
+        .transpose()
+}
+
+/// Deletes package `id` if no channel or floor points at it (an upload whose file could not be
+/// put in place takes its record back).
+pub(crate) fn delete_unused_package(conn: &mut dyn Conn, id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM packages WHERE id = $1
+         AND NOT EXISTS (SELECT 1 FROM channels WHERE package_id = $1)
+         AND NOT EXISTS (SELECT 1 FROM channel_floors WHERE package_id = $1)",
+        &params![id],
+    )?;
+    Ok(())
+}
+
+/// Every (app id, version) that has a package: the versions `/metrics` may name.
+pub fn published_versions(conn: &mut dyn Conn) -> Result<Vec<(String, String)>, StoreError> {
+    conn.query("SELECT DISTINCT app_id, version FROM packages", &[])?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?)))
         .collect()
 }
