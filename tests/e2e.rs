@@ -147,6 +147,10 @@ impl Server {
         settings.payload_dir = dir.path().join("payloads");
         // Guests reach the server only through the guestfwd address: download URLs name it.
         settings.public_url = Some(format!("http://{GUEST_SERVER}"));
+        // QEMU's `guestfwd=…-tcp:` is one chardev connection, opened at QEMU's start, that
+        // carries every guest connection in turn: the server's idle timeout would close it
+        // during a reboot and cut the guest off for good.
+        settings.connection_limits.idle_timeout = Duration::from_secs(24 * 3600);
         settings.poll_interval_secs = poll_interval_secs;
         settings.flush_interval = Duration::from_millis(200);
         let running = rt
