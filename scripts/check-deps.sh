@@ -48,6 +48,10 @@ commands=(
   cc:gcc gcc:gcc pkg-config:pkg-config
   # scripts/fuzz.sh
   afl-fuzz:afl++
+  # reboot coordination tests (locksmith's etcd-lock against a real etcd)
+  etcd:etcd-server
+  # dashboard tests (WebDriver)
+  chromium:chromium chromedriver:chromium-driver
 )
 # Files rather than commands.
 files=(

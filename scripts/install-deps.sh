@@ -32,6 +32,10 @@ packages=(
   postgresql
   # fuzzing (scripts/fuzz.sh): afl-fuzz and AFL++'s compiler runtime
   afl++
+  # reboot coordination tests: a real etcd (locksmith's etcd-lock, v2 keys API)
+  etcd-server
+  # dashboard tests: a real browser driven over WebDriver
+  chromium chromium-driver
   # Rust: the linker (cc) with the C library to link against (libc6-dev is only a Recommends
   # of gcc), crates that build C; ca-certificates for cargo's HTTPS, curl for rustup
   gcc libc6-dev pkg-config ca-certificates curl
