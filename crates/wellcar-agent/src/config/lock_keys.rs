@@ -160,7 +160,8 @@ pub(super) fn require_fleetlock(
     }
     if get(settings, "FLEETLOCK_GROUP").is_none() {
         if let Err(reason) = wellcar_contract::fleetlock::check_group(&fleetlock.group) {
-            let reason = format!("{reason}; set FLEETLOCK_GROUP (the lock group defaults to GROUP)");
+            let reason =
+                format!("{reason}; set FLEETLOCK_GROUP (the lock group defaults to GROUP)");
             return Err(match settings.get("GROUP") {
                 Some(s) => invalid("GROUP", s, reason),
                 None => invalid("REBOOT_STRATEGY", strategy, reason),
@@ -177,7 +178,9 @@ pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSetti
         etcd.endpoints = s
             .value
             .split(',')
-            .map(|e| http_url(e).map_err(|r| invalid("LOCKSMITHD_ENDPOINT", s, format!("{e:?}: {r}"))))
+            .map(|e| {
+                http_url(e).map_err(|r| invalid("LOCKSMITHD_ENDPOINT", s, format!("{e:?}: {r}")))
+            })
             .collect::<Result<_, _>>()?;
         etcd.endpoint_configured = true;
     }
@@ -210,4 +213,176 @@ pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSetti
     etcd.password = get(settings, "LOCKSMITHD_ETCD_PASSWORD").map(|s| s.value.clone());
     etcd.group = get(settings, "LOCKSMITHD_GROUP").map(|s| s.value.trim().to_owned());
     Ok(etcd)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, RebootStrategy};
+    use crate::reboot_lock::{lock_kind, LockKind};
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/wellcar/update.conf")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fleetlock_keys_and_the_group_default() {
+        let config =
+            parse("GROUP=beta\nREBOOT_STRATEGY=fleetlock\nFLEETLOCK_URL=http://10.0.0.1:8080/fleetlock/\n")
+                .unwrap();
+        assert_eq!(config.reboot_strategy, RebootStrategy::FleetLock);
+        assert_eq!(
+            config.fleetlock.url.as_deref(),
+            Some("http://10.0.0.1:8080/fleetlock")
+        );
+        assert_eq!(config.fleetlock.group, "beta", "defaults to GROUP");
+        assert_eq!(lock_kind(&config), Some(LockKind::FleetLock));
+        let config = parse(
+            "GROUP=beta\nREBOOT_STRATEGY=FleetLock\nFLEETLOCK_URL=https://lock.example\nFLEETLOCK_GROUP=workers\n",
+        )
+        .unwrap();
+        assert_eq!(config.fleetlock.group, "workers");
+    }
+
+    /// Each bad value names the file, the line and the key.
+    #[test]
+    fn bad_fleetlock_values_name_file_line_and_key() {
+        let err = parse("GROUP=x\nREBOOT_STRATEGY=fleetlock\n").unwrap_err();
+        assert!(
+            err.contains("update.conf:2")
+                && err.contains("REBOOT_STRATEGY")
+                && err.contains("FLEETLOCK_URL"),
+            "{err}"
+        );
+        let err = parse("FLEETLOCK_URL=ftp://lock\n").unwrap_err();
+        assert!(
+            err.contains("update.conf:1") && err.contains("FLEETLOCK_URL"),
+            "{err}"
+        );
+        let err = parse("FLEETLOCK_URL=http://\n").unwrap_err();
+        assert!(err.contains("no host"), "{err}");
+        let err = parse("\nFLEETLOCK_GROUP=a_b\n").unwrap_err();
+        assert!(
+            err.contains("update.conf:2") && err.contains("FLEETLOCK_GROUP"),
+            "{err}"
+        );
+        // A GROUP that is no FleetLock group is fine for Omaha, but not as the lock group.
+        assert!(parse("GROUP=my_group\n").is_ok());
+        let err = parse("GROUP=my_group\nREBOOT_STRATEGY=fleetlock\nFLEETLOCK_URL=http://l\n")
+            .unwrap_err();
+        assert!(
+            err.contains("update.conf:1")
+                && err.contains("GROUP")
+                && err.contains("set FLEETLOCK_GROUP"),
+            "{err}"
+        );
+        assert!(parse(
+            "GROUP=my_group\nREBOOT_STRATEGY=fleetlock\nFLEETLOCK_URL=http://l\nFLEETLOCK_GROUP=g\n"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn unknown_strategy_names_the_valid_ones() {
+        let err = parse("REBOOT_STRATEGY=etcd\n").unwrap_err();
+        assert!(
+            err.contains("REBOOT_STRATEGY")
+                && err.contains("valid: reboot, off, etcd-lock, fleetlock, best-effort"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn locksmith_keys() {
+        let config = parse("REBOOT_STRATEGY=etcd-lock\n").unwrap();
+        assert_eq!(config.etcd_lock.endpoints, super::DEFAULT_ETCD_ENDPOINTS);
+        assert_eq!(config.etcd_lock.group, None, "locksmith's global semaphore");
+        assert_eq!(lock_kind(&config), Some(LockKind::Etcd));
+        let config = parse(
+            "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_ENDPOINT=http://10.0.0.2:2379, https://10.0.0.3:2379\n\
+             LOCKSMITHD_ETCD_CAFILE=/etc/ssl/etcd/ca.pem\nLOCKSMITHD_ETCD_CERTFILE=/etc/ssl/etcd/c.pem\n\
+             LOCKSMITHD_ETCD_KEYFILE=/etc/ssl/etcd/k.pem\nLOCKSMITHD_GROUP=db\n\
+             LOCKSMITHD_ETCD_USERNAME=root\nLOCKSMITHD_ETCD_PASSWORD=hunter2\n",
+        )
+        .unwrap();
+        let etcd = &config.etcd_lock;
+        assert_eq!(
+            etcd.endpoints,
+            ["http://10.0.0.2:2379", "https://10.0.0.3:2379"]
+        );
+        assert_eq!(
+            etcd.ca_file.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/ca.pem"))
+        );
+        assert_eq!(
+            etcd.cert_file.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/c.pem"))
+        );
+        assert_eq!(
+            etcd.key_file.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/k.pem"))
+        );
+        assert_eq!(etcd.group.as_deref(), Some("db"));
+        assert_eq!(etcd.username.as_deref(), Some("root"));
+        assert_eq!(etcd.password.as_deref(), Some("hunter2"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        let err = parse("\n\nLOCKSMITHD_ENDPOINT=http://a:2379,etcd:2379\n").unwrap_err();
+        assert!(
+            err.contains("update.conf:3")
+                && err.contains("LOCKSMITHD_ENDPOINT")
+                && err.contains("\"etcd:2379\""),
+            "{err}"
+        );
+        let err = parse("LOCKSMITHD_ETCD_CERTFILE=/c.pem\n").unwrap_err();
+        assert!(
+            err.contains("LOCKSMITHD_ETCD_KEYFILE must be set too"),
+            "{err}"
+        );
+        let err = parse("LOCKSMITHD_ETCD_CAFILE=ca.pem\n").unwrap_err();
+        assert!(
+            err.contains("LOCKSMITHD_ETCD_CAFILE") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = parse("LOCKSMITHD_ETCD_PASSWORD=hunter2\n").unwrap_err();
+        assert!(
+            err.contains("LOCKSMITHD_ETCD_USERNAME must be set too"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    /// `best-effort`: etcd-lock when `LOCKSMITHD_ENDPOINT` is set, plain reboot otherwise.
+    #[test]
+    fn best_effort_uses_etcd_only_when_configured() {
+        let config = parse("REBOOT_STRATEGY=best-effort\n").unwrap();
+        assert_eq!(config.reboot_strategy, RebootStrategy::BestEffort);
+        assert_eq!(lock_kind(&config), None);
+        let config =
+            parse("REBOOT_STRATEGY=best-effort\nLOCKSMITHD_ENDPOINT=http://127.0.0.1:2379\n")
+                .unwrap();
+        assert_eq!(lock_kind(&config), Some(LockKind::Etcd));
+        assert_eq!(lock_kind(&parse("REBOOT_STRATEGY=off\n").unwrap()), None);
+        assert_eq!(lock_kind(&parse("REBOOT_STRATEGY=reboot\n").unwrap()), None);
+    }
+
+    #[test]
+    fn lock_retry_delay() {
+        assert_eq!(
+            parse("WELLCAR_LOCK_RETRY_DELAY=300ms\n")
+                .unwrap()
+                .lock_retry_delay,
+            std::time::Duration::from_millis(300)
+        );
+        assert_eq!(
+            Config::default().lock_retry_delay,
+            super::DEFAULT_LOCK_RETRY_DELAY
+        );
+        let err = parse("WELLCAR_LOCK_RETRY_DELAY=0s\n").unwrap_err();
+        assert!(
+            err.contains("WELLCAR_LOCK_RETRY_DELAY") && err.contains("greater than zero"),
+            "{err}"
+        );
+    }
 }
