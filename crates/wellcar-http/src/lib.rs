@@ -137,13 +137,12 @@ pub fn read_client_identity(identity: &ClientIdentity) -> Result<ClientCert, Set
             source,
         })
     };
-    let invalid = |what: &'static str, path: &Path, reason: String| {
-        SetupError::ClientIdentityInvalid {
+    let invalid =
+        |what: &'static str, path: &Path, reason: String| SetupError::ClientIdentityInvalid {
             what,
             path: path.to_owned(),
             reason,
-        }
-    };
+        };
     let cert_pem = read("certificate", &identity.cert_file)?;
     let mut chain = Vec::new();
     for item in ureq::tls::parse_pem(&cert_pem) {
@@ -169,13 +168,8 @@ pub fn read_client_identity(identity: &ClientIdentity) -> Result<ClientCert, Set
             break;
         }
     }
-    let key = key.ok_or_else(|| {
-        invalid(
-            "key",
-            &identity.key_file,
-            "no PEM private key in it".into(),
-        )
-    })?;
+    let key =
+        key.ok_or_else(|| invalid("key", &identity.key_file, "no PEM private key in it".into()))?;
     Ok(ClientCert::new_with_certs(&chain, key))
 }
 

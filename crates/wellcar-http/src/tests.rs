@@ -193,7 +193,13 @@ fn a_client_identity_is_presented_to_servers_that_require_one() {
     });
     let e = client(&options).unwrap_err();
     assert!(
-        matches!(e, SetupError::ClientIdentityUnreadable { what: "certificate", .. }),
+        matches!(
+            e,
+            SetupError::ClientIdentityUnreadable {
+                what: "certificate",
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("missing.pem"), "{e}");
