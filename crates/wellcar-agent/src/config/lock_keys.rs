@@ -160,7 +160,8 @@ pub(super) fn require_fleetlock(
     }
     if get(settings, "FLEETLOCK_GROUP").is_none() {
         if let Err(reason) = wellcar_contract::fleetlock::check_group(&fleetlock.group) {
-            let reason = format!("{reason}; set FLEETLOCK_GROUP (the lock group defaults to GROUP)");
+            let reason =
+                format!("{reason}; set FLEETLOCK_GROUP (the lock group defaults to GROUP)");
             return Err(match settings.get("GROUP") {
                 Some(s) => invalid("GROUP", s, reason),
                 None => invalid("REBOOT_STRATEGY", strategy, reason),
@@ -177,7 +178,9 @@ pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSetti
         etcd.endpoints = s
             .value
             .split(',')
-            .map(|e| http_url(e).map_err(|r| invalid("LOCKSMITHD_ENDPOINT", s, format!("{e:?}: {r}"))))
+            .map(|e| {
+                http_url(e).map_err(|r| invalid("LOCKSMITHD_ENDPOINT", s, format!("{e:?}: {r}")))
+            })
             .collect::<Result<_, _>>()?;
         etcd.endpoint_configured = true;
     }

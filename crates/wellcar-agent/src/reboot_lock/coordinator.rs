@@ -279,7 +279,10 @@ mod tests {
         for _ in 0..9 {
             assert_eq!(c.step(&tick(now, true)), Step::Acquire);
             let pause = c.acquire_failed(&tick(now, true));
-            assert_eq!(c.step(&tick(now + pause - Duration::from_millis(1), true)), Step::Wait);
+            assert_eq!(
+                c.step(&tick(now + pause - Duration::from_millis(1), true)),
+                Step::Wait
+            );
             pauses.push(pause.as_secs());
             now += pause;
         }
@@ -319,7 +322,10 @@ mod tests {
         assert_eq!(c.step(&tick(t0, false)), Step::ReleaseIfSteady);
         c.not_steady(t0);
         assert_eq!(c.step(&tick(t0, false)), Step::Wait);
-        assert_eq!(c.step(&tick(t0 + STEADY_POLL, false)), Step::ReleaseIfSteady);
+        assert_eq!(
+            c.step(&tick(t0 + STEADY_POLL, false)),
+            Step::ReleaseIfSteady
+        );
         assert_eq!(c.release_failed(&tick(t0 + STEADY_POLL, false)), FIRST);
         assert_eq!(c.step(&tick(t0 + STEADY_POLL, false)), Step::Wait);
         let later = t0 + STEADY_POLL + FIRST;

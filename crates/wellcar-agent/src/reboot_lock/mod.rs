@@ -88,9 +88,9 @@ pub fn open(
     machine_id: &str,
 ) -> Result<Box<dyn RebootLock>, LockError> {
     Ok(match kind {
-        LockKind::FleetLock => Box::new(fleetlock::FleetLockClient::from_config(
-            config, machine_id,
-        )?),
+        LockKind::FleetLock => {
+            Box::new(fleetlock::FleetLockClient::from_config(config, machine_id)?)
+        }
         LockKind::Etcd => Box::new(etcd::EtcdLock::new(
             etcd::open(&config.etcd_lock)?,
             machine_id,
@@ -117,7 +117,12 @@ impl RebootDriver {
 
     /// One daemon tick: reboot, lock or release as [`Coordinator::step`] decides, with
     /// `config` read for this tick and `now` the local time (for the window).
-    pub fn tick<S: SlotControl>(&mut self, agent: &mut Agent<S>, config: &Config, now: &jiff::Zoned) {
+    pub fn tick<S: SlotControl>(
+        &mut self,
+        agent: &mut Agent<S>,
+        config: &Config,
+        now: &jiff::Zoned,
+    ) {
         let kind = lock_kind(config);
         let tick = Tick {
             now: Instant::now(),
@@ -179,7 +184,9 @@ impl RebootDriver {
                     }
                     Err(e) => {
                         let pause = self.coordinator.release_failed(&tick);
-                        tracing::warn!("releasing the reboot lock failed, retrying in {pause:?}: {e}");
+                        tracing::warn!(
+                            "releasing the reboot lock failed, retrying in {pause:?}: {e}"
+                        );
                     }
                 }
             }
