@@ -1,20 +1,21 @@
-//! The daemon binary's reboot strategies against a real FleetLock endpoint over loopback HTTP:
-//! a host with an update staged in its boot state, the daemon started with `--root`, its
-//! reboot command a `touch`, the next boot simulated by the test (new boot id, the staged slot
-//! booted, then marked good).
+//! The daemon binary's reboot strategies against the real FleetLock server (`wellcar server`,
+//! `/fleetlock`, SQLite) over loopback HTTP: a host with an update staged in its boot state,
+//! the daemon started with `--root`, its reboot command a `touch`, the next boot simulated by
+//! the test (new boot id, the staged slot booted, then marked good).
 //!
-//! The FleetLock endpoint is [`StandIn`], a small axum handler implementing the documented
-//! protocol (Zincati's `docs/development/fleetlock/protocol.md`: header, body, 200 or
-//! `{"kind","value"}`), **a stand-in until the server's FleetLock (`wellcar server`,
-//! `/fleetlock`) is merged**; these tests then run against the real server.
+//! Between agent and server sits [`LockServer`]'s recorder, a loopback axum proxy that
+//! forwards each FleetLock request unchanged and records endpoint, client id and status, so
+//! the tests can show what the agent asked and when (the server keeps no request log).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use wellcar_contract::fleetlock::{FleetLockRequest, PROTOCOL_HEADER};
 use wellcar_contract::RootHash;
 use wellcar_disk::Slot;
@@ -28,125 +29,133 @@ use crate::state::{AgentState, Phase, StagedUpdate, StateStore};
 
 const MACHINE: &str = "4c1d5f6e7a8b49c0b1d2e3f405162738";
 
-/// One request the stand-in answered: endpoint (`pre-reboot`/`steady-state`), client id,
-/// status.
+/// The lock group of these hosts (their update `GROUP`, an Omaha track the server knows).
+const GROUP: &str = "stable";
+
+/// One request the recorder forwarded: endpoint (`pre-reboot`/`steady-state`), client id,
+/// the server's status.
 type Seen = (String, String, u16);
 
-#[derive(Debug, Default)]
-struct Semaphore {
-    max: usize,
-    holders: Vec<String>,
-    seen: Vec<Seen>,
-    bodies: Vec<serde_json::Value>,
-}
-
-/// A FleetLock endpoint at `<base>/v1/…` (see the module docs): one group, `max` slots.
+/// What the recorder forwards to and what it saw.
 #[derive(Clone)]
-struct StandIn {
-    state: Arc<Mutex<Semaphore>>,
-    base: String,
+struct Recorder {
+    upstream: String,
+    http: ureq::Agent,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
-fn rejection(status: StatusCode, kind: &str, value: &str) -> (StatusCode, Json<serde_json::Value>) {
-    (
-        status,
-        Json(serde_json::json!({ "kind": kind, "value": value })),
-    )
-}
-
-async fn handle(
-    state: Arc<Mutex<Semaphore>>,
-    endpoint: &str,
+async fn forward(
+    State(rec): State<Recorder>,
+    axum::extract::Path(op): axum::extract::Path<String>,
     headers: HeaderMap,
-    body: String,
-) -> (StatusCode, Json<serde_json::Value>) {
-    let mut s = state.lock().unwrap();
-    if headers.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()) != Some("true") {
-        s.seen.push((endpoint.into(), String::new(), 400));
-        return rejection(
-            StatusCode::BAD_REQUEST,
-            "missing_protocol_header",
-            "no header",
-        );
-    }
-    s.bodies
-        .push(serde_json::from_str(&body).unwrap_or_default());
-    let Ok(request) = serde_json::from_str::<FleetLockRequest>(&body) else {
-        s.seen.push((endpoint.into(), String::new(), 400));
-        return rejection(StatusCode::BAD_REQUEST, "invalid_client_params", "bad JSON");
-    };
-    let id = request.client_params.id;
-    let status = if endpoint == "pre-reboot" {
-        if s.holders.contains(&id) {
-            StatusCode::OK
-        } else if s.holders.len() < s.max {
-            s.holders.push(id.clone());
-            StatusCode::OK
-        } else {
-            StatusCode::CONFLICT
+    body: Bytes,
+) -> (StatusCode, Bytes) {
+    let id = serde_json::from_slice::<FleetLockRequest>(&body)
+        .map(|r| r.client_params.id)
+        .unwrap_or_default();
+    let (status, answer) = tokio::task::spawn_blocking({
+        let rec = rec.clone();
+        let op = op.clone();
+        move || {
+            let mut request = rec.http.post(format!("{}/v1/{op}", rec.upstream));
+            for (name, value) in &headers {
+                if name.as_str() == PROTOCOL_HEADER || name.as_str() == "content-type" {
+                    request = request.header(name.as_str(), value.to_str().unwrap());
+                }
+            }
+            let response = request.send(&body[..]).unwrap();
+            let status = response.status().as_u16();
+            (status, response.into_body().read_to_vec().unwrap())
         }
-    } else {
-        s.holders.retain(|h| *h != id);
-        StatusCode::OK
-    };
-    s.seen.push((endpoint.into(), id, status.as_u16()));
-    if status == StatusCode::CONFLICT {
-        return rejection(
-            status,
-            "failed_lock_semaphore_full",
-            "semaphore currently full, all slots are locked already",
-        );
-    }
-    (status, Json(serde_json::json!({})))
+    })
+    .await
+    .unwrap();
+    rec.seen.lock().unwrap().push((op, id, status));
+    (StatusCode::from_u16(status).unwrap(), Bytes::from(answer))
 }
 
-impl StandIn {
-    async fn start(max: usize, holders: &[&str]) -> Self {
-        let state = Arc::new(Mutex::new(Semaphore {
-            max,
-            holders: holders.iter().map(|h| h.to_string()).collect(),
-            ..Semaphore::default()
-        }));
-        let (pre, steady) = (state.clone(), state.clone());
+/// The real server with its FleetLock, the recorder in front (see the module docs).
+struct LockServer {
+    server: wellcar_server::RunningServer,
+    recorder: Recorder,
+    /// The FleetLock base URL the agents use (through the recorder).
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LockServer {
+    /// A server with the default one slot per group; `holders` take theirs first (straight to
+    /// the server, unrecorded).
+    async fn start(holders: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = wellcar_server::Settings::new(
+            &format!("sqlite:{}", dir.path().join("server.db").display()),
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        settings.payload_dir = dir.path().join("payloads");
+        let server = wellcar_server::spawn(settings).await.unwrap();
+        let recorder = Recorder {
+            upstream: format!("{}/fleetlock", server.url()),
+            http: wellcar_http::system_client(&wellcar_http::ClientOptions::new("recorder")),
+            seen: Arc::default(),
+        };
         let app = Router::new()
-            .route(
-                "/fleetlock/v1/pre-reboot",
-                post(move |headers: HeaderMap, body: String| {
-                    handle(pre.clone(), "pre-reboot", headers, body)
-                }),
-            )
-            .route(
-                "/fleetlock/v1/steady-state",
-                post(move |headers: HeaderMap, body: String| {
-                    handle(steady.clone(), "steady-state", headers, body)
-                }),
-            );
+            .route("/fleetlock/v1/{op}", post(forward))
+            .with_state(recorder.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self {
-            state,
+        let lock = Self {
+            server,
+            recorder,
             base: format!("http://{addr}/fleetlock"),
+            _dir: dir,
+        };
+        for holder in holders {
+            let mut client = lock.direct_client(holder);
+            blocking(move || client.acquire().unwrap()).await;
         }
+        lock
     }
 
-    fn holders(&self) -> Vec<String> {
-        self.state.lock().unwrap().holders.clone()
+    /// A client for `id` talking to the server directly.
+    fn direct_client(&self, id: &str) -> FleetLockClient {
+        let mut config = Config::default();
+        config.fleetlock.url = Some(self.recorder.upstream.clone());
+        FleetLockClient::from_config(&config, id).unwrap()
+    }
+
+    /// The holders of [`GROUP`], as the server stores them.
+    async fn holders(&self) -> Vec<String> {
+        let groups = wellcar_server::fleetlock::list_groups(&self.server.state)
+            .await
+            .unwrap();
+        let group = groups.iter().find(|g| g.name == GROUP).unwrap();
+        group.holders.iter().map(|h| h.id.clone()).collect()
+    }
+
+    /// Grants of [`GROUP`] so far (a re-entrant renewal is no new grant).
+    async fn grants(&self) -> i64 {
+        let groups = wellcar_server::fleetlock::list_groups(&self.server.state)
+            .await
+            .unwrap();
+        groups.iter().find(|g| g.name == GROUP).unwrap().grants
     }
 
     fn seen(&self) -> Vec<Seen> {
-        self.state.lock().unwrap().seen.clone()
+        self.recorder.seen.lock().unwrap().clone()
     }
 
-    fn count(&self, endpoint: &str, status: u16) -> usize {
-        self.seen()
-            .iter()
-            .filter(|(e, _, s)| e == endpoint && *s == status)
-            .count()
-    }
-
-    fn release(&self, id: &str) {
-        self.state.lock().unwrap().holders.retain(|h| h != id);
+    /// A probe for waits off the runtime: how many `(endpoint, status)` were seen.
+    fn counter(&self) -> impl Fn(&str, u16) -> usize + Send + 'static {
+        let seen = self.recorder.seen.clone();
+        move |endpoint, status| {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|(e, _, s)| e == endpoint && *s == status)
+                .count()
+        }
     }
 }
 
@@ -323,24 +332,24 @@ fn fleetlock_config(base: &str) -> String {
     format!("REBOOT_STRATEGY=fleetlock\nFLEETLOCK_URL={base}\nWELLCAR_LOCK_RETRY_DELAY=200ms\n")
 }
 
-/// The client sends the protocol's header and body (machine id, group defaulting to
-/// `GROUP`); a full semaphore is an error naming the URL, status, kind and value; releasing
-/// what is not held succeeds.
+/// The client against the server: the protocol's body (machine id, group defaulting to
+/// `GROUP`) is accepted; re-entrant; a full semaphore is an error naming the URL, status, kind
+/// and value; releasing what is not held succeeds; no server is an error naming the URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetlock_client_speaks_the_protocol() {
-    let lock = StandIn::start(1, &[]).await;
+    let lock = LockServer::start(&[]).await;
     let mut config = Config::default();
     config.fleetlock.url = Some(lock.base.clone());
     let (mut a, mut b) = (
         FleetLockClient::from_config(&config, "machine-a").unwrap(),
         FleetLockClient::from_config(&config, "machine-b").unwrap(),
     );
-    let (a, b, err) = blocking(move || {
+    let err = blocking(move || {
         a.acquire().unwrap();
         a.acquire().unwrap();
         let err = b.acquire().unwrap_err();
         b.release().unwrap();
-        (a, b, err)
+        err
     })
     .await;
     assert!(err.is_full(), "{err:?}");
@@ -360,17 +369,21 @@ async fn fleetlock_client_speaks_the_protocol() {
     );
     let text = err.to_string();
     assert!(
-        text.contains(&lock.base) && text.contains("semaphore currently full"),
+        text.contains(&lock.base) && text.contains("currently full"),
         "{text}"
     );
-    assert_eq!(lock.holders(), ["machine-a"]);
+    assert_eq!(lock.holders().await, ["machine-a"]);
+    assert_eq!(lock.grants().await, 1, "the second lock renewed the first");
     assert_eq!(
-        lock.state.lock().unwrap().bodies[0],
-        serde_json::json!({"client_params": {"id": "machine-a", "group": "stable"}})
+        lock.seen(),
+        [
+            ("pre-reboot".to_owned(), "machine-a".to_owned(), 200),
+            ("pre-reboot".to_owned(), "machine-a".to_owned(), 200),
+            ("pre-reboot".to_owned(), "machine-b".to_owned(), 409),
+            ("steady-state".to_owned(), "machine-b".to_owned(), 200),
+        ]
     );
-    drop((a, b));
     // Nobody listening: a transport error naming the URL.
-    let mut config = Config::default();
     let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = unused.local_addr().unwrap();
     drop(unused);
@@ -389,21 +402,22 @@ async fn fleetlock_client_speaks_the_protocol() {
 /// then releases it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetlock_no_reboot_without_the_lock_release_once_marked_good() {
-    let lock = StandIn::start(1, &["other-machine"]).await;
+    let lock = LockServer::start(&["other-machine"]).await;
     let host = StagedHost::new(&fleetlock_config(&lock.base));
     let mut daemon = host.daemon();
-    let probe = lock.clone();
+    let count = lock.counter();
     blocking(move || {
         wait_until(
             "three refused pre-reboot requests",
             Duration::from_secs(30),
-            || (probe.count("pre-reboot", 409) >= 3).then_some(()),
+            || (count("pre-reboot", 409) >= 3).then_some(()),
         )
     })
     .await;
     assert!(!host.rebooted().exists(), "rebooted without the lock");
-    assert_eq!(lock.holders(), ["other-machine"]);
-    lock.release("other-machine");
+    assert_eq!(lock.holders().await, ["other-machine"]);
+    let mut other = lock.direct_client("other-machine");
+    blocking(move || other.release().unwrap()).await;
     let rebooted = host.rebooted();
     blocking(move || {
         wait_until("the reboot", Duration::from_secs(30), || {
@@ -411,13 +425,8 @@ async fn fleetlock_no_reboot_without_the_lock_release_once_marked_good() {
         })
     })
     .await;
-    assert_eq!(lock.holders(), [MACHINE]);
-    assert_eq!(
-        lock.count("pre-reboot", 200),
-        1,
-        "taken once: {:?}",
-        lock.seen()
-    );
+    assert_eq!(lock.holders().await, [MACHINE]);
+    assert_eq!(lock.counter()("pre-reboot", 200), 1, "{:?}", lock.seen());
     daemon.sigkill();
 
     // The next boot: B is booted on trial (not marked good yet).
@@ -431,22 +440,23 @@ async fn fleetlock_no_reboot_without_the_lock_release_once_marked_good() {
         [],
         "nothing sent before the boot is marked good"
     );
-    assert_eq!(lock.holders(), [MACHINE], "held across the reboot");
+    assert_eq!(lock.holders().await, [MACHINE], "held across the reboot");
     host.mark_good(Slot::B);
-    let probe = lock.clone();
+    let count = lock.counter();
     blocking(move || {
         wait_until("the release", Duration::from_secs(30), || {
-            probe.holders().is_empty().then_some(())
+            (count("steady-state", 200) == 1).then_some(())
         })
     })
     .await;
     daemon.sigkill();
-    let after: Vec<Seen> = lock.seen()[before..].to_vec();
+    assert_eq!(lock.holders().await, Vec::<String>::new());
     assert_eq!(
-        after,
+        lock.seen()[before..],
         [("steady-state".to_owned(), MACHINE.to_owned(), 200)]
     );
-    assert_eq!(lock.count("pre-reboot", 200), 1, "taken once");
+    // Grants: the other machine's, then this one's, once.
+    assert_eq!(lock.grants().await, 2);
 }
 
 /// Local `HH:MM` of now plus `minutes` (may be negative).
@@ -462,7 +472,7 @@ fn local_hh_mm(minutes: i64) -> String {
 /// happens; once update.conf opens the window, the daemon takes the lock and reboots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetlock_release_at_start_and_the_window_is_respected() {
-    let lock = StandIn::start(1, &[MACHINE]).await;
+    let lock = LockServer::start(&[MACHINE]).await;
     let closed = format!(
         "{}REBOOT_WINDOW_START={}\nREBOOT_WINDOW_LENGTH=1h\n",
         fleetlock_config(&lock.base),
@@ -470,20 +480,20 @@ async fn fleetlock_release_at_start_and_the_window_is_respected() {
     );
     let host = StagedHost::new(&closed);
     let _daemon = host.daemon();
-    let probe = lock.clone();
+    let count = lock.counter();
     blocking(move || {
         wait_until("the release at start", Duration::from_secs(30), || {
-            probe.holders().is_empty().then_some(())
+            (count("steady-state", 200) == 1).then_some(())
         })
     })
     .await;
+    assert_eq!(lock.holders().await, Vec::<String>::new());
     let state_dir = host.paths.state_dir.clone();
     blocking(move || two_ticks(&state_dir)).await;
     assert_eq!(
-        lock.count("pre-reboot", 200) + lock.count("pre-reboot", 409),
-        0,
-        "{:?}",
-        lock.seen()
+        lock.seen(),
+        [("steady-state".to_owned(), MACHINE.to_owned(), 200)],
+        "no lock outside the window"
     );
     assert!(!host.rebooted().exists(), "rebooted outside the window");
     host.configure(&format!(
@@ -498,7 +508,7 @@ async fn fleetlock_release_at_start_and_the_window_is_respected() {
         })
     })
     .await;
-    assert_eq!(lock.holders(), [MACHINE]);
+    assert_eq!(lock.holders().await, [MACHINE]);
     assert_eq!(
         lock.seen()
             .iter()
