@@ -138,6 +138,9 @@ fn kind(v: &Value) -> &str {
         .unwrap_or_else(|| panic!("no kind in {v}"))
 }
 
+/// What is wrong, endpoint, header sent, body, expected status and error kind.
+type BadCase<'a> = (&'a str, &'a str, bool, Vec<u8>, StatusCode, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_protocol_error_and_changes_nothing() {
     let t = Lock::start().await;
@@ -147,7 +150,7 @@ async fn bad_input_gets_the_protocol_error_and_changes_nothing() {
         r#"{{"client_params":{{"id":"a","group":"default"}},"pad":"{}"}}"#,
         "p".repeat(MAX_BODY_BYTES)
     );
-    let cases: Vec<(&str, &str, bool, Vec<u8>, StatusCode, &str)> = vec![
+    let cases: Vec<BadCase<'_>> = vec![
         (
             "no header",
             "pre-reboot",
@@ -525,6 +528,15 @@ async fn admin_routes_need_their_scopes() {
         .collect();
     by_ops.sort_unstable();
     assert_eq!(by_ops, ["fleetlock-force-released", "fleetlock-max-set"]);
+    let (_, doc) = t.anon.get_text("/api/v1/openapi.json").await.unwrap();
+    let doc: Value = serde_json::from_slice(&doc).unwrap();
+    for path in [
+        "/api/v1/fleetlock/groups",
+        "/api/v1/fleetlock/groups/{group}",
+        "/api/v1/fleetlock/groups/{group}/holders/{id}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
