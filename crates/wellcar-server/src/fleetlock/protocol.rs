@@ -233,8 +233,12 @@ pub async fn pre_reboot(
 ) -> Result<Response, FleetLockError> {
     let params = admit(&state, peer, &headers, body).await?;
     let now = state.now();
-    let req = lock_request(&state, &params);
-    let (implicit, default_max, lease_ms) = (req.implicit_group, req.default_max, req.lease_ms);
+    let template = lock_request(&state, &params);
+    let (implicit_group, default_max, lease_ms) = (
+        template.implicit_group,
+        template.default_max,
+        template.lease_ms,
+    );
     let (group, id) = (params.group.clone(), params.id.clone());
     let result = state
         .db
@@ -242,15 +246,12 @@ pub async fn pre_reboot(
             let req = LockRequest {
                 group: &group,
                 id: &id,
-                implicit_group: implicit,
+                implicit_group,
                 default_max,
                 lease_ms,
             };
-            // Unknown group: nothing may be written, so it must fail the transaction.
-            store::fleetlock_acquire(conn, &req, now).map_err(|e| match e {
-                LockError::UnknownGroup(g) => crate::StoreError::NotFound(g),
-                LockError::Store(s) => s,
-            })
+            // An unknown group fails the transaction, so nothing it did is kept.
+            store::fleetlock_acquire(conn, &req, now).map_err(LockError::into_store)
         })
         .await;
     let (outcome, expired) = match result {
@@ -302,10 +303,7 @@ pub async fn steady_state(
                 default_max: 0,
                 lease_ms: 0,
             };
-            store::fleetlock_release(conn, &req, now).map_err(|e| match e {
-                LockError::UnknownGroup(g) => crate::StoreError::NotFound(g),
-                LockError::Store(s) => s,
-            })
+            store::fleetlock_release(conn, &req, now).map_err(LockError::into_store)
         })
         .await;
     match result {

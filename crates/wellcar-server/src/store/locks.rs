@@ -115,6 +115,17 @@ pub enum LockError {
     Store(#[from] StoreError),
 }
 
+impl LockError {
+    /// As a [`StoreError`], an unknown group becoming [`StoreError::NotFound`] with the group's
+    /// name (so a transaction closure can return it and roll back).
+    pub fn into_store(self) -> StoreError {
+        match self {
+            LockError::UnknownGroup(g) => StoreError::NotFound(g),
+            LockError::Store(s) => s,
+        }
+    }
+}
+
 impl From<crate::db::DbError> for LockError {
     fn from(e: crate::db::DbError) -> Self {
         LockError::Store(e.into())
