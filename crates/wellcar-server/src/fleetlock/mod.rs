@@ -116,7 +116,7 @@ pub fn implicit_groups(state: &ServerState) -> Vec<String> {
     let config = state.config();
     let mut names: Vec<String> = std::iter::once(DEFAULT_GROUP.to_owned())
         .chain(config.groups.keys().map(|(_, track)| track.clone()))
-        .filter(|g| store::check_group(g).is_ok())
+        .filter(|g| wellcar_contract::fleetlock::check_group(g).is_ok())
         .collect();
     names.sort();
     names.dedup();

@@ -30,14 +30,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use crate::admission::Refusal;
 use crate::server::ServerState;
 use crate::store::{self, LockError, LockOutcome, LockRequest};
 
-/// The header every FleetLock request must carry, with value `true`.
-pub const PROTOCOL_HEADER: &str = "fleet-lock-protocol";
+pub use wellcar_contract::fleetlock::{ClientParams, FleetLockRequest, PROTOCOL_HEADER};
 
 /// Largest request body accepted (a valid one is well under 400 bytes).
 pub const MAX_BODY_BYTES: usize = 4096;
@@ -83,7 +81,7 @@ impl FleetLockError {
             Self::RequestTooLarge => "request_too_large",
             Self::InvalidClientParams(_) => "invalid_client_params",
             Self::UnknownGroup(_) => "unknown_group",
-            Self::SemaphoreFull { .. } => "failed_lock_semaphore_full",
+            Self::SemaphoreFull { .. } => wellcar_contract::fleetlock::KIND_SEMAPHORE_FULL,
             Self::FleetTokenRequired => "fleet_token_required",
             Self::RateLimited { .. } => "rate_limited",
             Self::FailedLock(_) => "failed_lock",
@@ -151,22 +149,6 @@ impl IntoResponse for FleetLockError {
     }
 }
 
-/// The protocol's request body.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct FleetLockRequest {
-    /// The client.
-    pub client_params: ClientParams,
-}
-
-/// `client_params`: who asks, for which group.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct ClientParams {
-    /// Client id (node name or machine id).
-    pub id: String,
-    /// Reboot group.
-    pub group: String,
-}
-
 /// The routes, relative to the server root.
 pub fn routes() -> Router<Arc<ServerState>> {
     Router::new()
@@ -204,8 +186,10 @@ async fn admit(
     let request: FleetLockRequest = serde_json::from_slice(&bytes)
         .map_err(|e| FleetLockError::InvalidClientParams(format!("body: {e}")))?;
     let params = request.client_params;
-    store::check_holder_id(&params.id).map_err(FleetLockError::InvalidClientParams)?;
-    store::check_group(&params.group).map_err(FleetLockError::InvalidClientParams)?;
+    wellcar_contract::fleetlock::check_id(&params.id)
+        .map_err(FleetLockError::InvalidClientParams)?;
+    wellcar_contract::fleetlock::check_group(&params.group)
+        .map_err(FleetLockError::InvalidClientParams)?;
     Ok(params)
 }
 

@@ -145,7 +145,7 @@ type BadCase<'a> = (&'a str, &'a str, bool, Vec<u8>, StatusCode, &'a str);
 async fn bad_input_gets_the_protocol_error_and_changes_nothing() {
     let t = Lock::start().await;
     let good = params("node-1", "default");
-    let long_id = "x".repeat(crate::store::MAX_ID_LEN + 1);
+    let long_id = "x".repeat(wellcar_contract::fleetlock::MAX_ID_LEN + 1);
     let oversized = format!(
         r#"{{"client_params":{{"id":"a","group":"default"}},"pad":"{}"}}"#,
         "p".repeat(MAX_BODY_BYTES)
@@ -265,7 +265,7 @@ async fn bad_input_gets_the_protocol_error_and_changes_nothing() {
         );
     }
     // The id limit is inclusive.
-    let max_id = "y".repeat(crate::store::MAX_ID_LEN);
+    let max_id = "y".repeat(wellcar_contract::fleetlock::MAX_ID_LEN);
     let (status, _) = unlock(&t.anon, &max_id, "default").await;
     assert_eq!(status, StatusCode::OK);
     // Steady-state without a hold is an idempotent success, twice.
