@@ -557,6 +557,19 @@ async fn the_cli_drives_the_admin_api() {
     .await
     .unwrap();
     assert_eq!(lock(&t.anon, "n1", "db").await.0, StatusCode::OK);
+    // Reboot-lock entries belong to no app: `activity --all` shows them, the app's view not.
+    let admin = ApiClient::new(&t.server.url(), server.token.as_deref());
+    let mut shown = Vec::new();
+    for all in [false, true] {
+        let opts = crate::cli::ActivityOpts {
+            server: server.clone(),
+            limit: 50,
+            all,
+        };
+        let entries: serde_json::Value = admin.get(&opts.path()).await.unwrap();
+        shown.push(entries.to_string().contains("reboot lock db granted"));
+    }
+    assert_eq!(shown, [false, true]);
     crate::cli::run_locks(LocksCommand::List {
         server: server.clone(),
     })
