@@ -151,8 +151,10 @@ mod tests {
 
     #[test]
     fn the_password_is_not_in_debug_output() {
-        let mut c = EtcdConfig::default();
-        c.password = Some("hunter2".into());
+        let c = EtcdConfig {
+            password: Some("hunter2".into()),
+            ..EtcdConfig::default()
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

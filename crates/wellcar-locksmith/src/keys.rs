@@ -322,11 +322,49 @@ mod tests {
 
     #[test]
     fn a_certificate_without_key_is_refused() {
-        let mut c = EtcdConfig::default();
-        c.cert_file = Some("/etc/ssl/etcd/client.pem".into());
+        let c = EtcdConfig {
+            cert_file: Some("/etc/ssl/etcd/client.pem".into()),
+            ..EtcdConfig::default()
+        };
         let e = KeysClient::new(&c).unwrap_err();
         assert!(e.to_string().contains("client.pem"), "{e}");
         let e = KeysClient::new(&EtcdConfig::with_endpoints(Vec::<String>::new())).unwrap_err();
         assert!(e.to_string().contains("no endpoint"), "{e}");
+    }
+
+    /// An etcd without the v2 API answers 404 with a plain body: named, with the hint.
+    #[test]
+    fn a_non_v2_answer_is_named() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0_u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            let body = "404 page not found\n";
+            write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        });
+        let keys = KeysClient::new(&EtcdConfig::with_endpoints([endpoint.clone()])).unwrap();
+        let e = keys
+            .get("coreos.com/updateengine/rebootlock/semaphore")
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::UnexpectedResponse { status: 404, .. }),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&endpoint) && text.contains("--enable-v2=true"),
+            "{text}"
+        );
     }
 }

@@ -382,3 +382,50 @@ fn interop_with_values_written_as_locksmith_writes_them() {
     );
     assert_eq!(raw_value(&etcd, &key), "asdf");
 }
+
+#[test]
+fn basic_auth_credentials_are_sent() {
+    let etcd = Etcd::start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let root_auth = "Basic cm9vdDpwYXNzd29yZA=="; // root:password
+    let setup = |path: &str, body: &str, auth: Option<&str>| {
+        let mut request = agent.put(format!("{}{path}", etcd.url));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request.send(body).unwrap();
+        let status = response.status().as_u16();
+        assert!(
+            (200..300).contains(&status),
+            "{path}: {status} {}",
+            response.into_body().read_to_string().unwrap()
+        );
+    };
+    // etcd's v2 auth: a root user, auth on, and the guest role stripped of key access.
+    setup(
+        "/v2/auth/users/root",
+        r#"{"user":"root","password":"password"}"#,
+        None,
+    );
+    setup("/v2/auth/enable", "", None);
+    setup(
+        "/v2/auth/roles/guest",
+        r#"{"role":"guest","revoke":{"kv":{"read":["/*"],"write":["/*"]}}}"#,
+        Some(root_auth),
+    );
+
+    let e = EtcdLock::new(&config(&etcd), None).unwrap_err();
+    assert!(matches!(e, Error::Etcd { code: 110, .. }), "{e}");
+    assert!(e.to_string().contains(&etcd.url), "{e}");
+    let mut with_password = config(&etcd);
+    with_password.username = Some("root".into());
+    with_password.password = Some("wrong".into());
+    assert!(EtcdLock::new(&with_password, None).is_err());
+    with_password.password = Some("password".into());
+    let lock = EtcdLock::new(&with_password, None).unwrap();
+    lock.lock("m1").unwrap();
+    assert_eq!(lock.get().unwrap().holders(), ["m1"]);
+}
