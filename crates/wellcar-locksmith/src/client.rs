@@ -112,6 +112,25 @@ impl EtcdLock {
         self.update(|s| s.unlock(holder)).map(|(s, ())| s)
     }
 
+    /// What `locksmithd` counts as having the lock: takes a slot for `holder`, or finds it
+    /// holding one already ("holder exists", and also "semaphore is at N" when `holder` is
+    /// among the holders, which locksmith checks first). Returns the semaphore; a full
+    /// semaphore held by others stays [`Error::is_full`].
+    pub fn acquire(&self, holder: &str) -> Result<Semaphore, Error> {
+        match self.lock(holder) {
+            Ok(semaphore) => Ok(semaphore),
+            Err(e) if e.is_already_held() || e.is_full() => {
+                let semaphore = self.get()?;
+                if semaphore.is_held_by(holder) {
+                    Ok(semaphore)
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `locksmithd`'s `unlockIfHeld`: unlocks `holder` if it holds a slot; returns whether it
     /// did.
     pub fn unlock_if_held(&self, holder: &str) -> Result<bool, Error> {

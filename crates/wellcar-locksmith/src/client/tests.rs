@@ -429,3 +429,21 @@ fn basic_auth_credentials_are_sent() {
     lock.lock("m1").unwrap();
     assert_eq!(lock.get().unwrap().holders(), ["m1"]);
 }
+
+#[test]
+fn acquire_counts_holding_already_as_held() {
+    let etcd = Etcd::start();
+    let lock = EtcdLock::new(&config(&etcd), Some("acquire")).unwrap();
+    assert!(lock.acquire("m1").unwrap().is_held_by("m1"));
+    // Full, but m1 is the holder: held (lock() says "semaphore is at 0").
+    assert!(lock.lock("m1").unwrap_err().is_full());
+    assert_eq!(lock.acquire("m1").unwrap().holders(), ["m1"]);
+    // Full and held by another: refused.
+    let e = lock.acquire("m2").unwrap_err();
+    assert!(e.is_full(), "{e}");
+    lock.set_max(2).unwrap();
+    // A free slot, m1 holding: "holder exists" is held too, and nothing changes.
+    let before = lock.get().unwrap();
+    assert_eq!(lock.acquire("m1").unwrap(), before);
+    assert!(lock.acquire("m2").unwrap().is_held_by("m2"));
+}
