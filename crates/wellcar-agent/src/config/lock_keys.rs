@@ -24,9 +24,6 @@ use std::time::Duration;
 
 use super::{ConfigError, Setting};
 
-/// locksmith's default etcd endpoints.
-pub const DEFAULT_ETCD_ENDPOINTS: [&str; 2] = ["http://127.0.0.1:2379", "http://127.0.0.1:4001"];
-
 /// Default first pause after a failed lock or unlock (locksmith's initial interval).
 pub const DEFAULT_LOCK_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -39,55 +36,14 @@ pub struct FleetLockSettings {
     pub group: String,
 }
 
-/// locksmith's `LOCKSMITHD_*` etcd settings.
-#[derive(Clone, PartialEq, Eq)]
+/// locksmith's `LOCKSMITHD_*` settings as update.conf sets them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EtcdLockSettings {
-    /// etcd client URLs, tried in order.
-    pub endpoints: Vec<String>,
+    /// Endpoints, TLS files, credentials and group, in `wellcar-locksmith`'s type (the one
+    /// `locksmithctl` uses too).
+    pub locksmith: wellcar_locksmith::LocksmithSettings,
     /// Whether `LOCKSMITHD_ENDPOINT` was set (what `best-effort` looks at).
     pub endpoint_configured: bool,
-    /// `LOCKSMITHD_ETCD_CAFILE`.
-    pub ca_file: Option<PathBuf>,
-    /// `LOCKSMITHD_ETCD_CERTFILE`.
-    pub cert_file: Option<PathBuf>,
-    /// `LOCKSMITHD_ETCD_KEYFILE`.
-    pub key_file: Option<PathBuf>,
-    /// `LOCKSMITHD_ETCD_USERNAME`.
-    pub username: Option<String>,
-    /// `LOCKSMITHD_ETCD_PASSWORD` (redacted in `Debug`).
-    pub password: Option<String>,
-    /// `LOCKSMITHD_GROUP`; `None`: locksmith's global semaphore.
-    pub group: Option<String>,
-}
-
-impl std::fmt::Debug for EtcdLockSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdLockSettings")
-            .field("endpoints", &self.endpoints)
-            .field("endpoint_configured", &self.endpoint_configured)
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("group", &self.group)
-            .finish()
-    }
-}
-
-impl Default for EtcdLockSettings {
-    fn default() -> Self {
-        Self {
-            endpoints: DEFAULT_ETCD_ENDPOINTS.map(str::to_owned).to_vec(),
-            endpoint_configured: false,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            username: None,
-            password: None,
-            group: None,
-        }
-    }
 }
 
 fn invalid(key: &str, s: &Setting, reason: String) -> ConfigError {
@@ -175,7 +131,7 @@ pub(super) fn require_fleetlock(
 pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSettings, ConfigError> {
     let mut etcd = EtcdLockSettings::default();
     if let Some(s) = get(settings, "LOCKSMITHD_ENDPOINT") {
-        etcd.endpoints = s
+        etcd.locksmith.etcd.endpoints = s
             .value
             .split(',')
             .map(|e| {
@@ -196,9 +152,9 @@ pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSetti
             })
             .transpose()
     };
-    etcd.ca_file = path("LOCKSMITHD_ETCD_CAFILE")?;
-    etcd.cert_file = path("LOCKSMITHD_ETCD_CERTFILE")?;
-    etcd.key_file = path("LOCKSMITHD_ETCD_KEYFILE")?;
+    etcd.locksmith.etcd.ca_file = path("LOCKSMITHD_ETCD_CAFILE")?;
+    etcd.locksmith.etcd.cert_file = path("LOCKSMITHD_ETCD_CERTFILE")?;
+    etcd.locksmith.etcd.key_file = path("LOCKSMITHD_ETCD_KEYFILE")?;
     for (set, missing) in [
         ("LOCKSMITHD_ETCD_CERTFILE", "LOCKSMITHD_ETCD_KEYFILE"),
         ("LOCKSMITHD_ETCD_KEYFILE", "LOCKSMITHD_ETCD_CERTFILE"),
@@ -209,9 +165,11 @@ pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSetti
             return Err(invalid(set, s, format!("{missing} must be set too")));
         }
     }
-    etcd.username = get(settings, "LOCKSMITHD_ETCD_USERNAME").map(|s| s.value.clone());
-    etcd.password = get(settings, "LOCKSMITHD_ETCD_PASSWORD").map(|s| s.value.clone());
-    etcd.group = get(settings, "LOCKSMITHD_GROUP").map(|s| s.value.trim().to_owned());
+    etcd.locksmith.etcd.username =
+        get(settings, "LOCKSMITHD_ETCD_USERNAME").map(|s| s.value.clone());
+    etcd.locksmith.etcd.password =
+        get(settings, "LOCKSMITHD_ETCD_PASSWORD").map(|s| s.value.clone());
+    etcd.locksmith.group = get(settings, "LOCKSMITHD_GROUP").map(|s| s.value.trim().to_owned());
     Ok(etcd)
 }
 
@@ -296,8 +254,14 @@ mod tests {
     #[test]
     fn locksmith_keys() {
         let config = parse("REBOOT_STRATEGY=etcd-lock\n").unwrap();
-        assert_eq!(config.etcd_lock.endpoints, super::DEFAULT_ETCD_ENDPOINTS);
-        assert_eq!(config.etcd_lock.group, None, "locksmith's global semaphore");
+        assert_eq!(
+            config.etcd_lock.locksmith.etcd.endpoints,
+            wellcar_locksmith::DEFAULT_ENDPOINTS
+        );
+        assert_eq!(
+            config.etcd_lock.locksmith.group, None,
+            "locksmith's global semaphore"
+        );
         assert_eq!(lock_kind(&config), Some(LockKind::Etcd));
         let config = parse(
             "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_ENDPOINT=http://10.0.0.2:2379, https://10.0.0.3:2379\n\
@@ -306,7 +270,10 @@ mod tests {
              LOCKSMITHD_ETCD_USERNAME=root\nLOCKSMITHD_ETCD_PASSWORD=hunter2\n",
         )
         .unwrap();
-        let etcd = &config.etcd_lock;
+        let (etcd, group) = (
+            &config.etcd_lock.locksmith.etcd,
+            &config.etcd_lock.locksmith.group,
+        );
         assert_eq!(
             etcd.endpoints,
             ["http://10.0.0.2:2379", "https://10.0.0.3:2379"]
@@ -323,7 +290,7 @@ mod tests {
             etcd.key_file.as_deref(),
             Some(Path::new("/etc/ssl/etcd/k.pem"))
         );
-        assert_eq!(etcd.group.as_deref(), Some("db"));
+        assert_eq!(group.as_deref(), Some("db"));
         assert_eq!(etcd.username.as_deref(), Some("root"));
         assert_eq!(etcd.password.as_deref(), Some("hunter2"));
         assert!(!format!("{config:?}").contains("hunter2"));

@@ -27,6 +27,8 @@ use crate::config::Config;
 use crate::host::HostPaths;
 use crate::state::{AgentState, Phase, StagedUpdate, StateStore};
 
+mod etcd_lock;
+
 const MACHINE: &str = "4c1d5f6e7a8b49c0b1d2e3f405162738";
 
 /// The lock group of these hosts (their update `GROUP`, an Omaha track the server knows).
