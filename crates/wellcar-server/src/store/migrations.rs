@@ -78,6 +78,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT;
      ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT;
      ALTER TABLE api_tokens ADD COLUMN last_used_at BIGINT;",
+    // 6: the dashboard's version-adoption chart counts completed updates per day from the
+    // index alone.
+    "CREATE INDEX events_adoption ON events (event_type, event_result, created_at, app_id, version);",
 ];
 
 /// Runs pending migrations and seeds an empty database. Safe to run from several processes.

@@ -1,0 +1,298 @@
+//! The dashboard's reads (`/ui/`, [`crate::ui`]): counts and pages of rows, each an index range
+//! scan or an aggregate over an index, never a load of the whole fleet into memory.
+//!
+//! Contract:
+//! - Every function returns at most a page of rows (`limit` is clamped) or one row per group,
+//!   version or status; counts are computed by the database (`COUNT(*) … GROUP BY`).
+//! - The same SQL runs on SQLite and PostgreSQL. User text (search terms, filters) is only ever
+//!   a bound parameter; `LIKE` patterns escape `%`, `_` and `\` ([`like_pattern`]).
+//! - Indexes used: `instances_group_status_version` (per-group version and status counts),
+//!   `instances_group_granted_version` (rollout progress), `instances_last_check` (instance
+//!   pages), `events_created` (the last day's events), `events_machine` (an instance's
+//!   timeline), `events_adoption` (completed updates per day), `activity_created` (activity).
+
+use super::instances::{instance_from, INSTANCE_COLUMNS};
+use super::{require_app, Scope};
+use crate::db::{query_one, Conn, Value};
+use crate::model::{Activity, Instance};
+use crate::params;
+use crate::StoreError;
+
+/// Instances of one group, version and status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionStatusCount {
+    /// Group id.
+    pub group_id: String,
+    /// Installed version.
+    pub version: String,
+    /// Instance status.
+    pub status: String,
+    /// How many instances.
+    pub count: i64,
+}
+
+/// Instance counts per group, version and status for every group of `app_id` (instances in no
+/// group are not counted).
+pub fn group_version_status_counts(
+    conn: &mut dyn Conn,
+    app_id: &str,
+) -> Result<Vec<VersionStatusCount>, StoreError> {
+    let app = require_app(conn, app_id)?;
+    conn.query(
+        "SELECT group_id, status, version, COUNT(*) FROM instances
+         WHERE group_id IN (SELECT id FROM update_groups WHERE app_id = $1)
+         GROUP BY group_id, status, version",
+        &params![&app.id],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(VersionStatusCount {
+            group_id: r.text(0)?,
+            status: r.text(1)?,
+            version: r.text(2)?,
+            count: r.int(3)?,
+        })
+    })
+    .collect()
+}
+
+/// Statuses of the instances of `group_id` granted `version` (the current rollout), with counts.
+pub fn rollout_status_counts(
+    conn: &mut dyn Conn,
+    group_id: &str,
+    version: &str,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    conn.query(
+        "SELECT status, COUNT(*) FROM instances WHERE group_id = $1 AND granted_version = $2
+         GROUP BY status",
+        &params![group_id, version],
+    )?
+    .iter()
+    .map(|r| Ok((r.text(0)?, r.int(1)?)))
+    .collect()
+}
+
+/// Events per group, type and result since `since` (unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventCount {
+    /// Group id (empty: none).
+    pub group_id: String,
+    /// Omaha event type.
+    pub event_type: i64,
+    /// Omaha event result.
+    pub event_result: i64,
+    /// How many.
+    pub count: i64,
+}
+
+/// Events of `app_id` since `since`, counted per group, type and result.
+pub fn event_counts_since(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    since: i64,
+) -> Result<Vec<EventCount>, StoreError> {
+    let app = require_app(conn, app_id)?;
+    conn.query(
+        "SELECT COALESCE(group_id, ''), event_type, event_result, COUNT(*) FROM events
+         WHERE created_at >= $1 AND app_id = $2
+         GROUP BY COALESCE(group_id, ''), event_type, event_result",
+        &params![since, &app.id],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(EventCount {
+            group_id: r.text(0)?,
+            event_type: r.int(1)?,
+            event_result: r.int(2)?,
+            count: r.int(3)?,
+        })
+    })
+    .collect()
+}
+
+/// The `LIKE` pattern matching `text` anywhere, lowercased, with `%`, `_` and `\` escaped
+/// (used with `ESCAPE '\'`).
+pub fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// Which instances an instance page lists. Empty strings mean "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceSearch {
+    /// Group id.
+    pub group_id: String,
+    /// Installed version.
+    pub version: String,
+    /// Status.
+    pub status: String,
+    /// Matched against machine id (exactly or in part), alias and IP (in part, any case).
+    pub text: String,
+    /// Rows skipped.
+    pub offset: i64,
+    /// Rows returned (1 to 500).
+    pub limit: i64,
+}
+
+const SEARCH_WHERE: &str = "app_id = $1 AND ($2 = '' OR group_id = $2) AND ($3 = '' OR version = $3)
+    AND ($4 = '' OR status = $4)
+    AND ($5 = '' OR machine_id = $5 OR LOWER(machine_id) LIKE $6 ESCAPE '\\'
+         OR LOWER(alias) LIKE $6 ESCAPE '\\' OR LOWER(ip) LIKE $6 ESCAPE '\\')";
+
+/// One page of the instances matching `search`, most recently seen first, and how many match.
+pub fn search_instances(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    search: &InstanceSearch,
+) -> Result<(Vec<Instance>, i64), StoreError> {
+    let app = require_app(conn, app_id)?;
+    let text = search.text.trim();
+    let pattern = like_pattern(text);
+    let filter = params![
+        &app.id,
+        &search.group_id,
+        &search.version,
+        &search.status,
+        text,
+        &pattern
+    ];
+    let total = query_one(
+        conn,
+        &format!("SELECT COUNT(*) FROM instances WHERE {SEARCH_WHERE}"),
+        &filter,
+    )?
+    .map(|r| r.int(0))
+    .transpose()?
+    .unwrap_or(0);
+    let page: Vec<Value> = filter
+        .iter()
+        .cloned()
+        .chain(params![
+            search.limit.clamp(1, 500),
+            search.offset.clamp(0, i64::MAX / 2)
+        ])
+        .collect();
+    let rows = conn
+        .query(
+            &format!(
+                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {SEARCH_WHERE}
+                 ORDER BY last_check DESC, machine_id LIMIT $7 OFFSET $8"
+            ),
+            &page,
+        )?
+        .iter()
+        .map(instance_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((rows, total))
+}
+
+/// Which activity entries an activity page lists. Empty strings mean "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActivitySearch {
+    /// Kind (`group-paused`, `channel-published`, …).
+    pub kind: String,
+    /// Severity.
+    pub severity: String,
+    /// Group id.
+    pub group_id: String,
+    /// Only entries at or after this time (unix ms; 0: any).
+    pub since: i64,
+    /// Rows skipped.
+    pub offset: i64,
+    /// Rows returned (1 to 500).
+    pub limit: i64,
+}
+
+/// One page of the activity log, newest first.
+pub fn search_activity(
+    conn: &mut dyn Conn,
+    search: &ActivitySearch,
+) -> Result<Vec<Activity>, StoreError> {
+    conn.query(
+        "SELECT created_at, actor, kind, app_id, group_id, severity, message FROM activity
+         WHERE created_at >= $1 AND ($2 = '' OR kind = $2) AND ($3 = '' OR severity = $3)
+           AND ($4 = '' OR group_id = $4)
+         ORDER BY created_at DESC, id LIMIT $5 OFFSET $6",
+        &params![
+            search.since,
+            &search.kind,
+            &search.severity,
+            &search.group_id,
+            search.limit.clamp(1, 500),
+            search.offset.clamp(0, i64::MAX / 2)
+        ],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Activity {
+            created_at: r.int(0)?,
+            actor: r.text(1)?,
+            kind: r.text(2)?,
+            app_id: r.opt_text(3)?,
+            group_id: r.opt_text(4)?,
+            severity: r.text(5)?,
+            message: r.text(6)?,
+        })
+    })
+    .collect()
+}
+
+/// Completed updates (event 3, result 2) of `app_id` since `since`, per UTC day (days since
+/// the epoch) and version.
+pub fn completions_per_day(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    since: i64,
+) -> Result<Vec<(i64, String, i64)>, StoreError> {
+    let app = require_app(conn, app_id)?;
+    conn.query(
+        "SELECT created_at / 86400000, version, COUNT(*) FROM events
+         WHERE event_type = 3 AND event_result = 2 AND created_at >= $1 AND app_id = $2
+         GROUP BY 1, 2",
+        &params![since, &app.id],
+    )?
+    .iter()
+    .map(|r| Ok((r.int(0)?, r.text(1)?, r.int(2)?)))
+    .collect()
+}
+
+/// A live token by id: its name and scope, if it exists, is not revoked and has not expired
+/// at `now` (a dashboard session re-checks its token with this on every request).
+pub fn live_token(
+    conn: &mut dyn Conn,
+    id: &str,
+    now: i64,
+) -> Result<Option<(String, Scope)>, StoreError> {
+    let Some(row) = query_one(
+        conn,
+        "SELECT name, scope FROM api_tokens WHERE id = $1 AND revoked_at IS NULL
+           AND (expires_at IS NULL OR expires_at > $2)",
+        &params![id, now],
+    )?
+    else {
+        return Ok(None);
+    };
+    let scope = row.text(1)?;
+    let scope = Scope::parse(&scope)
+        .ok_or_else(|| StoreError::Invalid(format!("api_tokens.scope {scope:?} is not a scope")))?;
+    Ok(Some((row.text(0)?, scope)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("a%b_c\\"), "%a\\%b\\_c\\\\%");
+        assert_eq!(like_pattern("ABC"), "%abc%");
+    }
+}
