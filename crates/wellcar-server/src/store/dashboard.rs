@@ -142,7 +142,8 @@ pub struct InstanceSearch {
     pub limit: i64,
 }
 
-const SEARCH_WHERE: &str = "app_id = $1 AND ($2 = '' OR group_id = $2) AND ($3 = '' OR version = $3)
+const SEARCH_WHERE: &str =
+    "app_id = $1 AND ($2 = '' OR group_id = $2) AND ($3 = '' OR version = $3)
     AND ($4 = '' OR status = $4)
     AND ($5 = '' OR machine_id = $5 OR LOWER(machine_id) LIKE $6 ESCAPE '\\'
          OR LOWER(alias) LIKE $6 ESCAPE '\\' OR LOWER(ip) LIKE $6 ESCAPE '\\')";

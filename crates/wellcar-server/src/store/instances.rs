@@ -14,7 +14,8 @@ use crate::model::{status, Instance, InstanceFacts};
 use crate::params;
 use crate::StoreError;
 
-pub(super) const INSTANCE_COLUMNS: &str = "app_id, machine_id, alias, ip, oem, version, track, group_id, arch,
+pub(super) const INSTANCE_COLUMNS: &str =
+    "app_id, machine_id, alias, ip, oem, version, track, group_id, arch,
     status, last_check, granted_version, granted_at, last_error_code";
 
 pub(super) fn instance_from(r: &Row) -> Result<Instance, StoreError> {

@@ -48,15 +48,19 @@ async fn start_driver() -> Driver {
     let url = format!("http://127.0.0.1:{port}");
     let driver = Driver { child, url };
     let status = format!("{}/status", driver.url);
-    wellcar_test_support::wait::wait_until_async("chromedriver to answer /status", Duration::from_secs(30), || {
-        let status = status.clone();
-        async move {
-            tokio::task::spawn_blocking(move || ureq::get(&status).call().ok().map(|_| ()))
-                .await
-                .ok()
-                .flatten()
-        }
-    })
+    wellcar_test_support::wait::wait_until_async(
+        "chromedriver to answer /status",
+        Duration::from_secs(30),
+        || {
+            let status = status.clone();
+            async move {
+                tokio::task::spawn_blocking(move || ureq::get(&status).call().ok().map(|_| ()))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        },
+    )
     .await;
     driver
 }
@@ -117,7 +121,13 @@ async fn text(client: &Client, css: &str) -> String {
 
 async fn login(client: &Client, base: &str, token: &str) {
     client.goto(&format!("{base}/ui/login")).await.unwrap();
-    client.find(Locator::Id("token")).await.unwrap().send_keys(token).await.unwrap();
+    client
+        .find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
     client
         .find(Locator::Css("form[action='/ui/login'] button"))
         .await
@@ -125,12 +135,26 @@ async fn login(client: &Client, base: &str, token: &str) {
         .click()
         .await
         .unwrap();
-    client.wait().for_element(Locator::Id("fleet-total")).await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::Id("fleet-total"))
+        .await
+        .unwrap();
 }
 
 async fn logout(client: &Client) {
-    client.find(Locator::Css("form.logout button")).await.unwrap().click().await.unwrap();
-    client.wait().for_element(Locator::Id("token")).await.unwrap();
+    client
+        .find(Locator::Css("form.logout button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap();
 }
 
 /// `fetch`es a POST from the page with the page's CSRF token; returns the status.
@@ -184,38 +208,109 @@ async fn the_dashboard_works_in_chromium() {
     step("login+overview", &mut t);
 
     // Pause beta through its confirmation; the activity log shows it.
-    client.goto(&format!("{base}/ui/groups/beta")).await.unwrap();
-    client.find(Locator::Id("pause-group")).await.unwrap().click().await.unwrap();
+    client
+        .goto(&format!("{base}/ui/groups/beta"))
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("pause-group"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let consequences = text(&client, ".consequences").await;
-    assert!(consequences.contains("stops granting updates"), "{consequences}");
+    assert!(
+        consequences.contains("stops granting updates"),
+        "{consequences}"
+    );
     shot(&client, "02-pause-confirmation").await;
-    client.find(Locator::Id("confirm-button")).await.unwrap().click().await.unwrap();
-    client.wait().for_element(Locator::Css(".notice")).await.unwrap();
+    client
+        .find(Locator::Id("confirm-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css(".notice"))
+        .await
+        .unwrap();
     assert!(text(&client, ".badge.paused").await.contains("Paused"));
     assert!(!fleet.updates_enabled("beta").await);
-    client.goto(&format!("{base}/ui/activity?kind=group-paused")).await.unwrap();
+    client
+        .goto(&format!("{base}/ui/activity?kind=group-paused"))
+        .await
+        .unwrap();
     let log = text(&client, "#activity tbody").await;
-    assert!(log.contains("group-paused") && log.contains("ops-admin") && log.contains("beta"), "{log}");
+    assert!(
+        log.contains("group-paused") && log.contains("ops-admin") && log.contains("beta"),
+        "{log}"
+    );
     shot(&client, "03-activity-paused").await;
     step("pause+activity", &mut t);
 
     // Publish a package to a channel, with confirmation and history.
     client.goto(&format!("{base}/ui/channels")).await.unwrap();
-    client.find(Locator::Css("#publish-channel option[value='alpha']")).await.unwrap().click().await.unwrap();
-    client.find(Locator::Css("#publish-version option[value='1.2.0']")).await.unwrap().click().await.unwrap();
-    client.find(Locator::Id("publish-review")).await.unwrap().click().await.unwrap();
+    client
+        .find(Locator::Css("#publish-channel option[value='alpha']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#publish-version option[value='1.2.0']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("publish-review"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let consequences = text(&client, ".consequences").await;
-    assert!(consequences.contains("will point at 1.2.0 (now: nothing)"), "{consequences}");
-    client.find(Locator::Id("confirm-button")).await.unwrap().click().await.unwrap();
-    client.wait().for_element(Locator::Css(".notice")).await.unwrap();
+    assert!(
+        consequences.contains("will point at 1.2.0 (now: nothing)"),
+        "{consequences}"
+    );
+    client
+        .find(Locator::Id("confirm-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css(".notice"))
+        .await
+        .unwrap();
     let history = text(&client, "#publish-history").await;
-    assert!(history.contains("channel alpha (amd64) now points at 1.2.0"), "{history}");
+    assert!(
+        history.contains("channel alpha (amd64) now points at 1.2.0"),
+        "{history}"
+    );
     shot(&client, "04-published").await;
     step("publish", &mut t);
 
     // An instance's timeline.
-    client.goto(&format!("{base}/ui/instances?group=stable&q=stable-003")).await.unwrap();
-    client.find(Locator::LinkText("stable-003")).await.unwrap().click().await.unwrap();
+    client
+        .goto(&format!("{base}/ui/instances?group=stable&q=stable-003"))
+        .await
+        .unwrap();
+    client
+        .find(Locator::LinkText("stable-003"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let timeline = text(&client, "#timeline").await;
     for what in ["download started", "download finished", "update complete"] {
         assert!(timeline.contains(what), "{what} missing from {timeline}");
@@ -225,10 +320,21 @@ async fn the_dashboard_works_in_chromium() {
 
     // Phone width: no horizontal scrolling on any page.
     client.set_window_size(390, 844).await.unwrap();
-    for path in ["/ui/", "/ui/groups/stable", "/ui/channels", "/ui/instances", "/ui/instances/stable-003", "/ui/activity", "/ui/adoption"] {
+    for path in [
+        "/ui/",
+        "/ui/groups/stable",
+        "/ui/channels",
+        "/ui/instances",
+        "/ui/instances/stable-003",
+        "/ui/activity",
+        "/ui/adoption",
+    ] {
         client.goto(&format!("{base}{path}")).await.unwrap();
         let (scroll, client_w) = no_horizontal_scroll(&client).await;
-        assert!(scroll <= client_w, "{path} scrolls sideways at phone width: {scroll} > {client_w}");
+        assert!(
+            scroll <= client_w,
+            "{path} scrolls sideways at phone width: {scroll} > {client_w}"
+        );
     }
     client.goto(&format!("{base}/ui/")).await.unwrap();
     shot(&client, "06-phone-overview").await;
@@ -240,7 +346,10 @@ async fn the_dashboard_works_in_chromium() {
     login(&client, &base, &fleet.reader).await;
     for path in ["/ui/", "/ui/groups/alpha", "/ui/channels"] {
         client.goto(&format!("{base}{path}")).await.unwrap();
-        let forms = client.find_all(Locator::Css("form[method='post']")).await.unwrap();
+        let forms = client
+            .find_all(Locator::Css("form[method='post']"))
+            .await
+            .unwrap();
         assert_eq!(forms.len(), 1, "{path}: only the logout form");
         let buttons = client
             .find_all(Locator::Css("#pause-group, #resume-group, #publish-review"))
@@ -251,7 +360,10 @@ async fn the_dashboard_works_in_chromium() {
     let status = post_from_page(&client, "/ui/groups/alpha/pause", "").await;
     assert_eq!(status, 403);
     assert!(fleet.updates_enabled("alpha").await);
-    client.goto(&format!("{base}/ui/groups/alpha/pause")).await.unwrap();
+    client
+        .goto(&format!("{base}/ui/groups/alpha/pause"))
+        .await
+        .unwrap();
     assert!(text(&client, "h1").await.contains("Not allowed"));
     shot(&client, "07-read-only-403").await;
     step("read-only", &mut t);

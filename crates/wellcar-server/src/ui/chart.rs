@@ -207,7 +207,10 @@ mod tests {
 
     #[test]
     fn bars_scale_to_the_largest() {
-        let c = bars(&[("a".into(), 10), ("b".into(), 5), ("c".into(), 0)], "s".into());
+        let c = bars(
+            &[("a".into(), 10), ("b".into(), 5), ("c".into(), 0)],
+            "s".into(),
+        );
         assert_eq!(c.bars[0].width, WIDTH - LABEL_W - 60.0);
         assert_eq!(c.bars[1].width * 2.0, c.bars[0].width);
         assert_eq!(c.bars[2].width, 0.0);
@@ -225,10 +228,7 @@ mod tests {
 
     #[test]
     fn lines_span_the_plot() {
-        let c = lines(
-            &["d1".into(), "d2".into()],
-            &[("1.0.0".into(), vec![0, 4])],
-        );
+        let c = lines(&["d1".into(), "d2".into()], &[("1.0.0".into(), vec![0, 4])]);
         assert_eq!(c.max, 4);
         assert_eq!(c.lines[0].points, "36.0,176.0 392.0,8.0");
         assert_eq!(c.lines[0].last, 4);

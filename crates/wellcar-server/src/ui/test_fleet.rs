@@ -80,7 +80,16 @@ impl Fleet {
 
     /// Adds an instance with `alias` to group `track`.
     pub async fn add_instance(&self, machine_id: &str, alias: &str, track: &str) {
-        let s = sighting(&self.server, machine_id, alias, "10.9.0.1", "1.0.0", track, self.now()).await;
+        let s = sighting(
+            &self.server,
+            machine_id,
+            alias,
+            "10.9.0.1",
+            "1.0.0",
+            track,
+            self.now(),
+        )
+        .await;
         self.server
             .state
             .db
@@ -141,7 +150,18 @@ async fn seed(server: &RunningServer, now: i64) {
             let version = if i % 3 == 0 { "1.1.0" } else { "1.0.0" };
             let id = format!("{track}-{i:03}");
             let ip = format!("10.0.{}.{i}", track.len());
-            sightings.push(sighting(server, &id, &format!("node {i} of {track}"), &ip, version, track, now - i as i64 * 60_000).await);
+            sightings.push(
+                sighting(
+                    server,
+                    &id,
+                    &format!("node {i} of {track}"),
+                    &ip,
+                    version,
+                    track,
+                    now - i as i64 * 60_000,
+                )
+                .await,
+            );
         }
     }
     let events: Vec<(String, Option<String>)> = sightings
@@ -152,7 +172,12 @@ async fn seed(server: &RunningServer, now: i64) {
     let statuses: Vec<(String, &str)> = sightings
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.facts.machine_id.clone(), ["complete", "granted", "downloading", "error"][i % 4]))
+        .map(|(i, s)| {
+            (
+                s.facts.machine_id.clone(),
+                ["complete", "granted", "downloading", "error"][i % 4],
+            )
+        })
         .collect();
     server
         .state

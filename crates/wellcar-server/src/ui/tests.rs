@@ -14,7 +14,12 @@ struct Answer {
     body: String,
 }
 
-async fn request(url: String, cookie: Option<String>, form: Option<Vec<(String, String)>>, origin: Option<String>) -> Answer {
+async fn request(
+    url: String,
+    cookie: Option<String>,
+    form: Option<Vec<(String, String)>>,
+    origin: Option<String>,
+) -> Answer {
     tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .max_redirects(0)
@@ -37,7 +42,10 @@ async fn request(url: String, cookie: Option<String>, form: Option<Vec<(String, 
                 if let Some(o) = &origin {
                     r = r.header("Origin", o);
                 }
-                let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let pairs: Vec<(&str, &str)> = fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 r.send_form(pairs)
             }
         };
@@ -69,21 +77,48 @@ struct Browser<'a> {
 
 impl<'a> Browser<'a> {
     fn new(fleet: &'a Fleet) -> Self {
-        Browser { fleet, cookie: None }
+        Browser {
+            fleet,
+            cookie: None,
+        }
     }
 
     async fn get(&self, path: &str) -> Answer {
-        request(format!("{}{path}", self.fleet.url()), self.cookie.clone(), None, None).await
+        request(
+            format!("{}{path}", self.fleet.url()),
+            self.cookie.clone(),
+            None,
+            None,
+        )
+        .await
     }
 
     async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Answer {
-        let fields = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        request(format!("{}{path}", self.fleet.url()), self.cookie.clone(), Some(fields), None).await
+        let fields = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        request(
+            format!("{}{path}", self.fleet.url()),
+            self.cookie.clone(),
+            Some(fields),
+            None,
+        )
+        .await
     }
 
     async fn post_from(&self, origin: &str, path: &str, fields: &[(&str, &str)]) -> Answer {
-        let fields = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        request(format!("{}{path}", self.fleet.url()), self.cookie.clone(), Some(fields), Some(origin.to_owned())).await
+        let fields = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        request(
+            format!("{}{path}", self.fleet.url()),
+            self.cookie.clone(),
+            Some(fields),
+            Some(origin.to_owned()),
+        )
+        .await
     }
 
     async fn login(&mut self, token: &str) -> Answer {
@@ -97,7 +132,11 @@ impl<'a> Browser<'a> {
     async fn csrf(&self) -> String {
         let page = self.get("/ui/").await;
         assert_eq!(page.status, 200, "{}", page.body);
-        let start = page.body.find("name=\"csrf-token\" content=\"").expect("csrf meta") + 27;
+        let start = page
+            .body
+            .find("name=\"csrf-token\" content=\"")
+            .expect("csrf meta")
+            + 27;
         page.body[start..start + 64].to_owned()
     }
 }
@@ -117,14 +156,25 @@ async fn login_sets_a_strict_http_only_cookie_and_logout_ends_the_session() {
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age="] {
         assert!(cookie.contains(flag), "{flag} missing from {cookie}");
     }
-    assert!(!cookie.contains(&fleet.admin), "the token itself must not be in the cookie");
+    assert!(
+        !cookie.contains(&fleet.admin),
+        "the token itself must not be in the cookie"
+    );
 
     let overview = b.get("/ui/").await;
     assert_eq!(overview.status, 200);
     for group in ["stable", "beta", "alpha"] {
-        assert!(overview.body.contains(&format!("id=\"group-{group}\"")), "{group} card missing");
+        assert!(
+            overview.body.contains(&format!("id=\"group-{group}\"")),
+            "{group} card missing"
+        );
     }
-    assert!(overview.body.contains("<strong id=\"fleet-total\">22</strong>"), "fleet total");
+    assert!(
+        overview
+            .body
+            .contains("<strong id=\"fleet-total\">22</strong>"),
+        "fleet total"
+    );
 
     let csrf = b.csrf().await;
     let out = b.post("/ui/logout", &[("csrf", &csrf)]).await;
@@ -163,11 +213,18 @@ async fn a_forged_csrf_token_or_foreign_origin_changes_nothing() {
     let missing = b.post("/ui/groups/beta/pause", &[]).await;
     assert_eq!(missing.status, 403);
     let foreign = b
-        .post_from("https://evil.example", "/ui/groups/beta/pause", &[("csrf", &csrf)])
+        .post_from(
+            "https://evil.example",
+            "/ui/groups/beta/pause",
+            &[("csrf", &csrf)],
+        )
         .await;
     assert_eq!(foreign.status, 403);
     assert!(foreign.body.contains("another site"), "{}", foreign.body);
-    assert!(fleet.updates_enabled("beta").await, "beta must still be enabled");
+    assert!(
+        fleet.updates_enabled("beta").await,
+        "beta must still be enabled"
+    );
     let ok = b.post("/ui/groups/beta/pause", &[("csrf", &csrf)]).await;
     assert_eq!(ok.status, 303, "{}", ok.body);
     assert!(!fleet.updates_enabled("beta").await);
@@ -212,7 +269,15 @@ async fn a_read_token_gets_no_mutating_buttons_and_403_when_it_posts() {
     let mut b = Browser::new(&fleet);
     b.login(&fleet.reader).await;
     let csrf = b.csrf().await;
-    for path in ["/ui/", "/ui/groups/beta", "/ui/channels", "/ui/instances", "/ui/activity", "/ui/adoption", "/ui/instances/beta-000"] {
+    for path in [
+        "/ui/",
+        "/ui/groups/beta",
+        "/ui/channels",
+        "/ui/instances",
+        "/ui/activity",
+        "/ui/adoption",
+        "/ui/instances/beta-000",
+    ] {
         let page = b.get(path).await;
         assert_eq!(page.status, 200, "{path}: {}", page.body);
         let forms = page.body.matches("method=\"post\"").count();
@@ -225,13 +290,24 @@ async fn a_read_token_gets_no_mutating_buttons_and_403_when_it_posts() {
     assert_eq!(pause.status, 403);
     assert!(pause.body.contains("scope read"), "{}", pause.body);
     let publish = b
-        .post("/ui/channels/publish", &[("csrf", &csrf), ("channel", "beta"), ("arch", "amd64"), ("version", "1.2.0")])
+        .post(
+            "/ui/channels/publish",
+            &[
+                ("csrf", &csrf),
+                ("channel", "beta"),
+                ("arch", "amd64"),
+                ("version", "1.2.0"),
+            ],
+        )
         .await;
     assert_eq!(publish.status, 403);
     assert_eq!(b.get("/ui/groups/beta/pause").await.status, 403);
     assert!(fleet.updates_enabled("beta").await);
     let channels = b.get("/ui/channels").await.body;
-    assert!(!channels.contains("now points at 1.2.0"), "nothing published");
+    assert!(
+        !channels.contains("now points at 1.2.0"),
+        "nothing published"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -242,16 +318,38 @@ async fn a_publish_token_publishes_after_confirming_but_cannot_pause() {
     let csrf = b.csrf().await;
     let group = b.get("/ui/groups/beta").await.body;
     assert!(!group.contains("pause-group"));
-    let confirm = b.get("/ui/channels/publish?channel=beta&arch=amd64&version=1.2.0").await;
+    let confirm = b
+        .get("/ui/channels/publish?channel=beta&arch=amd64&version=1.2.0")
+        .await;
     assert_eq!(confirm.status, 200, "{}", confirm.body);
-    assert!(confirm.body.contains("will point at 1.2.0 (now: 1.1.0)"), "{}", confirm.body);
+    assert!(
+        confirm.body.contains("will point at 1.2.0 (now: 1.1.0)"),
+        "{}",
+        confirm.body
+    );
     let done = b
-        .post("/ui/channels/publish", &[("csrf", &csrf), ("channel", "beta"), ("arch", "amd64"), ("version", "1.2.0")])
+        .post(
+            "/ui/channels/publish",
+            &[
+                ("csrf", &csrf),
+                ("channel", "beta"),
+                ("arch", "amd64"),
+                ("version", "1.2.0"),
+            ],
+        )
         .await;
     assert_eq!(done.status, 303, "{}", done.body);
     let channels = b.get(done.location.as_deref().unwrap()).await.body;
-    assert!(channels.contains("channel beta (amd64) now points at 1.2.0"), "history: {channels}");
-    assert_eq!(b.post("/ui/groups/beta/pause", &[("csrf", &csrf)]).await.status, 403);
+    assert!(
+        channels.contains("channel beta (amd64) now points at 1.2.0"),
+        "history: {channels}"
+    );
+    assert_eq!(
+        b.post("/ui/groups/beta/pause", &[("csrf", &csrf)])
+            .await
+            .status,
+        403
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -264,12 +362,22 @@ async fn html_in_aliases_is_escaped_everywhere() {
     for path in ["/ui/instances?q=evil", "/ui/instances/evil-1"] {
         let page = b.get(path).await;
         assert_eq!(page.status, 200);
-        assert!(!page.body.contains("<script>alert"), "{path} is not escaped");
+        assert!(
+            !page.body.contains("<script>alert"),
+            "{path} is not escaped"
+        );
         assert!(!page.body.contains("<b>bold"), "{path} is not escaped");
-        assert!(page.body.contains("&lt;script&gt;alert("), "{path}: {}", page.body);
+        assert!(
+            page.body.contains("&lt;script&gt;alert("),
+            "{path}: {}",
+            page.body
+        );
     }
     let search = b.get("/ui/instances?q=%3Cscript%3E%22").await.body;
-    assert!(search.contains("value=\"&lt;script&gt;&quot;\""), "the search box echo is escaped");
+    assert!(
+        search.contains("value=\"&lt;script&gt;&quot;\""),
+        "the search box echo is escaped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -284,7 +392,13 @@ async fn sql_metacharacters_in_search_match_literally() {
         let start = body.find("id=\"match-count\">").unwrap() + 17;
         body[start..].split(' ').next().unwrap().to_owned()
     };
-    for (q, expected) in [("%25", "1"), ("_", "1"), ("%27+OR+%271%27%3D%271", "1"), ("%5C", "0"), ("%27%3B+DROP+TABLE+instances%3B--", "0")] {
+    for (q, expected) in [
+        ("%25", "1"),
+        ("_", "1"),
+        ("%27+OR+%271%27%3D%271", "1"),
+        ("%5C", "0"),
+        ("%27%3B+DROP+TABLE+instances%3B--", "0"),
+    ] {
         let page = b.get(&format!("/ui/instances?q={q}")).await;
         assert_eq!(page.status, 200, "{q}: {}", page.body);
         assert_eq!(count(&page.body), expected, "search {q}");
@@ -307,5 +421,10 @@ async fn pages_carry_security_headers() {
     let h = page.headers();
     assert_eq!(h.get("x-frame-options").unwrap(), "DENY");
     assert_eq!(h.get("cache-control").unwrap(), "no-store");
-    assert!(h.get("content-security-policy").unwrap().to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(h
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
 }

@@ -77,24 +77,38 @@ pub async fn show(
     )
 }
 
-async fn resolve(ui: &UiState, form: &PublishForm) -> Result<(Package, Option<String>, i64), UiError> {
+async fn resolve(
+    ui: &UiState,
+    form: &PublishForm,
+) -> Result<(Package, Option<String>, i64), UiError> {
     if form.channel.is_empty() || form.arch.is_empty() || form.version.is_empty() {
         return Err(UiError::bad_request(
             "Choose a channel, an architecture and a version to publish. Nothing was changed.",
         ));
     }
-    let (channel, arch, version) = (form.channel.clone(), form.arch.clone(), form.version.clone());
+    let (channel, arch, version) = (
+        form.channel.clone(),
+        form.arch.clone(),
+        form.version.clone(),
+    );
     ui.server
         .db
         .read(move |conn| {
             let channels = store::list_channels(conn, APP_ID)?;
-            let Some(target) = channels.iter().find(|c| c.name == channel && c.arch == arch) else {
-                return Err(crate::StoreError::NotFound(format!("channel {channel} ({arch})")));
+            let Some(target) = channels
+                .iter()
+                .find(|c| c.name == channel && c.arch == arch)
+            else {
+                return Err(crate::StoreError::NotFound(format!(
+                    "channel {channel} ({arch})"
+                )));
             };
             let package = store::list_packages(conn, APP_ID)?
                 .into_iter()
                 .find(|p| p.version == version && p.arch == arch)
-                .ok_or_else(|| crate::StoreError::NotFound(format!("package {version} for {arch}")))?;
+                .ok_or_else(|| {
+                    crate::StoreError::NotFound(format!("package {version} for {arch}"))
+                })?;
             let current = target.package.as_ref().map(|p| p.version.clone());
             let groups: Vec<String> = store::list_groups(conn, APP_ID)?
                 .into_iter()
@@ -164,7 +178,11 @@ pub async fn publish(
     viewer.require(Scope::Publish, "publish a package")?;
     let actor = viewer.name.clone();
     let now = ui.server.now();
-    let (channel, arch, version) = (form.channel.clone(), form.arch.clone(), form.version.clone());
+    let (channel, arch, version) = (
+        form.channel.clone(),
+        form.arch.clone(),
+        form.version.clone(),
+    );
     ui.server
         .db
         .write(move |conn| {

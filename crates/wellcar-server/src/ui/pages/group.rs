@@ -76,8 +76,14 @@ pub async fn show(
         })
         .await?;
     let notice = match done.done.as_str() {
-        "paused" => Some(format!("Group {} paused: no new updates are granted.", group.track)),
-        "resumed" => Some(format!("Group {} resumed: updates are granted again.", group.track)),
+        "paused" => Some(format!(
+            "Group {} paused: no new updates are granted.",
+            group.track
+        )),
+        "resumed" => Some(format!(
+            "Group {} resumed: updates are granted again.",
+            group.track
+        )),
         _ => None,
     };
     render::page(
@@ -207,5 +213,9 @@ pub async fn apply(
         Action::Pause => "paused",
         Action::Resume => "resumed",
     };
-    Ok(Redirect::to(&format!("/ui/groups/{}?done={done}", path_segment(&group.track))).into_response())
+    Ok(Redirect::to(&format!(
+        "/ui/groups/{}?done={done}",
+        path_segment(&group.track)
+    ))
+    .into_response())
 }

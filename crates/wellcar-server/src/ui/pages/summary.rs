@@ -54,7 +54,11 @@ pub fn targets(group: &Group, channels: &[Channel]) -> Vec<(String, String)> {
     channels
         .iter()
         .filter(|c| c.name == group.channel)
-        .filter_map(|c| c.package.as_ref().map(|p| (p.version.clone(), c.arch.clone())))
+        .filter_map(|c| {
+            c.package
+                .as_ref()
+                .map(|p| (p.version.clone(), c.arch.clone()))
+        })
         .collect()
 }
 
