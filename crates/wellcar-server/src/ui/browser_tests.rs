@@ -318,6 +318,16 @@ async fn the_dashboard_works_in_chromium() {
     shot(&client, "05-timeline").await;
     step("timeline", &mut t);
 
+    // Reboot locks: holders, and a force-release button for an admin.
+    client.goto(&format!("{base}/ui/locks")).await.unwrap();
+    assert_eq!(text(&client, "#lock-default .holders").await, "1");
+    assert!(client
+        .find(Locator::Css("#lock-default .release-lock"))
+        .await
+        .is_ok());
+    shot(&client, "06-reboot-locks").await;
+    step("locks", &mut t);
+
     // Phone width: no horizontal scrolling on any page.
     client.set_window_size(390, 844).await.unwrap();
     for path in [
@@ -337,14 +347,14 @@ async fn the_dashboard_works_in_chromium() {
         );
     }
     client.goto(&format!("{base}/ui/")).await.unwrap();
-    shot(&client, "06-phone-overview").await;
+    shot(&client, "07-phone-overview").await;
     client.set_window_size(1280, 800).await.unwrap();
     step("phone", &mut t);
 
     // A read-only token: no buttons that change things, 403 if it posts anyway.
     logout(&client).await;
     login(&client, &base, &fleet.reader).await;
-    for path in ["/ui/", "/ui/groups/alpha", "/ui/channels"] {
+    for path in ["/ui/", "/ui/groups/alpha", "/ui/channels", "/ui/locks"] {
         client.goto(&format!("{base}{path}")).await.unwrap();
         let forms = client
             .find_all(Locator::Css("form[method='post']"))
@@ -352,7 +362,9 @@ async fn the_dashboard_works_in_chromium() {
             .unwrap();
         assert_eq!(forms.len(), 1, "{path}: only the logout form");
         let buttons = client
-            .find_all(Locator::Css("#pause-group, #resume-group, #publish-review"))
+            .find_all(Locator::Css(
+                "#pause-group, #resume-group, #publish-review, .release-lock",
+            ))
             .await
             .unwrap();
         assert!(buttons.is_empty(), "{path} shows a mutating button");
@@ -365,7 +377,7 @@ async fn the_dashboard_works_in_chromium() {
         .await
         .unwrap();
     assert!(text(&client, "h1").await.contains("Not allowed"));
-    shot(&client, "07-read-only-403").await;
+    shot(&client, "08-read-only-403").await;
     step("read-only", &mut t);
 
     client.close().await.unwrap();

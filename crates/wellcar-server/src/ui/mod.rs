@@ -12,7 +12,7 @@
 //!   expired session, a wrong token or too small a scope get a clear error page (401 or 403)
 //!   and change nothing.
 //! - Scopes are the API's: any token reads everything; `publish` may publish packages to
-//!   channels; `admin` may pause and resume groups. Pages show only the buttons the session's
+//!   channels; `admin` may pause and resume groups and force-release reboot locks. Pages show only the buttons the session's
 //!   scope may use.
 //! - Every page reads counts from aggregate queries (`store::group_version_status_counts`, …),
 //!   never the whole fleet; every value is HTML-escaped by the templates.
@@ -81,6 +81,11 @@ pub fn routes(server: Arc<ServerState>) -> Router {
         .route("/ui/instances/{machine}", get(pages::instances::timeline))
         .route("/ui/activity", get(pages::activity::list))
         .route("/ui/adoption", get(pages::adoption::show))
+        .route("/ui/locks", get(pages::locks::show))
+        .route(
+            "/ui/locks/release",
+            get(pages::locks::confirm).post(pages::locks::release),
+        )
         .route("/ui/assets/style.css", get(style))
         .route("/ui/assets/app.js", get(script))
         .layer(axum::middleware::from_fn(csrf::same_origin_posts))

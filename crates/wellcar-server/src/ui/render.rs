@@ -26,6 +26,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("timeline.html", include_str!("templates/timeline.html")),
     ("activity.html", include_str!("templates/activity.html")),
     ("adoption.html", include_str!("templates/adoption.html")),
+    ("locks.html", include_str!("templates/locks.html")),
 ];
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for unix milliseconds.

@@ -78,6 +78,20 @@ impl Fleet {
             .updates_enabled
     }
 
+    /// Holders of reboot lock group `group`.
+    pub async fn lock_holders(&self, group: &str) -> Vec<String> {
+        let group = group.to_owned();
+        self.server
+            .state
+            .db
+            .read(move |c| store::fleetlock_holders(c, &group))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect()
+    }
+
     /// Adds an instance with `alias` to group `track`.
     pub async fn add_instance(&self, machine_id: &str, alias: &str, track: &str) {
         let s = sighting(
@@ -217,6 +231,15 @@ async fn seed(server: &RunningServer, now: i64) {
                     store::insert_event(c, &e, now - back)?;
                 }
             }
+            let lock = store::LockRequest {
+                group: "default",
+                id: "stable-001",
+                implicit_group: true,
+                default_max: 1,
+                lease_ms: 3_600_000,
+            };
+            store::fleetlock_acquire(c, &lock, now)
+                .map_err(|e| crate::StoreError::Invalid(e.to_string()))?;
             Ok(())
         })
         .await

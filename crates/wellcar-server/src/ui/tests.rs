@@ -282,7 +282,12 @@ async fn a_read_token_gets_no_mutating_buttons_and_403_when_it_posts() {
         assert_eq!(page.status, 200, "{path}: {}", page.body);
         let forms = page.body.matches("method=\"post\"").count();
         assert_eq!(forms, 1, "{path} must have only the logout form");
-        for button in ["pause-group", "resume-group", "publish-review"] {
+        for button in [
+            "pause-group",
+            "resume-group",
+            "publish-review",
+            "release-lock",
+        ] {
             assert!(!page.body.contains(button), "{path} shows {button}");
         }
     }
@@ -302,6 +307,14 @@ async fn a_read_token_gets_no_mutating_buttons_and_403_when_it_posts() {
         .await;
     assert_eq!(publish.status, 403);
     assert_eq!(b.get("/ui/groups/beta/pause").await.status, 403);
+    let release = b
+        .post(
+            "/ui/locks/release",
+            &[("csrf", &csrf), ("group", "default"), ("id", "stable-001")],
+        )
+        .await;
+    assert_eq!(release.status, 403);
+    assert_eq!(fleet.lock_holders("default").await, ["stable-001"]);
     assert!(fleet.updates_enabled("beta").await);
     let channels = b.get("/ui/channels").await.body;
     assert!(
@@ -427,4 +440,44 @@ async fn pages_carry_security_headers() {
         .to_str()
         .unwrap()
         .contains("frame-ancestors 'none'"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_force_releases_a_reboot_lock_after_confirming() {
+    let fleet = Fleet::start().await;
+    let mut b = Browser::new(&fleet);
+    b.login(&fleet.admin).await;
+    let csrf = b.csrf().await;
+    let locks = b.get("/ui/locks").await.body;
+    assert!(locks.contains("stable-001"), "{locks}");
+    assert!(
+        locks.contains("release?group=default&amp;id=stable%2D001\""),
+        "{locks}"
+    );
+    let confirm = b.get("/ui/locks/release?group=default&id=stable-001").await;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    assert!(confirm.body.contains("released now"), "{}", confirm.body);
+    let forged = b
+        .post(
+            "/ui/locks/release",
+            &[("csrf", "x"), ("group", "default"), ("id", "stable-001")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(fleet.lock_holders("default").await, ["stable-001"]);
+    let done = b
+        .post(
+            "/ui/locks/release",
+            &[("csrf", &csrf), ("group", "default"), ("id", "stable-001")],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(fleet.lock_holders("default").await.is_empty());
+    let activity = b
+        .get("/ui/activity?kind=fleetlock-force-released")
+        .await
+        .body;
+    assert!(activity.contains("released by an admin"), "{activity}");
+    let again = b.get("/ui/locks/release?group=default&id=stable-001").await;
+    assert_eq!(again.status, 404);
 }

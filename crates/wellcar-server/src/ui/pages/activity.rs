@@ -16,7 +16,7 @@ use crate::ui::{UiState, Viewer};
 pub const PAGE: i64 = 100;
 
 /// Kinds offered in the filter (any text is accepted).
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 19] = [
     "group-paused",
     "group-resumed",
     "group-updated",
@@ -31,6 +31,11 @@ pub const KINDS: [&str; 14] = [
     "token-created",
     "token-revoked",
     "seeded",
+    "fleetlock-granted",
+    "fleetlock-released",
+    "fleetlock-lease-expired",
+    "fleetlock-force-released",
+    "fleetlock-max-set",
 ];
 
 /// The filter form.

@@ -6,6 +6,7 @@ pub mod adoption;
 pub mod channels;
 pub mod group;
 pub mod instances;
+pub mod locks;
 pub mod login;
 pub mod overview;
 mod summary;
