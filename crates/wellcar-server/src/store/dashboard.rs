@@ -290,6 +290,124 @@ pub fn live_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::InstanceFacts;
+    use crate::store::{self, NewEvent, Sighting};
+
+    const APP: &str = wellcar_omaha::WELLCAR_APP_ID;
+
+    /// Every dashboard query on one database: a small fleet, then each count checked.
+    fn queries_answer_on(url: &str) {
+        let db = crate::db::Db::open(url, 2).unwrap();
+        let now = 100 * 86_400_000;
+        db.write_blocking(|c| {
+            store::migrate(c, now)?;
+            let beta = store::find_group(c, APP, "beta")?.unwrap().id;
+            let sightings: Vec<Sighting> = (0..5)
+                .map(|i| Sighting {
+                    facts: InstanceFacts {
+                        app_id: APP.into(),
+                        machine_id: format!("m{i}"),
+                        alias: ["50% off", "a_b", "x' OR 1=1", "plain", "PLAIN"][i].into(),
+                        ip: format!("10.0.0.{i}"),
+                        oem: String::new(),
+                        version: if i < 2 { "2.0.0" } else { "1.0.0" }.into(),
+                        track: "beta".into(),
+                        group_id: Some(beta.clone()),
+                        arch: "amd64".into(),
+                    },
+                    at: now - i as i64,
+                })
+                .collect();
+            store::upsert_sightings(c, &sightings)?;
+            c.execute(
+                "UPDATE instances SET granted_version = '2.0.0', status = 'complete' WHERE machine_id IN ('m0', 'm1')",
+                &[],
+            )?;
+            let event = wellcar_omaha::Event {
+                event_type: 3,
+                event_result: 2,
+                error_code: None,
+                previous_version: Some("1.0.0".into()),
+            };
+            for (i, m) in ["m0", "m1"].iter().enumerate() {
+                let e = NewEvent {
+                    app_id: APP,
+                    machine_id: m,
+                    group_id: Some(&beta),
+                    event: &event,
+                    version: "2.0.0",
+                    verified: true,
+                };
+                store::insert_event(c, &e, now - i as i64 * 86_400_000)?;
+            }
+
+            let counts = group_version_status_counts(c, APP)?;
+            let n = |v: &str, s: &str| {
+                counts
+                    .iter()
+                    .filter(|x| x.group_id == beta && x.version == v && x.status == s)
+                    .map(|x| x.count)
+                    .sum::<i64>()
+            };
+            assert_eq!((n("2.0.0", "complete"), n("1.0.0", "undefined")), (2, 3));
+            assert_eq!(rollout_status_counts(c, &beta, "2.0.0")?, [("complete".into(), 2)]);
+            let events = event_counts_since(c, APP, now - 3_600_000)?;
+            assert_eq!(events.iter().map(|e| e.count).sum::<i64>(), 1, "{events:?}");
+            let mut search = |text: &str| -> Result<i64, StoreError> {
+                let q = InstanceSearch {
+                    text: text.into(),
+                    limit: 2,
+                    ..InstanceSearch::default()
+                };
+                let (rows, total) = search_instances(c, APP, &q)?;
+                assert!(rows.len() <= 2);
+                Ok(total)
+            };
+            assert_eq!(search("%")?, 1, "% is literal");
+            assert_eq!(search("_")?, 1, "_ is literal");
+            assert_eq!(search("x' OR 1=1")?, 1);
+            assert_eq!(search("plain")?, 2, "any case");
+            assert_eq!(search("m3")?, 1, "by id");
+            assert_eq!(search("10.0.0.")?, 5, "by ip");
+            assert_eq!(search("")?, 5);
+            let paged = InstanceSearch {
+                version: "1.0.0".into(),
+                offset: 2,
+                limit: 10,
+                ..InstanceSearch::default()
+            };
+            assert_eq!(search_instances(c, APP, &paged)?.0.len(), 1);
+            let per_day = completions_per_day(c, APP, now - 10 * 86_400_000)?;
+            assert_eq!(per_day.len(), 2, "{per_day:?}");
+            assert!(per_day.iter().all(|(_, v, n)| v == "2.0.0" && *n == 1));
+            let seeded = ActivitySearch {
+                kind: "seeded".into(),
+                limit: 10,
+                ..ActivitySearch::default()
+            };
+            assert_eq!(search_activity(c, &seeded)?.len(), 1);
+            let secret = store::create_token(c, "t", Scope::Publish, now)?;
+            let id = store::check_token(c, &secret, now)?.unwrap().id;
+            assert_eq!(live_token(c, &id, now)?, Some(("t".into(), Scope::Publish)));
+            store::revoke_token(c, "t", "test", now)?;
+            assert_eq!(live_token(c, &id, now)?, None);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn queries_answer_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        queries_answer_on(&format!("sqlite:{}", dir.path().join("d.db").display()));
+    }
+
+    #[test]
+    fn queries_answer_on_postgres() {
+        let cluster = wellcar_test_support::pg_cluster::shared_cluster()
+            .unwrap_or_else(|e| panic!("postgresql tests need a server: {e}"));
+        queries_answer_on(&cluster.create_database().unwrap());
+    }
 
     #[test]
     fn like_patterns_escape_wildcards() {
