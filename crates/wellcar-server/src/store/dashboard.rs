@@ -6,9 +6,9 @@
 //!   version or status; counts are computed by the database (`COUNT(*) … GROUP BY`).
 //! - The same SQL runs on SQLite and PostgreSQL. User text (search terms, filters) is only ever
 //!   a bound parameter; `LIKE` patterns escape `%`, `_` and `\` ([`like_pattern`]).
-//! - Indexes used: `instances_group_status_version` (per-group version and status counts),
-//!   `instances_group_granted_version` (rollout progress), `instances_last_check` (instance
-//!   pages), `events_created` (the last day's events), `events_machine` (an instance's
+//! - Indexes used: `instances_group_status_version` (per-group version and status counts,
+//!   which also give the rollout's progress), `instances_app_last_check` (instance pages,
+//!   walked in order; deep pages are capped by the caller), `events_created` (the last day's events), `events_machine` (an instance's
 //!   timeline), `events_adoption` (completed updates per day), `activity_created` (activity).
 
 use super::instances::{instance_from, INSTANCE_COLUMNS};
@@ -56,22 +56,6 @@ pub fn group_version_status_counts(
     .collect()
 }
 
-/// Statuses of the instances of `group_id` granted `version` (the current rollout), with counts.
-pub fn rollout_status_counts(
-    conn: &mut dyn Conn,
-    group_id: &str,
-    version: &str,
-) -> Result<Vec<(String, i64)>, StoreError> {
-    conn.query(
-        "SELECT status, COUNT(*) FROM instances WHERE group_id = $1 AND granted_version = $2
-         GROUP BY status",
-        &params![group_id, version],
-    )?
-    .iter()
-    .map(|r| Ok((r.text(0)?, r.int(1)?)))
-    .collect()
-}
-
 /// Events per group, type and result since `since` (unix ms).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EventCount {
@@ -110,12 +94,12 @@ pub fn event_counts_since(
     .collect()
 }
 
-/// The `LIKE` pattern matching `text` anywhere, lowercased, with `%`, `_` and `\` escaped
-/// (used with `ESCAPE '\'`).
+/// The `LIKE` pattern matching `text` anywhere, with `%`, `_` and `\` escaped (used with
+/// `ESCAPE '\'`).
 pub fn like_pattern(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('%');
-    for c in text.to_lowercase().chars() {
+    for c in text.chars() {
         if matches!(c, '%' | '_' | '\\') {
             out.push('\\');
         }
@@ -142,18 +126,32 @@ pub struct InstanceSearch {
     pub limit: i64,
 }
 
-const SEARCH_WHERE: &str =
-    "app_id = $1 AND ($2 = '' OR group_id = $2) AND ($3 = '' OR version = $3)
-    AND ($4 = '' OR status = $4)
-    AND ($5 = '' OR machine_id = $5 OR LOWER(machine_id) LIKE $6 ESCAPE '\\'
-         OR LOWER(alias) LIKE $6 ESCAPE '\\' OR LOWER(ip) LIKE $6 ESCAPE '\\')";
+/// Matches counted at most: beyond this a page says "more than".
+pub const MATCH_COUNT_CAP: i64 = 10_000;
 
-/// One page of the instances matching `search`, most recently seen first, and how many match.
+/// The instance filter; `like` is `LIKE` (SQLite: ASCII case-insensitive) or `ILIKE`.
+fn search_where(like: &str) -> String {
+    format!(
+        "app_id = $1 AND ($2 = '' OR group_id = $2) AND ($3 = '' OR version = $3)
+         AND ($4 = '' OR status = $4)
+         AND ($5 = '' OR machine_id = $5 OR machine_id {like} $6 ESCAPE '\\'
+              OR alias {like} $6 ESCAPE '\\' OR ip {like} $6 ESCAPE '\\')"
+    )
+}
+
+/// One page of the instances matching `search`, most recently seen first (ties: machine id,
+/// descending), and how many match, counted up to [`MATCH_COUNT_CAP`] + 1. Text matches in
+/// any case on both backends.
 pub fn search_instances(
     conn: &mut dyn Conn,
     app_id: &str,
     search: &InstanceSearch,
 ) -> Result<(Vec<Instance>, i64), StoreError> {
+    let like = match conn.backend() {
+        crate::db::Backend::Sqlite => "LIKE",
+        crate::db::Backend::Postgres => "ILIKE",
+    };
+    let search_where = search_where(like);
     let app = require_app(conn, app_id)?;
     let text = search.text.trim();
     let pattern = like_pattern(text);
@@ -167,7 +165,10 @@ pub fn search_instances(
     ];
     let total = query_one(
         conn,
-        &format!("SELECT COUNT(*) FROM instances WHERE {SEARCH_WHERE}"),
+        &format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM instances WHERE {search_where} LIMIT {}) AS matches",
+            MATCH_COUNT_CAP + 1
+        ),
         &filter,
     )?
     .map(|r| r.int(0))
@@ -184,8 +185,8 @@ pub fn search_instances(
     let rows = conn
         .query(
             &format!(
-                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {SEARCH_WHERE}
-                 ORDER BY last_check DESC, machine_id LIMIT $7 OFFSET $8"
+                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {search_where}
+                 ORDER BY app_id DESC, last_check DESC, machine_id DESC LIMIT $7 OFFSET $8"
             ),
             &page,
         )?
@@ -350,7 +351,6 @@ mod tests {
                     .sum::<i64>()
             };
             assert_eq!((n("2.0.0", "complete"), n("1.0.0", "undefined")), (2, 3));
-            assert_eq!(rollout_status_counts(c, &beta, "2.0.0")?, [("complete".into(), 2)]);
             let events = event_counts_since(c, APP, now - 3_600_000)?;
             assert_eq!(events.iter().map(|e| e.count).sum::<i64>(), 1, "{events:?}");
             let mut search = |text: &str| -> Result<i64, StoreError> {
@@ -412,6 +412,6 @@ mod tests {
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(like_pattern("a%b_c\\"), "%a\\%b\\_c\\\\%");
-        assert_eq!(like_pattern("ABC"), "%abc%");
+        assert_eq!(like_pattern("ABC"), "%ABC%");
     }
 }

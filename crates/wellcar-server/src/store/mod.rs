@@ -48,8 +48,8 @@ pub use channels::{
 };
 pub use dashboard::{
     completions_per_day, event_counts_since, group_version_status_counts, like_pattern, live_token,
-    rollout_status_counts, search_activity, search_instances, ActivitySearch, EventCount,
-    InstanceSearch, VersionStatusCount,
+    search_activity, search_instances, ActivitySearch, EventCount, InstanceSearch,
+    VersionStatusCount, MATCH_COUNT_CAP,
 };
 pub use events::{count_events, insert_event, list_instance_events, NewEvent};
 pub use groups::{

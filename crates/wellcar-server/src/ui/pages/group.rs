@@ -59,20 +59,19 @@ pub async fn show(
 ) -> Result<Response, UiError> {
     let group = load_group(&ui, track).await?;
     let g = group.clone();
-    let (channels, counts, rollout, activity) = ui
+    let (channels, counts, activity) = ui
         .server
         .db
         .read(move |conn| {
             let channels = store::list_channels(conn, APP_ID)?;
             let counts = store::group_version_status_counts(conn, APP_ID)?;
-            let rollout = super::overview::rollout_counts(conn, &g, &channels)?;
             let search = ActivitySearch {
                 group_id: g.id.clone(),
                 limit: 20,
                 ..ActivitySearch::default()
             };
             let activity = store::search_activity(conn, &search)?;
-            Ok((channels, counts, rollout, activity))
+            Ok((channels, counts, activity))
         })
         .await?;
     let notice = match done.done.as_str() {
@@ -90,7 +89,7 @@ pub async fn show(
         "group.html",
         minijinja::context! {
             chrome => Chrome::new(&viewer, "overview", format!("Group {}", group.name)),
-            summary => summary::summarize(&group, &channels, &counts, &rollout),
+            summary => summary::summarize(&group, &channels, &counts),
             policy => &group.policy,
             track_path => path_segment(&group.track),
             activity,

@@ -16,6 +16,9 @@ use crate::ui::{UiState, Viewer};
 
 /// Rows per page.
 pub const PAGE: i64 = 50;
+/// Pages reachable by paging (deeper: refine the filter); keeps every page an index walk of
+/// at most this many rows.
+pub const MAX_PAGES: i64 = 200;
 /// Events shown on a timeline.
 pub const TIMELINE_EVENTS: i64 = 200;
 
@@ -63,7 +66,7 @@ pub async fn list(
     viewer: Viewer,
     Query(filter): Query<Filter>,
 ) -> Result<Response, UiError> {
-    let page = filter.page.max(0);
+    let page = filter.page.clamp(0, MAX_PAGES - 1);
     let group_track = filter.group.clone();
     let mut search = InstanceSearch {
         version: filter.version.trim().to_owned(),
@@ -125,7 +128,9 @@ pub async fn list(
             ])
         )
     };
-    let pages = (total + PAGE - 1) / PAGE;
+    let more = total > store::MATCH_COUNT_CAP;
+    let total = total.min(store::MATCH_COUNT_CAP);
+    let pages = ((total + PAGE - 1) / PAGE).min(MAX_PAGES);
     render::page(
         "instances.html",
         minijinja::context! {
@@ -136,6 +141,7 @@ pub async fn list(
             filter,
             rows,
             total,
+            more,
             page => page + 1,
             pages,
             first => if total == 0 { 0 } else { page * PAGE + 1 },

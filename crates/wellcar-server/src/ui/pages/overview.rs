@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::summary::{self, GroupSummary};
 use super::{Chrome, APP_ID, DAY_MS};
-use crate::model::{Activity, Group};
+use crate::model::Activity;
 use crate::store::{self, ActivitySearch};
 use crate::ui::render::{self, UiError};
 use crate::ui::{UiState, Viewer};
@@ -33,40 +33,17 @@ struct DaySummary {
     errors: i64,
 }
 
-/// The rollout status counts of every current target of `group`, summed per status.
-pub(super) fn rollout_counts(
-    conn: &mut dyn crate::db::Conn,
-    group: &Group,
-    channels: &[crate::model::Channel],
-) -> Result<Vec<(String, i64)>, crate::StoreError> {
-    let mut versions: Vec<String> = summary::targets(group, channels)
-        .into_iter()
-        .map(|t| t.0)
-        .collect();
-    versions.sort();
-    versions.dedup();
-    let mut out = Vec::new();
-    for v in versions {
-        out.extend(store::rollout_status_counts(conn, &group.id, &v)?);
-    }
-    Ok(out)
-}
-
 /// The overview page.
 pub async fn show(State(ui): State<Arc<UiState>>, viewer: Viewer) -> Result<Response, UiError> {
     let now = ui.server.now();
     let since = now - DAY_MS;
-    let (groups, channels, counts, rollouts, events, activity) = ui
+    let (groups, channels, counts, events, activity) = ui
         .server
         .db
         .read(move |conn| {
             let groups = store::list_groups(conn, APP_ID)?;
             let channels = store::list_channels(conn, APP_ID)?;
             let counts = store::group_version_status_counts(conn, APP_ID)?;
-            let mut rollouts = Vec::new();
-            for g in &groups {
-                rollouts.push(rollout_counts(conn, g, &channels)?);
-            }
             let events = store::event_counts_since(conn, APP_ID, since)?;
             let search = ActivitySearch {
                 since,
@@ -74,13 +51,12 @@ pub async fn show(State(ui): State<Arc<UiState>>, viewer: Viewer) -> Result<Resp
                 ..ActivitySearch::default()
             };
             let activity = store::search_activity(conn, &search)?;
-            Ok((groups, channels, counts, rollouts, events, activity))
+            Ok((groups, channels, counts, events, activity))
         })
         .await?;
     let cards: Vec<Card> = groups
         .iter()
-        .zip(&rollouts)
-        .map(|(g, rollout)| {
+        .map(|g| {
             let mut day = DaySummary::default();
             for e in events.iter().filter(|e| e.group_id == g.id) {
                 day.events += e.count;
@@ -95,7 +71,7 @@ pub async fn show(State(ui): State<Arc<UiState>>, viewer: Viewer) -> Result<Resp
                 }
             }
             Card {
-                group: summary::summarize(g, &channels, &counts, rollout),
+                group: summary::summarize(g, &channels, &counts),
                 day,
                 activity: activity
                     .iter()

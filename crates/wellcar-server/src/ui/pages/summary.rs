@@ -13,12 +13,13 @@ use crate::ui::chart::{self, BarChart, Stack};
 /// Versions shown in a chart before the rest are summed as "other".
 const CHART_VERSIONS: usize = 6;
 
-/// The rollout-progress buckets: (CSS key, label, statuses counted).
+/// The rollout-progress buckets: (CSS key, label, statuses counted). `complete` is counted
+/// differently: instances running a current target version, whatever their status.
 pub const PROGRESS: [(&str, &str, &[&str]); 5] = [
     ("granted", "granted", &["granted"]),
     ("downloading", "downloading", &["downloading", "downloaded"]),
     ("installed", "installed", &["installed"]),
-    ("complete", "complete", &["complete"]),
+    ("complete", "complete", &[]),
     ("error", "error", &["error", "timeout"]),
 ];
 
@@ -69,13 +70,16 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// Builds a group's summary from its counts and its rollout's status counts.
+/// Builds a group's summary from the per-group version and status counts. The rollout's
+/// progress: instances in progress by status (granted, downloading, installed), instances
+/// running a current target version (complete), instances whose update failed or timed out
+/// (error).
 pub fn summarize(
     group: &Group,
     channels: &[Channel],
     counts: &[VersionStatusCount],
-    rollout: &[(String, i64)],
 ) -> GroupSummary {
+    let target_versions: Vec<String> = targets(group, channels).into_iter().map(|t| t.0).collect();
     let mine = counts.iter().filter(|c| c.group_id == group.id);
     let mut per_version: BTreeMap<String, i64> = BTreeMap::new();
     let mut per_status: BTreeMap<String, i64> = BTreeMap::new();
@@ -84,6 +88,11 @@ pub fn summarize(
         *per_status.entry(c.status.clone()).or_default() += c.count;
     }
     let total = per_version.values().sum();
+    let on_target: i64 = per_version
+        .iter()
+        .filter(|(v, _)| target_versions.contains(v))
+        .map(|(_, n)| n)
+        .sum();
     let mut versions: Vec<(String, i64)> = per_version.into_iter().collect();
     versions.sort_by(|a, b| version_order(&a.0, &b.0));
     if versions.len() > CHART_VERSIONS {
@@ -99,11 +108,15 @@ pub fn summarize(
     let parts: Vec<(&str, &str, i64)> = PROGRESS
         .iter()
         .map(|(key, label, statuses)| {
-            let n = rollout
-                .iter()
-                .filter(|(s, _)| statuses.contains(&s.as_str()))
-                .map(|(_, n)| n)
-                .sum();
+            let n = if *key == "complete" {
+                on_target
+            } else {
+                per_status
+                    .iter()
+                    .filter(|(s, _)| statuses.contains(&s.as_str()))
+                    .map(|(_, n)| n)
+                    .sum()
+            };
             (*key, *label, n)
         })
         .collect();
