@@ -163,24 +163,12 @@ pub fn search_instances(
         text,
         &pattern
     ];
-    let total = query_one(
-        conn,
-        &format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM instances WHERE {search_where} LIMIT {}) AS matches",
-            MATCH_COUNT_CAP + 1
-        ),
-        &filter,
-    )?
-    .map(|r| r.int(0))
-    .transpose()?
-    .unwrap_or(0);
+    let limit = search.limit.clamp(1, 500);
+    let offset = search.offset.clamp(0, i64::MAX / 2);
     let page: Vec<Value> = filter
         .iter()
         .cloned()
-        .chain(params![
-            search.limit.clamp(1, 500),
-            search.offset.clamp(0, i64::MAX / 2)
-        ])
+        .chain(params![limit, offset])
         .collect();
     let rows = conn
         .query(
@@ -193,6 +181,22 @@ pub fn search_instances(
         .iter()
         .map(instance_from)
         .collect::<Result<Vec<_>, _>>()?;
+    // A short first page is every match: no second scan to count them.
+    if offset == 0 && (rows.len() as i64) < limit {
+        let total = rows.len() as i64;
+        return Ok((rows, total));
+    }
+    let total = query_one(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM instances WHERE {search_where} LIMIT {}) AS matches",
+            MATCH_COUNT_CAP + 1
+        ),
+        &filter,
+    )?
+    .map(|r| r.int(0))
+    .transpose()?
+    .unwrap_or(0);
     Ok((rows, total))
 }
 
