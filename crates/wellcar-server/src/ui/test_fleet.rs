@@ -231,6 +231,14 @@ async fn seed(server: &RunningServer, now: i64) {
                     store::insert_event(c, &e, now - back)?;
                 }
             }
+            let stable = store::find_group(c, crate::ui::pages::APP_ID, "stable")?.unwrap();
+            store::halt_group(
+                c,
+                &stable.id,
+                crate::ui::pages::APP_ID,
+                "safe mode: instance stable-003 failed updating to 1.1.0 (error code 7)",
+                now,
+            )?;
             let lock = store::LockRequest {
                 group: "default",
                 id: "stable-001",

@@ -175,6 +175,12 @@ async fn login_sets_a_strict_http_only_cookie_and_logout_ends_the_session() {
             .contains("<strong id=\"fleet-total\">22</strong>"),
         "fleet total"
     );
+    assert!(
+        overview
+            .body
+            .contains("Halted: safe mode: instance stable-003 failed"),
+        "the halt and its reason"
+    );
 
     let csrf = b.csrf().await;
     let out = b.post("/ui/logout", &[("csrf", &csrf)]).await;
