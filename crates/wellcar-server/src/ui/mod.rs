@@ -3,17 +3,18 @@
 //!
 //! Contract:
 //! - Log in at `/ui/login` with an API token. The token is checked once and never stored: the
-//!   server keeps a session (in memory, [`session`]) naming the token's id, and the browser gets
+//!   server keeps a session (in memory, `session`) naming the token's id, and the browser gets
 //!   an opaque `wellcar_ui` cookie (`HttpOnly`, `SameSite=Strict`, `Path=/ui`, `Secure` behind
-//!   TLS). Every request re-checks that the token is neither revoked nor expired. A session
-//!   ends after 30 minutes idle, 12 hours in all, or at logout.
-//! - Every state-changing request is a `POST` carrying the session's CSRF token ([`csrf`]) and,
+//!   TLS). Login attempts count against the admin API's per-IP rate limit. Every request
+//!   re-checks that the token is neither revoked nor expired. A session ends after 30 minutes
+//!   idle, 12 hours in all, or at logout.
+//! - Every state-changing request is a `POST` carrying the session's CSRF token (`csrf`) and,
 //!   when the browser sends `Origin`, a same-origin one. A forged token, a foreign origin, an
 //!   expired session, a wrong token or too small a scope get a clear error page (401 or 403)
 //!   and change nothing.
 //! - Scopes are the API's: any token reads everything; `publish` may publish packages to
-//!   channels; `admin` may pause and resume groups and force-release reboot locks. Pages show only the buttons the session's
-//!   scope may use.
+//!   channels; `admin` may pause and resume groups and force-release reboot locks. Pages show
+//!   only the buttons the session's scope may use.
 //! - Every page reads counts from aggregate queries (`store::group_version_status_counts`, …),
 //!   never the whole fleet; every value is HTML-escaped by the templates.
 //!
@@ -56,7 +57,7 @@ pub struct UiState {
 /// The dashboard's routes, under `/ui`.
 pub fn routes(server: Arc<ServerState>) -> Router {
     let state = Arc::new(UiState {
-        server,
+        server: server.clone(),
         sessions: Sessions::default(),
     });
     Router::new()
@@ -64,7 +65,12 @@ pub fn routes(server: Arc<ServerState>) -> Router {
         .route("/ui/", get(pages::overview::show))
         .route(
             "/ui/login",
-            get(pages::login::form).post(pages::login::submit),
+            get(pages::login::form).post(pages::login::submit).layer(
+                axum::middleware::from_fn_with_state(
+                    server.clone(),
+                    crate::admission::admin_rate_limit,
+                ),
+            ),
         )
         .route("/ui/logout", axum::routing::post(pages::login::logout))
         .route("/ui/groups/{track}", get(pages::group::show))
