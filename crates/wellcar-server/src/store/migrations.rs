@@ -89,6 +89,10 @@ const MIGRATIONS: &[&str] = &[
         grant_seq BIGINT NOT NULL, holders_at_grant BIGINT NOT NULL,
         PRIMARY KEY (group_name, holder_id));
      CREATE INDEX fleetlock_holders_expires ON fleetlock_holders (expires_at);",
+    // The dashboard: the version-adoption chart counts completed updates per day from an index
+    // alone; instance pages walk an app's instances by last check without sorting.
+    "CREATE INDEX events_adoption ON events (event_type, event_result, created_at, app_id, version);
+     CREATE INDEX instances_app_last_check ON instances (app_id, last_check, machine_id);",
 ];
 
 /// Runs pending migrations and seeds an empty database. Safe to run from several processes.

@@ -25,6 +25,7 @@
 mod activity;
 mod apps;
 mod channels;
+mod dashboard;
 mod events;
 mod groups;
 mod instances;
@@ -44,6 +45,11 @@ pub use apps::{create_app, find_app, list_apps, require_app};
 pub use channels::{
     add_floor, all_channels, create_channel, list_channels, publish, remove_floor, ChannelPackage,
     NewFloor,
+};
+pub use dashboard::{
+    completions_per_day, event_counts_since, group_version_status_counts, like_pattern, live_token,
+    search_activity, search_instances, ActivitySearch, EventCount, InstanceSearch,
+    VersionStatusCount, MATCH_COUNT_CAP,
 };
 pub use events::{count_events, insert_event, list_instance_events, NewEvent};
 pub use groups::{
