@@ -15,6 +15,8 @@
 //! `[start, end]` interval at once by a sweep over every start and end point, counting
 //! touching intervals as overlapping (it can over-count, never miss).
 
+mod lock_history;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
