@@ -404,14 +404,28 @@ pub(crate) struct Daemon(pub(crate) std::process::Child);
 impl Daemon {
     /// Starts the daemon binary for the host below `root`.
     pub(crate) fn start(root: &Path, args: &[String]) -> Self {
+        Self::spawn(root, args, "warn", std::process::Stdio::null())
+    }
+
+    /// [`Daemon::start`] logging at `info` to the end of `log`.
+    pub(crate) fn start_logging(root: &Path, args: &[String], log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Self::spawn(root, args, "info", file.into())
+    }
+
+    fn spawn(root: &Path, args: &[String], level: &str, stderr: std::process::Stdio) -> Self {
         let child = std::process::Command::new(daemon_binary())
             .arg("--root")
             .arg(root)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         Daemon(child)

@@ -127,7 +127,7 @@ impl FleetHost {
 
     fn start_daemon(&mut self) {
         let script = self.host.dir.path().join("reboot");
-        self.daemon = Some(Daemon::start(
+        self.daemon = Some(Daemon::start_logging(
             &self.root,
             &[
                 "--reboot-command".into(),
@@ -135,7 +135,25 @@ impl FleetHost {
                 "--transfer-retry-secs".into(),
                 "0".into(),
             ],
+            &self.log_path(),
         ));
+    }
+
+    /// The daemon's log (every boot appends to it).
+    fn log_path(&self) -> PathBuf {
+        self.host.dir.path().join("agent.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The machine id, which is also the holder id of both lock services.
+    fn machine(&self) -> String {
+        std::fs::read_to_string(&self.host.paths.machine_id)
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// Reboot-command runs not yet acted on, in milliseconds since the epoch.
@@ -225,16 +243,21 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// One server offering 1.1.0 and `HOSTS` hosts whose update.conf ends with
-    /// `extra_config`; no daemon runs yet.
-    async fn new(extra_config: &str) -> Self {
+    /// One server (its settings changed by `configure`) offering 1.1.0 and `HOSTS` hosts
+    /// whose update.conf ends with `extra_config(&server)`; no daemon runs yet.
+    async fn new(
+        configure: impl FnOnce(&mut wellcar_server::Settings),
+        extra_config: impl FnOnce(&Server) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = key();
         let payload = make_payload(dir.path(), "1.1.0", &key);
-        let server = Server::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+        let server =
+            Server::start_with(dir.path(), "127.0.0.1:0".parse().unwrap(), configure).await;
         server.publish("1.1.0", &payload.path).await;
         let config = format!(
-            "WELLCAR_FIRST_CHECK_DELAY=0s\nWELLCAR_RETRY_DELAY=1s\nWELLCAR_REBOOT_WARNING=0s\n{extra_config}"
+            "WELLCAR_FIRST_CHECK_DELAY=0s\nWELLCAR_RETRY_DELAY=1s\nWELLCAR_REBOOT_WARNING=0s\n{}",
+            extra_config(&server)
         );
         let hosts = (0..HOSTS)
             .map(|i| FleetHost::new(i, &server.omaha_url(), &key, &config))
@@ -248,14 +271,22 @@ impl Fleet {
     }
 
     /// Starts every daemon (all check at once), then plays reboots and boots until every host
-    /// is [`finished`](FleetHost::finished).
-    fn drive(&mut self, gate: BootGate) {
+    /// is [`finished`](FleetHost::finished). With `dead_holder`, the first host whose reboot
+    /// command runs stays down (a machine that died holding the lock) until every other host
+    /// finished, `dead_holder` being called on every poll meanwhile; then it boots too.
+    /// Returns the index of that host.
+    fn drive(
+        &mut self,
+        gate: BootGate,
+        mut dead_holder: Option<&mut dyn FnMut(usize, &[FleetHost])>,
+    ) -> Option<usize> {
         for host in &mut self.hosts {
             host.start_daemon();
         }
         let hosts = &mut self.hosts;
         blocking_scope(move || {
             let mut down: Vec<usize> = Vec::new();
+            let mut dead: Option<usize> = None;
             wellcar_test_support::wait::wait_until(
                 "every host to reboot into 1.1.0 and settle",
                 FLEET_TIMEOUT,
@@ -263,7 +294,23 @@ impl Fleet {
                     for (i, host) in hosts.iter_mut().enumerate() {
                         if !host.new_reboots().is_empty() && !down.contains(&i) {
                             host.power_off();
-                            down.push(i);
+                            if dead.is_none() && dead_holder.is_some() {
+                                dead = Some(i);
+                            } else {
+                                down.push(i);
+                            }
+                        }
+                    }
+                    if let (Some(d), Some(hook)) = (dead, dead_holder.as_mut()) {
+                        let others_done = hosts
+                            .iter()
+                            .enumerate()
+                            .all(|(i, h)| i == d || h.finished());
+                        if others_done {
+                            down.push(d);
+                            dead_holder = None;
+                        } else {
+                            hook(d, hosts);
                         }
                     }
                     let open = match gate {
@@ -278,8 +325,17 @@ impl Fleet {
                     }
                     (down.is_empty() && hosts.iter().all(FleetHost::finished)).then_some(())
                 },
-            )
-        });
+            );
+            dead
+        })
+    }
+
+    /// Every host rebooted once and its new boot was marked good once.
+    fn asserts_one_reboot_each(&self) {
+        for host in &self.hosts {
+            assert_eq!(host.times.reboots.len(), 1, "{:?}", host.times);
+            assert_eq!(host.times.good.len(), 1, "{:?}", host.times);
+        }
     }
 
     /// Waits until the server lists every host at 1.1.0 with the update complete (each
@@ -288,8 +344,7 @@ impl Fleet {
         let machines: Vec<String> = self
             .hosts
             .iter()
-            .map(|h| std::fs::read_to_string(&h.host.paths.machine_id).unwrap())
-            .map(|m| m.trim().to_owned())
+            .map(FleetHost::machine)
             .collect();
         wait_until_async(
             "the server to list every host at 1.1.0, complete",
@@ -336,13 +391,10 @@ fn finished_count(hosts: &[FleetHost]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reboot_strategy_lets_the_whole_fleet_reboot_at_once() {
     let started = Instant::now();
-    let mut fleet = Fleet::new("REBOOT_STRATEGY=reboot\n").await;
-    fleet.drive(BootGate::AfterAllRebooted);
+    let mut fleet = Fleet::new(|_| {}, |_| "REBOOT_STRATEGY=reboot\n".into()).await;
+    fleet.drive(BootGate::AfterAllRebooted, None);
     fleet.server_sees_all_updated().await;
-    for host in &fleet.hosts {
-        assert_eq!(host.times.reboots.len(), 1, "{:?}", host.times);
-        assert_eq!(host.times.good.len(), 1, "{:?}", host.times);
-    }
+    fleet.asserts_one_reboot_each();
     let (peak, at_peak) = max_overlap(&fleet.reboot_to_good_intervals());
     assert_eq!(
         (peak, at_peak),
