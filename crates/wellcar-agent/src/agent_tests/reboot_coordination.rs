@@ -225,7 +225,6 @@ impl FleetHost {
 
 /// When the harness lets a host that ran its reboot command come back up.
 #[derive(Debug, Clone, Copy, PartialEq)]
-#[allow(dead_code)] // `Immediately`: the lock strategies' scenarios, once they land.
 enum BootGate {
     /// At once (a fast boot).
     Immediately,
@@ -240,7 +239,12 @@ struct Fleet {
     _key: SigningKey,
     server: Server,
     hosts: Vec<FleetHost>,
+    /// Whether a host id holds the reboot lock now, asked at each reboot the harness sees.
+    holder_probe: Option<HolderProbe>,
 }
+
+/// See [`Fleet::holder_probe`].
+type HolderProbe = Box<dyn Fn(&str) -> bool>;
 
 impl Fleet {
     /// One server (its settings changed by `configure`) offering 1.1.0 and `HOSTS` hosts
@@ -267,6 +271,7 @@ impl Fleet {
             _key: key,
             server,
             hosts,
+            holder_probe: None,
         }
     }
 
@@ -284,6 +289,7 @@ impl Fleet {
             host.start_daemon();
         }
         let hosts = &mut self.hosts;
+        let probe = &self.holder_probe;
         blocking_scope(move || {
             let mut down: Vec<usize> = Vec::new();
             let mut dead: Option<usize> = None;
@@ -293,6 +299,10 @@ impl Fleet {
                 || {
                     for (i, host) in hosts.iter_mut().enumerate() {
                         if !host.new_reboots().is_empty() && !down.contains(&i) {
+                            if let Some(holds) = probe {
+                                let id = host.machine();
+                                assert!(holds(&id), "{id} rebooted without holding the lock");
+                            }
                             host.power_off();
                             if dead.is_none() && dead_holder.is_some() {
                                 dead = Some(i);
@@ -341,11 +351,7 @@ impl Fleet {
     /// Waits until the server lists every host at 1.1.0 with the update complete (each
     /// daemon's first check after the reboot reported it).
     async fn server_sees_all_updated(&self) {
-        let machines: Vec<String> = self
-            .hosts
-            .iter()
-            .map(FleetHost::machine)
-            .collect();
+        let machines: Vec<String> = self.hosts.iter().map(FleetHost::machine).collect();
         wait_until_async(
             "the server to list every host at 1.1.0, complete",
             FLEET_TIMEOUT,
