@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use wellcar_test_support::wait::wait_until_async;
+
 use super::lock_history::{self, Change};
 use super::{max_overlap, BootGate, Fleet, FleetHost, HOSTS};
 
@@ -28,15 +30,32 @@ async fn fleet(max: u32, lease_ttl: Duration) -> Fleet {
     .await
 }
 
-/// The group's history from the server's activity log.
+/// The group's history from the server's activity log, once every host was granted the lock
+/// and nobody holds it any more (the last release follows the last boot marked good by up to
+/// the agent's steady-state poll).
 async fn history(fleet: &Fleet) -> lock_history::Fleetlock {
-    let entries: Vec<wellcar_server::model::Activity> = fleet
-        .server
-        .api
-        .get("/api/v1/activity?limit=100000")
-        .await
-        .unwrap();
-    lock_history::from_activity(&entries, GROUP)
+    let ids: Vec<String> = fleet.hosts.iter().map(FleetHost::machine).collect();
+    wait_until_async(
+        "every host to have taken and released the lock",
+        Duration::from_secs(60),
+        || async {
+            let entries: Vec<wellcar_server::model::Activity> = fleet
+                .server
+                .api
+                .get("/api/v1/activity?limit=100000")
+                .await
+                .unwrap();
+            let h = lock_history::from_activity(&entries, GROUP);
+            let all_granted = ids.iter().all(|id| {
+                h.steps
+                    .iter()
+                    .any(|s| s.change == Change::Granted(id.clone()))
+            });
+            let free = h.steps.last().is_some_and(|s| s.holders.is_empty());
+            (all_granted && free).then_some(h)
+        },
+    )
+    .await
 }
 
 /// Grant and end (release, expiry or force-release) times of `id`'s holds, in order.
