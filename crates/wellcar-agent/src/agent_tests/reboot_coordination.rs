@@ -15,6 +15,7 @@
 //! `[start, end]` interval at once by a sweep over every start and end point, counting
 //! touching intervals as overlapping (it can over-count, never miss).
 
+mod fleetlock;
 mod lock_history;
 
 use std::os::unix::fs::PermissionsExt as _;
