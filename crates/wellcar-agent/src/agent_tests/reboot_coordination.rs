@@ -15,6 +15,7 @@
 //! `[start, end]` interval at once by a sweep over every start and end point, counting
 //! touching intervals as overlapping (it can over-count, never miss).
 
+mod etcd_lock;
 mod fleetlock;
 mod lock_history;
 
@@ -102,7 +103,7 @@ struct FleetHost {
 
 impl FleetHost {
     fn new(index: usize, server_url: &str, key: &SigningKey, extra_config: &str) -> Self {
-        let machine = format!("{:032x}", 0xf1ee7_0000_u64 + index as u64);
+        let machine = format!("{:032x}", 0x000f_1ee7_0000_u64 + index as u64);
         let host = Host::for_machine(&machine, server_url, key, extra_config);
         let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
         let reboot_log = host.dir.path().join("reboot-log");
@@ -244,6 +245,9 @@ struct Fleet {
     holder_probe: Option<HolderProbe>,
 }
 
+/// Called on every poll while the dead holder is down, with its index and the hosts.
+type DeadHolderHook<'a> = dyn FnMut(usize, &[FleetHost]) + 'a;
+
 /// See [`Fleet::holder_probe`].
 type HolderProbe = Box<dyn Fn(&str) -> bool>;
 
@@ -284,7 +288,7 @@ impl Fleet {
     fn drive(
         &mut self,
         gate: BootGate,
-        mut dead_holder: Option<&mut dyn FnMut(usize, &[FleetHost])>,
+        mut dead_holder: Option<&mut DeadHolderHook<'_>>,
     ) -> Option<usize> {
         for host in &mut self.hosts {
             host.start_daemon();

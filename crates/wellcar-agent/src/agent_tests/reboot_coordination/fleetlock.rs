@@ -98,9 +98,9 @@ fn asserts_never_over_max(
         let holds = holds(&h.steps, &id);
         for &reboot in &host.times.reboots {
             assert!(
-                holds
-                    .iter()
-                    .any(|(from, end)| *from <= reboot && end.as_ref().is_none_or(|e| reboot <= e.0)),
+                holds.iter().any(
+                    |(from, end)| *from <= reboot && end.as_ref().is_none_or(|e| reboot <= e.0)
+                ),
                 "{id} rebooted at {reboot} outside its holds {holds:?}"
             );
         }
@@ -110,7 +110,10 @@ fn asserts_never_over_max(
         intervals[host].end = released;
     }
     let (peak, at_peak) = max_overlap(&intervals);
-    assert!(peak <= max, "{peak} hosts between reboot and steady state: {at_peak:?}");
+    assert!(
+        peak <= max,
+        "{peak} hosts between reboot and steady state: {at_peak:?}"
+    );
     over
 }
 
@@ -181,7 +184,10 @@ async fn fleetlock_dead_holder_is_released_after_the_lease() {
         .find(|s| matches!(&s.change, Change::Granted(id) if *id != dead_id))
         .and_then(|s| s.at_ms)
         .expect("another host got the lock");
-    assert!(next >= expired, "granted at {next} while the dead holder held until {expired}");
+    assert!(
+        next >= expired,
+        "granted at {next} while the dead holder held until {expired}"
+    );
     let died = fleet.hosts[dead].times.reboots[0];
     eprintln!(
         "fleetlock dead holder: lease {ttl:?}; held {} ms from grant to expiry; group blocked {} ms from the death to the next grant; {over} over-grants; {:?}",

@@ -136,7 +136,6 @@ pub(super) fn from_activity(entries: &[Activity], group: &str) -> Fleetlock {
     Fleetlock { steps, slots }
 }
 
-#[allow(dead_code)] // used by the etcd-lock scenario (wellcar_test_support::etcd pending)
 /// The holders of a locksmith semaphore document.
 fn semaphore_holders(value: &str) -> BTreeSet<String> {
     let doc: serde_json::Value = serde_json::from_str(value).expect("semaphore JSON");
@@ -150,7 +149,6 @@ fn semaphore_holders(value: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-#[allow(dead_code)] // as above
 /// Every version of the etcd v2 key `key` at `endpoint` (locksmith's semaphore), from its
 /// first write to its current value, as changes of its holders.
 pub(super) fn etcd_v2_history(endpoint: &str, key: &str) -> Vec<Step> {
@@ -271,5 +269,37 @@ mod tests {
         assert_eq!(over_grants(&h.steps, 1), 1);
         assert_eq!(over_grants(&h.steps, 2), 0);
         assert_eq!(h.slots[1], ("b".into(), 2, 1));
+    }
+
+    /// Against a real etcd: every version written to the key comes back, in order, as
+    /// holder changes.
+    #[test]
+    fn etcd_history_has_every_version_in_order() {
+        let etcd = wellcar_test_support::etcd::Etcd::start();
+        let key = "coreos.com/updateengine/rebootlock/semaphore";
+        let url = format!("{}/v2/keys/{key}", etcd.url);
+        let versions = [
+            r#"{"semaphore":1,"max":2,"holders":[]}"#,
+            r#"{"semaphore":0,"max":2,"holders":["a"]}"#,
+            r#"{"semaphore":0,"max":2,"holders":["a","b"]}"#,
+            r#"{"semaphore":0,"max":2,"holders":["b"]}"#,
+            r#"{"semaphore":1,"max":2,"holders":null}"#,
+        ];
+        for v in versions {
+            ureq::put(&url).send_form([("value", v)]).unwrap();
+        }
+        let steps = etcd_v2_history(&etcd.url, key);
+        let changes: Vec<Change> = steps.iter().map(|s| s.change.clone()).collect();
+        assert_eq!(
+            changes,
+            [
+                Change::Granted("a".into()),
+                Change::Granted("b".into()),
+                Change::Released("a".into()),
+                Change::Released("b".into()),
+            ]
+        );
+        assert_eq!(peak(&steps), 2);
+        assert_eq!(over_grants(&steps, 1), 1);
     }
 }
