@@ -1,13 +1,14 @@
 //! `REBOOT_STRATEGY=etcd-lock` across the fleet, against a real etcd (locksmith's semaphore,
 //! v2 keys API) started by the test, and the real `locksmithctl`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wellcar_test_support::etcd::Etcd;
+use wellcar_test_support::wait::wait_until;
 
 use super::lock_history::{self, Change};
 use super::{max_overlap, BootGate, Fleet, FleetHost, HOSTS};
-use crate::agent_tests::fixture::daemon_binary;
+use crate::agent_tests::fixture::{blocking_scope, daemon_binary};
 
 /// locksmith's semaphore key (no `LOCKSMITHD_GROUP`).
 const SEMAPHORE: &str = "coreos.com/updateengine/rebootlock/semaphore";
@@ -31,6 +32,29 @@ async fn fleet(etcd: &Etcd) -> Fleet {
     let url = etcd.url.clone();
     fleet.holder_probe = Some(Box::new(move |id| holders(&url).contains(&id.to_owned())));
     fleet
+}
+
+/// The semaphore's history, once every host of `fleet` was granted it and nobody holds it
+/// any more (the last release follows the last boot marked good by up to the agent's
+/// steady-state poll).
+fn settled_history(fleet: &Fleet, endpoint: &str) -> Vec<lock_history::Step> {
+    let ids: Vec<String> = fleet.hosts.iter().map(FleetHost::machine).collect();
+    blocking_scope(|| {
+        wait_until(
+            "every host to have taken and released the semaphore",
+            Duration::from_secs(60),
+            || {
+                let steps = lock_history::etcd_v2_history(endpoint, SEMAPHORE);
+                let all_granted = ids.iter().all(|id| {
+                    steps
+                        .iter()
+                        .any(|s| s.change == Change::Granted(id.clone()))
+                });
+                let free = steps.last().is_some_and(|s| s.holders.is_empty());
+                (all_granted && free).then_some(steps)
+            },
+        )
+    })
 }
 
 /// The semaphore's holders now.
@@ -82,7 +106,7 @@ async fn etcd_lock_lets_one_host_reboot_at_a_time() {
     fleet.drive(BootGate::Immediately, None);
     fleet.server_sees_all_updated().await;
     fleet.asserts_one_reboot_each();
-    let steps = lock_history::etcd_v2_history(&etcd.url, SEMAPHORE);
+    let steps = settled_history(&fleet, &etcd.url);
     let over = lock_history::over_grants(&steps, 1);
     assert_eq!(over, 0, "{steps:?}");
     assert_eq!(lock_history::peak(&steps), 1, "{steps:?}");
@@ -117,7 +141,7 @@ async fn etcd_lock_dead_holder_stays_until_locksmithctl_unlock() {
     let mut fleet = fleet(&etcd).await;
     let url = etcd.url.clone();
     let mut refusals_at_death: Option<Vec<usize>> = None;
-    let mut unlocked_at: Option<Instant> = None;
+    let mut unlocked_at: Option<i64> = None;
     let mut status_before = String::new();
     let mut hook = |dead: usize, hosts: &[FleetHost]| {
         if unlocked_at.is_some() {
@@ -141,7 +165,7 @@ async fn etcd_lock_dead_holder_stays_until_locksmithctl_unlock() {
             );
             status_before = locksmithctl(&url, &["status"]);
             locksmithctl(&url, &["unlock", &id]);
-            unlocked_at = Some(Instant::now());
+            unlocked_at = Some(super::now_ms());
         }
     };
     let dead = fleet
@@ -158,7 +182,7 @@ async fn etcd_lock_dead_holder_stays_until_locksmithctl_unlock() {
     );
     fleet.server_sees_all_updated().await;
     fleet.asserts_one_reboot_each();
-    let steps = lock_history::etcd_v2_history(&etcd.url, SEMAPHORE);
+    let steps = settled_history(&fleet, &etcd.url);
     let over = lock_history::over_grants(&steps, 1);
     assert_eq!(over, 0, "{steps:?}");
     // The dead host's hold ended by the unlock, before anyone else was granted.
@@ -171,8 +195,10 @@ async fn etcd_lock_dead_holder_stays_until_locksmithctl_unlock() {
         Change::Released(dead_id.clone()),
         "{steps:?}"
     );
+    let died = fleet.hosts[dead].times.reboots[0];
     eprintln!(
-        "etcd-lock dead holder: held until locksmithctl unlock; {over} over-grants; {:?}",
+        "etcd-lock dead holder: held {} ms, until locksmithctl unlock (every other host refused twice more meanwhile); {over} over-grants; {:?}",
+        unlocked_at - died,
         started.elapsed()
     );
 }
