@@ -158,7 +158,7 @@ async fn fleetlock_never_lets_more_than_max_holders_reboot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetlock_dead_holder_is_released_after_the_lease() {
     let started = Instant::now();
-    let ttl = Duration::from_secs(3);
+    let ttl = Duration::from_secs(5);
     let mut fleet = fleet(1, ttl).await;
     let mut noop = |_: usize, _: &[FleetHost]| {};
     let dead = fleet
