@@ -55,10 +55,9 @@ pub use instances::{
     InstanceCount, InstanceFilter, Sighting,
 };
 pub use locks::{
-    check_group, check_holder_id, fleetlock_acquire, fleetlock_expire_leases,
-    fleetlock_force_release, fleetlock_holders, fleetlock_list, fleetlock_release,
-    fleetlock_set_max, LockError, LockOutcome, LockRequest, RebootLockGroup, RebootLockHolder,
-    MAX_GROUP_LEN, MAX_ID_LEN,
+    fleetlock_acquire, fleetlock_expire_leases, fleetlock_force_release, fleetlock_holders,
+    fleetlock_list, fleetlock_release, fleetlock_set_max, LockError, LockOutcome, LockRequest,
+    RebootLockGroup, RebootLockHolder,
 };
 pub use migrations::migrate;
 pub use packages::{
