@@ -36,7 +36,7 @@ enum Command {
     Payload(cmd::payload::Command),
     /// The Omaha update server.
     #[command(subcommand)]
-    Server(cmd::server::Command),
+    Server(Box<cmd::server::Command>),
     /// Validate and inspect Ignition configs.
     #[command(subcommand)]
     Ignition(cmd::ignition::Command),
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Command::Run(o) => cmd::run::run(o),
         Command::Key(c) => cmd::key::run(c),
         Command::Payload(c) => cmd::payload::run(c),
-        Command::Server(c) => cmd::server::run(c),
+        Command::Server(c) => cmd::server::run(*c),
         Command::Ignition(c) => cmd::ignition::run(c),
     };
     match result {

@@ -8,7 +8,9 @@
 //! - With a lock: an allowed reboot is [`Step::Reboot`] only while the lock is
 //!   [`Holding::Held`]; otherwise [`Step::Acquire`], retried after a failure (refused or
 //!   unreachable) with a pause of [`Tick::retry_delay`] doubling per failure up to
-//!   [`MAX_RETRY_DELAY`] (locksmith's 5 s to 5 min). When the reboot stops being allowed (the
+//!   [`MAX_RETRY_DELAY`] (locksmith's 5 s to 5 min), spread by [`Tick::jitter`] over ½ to 1½
+//!   of that ([`jittered`]) so that a fleet refused at the same moment does not retry in
+//!   lockstep (locksmith has no jitter; six agents started together kept colliding). When the reboot stops being allowed (the
 //!   window closed, the update went away) no lock is tried until it is allowed again, and the
 //!   pause starts over (locksmith resets its interval after waiting for the window).
 //! - When no reboot is allowed and the lock may be held ([`Holding::Unknown`] at start: a lock
@@ -45,7 +47,7 @@ pub enum Holding {
 }
 
 /// What the caller observed this tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tick {
     /// Now.
     pub now: Instant,
@@ -55,6 +57,8 @@ pub struct Tick {
     pub uses_lock: bool,
     /// First pause after a failed lock or unlock (`WELLCAR_LOCK_RETRY_DELAY`).
     pub retry_delay: Duration,
+    /// A random number in [0, 1) drawn by the caller; 0.5 leaves pauses unspread.
+    pub jitter: f64,
 }
 
 /// What to do this tick.
@@ -107,6 +111,11 @@ impl Default for Coordinator {
 pub fn backoff(first: Duration, failures: u32) -> Duration {
     let factor = 1u32 << failures.saturating_sub(1).min(16);
     first.saturating_mul(factor).min(MAX_RETRY_DELAY)
+}
+
+/// `pause` spread by `jitter` in [0, 1) over ½ to 1½ of it (0.5 gives `pause`).
+pub fn jittered(pause: Duration, jitter: f64) -> Duration {
+    pause.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
 }
 
 impl Coordinator {
@@ -170,7 +179,7 @@ impl Coordinator {
             Some(r) if r.action == action => r.failures + 1,
             _ => 1,
         };
-        let pause = backoff(tick.retry_delay, failures);
+        let pause = jittered(backoff(tick.retry_delay, failures), tick.jitter);
         self.retry = Some(Retry {
             action,
             failures,
@@ -235,6 +244,7 @@ mod tests {
             reboot_allowed,
             uses_lock: true,
             retry_delay: FIRST,
+            jitter: 0.5,
         }
     }
 
@@ -288,6 +298,29 @@ mod tests {
         }
         assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(c.holding(), Holding::Unknown);
+    }
+
+    /// Agents refused together retry at different moments: the pause is spread over ½ to 1½
+    /// of the backoff by the caller's random draw.
+    #[test]
+    fn retries_are_spread_by_the_jitter() {
+        let t0 = Instant::now();
+        let pauses: Vec<Duration> = [0.0, 0.25, 0.999]
+            .into_iter()
+            .map(|jitter| {
+                let mut c = Coordinator::new();
+                let t = Tick {
+                    jitter,
+                    ..tick(t0, true)
+                };
+                assert_eq!(c.step(&t), Step::Acquire);
+                c.acquire_failed(&t)
+            })
+            .collect();
+        assert_eq!(pauses[0], FIRST / 2);
+        assert_eq!(pauses[1], FIRST.mul_f64(0.75));
+        assert!(pauses[2] > FIRST.mul_f64(1.49) && pauses[2] < FIRST.mul_f64(1.5));
+        assert_eq!(jittered(MAX_RETRY_DELAY, 7.0), MAX_RETRY_DELAY.mul_f64(1.5));
     }
 
     /// The window closes while waiting for the lock: no more tries (a release instead, once

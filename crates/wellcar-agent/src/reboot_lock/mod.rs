@@ -132,6 +132,7 @@ impl RebootDriver {
             reboot_allowed: agent.reboot_wait(config, now) == Some(std::time::Duration::ZERO),
             uses_lock: kind.is_some(),
             retry_delay: config.lock_retry_delay,
+            jitter: crate::schedule::random_unit(),
         };
         match self.coordinator.step(&tick) {
             Step::Wait => {}
