@@ -55,7 +55,8 @@ pub fn find_instance(
 }
 
 /// Filter for listing instances.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InstanceFilter {
     /// Only this group (track or id).
     pub group: Option<String>,
