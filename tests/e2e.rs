@@ -7,14 +7,16 @@
 //!   reached from the guest only through QEMU's `guestfwd` (`10.0.2.100:8080`, user networking
 //!   with `restrict=on`); group `stable` gets safe mode;
 //! - boots v1 with an Ignition config: user `core` with an ssh key made by `ssh-keygen`,
-//!   `/etc/flatcar/update.conf` (server, `REBOOT_STRATEGY=reboot`, short check intervals), a
+//!   `/etc/flatcar/update.conf` (server, a reboot strategy, short check intervals), a
 //!   custom health check `RequiredBy=boot-complete.target`, and a container workload whose OCI
 //!   image (Debian's static busybox) the test makes itself and ships in the config;
 //! - BIOS, in full: publish v2 → the agent updates and reboots into USR-B by itself; publish v3
 //!   → boot fails, GRUB falls back to v2, the agent reports 3/0 errorcode 44, the server marks
 //!   the update failed and halts the group; resume and publish v4 → power cut mid-download →
 //!   still v2 → the agent resumes and the machine ends on v4;
-//! - UEFI, short: provision and update to v2.
+//! - UEFI, short: provision and update to v2 under `REBOOT_STRATEGY=fleetlock`: the agent takes
+//!   the server's FleetLock slot of group `stable` before it reboots and releases it once v2 is
+//!   marked good (the activity log shows both, in that order, and no slot stays held).
 //!
 //! Each run prints a timeline. A failure prints the console tail and the server's view of the
 //! instance, group and activity log.
@@ -221,6 +223,34 @@ impl Server {
 
     fn activity(&self) -> Value {
         self.get(&format!("/api/v1/activity?app={}&limit=50", self.app))
+    }
+
+    /// The activity log's reboot-lock entries of group `stable` (not tied to an app), oldest
+    /// first.
+    fn lock_activity(&self) -> Vec<String> {
+        let all = self.get("/api/v1/activity?limit=200");
+        let mut lines: Vec<String> = all
+            .as_array()
+            .expect("activity is a list")
+            .iter()
+            .filter_map(|a| a["message"].as_str())
+            .filter(|m| m.starts_with("reboot lock stable"))
+            .map(str::to_owned)
+            .collect();
+        lines.reverse();
+        lines
+    }
+
+    /// Holders of the FleetLock group `stable`.
+    fn lock_holders(&self) -> Value {
+        let groups = self.get("/api/v1/fleetlock/groups");
+        groups
+            .as_array()
+            .expect("lock groups are a list")
+            .iter()
+            .find(|g| g["name"] == "stable")
+            .map(|g| g["holders"].clone())
+            .unwrap_or(Value::Null)
     }
 
     /// The server's view, for failure reports.
@@ -448,13 +478,34 @@ RestartSec=5
 WantedBy=multi-user.target
 ";
 
+/// How the story's machine may reboot into an update (its `update.conf` lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    /// `REBOOT_STRATEGY=reboot`: as soon as the update is staged.
+    Reboot,
+    /// `REBOOT_STRATEGY=fleetlock` against the test's server (group `stable`, from `GROUP`).
+    FleetLock,
+}
+
+impl Strategy {
+    fn update_conf(self) -> String {
+        match self {
+            Strategy::Reboot => "REBOOT_STRATEGY=reboot\n".to_owned(),
+            Strategy::FleetLock => format!(
+                "REBOOT_STRATEGY=fleetlock\nFLEETLOCK_URL=http://{GUEST_SERVER}/fleetlock\n"
+            ),
+        }
+    }
+}
+
 /// The Ignition config: user, update.conf, health check, workload.
-fn ignition_config(dir: &Path) -> (PathBuf, PathBuf) {
+fn ignition_config(dir: &Path, strategy: Strategy) -> (PathBuf, PathBuf) {
     let (key, public) = ssh_key(dir);
     let update_conf = format!(
-        "SERVER=http://{GUEST_SERVER}/v1/update/\nGROUP=stable\nREBOOT_STRATEGY=reboot\n\
+        "SERVER=http://{GUEST_SERVER}/v1/update/\nGROUP=stable\n{}\
          WELLCAR_FIRST_CHECK_DELAY=5s\nWELLCAR_CHECK_INTERVAL={CHECK_INTERVAL_SECS}s\n\
-         WELLCAR_RETRY_DELAY=10s\nWELLCAR_REBOOT_WARNING=0s\n"
+         WELLCAR_RETRY_DELAY=10s\nWELLCAR_REBOOT_WARNING=0s\n",
+        strategy.update_conf()
     );
     let image = gzip(&workload_image(&dir.join("image")), dir);
     let config = json!({
@@ -489,10 +540,11 @@ struct Story {
     dir: PathBuf,
     runs: usize,
     ssh_key: PathBuf,
+    strategy: Strategy,
 }
 
 impl Story {
-    fn start(name: &str, firmware: Firmware) -> Story {
+    fn start(name: &str, firmware: Firmware, strategy: Strategy) -> Story {
         let builds = builds();
         let mut tl = Timeline::new();
         tl.mark("builds ready (v1..v4)");
@@ -518,7 +570,7 @@ impl Story {
         let dir = test_dir().join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
-        let (ignition, ssh_key) = ignition_config(&dir);
+        let (ignition, ssh_key) = ignition_config(&dir, strategy);
         let base = builds.v1.clone();
         let vm = spawn(
             &base,
@@ -538,6 +590,7 @@ impl Story {
             dir,
             runs: 0,
             ssh_key,
+            strategy,
         }
     }
 
@@ -766,7 +819,7 @@ impl Story {
         self.expect_running('A', &builds.v1.manifest.version);
         let who = self.ssh("id -un; cat /etc/flatcar/update.conf");
         assert!(who.starts_with("core\n"), "ssh as core: {who:?}");
-        assert!(who.contains("REBOOT_STRATEGY=reboot"), "{who:?}");
+        assert!(who.contains(&self.strategy.update_conf()), "{who:?}");
         self.tl
             .mark("first boot: provisioned, marked good, workload runs, ssh works");
         let first_check_deadline = Duration::from_secs(300);
@@ -817,7 +870,7 @@ fn spawn(
 fn bios_provision_update_fallback_power_cut() {
     let builds = builds();
     let _slot = vm_slot();
-    let mut story = Story::start("e2e-bios", Firmware::Bios);
+    let mut story = Story::start("e2e-bios", Firmware::Bios, Strategy::Reboot);
     story.provision_and_update_to_v2();
 
     // 5. Broken v3: installed into USR-A, fails to boot, GRUB falls back to v2.
@@ -928,7 +981,32 @@ fn bios_provision_update_fallback_power_cut() {
 fn uefi_provision_and_update() {
     let _ = builds();
     let _slot = vm_slot();
-    let mut story = Story::start("e2e-uefi", Firmware::Uefi);
+    let mut story = Story::start("e2e-uefi", Firmware::Uefi, Strategy::FleetLock);
     story.provision_and_update_to_v2();
+    // The agent took the slot before the reboot and gave it back once v2 was marked good.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let log = story.server.lock_activity();
+        let granted = log.iter().position(|m| m.contains("granted"));
+        let released = log.iter().position(|m| m.contains("(steady state)"));
+        if matches!((granted, released), (Some(g), Some(r)) if g < r) {
+            break;
+        }
+        if Instant::now() > deadline {
+            story.fail(&format!(
+                "the activity log does not show the FleetLock grant then the steady-state release: {log:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let holders = story.server.lock_holders();
+    if holders.as_array().is_none_or(|h| !h.is_empty()) {
+        story.fail(&format!(
+            "group stable's reboot slot is still held: {holders}"
+        ));
+    }
+    story
+        .tl
+        .mark("fleetlock: slot granted before the reboot, released after mark-good");
     eprintln!("{}", story.tl.render());
 }

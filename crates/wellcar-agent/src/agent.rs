@@ -36,9 +36,10 @@ use crate::host::{HostError, HostFacts, HostPaths};
 use crate::http::{Http, HttpError};
 use crate::machine::{Booted, Effect, End, Input, Machine};
 use crate::slots::{EspSlots, PartitionWindow, SlotControl, SlotError};
-use crate::state::{AgentState, Offer, Operation, StateError, StateStore};
+use crate::state::{AgentState, Offer, StateError, StateStore};
 
 mod install;
+mod reboot;
 #[cfg(test)]
 mod tests;
 
@@ -639,65 +640,6 @@ impl<S: SlotControl> Agent<S> {
         self.record(Input::CheckDone { result, request })
     }
 
-    /// Whether the reboot strategy allows rebooting at `now`: `Ok(Duration::ZERO)` = now,
-    /// `Ok(d)` = wait `d`, `None` = never (no staged update, install in progress, `off`).
-    pub fn reboot_wait(&self, config: &Config, now: &jiff::Zoned) -> Option<Duration> {
-        if self.state().operation() != Operation::UpdatedNeedReboot {
-            return None;
-        }
-        match config.reboot_strategy {
-            crate::config::RebootStrategy::Reboot => {}
-            other => {
-                tracing::debug!("reboot strategy {other:?}: not rebooting");
-                return None;
-            }
-        }
-        Some(
-            config
-                .reboot_window
-                .map(|w| w.wait_from(now))
-                .unwrap_or(Duration::ZERO),
-        )
-    }
-
-    /// Warns logged-in users (if any) and waits `warning`, then runs the reboot command.
-    /// Refuses while an install is in progress.
-    pub fn reboot(&self, warning: Duration) -> Result<(), AgentError> {
-        if self.state().operation() != Operation::UpdatedNeedReboot {
-            return Err(AgentError::Install {
-                version: self.state().new_version().unwrap_or_default().to_owned(),
-                code: error_code::ERROR,
-                reason: format!(
-                    "refusing to reboot in state {}",
-                    self.state().operation().short_name()
-                ),
-            });
-        }
-        let users = run_capture(&self.paths.who_command).unwrap_or_default();
-        if !users.trim().is_empty() {
-            let minutes = warning.as_secs().div_ceil(60);
-            let message = format!(
-                "Wellcar {} is installed. System reboot in {minutes} minute(s)!",
-                self.state().new_version().unwrap_or_default()
-            );
-            let mut wall = self.paths.wall_command.clone();
-            wall.push(message);
-            if let Err(e) = run_capture(&wall) {
-                tracing::warn!(
-                    "warning users failed: {}",
-                    wellcar_contract::error_chain(&e)
-                );
-            }
-            std::thread::sleep(warning);
-        }
-        tracing::info!(command = ?self.paths.reboot_command, "rebooting into the new version");
-        run_capture(&self.paths.reboot_command).map_err(|source| AgentError::Reboot {
-            version: self.state().new_version().unwrap_or_default().to_owned(),
-            source,
-        })?;
-        Ok(())
-    }
-
     /// The state directory's check request path.
     pub fn request_path(&self) -> PathBuf {
         self.store.request_path()
@@ -711,16 +653,4 @@ fn request_nonce() -> Result<String, String> {
     getrandom::fill(&mut bytes)
         .map_err(|e| format!("reading random bytes for the request nonce: {e}"))?;
     Ok(hex::encode(bytes))
-}
-
-/// Runs `command` (program, then arguments) and returns its stdout.
-fn run_capture(command: &[String]) -> Result<String, CommandError> {
-    let Some((program, args)) = command.split_first() else {
-        return Err(CommandError::Spawn {
-            program: String::new(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
-        });
-    };
-    let out = wellcar_contract::command::run(std::process::Command::new(program).args(args))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -7,12 +7,18 @@
 //! - Lines are `KEY=VALUE`, optionally quoted with `"` or `'`, `#` starts a comment line, blank
 //!   lines are ignored, `export ` is tolerated (files are also systemd `EnvironmentFile`s).
 //! - Keys: `SERVER` (`disabled` or any value that is not an http(s) URL turns updates off, as
-//!   in update_engine), `GROUP`, `MACHINE_ALIAS`, `REBOOT_STRATEGY` (`reboot`, `off`;
-//!   `etcd-lock`/`fleetlock` are accepted and behave as `off` until implemented),
-//!   `LOCKSMITHD_REBOOT_WINDOW_START`/`_LENGTH` (or `REBOOT_WINDOW_START`/`_LENGTH`), and the
-//!   Wellcar scheduling keys `WELLCAR_FIRST_CHECK_DELAY`, `WELLCAR_CHECK_INTERVAL`,
+//!   in update_engine), `GROUP`, `MACHINE_ALIAS`, `REBOOT_STRATEGY` (see [`RebootStrategy`]:
+//!   `reboot` (default), `off`, `etcd-lock`, `fleetlock`, `best-effort`; anything else is an
+//!   error naming the valid ones), `LOCKSMITHD_REBOOT_WINDOW_START`/`_LENGTH` (or
+//!   `REBOOT_WINDOW_START`/`_LENGTH`; the window applies to every strategy), and the Wellcar
+//!   scheduling keys `WELLCAR_FIRST_CHECK_DELAY`, `WELLCAR_CHECK_INTERVAL`,
 //!   `WELLCAR_RETRY_DELAY`, `WELLCAR_REBOOT_WARNING` (Go durations such as `7m`, `1h30m`).
-//!   Unknown keys are ignored (locksmith's etcd settings live in the same file).
+//!   Unknown keys are ignored.
+//! - Reboot-lock keys ([`lock_keys`]): `FLEETLOCK_URL`, `FLEETLOCK_GROUP`, locksmith's
+//!   `LOCKSMITHD_ENDPOINT`, `LOCKSMITHD_ETCD_CAFILE`/`_CERTFILE`/`_KEYFILE`,
+//!   `LOCKSMITHD_ETCD_USERNAME`/`_PASSWORD`, `LOCKSMITHD_GROUP`, and
+//!   `WELLCAR_LOCK_RETRY_DELAY`. `REBOOT_STRATEGY=fleetlock` without `FLEETLOCK_URL` is an
+//!   error.
 //! - `SERVER_PUBLIC_KEY` (Wellcar): the absolute path of a PEM ed25519 public key (SPKI, the
 //!   `.pub` that `wellcar key generate` writes), the key of the server's `--response-key`, or of
 //!   a directory whose `*.pub` keys are all accepted (to rotate: add the new key, switch the
@@ -29,6 +35,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::window::{RebootWindow, WindowError};
+
+pub mod lock_keys;
+
+pub use lock_keys::{EtcdLockSettings, FleetLockSettings};
 
 /// The public Flatcar-style default when no file sets `SERVER`.
 pub const DEFAULT_SERVER: &str = "https://update.wellcar.invalid/v1/update/";
@@ -79,30 +89,53 @@ pub enum ConfigError {
     },
 }
 
-/// `REBOOT_STRATEGY`.
+/// `REBOOT_STRATEGY`. Every strategy but `off` reboots only inside the reboot window (if one
+/// is set); the lock strategies take their lock inside the window only (see
+/// [`crate::reboot_lock`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RebootStrategy {
     /// Reboot as soon as an update is staged (or at the next window start).
     Reboot,
     /// Never reboot; stay in UPDATED_NEED_REBOOT.
     Off,
-    /// locksmith's etcd lock: not implemented yet, behaves as `Off` with a warning.
+    /// locksmith's semaphore in etcd (v2 keys API, `LOCKSMITHD_*`): lock before rebooting,
+    /// unlock once the booted slot is good.
     EtcdLock,
-    /// FleetLock: not implemented yet, behaves as `Off` with a warning.
+    /// FleetLock (`FLEETLOCK_URL`): pre-reboot before rebooting, steady-state once the booted
+    /// slot is good.
     FleetLock,
+    /// locksmith's removed `best-effort` (before v0.6.0: etcd-lock when an etcd was found,
+    /// else reboot): `etcd-lock` when `LOCKSMITHD_ENDPOINT` is set, else `reboot`.
+    BestEffort,
 }
 
 impl RebootStrategy {
-    fn parse(s: &str) -> Result<Self, String> {
+    /// Every valid `REBOOT_STRATEGY` value.
+    pub const NAMES: [&'static str; 5] = ["reboot", "off", "etcd-lock", "fleetlock", "best-effort"];
+
+    /// Parses a `REBOOT_STRATEGY` value (any case; empty is `reboot`).
+    pub fn parse(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "reboot" => Ok(Self::Reboot),
             "off" => Ok(Self::Off),
             "etcd-lock" => Ok(Self::EtcdLock),
             "fleetlock" => Ok(Self::FleetLock),
-            "best-effort" => Ok(Self::Reboot),
+            "best-effort" => Ok(Self::BestEffort),
             other => Err(format!(
-                "unknown strategy {other:?} (expected reboot, off, etcd-lock or fleetlock)"
+                "unknown reboot strategy {other:?} (valid: {})",
+                Self::NAMES.join(", ")
             )),
+        }
+    }
+
+    /// The `REBOOT_STRATEGY` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reboot => "reboot",
+            Self::Off => "off",
+            Self::EtcdLock => "etcd-lock",
+            Self::FleetLock => "fleetlock",
+            Self::BestEffort => "best-effort",
         }
     }
 }
@@ -132,6 +165,12 @@ pub struct Config {
     pub server_public_key: Option<ServerPublicKey>,
     /// `FLEET_TOKEN`, if set.
     pub fleet_token: Option<FleetToken>,
+    /// `FLEETLOCK_URL`, `FLEETLOCK_GROUP`.
+    pub fleetlock: FleetLockSettings,
+    /// locksmith's `LOCKSMITHD_*` etcd settings.
+    pub etcd_lock: EtcdLockSettings,
+    /// `WELLCAR_LOCK_RETRY_DELAY`: first pause after a failed lock or unlock (doubling).
+    pub lock_retry_delay: Duration,
 }
 
 /// The server's response-signing public keys, and the file or directory they came from (for
@@ -225,6 +264,12 @@ impl Default for Config {
             reboot_warning: Duration::from_secs(5 * 60),
             server_public_key: None,
             fleet_token: None,
+            fleetlock: FleetLockSettings {
+                url: None,
+                group: "stable".to_owned(),
+            },
+            etcd_lock: EtcdLockSettings::default(),
+            lock_retry_delay: lock_keys::DEFAULT_LOCK_RETRY_DELAY,
         }
     }
 }
@@ -421,6 +466,7 @@ impl Config {
             ("WELLCAR_CHECK_INTERVAL", &mut config.check_interval),
             ("WELLCAR_RETRY_DELAY", &mut config.retry_delay),
             ("WELLCAR_REBOOT_WARNING", &mut config.reboot_warning),
+            ("WELLCAR_LOCK_RETRY_DELAY", &mut config.lock_retry_delay),
         ] {
             if let Some(s) = settings.get(key) {
                 *field = parse_duration(&s.value).map_err(|r| invalid(key, s, r))?;
@@ -433,6 +479,19 @@ impl Config {
                 s,
                 "must be greater than zero".into(),
             ));
+        }
+        if config.lock_retry_delay.is_zero() {
+            let s = &settings["WELLCAR_LOCK_RETRY_DELAY"];
+            return Err(invalid(
+                "WELLCAR_LOCK_RETRY_DELAY",
+                s,
+                "must be greater than zero".into(),
+            ));
+        }
+        config.fleetlock = lock_keys::fleetlock(settings, &config.group)?;
+        config.etcd_lock = lock_keys::etcd(settings)?;
+        if config.reboot_strategy == RebootStrategy::FleetLock {
+            lock_keys::require_fleetlock(settings, &config.fleetlock)?;
         }
         let pick = |keys: [&'static str; 2]| {
             keys.iter()

@@ -1,15 +1,20 @@
 //! The daemon loop: resume an interrupted install, check on schedule and on request, reboot
-//! by strategy.
+//! by strategy (taking and releasing the reboot lock, [`crate::reboot_lock`]).
 //!
 //! One thread does everything in order, so a reboot can never start while an install is in
 //! progress. Configuration is re-read before every check and every reboot decision (no restart
-//! needed after editing `update.conf`).
+//! needed after editing `update.conf`). At start a configuration that cannot be read is an
+//! error ([`start_config`]: the daemon refuses to start, naming file, line and key); a file
+//! broken while running keeps the last good configuration for scheduling and reboot decisions
+//! (never the defaults, whose `reboot` strategy would skip a configured lock), and each check
+//! fails and records the error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, InstallSource};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::reboot_lock::RebootDriver;
 use crate::schedule;
 use crate::slots::SlotControl;
 
@@ -17,16 +22,29 @@ use crate::slots::SlotControl;
 pub const TICK: Duration = Duration::from_millis(250);
 
 /// Pause before asking for a reboot again (after a failed or an ignored reboot command).
-pub const REBOOT_RETRY: Duration = Duration::from_secs(10 * 60);
+pub const REBOOT_RETRY: Duration = crate::reboot_lock::coordinator::REBOOT_RETRY;
 
-/// Runs until `stop` is set.
-pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
+/// The configuration the daemon starts with: any error (an unknown `REBOOT_STRATEGY`, a bad
+/// value) refuses the start.
+pub fn start_config<S: SlotControl>(agent: &Agent<S>) -> Result<Config, ConfigError> {
+    let config = Config::load(&agent.paths().config_files)?;
+    tracing::info!(
+        strategy = config.reboot_strategy.name(),
+        lock = ?crate::reboot_lock::lock_kind(&config),
+        "reboot strategy"
+    );
+    Ok(config)
+}
+
+/// Runs until `stop` is set, starting from `config` ([`start_config`]).
+pub fn run<S: SlotControl>(agent: &mut Agent<S>, config: Config, stop: &AtomicBool) {
     match agent.resume_pending() {
         Ok(Some(version)) => tracing::info!(%version, "interrupted install completed"),
         Ok(None) => {}
         Err(e) => tracing::error!("resuming the interrupted install: {e:#}"),
     }
-    let config = load_config(&agent.paths().config_files);
+    let mut last_good = config;
+    let config = last_good.clone();
     let mut next_check = Instant::now() + schedule::first_delay(&config, schedule::random_unit());
     tracing::info!(
         in_secs = next_check
@@ -34,7 +52,7 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
             .as_secs(),
         "first update check scheduled"
     );
-    let mut next_reboot_attempt: Option<Instant> = None;
+    let mut reboots = RebootDriver::new();
     while !stop.load(Ordering::SeqCst) {
         let request_path = agent.request_path();
         let request = std::fs::read_to_string(&request_path).ok();
@@ -67,7 +85,7 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
             if let Err(e) = agent.record_check(result, request) {
                 tracing::error!("{e:#}");
             }
-            let config = load_config(&agent.paths().config_files);
+            let config = reload(&agent.paths().config_files, &mut last_good);
             let delay = schedule::next_delay(
                 &config,
                 agent.state().consecutive_failures(),
@@ -77,28 +95,23 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, stop: &AtomicBool) {
             tracing::debug!(in_secs = delay.as_secs(), "next update check scheduled");
             next_check = Instant::now() + delay;
         }
-        let config = load_config(&agent.paths().config_files);
-        let now = jiff::Zoned::now();
-        let reboot_due = next_reboot_attempt.is_none_or(|t| Instant::now() >= t);
-        if reboot_due && agent.reboot_wait(&config, &now) == Some(Duration::ZERO) {
-            if let Err(e) = agent.reboot(config.reboot_warning) {
-                tracing::error!(
-                    "reboot failed, retrying in {REBOOT_RETRY:?}: {}",
-                    wellcar_contract::error_chain(&e)
-                );
-            }
-            // Success: the machine is going down; if it does not, ask again later.
-            next_reboot_attempt = Some(Instant::now() + REBOOT_RETRY);
-        }
+        let config = reload(&agent.paths().config_files, &mut last_good);
+        reboots.tick(agent, &config, &jiff::Zoned::now());
         std::thread::sleep(TICK);
     }
 }
 
-fn load_config(files: &[std::path::PathBuf]) -> Config {
-    // A bad file is reported by the check itself; scheduling and reboot decisions fall back
-    // to the defaults meanwhile.
-    Config::load(files).unwrap_or_else(|e| {
-        tracing::warn!("{e}; scheduling with defaults");
-        Config::default()
-    })
+/// The configuration now, or the last good one while the files are broken (the check itself
+/// reports the error).
+fn reload(files: &[std::path::PathBuf], last_good: &mut Config) -> Config {
+    match Config::load(files) {
+        Ok(config) => {
+            *last_good = config.clone();
+            config
+        }
+        Err(e) => {
+            tracing::warn!("{e}; keeping the last good configuration");
+            last_good.clone()
+        }
+    }
 }

@@ -14,13 +14,17 @@
 //! - [`state`]: `status.json`, the serialized install phase (Flatcar's status names computed
 //!   from it), written atomically; [`migrate`]: the format before the phase;
 //! - [`schedule`], [`window`]: when to check and when to reboot;
+//! - [`reboot_lock`]: the reboot strategies that take a lock before rebooting (FleetLock,
+//!   locksmith's etcd semaphore, `best-effort`) and release it once the new boot is marked
+//!   good; the decisions are pure ([`reboot_lock::coordinator`]);
 //! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs.
 //!
 //! Guarantees: the booted slot is never written; nothing is marked bootable before the
 //! payload's signature, every blob and the read-back image verified; no reboot while an install
 //! is in progress; every state change is durable before the next step, so `kill -9` at any
 //! point resumes correctly (an interrupted download resumes with HTTP Range); the inactive slot
-//! is invalidated only after the payload is authenticated; with `SERVER_PUBLIC_KEY` set, no
+//! is invalidated only after the payload is authenticated; with a lock strategy, no reboot
+//! without the lock, and the lock is released only once the booted slot is marked good; with `SERVER_PUBLIC_KEY` set, no
 //! Omaha answer without a valid signature for its own request is acted on.
 
 #![deny(missing_docs)]
@@ -33,6 +37,7 @@ pub mod host;
 pub mod http;
 pub mod machine;
 pub mod migrate;
+pub mod reboot_lock;
 pub mod schedule;
 pub mod slots;
 pub mod state;

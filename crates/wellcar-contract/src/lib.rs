@@ -10,7 +10,8 @@
 //! Today: [`OsVersion`] (the OS version grammar, [`version`]), [`RootHash`] (the dm-verity
 //! root hash of a `/usr` slot, [`root_hash`]), how a file is replaced so that a power cut
 //! never leaves half of it ([`atomic_file`]), the build's `manifest.json`
-//! ([`BuildManifest`]), the files on the EFI system partition ([`esp`]), the initramfs module
+//! ([`BuildManifest`]), the files on the EFI system partition ([`esp`]), the FleetLock reboot-lock protocol
+//! ([`fleetlock`]), the initramfs module
 //! load list ([`module_list`]), how a host program is run so that its failure says why
 //! ([`command`]), and how an I/O failure on a path and an error's causes are reported
 //! ([`error_report`]).
@@ -23,6 +24,7 @@ pub mod build_manifest;
 pub mod command;
 pub mod error_report;
 pub mod esp;
+pub mod fleetlock;
 pub mod module_list;
 pub mod root_hash;
 pub mod version;

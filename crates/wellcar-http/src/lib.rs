@@ -7,6 +7,10 @@
 //!   the PEM certificates of [`ClientOptions::ca_file`] if given. A CA file that cannot be read,
 //!   or holds no certificate, is a [`SetupError`] naming the file. With no root at all (no
 //!   system store, no CA file) every https server is refused as of unknown issuer.
+//! - With [`ClientOptions::client_identity`] the client presents a certificate (mTLS, e.g. to an
+//!   etcd started with `--client-cert-auth`): the PEM certificate chain and PEM private key
+//!   (PKCS#8, PKCS#1 or SEC1) files it names. A file that cannot be read, or holds no
+//!   certificate / no key, is a [`SetupError`] naming the file.
 //! - `http://` works too: Wellcar payloads are signed, and Omaha responses can be
 //!   (`SERVER_PUBLIC_KEY`).
 //! - A non-2xx status is an answer, not an error: callers read it.
@@ -17,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::{Certificate, ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,36 @@ pub enum SetupError {
         /// What was wrong.
         reason: String,
     },
+    /// A client certificate or key file could not be read.
+    #[error("reading client {what} file {path}")]
+    ClientIdentityUnreadable {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A client certificate or key file is not PEM, or holds no certificate / no private key.
+    #[error("client {what} file {path}: {reason}")]
+    ClientIdentityInvalid {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// The certificate a client presents to servers that ask for one (mTLS): two PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The client certificate, followed by any intermediates (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// How to build a client.
@@ -46,6 +80,8 @@ pub enum SetupError {
 pub struct ClientOptions {
     /// Extra trusted roots (PEM), on top of the system store.
     pub ca_file: Option<PathBuf>,
+    /// The certificate to present when a server asks for one (mTLS).
+    pub client_identity: Option<ClientIdentity>,
     /// Bound on connecting (TCP and TLS).
     pub connect_timeout: Duration,
     /// Bound on waiting for the response head once the request is sent.
@@ -61,6 +97,7 @@ impl ClientOptions {
     pub fn new(user_agent: impl Into<String>) -> Self {
         Self {
             ca_file: None,
+            client_identity: None,
             connect_timeout: Duration::from_secs(15),
             response_timeout: Duration::from_secs(60),
             user_agent: user_agent.into(),
@@ -91,6 +128,51 @@ pub fn read_pem_certificates(path: &Path) -> Result<Vec<Certificate<'static>>, S
     Ok(certs)
 }
 
+/// Reads a client identity's certificate chain and private key.
+pub fn read_client_identity(identity: &ClientIdentity) -> Result<ClientCert, SetupError> {
+    let read = |what: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|source| SetupError::ClientIdentityUnreadable {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let invalid =
+        |what: &'static str, path: &Path, reason: String| SetupError::ClientIdentityInvalid {
+            what,
+            path: path.to_owned(),
+            reason,
+        };
+    let cert_pem = read("certificate", &identity.cert_file)?;
+    let mut chain = Vec::new();
+    for item in ureq::tls::parse_pem(&cert_pem) {
+        match item.map_err(|e| invalid("certificate", &identity.cert_file, e.to_string()))? {
+            PemItem::Certificate(c) => chain.push(c),
+            _ => continue,
+        }
+    }
+    if chain.is_empty() {
+        return Err(invalid(
+            "certificate",
+            &identity.cert_file,
+            "no PEM certificate in it".into(),
+        ));
+    }
+    let key_pem = read("key", &identity.key_file)?;
+    let mut key = None;
+    for item in ureq::tls::parse_pem(&key_pem) {
+        if let PemItem::PrivateKey(k) =
+            item.map_err(|e| invalid("key", &identity.key_file, e.to_string()))?
+        {
+            key = Some(k);
+            break;
+        }
+    }
+    let key =
+        key.ok_or_else(|| invalid("key", &identity.key_file, "no PEM private key in it".into()))?;
+    Ok(ClientCert::new_with_certs(&chain, key))
+}
+
 /// The system trust store's certificates (none if it is missing).
 fn system_roots() -> Vec<Certificate<'static>> {
     rustls_native_certs::load_native_certs()
@@ -106,19 +188,29 @@ pub fn client(options: &ClientOptions) -> Result<ureq::Agent, SetupError> {
     if let Some(path) = &options.ca_file {
         roots.extend(read_pem_certificates(path)?);
     }
-    Ok(build(options, &roots))
+    let identity = options
+        .client_identity
+        .as_ref()
+        .map(read_client_identity)
+        .transpose()?;
+    Ok(build(options, &roots, identity))
 }
 
-/// [`client`] trusting the system store only (ignoring [`ClientOptions::ca_file`]), which
-/// cannot fail.
+/// [`client`] trusting the system store only and presenting no certificate (ignoring
+/// [`ClientOptions::ca_file`] and [`ClientOptions::client_identity`]), which cannot fail.
 pub fn system_client(options: &ClientOptions) -> ureq::Agent {
-    build(options, &system_roots())
+    build(options, &system_roots(), None)
 }
 
-fn build(options: &ClientOptions, roots: &[Certificate<'static>]) -> ureq::Agent {
+fn build(
+    options: &ClientOptions,
+    roots: &[Certificate<'static>],
+    identity: Option<ClientCert>,
+) -> ureq::Agent {
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::new_with_certs(roots))
+        .client_cert(identity)
         .build();
     ureq::Agent::config_builder()
         .tls_config(tls)

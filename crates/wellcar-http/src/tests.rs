@@ -15,8 +15,6 @@ use super::*;
 /// "hello"; TLS with `pki`'s server certificate when given. Handshakes the client refuses end
 /// that connection.
 fn serve(pki: Option<&TestPki>, status: u16, connections: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let tls = pki.map(|pki| {
         let chain = vec![CertificateDer::from_pem_slice(pki.server_cert_pem.as_bytes()).unwrap()];
         let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
@@ -30,6 +28,17 @@ fn serve(pki: Option<&TestPki>, status: u16, connections: usize) -> SocketAddr {
                 .unwrap(),
         )
     });
+    serve_with(tls, status, connections)
+}
+
+/// [`serve`] with a given TLS configuration (or plain http).
+fn serve_with(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    status: u16,
+    connections: usize,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming().take(connections) {
             let stream = stream.unwrap();
@@ -118,4 +127,90 @@ fn bad_ca_files_are_named() {
     let e = client(&options).unwrap_err();
     assert!(matches!(e, SetupError::CaFileInvalid { .. }), "{e}");
     assert!(e.to_string().contains("not.pem"), "{e}");
+}
+
+#[test]
+fn a_client_identity_is_presented_to_servers_that_require_one() {
+    use wellcar_test_support::pki::TestCa;
+    let ca = TestCa::new("wellcar-http mTLS CA").unwrap();
+    let (server_cert, server_key) = ca.issue(&["localhost"], "server").unwrap();
+    let (client_cert, client_key) = ca.issue(&["client"], "client").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let cert_file = write("client.pem", &client_cert);
+    let key_file = write("client-key.pem", &client_key);
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(client_roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(server_cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(server_key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    );
+    let addr = serve_with(Some(config), 200, 2);
+    let url = format!("https://localhost:{}/", addr.port());
+
+    let mut options = ClientOptions::new("t");
+    options.ca_file = Some(ca_file);
+    let anonymous = get(&client(&options).unwrap(), &url);
+    assert!(
+        anonymous.is_err(),
+        "a server requiring a client certificate must refuse a client without one: {anonymous:?}"
+    );
+    options.client_identity = Some(ClientIdentity {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+    });
+    assert_eq!(
+        get(&client(&options).unwrap(), &url).unwrap(),
+        (200, "hello".into())
+    );
+
+    // Bad identity files are named.
+    options.client_identity = Some(ClientIdentity {
+        cert_file: dir.path().join("missing.pem"),
+        key_file: key_file.clone(),
+    });
+    let e = client(&options).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SetupError::ClientIdentityUnreadable {
+                what: "certificate",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+    options.client_identity = Some(ClientIdentity {
+        cert_file: cert_file.clone(),
+        key_file: cert_file,
+    });
+    let e = client(&options).unwrap_err();
+    assert!(
+        matches!(e, SetupError::ClientIdentityInvalid { what: "key", .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("client.pem"), "{e}");
 }

@@ -190,7 +190,7 @@ impl ApiClient {
     }
 
     /// [`ApiClient::send`] with these headers.
-    async fn send_with(
+    pub async fn send_with(
         &self,
         method: Method,
         path: &str,

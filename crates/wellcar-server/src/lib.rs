@@ -16,6 +16,7 @@ pub mod client;
 pub mod db;
 pub mod event_trust;
 pub mod fd_limit;
+pub mod fleetlock;
 pub mod listener;
 pub mod metrics;
 pub mod model;

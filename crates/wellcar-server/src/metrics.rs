@@ -44,6 +44,7 @@ pub struct Metrics {
     bad_requests: AtomicU64,
     unverified_events: [AtomicU64; crate::event_trust::Unverified::ALL.len()],
     refused: [AtomicU64; crate::admission::Refusal::ALL.len()],
+    fleetlock_expiries: AtomicU64,
     latency_buckets: [AtomicU64; 11],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -96,6 +97,16 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// FleetLock leases released because they ran out.
+    pub fn fleetlock_leases_expired(&self, n: u64) {
+        self.fleetlock_expiries.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// FleetLock leases this process released because they ran out.
+    pub fn fleetlock_expiries(&self) -> u64 {
+        self.fleetlock_expiries.load(Ordering::Relaxed)
     }
 
     /// Update checks answered so far.
@@ -344,6 +355,13 @@ pub async fn handle(State(state): State<Arc<ServerState>>) -> impl IntoResponse 
             )
                 .into_response()
         }
+    }
+    if let Err(e) = crate::fleetlock::render_metrics(&state, &mut out).await {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading reboot locks: {e}\n"),
+        )
+            .into_response();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -94,6 +94,8 @@ pub struct Settings {
     pub rate_limits: crate::rate_limit::RateLimits,
     /// Signs every Omaha answer when set (`--response-key`); see [`crate::response_signing`].
     pub response_signer: Option<crate::response_signing::ResponseSigner>,
+    /// FleetLock reboot coordination ([`crate::fleetlock`]).
+    pub fleetlock: crate::fleetlock::FleetLockSettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -135,6 +137,7 @@ impl Settings {
             fleet_token: None,
             rate_limits: crate::rate_limit::RateLimits::default(),
             response_signer: None,
+            fleetlock: crate::fleetlock::FleetLockSettings::default(),
         }
     }
 }
@@ -442,15 +445,18 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/omaha/v1/update/", omaha)
         .route("/health", get(|| async { "ok" }))
         .merge(crate::metrics::routes(&state.settings))
+        .merge(crate::fleetlock::protocol_routes())
         .route(
             "/packages/{app}/{arch}/{version}/{filename}",
             get(crate::payload_files::serve),
         )
         .merge(
-            crate::admin::routes().layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                crate::admission::admin_rate_limit,
-            )),
+            crate::admin::routes()
+                .merge(crate::fleetlock::admin_routes())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::admission::admin_rate_limit,
+                )),
         )
         .with_state(state)
 }
@@ -585,6 +591,13 @@ pub async fn spawn(mut settings: Settings) -> anyhow::Result<RunningServer> {
             stop_rx.clone(),
             "retention",
             |st| async move { st.prune().await.map(|_| ()) },
+        ),
+        spawn_ticker(
+            &state,
+            s.fleetlock.expiry_interval,
+            stop_rx.clone(),
+            "fleetlock lease expiry",
+            |st| async move { crate::fleetlock::expire_leases(&st).await.map(|_| ()) },
         ),
     ];
     let metrics_addr = match crate::metrics::spawn_listener(&state, stop_rx.clone()).await? {

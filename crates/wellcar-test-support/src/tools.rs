@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("gzip", "gzip"),
     ("tar", "tar"),
     ("kill", "procps"),
+    ("etcd", "etcd-server"),
 ];
 
 /// The Debian package that provides `program`, if it is one the tests run.

@@ -95,7 +95,8 @@ fn run(opts: Opts) -> anyhow::Result<()> {
         println!("{outcome:?}");
         return Ok(());
     }
+    let config = wellcar_agent::daemon::start_config(&agent).context("reading update.conf")?;
     let stop = AtomicBool::new(false);
-    wellcar_agent::daemon::run(&mut agent, &stop);
+    wellcar_agent::daemon::run(&mut agent, config, &stop);
     Ok(())
 }

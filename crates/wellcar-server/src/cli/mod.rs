@@ -17,12 +17,13 @@
 //! stdout, `Note`s on stderr) and the dispatch are here; the command modules print only through
 //! these. Each command group is its own module: `serve`, `token` (directly in the database),
 //! `app`, `package` (upload, register, publish, floors), `group` (groups and policy flags) and
-//! `fleet` (instances and the activity log). Every public argument type is re-exported here, so
+//! `fleet` (instances and the activity log), `locks` (FleetLock reboot locks). Every public argument type is re-exported here, so
 //! `cli::…` paths do not name the modules.
 
 mod app;
 mod fleet;
 mod group;
+mod locks;
 mod package;
 mod serve;
 mod token;
@@ -36,6 +37,9 @@ use crate::client::{ApiClient, OnUpload};
 pub use app::AppCommand;
 pub use fleet::{ActivityOpts, InstancesOpts};
 pub use group::{GroupCommand, PolicyArgs};
+#[cfg(test)]
+pub(crate) use locks::locks as run_locks;
+pub use locks::LocksCommand;
 pub use package::{PackageCommand, PublishOpts};
 pub use serve::ServeOpts;
 pub use token::TokenCommand;
@@ -61,6 +65,9 @@ pub enum Command {
     Instances(InstancesOpts),
     /// Show the activity log.
     Activity(ActivityOpts),
+    /// FleetLock reboot locks: list, release a holder, set a group's max.
+    #[command(subcommand)]
+    Locks(LocksCommand),
 }
 
 const DEFAULT_DATABASE: &str = "sqlite:wellcar-server.db";
@@ -181,5 +188,6 @@ async fn run_async(cmd: Command, upload: OnUpload) -> anyhow::Result<()> {
         Command::Group(g) => print(&group::group(g, &mut note).await?),
         Command::Instances(o) => fleet::instances(o).await,
         Command::Activity(o) => fleet::activity(o).await,
+        Command::Locks(l) => locks::locks(l).await,
     }
 }

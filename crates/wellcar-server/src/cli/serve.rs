@@ -119,6 +119,9 @@ pub struct ServeOpts {
     /// with a read-scoped token).
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// FleetLock reboot coordination.
+    #[command(flatten)]
+    pub fleetlock: crate::fleetlock::FleetLockArgs,
 }
 
 /// The environment variable that may hold the fleet token instead of `--fleet-token-file`.
@@ -188,6 +191,7 @@ pub(super) async fn serve(o: ServeOpts, on_note: &mut dyn FnMut(Note)) -> anyhow
         s.response_signer = Some(signer);
     }
     s.metrics_listen = o.metrics_listen;
+    s.fleetlock = o.fleetlock.settings()?;
     let server = crate::spawn(s).await?;
     on_note(Note::Listening { url: server.url() });
     server.run_until_signal().await

@@ -78,6 +78,17 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT;
      ALTER TABLE api_tokens ADD COLUMN revoked_at BIGINT;
      ALTER TABLE api_tokens ADD COLUMN last_used_at BIGINT;",
+    // FleetLock reboot semaphores: one row per lock group (max_holders NULL = the server's
+    // default), one row per leased holder.
+    "CREATE TABLE fleetlock_groups (
+        name TEXT PRIMARY KEY, max_holders BIGINT, grants BIGINT NOT NULL,
+        created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+     CREATE TABLE fleetlock_holders (
+        group_name TEXT NOT NULL REFERENCES fleetlock_groups(name), holder_id TEXT NOT NULL,
+        acquired_at BIGINT NOT NULL, renewed_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+        grant_seq BIGINT NOT NULL, holders_at_grant BIGINT NOT NULL,
+        PRIMARY KEY (group_name, holder_id));
+     CREATE INDEX fleetlock_holders_expires ON fleetlock_holders (expires_at);",
 ];
 
 /// Runs pending migrations and seeds an empty database. Safe to run from several processes.

@@ -17,7 +17,8 @@
 //! module per table or domain: applications (`apps`), packages (`packages`), channels with
 //! their floors and the publish operation (`channels`), groups with their rollout policy and
 //! halt flag (`groups`), instances and their queued sightings (`instances`), the grant
-//! decision's counters, grants and the timeout sweep (`rollout`), events (`events`), the
+//! decision's counters, grants and the timeout sweep (`rollout`), FleetLock reboot semaphores
+//! (`locks`), events (`events`), the
 //! activity log (`activity`), data retention (`retention`) and API tokens (`tokens`). The
 //! configuration generation and the id, name and arch checks they share are here.
 
@@ -27,6 +28,7 @@ mod channels;
 mod events;
 mod groups;
 mod instances;
+mod locks;
 mod migrations;
 mod packages;
 mod retention;
@@ -51,6 +53,12 @@ pub use groups::{
 pub use instances::{
     find_instance, instance_breakdown, list_instances, set_instance_status, upsert_sightings,
     InstanceCount, InstanceFilter, Sighting,
+};
+pub use locks::{
+    check_group, check_holder_id, fleetlock_acquire, fleetlock_expire_leases,
+    fleetlock_force_release, fleetlock_holders, fleetlock_list, fleetlock_release,
+    fleetlock_set_max, LockError, LockOutcome, LockRequest, RebootLockGroup, RebootLockHolder,
+    MAX_GROUP_LEN, MAX_ID_LEN,
 };
 pub use migrations::migrate;
 pub use packages::{
