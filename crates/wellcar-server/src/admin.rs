@@ -115,6 +115,7 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(list_instance_events))
         .routes(routes!(list_activity))
         .merge(crate::admin_tokens::routes())
+        .merge(crate::fleetlock::admin_routes())
 }
 
 async fn after_change(state: &Arc<ServerState>) -> ApiResult<()> {

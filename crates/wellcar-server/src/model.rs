@@ -217,7 +217,8 @@ pub struct Instance {
     /// What it last told about itself (its keys appear at the top level in JSON).
     #[serde(flatten)]
     pub facts: InstanceFacts,
-    /// One of the [`status`] values.
+    /// `undefined`, `granted`, `downloading`, `downloaded`, `installed`, `complete`, `error` or
+    /// `timeout` (the [`status`] values).
     pub status: String,
     /// Last check-in (unix ms; persisted at the configured resolution).
     pub last_check: i64,

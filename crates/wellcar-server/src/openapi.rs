@@ -55,6 +55,7 @@ use crate::server::ServerState;
         (name = "activity", description = "The activity log"),
         (name = "retention", description = "Data retention"),
         (name = "tokens", description = "API tokens"),
+        (name = "reboot locks", description = "FleetLock reboot locks: groups, holders, release"),
         (name = "documentation", description = "This document")
     )
 )]

@@ -388,7 +388,7 @@ fn check_answer(doc: &Value, method: &str, path: &str, status: u16, value: &Valu
 }
 
 /// A machine checks in and reports an event, a package is published, a token created; then the
-/// real answers of twelve routes validate against their documented schemas (field names,
+/// real answers of thirteen routes validate against their documented schemas (field names,
 /// required fields, types), the nullable and flattened fields included.
 #[tokio::test]
 async fn real_answers_match_the_documented_schemas() {
@@ -480,6 +480,10 @@ async fn real_answers_match_the_documented_schemas() {
         ),
         ("/api/v1/activity", "/api/v1/activity".to_owned()),
         ("/api/v1/tokens", "/api/v1/tokens".to_owned()),
+        (
+            "/api/v1/fleetlock/groups",
+            "/api/v1/fleetlock/groups".to_owned(),
+        ),
     ];
     for (documented, url) in gets {
         let value: Value = admin.get(&url).await.unwrap();

@@ -39,7 +39,7 @@ pub const MAX_ID_LEN: usize = 255;
 pub const MAX_MAX_HOLDERS: i64 = 100_000;
 
 /// One holder of a reboot lock.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RebootLockHolder {
     /// The client's id (FleetLock `client_params.id`).
     pub id: String,
@@ -56,7 +56,7 @@ pub struct RebootLockHolder {
 }
 
 /// A lock group with its holders.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RebootLockGroup {
     /// Group name (FleetLock `client_params.group`).
     pub name: String,
