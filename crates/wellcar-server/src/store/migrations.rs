@@ -89,6 +89,15 @@ const MIGRATIONS: &[&str] = &[
         grant_seq BIGINT NOT NULL, holders_at_grant BIGINT NOT NULL,
         PRIMARY KEY (group_name, holder_id));
      CREATE INDEX fleetlock_holders_expires ON fleetlock_holders (expires_at);",
+    // The dashboard's counts and pages on a large fleet (benches/dashboard.rs): covering
+    // indexes for versions per group, status counts per group, filtered instance pages in
+    // last-check order, an app's recent activity, and version adoption from completion events.
+    "CREATE INDEX instances_app_group_version ON instances (app_id, group_id, version);
+     CREATE INDEX instances_app_group_status_check
+        ON instances (app_id, group_id, status, last_check);
+     CREATE INDEX instances_app_version_check ON instances (app_id, version, last_check);
+     CREATE INDEX activity_app_created ON activity (app_id, created_at);
+     CREATE INDEX events_adoption ON events (app_id, event_type, event_result, created_at, version);",
 ];
 
 /// Runs pending migrations and seeds an empty database. Safe to run from several processes.
