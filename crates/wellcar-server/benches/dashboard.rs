@@ -29,6 +29,8 @@ use wellcar_server::db::{Backend, Conn, Value};
 use wellcar_server::store::{self, Scope};
 use wellcar_server::Settings;
 
+// This benchmark seeds rows directly and uses only part of the shared helpers.
+#[allow(dead_code)]
 mod common;
 use common::{env_or, machine_id, percentile_ms};
 
