@@ -9,6 +9,7 @@
 //! | `stage SLOT --root-hash H --version V` | after a verified write of SLOT: one try, not successful, top priority |
 //! | `check-usr` | health check: `/usr` is the dm-verity device over the booted slot with the recorded root hash |
 //! | `check-containerd` | health check: containerd's gRPC socket answers as an HTTP/2 server |
+//! | `lock status\|lock [ID]\|unlock [ID]\|set-max N` | locksmith's reboot lock in etcd, as `locksmithctl` ([`lock`]) |
 //! | `trial-timeout` | `wellcar-trial-timeout.timer`: reboots a trial boot that was never marked good |
 //!
 //! The state lives on the ESP mounted at `/boot` (`--esp`); the booted slot comes from
@@ -26,6 +27,7 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod containerd;
+pub mod lock;
 pub mod ops;
 pub mod status;
 pub mod update;
@@ -80,6 +82,8 @@ pub enum Command {
     TrialTimeout,
     /// Ask the update agent to check for an update now and wait for the result.
     Check(update::CheckOpts),
+    /// The cluster-wide reboot lock in etcd (locksmith's): status, lock, unlock, set-max.
+    Lock(lock::Opts),
 }
 
 /// What every command needs: the store and the booted slot.
@@ -134,6 +138,8 @@ pub enum Event {
     },
     /// `check`: the update agent's progress.
     Check(update::Progress),
+    /// `lock`: locksmithctl's output.
+    Lock(wellcar_locksmith::ctl::Report),
     /// Something the command survives (its result stands); shown on stderr.
     Warning(Warning),
 }
@@ -147,6 +153,7 @@ impl std::fmt::Display for Event {
                 write!(f, "containerd answers on {}", socket.display())
             }
             Event::Check(p) => p.fmt(f),
+            Event::Lock(r) => r.fmt(f),
             Event::Warning(w) => w.fmt(f),
         }
     }
@@ -174,6 +181,7 @@ pub fn run(cli: Cli, mut on_event: impl FnMut(Event)) -> anyhow::Result<()> {
         Command::CheckContainerd(opts) => containerd::run(&opts, &mut on_event),
         Command::TrialTimeout => ops::trial_timeout(&ctx, &mut on_event),
         Command::Check(opts) => update::check(&opts, &mut on_event),
+        Command::Lock(opts) => lock::run(&opts, &mut on_event),
     }
 }
 

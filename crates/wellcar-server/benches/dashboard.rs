@@ -11,6 +11,9 @@
 //! entries with one `INSERT … SELECT` each over a generated series, so 1,000,000 events take
 //! seconds, not minutes.
 //!
+//! Pages: the admin API's GETs, and every dashboard page under `/ui/` (logged in with the
+//! session cookie of `POST /ui/login`), each over a fresh loopback connection.
+//!
 //! Timing: each row runs `REPEAT` times after two warm-up runs and prints p50/p99 in ms and its
 //! p50 as a multiple of a baseline measured in the same process: `GET /health` for HTTP rows,
 //! a `SELECT 1` read transaction for query rows. HTTP rows are whole loopback round trips (the
@@ -37,7 +40,7 @@ use common::{env_or, machine_id, percentile_ms};
 const DAY_MS: i64 = 86_400_000;
 /// The indexes the dashboard migration adds; dropped for the "without" comparison.
 const DASHBOARD_INDEXES: [&str; 6] = [
-    "instances_app_check",
+    "instances_app_last_check",
     "instances_app_group_version",
     "instances_app_group_status_check",
     "instances_app_version_check",
@@ -189,6 +192,61 @@ fn seed_rows(
         conn.batch("ANALYZE")?;
     }
     Ok(())
+}
+
+/// One HTTP/1.1 request over a fresh loopback connection (`Connection: close`): status line's
+/// code, the headers and the body. The UI needs a cookie the API client does not send.
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (status, head, answer[split + 4..].to_vec())
+}
+
+/// Logs in to the dashboard with `secret` and answers the session cookie (`name=value`).
+async fn ui_login(addr: std::net::SocketAddr, secret: &str) -> String {
+    let body = format!("token={secret}");
+    let (status, head, _) = raw_http(
+        addr,
+        &format!(
+            "POST /ui/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: \
+             application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert_eq!(status, 303, "login: {head}");
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim().split(';').next().unwrap_or("").to_owned())
+        })
+        .expect("a session cookie")
+}
+
+/// `GET path` with `cookie` over a fresh connection; answers the status.
+async fn ui_get(addr: std::net::SocketAddr, cookie: &str, path: &str) -> u16 {
+    raw_http(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await
+    .0
 }
 
 /// A timed row: its name and sorted latencies in microseconds.
@@ -448,6 +506,42 @@ async fn bench(backend_name: &str, sizes: &Sizes, repeat: usize) {
             .await,
         );
     }
+    // Every dashboard page, logged in, over a fresh connection each time (as the baseline).
+    let addr = server.addr;
+    let cookie = ui_login(addr, &secret).await;
+    let raw_health = time("GET /health, new connection (baseline)", repeat, || async {
+        assert_eq!(ui_get(addr, "", "/health").await, 200);
+    })
+    .await;
+    let ui_pages: Vec<(&str, String)> = vec![
+        ("UI overview /ui/", "/ui/".into()),
+        ("UI group /ui/groups/beta", "/ui/groups/beta".into()),
+        ("UI channels", "/ui/channels".into()),
+        ("UI instances", "/ui/instances".into()),
+        (
+            "UI instances group+status, page 3",
+            "/ui/instances?group=beta&status=complete&page=3".into(),
+        ),
+        (
+            "UI instances version filter",
+            "/ui/instances?version=43.0.0".into(),
+        ),
+        ("UI instances search", "/ui/instances?q=host-4242".into()),
+        ("UI instance timeline", format!("/ui/instances/{machine}")),
+        ("UI activity", "/ui/activity".into()),
+        ("UI adoption", "/ui/adoption".into()),
+        ("UI reboot locks", "/ui/locks".into()),
+    ];
+    let mut ui_rows = Vec::new();
+    for (name, path) in &ui_pages {
+        ui_rows.push(
+            time(name, repeat, || async {
+                let status = ui_get(addr, &cookie, path).await;
+                assert_eq!(status, 200, "{name}");
+            })
+            .await,
+        );
+    }
     let db = server.state.db.clone();
     let select1 = time("SELECT 1 (baseline)", repeat, || {
         let db = db.clone();
@@ -459,6 +553,7 @@ async fn bench(backend_name: &str, sizes: &Sizes, repeat: usize) {
     let beta_id = groups[1].clone();
     let query_rows = time_queries(&db, now, &beta_id, &machine, repeat).await;
     report(backend_name, &health, &http_rows);
+    report(backend_name, &raw_health, &ui_rows);
     report(backend_name, &select1, &query_rows);
     db.write(|c| {
         for index in DASHBOARD_INDEXES {

@@ -30,6 +30,7 @@ pub mod response_signing;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;
 
 #[cfg(test)]
 mod admin_security_tests;

@@ -456,7 +456,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
                 crate::admission::admin_rate_limit,
             )),
         )
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::ui::routes(state))
 }
 
 fn spawn_ticker<F, Fut>(

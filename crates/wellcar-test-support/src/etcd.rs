@@ -9,8 +9,8 @@
 //! certificates** (`--client-cert-auth`), all issued by a fresh CA ([`crate::pki::TestCa`]);
 //! the PEM files are in [`EtcdTls`].
 //!
-//! Dropping the [`Etcd`] kills the process and removes the directory; a watchdog does the same
-//! if the test process dies first (`kill -9`). A missing `etcd` fails the test naming its
+//! Dropping the [`Etcd`] kills the process, removes the directory and stops the watchdog that
+//! does the same if the test process dies first (`kill -9`). A missing `etcd` fails the test naming its
 //! package (no silent skip).
 
 use std::net::TcpListener;
@@ -45,6 +45,7 @@ pub struct Etcd {
     pub tls: Option<EtcdTls>,
     dir: PathBuf,
     child: Child,
+    watchdog: Child,
 }
 
 fn free_port() -> u16 {
@@ -140,7 +141,7 @@ impl Etcd {
             etcd = child.id(),
             dir = dir.display()
         );
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .args(["-c", &stop])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -157,6 +158,7 @@ impl Etcd {
             tls: tls_files,
             dir,
             child,
+            watchdog,
         };
         crate::wait::wait_until("etcd to serve client requests", START_TIMEOUT, || {
             if let Ok(Some(status)) = etcd.child.try_wait() {
@@ -176,6 +178,9 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Its work is done; it would only wait for this process to end.
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
     }
 }
 

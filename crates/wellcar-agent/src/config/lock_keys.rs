@@ -24,9 +24,6 @@ use std::time::Duration;
 
 use super::{ConfigError, Setting};
 
-/// locksmith's default etcd endpoints.
-pub const DEFAULT_ETCD_ENDPOINTS: [&str; 2] = ["http://127.0.0.1:2379", "http://127.0.0.1:4001"];
-
 /// Default first pause after a failed lock or unlock (locksmith's initial interval).
 pub const DEFAULT_LOCK_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -39,55 +36,14 @@ pub struct FleetLockSettings {
     pub group: String,
 }
 
-/// locksmith's `LOCKSMITHD_*` etcd settings.
-#[derive(Clone, PartialEq, Eq)]
+/// locksmith's `LOCKSMITHD_*` settings as update.conf sets them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EtcdLockSettings {
-    /// etcd client URLs, tried in order.
-    pub endpoints: Vec<String>,
+    /// Endpoints, TLS files, credentials and group, in `wellcar-locksmith`'s type (the one
+    /// `locksmithctl` uses too).
+    pub locksmith: wellcar_locksmith::LocksmithSettings,
     /// Whether `LOCKSMITHD_ENDPOINT` was set (what `best-effort` looks at).
     pub endpoint_configured: bool,
-    /// `LOCKSMITHD_ETCD_CAFILE`.
-    pub ca_file: Option<PathBuf>,
-    /// `LOCKSMITHD_ETCD_CERTFILE`.
-    pub cert_file: Option<PathBuf>,
-    /// `LOCKSMITHD_ETCD_KEYFILE`.
-    pub key_file: Option<PathBuf>,
-    /// `LOCKSMITHD_ETCD_USERNAME`.
-    pub username: Option<String>,
-    /// `LOCKSMITHD_ETCD_PASSWORD` (redacted in `Debug`).
-    pub password: Option<String>,
-    /// `LOCKSMITHD_GROUP`; `None`: locksmith's global semaphore.
-    pub group: Option<String>,
-}
-
-impl std::fmt::Debug for EtcdLockSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdLockSettings")
-            .field("endpoints", &self.endpoints)
-            .field("endpoint_configured", &self.endpoint_configured)
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("group", &self.group)
-            .finish()
-    }
-}
-
-impl Default for EtcdLockSettings {
-    fn default() -> Self {
-        Self {
-            endpoints: DEFAULT_ETCD_ENDPOINTS.map(str::to_owned).to_vec(),
-            endpoint_configured: false,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            username: None,
-            password: None,
-            group: None,
-        }
-    }
 }
 
 fn invalid(key: &str, s: &Setting, reason: String) -> ConfigError {
@@ -175,7 +131,7 @@ pub(super) fn require_fleetlock(
 pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSettings, ConfigError> {
     let mut etcd = EtcdLockSettings::default();
     if let Some(s) = get(settings, "LOCKSMITHD_ENDPOINT") {
-        etcd.endpoints = s
+        etcd.locksmith.etcd.endpoints = s
             .value
             .split(',')
             .map(|e| {
@@ -196,9 +152,9 @@ pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSetti
             })
             .transpose()
     };
-    etcd.ca_file = path("LOCKSMITHD_ETCD_CAFILE")?;
-    etcd.cert_file = path("LOCKSMITHD_ETCD_CERTFILE")?;
-    etcd.key_file = path("LOCKSMITHD_ETCD_KEYFILE")?;
+    etcd.locksmith.etcd.ca_file = path("LOCKSMITHD_ETCD_CAFILE")?;
+    etcd.locksmith.etcd.cert_file = path("LOCKSMITHD_ETCD_CERTFILE")?;
+    etcd.locksmith.etcd.key_file = path("LOCKSMITHD_ETCD_KEYFILE")?;
     for (set, missing) in [
         ("LOCKSMITHD_ETCD_CERTFILE", "LOCKSMITHD_ETCD_KEYFILE"),
         ("LOCKSMITHD_ETCD_KEYFILE", "LOCKSMITHD_ETCD_CERTFILE"),
@@ -209,8 +165,191 @@ pub(super) fn etcd(settings: &BTreeMap<String, Setting>) -> Result<EtcdLockSetti
             return Err(invalid(set, s, format!("{missing} must be set too")));
         }
     }
-    etcd.username = get(settings, "LOCKSMITHD_ETCD_USERNAME").map(|s| s.value.clone());
-    etcd.password = get(settings, "LOCKSMITHD_ETCD_PASSWORD").map(|s| s.value.clone());
-    etcd.group = get(settings, "LOCKSMITHD_GROUP").map(|s| s.value.trim().to_owned());
+    etcd.locksmith.etcd.username =
+        get(settings, "LOCKSMITHD_ETCD_USERNAME").map(|s| s.value.clone());
+    etcd.locksmith.etcd.password =
+        get(settings, "LOCKSMITHD_ETCD_PASSWORD").map(|s| s.value.clone());
+    etcd.locksmith.group = get(settings, "LOCKSMITHD_GROUP").map(|s| s.value.trim().to_owned());
     Ok(etcd)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, RebootStrategy};
+    use crate::reboot_lock::{lock_kind, LockKind};
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/wellcar/update.conf")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn fleetlock_keys_and_the_group_default() {
+        let config =
+            parse("GROUP=beta\nREBOOT_STRATEGY=fleetlock\nFLEETLOCK_URL=http://10.0.0.1:8080/fleetlock/\n")
+                .unwrap();
+        assert_eq!(config.reboot_strategy, RebootStrategy::FleetLock);
+        assert_eq!(
+            config.fleetlock.url.as_deref(),
+            Some("http://10.0.0.1:8080/fleetlock")
+        );
+        assert_eq!(config.fleetlock.group, "beta", "defaults to GROUP");
+        assert_eq!(lock_kind(&config), Some(LockKind::FleetLock));
+        let config = parse(
+            "GROUP=beta\nREBOOT_STRATEGY=FleetLock\nFLEETLOCK_URL=https://lock.example\nFLEETLOCK_GROUP=workers\n",
+        )
+        .unwrap();
+        assert_eq!(config.fleetlock.group, "workers");
+    }
+
+    /// Each bad value names the file, the line and the key.
+    #[test]
+    fn bad_fleetlock_values_name_file_line_and_key() {
+        let err = parse("GROUP=x\nREBOOT_STRATEGY=fleetlock\n").unwrap_err();
+        assert!(
+            err.contains("update.conf:2")
+                && err.contains("REBOOT_STRATEGY")
+                && err.contains("FLEETLOCK_URL"),
+            "{err}"
+        );
+        let err = parse("FLEETLOCK_URL=ftp://lock\n").unwrap_err();
+        assert!(
+            err.contains("update.conf:1") && err.contains("FLEETLOCK_URL"),
+            "{err}"
+        );
+        let err = parse("FLEETLOCK_URL=http://\n").unwrap_err();
+        assert!(err.contains("no host"), "{err}");
+        let err = parse("\nFLEETLOCK_GROUP=a_b\n").unwrap_err();
+        assert!(
+            err.contains("update.conf:2") && err.contains("FLEETLOCK_GROUP"),
+            "{err}"
+        );
+        // A GROUP that is no FleetLock group is fine for Omaha, but not as the lock group.
+        assert!(parse("GROUP=my_group\n").is_ok());
+        let err = parse("GROUP=my_group\nREBOOT_STRATEGY=fleetlock\nFLEETLOCK_URL=http://l\n")
+            .unwrap_err();
+        assert!(
+            err.contains("update.conf:1")
+                && err.contains("GROUP")
+                && err.contains("set FLEETLOCK_GROUP"),
+            "{err}"
+        );
+        assert!(parse(
+            "GROUP=my_group\nREBOOT_STRATEGY=fleetlock\nFLEETLOCK_URL=http://l\nFLEETLOCK_GROUP=g\n"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn unknown_strategy_names_the_valid_ones() {
+        let err = parse("REBOOT_STRATEGY=etcd\n").unwrap_err();
+        assert!(
+            err.contains("REBOOT_STRATEGY")
+                && err.contains("valid: reboot, off, etcd-lock, fleetlock, best-effort"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn locksmith_keys() {
+        let config = parse("REBOOT_STRATEGY=etcd-lock\n").unwrap();
+        assert_eq!(
+            config.etcd_lock.locksmith.etcd.endpoints,
+            wellcar_locksmith::DEFAULT_ENDPOINTS
+        );
+        assert_eq!(
+            config.etcd_lock.locksmith.group, None,
+            "locksmith's global semaphore"
+        );
+        assert_eq!(lock_kind(&config), Some(LockKind::Etcd));
+        let config = parse(
+            "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_ENDPOINT=http://10.0.0.2:2379, https://10.0.0.3:2379\n\
+             LOCKSMITHD_ETCD_CAFILE=/etc/ssl/etcd/ca.pem\nLOCKSMITHD_ETCD_CERTFILE=/etc/ssl/etcd/c.pem\n\
+             LOCKSMITHD_ETCD_KEYFILE=/etc/ssl/etcd/k.pem\nLOCKSMITHD_GROUP=db\n\
+             LOCKSMITHD_ETCD_USERNAME=root\nLOCKSMITHD_ETCD_PASSWORD=hunter2\n",
+        )
+        .unwrap();
+        let (etcd, group) = (
+            &config.etcd_lock.locksmith.etcd,
+            &config.etcd_lock.locksmith.group,
+        );
+        assert_eq!(
+            etcd.endpoints,
+            ["http://10.0.0.2:2379", "https://10.0.0.3:2379"]
+        );
+        assert_eq!(
+            etcd.ca_file.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/ca.pem"))
+        );
+        assert_eq!(
+            etcd.cert_file.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/c.pem"))
+        );
+        assert_eq!(
+            etcd.key_file.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/k.pem"))
+        );
+        assert_eq!(group.as_deref(), Some("db"));
+        assert_eq!(etcd.username.as_deref(), Some("root"));
+        assert_eq!(etcd.password.as_deref(), Some("hunter2"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        let err = parse("\n\nLOCKSMITHD_ENDPOINT=http://a:2379,etcd:2379\n").unwrap_err();
+        assert!(
+            err.contains("update.conf:3")
+                && err.contains("LOCKSMITHD_ENDPOINT")
+                && err.contains("\"etcd:2379\""),
+            "{err}"
+        );
+        let err = parse("LOCKSMITHD_ETCD_CERTFILE=/c.pem\n").unwrap_err();
+        assert!(
+            err.contains("LOCKSMITHD_ETCD_KEYFILE must be set too"),
+            "{err}"
+        );
+        let err = parse("LOCKSMITHD_ETCD_CAFILE=ca.pem\n").unwrap_err();
+        assert!(
+            err.contains("LOCKSMITHD_ETCD_CAFILE") && err.contains("absolute"),
+            "{err}"
+        );
+        let err = parse("LOCKSMITHD_ETCD_PASSWORD=hunter2\n").unwrap_err();
+        assert!(
+            err.contains("LOCKSMITHD_ETCD_USERNAME must be set too"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    /// `best-effort`: etcd-lock when `LOCKSMITHD_ENDPOINT` is set, plain reboot otherwise.
+    #[test]
+    fn best_effort_uses_etcd_only_when_configured() {
+        let config = parse("REBOOT_STRATEGY=best-effort\n").unwrap();
+        assert_eq!(config.reboot_strategy, RebootStrategy::BestEffort);
+        assert_eq!(lock_kind(&config), None);
+        let config =
+            parse("REBOOT_STRATEGY=best-effort\nLOCKSMITHD_ENDPOINT=http://127.0.0.1:2379\n")
+                .unwrap();
+        assert_eq!(lock_kind(&config), Some(LockKind::Etcd));
+        assert_eq!(lock_kind(&parse("REBOOT_STRATEGY=off\n").unwrap()), None);
+        assert_eq!(lock_kind(&parse("REBOOT_STRATEGY=reboot\n").unwrap()), None);
+    }
+
+    #[test]
+    fn lock_retry_delay() {
+        assert_eq!(
+            parse("WELLCAR_LOCK_RETRY_DELAY=300ms\n")
+                .unwrap()
+                .lock_retry_delay,
+            std::time::Duration::from_millis(300)
+        );
+        assert_eq!(
+            Config::default().lock_retry_delay,
+            super::DEFAULT_LOCK_RETRY_DELAY
+        );
+        let err = parse("WELLCAR_LOCK_RETRY_DELAY=0s\n").unwrap_err();
+        assert!(
+            err.contains("WELLCAR_LOCK_RETRY_DELAY") && err.contains("greater than zero"),
+            "{err}"
+        );
+    }
 }

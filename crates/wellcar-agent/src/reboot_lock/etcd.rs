@@ -8,8 +8,9 @@
 //!   a full semaphore is a refusal, retried with backoff.
 //! - Unlock: removing a holder that is not in the list is success (locksmith's
 //!   `ErrNotExist`).
-//! - The keys, JSON and etcd API (v2 keys, compare-and-swap) are the semaphore client's
-//!   (`wellcar-locksmith`); this module only adapts it to [`RebootLock`].
+//! - The keys, JSON and etcd API (v2 keys, compare-and-swap) are `wellcar-locksmith`'s; this
+//!   module only adapts its [`wellcar_locksmith::EtcdLock`] to [`RebootLock`] (a fresh client
+//!   per attempt, from the configuration of that tick).
 
 use super::{LockError, RebootLock};
 use crate::config::EtcdLockSettings;
@@ -69,14 +70,59 @@ impl<S: EtcdSemaphore> RebootLock for EtcdLock<S> {
     }
 }
 
-/// The semaphore for `settings`.
+/// The semaphore for `settings`: locksmith's key for `LOCKSMITHD_GROUP` in the etcd of
+/// `LOCKSMITHD_ENDPOINT`, created as locksmith creates it when missing.
 pub fn open(settings: &EtcdLockSettings) -> Result<Box<dyn EtcdSemaphore>, EtcdLockError> {
-    Err(EtcdLockError {
-        endpoints: settings.endpoints.join(","),
-        group: settings.group.clone(),
-        full: false,
-        reason: "this build has no etcd semaphore client (wellcar-locksmith) yet".into(),
-    })
+    let lock = wellcar_locksmith::EtcdLock::new(
+        &settings.locksmith.etcd,
+        settings.locksmith.group.as_deref(),
+    )
+    .map_err(|e| failure(settings, &e))?;
+    Ok(Box::new(Locksmith {
+        lock,
+        settings: settings.clone(),
+    }))
+}
+
+fn failure(settings: &EtcdLockSettings, e: &wellcar_locksmith::Error) -> EtcdLockError {
+    EtcdLockError {
+        endpoints: settings.locksmith.etcd.endpoints.join(","),
+        group: settings.locksmith.group.clone(),
+        full: e.is_full(),
+        reason: wellcar_contract::error_chain(e),
+    }
+}
+
+/// [`EtcdSemaphore`] through `wellcar-locksmith`.
+#[derive(Debug)]
+struct Locksmith {
+    lock: wellcar_locksmith::EtcdLock,
+    settings: EtcdLockSettings,
+}
+
+impl EtcdSemaphore for Locksmith {
+    fn lock(&mut self, holder: &str) -> Result<(), EtcdLockError> {
+        // Held already (also when locksmith's "full" check comes first) is success.
+        self.lock
+            .acquire(holder)
+            .map(|_| ())
+            .map_err(|e| failure(&self.settings, &e))
+    }
+
+    fn unlock(&mut self, holder: &str) -> Result<(), EtcdLockError> {
+        self.lock
+            .unlock_if_held(holder)
+            .map(|_| ())
+            .map_err(|e| failure(&self.settings, &e))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "etcd-lock {} key {}",
+            self.lock.endpoints().join(","),
+            self.lock.key()
+        )
+    }
 }
 
 impl EtcdSemaphore for Box<dyn EtcdSemaphore> {

@@ -23,6 +23,9 @@ pub mod coordinator;
 pub mod etcd;
 pub mod fleetlock;
 
+#[cfg(test)]
+mod daemon_tests;
+
 use std::time::Instant;
 
 use crate::agent::Agent;

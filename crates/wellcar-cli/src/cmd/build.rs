@@ -94,6 +94,7 @@ pub const USR_BINARIES: &[&str] = &[
     "wellcar-update",
     "wellcar-update-agent",
     "update_engine_client",
+    "locksmithctl",
 ];
 
 /// The on-host programs built next to this executable (`cargo build --release` puts them there);

@@ -23,10 +23,28 @@ pub struct InstancesOpts {
 #[derive(Debug, clap::Args)]
 pub struct ActivityOpts {
     #[command(flatten)]
-    server: ServerArgs,
+    pub(crate) server: ServerArgs,
     /// Most recent entries to show.
     #[arg(long, default_value_t = 50)]
-    limit: i64,
+    pub(crate) limit: i64,
+    /// Every entry, not only the app's: other apps and server-wide ones such as reboot locks.
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+impl ActivityOpts {
+    /// The admin API path these options read.
+    pub(crate) fn path(&self) -> String {
+        if self.all {
+            format!("/api/v1/activity?limit={}", self.limit)
+        } else {
+            format!(
+                "/api/v1/activity?app={}&limit={}",
+                wellcar_omaha::normalize_app_id(&self.server.app),
+                self.limit
+            )
+        }
+    }
 }
 
 /// Runs `wellcar server instances`.
@@ -52,14 +70,5 @@ pub(super) async fn instances(o: InstancesOpts) -> anyhow::Result<()> {
 
 /// Runs `wellcar server activity`.
 pub(super) async fn activity(o: ActivityOpts) -> anyhow::Result<()> {
-    print(
-        &o.server
-            .client()?
-            .get(&format!(
-                "/api/v1/activity?app={}&limit={}",
-                wellcar_omaha::normalize_app_id(&o.server.app),
-                o.limit
-            ))
-            .await?,
-    )
+    print(&o.server.client()?.get(&o.path()).await?)
 }

@@ -117,7 +117,7 @@ pub fn implicit_groups(state: &ServerState) -> Vec<String> {
     let config = state.config();
     let mut names: Vec<String> = std::iter::once(DEFAULT_GROUP.to_owned())
         .chain(config.groups.keys().map(|(_, track)| track.clone()))
-        .filter(|g| store::check_group(g).is_ok())
+        .filter(|g| wellcar_contract::fleetlock::check_group(g).is_ok())
         .collect();
     names.sort();
     names.dedup();
@@ -196,4 +196,43 @@ pub async fn render_metrics(state: &ServerState, out: &mut String) -> Result<(),
         state.metrics.fleetlock_expiries()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        fleetlock: FleetLockArgs,
+    }
+
+    fn parse(argv: &[&str]) -> anyhow::Result<FleetLockSettings> {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(argv);
+        Args::try_parse_from(all)?.fleetlock.settings()
+    }
+
+    #[test]
+    fn flags_map_onto_settings_and_a_zero_lease_is_refused() {
+        assert_eq!(parse(&[]).unwrap(), FleetLockSettings::default());
+        let s = parse(&[
+            "--fleetlock-lease-ttl",
+            "90",
+            "--fleetlock-default-slots",
+            "3",
+            "--fleetlock-expiry-interval",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(s.lease_ttl, Duration::from_secs(90));
+        assert_eq!(s.default_slots, 3);
+        assert_eq!(s.expiry_interval, Duration::from_secs(1), "at least 1 s");
+        let e = parse(&["--fleetlock-lease-ttl", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--fleetlock-lease-ttl"), "{e}");
+        let e = parse(&["--fleetlock-default-slots", "-1"]).unwrap_err();
+        assert!(e.to_string().contains("-1"), "{e}");
+    }
 }

@@ -30,14 +30,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use crate::admission::Refusal;
 use crate::server::ServerState;
 use crate::store::{self, LockError, LockOutcome, LockRequest};
 
-/// The header every FleetLock request must carry, with value `true`.
-pub const PROTOCOL_HEADER: &str = "fleet-lock-protocol";
+pub use wellcar_contract::fleetlock::{ClientParams, FleetLockRequest, PROTOCOL_HEADER};
 
 /// Largest request body accepted (a valid one is well under 400 bytes).
 pub const MAX_BODY_BYTES: usize = 4096;
@@ -83,7 +81,7 @@ impl FleetLockError {
             Self::RequestTooLarge => "request_too_large",
             Self::InvalidClientParams(_) => "invalid_client_params",
             Self::UnknownGroup(_) => "unknown_group",
-            Self::SemaphoreFull { .. } => "failed_lock_semaphore_full",
+            Self::SemaphoreFull { .. } => wellcar_contract::fleetlock::KIND_SEMAPHORE_FULL,
             Self::FleetTokenRequired => "fleet_token_required",
             Self::RateLimited { .. } => "rate_limited",
             Self::FailedLock(_) => "failed_lock",
@@ -151,22 +149,6 @@ impl IntoResponse for FleetLockError {
     }
 }
 
-/// The protocol's request body.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct FleetLockRequest {
-    /// The client.
-    pub client_params: ClientParams,
-}
-
-/// `client_params`: who asks, for which group.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub struct ClientParams {
-    /// Client id (node name or machine id).
-    pub id: String,
-    /// Reboot group.
-    pub group: String,
-}
-
 /// The routes, relative to the server root.
 pub fn routes() -> Router<Arc<ServerState>> {
     Router::new()
@@ -204,8 +186,10 @@ async fn admit(
     let request: FleetLockRequest = serde_json::from_slice(&bytes)
         .map_err(|e| FleetLockError::InvalidClientParams(format!("body: {e}")))?;
     let params = request.client_params;
-    store::check_holder_id(&params.id).map_err(FleetLockError::InvalidClientParams)?;
-    store::check_group(&params.group).map_err(FleetLockError::InvalidClientParams)?;
+    wellcar_contract::fleetlock::check_id(&params.id)
+        .map_err(FleetLockError::InvalidClientParams)?;
+    wellcar_contract::fleetlock::check_group(&params.group)
+        .map_err(FleetLockError::InvalidClientParams)?;
     Ok(params)
 }
 
@@ -233,8 +217,12 @@ pub async fn pre_reboot(
 ) -> Result<Response, FleetLockError> {
     let params = admit(&state, peer, &headers, body).await?;
     let now = state.now();
-    let req = lock_request(&state, &params);
-    let (implicit, default_max, lease_ms) = (req.implicit_group, req.default_max, req.lease_ms);
+    let template = lock_request(&state, &params);
+    let (implicit_group, default_max, lease_ms) = (
+        template.implicit_group,
+        template.default_max,
+        template.lease_ms,
+    );
     let (group, id) = (params.group.clone(), params.id.clone());
     let result = state
         .db
@@ -242,15 +230,12 @@ pub async fn pre_reboot(
             let req = LockRequest {
                 group: &group,
                 id: &id,
-                implicit_group: implicit,
+                implicit_group,
                 default_max,
                 lease_ms,
             };
-            // Unknown group: nothing may be written, so it must fail the transaction.
-            store::fleetlock_acquire(conn, &req, now).map_err(|e| match e {
-                LockError::UnknownGroup(g) => crate::StoreError::NotFound(g),
-                LockError::Store(s) => s,
-            })
+            // An unknown group fails the transaction, so nothing it did is kept.
+            store::fleetlock_acquire(conn, &req, now).map_err(LockError::into_store)
         })
         .await;
     let (outcome, expired) = match result {
@@ -302,10 +287,7 @@ pub async fn steady_state(
                 default_max: 0,
                 lease_ms: 0,
             };
-            store::fleetlock_release(conn, &req, now).map_err(|e| match e {
-                LockError::UnknownGroup(g) => crate::StoreError::NotFound(g),
-                LockError::Store(s) => s,
-            })
+            store::fleetlock_release(conn, &req, now).map_err(LockError::into_store)
         })
         .await;
     match result {

@@ -138,16 +138,19 @@ fn kind(v: &Value) -> &str {
         .unwrap_or_else(|| panic!("no kind in {v}"))
 }
 
+/// What is wrong, endpoint, header sent, body, expected status and error kind.
+type BadCase<'a> = (&'a str, &'a str, bool, Vec<u8>, StatusCode, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_protocol_error_and_changes_nothing() {
     let t = Lock::start().await;
     let good = params("node-1", "default");
-    let long_id = "x".repeat(crate::store::MAX_ID_LEN + 1);
+    let long_id = "x".repeat(wellcar_contract::fleetlock::MAX_ID_LEN + 1);
     let oversized = format!(
         r#"{{"client_params":{{"id":"a","group":"default"}},"pad":"{}"}}"#,
         "p".repeat(MAX_BODY_BYTES)
     );
-    let cases: Vec<(&str, &str, bool, Vec<u8>, StatusCode, &str)> = vec![
+    let cases: Vec<BadCase<'_>> = vec![
         (
             "no header",
             "pre-reboot",
@@ -262,7 +265,7 @@ async fn bad_input_gets_the_protocol_error_and_changes_nothing() {
         );
     }
     // The id limit is inclusive.
-    let max_id = "y".repeat(crate::store::MAX_ID_LEN);
+    let max_id = "y".repeat(wellcar_contract::fleetlock::MAX_ID_LEN);
     let (status, _) = unlock(&t.anon, &max_id, "default").await;
     assert_eq!(status, StatusCode::OK);
     // Steady-state without a hold is an idempotent success, twice.
@@ -525,6 +528,15 @@ async fn admin_routes_need_their_scopes() {
         .collect();
     by_ops.sort_unstable();
     assert_eq!(by_ops, ["fleetlock-force-released", "fleetlock-max-set"]);
+    let (_, doc) = t.anon.get_text("/api/v1/openapi.json").await.unwrap();
+    let doc: Value = serde_json::from_slice(&doc).unwrap();
+    for path in [
+        "/api/v1/fleetlock/groups",
+        "/api/v1/fleetlock/groups/{group}",
+        "/api/v1/fleetlock/groups/{group}/holders/{id}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,6 +557,19 @@ async fn the_cli_drives_the_admin_api() {
     .await
     .unwrap();
     assert_eq!(lock(&t.anon, "n1", "db").await.0, StatusCode::OK);
+    // Reboot-lock entries belong to no app: `activity --all` shows them, the app's view not.
+    let admin = ApiClient::new(&t.server.url(), server.token.as_deref());
+    let mut shown = Vec::new();
+    for all in [false, true] {
+        let opts = crate::cli::ActivityOpts {
+            server: server.clone(),
+            limit: 50,
+            all,
+        };
+        let entries: serde_json::Value = admin.get(&opts.path()).await.unwrap();
+        shown.push(entries.to_string().contains("reboot lock db granted"));
+    }
+    assert_eq!(shown, [false, true]);
     crate::cli::run_locks(LocksCommand::List {
         server: server.clone(),
     })

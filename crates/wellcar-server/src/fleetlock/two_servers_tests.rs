@@ -92,6 +92,15 @@ async fn two_servers_on_one_postgres_never_over_grant() {
         ApiClient::new(&a.url(), None),
         ApiClient::new(&b.url(), None),
     ];
+    // Both slots can be held at once, one granted by each server; a third waits.
+    assert_eq!(lock(&servers[0], "warm-a", GROUP).await.0, StatusCode::OK);
+    assert_eq!(lock(&servers[1], "warm-b", GROUP).await.0, StatusCode::OK);
+    for s in &servers {
+        assert_eq!(lock(s, "warm-c", GROUP).await.0, StatusCode::CONFLICT);
+    }
+    assert_eq!(unlock(&servers[1], "warm-a", GROUP).await.0, StatusCode::OK);
+    assert_eq!(unlock(&servers[0], "warm-b", GROUP).await.0, StatusCode::OK);
+    const WARM_UP_GRANTS: usize = 2;
     let in_hold = Arc::new(AtomicI64::new(0));
     let peak = Arc::new(AtomicI64::new(0));
     let over_grants = Arc::new(AtomicU64::new(0));
@@ -156,22 +165,13 @@ async fn two_servers_on_one_postgres_never_over_grant() {
         refusals.load(Ordering::SeqCst),
         peak.load(Ordering::SeqCst)
     );
+    assert_eq!((over, db_over), (0, 0), "over-grants");
     assert_eq!(
         g.grants,
-        (CLIENTS * GRANTS_PER_CLIENT) as i64,
+        (CLIENTS * GRANTS_PER_CLIENT + WARM_UP_GRANTS) as i64,
         "every grant counted once"
     );
     assert!(g.holders.is_empty(), "{g:?}");
-    assert!(
-        refusals.load(Ordering::SeqCst) > 0,
-        "the clients really contended"
-    );
-    assert_eq!(
-        peak.load(Ordering::SeqCst),
-        MAX_HOLDERS,
-        "the slots were really used in parallel"
-    );
-    assert_eq!((over, db_over), (0, 0), "over-grants");
     // The activity log has one grant and one release per hold, each grant within the slots.
     let log: Vec<crate::model::Activity> = admin.get("/api/v1/activity?limit=10000").await.unwrap();
     let granted: Vec<_> = log
@@ -184,7 +184,10 @@ async fn two_servers_on_one_postgres_never_over_grant() {
         .count();
     assert_eq!(
         (granted.len(), released),
-        (CLIENTS * GRANTS_PER_CLIENT, CLIENTS * GRANTS_PER_CLIENT)
+        (
+            CLIENTS * GRANTS_PER_CLIENT + WARM_UP_GRANTS,
+            CLIENTS * GRANTS_PER_CLIENT + WARM_UP_GRANTS
+        )
     );
     for e in granted {
         assert!(

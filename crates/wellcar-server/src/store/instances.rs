@@ -14,10 +14,11 @@ use crate::model::{status, Instance, InstanceFacts};
 use crate::params;
 use crate::StoreError;
 
-const INSTANCE_COLUMNS: &str = "app_id, machine_id, alias, ip, oem, version, track, group_id, arch,
+pub(super) const INSTANCE_COLUMNS: &str =
+    "app_id, machine_id, alias, ip, oem, version, track, group_id, arch,
     status, last_check, granted_version, granted_at, last_error_code";
 
-fn instance_from(r: &Row) -> Result<Instance, StoreError> {
+pub(super) fn instance_from(r: &Row) -> Result<Instance, StoreError> {
     Ok(Instance {
         facts: InstanceFacts {
             app_id: r.text(0)?,

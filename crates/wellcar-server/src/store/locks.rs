@@ -23,18 +23,14 @@
 //!   `fleetlock-force-released`, `fleetlock-max-set`). Renewals do not (retries would flood it).
 //! - Every grant takes the next value of its group's `grants` counter (`grant_seq`) and records
 //!   how many holders the group had with it (`holders_at_grant`), both under the group lock.
-//! - Group names match `^[a-zA-Z0-9.-]+$` and are at most [`MAX_GROUP_LEN`] bytes; holder ids are
-//!   1 to [`MAX_ID_LEN`] bytes without control characters ([`check_group`], [`check_holder_id`]).
+//! - Group names and holder ids are checked as the FleetLock contract says
+//!   ([`wellcar_contract::fleetlock::check_group`], [`wellcar_contract::fleetlock::check_id`]).
 
 use super::{log_activity, NewActivity};
 use crate::db::{query_one, Conn, Row};
 use crate::params;
 use crate::StoreError;
 
-/// Longest lock group name accepted.
-pub const MAX_GROUP_LEN: usize = 64;
-/// Longest holder id accepted (bytes).
-pub const MAX_ID_LEN: usize = 255;
 /// Largest `max_holders` an admin may set.
 pub const MAX_MAX_HOLDERS: i64 = 100_000;
 
@@ -115,41 +111,21 @@ pub enum LockError {
     Store(#[from] StoreError),
 }
 
+impl LockError {
+    /// As a [`StoreError`], an unknown group becoming [`StoreError::NotFound`] with the group's
+    /// name (so a transaction closure can return it and roll back).
+    pub fn into_store(self) -> StoreError {
+        match self {
+            LockError::UnknownGroup(g) => StoreError::NotFound(g),
+            LockError::Store(s) => s,
+        }
+    }
+}
+
 impl From<crate::db::DbError> for LockError {
     fn from(e: crate::db::DbError) -> Self {
         LockError::Store(e.into())
     }
-}
-
-/// Checks a lock group name: `^[a-zA-Z0-9.-]+$`, at most [`MAX_GROUP_LEN`] bytes.
-pub fn check_group(group: &str) -> Result<(), String> {
-    if group.is_empty() || group.len() > MAX_GROUP_LEN {
-        return Err(format!(
-            "group must be 1 to {MAX_GROUP_LEN} characters, got {}",
-            group.len()
-        ));
-    }
-    if !group
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-    {
-        return Err(format!("group {group:?} does not match ^[a-zA-Z0-9.-]+$"));
-    }
-    Ok(())
-}
-
-/// Checks a holder id: 1 to [`MAX_ID_LEN`] bytes, no control characters.
-pub fn check_holder_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(format!(
-            "id must be 1 to {MAX_ID_LEN} bytes, got {}",
-            id.len()
-        ));
-    }
-    if id.chars().any(char::is_control) {
-        return Err("id contains control characters".to_owned());
-    }
-    Ok(())
 }
 
 const HOLDER_COLUMNS: &str =
@@ -480,7 +456,7 @@ pub fn fleetlock_set_max(
     actor: &str,
     now: i64,
 ) -> Result<RebootLockGroup, StoreError> {
-    check_group(group).map_err(StoreError::Invalid)?;
+    wellcar_contract::fleetlock::check_group(group).map_err(StoreError::Invalid)?;
     if !(0..=MAX_MAX_HOLDERS).contains(&max) {
         return Err(StoreError::Invalid(format!(
             "max_holders {max} must be 0 to {MAX_MAX_HOLDERS}"

@@ -25,6 +25,7 @@
 mod activity;
 mod apps;
 mod channels;
+mod dashboard;
 mod events;
 mod groups;
 mod instances;
@@ -47,6 +48,11 @@ pub use channels::{
     add_floor, all_channels, create_channel, list_channels, publish, remove_floor, ChannelPackage,
     NewFloor,
 };
+pub use dashboard::{
+    completions_per_day, event_counts_since, group_version_status_counts, like_pattern, live_token,
+    search_activity, search_instances, ActivitySearch, EventCount, InstanceSearch,
+    VersionStatusCount, MATCH_COUNT_CAP,
+};
 pub use events::{count_events, insert_event, list_instance_events, NewEvent};
 pub use groups::{
     all_groups, count_failed_on_version, create_group, find_group, halt_group, list_groups,
@@ -57,10 +63,9 @@ pub use instances::{
     InstanceCount, InstanceFilter, Sighting,
 };
 pub use locks::{
-    check_group, check_holder_id, fleetlock_acquire, fleetlock_expire_leases,
-    fleetlock_force_release, fleetlock_holders, fleetlock_list, fleetlock_release,
-    fleetlock_set_max, LockError, LockOutcome, LockRequest, RebootLockGroup, RebootLockHolder,
-    MAX_GROUP_LEN, MAX_ID_LEN,
+    fleetlock_acquire, fleetlock_expire_leases, fleetlock_force_release, fleetlock_holders,
+    fleetlock_list, fleetlock_release, fleetlock_set_max, LockError, LockOutcome, LockRequest,
+    RebootLockGroup, RebootLockHolder,
 };
 pub use migrations::migrate;
 pub use packages::{

@@ -66,7 +66,7 @@ fn dashboard_queries_use_their_indexes() {
             "SELECT machine_id FROM instances WHERE app_id = $1
              ORDER BY last_check DESC, machine_id LIMIT 1000",
             vec![app()],
-            "INDEX instances_app_check",
+            "INDEX instances_app_last_check",
         ),
     ];
     for (sql, params, index) in cases {

@@ -1,0 +1,220 @@
+//! `update.conf` parsing: layering, bad values, durations, keys.
+
+use super::*;
+
+/// Fuzzing finding (issue 20, target `update-conf`): a duration past `Duration::MAX`
+/// (`18446744073709551616h`) panicked in `Duration::from_secs_f64` and took the agent down
+/// at start; it is an error naming the key and value.
+#[test]
+fn a_duration_too_long_for_duration_is_an_error_not_a_panic() {
+    let err = parse_duration("18446744073709551616h").unwrap_err();
+    assert!(err.contains("too long"), "{err}");
+    let err = Config::parse(
+        "WELLCAR_CHECK_INTERVAL=18446744073709551616h\n",
+        Path::new("/etc/wellcar/update.conf"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("WELLCAR_CHECK_INTERVAL"), "{err}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn later_files_override_earlier_ones_and_missing_files_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let usr = write(
+        dir.path(),
+        "usr.conf",
+        "SERVER=https://a.example/v1/update/\nGROUP=stable\n",
+    );
+    let flatcar = write(
+        dir.path(),
+        "flatcar.conf",
+        "# comment\nGROUP=\"beta\"\nREBOOT_STRATEGY=off\nLOCKSMITHD_ENDPOINT=http://x\n",
+    );
+    let wellcar = write(dir.path(), "wellcar.conf", "export MACHINE_ALIAS='web 1'\n");
+    let config = Config::load(&[usr, flatcar, dir.path().join("missing"), wellcar]).unwrap();
+    assert_eq!(
+        config.server.as_deref(),
+        Some("https://a.example/v1/update/")
+    );
+    assert_eq!(config.group, "beta");
+    assert_eq!(config.machine_alias, "web 1");
+    assert_eq!(config.reboot_strategy, RebootStrategy::Off);
+    assert_eq!(config.reboot_window, None);
+    assert_eq!(config.check_interval, Duration::from_secs(2700));
+}
+
+#[test]
+fn server_disabled_turns_updates_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "u.conf", "SERVER=disabled\n");
+    assert_eq!(Config::load(&[f]).unwrap().server, None);
+}
+
+#[test]
+fn bad_values_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "u.conf", "GROUP=x\nREBOOT_STRATEGY=sometimes\n");
+    let err = Config::load(std::slice::from_ref(&f))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("u.conf:2"), "{err}");
+    assert!(err.contains("REBOOT_STRATEGY"), "{err}");
+    let f = write(dir.path(), "v.conf", "no equals sign\n");
+    let err = Config::load(&[f]).unwrap_err().to_string();
+    assert!(err.contains("v.conf:1"), "{err}");
+    let f = write(
+        dir.path(),
+        "w.conf",
+        "LOCKSMITHD_REBOOT_WINDOW_START=Thu 04:00\n",
+    );
+    let err = Config::load(&[f]).unwrap_err().to_string();
+    assert!(err.contains("LOCKSMITHD_REBOOT_WINDOW_LENGTH"), "{err}");
+    let f = write(
+        dir.path(),
+        "x.conf",
+        "REBOOT_WINDOW_START=Thu 25:00\nREBOOT_WINDOW_LENGTH=1h\n",
+    );
+    let err = Config::load(&[f]).unwrap_err().to_string();
+    assert!(err.contains("REBOOT_WINDOW_START"), "{err}");
+}
+
+#[test]
+fn window_and_schedule_keys_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "u.conf",
+        "LOCKSMITHD_REBOOT_WINDOW_START=\"Thu 04:00\"\nLOCKSMITHD_REBOOT_WINDOW_LENGTH=1h30m\n\
+         WELLCAR_FIRST_CHECK_DELAY=2m\nWELLCAR_CHECK_INTERVAL=10m\nWELLCAR_RETRY_DELAY=5s\n",
+    );
+    let config = Config::load(&[f]).unwrap();
+    let window = config.reboot_window.unwrap();
+    assert_eq!(window.length, Duration::from_secs(5400));
+    assert_eq!(config.first_check_delay, Duration::from_secs(120));
+    assert_eq!(config.check_interval, Duration::from_secs(600));
+    assert_eq!(config.retry_delay, Duration::from_secs(5));
+}
+
+/// `SERVER_PUBLIC_KEY` and `FLEET_TOKEN` are read; a key that cannot be used, or a token
+/// that is no header value, is an error naming the line (and never echoes the token).
+#[test]
+fn server_public_key_and_fleet_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let signing = wellcar_omaha::signature::SigningKey::from_bytes(&[9; 32]);
+    let pem = dir.path().join("server.pub");
+    std::fs::write(
+        &pem,
+        wellcar_payload::keys::public_key_pem(&signing.verifying_key()),
+    )
+    .unwrap();
+    let f = write(
+        dir.path(),
+        "u.conf",
+        &format!(
+            "SERVER_PUBLIC_KEY={}\nFLEET_TOKEN=\"s3cret-token\"\n",
+            pem.display()
+        ),
+    );
+    let config = Config::load(&[f]).unwrap();
+    let key = config.server_public_key.unwrap();
+    assert_eq!(
+        (key.path, key.keys),
+        (pem.clone(), vec![signing.verifying_key()])
+    );
+    let token = config.fleet_token.unwrap();
+    assert_eq!(token.expose(), "s3cret-token");
+    assert!(!format!("{token:?}").contains("s3cret"));
+    assert_eq!(Config::default().server_public_key, None);
+
+    let missing = dir.path().join("missing.pub");
+    let f = write(
+        dir.path(),
+        "v.conf",
+        &format!("GROUP=x\nSERVER_PUBLIC_KEY={}\n", missing.display()),
+    );
+    let err = Config::load(&[f]).unwrap_err().to_string();
+    assert!(
+        err.contains("v.conf:2") && err.contains("SERVER_PUBLIC_KEY"),
+        "{err}"
+    );
+    assert!(err.contains("missing.pub"), "{err}");
+    let f = write(dir.path(), "w.conf", "SERVER_PUBLIC_KEY=keys/server.pub\n");
+    let err = Config::load(&[f]).unwrap_err().to_string();
+    assert!(err.contains("absolute path"), "{err}");
+    let f = write(
+        dir.path(),
+        "x.conf",
+        &format!("SERVER_PUBLIC_KEY={}\n", f_path(dir.path())),
+    );
+    let err = Config::load(&[f]).unwrap_err().to_string();
+    assert!(err.contains("not a PEM ed25519 public key"), "{err}");
+    let f = write(dir.path(), "y.conf", "FLEET_TOKEN=two words\n");
+    let err = Config::load(&[f]).unwrap_err().to_string();
+    assert!(
+        err.contains("y.conf:1") && err.contains("FLEET_TOKEN"),
+        "{err}"
+    );
+    assert!(!err.contains("two words"), "{err}");
+}
+
+/// `SERVER_PUBLIC_KEY` naming a directory accepts a signature by any of its keys (key
+/// rotation), and still refuses another key's or a missing signature.
+#[test]
+fn server_public_key_directory_accepts_any_of_its_keys() {
+    use wellcar_omaha::signature::{sign_response, SignatureError, SigningKey};
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = dir.path().join("server-keys");
+    std::fs::create_dir(&keys_dir).unwrap();
+    let (old, new) = (
+        SigningKey::from_bytes(&[1; 32]),
+        SigningKey::from_bytes(&[2; 32]),
+    );
+    for (name, key) in [("old.pub", &old), ("new.pub", &new)] {
+        let pem = wellcar_payload::keys::public_key_pem(&key.verifying_key());
+        std::fs::write(keys_dir.join(name), pem).unwrap();
+    }
+    let f = write(
+        dir.path(),
+        "u.conf",
+        &format!("SERVER_PUBLIC_KEY={}\n", keys_dir.display()),
+    );
+    let key = Config::load(&[f]).unwrap().server_public_key.unwrap();
+    assert_eq!(key.keys.len(), 2);
+    let verify = |signer: &SigningKey| {
+        let header = sign_response(signer, b"req", b"nonce", b"resp");
+        key.verify(b"req", b"nonce", b"resp", Some(&header))
+    };
+    assert_eq!(verify(&old), Ok(()));
+    assert_eq!(verify(&new), Ok(()));
+    assert_eq!(
+        verify(&SigningKey::from_bytes(&[3; 32])),
+        Err(SignatureError::Invalid)
+    );
+    assert_eq!(
+        key.verify(b"req", b"nonce", b"resp", None),
+        Err(SignatureError::Missing)
+    );
+}
+
+/// A file that exists but holds no key.
+fn f_path(dir: &Path) -> String {
+    write(dir, "not-a-key.pub", "hello\n").display().to_string()
+}
+
+#[test]
+fn go_durations() {
+    assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert!(parse_duration("1d").is_err());
+    assert!(parse_duration("h").is_err());
+    assert!(parse_duration("").is_err());
+}
