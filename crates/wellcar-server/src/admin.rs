@@ -1,17 +1,20 @@
-//! The admin JSON API under `/api/v1`, described by `/api/v1/openapi.json`.
+//! The admin JSON API under `/api/v1`, described by the OpenAPI document at
+//! `/api/v1/openapi.json` and the page `/api/v1/docs` ([`crate::openapi`]).
 //!
 //! Contract:
-//! - Every route but the OpenAPI document needs `Authorization: Bearer <token>` ([`crate::auth`]):
+//! - Every route but the documentation needs `Authorization: Bearer <token>` ([`crate::auth`]):
 //!   401 without a valid (known, unexpired, unrevoked) token, 403 when the token's scope is too
 //!   small. The token is checked before the body is read or parsed.
 //! - Scopes: `GET`s need `read`; creating and uploading packages, publishing to a channel and
 //!   floors need `publish`; everything else (apps, channels, groups, retention, tokens) needs
-//!   `admin`. A higher scope includes the lower ones.
-//! - Tokens: `GET /api/v1/tokens` lists them (ids, names, scopes, expiry, revocation, last use;
-//!   never secrets), `POST /api/v1/tokens` `{"name", "scope", "expires_in_secs"?}` creates one
-//!   and answers its secret once, `DELETE /api/v1/tokens/{id}` revokes one (by id or name).
-//! - Errors are `{"error": "…"}` with 400 (bad value), 401, 403, 404, 409 (exists), 413 (upload
-//!   too large) or 500. Changes are written to the activity log under the token's name.
+//!   `admin`. A higher scope includes the lower ones. Each route's `#[utoipa::path]` names its
+//!   scope; `openapi::tests` checks the name against what the handler enforces.
+//! - Every route is added through [`DocumentedRoutes`], which takes only handlers with a
+//!   `#[utoipa::path]` attribute: a route cannot exist without its documentation.
+//! - Tokens and retention: [`crate::admin_tokens`].
+//! - Errors are [`ErrorBody`] `{"error": "…"}` with 400 (bad value), 401, 403, 404, 409 (exists),
+//!   413 (upload too large) or 500. Changes are written to the activity log under the token's
+//!   name.
 //! - Uploads (`PUT …/packages/{arch}/{version}/{filename}`) follow [`crate::payload_files`].
 
 use std::sync::Arc;
@@ -19,18 +22,25 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
+pub use crate::admin_tokens::{expiry_after, NewTokenBody};
 use crate::auth::{Authorized, NeedsAdmin, NeedsPublish, NeedsRead};
 use crate::model::{App, GroupPatch, Policy};
+use crate::openapi::DocumentedRoutes;
 use crate::server::ServerState;
 use crate::store::{self, InstanceFilter, NewPackage};
 use crate::StoreError;
 
-/// The OpenAPI 3 description of this API.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The body of every admin API error.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, naming the object or value.
+    pub error: String,
+}
 
 /// An API failure: HTTP status plus a message.
 #[derive(Debug)]
@@ -50,7 +60,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.1 }));
+        let body = Json(ErrorBody { error: self.1 });
         if self.0 == StatusCode::UNAUTHORIZED {
             return (self.0, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
         }
@@ -77,62 +87,35 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-/// Routes of the admin API.
+/// Routes of the admin API, with the documentation pages.
 pub fn routes() -> Router<Arc<ServerState>> {
-    Router::new()
-        .route(
-            "/api/v1/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
-        .route("/api/v1/apps", get(list_apps).post(create_app))
-        .route(
-            "/api/v1/apps/{app}/channels",
-            get(list_channels).post(create_channel),
-        )
-        .route(
-            "/api/v1/apps/{app}/channels/{channel}/publish",
-            post(publish),
-        )
-        .route(
-            "/api/v1/apps/{app}/channels/{channel}/floors",
-            post(add_floor),
-        )
-        .route(
-            "/api/v1/apps/{app}/channels/{channel}/floors/{arch}/{version}",
-            axum::routing::delete(remove_floor),
-        )
-        .route(
-            "/api/v1/apps/{app}/groups",
-            get(list_groups).post(create_group),
-        )
-        .route(
-            "/api/v1/apps/{app}/groups/{track}",
-            get(get_group).patch(patch_group),
-        )
-        .route("/api/v1/apps/{app}/groups/{track}/pause", post(pause_group))
-        .route(
-            "/api/v1/apps/{app}/groups/{track}/resume",
-            post(resume_group),
-        )
-        .route(
-            "/api/v1/apps/{app}/packages",
-            get(list_packages).post(create_package),
-        )
-        .route(
-            "/api/v1/apps/{app}/packages/{arch}/{version}/{filename}",
-            put(crate::payload_files::upload),
-        )
-        .route("/api/v1/apps/{app}/instances", get(list_instances))
-        .route(
-            "/api/v1/apps/{app}/instances/{machine}/events",
-            get(list_instance_events),
-        )
-        .route("/api/v1/activity", get(list_activity))
-        .route("/api/v1/retention/prune", post(prune))
-        .route("/api/v1/tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+    documented_routes().into_router()
+}
+
+/// Every admin route with its documentation: the one list both the router and the OpenAPI
+/// document are built from.
+pub(crate) fn documented_routes() -> DocumentedRoutes {
+    DocumentedRoutes::new()
+        .routes(routes!(crate::openapi::openapi_json))
+        .routes(routes!(crate::openapi::api_docs_page))
+        .routes(routes!(list_apps, create_app))
+        .routes(routes!(list_channels, create_channel))
+        .routes(routes!(publish))
+        .routes(routes!(add_floor))
+        .routes(routes!(remove_floor))
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(get_group, patch_group))
+        .routes(routes!(pause_group))
+        .routes(routes!(resume_group))
+        .routes(routes!(list_packages, create_package))
+        .routes(routes!(crate::payload_files::upload))
+        .routes(routes!(list_instances))
+        .routes(routes!(list_instance_events))
+        .routes(routes!(list_activity))
+        .merge(crate::admin_tokens::routes())
+        .merge(crate::fleetlock::admin_routes())
 }
 
 async fn after_change(state: &Arc<ServerState>) -> ApiResult<()> {
@@ -140,6 +123,9 @@ async fn after_change(state: &Arc<ServerState>) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(get, path = "/api/v1/apps", tag = "apps", summary = "List applications",
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The applications", body = Vec<App>)))]
 async fn list_apps(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -147,6 +133,11 @@ async fn list_apps(
     Ok(Json(state.db.read(store::list_apps).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/apps", tag = "apps",
+    summary = "Create an application (Flatcar's app id is accepted)",
+    security(("bearer" = ["admin"])), request_body = App,
+    responses((status = 201, description = "Created", body = App),
+        (status = 409, description = "The id exists", body = ErrorBody)))]
 async fn create_app(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsAdmin>,
@@ -177,6 +168,10 @@ async fn create_app(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(get, path = "/api/v1/apps/{app}/channels", tag = "channels",
+    summary = "List channels", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)")), security(("bearer" = ["read"])),
+    responses((status = 200, description = "The app's channels", body = Vec<crate::model::Channel>),
+        (status = 404, description = "Unknown app", body = ErrorBody)))]
 async fn list_channels(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -190,10 +185,14 @@ async fn list_channels(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/v1/apps/{app}/channels`.
+#[derive(Debug, Deserialize, ToSchema)]
 struct NewChannel {
+    /// Channel name (`stable`, `beta`, …).
     name: String,
+    /// Architecture.
     #[serde(default = "default_arch")]
+    #[schema(default = "amd64")]
     arch: String,
 }
 
@@ -201,6 +200,11 @@ fn default_arch() -> String {
     "amd64".into()
 }
 
+#[utoipa::path(post, path = "/api/v1/apps/{app}/channels", tag = "channels",
+    summary = "Create a channel", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)")), security(("bearer" = ["admin"])),
+    request_body = NewChannel,
+    responses((status = 201, description = "Created", body = crate::model::Channel),
+        (status = 409, description = "The channel exists for that arch", body = ErrorBody)))]
 async fn create_channel(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsAdmin>,
@@ -232,13 +236,22 @@ async fn create_channel(
     Ok((StatusCode::CREATED, Json(ch)))
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST …/channels/{channel}/publish`.
+#[derive(Debug, Deserialize, ToSchema)]
 struct PublishBody {
+    /// Version of an existing package.
     version: String,
+    /// Architecture.
     #[serde(default = "default_arch")]
+    #[schema(default = "amd64")]
     arch: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/apps/{app}/channels/{channel}/publish",
+    tag = "channels", summary = "Point the channel (for an arch) at a package version",
+    params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), ("channel" = String, Path, description = "Channel name")), security(("bearer" = ["publish"])), request_body = PublishBody,
+    responses((status = 200, description = "The channel", body = crate::model::Channel),
+        (status = 404, description = "Unknown app, channel or package", body = ErrorBody)))]
 async fn publish(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsPublish>,
@@ -262,25 +275,52 @@ async fn publish(
     Ok(Json(ch))
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST …/channels/{channel}/floors`.
+#[derive(Debug, Deserialize, ToSchema)]
 struct FloorBody {
+    /// Version of an existing package.
     version: String,
+    /// Architecture.
     #[serde(default = "default_arch")]
+    #[schema(default = "amd64")]
     arch: String,
+    /// Why machines must pass through it.
     reason: String,
 }
 
+/// Answer of `POST …/channels/{channel}/floors`: the floor added.
+#[derive(Debug, Serialize, ToSchema)]
+struct AddedFloor {
+    /// Channel name.
+    channel: String,
+    /// Floor version.
+    version: String,
+    /// Architecture.
+    arch: String,
+    /// Why machines must pass through it.
+    reason: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/apps/{app}/channels/{channel}/floors",
+    tag = "channels",
+    summary = "Make a package a mandatory intermediate version (floor) of the channel",
+    params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), ("channel" = String, Path, description = "Channel name")), security(("bearer" = ["publish"])), request_body = FloorBody,
+    responses((status = 201, description = "Added", body = AddedFloor),
+        (status = 409, description = "Already a floor", body = ErrorBody)))]
 async fn add_floor(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsPublish>,
     Path((app, channel)): Path<(String, String)>,
     Json(body): Json<FloorBody>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<AddedFloor>)> {
     let actor = auth.actor();
     let now = state.now();
-    let reply = serde_json::json!({
-        "channel": channel, "version": body.version, "arch": body.arch, "reason": body.reason
-    });
+    let reply = AddedFloor {
+        channel: channel.clone(),
+        version: body.version.clone(),
+        arch: body.arch.clone(),
+        reason: body.reason.clone(),
+    };
     state
         .db
         .write(move |c| {
@@ -297,6 +337,13 @@ async fn add_floor(
     Ok((StatusCode::CREATED, Json(reply)))
 }
 
+#[utoipa::path(delete,
+    path = "/api/v1/apps/{app}/channels/{channel}/floors/{arch}/{version}", tag = "channels",
+    summary = "Remove a floor", security(("bearer" = ["publish"])),
+    params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), ("channel" = String, Path, description = "Channel name"), ("arch" = String, Path, description = "Architecture"),
+        ("version" = String, Path, description = "Floor version")),
+    responses((status = 204, description = "Removed"),
+        (status = 404, description = "No such floor", body = ErrorBody)))]
 async fn remove_floor(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsPublish>,
@@ -319,6 +366,10 @@ async fn remove_floor(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/apps/{app}/groups", tag = "groups",
+    summary = "List groups", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)")), security(("bearer" = ["read"])),
+    responses((status = 200, description = "The app's groups", body = Vec<crate::model::Group>),
+        (status = 404, description = "Unknown app", body = ErrorBody)))]
 async fn list_groups(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -330,7 +381,7 @@ async fn list_groups(
 }
 
 /// Body of `POST /api/v1/apps/{app}/groups`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, ToSchema)]
 pub struct NewGroup {
     /// Display name.
     pub name: String,
@@ -347,6 +398,11 @@ pub struct NewGroup {
     pub policy: Option<Policy>,
 }
 
+#[utoipa::path(post, path = "/api/v1/apps/{app}/groups", tag = "groups",
+    summary = "Create a group", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)")), security(("bearer" = ["admin"])),
+    request_body = NewGroup,
+    responses((status = 201, description = "Created", body = crate::model::Group),
+        (status = 409, description = "The track exists", body = ErrorBody)))]
 async fn create_group(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsAdmin>,
@@ -390,6 +446,10 @@ async fn create_group(
     Ok((StatusCode::CREATED, Json(group)))
 }
 
+#[utoipa::path(get, path = "/api/v1/apps/{app}/groups/{track}", tag = "groups",
+    summary = "Show a group", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), ("track" = String, Path, description = "Group track")), security(("bearer" = ["read"])),
+    responses((status = 200, description = "The group", body = crate::model::Group),
+        (status = 404, description = "Unknown app or group", body = ErrorBody)))]
 async fn get_group(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -421,6 +481,12 @@ async fn change_group(
     Ok(Json(g))
 }
 
+#[utoipa::path(patch, path = "/api/v1/apps/{app}/groups/{track}", tag = "groups",
+    summary = "Change a group's name, channel or policy; absent fields stay",
+    description = "`updates_enabled: true` also releases the safe-mode brake.",
+    params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), ("track" = String, Path, description = "Group track")), security(("bearer" = ["admin"])), request_body = GroupPatch,
+    responses((status = 200, description = "The changed group", body = crate::model::Group),
+        (status = 404, description = "Unknown app or group", body = ErrorBody)))]
 async fn patch_group(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsAdmin>,
@@ -430,6 +496,11 @@ async fn patch_group(
     change_group(&state, auth.actor(), app, track, patch).await
 }
 
+#[utoipa::path(post, path = "/api/v1/apps/{app}/groups/{track}/pause", tag = "groups",
+    summary = "Pause updates for the group", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), ("track" = String, Path, description = "Group track")),
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "The paused group", body = crate::model::Group),
+        (status = 404, description = "Unknown app or group", body = ErrorBody)))]
 async fn pause_group(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsAdmin>,
@@ -442,6 +513,11 @@ async fn pause_group(
     change_group(&state, auth.actor(), app, track, patch).await
 }
 
+#[utoipa::path(post, path = "/api/v1/apps/{app}/groups/{track}/resume", tag = "groups",
+    summary = "Resume updates (also releases the safe-mode brake)", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), ("track" = String, Path, description = "Group track")),
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "The resumed group", body = crate::model::Group),
+        (status = 404, description = "Unknown app or group", body = ErrorBody)))]
 async fn resume_group(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsAdmin>,
@@ -454,6 +530,10 @@ async fn resume_group(
     change_group(&state, auth.actor(), app, track, patch).await
 }
 
+#[utoipa::path(get, path = "/api/v1/apps/{app}/packages", tag = "packages",
+    summary = "List packages", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)")), security(("bearer" = ["read"])),
+    responses((status = 200, description = "The app's packages", body = Vec<crate::model::Package>),
+        (status = 404, description = "Unknown app", body = ErrorBody)))]
 async fn list_packages(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -467,6 +547,11 @@ async fn list_packages(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/apps/{app}/packages", tag = "packages",
+    summary = "Register a package hosted at an external URL", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)")),
+    security(("bearer" = ["publish"])), request_body = NewPackage,
+    responses((status = 201, description = "Created", body = crate::model::Package),
+        (status = 409, description = "The version exists for that arch", body = ErrorBody)))]
 async fn create_package(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsPublish>,
@@ -488,6 +573,11 @@ async fn create_package(
     Ok((StatusCode::CREATED, Json(p)))
 }
 
+#[utoipa::path(get, path = "/api/v1/apps/{app}/instances", tag = "instances",
+    summary = "List instances, most recently seen first", params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), InstanceFilter),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The instances", body = Vec<crate::model::Instance>),
+        (status = 404, description = "Unknown app or group", body = ErrorBody)))]
 async fn list_instances(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -504,11 +594,21 @@ async fn list_instances(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET …/instances/{machine}/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// At most this many, the latest (default 100).
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/apps/{app}/instances/{machine}/events",
+    tag = "instances",
+    summary = "The latest events a machine reported, oldest first (an unknown machine has none)",
+    params(("app" = String, Path, description = "Application id (GUID; braces and case are normalized)"), ("machine" = String, Path, description = "Omaha machine id"), EventsQuery),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The events", body = Vec<crate::model::InstanceEvent>),
+        (status = 404, description = "Unknown app", body = ErrorBody)))]
 async fn list_instance_events(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -523,12 +623,20 @@ async fn list_instance_events(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /api/v1/activity`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ActivityQuery {
+    /// Only entries about this app.
     app: Option<String>,
+    /// At most this many (default 100).
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/activity", tag = "activity",
+    summary = "Activity log, newest first", params(ActivityQuery),
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The entries", body = Vec<crate::model::Activity>)))]
 async fn list_activity(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -540,84 +648,4 @@ async fn list_activity(
             .read(move |c| store::list_activity(c, q.app.as_deref(), q.limit.unwrap_or(100)))
             .await?,
     ))
-}
-
-async fn prune(
-    State(state): State<Arc<ServerState>>,
-    _auth: Authorized<NeedsAdmin>,
-) -> ApiResult<Json<store::Pruned>> {
-    Ok(Json(state.prune().await?))
-}
-
-async fn list_tokens(
-    State(state): State<Arc<ServerState>>,
-    _auth: Authorized<NeedsAdmin>,
-) -> ApiResult<Json<Vec<store::ApiToken>>> {
-    Ok(Json(state.db.read(store::list_tokens).await?))
-}
-
-/// Body of `POST /api/v1/tokens`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-pub struct NewTokenBody {
-    /// Unique name.
-    pub name: String,
-    /// `read`, `publish` or `admin`.
-    pub scope: store::Scope,
-    /// Lifetime in seconds from now; absent: never expires.
-    #[serde(default)]
-    pub expires_in_secs: Option<u64>,
-}
-
-async fn create_token(
-    State(state): State<Arc<ServerState>>,
-    auth: Authorized<NeedsAdmin>,
-    Json(body): Json<NewTokenBody>,
-) -> ApiResult<(StatusCode, Json<store::CreatedToken>)> {
-    let actor = auth.actor();
-    let now = state.now();
-    let expires_at = match body.expires_in_secs {
-        None => None,
-        Some(secs) => Some(expiry_after(now, secs).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("expires_in_secs {secs} is out of range"),
-            )
-        })?),
-    };
-    let created = state
-        .db
-        .write(move |c| {
-            let new = store::NewToken {
-                name: &body.name,
-                scope: body.scope,
-                expires_at,
-                actor: &actor,
-            };
-            store::create_scoped_token(c, &new, now)
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(created)))
-}
-
-/// `now` (unix ms) plus `secs`, if that fits.
-pub fn expiry_after(now: i64, secs: u64) -> Option<i64> {
-    i64::try_from(secs)
-        .ok()?
-        .checked_mul(1000)?
-        .checked_add(now)
-        .filter(|_| secs > 0)
-}
-
-async fn revoke_token(
-    State(state): State<Arc<ServerState>>,
-    auth: Authorized<NeedsAdmin>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<store::ApiToken>> {
-    let actor = auth.actor();
-    let now = state.now();
-    let revoked = state
-        .db
-        .write(move |c| store::revoke_token(c, &id, &actor, now))
-        .await?;
-    Ok(Json(revoked))
 }

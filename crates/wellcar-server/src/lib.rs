@@ -7,7 +7,9 @@
 //! synchronously (see [`server`]). Events are written before they are acknowledged.
 
 pub mod admin;
+pub mod admin_tokens;
 pub mod admission;
+pub mod api_docs;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -19,6 +21,7 @@ pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod omaha;
+pub mod openapi;
 pub mod payload_files;
 pub mod peer;
 pub mod policy;
@@ -37,6 +40,8 @@ mod event_trust_tests;
 mod http_tests;
 #[cfg(test)]
 mod omaha_limits_tests;
+#[cfg(test)]
+mod openapi_tests;
 #[cfg(test)]
 mod test_server;
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The server's data model as the admin API shows it (JSON), and instance statuses.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// An Omaha application (an OS or any other updatable thing).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct App {
     /// Normalized app id (lowercase GUID, no braces).
     pub id: String,
@@ -15,15 +16,17 @@ pub struct App {
 }
 
 /// A release package of an application for one architecture.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Package {
     /// Row id.
     pub id: String,
     /// Owning app.
     pub app_id: String,
-    /// OS version (`wellcar_contract::OsVersion`).
+    /// OS version (`wellcar_contract::OsVersion`): `MAJOR.MINOR.PATCH`, optionally `+build`.
+    #[schema(example = "3815.2.0")]
     pub version: String,
     /// `amd64` or `arm64`.
+    #[schema(example = "amd64")]
     pub arch: String,
     /// Payload file name (appended to the codebase by clients).
     pub filename: String,
@@ -40,7 +43,7 @@ pub struct Package {
 }
 
 /// A channel: a named pointer at one package per architecture.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Channel {
     /// Row id.
     pub id: String,
@@ -58,7 +61,7 @@ pub struct Channel {
 }
 
 /// A mandatory intermediate version on a channel: machines below it are updated to it first.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Floor {
     /// The floor package.
     pub package: Package,
@@ -67,18 +70,20 @@ pub struct Floor {
 }
 
 /// A weekly maintenance window in the group's time zone.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Window {
     /// Days the window starts on: `mon`…`sun` (case-insensitive, 3 letters).
     pub days: Vec<String>,
     /// Start time `HH:MM`, local to the group's time zone.
+    #[schema(example = "22:00")]
     pub start: String,
     /// Length in minutes (may run past midnight).
+    #[schema(minimum = 1, maximum = 10080)]
     pub minutes: u32,
 }
 
 /// A group's rollout policy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Policy {
     /// Updates granted at all (false = paused by an operator).
     pub updates_enabled: bool,
@@ -99,6 +104,7 @@ pub struct Policy {
     /// Serve the channel's package even if it is older than the instance's version.
     pub allow_downgrade: bool,
     /// IANA time zone of the windows.
+    #[schema(example = "Europe/Berlin")]
     pub timezone: String,
     /// Maintenance windows; empty means always open.
     pub windows: Vec<Window>,
@@ -129,7 +135,7 @@ impl Default for Policy {
 }
 
 /// A group of instances, selected by the Omaha `track`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Group {
     /// Row id.
     pub id: String,
@@ -152,7 +158,7 @@ pub struct Group {
 }
 
 /// Fields of a group that `PATCH` may change; absent fields stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct GroupPatch {
     /// New display name.
     pub name: Option<String>,
@@ -183,7 +189,7 @@ pub struct GroupPatch {
 }
 
 /// What a machine tells about itself when it checks in: the facts its instance row keeps.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct InstanceFacts {
     /// App.
     pub app_id: String,
@@ -206,12 +212,13 @@ pub struct InstanceFacts {
 }
 
 /// A machine running an application.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Instance {
     /// What it last told about itself (its keys appear at the top level in JSON).
     #[serde(flatten)]
     pub facts: InstanceFacts,
-    /// One of the [`status`] values.
+    /// `undefined`, `granted`, `downloading`, `downloaded`, `installed`, `complete`, `error` or
+    /// `timeout` (the [`status`] values).
     pub status: String,
     /// Last check-in (unix ms; persisted at the configured resolution).
     pub last_check: i64,
@@ -224,7 +231,7 @@ pub struct Instance {
 }
 
 /// One Omaha event a machine reported, as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct InstanceEvent {
     /// When the server stored it (unix ms).
     pub created_at: i64,
@@ -250,7 +257,7 @@ fn verified_by_default() -> bool {
 }
 
 /// One line of the activity log.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Activity {
     /// Unix ms.
     pub created_at: i64,

@@ -144,6 +144,23 @@ pub fn package_dir(payload_dir: &FsPath, app_id: &str, arch: &str, version: &str
 }
 
 /// `PUT /api/v1/apps/{app}/packages/{arch}/{version}/{filename}`: see the module contract.
+#[utoipa::path(put, path = "/api/v1/apps/{app}/packages/{arch}/{version}/{filename}",
+    tag = "packages",
+    summary = "Upload a payload; the server hashes it, stores it and creates the package",
+    description = "The file is served at `/packages/{app}/{arch}/{version}/{filename}` once a \
+        channel publishes the package. The path is checked before a byte is stored.",
+    params(("app" = String, Path, description = "Application id (GUID)"),
+        ("arch" = String, Path, description = "`amd64` or `arm64`"),
+        ("version" = String, Path, description = "OS version"),
+        ("filename" = String, Path, description = "Payload file name (a plain name)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The payload"),
+    security(("bearer" = ["publish"])),
+    responses((status = 201, description = "The package", body = Package),
+        (status = 409, description = "The version exists for that arch",
+            body = crate::admin::ErrorBody),
+        (status = 413, description = "Larger than the upload limit",
+            body = crate::admin::ErrorBody)))]
 pub async fn upload(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsPublish>,

@@ -451,12 +451,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
             get(crate::payload_files::serve),
         )
         .merge(
-            crate::admin::routes()
-                .merge(crate::fleetlock::admin_routes())
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    crate::admission::admin_rate_limit,
-                )),
+            crate::admin::routes().layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::admission::admin_rate_limit,
+            )),
         )
         .with_state(state.clone())
         .merge(crate::ui::routes(state))

@@ -13,17 +13,19 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
-use crate::admin::ApiError;
+use crate::admin::{ApiError, ErrorBody};
 use crate::auth::{Authorized, NeedsAdmin, NeedsRead};
+use crate::openapi::DocumentedRoutes;
 use crate::server::ServerState;
 use crate::store::{self, RebootLockGroup, RebootLockHolder};
 
 /// Body of `PUT /api/v1/fleetlock/groups/{group}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 pub struct SetMaxBody {
     /// Holders allowed at once.
     pub max_holders: i64,
@@ -43,20 +45,18 @@ fn encode(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// The routes.
-pub fn routes() -> Router<Arc<ServerState>> {
-    Router::new()
-        .route("/api/v1/fleetlock/groups", get(list))
-        .route(
-            "/api/v1/fleetlock/groups/{group}",
-            axum::routing::put(set_max),
-        )
-        .route(
-            "/api/v1/fleetlock/groups/{group}/holders/{id}",
-            delete(release),
-        )
+/// The routes, with their documentation.
+pub fn routes() -> DocumentedRoutes {
+    DocumentedRoutes::new()
+        .routes(routes!(list))
+        .routes(routes!(set_max))
+        .routes(routes!(release))
 }
 
+#[utoipa::path(get, path = "/api/v1/fleetlock/groups", tag = "reboot locks",
+    summary = "Every FleetLock reboot-lock group with its holders, by name",
+    security(("bearer" = ["read"])),
+    responses((status = 200, description = "The lock groups", body = Vec<RebootLockGroup>)))]
 async fn list(
     State(state): State<Arc<ServerState>>,
     _auth: Authorized<NeedsRead>,
@@ -64,6 +64,11 @@ async fn list(
     Ok(Json(super::list_groups(&state).await?))
 }
 
+#[utoipa::path(put, path = "/api/v1/fleetlock/groups/{group}", tag = "reboot locks",
+    summary = "Set how many machines of a lock group may reboot at once (creates the group)",
+    params(("group" = String, Path, description = "Lock group name (FleetLock `group`)")),
+    security(("bearer" = ["admin"])), request_body = SetMaxBody,
+    responses((status = 200, description = "The lock group", body = RebootLockGroup)))]
 async fn set_max(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsAdmin>,
@@ -79,6 +84,13 @@ async fn set_max(
     Ok(Json(g))
 }
 
+#[utoipa::path(delete, path = "/api/v1/fleetlock/groups/{group}/holders/{id}",
+    tag = "reboot locks", summary = "Force-release a holder's reboot lock",
+    params(("group" = String, Path, description = "Lock group name"),
+        ("id" = String, Path, description = "Holder id (FleetLock `id`), percent-encoded")),
+    security(("bearer" = ["admin"])),
+    responses((status = 200, description = "The released holder", body = RebootLockHolder),
+        (status = 404, description = "It holds no lock in that group", body = ErrorBody)))]
 async fn release(
     State(state): State<Arc<ServerState>>,
     auth: Authorized<NeedsAdmin>,

@@ -105,8 +105,9 @@ pub fn protocol_routes() -> Router<Arc<ServerState>> {
     protocol::routes()
 }
 
-/// The FleetLock admin API routes (bearer tokens; merged under the admin rate limit).
-pub fn admin_routes() -> Router<Arc<ServerState>> {
+/// The FleetLock admin API routes with their documentation (bearer tokens; part of
+/// [`crate::admin::routes`], under the admin rate limit).
+pub fn admin_routes() -> crate::openapi::DocumentedRoutes {
     admin::routes()
 }
 

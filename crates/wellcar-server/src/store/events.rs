@@ -8,6 +8,9 @@
 //!   are kept for the operator and never change rollout state.
 //! - Event ids are time-ordered (UUIDv7, monotonic within a server process), so the events of
 //!   one request, which share a `created_at`, list in the order the machine sent them.
+//! - A verified 3/2 (update complete, running the new version) also counts one completion for
+//!   its version and UTC day in `version_adoption_daily`, in the same transaction: the
+//!   dashboard's adoption chart reads that table, never the events (retention does not prune it).
 
 use crate::db::{query_one, Conn};
 use crate::model::InstanceEvent;
@@ -61,6 +64,16 @@ pub fn insert_event(conn: &mut dyn Conn, e: &NewEvent<'_>, now: i64) -> Result<(
             verified
         ],
     )?;
+    if verified && event.event_type == 3 && event.event_result == 2 {
+        // Version adoption per UTC day, so the dashboard's chart reads a few rows, not events.
+        conn.execute(
+            "INSERT INTO version_adoption_daily (app_id, day, version, completions)
+             VALUES ($1, $2, $3, 1)
+             ON CONFLICT (app_id, day, version)
+             DO UPDATE SET completions = version_adoption_daily.completions + 1",
+            &params![app_id, now / 86_400_000, version],
+        )?;
+    }
     Ok(())
 }
 

@@ -56,7 +56,8 @@ pub fn find_instance(
 }
 
 /// Filter for listing instances.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InstanceFilter {
     /// Only this group (track or id).
     pub group: Option<String>,
@@ -81,23 +82,24 @@ pub fn list_instances(
         ),
         None => None,
     };
-    let sql = format!(
-        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE app_id = $1
-           AND ($2 = '' OR group_id = $2) AND ($3 = '' OR status = $3)
-         ORDER BY last_check DESC, machine_id LIMIT $4"
-    );
-    conn.query(
-        &sql,
-        &params![
-            &app.id,
-            group_id.unwrap_or_default(),
-            filter.status.clone().unwrap_or_default(),
-            filter.limit.unwrap_or(1000).clamp(1, 100_000)
-        ],
-    )?
-    .iter()
-    .map(instance_from)
-    .collect()
+    // Only the filters given become conditions, so the indexes on (app_id, group_id, status,
+    // last_check) and (app_id, last_check) serve them on a large fleet.
+    let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE app_id = $1");
+    let mut args = vec![Value::from(&app.id)];
+    if let Some(group_id) = &group_id {
+        args.push(Value::from(group_id));
+        sql.push_str(&format!(" AND group_id = ${}", args.len()));
+    }
+    if let Some(status) = filter.status.as_deref().filter(|s| !s.is_empty()) {
+        args.push(Value::from(status));
+        sql.push_str(&format!(" AND status = ${}", args.len()));
+    }
+    args.push(Value::from(filter.limit.unwrap_or(1000).clamp(1, 100_000)));
+    sql.push_str(&format!(
+        " ORDER BY last_check DESC, machine_id LIMIT ${}",
+        args.len()
+    ));
+    conn.query(&sql, &args)?.iter().map(instance_from).collect()
 }
 
 /// Instance facts from one check-in, queued for a batched write.

@@ -35,7 +35,7 @@ use crate::StoreError;
 pub const MAX_MAX_HOLDERS: i64 = 100_000;
 
 /// One holder of a reboot lock.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RebootLockHolder {
     /// The client's id (FleetLock `client_params.id`).
     pub id: String,
@@ -52,7 +52,7 @@ pub struct RebootLockHolder {
 }
 
 /// A lock group with its holders.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RebootLockGroup {
     /// Group name (FleetLock `client_params.group`).
     pub name: String,

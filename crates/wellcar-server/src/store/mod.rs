@@ -32,6 +32,8 @@ mod instances;
 mod locks;
 mod migrations;
 mod packages;
+#[cfg(test)]
+mod query_plan_tests;
 mod retention;
 mod rollout;
 mod seed;

@@ -53,7 +53,7 @@ pub(super) fn find_package(
 }
 
 /// New package fields (the server fills `id`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NewPackage {
     /// OS version ([`validate_package_version`]).
     pub version: String,

@@ -19,7 +19,17 @@ pub struct RetentionCutoffs {
 }
 
 /// Rows deleted by [`prune`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Pruned {
     /// Events deleted.
     pub events: u64,

@@ -23,7 +23,16 @@ pub const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
 /// What an API token may do. Ordered: each scope includes the ones before it.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -72,7 +81,7 @@ impl std::fmt::Display for Scope {
 }
 
 /// A stored token as listings show it: never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ApiToken {
     /// Row id (what `token revoke` takes).
     pub id: String,
@@ -104,7 +113,7 @@ pub struct NewToken<'a> {
 }
 
 /// A token just created: its record and its secret (shown once).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     /// The stored record.
     pub token: ApiToken,
