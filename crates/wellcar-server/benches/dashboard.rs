@@ -45,7 +45,7 @@ const DASHBOARD_INDEXES: [&str; 6] = [
     "instances_app_group_status_check",
     "instances_app_version_check",
     "activity_app_created",
-    "events_adoption",
+    "events_app_created",
 ];
 const GROUPS: usize = 10;
 

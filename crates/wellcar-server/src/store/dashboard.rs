@@ -129,14 +129,59 @@ pub struct InstanceSearch {
 /// Matches counted at most: beyond this a page says "more than".
 pub const MATCH_COUNT_CAP: i64 = 10_000;
 
+/// A `WHERE` clause of the conditions actually asked for (no `($n = '' OR col = $n)`, which
+/// no index can serve) and its parameters, numbered from `$1`.
+#[derive(Debug, Default)]
+struct Filter {
+    clauses: Vec<String>,
+    params: Vec<Value>,
+}
+
+impl Filter {
+    /// Adds `column = value`, or nothing when `value` is empty ("any").
+    fn equals(&mut self, column: &str, value: &str) {
+        if !value.is_empty() {
+            self.params.push(Value::from(value));
+            self.clauses
+                .push(format!("{column} = ${}", self.params.len()));
+        }
+    }
+
+    /// Adds a condition written with `$?` for one new parameter.
+    fn with_param(&mut self, clause: &str, value: Value) {
+        self.params.push(value);
+        self.clauses
+            .push(clause.replace("$?", &format!("${}", self.params.len())));
+    }
+
+    fn sql(&self) -> String {
+        self.clauses.join(" AND ")
+    }
+
+    /// The next free parameter number.
+    fn next(&self) -> usize {
+        self.params.len() + 1
+    }
+}
+
 /// The instance filter; `like` is `LIKE` (SQLite: ASCII case-insensitive) or `ILIKE`.
-fn search_where(like: &str) -> String {
-    format!(
-        "app_id = $1 AND ($2 = '' OR group_id = $2) AND ($3 = '' OR version = $3)
-         AND ($4 = '' OR status = $4)
-         AND ($5 = '' OR machine_id = $5 OR machine_id {like} $6 ESCAPE '\\'
-              OR alias {like} $6 ESCAPE '\\' OR ip {like} $6 ESCAPE '\\')"
-    )
+fn instance_filter(app_id: &str, search: &InstanceSearch, like: &str) -> Filter {
+    let mut f = Filter::default();
+    f.equals("app_id", app_id);
+    f.equals("group_id", &search.group_id);
+    f.equals("version", &search.version);
+    f.equals("status", &search.status);
+    let text = search.text.trim();
+    if !text.is_empty() {
+        f.params.push(Value::from(text));
+        f.params.push(Value::from(like_pattern(text)));
+        let (exact, pattern) = (f.params.len() - 1, f.params.len());
+        f.clauses.push(format!(
+            "(machine_id = ${exact} OR machine_id {like} ${pattern} ESCAPE '\\' \
+             OR alias {like} ${pattern} ESCAPE '\\' OR ip {like} ${pattern} ESCAPE '\\')"
+        ));
+    }
+    f
 }
 
 /// One page of the instances matching `search`, most recently seen first (ties: machine id,
@@ -151,21 +196,14 @@ pub fn search_instances(
         crate::db::Backend::Sqlite => "LIKE",
         crate::db::Backend::Postgres => "ILIKE",
     };
-    let search_where = search_where(like);
     let app = require_app(conn, app_id)?;
-    let text = search.text.trim();
-    let pattern = like_pattern(text);
-    let filter = params![
-        &app.id,
-        &search.group_id,
-        &search.version,
-        &search.status,
-        text,
-        &pattern
-    ];
+    let filter = instance_filter(&app.id, search, like);
+    let search_where = filter.sql();
     let limit = search.limit.clamp(1, 500);
     let offset = search.offset.clamp(0, i64::MAX / 2);
+    let (limit_at, offset_at) = (filter.next(), filter.next() + 1);
     let page: Vec<Value> = filter
+        .params
         .iter()
         .cloned()
         .chain(params![limit, offset])
@@ -174,7 +212,8 @@ pub fn search_instances(
         .query(
             &format!(
                 "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {search_where}
-                 ORDER BY app_id DESC, last_check DESC, machine_id DESC LIMIT $7 OFFSET $8"
+                 ORDER BY app_id DESC, last_check DESC, machine_id DESC
+                 LIMIT ${limit_at} OFFSET ${offset_at}"
             ),
             &page,
         )?
@@ -192,7 +231,7 @@ pub fn search_instances(
             "SELECT COUNT(*) FROM (SELECT 1 FROM instances WHERE {search_where} LIMIT {}) AS matches",
             MATCH_COUNT_CAP + 1
         ),
-        &filter,
+        &filter.params,
     )?
     .map(|r| r.int(0))
     .transpose()?
@@ -222,19 +261,28 @@ pub fn search_activity(
     conn: &mut dyn Conn,
     search: &ActivitySearch,
 ) -> Result<Vec<Activity>, StoreError> {
-    conn.query(
-        "SELECT created_at, actor, kind, app_id, group_id, severity, message FROM activity
-         WHERE created_at >= $1 AND ($2 = '' OR kind = $2) AND ($3 = '' OR severity = $3)
-           AND ($4 = '' OR group_id = $4)
-         ORDER BY created_at DESC, id LIMIT $5 OFFSET $6",
-        &params![
-            search.since,
-            &search.kind,
-            &search.severity,
-            &search.group_id,
+    let mut filter = Filter::default();
+    filter.with_param("created_at >= $?", Value::from(search.since));
+    filter.equals("kind", &search.kind);
+    filter.equals("severity", &search.severity);
+    filter.equals("group_id", &search.group_id);
+    let (limit_at, offset_at) = (filter.next(), filter.next() + 1);
+    let values: Vec<Value> = filter
+        .params
+        .iter()
+        .cloned()
+        .chain(params![
             search.limit.clamp(1, 500),
             search.offset.clamp(0, i64::MAX / 2)
-        ],
+        ])
+        .collect();
+    conn.query(
+        &format!(
+            "SELECT created_at, actor, kind, app_id, group_id, severity, message FROM activity
+             WHERE {} ORDER BY created_at DESC, id LIMIT ${limit_at} OFFSET ${offset_at}",
+            filter.sql()
+        ),
+        &values,
     )?
     .iter()
     .map(|r| {
@@ -251,8 +299,9 @@ pub fn search_activity(
     .collect()
 }
 
-/// Completed updates (event 3, result 2) of `app_id` since `since`, per UTC day (days since
-/// the epoch) and version.
+/// Completed updates (verified events 3/2) of `app_id` since the UTC day of `since`, per UTC
+/// day (days since the epoch) and version, from `version_adoption_daily` (kept by
+/// `insert_event`), so the chart never scans events.
 pub fn completions_per_day(
     conn: &mut dyn Conn,
     app_id: &str,
@@ -260,10 +309,9 @@ pub fn completions_per_day(
 ) -> Result<Vec<(i64, String, i64)>, StoreError> {
     let app = require_app(conn, app_id)?;
     conn.query(
-        "SELECT created_at / 86400000, version, COUNT(*) FROM events
-         WHERE event_type = 3 AND event_result = 2 AND created_at >= $1 AND app_id = $2
-         GROUP BY 1, 2",
-        &params![since, &app.id],
+        "SELECT day, version, completions FROM version_adoption_daily
+         WHERE app_id = $1 AND day >= $2",
+        &params![&app.id, since.div_euclid(86_400_000)],
     )?
     .iter()
     .map(|r| Ok((r.int(0)?, r.text(1)?, r.int(2)?)))

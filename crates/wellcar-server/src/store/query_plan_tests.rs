@@ -56,11 +56,17 @@ fn dashboard_queries_use_their_indexes() {
             "INDEX activity_app_created",
         ),
         (
-            "SELECT created_at / 86400000, version, COUNT(*) FROM events
-             WHERE app_id = $1 AND event_type = 3 AND event_result = 2 AND created_at >= $2
-             GROUP BY created_at / 86400000, version",
+            "SELECT day, version, completions FROM version_adoption_daily
+             WHERE app_id = $1 AND day >= $2",
             vec![app(), Value::from(0i64)],
-            "COVERING INDEX events_adoption",
+            "sqlite_autoindex_version_adoption_daily_1",
+        ),
+        (
+            "SELECT COALESCE(group_id, ''), event_type, event_result, COUNT(*) FROM events
+             WHERE created_at >= $1 AND app_id = $2
+             GROUP BY COALESCE(group_id, ''), event_type, event_result",
+            vec![Value::from(0i64), app()],
+            "COVERING INDEX events_app_created",
         ),
         (
             "SELECT machine_id FROM instances WHERE app_id = $1

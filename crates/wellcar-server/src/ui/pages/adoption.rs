@@ -1,6 +1,6 @@
 //! `GET /ui/adoption?days=N`: version adoption over time, a line chart of completed updates
 //! per version, cumulative per UTC day over the last N days (7 to 90, default 30), from an
-//! index-only aggregate of `events` (`store::completions_per_day`).
+//! per-day table `version_adoption_daily` (`store::completions_per_day`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
