@@ -7,9 +7,13 @@
 //! - The same SQL runs on SQLite and PostgreSQL. User text (search terms, filters) is only ever
 //!   a bound parameter; `LIKE` patterns escape `%`, `_` and `\` ([`like_pattern`]).
 //! - Indexes used: `instances_group_status_version` (per-group version and status counts,
-//!   which also give the rollout's progress), `instances_app_last_check` (instance pages,
-//!   walked in order; deep pages are capped by the caller), `events_created` (the last day's events), `events_machine` (an instance's
-//!   timeline), `events_adoption` (completed updates per day), `activity_created` (activity).
+//!   which also give the rollout's progress), `instances_app_last_check`,
+//!   `instances_app_group_status_check` and `instances_app_version_check` (instance pages,
+//!   walked in order; deep pages are capped by the caller), `events_app_created` (the last
+//!   day's events, covering), `events_machine_created` (an instance's timeline),
+//!   `activity_created` (activity); completed updates per day are read from the table
+//!   `version_adoption_daily`. Only the filters asked for go into the SQL. Each choice is checked
+//!   on SQLite by `query_plan_tests`.
 
 use super::instances::{instance_from, INSTANCE_COLUMNS};
 use super::{require_app, Scope};

@@ -91,10 +91,14 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX fleetlock_holders_expires ON fleetlock_holders (expires_at);",
     // The dashboard: instance pages walk an app's instances by last check without sorting; the
     // overview counts an app's events of the last day from an index alone (without it, SQLite
-    // walks all of the app's events through `events_machine`).
+    // walks all of the app's events through `events_machine`). An instance's events are listed
+    // newest first from `events_machine_created` (which replaces `events_machine`: with only
+    // `(app_id, machine_id)`, SQLite would rather walk `events_app_created` in time order).
     "CREATE INDEX instances_app_last_check ON instances (app_id, last_check, machine_id);
      CREATE INDEX events_app_created
-        ON events (app_id, created_at, group_id, event_type, event_result);",
+        ON events (app_id, created_at, group_id, event_type, event_result);
+     DROP INDEX events_machine;
+     CREATE INDEX events_machine_created ON events (app_id, machine_id, created_at);",
     // The dashboard's counts and pages on a large fleet (benches/dashboard.rs): covering
     // indexes for versions per group, status counts per group, filtered instance pages in
     // last-check order, an app's recent activity (the default order uses the index above);

@@ -69,6 +69,14 @@ fn dashboard_queries_use_their_indexes() {
             "COVERING INDEX events_app_created",
         ),
         (
+            "SELECT created_at, event_type, event_result, error_code, previous_version, version,
+                verified
+             FROM events WHERE app_id = $1 AND machine_id = $2
+             ORDER BY created_at DESC, id DESC LIMIT 200",
+            vec![app(), Value::from("m")],
+            "INDEX events_machine_created",
+        ),
+        (
             "SELECT machine_id FROM instances WHERE app_id = $1
              ORDER BY last_check DESC, machine_id LIMIT 1000",
             vec![app()],
