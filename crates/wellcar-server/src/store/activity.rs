@@ -4,7 +4,7 @@
 //! - Entries are only appended (and deleted by retention), each also written to the trace log.
 //! - The actor is a token name or `system`; the severity is `info`, `warning` or `error`.
 
-use crate::db::Conn;
+use crate::db::{Conn, Row};
 use crate::model::Activity;
 use crate::params;
 use crate::StoreError;
@@ -89,16 +89,23 @@ pub fn list_activity(
         ],
     )?
     .iter()
-    .map(|r| {
-        Ok(Activity {
-            created_at: r.int(0)?,
-            actor: r.text(1)?,
-            kind: r.text(2)?,
-            app_id: r.opt_text(3)?,
-            group_id: r.opt_text(4)?,
-            severity: r.text(5)?,
-            message: r.text(6)?,
-        })
-    })
+    .map(activity_from)
     .collect()
+}
+
+/// The columns an [`Activity`] is read from, in [`activity_from`]'s order.
+pub(super) const ACTIVITY_COLUMNS: &str =
+    "created_at, actor, kind, app_id, group_id, severity, message";
+
+/// An activity entry from a row of [`ACTIVITY_COLUMNS`].
+pub(super) fn activity_from(r: &Row) -> Result<Activity, StoreError> {
+    Ok(Activity {
+        created_at: r.int(0)?,
+        actor: r.text(1)?,
+        kind: r.text(2)?,
+        app_id: r.opt_text(3)?,
+        group_id: r.opt_text(4)?,
+        severity: r.text(5)?,
+        message: r.text(6)?,
+    })
 }

@@ -282,24 +282,15 @@ pub fn search_activity(
         .collect();
     conn.query(
         &format!(
-            "SELECT created_at, actor, kind, app_id, group_id, severity, message FROM activity
+            "SELECT {} FROM activity
              WHERE {} ORDER BY created_at DESC, id LIMIT ${limit_at} OFFSET ${offset_at}",
+            super::activity::ACTIVITY_COLUMNS,
             filter.sql()
         ),
         &values,
     )?
     .iter()
-    .map(|r| {
-        Ok(Activity {
-            created_at: r.int(0)?,
-            actor: r.text(1)?,
-            kind: r.text(2)?,
-            app_id: r.opt_text(3)?,
-            group_id: r.opt_text(4)?,
-            severity: r.text(5)?,
-            message: r.text(6)?,
-        })
-    })
+    .map(super::activity::activity_from)
     .collect()
 }
 
