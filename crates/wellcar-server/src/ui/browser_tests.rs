@@ -171,6 +171,36 @@ async fn post_from_page(client: &Client, path: &str, body: &str) -> u16 {
     v.as_u64().unwrap_or_else(|| panic!("fetch {path}: {v}")) as u16
 }
 
+/// Controls a keyboard or screen-reader user cannot use on the current page: form fields
+/// without a label (`<label for>`, a wrapping `<label>`, `aria-label` or `aria-labelledby`),
+/// buttons and links without a name, and controls taken out of the tab order.
+async fn unusable_controls(client: &Client) -> Vec<String> {
+    let v = client
+        .execute(
+            "const bad = [];
+             const named = e => (e.textContent || '').trim() || e.getAttribute('aria-label')
+               || e.getAttribute('title') || (e.querySelector('img[alt]') || {}).alt;
+             for (const e of document.querySelectorAll('input, select, textarea')) {
+               if (e.type === 'hidden') continue;
+               const labelled = (e.id && document.querySelector(`label[for=\"${e.id}\"]`))
+                 || e.closest('label') || e.getAttribute('aria-label')
+                 || e.getAttribute('aria-labelledby');
+               if (!labelled) bad.push('unlabelled ' + e.outerHTML.slice(0, 80));
+             }
+             for (const e of document.querySelectorAll('button, a[href], input[type=submit]')) {
+               if (e.tagName !== 'INPUT' && !named(e)) bad.push('nameless ' + e.outerHTML.slice(0, 80));
+             }
+             for (const e of document.querySelectorAll('a[href], button, input, select, textarea')) {
+               if (e.tabIndex < 0 && e.type !== 'hidden') bad.push('not in tab order ' + e.outerHTML.slice(0, 80));
+             }
+             return bad;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
 async fn no_horizontal_scroll(client: &Client) -> (u64, u64) {
     let v = client
         .execute(
@@ -345,6 +375,8 @@ async fn the_dashboard_works_in_chromium() {
             scroll <= client_w,
             "{path} scrolls sideways at phone width: {scroll} > {client_w}"
         );
+        let unusable = unusable_controls(&client).await;
+        assert!(unusable.is_empty(), "{path}: {unusable:#?}");
     }
     client.goto(&format!("{base}/ui/")).await.unwrap();
     shot(&client, "07-phone-overview").await;
