@@ -414,6 +414,7 @@ mod tests {
             assert_eq!(search("_")?, 1, "_ is literal");
             assert_eq!(search("x' OR 1=1")?, 1);
             assert_eq!(search("plain")?, 2, "any case");
+            assert_eq!(search("PLAIN")?, 2, "any case, upper-case text");
             assert_eq!(search("m3")?, 1, "by id");
             assert_eq!(search("10.0.0.")?, 5, "by ip");
             assert_eq!(search("")?, 5);
