@@ -193,11 +193,12 @@ async fn admit(
     Ok(params)
 }
 
-fn lock_request<'a>(state: &ServerState, params: &'a ClientParams) -> LockRequest<'a> {
+/// The store's request for `params`, with this server's group and lease settings.
+fn lock_request(state: &ServerState, params: &ClientParams) -> LockRequest {
     let settings = &state.settings.fleetlock;
     LockRequest {
-        group: &params.group,
-        id: &params.id,
+        group: params.group.clone(),
+        id: params.id.clone(),
         implicit_group: super::is_implicit_group(state, &params.group),
         default_max: settings.default_max(),
         lease_ms: settings.lease_ms(),
@@ -217,23 +218,10 @@ pub async fn pre_reboot(
 ) -> Result<Response, FleetLockError> {
     let params = admit(&state, peer, &headers, body).await?;
     let now = state.now();
-    let template = lock_request(&state, &params);
-    let (implicit_group, default_max, lease_ms) = (
-        template.implicit_group,
-        template.default_max,
-        template.lease_ms,
-    );
-    let (group, id) = (params.group.clone(), params.id.clone());
+    let req = lock_request(&state, &params);
     let result = state
         .db
         .write(move |conn| {
-            let req = LockRequest {
-                group: &group,
-                id: &id,
-                implicit_group,
-                default_max,
-                lease_ms,
-            };
             // An unknown group fails the transaction, so nothing it did is kept.
             store::fleetlock_acquire(conn, &req, now).map_err(LockError::into_store)
         })
@@ -275,20 +263,10 @@ pub async fn steady_state(
 ) -> Result<Response, FleetLockError> {
     let params = admit(&state, peer, &headers, body).await?;
     let now = state.now();
-    let implicit = lock_request(&state, &params).implicit_group;
-    let (group, id) = (params.group.clone(), params.id.clone());
+    let req = lock_request(&state, &params);
     let result = state
         .db
-        .write(move |conn| {
-            let req = LockRequest {
-                group: &group,
-                id: &id,
-                implicit_group: implicit,
-                default_max: 0,
-                lease_ms: 0,
-            };
-            store::fleetlock_release(conn, &req, now).map_err(LockError::into_store)
-        })
+        .write(move |conn| store::fleetlock_release(conn, &req, now).map_err(LockError::into_store))
         .await;
     match result {
         Ok(released) => {

@@ -67,12 +67,12 @@ pub struct RebootLockGroup {
 }
 
 /// A FleetLock lock or unlock request, as the store sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct LockRequest<'a> {
+#[derive(Debug, Clone)]
+pub struct LockRequest {
     /// Lock group.
-    pub group: &'a str,
+    pub group: String,
     /// Holder id.
-    pub id: &'a str,
+    pub id: String,
     /// Whether the group exists even without a row (`default`, Omaha tracks).
     pub implicit_group: bool,
     /// `max_holders` of a group no admin configured.
@@ -239,16 +239,12 @@ fn count_holders(conn: &mut dyn Conn, group: &str) -> Result<i64, StoreError> {
 /// holds one already. Also returns how many overdue leases of the group it expired.
 pub fn fleetlock_acquire(
     conn: &mut dyn Conn,
-    req: &LockRequest<'_>,
+    req: &LockRequest,
     now: i64,
 ) -> Result<(LockOutcome, usize), LockError> {
-    let LockRequest {
-        group,
-        id,
-        implicit_group,
-        default_max,
-        lease_ms,
-    } = *req;
+    let (group, id) = (req.group.as_str(), req.id.as_str());
+    let (implicit_group, default_max, lease_ms) =
+        (req.implicit_group, req.default_max, req.lease_ms);
     let (configured, grants) = lock_group_row(conn, group, implicit_group, now)?
         .ok_or_else(|| LockError::UnknownGroup(group.to_owned()))?;
     let expired = expire_locked_group(conn, group, now)?.len();
@@ -301,10 +297,10 @@ pub fn fleetlock_acquire(
 /// whether it did; not holding one is not an error.
 pub fn fleetlock_release(
     conn: &mut dyn Conn,
-    req: &LockRequest<'_>,
+    req: &LockRequest,
     now: i64,
 ) -> Result<bool, LockError> {
-    let (group, id) = (req.group, req.id);
+    let (group, id) = (req.group.as_str(), req.id.as_str());
     if lock_group_row(conn, group, false, now)?.is_none() {
         return if req.implicit_group {
             Ok(false)

@@ -240,8 +240,8 @@ async fn seed(server: &RunningServer, now: i64) {
                 now,
             )?;
             let lock = store::LockRequest {
-                group: "default",
-                id: "stable-001",
+                group: "default".into(),
+                id: "stable-001".into(),
                 implicit_group: true,
                 default_max: 1,
                 lease_ms: 3_600_000,
