@@ -21,7 +21,7 @@ use crate::agent::{CheckOutcome, InstallSource};
 use crate::host::HostPaths;
 use crate::state::{Operation, Phase};
 
-mod fixture;
+pub(crate) mod fixture;
 mod reboot_coordination;
 mod signed_responses;
 

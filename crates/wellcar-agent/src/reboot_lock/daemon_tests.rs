@@ -23,6 +23,7 @@ use wellcar_test_support::wait::wait_until;
 
 use super::fleetlock::{FleetLockClient, FleetLockError};
 use super::{LockError, RebootLock};
+use crate::agent_tests::fixture::{daemon_binary, Daemon};
 use crate::config::Config;
 use crate::host::HostPaths;
 use crate::state::{AgentState, Phase, StagedUpdate, StateStore};
@@ -251,7 +252,13 @@ impl StagedHost {
     }
 
     fn daemon(&self) -> Daemon {
-        Daemon::start(&self.root(), &self.rebooted())
+        Daemon::start(
+            &self.root(),
+            &[
+                "--reboot-command".into(),
+                format!("touch {}", self.rebooted().display()),
+            ],
+        )
     }
 }
 
@@ -277,53 +284,6 @@ fn two_ticks(state_dir: &Path) {
 fn put(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
-}
-
-/// The daemon binary next to this test binary (cargo builds it for `tests/`).
-fn daemon_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("wellcar-update-agent");
-    assert!(
-        path.exists(),
-        "{} is missing: run through `cargo test -p wellcar-agent`",
-        path.display()
-    );
-    path
-}
-
-/// The daemon process, SIGKILLed when dropped.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn start(root: &Path, rebooted: &Path) -> Self {
-        let child = std::process::Command::new(daemon_binary())
-            .arg("--root")
-            .arg(root)
-            .arg("--reboot-command")
-            .arg(format!("touch {}", rebooted.display()))
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Daemon(child)
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
