@@ -382,18 +382,7 @@ fn aggregates(now: i64, group: &str) -> Vec<Aggregate> {
 
 async fn bench(backend_name: &str, sizes: &Sizes, repeat: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let url = match backend_name {
-        "sqlite" => format!("sqlite:{}", dir.path().join("bench.db").display()),
-        "postgres" => tokio::task::spawn_blocking(|| {
-            wellcar_test_support::pg_cluster::shared_cluster()
-                .expect("postgresql for the benchmark")
-                .create_database()
-                .expect("creating the benchmark database")
-        })
-        .await
-        .unwrap(),
-        other => panic!("unknown backend {other}"),
-    };
+    let url = common::database_url(backend_name, dir.path()).await;
     let mut settings = Settings::new(&url, "127.0.0.1:0".parse().unwrap());
     settings.payload_dir = dir.path().join("payloads");
     settings.rate_limits.admin_per_ip = wellcar_server::rate_limit::Limit::OFF;

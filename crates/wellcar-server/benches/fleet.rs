@@ -192,18 +192,7 @@ async fn paced_round(
 
 async fn bench(backend: &str, machines: usize, concurrency: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let url = match backend {
-        "sqlite" => format!("sqlite:{}", dir.path().join("bench.db").display()),
-        "postgres" => tokio::task::spawn_blocking(|| {
-            wellcar_test_support::pg_cluster::shared_cluster()
-                .expect("postgresql for the benchmark")
-                .create_database()
-                .expect("creating the benchmark database")
-        })
-        .await
-        .unwrap(),
-        other => panic!("unknown backend {other}"),
-    };
+    let url = common::database_url(backend, dir.path()).await;
     let mut settings = Settings::new(&url, "127.0.0.1:0".parse().unwrap());
     settings.payload_dir = dir.path().join("payloads");
     // Every simulated machine shares the loopback address: no per-IP limit.

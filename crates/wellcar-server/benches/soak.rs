@@ -250,21 +250,6 @@ impl Report {
     }
 }
 
-async fn database_url(backend: &str, dir: &Path) -> String {
-    match backend {
-        "sqlite" => format!("sqlite:{}", dir.join("soak.db").display()),
-        "postgres" => tokio::task::spawn_blocking(|| {
-            wellcar_test_support::pg_cluster::shared_cluster()
-                .expect("postgresql for the soak test")
-                .create_database()
-                .expect("creating the soak database")
-        })
-        .await
-        .expect("joining"),
-        other => panic!("unknown backend {other}"),
-    }
-}
-
 fn free_loopback_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -279,7 +264,7 @@ async fn soak(
     publish_every: Duration,
 ) -> Report {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = database_url(backend, dir.path()).await;
+    let url = common::database_url(backend, dir.path()).await;
     let payloads = dir.path().join("payloads");
     // Migrate and create the admin token before the server process starts.
     let state = wellcar_server::server::open_state(Settings::new(&url, free_loopback_port()))

@@ -1,7 +1,24 @@
-//! What the server benchmarks share: simulated machines' Omaha requests, environment knobs and
-//! latency percentiles.
+//! What the server benchmarks share: the database to run on, simulated machines' Omaha
+//! requests, environment knobs and latency percentiles.
 
 use wellcar_omaha::{AppRequest, Event, Request, WELLCAR_APP_ID};
+
+/// The database URL for `backend` (`sqlite`: a file in `dir`; `postgres`: a fresh database in
+/// the shared private cluster).
+pub async fn database_url(backend: &str, dir: &std::path::Path) -> String {
+    match backend {
+        "sqlite" => format!("sqlite:{}", dir.join("bench.db").display()),
+        "postgres" => tokio::task::spawn_blocking(|| {
+            wellcar_test_support::pg_cluster::shared_cluster()
+                .expect("postgresql for the benchmark")
+                .create_database()
+                .expect("creating the benchmark database")
+        })
+        .await
+        .expect("joining"),
+        other => panic!("unknown backend {other}"),
+    }
+}
 
 /// A numeric knob from the environment, or `default`.
 pub fn env_or(name: &str, default: usize) -> usize {
