@@ -66,16 +66,6 @@ impl EtcdConfig {
             password: None,
         }
     }
-
-    /// Splits a comma-separated endpoint list (locksmith's `-endpoint` value), trimming blanks
-    /// and dropping empty entries.
-    pub fn split_endpoints(list: &str) -> Vec<String> {
-        list.split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 /// locksmith's settings: where etcd is and which group's semaphore to use.
@@ -87,67 +77,9 @@ pub struct LocksmithSettings {
     pub group: Option<String>,
 }
 
-impl LocksmithSettings {
-    /// Reads `<prefix>_ENDPOINT`, `<prefix>_ETCD_CAFILE`, `<prefix>_ETCD_CERTFILE`,
-    /// `<prefix>_ETCD_KEYFILE`, `<prefix>_ETCD_USERNAME`, `<prefix>_ETCD_PASSWORD` and
-    /// `<prefix>_GROUP` through `get` (e.g. update.conf's keys with prefix `LOCKSMITHD`, or the
-    /// environment); unset and empty values keep the defaults.
-    pub fn from_vars(prefix: &str, get: impl Fn(&str) -> Option<String>) -> Self {
-        let var = |name: &str| get(&format!("{prefix}_{name}")).filter(|v| !v.trim().is_empty());
-        let mut etcd = EtcdConfig::default();
-        if let Some(list) = var("ENDPOINT") {
-            let endpoints = EtcdConfig::split_endpoints(&list);
-            if !endpoints.is_empty() {
-                etcd.endpoints = endpoints;
-            }
-        }
-        etcd.ca_file = var("ETCD_CAFILE").map(PathBuf::from);
-        etcd.cert_file = var("ETCD_CERTFILE").map(PathBuf::from);
-        etcd.key_file = var("ETCD_KEYFILE").map(PathBuf::from);
-        etcd.username = var("ETCD_USERNAME");
-        etcd.password = var("ETCD_PASSWORD");
-        LocksmithSettings {
-            etcd,
-            group: var("GROUP"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    #[test]
-    fn settings_come_from_prefixed_variables() {
-        let vars: HashMap<&str, &str> = [
-            (
-                "LOCKSMITHD_ENDPOINT",
-                "https://etcd-1:2379, https://etcd-2:2379,",
-            ),
-            ("LOCKSMITHD_ETCD_CAFILE", "/etc/ssl/etcd/ca.pem"),
-            ("LOCKSMITHD_ETCD_CERTFILE", "/etc/ssl/etcd/cert.pem"),
-            ("LOCKSMITHD_ETCD_KEYFILE", "/etc/ssl/etcd/key.pem"),
-            ("LOCKSMITHD_GROUP", "prod/database"),
-            ("LOCKSMITHD_ETCD_USERNAME", ""),
-            ("LOCKSMITHCTL_GROUP", "other"),
-        ]
-        .into();
-        let s = LocksmithSettings::from_vars("LOCKSMITHD", |k| vars.get(k).map(|v| v.to_string()));
-        assert_eq!(
-            s.etcd.endpoints,
-            ["https://etcd-1:2379", "https://etcd-2:2379"]
-        );
-        assert_eq!(s.etcd.ca_file, Some("/etc/ssl/etcd/ca.pem".into()));
-        assert_eq!(s.etcd.cert_file, Some("/etc/ssl/etcd/cert.pem".into()));
-        assert_eq!(s.etcd.key_file, Some("/etc/ssl/etcd/key.pem".into()));
-        assert_eq!(s.etcd.username, None, "empty is unset");
-        assert_eq!(s.group.as_deref(), Some("prod/database"));
-
-        let none = LocksmithSettings::from_vars("LOCKSMITHD", |_| None);
-        assert_eq!(none.etcd.endpoints, DEFAULT_ENDPOINTS);
-        assert_eq!(none.group, None);
-    }
 
     #[test]
     fn the_password_is_not_in_debug_output() {
