@@ -15,11 +15,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::Path;
+
+use rustix::fs::FileType;
 use wellcar_contract::PathIoError;
 
-use super::root::{write_atomic, TargetRoot};
+use super::root::TargetRoot;
 use super::{ApplyError, Recorder};
 use crate::model::{PasswdGroup, PasswdUser};
 
@@ -34,11 +36,9 @@ pub(crate) struct Table {
 
 impl Table {
     pub(crate) fn load(root: &TargetRoot, path: &'static str) -> Result<Self, ApplyError> {
-        let host = root.resolve(path, true)?;
-        let (text, present) = match fs::read_to_string(&host) {
-            Ok(t) => (t, true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), false),
-            Err(source) => return Err(ApplyError::Io(PathIoError::new("reading", host, source))),
+        let (text, present) = match root.read_to_string(path)? {
+            Some(t) => (t, true),
+            None => (String::new(), false),
         };
         let lines = text
             .lines()
@@ -92,26 +92,23 @@ impl Table {
         if !self.changed || (!self.present && self.lines.is_empty()) {
             return Ok(());
         }
-        let host = root.resolve(self.path, true)?;
-        let meta = fs::metadata(&host).ok();
+        let meta = root.stat(self.path);
         let mode = meta.as_ref().map_or(
             if self.path.contains("shadow") {
                 0o640
             } else {
                 0o644
             },
-            |m| m.mode() & 0o7777,
+            |m| m.st_mode & 0o7777,
         );
         let mut text = String::new();
         for l in &self.lines {
             text.push_str(&l.join(":"));
             text.push('\n');
         }
-        write_atomic(&host, text.as_bytes(), mode)?;
+        let file = root.write_file(self.path, text.as_bytes(), mode)?;
         if let Some(m) = meta {
-            chown(&host, Some(m.uid()), Some(m.gid())).map_err(|source| {
-                ApplyError::Io(PathIoError::new("restoring owner of", host.clone(), source))
-            })?;
+            TargetRoot::chown(&file, Path::new(self.path), m.st_uid, m.st_gid)?;
         }
         Ok(())
     }
@@ -128,10 +125,7 @@ pub(crate) struct Accounts {
 }
 
 fn read_kv(root: &TargetRoot, path: &str, sep: char) -> HashMap<String, String> {
-    let Ok(host) = root.resolve(path, true) else {
-        return HashMap::new();
-    };
-    let text = fs::read_to_string(host).unwrap_or_default();
+    let text = root.read_to_string(path).ok().flatten().unwrap_or_default();
     text.lines()
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
@@ -600,45 +594,40 @@ fn write_ssh_keys(
             .map_err(io("setting mode of", &host))?;
         chown(&host, Some(uid), Some(gid)).map_err(io("changing owner of", &host))?;
     }
-    let frag_host = root.create_dir_all(&frag_dir)?;
-    let ak_host = root.resolve(&format!("{ssh_dir}/authorized_keys"), false)?;
-    // A hand-written authorized_keys is kept as a fragment before being regenerated.
-    if let Ok(existing) = fs::read_to_string(&ak_host) {
-        if !existing.starts_with(GENERATED_HEADER)
-            && fs::symlink_metadata(frag_host.join("old_authorized_keys")).is_err()
-        {
-            write_atomic(
-                &frag_host.join("old_authorized_keys"),
-                existing.as_bytes(),
-                0o600,
-            )?;
-            chown(frag_host.join("old_authorized_keys"), Some(uid), Some(gid))
-                .map_err(io("changing owner of", &frag_host))?;
+    let ak_path = format!("{ssh_dir}/authorized_keys");
+    let write_owned = |path: &str, text: &str| -> Result<(), ApplyError> {
+        let file = root.write_file(path, text.as_bytes(), 0o600)?;
+        TargetRoot::chown(&file, Path::new(path), uid, gid)
+    };
+    // A hand-written authorized_keys is kept as a fragment before being regenerated. Reads
+    // resolve inside the root: a planted link to a host file reads the root's file instead.
+    let old_fragment = format!("{frag_dir}/old_authorized_keys");
+    if let Some(existing) = root.read_to_string(&ak_path)? {
+        if !existing.starts_with(GENERATED_HEADER) && root.file_type(&old_fragment).is_none() {
+            write_owned(&old_fragment, &existing)?;
         }
     }
-    let fragment = frag_host.join("ignition");
     let mut text = keys.join("\n");
     text.push('\n');
-    write_atomic(&fragment, text.as_bytes(), 0o600)?;
-    chown(&fragment, Some(uid), Some(gid)).map_err(io("changing owner of", &fragment))?;
-    let mut names: Vec<_> = fs::read_dir(&frag_host)
-        .map_err(io("listing", &frag_host))?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name())
+    write_owned(&format!("{frag_dir}/ignition"), &text)?;
+    // Only regular files are fragments (not symlinks, wherever they point).
+    let mut names: Vec<_> = root
+        .list_dir(&frag_dir)?
+        .into_iter()
+        .filter(|(_, ty)| *ty == FileType::RegularFile)
+        .map(|(n, _)| n)
         .collect();
     names.sort();
     let mut combined = GENERATED_HEADER.to_string();
     for n in names {
-        let body =
-            fs::read_to_string(frag_host.join(&n)).map_err(io("reading", &frag_host.join(&n)))?;
+        let path = format!("{frag_dir}/{}", n.to_string_lossy());
+        let body = root.read_to_string(&path)?.unwrap_or_default();
         combined.push_str(&body);
         if !body.ends_with('\n') {
             combined.push('\n');
         }
     }
-    write_atomic(&ak_host, combined.as_bytes(), 0o600)?;
-    chown(&ak_host, Some(uid), Some(gid)).map_err(io("changing owner of", &ak_host))?;
+    write_owned(&ak_path, &combined)?;
     rec.action(format!(
         "wrote {} ssh key(s) for {user:?} to {frag_dir}/ignition and {ssh_dir}/authorized_keys",
         keys.len()
@@ -655,6 +644,17 @@ pub(crate) fn apply_accounts(
 ) -> Result<(), ApplyError> {
     if groups.is_empty() && users.is_empty() {
         return Ok(());
+    }
+    // Validation refuses these already; the applier re-checks before writing any database line.
+    let passwd = crate::model::Passwd {
+        groups: groups.to_vec(),
+        users: users.to_vec(),
+    };
+    if let Some((field, reason)) = crate::validate::account_problems(&passwd)
+        .into_iter()
+        .next()
+    {
+        return Err(ApplyError::InvalidField { field, reason });
     }
     let mut acc = Accounts::load(root)?;
     for (i, g) in groups.iter().enumerate() {
