@@ -318,4 +318,6 @@ fn write_result(root: &TargetRoot, rec: &mut Recorder) -> Result<(), ApplyError>
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
