@@ -229,7 +229,8 @@ fn uid0_injection_through_account_fields_is_refused_before_writing() {
     let t = trap();
     let passwd_before = fs::read_to_string(t.p("/etc/passwd")).unwrap();
     let shadow_before = fs::read_to_string(t.p("/etc/shadow")).unwrap();
-    let cases: [(&str, fn(&mut PasswdUser)); 4] = [
+    type Hostile = fn(&mut PasswdUser);
+    let cases: [(&str, Hostile); 4] = [
         ("passwd.users.0.name", |u| {
             u.name = "x:x:0:0::/root:/bin/sh\nevil".into()
         }),
