@@ -362,6 +362,98 @@ impl TargetRoot {
         })
     }
 
+    /// Sets mode (when given) and owner of the directory at `path`, a final symlink not
+    /// followed (an error, as for any non-directory).
+    pub(crate) fn set_dir_owner_mode(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), ApplyError> {
+        let host = self.host_of(path);
+        let fd = self
+            .open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+            .map_err(|e| io_err("opening directory", &host)(e.into()))?;
+        if let Some(mode) = mode {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+                .map_err(|e| io_err("setting mode of", &host)(e.into()))?;
+        }
+        Self::chown(&fd, &host, uid, gid)
+    }
+
+    /// Creates the directory `path` (its parent must exist) with `mode`, exactly (no umask).
+    pub(crate) fn mkdir(&self, path: &str, mode: u32) -> Result<(), ApplyError> {
+        let host = self.host_of(path);
+        let (dir, name) = self.parent(path, OFlags::PATH)?;
+        rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err("creating directory", &host)(e.into()))?;
+        let fd = rustix::fs::openat(
+            &dir,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("opening directory", &host)(e.into()))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err("setting mode of", &host)(e.into()))
+    }
+
+    /// Moves `from` to `to` (both resolved inside the root, final components not followed).
+    pub(crate) fn rename(&self, from: &str, to: &str) -> Result<(), ApplyError> {
+        let (from_dir, from_name) = self.parent(from, OFlags::PATH)?;
+        let (to_dir, to_name) = self.parent(to, OFlags::PATH)?;
+        rustix::fs::renameat(&from_dir, &from_name, &to_dir, &to_name)
+            .map_err(|e| io_err("moving to", &self.host_of(to))(e.into()))
+    }
+
+    /// Removes the directory tree at `path`, never following a symlink inside it (a symlink is
+    /// removed, not its target).
+    pub(crate) fn remove_dir_all(&self, path: &str) -> Result<(), ApplyError> {
+        fn empty(dir: &OwnedFd) -> rustix::io::Result<()> {
+            let mut names = Vec::new();
+            for entry in rustix::fs::Dir::read_from(dir)? {
+                let entry = entry?;
+                let name = entry.file_name().to_owned();
+                if name.to_bytes() != b"." && name.to_bytes() != b".." {
+                    names.push((name, entry.file_type()));
+                }
+            }
+            for (name, ty) in names {
+                let ty = match ty {
+                    FileType::Unknown => FileType::from_raw_mode(
+                        rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode,
+                    ),
+                    ty => ty,
+                };
+                if ty == FileType::Directory {
+                    let sub = rustix::fs::openat(
+                        dir,
+                        &name,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    empty(&sub)?;
+                    rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR)?;
+                } else {
+                    rustix::fs::unlinkat(dir, &name, AtFlags::empty())?;
+                }
+            }
+            Ok(())
+        }
+        let host = self.host_of(path);
+        let (parent, name) = self.parent(path, OFlags::PATH)?;
+        let removed = rustix::fs::openat(
+            &parent,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(|dir| empty(&dir))
+        .and_then(|()| rustix::fs::unlinkat(&parent, &name, AtFlags::REMOVEDIR));
+        removed.map_err(|e| io_err("removing", &host)(e.into()))
+    }
+
     /// `fchown` of a file returned by [`TargetRoot::write_file`].
     pub(crate) fn chown(
         file: &impl AsFd,
@@ -395,7 +487,7 @@ pub(crate) fn write_atomic(host: &Path, data: &[u8], mode: u32) -> Result<(), Ap
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, MetadataExt};
 
     #[test]
     fn absolute_and_dotdot_symlinks_stay_inside_root() {
@@ -443,5 +535,73 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    /// A temp dir with `root/` and a sibling `outside/` holding `victim` (a symlink) and `secret`.
+    fn planted() -> (tempfile::TempDir, TargetRoot, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(root.join("etc/d")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), "secret").unwrap();
+        symlink("secret", outside.join("victim")).unwrap();
+        (tmp, TargetRoot::new(&root), outside)
+    }
+
+    #[test]
+    fn removals_through_dotdot_and_planted_links_stay_inside_the_root() {
+        let (_tmp, r, outside) = planted();
+        symlink(&outside, r.root.join("etc/out")).unwrap();
+        // Lexically both name ../outside/victim; the kernel resolves them inside the root.
+        for path in ["/etc/d/../../../outside/victim", "/etc/out/victim"] {
+            assert!(r.remove_link(path).is_err(), "{path}");
+            assert_eq!(r.read_link(path), None, "{path}");
+            assert_eq!(r.file_type(path), None, "{path}");
+        }
+        assert!(fs::symlink_metadata(outside.join("victim")).is_ok());
+        assert_eq!(r.list_dir("/etc/out").unwrap(), Vec::new());
+        assert!(r.remove_dir_all("/etc/out").is_err());
+        assert!(outside.join("secret").exists());
+    }
+
+    #[test]
+    fn reads_and_writes_through_planted_links_stay_inside_the_root() {
+        let (_tmp, r, outside) = planted();
+        symlink(outside.join("secret"), r.root.join("etc/leak")).unwrap();
+        assert_eq!(r.read("/etc/leak").unwrap(), None);
+        symlink(&outside, r.root.join("etc/out")).unwrap();
+        r.write_file("/etc/out/new", b"x", 0o600).unwrap();
+        assert!(!outside.join("new").exists());
+        let inside = r.root.join(outside.strip_prefix("/").unwrap()).join("new");
+        assert_eq!(fs::read(inside).unwrap(), b"x");
+        // The final symlink is replaced, not followed.
+        r.write_file("/etc/leak", b"mine", 0o644).unwrap();
+        assert_eq!(
+            fs::read_to_string(outside.join("secret")).unwrap(),
+            "secret"
+        );
+        assert_eq!(r.read_to_string("/etc/leak").unwrap().unwrap(), "mine");
+    }
+
+    #[test]
+    fn directories_through_planted_links_are_made_inside_and_a_linked_dir_is_not_chmodded() {
+        let (_tmp, r, outside) = planted();
+        let before = fs::metadata(&outside).unwrap().mode();
+        fs::remove_dir(r.root.join("etc/d")).unwrap();
+        symlink(&outside, r.root.join("etc/d")).unwrap();
+        r.create_dir_all("/etc/d/sub").unwrap();
+        assert!(!outside.join("sub").exists());
+        assert!(r
+            .root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("sub")
+            .is_dir());
+        // Changing mode/owner never follows a final symlink, even one inside the root.
+        let err = r
+            .set_dir_owner_mode("/etc/d", Some(0o700), 0, 0)
+            .unwrap_err();
+        assert!(err.to_string().contains("etc/d"), "{err}");
+        assert_eq!(fs::metadata(&outside).unwrap().mode(), before);
     }
 }

@@ -12,14 +12,16 @@
 //!   user); `~/.ssh/authorized_keys` is regenerated from all fragments the way Flatcar's
 //!   `update-ssh-keys` does, so sshd finds the keys whichever file it reads.
 //! - Every database file is replaced atomically, keeping its mode and owner.
+//! - Every read, write, move and removal (databases, homes, `/etc/skel`, ssh keys) goes through
+//!   [`TargetRoot`]'s kernel-confined calls, so a symlink planted in the root (e.g.
+//!   `~/.ssh/authorized_keys -> /etc/shadow`) resolves inside the root.
+//! - Names and fields are checked first ([`crate::validate::account_problems`]): nothing with a
+//!   `:` or newline reaches a database line.
 
 use std::collections::HashMap;
-use std::fs;
-use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::Path;
 
 use rustix::fs::FileType;
-use wellcar_contract::PathIoError;
 
 use super::root::TargetRoot;
 use super::{ApplyError, Recorder};
@@ -350,30 +352,37 @@ fn delete_user(
         let host = root.resolve(home, false)?;
         // A home of "/.." or similar resolves to the root itself: never remove that.
         let is_root = host == root.resolve("/", true)?;
-        if !is_root && fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&host).map_err(|source| {
-                ApplyError::Io(PathIoError::new("removing home", host, source))
-            })?;
+        if !is_root && root.file_type(home) == Some(FileType::Directory) {
+            root.remove_dir_all(home)?;
         }
     }
     rec.action(format!("deleted user {name:?}"));
     Ok(())
 }
 
-fn copy_skel(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let ty = entry.file_type()?;
-        let to = dst.join(entry.file_name());
-        if ty.is_dir() {
-            fs::create_dir(&to)?;
-            copy_skel(&entry.path(), &to, uid, gid)?;
-        } else if ty.is_file() {
-            fs::copy(entry.path(), &to)?;
-        } else {
-            continue;
+/// Copies the regular files and directories of `/etc/skel` into `dst`, owned by the user; both
+/// trees are read and written inside the root, symlinks in the skeleton are skipped.
+fn copy_skel(
+    root: &TargetRoot,
+    src: &str,
+    dst: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<(), ApplyError> {
+    for (name, ty) in root.list_dir(src)? {
+        let name = name.to_string_lossy();
+        let (from, to) = (format!("{src}/{name}"), format!("{dst}/{name}"));
+        if ty == FileType::Directory {
+            let mode = root.stat(&from).map_or(0o755, |m| m.st_mode & 0o7777);
+            root.mkdir(&to, mode)?;
+            copy_skel(root, &from, &to, uid, gid)?;
+            root.set_dir_owner_mode(&to, None, uid, gid)?;
+        } else if ty == FileType::RegularFile {
+            let mode = root.stat(&from).map_or(0o644, |m| m.st_mode & 0o7777);
+            let data = root.read(&from)?.unwrap_or_default();
+            let file = root.write_file(&to, &data, mode)?;
+            TargetRoot::chown(&file, Path::new(&to), uid, gid)?;
         }
-        std::os::unix::fs::lchown(&to, Some(uid), Some(gid))?;
     }
     Ok(())
 }
@@ -410,14 +419,12 @@ fn user_stage(
         }
         if let Some(home) = &u.home_dir {
             if *home != line[5] {
-                let old = root.resolve(&line[5], false)?;
-                let new = root.prepare_parent(home)?;
-                if fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir())
-                    && fs::symlink_metadata(&new).is_err()
+                root.prepare_parent(home)?;
+                if line[5].starts_with('/')
+                    && root.file_type(&line[5]) == Some(FileType::Directory)
+                    && root.file_type(home).is_none()
                 {
-                    fs::rename(&old, &new).map_err(|source| {
-                        ApplyError::Io(PathIoError::new("moving home to", new, source))
-                    })?;
+                    root.rename(&line[5], home)?;
                 }
                 line[5] = home.clone();
             }
@@ -521,30 +528,15 @@ fn user_stage(
             String::new(),
         ]);
         if u.no_create_home != Some(true) {
-            let host = root.prepare_parent(&home)?;
-            if fs::symlink_metadata(&host).is_err() {
+            root.prepare_parent(&home)?;
+            if root.file_type(&home).is_none() {
                 let umask = acc.def("UMASK", 0o022);
                 let mode = acc.def("HOME_MODE", 0o777 & !umask) as u32;
-                fs::create_dir(&host).map_err(|source| {
-                    ApplyError::Io(PathIoError::new("creating home", host.clone(), source))
-                })?;
-                fs::set_permissions(&host, fs::Permissions::from_mode(mode)).map_err(|source| {
-                    ApplyError::Io(PathIoError::new("setting mode of", host.clone(), source))
-                })?;
-                if let Ok(skel) = root.resolve("/etc/skel", true) {
-                    if skel.is_dir() {
-                        copy_skel(&skel, &host, uid as u32, gid as u32).map_err(|source| {
-                            ApplyError::Io(PathIoError::new(
-                                "copying /etc/skel to",
-                                host.clone(),
-                                source,
-                            ))
-                        })?;
-                    }
+                root.mkdir(&home, mode)?;
+                if root.file_type("/etc/skel") == Some(FileType::Directory) {
+                    copy_skel(root, "/etc/skel", &home, uid as u32, gid as u32)?;
                 }
-                chown(&host, Some(uid as u32), Some(gid as u32)).map_err(|source| {
-                    ApplyError::Io(PathIoError::new("changing owner of", host.clone(), source))
-                })?;
+                root.set_dir_owner_mode(&home, None, uid as u32, gid as u32)?;
             }
         }
         rec.action(format!(
@@ -582,17 +574,11 @@ fn write_ssh_keys(
     gid: u32,
     keys: &[String],
 ) -> Result<(), ApplyError> {
-    let io = |what: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ApplyError::Io(PathIoError::new(what, path, source))
-    };
     let ssh_dir = format!("{}/.ssh", home.trim_end_matches('/'));
     let frag_dir = format!("{ssh_dir}/authorized_keys.d");
     for dir in [&ssh_dir, &frag_dir] {
-        let host = root.create_dir_all(dir)?;
-        fs::set_permissions(&host, fs::Permissions::from_mode(0o700))
-            .map_err(io("setting mode of", &host))?;
-        chown(&host, Some(uid), Some(gid)).map_err(io("changing owner of", &host))?;
+        root.create_dir_all(dir)?;
+        root.set_dir_owner_mode(dir, Some(0o700), uid, gid)?;
     }
     let ak_path = format!("{ssh_dir}/authorized_keys");
     let write_owned = |path: &str, text: &str| -> Result<(), ApplyError> {
