@@ -7,7 +7,8 @@
 //!    keys are warnings.
 //! 2. [`merge()`]: base configs and the user config, child over parent.
 //! 3. [`resolve_references`]: `ignition.config.replace` / `ignition.config.merge` (`data:` URLs;
-//!    remote URLs fail with a message naming the URL because this stage has no network).
+//!    remote URLs fail with a message naming the URL because this stage has no network),
+//!    at most [`MAX_REFERENCE_DEPTH`] levels deep and [`MAX_REFERENCED_CONFIGS`] configs in all.
 //! 4. [`apply()`]: filesystems on other disks (mkfs + mount units), users and groups, files,
 //!    directories, links, systemd units, ssh keys and the result record, written inside a
 //!    target root directory without chroot or systemctl.
