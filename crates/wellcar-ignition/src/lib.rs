@@ -7,7 +7,8 @@
 //!    keys are warnings.
 //! 2. [`merge()`]: base configs and the user config, child over parent.
 //! 3. [`resolve_references`]: `ignition.config.replace` / `ignition.config.merge` (`data:` URLs;
-//!    remote URLs fail with a message naming the URL because this stage has no network).
+//!    remote URLs fail with a message naming the URL because this stage has no network),
+//!    at most [`MAX_REFERENCE_DEPTH`] levels deep and [`MAX_REFERENCED_CONFIGS`] configs in all.
 //! 4. [`apply()`]: filesystems on other disks (mkfs + mount units), users and groups, files,
 //!    directories, links, systemd units, ssh keys and the result record, written inside a
 //!    target root directory without chroot or systemctl.
@@ -168,6 +169,12 @@ pub enum ResolveError {
         /// JSON path of the reference that went too deep.
         field: String,
     },
+    /// More configs referenced, over all levels, than [`MAX_REFERENCED_CONFIGS`].
+    #[error("more than {MAX_REFERENCED_CONFIGS} configs referenced through ignition.config (counted over all levels) at {field}")]
+    TooMany {
+        /// JSON path chain of the reference over the budget.
+        field: String,
+    },
     /// The merged result breaks a validation rule.
     #[error("merging configs resulted in an invalid config: {}", first_error(.entries))]
     InvalidResult {
@@ -179,12 +186,20 @@ pub enum ResolveError {
 /// How deep `ignition.config` references may nest.
 pub const MAX_REFERENCE_DEPTH: usize = 10;
 
+/// How many configs `ignition.config.replace`/`merge` may reference in total, over the whole
+/// tree of references. Depth alone does not bound the work: 8 merges per level, 10 levels deep
+/// is 8^10 fetches. Real configs reference a few (a base, a user config, a handful of
+/// fragments); 64 leaves a wide margin while bounding the work to 64 fetch-parse-merge rounds,
+/// each of a size-bounded source.
+pub const MAX_REFERENCED_CONFIGS: usize = 64;
+
 /// Renders `ignition.config.replace` and `ignition.config.merge` the way Ignition does: a set
 /// replace source replaces the whole config (its merge list is ignored); otherwise each merge
 /// reference is fetched, verified, parsed (any supported version), rendered recursively and
 /// merged on top, in order. The result has no references left and is re-validated.
 pub fn resolve_references(config: Config) -> Result<Config, ResolveError> {
-    let rendered = render(config, 0, "ignition.config")?;
+    let mut referenced = 0;
+    let rendered = render(config, 0, "", &mut referenced)?;
     let errors: Vec<Entry> = validate::validate(&rendered)
         .into_iter()
         .filter(Entry::is_error)
@@ -195,7 +210,17 @@ pub fn resolve_references(config: Config) -> Result<Config, ResolveError> {
     Ok(rendered)
 }
 
-fn fetch_config(resource: &model::Resource, field: &str) -> Result<Config, ResolveError> {
+fn fetch_config(
+    resource: &model::Resource,
+    field: &str,
+    referenced: &mut usize,
+) -> Result<Config, ResolveError> {
+    *referenced += 1;
+    if *referenced > MAX_REFERENCED_CONFIGS {
+        return Err(ResolveError::TooMany {
+            field: field.to_string(),
+        });
+    }
     let bytes = fetch::fetch(resource)
         .map_err(|source| ResolveError::Fetch {
             field: field.to_string(),
@@ -213,23 +238,40 @@ fn fetch_config(resource: &model::Resource, field: &str) -> Result<Config, Resol
     Ok(parsed.config)
 }
 
-fn render(mut config: Config, depth: usize, field: &str) -> Result<Config, ResolveError> {
+/// The path of a reference inside the config referenced at `parent` (`""` for the top).
+fn nested(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else {
+        format!("{parent} > {child}")
+    }
+}
+
+/// Renders `config`, found at the reference chain `at`; `referenced` counts the configs fetched
+/// so far over the whole tree.
+fn render(
+    mut config: Config,
+    depth: usize,
+    at: &str,
+    referenced: &mut usize,
+) -> Result<Config, ResolveError> {
     if depth > MAX_REFERENCE_DEPTH {
         return Err(ResolveError::TooDeep {
-            field: field.to_string(),
+            field: at.to_string(),
         });
     }
     let references = std::mem::take(&mut config.ignition.config);
     if references.replace.source.is_some() {
-        let field = "ignition.config.replace";
+        let field = nested(at, "ignition.config.replace");
         tracing::info!("replacing config with {field}");
-        let replacement = fetch_config(&references.replace, field)?;
-        return render(replacement, depth + 1, field);
+        let replacement = fetch_config(&references.replace, &field, referenced)?;
+        return render(replacement, depth + 1, &field, referenced);
     }
     for (i, reference) in references.merge.iter().enumerate() {
-        let field = format!("ignition.config.merge.{i}");
+        let field = nested(at, &format!("ignition.config.merge.{i}"));
         tracing::info!("merging {field}");
-        let child = render(fetch_config(reference, &field)?, depth + 1, &field)?;
+        let child = fetch_config(reference, &field, referenced)?;
+        let child = render(child, depth + 1, &field, referenced)?;
         config = merge(config, child);
     }
     Ok(config)
@@ -239,6 +281,8 @@ fn render(mut config: Config, depth: usize, field: &str) -> Result<Config, Resol
 mod corpus_tests;
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod reference_limits_tests;
 
 #[cfg(test)]
 mod tests {

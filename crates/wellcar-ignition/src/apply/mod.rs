@@ -26,7 +26,7 @@ use wellcar_contract::PathIoError;
 use crate::fetch::FetchError;
 use crate::model::Config;
 use files::FetchedFile;
-use root::{write_atomic, TargetRoot};
+use root::TargetRoot;
 
 /// Why applying a config failed. Each variant names the field or path involved.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +147,15 @@ pub enum ApplyError {
         device: String,
         /// What blkid found.
         found: String,
+    },
+    /// A name or account field that would leave its directory or its database line (validation
+    /// refuses these; the applier checks again before using them).
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// JSON path, e.g. `systemd.units.3.name`.
+        field: String,
+        /// What is wrong, naming the value.
+        reason: String,
     },
     /// A hard link whose target does not exist in the root.
     #[error("{field}: hard link target {target:?} does not exist in the target root")]
@@ -279,10 +288,10 @@ fn rfc3339_utc(secs: u64) -> String {
 }
 
 /// Writes `/etc/.ignition-result.json` (mode 0600) like Ignition, keeping a previous record as
-/// `previousReport`.
+/// `previousReport`. The previous record is read inside the root (a planted symlink to a host
+/// file reads the root's file of that name, not the host's).
 fn write_result(root: &TargetRoot, rec: &mut Recorder) -> Result<(), ApplyError> {
     const RESULT: &str = "/etc/.ignition-result.json";
-    let host = root.prepare_parent(RESULT)?;
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .unwrap_or_default()
         .trim()
@@ -296,17 +305,19 @@ fn write_result(root: &TargetRoot, rec: &mut Recorder) -> Result<(), ApplyError>
         "provisioningDate": rfc3339_utc(now),
         "userConfigProvided": true,
     });
-    if let Ok(previous) = std::fs::read(&host) {
+    if let Ok(Some(previous)) = root.read(RESULT) {
         if let Ok(previous) = serde_json::from_slice::<serde_json::Value>(&previous) {
             tracing::warn!("Ignition has already run on this system");
             record["previousReport"] = previous;
         }
     }
     let text = serde_json::to_string(&record).unwrap_or_default();
-    write_atomic(&host, text.as_bytes(), 0o600)?;
+    root.write_file(RESULT, text.as_bytes(), 0o600)?;
     rec.action(format!("wrote result record {RESULT}"));
     Ok(())
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
