@@ -17,10 +17,12 @@
 mod files;
 mod filesystems;
 mod root;
+mod storage;
 mod units;
 mod users;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use wellcar_contract::PathIoError;
 
 use crate::fetch::FetchError;
@@ -148,6 +150,26 @@ pub enum ApplyError {
         /// What blkid found.
         found: String,
     },
+    /// A configured device did not appear in time.
+    #[error("{field}: {device} did not appear within {waited:?}")]
+    DeviceMissing {
+        /// JSON path of the device field.
+        field: String,
+        /// The configured device path.
+        device: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// A partition entry cannot be applied to its disk (overlap, mismatch, no room).
+    #[error("{field}: {device}: {what}")]
+    Partition {
+        /// JSON path of the disk or partition entry.
+        field: String,
+        /// The disk.
+        device: String,
+        /// What is wrong.
+        what: String,
+    },
     /// A hard link whose target does not exist in the root.
     #[error("{field}: hard link target {target:?} does not exist in the target root")]
     HardLinkTarget {
@@ -177,10 +199,24 @@ impl Recorder {
     }
 }
 
+/// Settings of one [`apply_with`] run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// How long a configured device (disk, partition, `/dev/disk/by-*` path) may take to appear.
+    pub device_wait: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            device_wait: Duration::from_secs(60),
+        }
+    }
+}
+
 fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
     let s = &config.storage;
     let sections = [
-        ("storage.disks", s.disks.is_empty()),
         ("storage.raid", s.raid.is_empty()),
         ("storage.luks", s.luks.is_empty()),
         (
@@ -196,7 +232,7 @@ fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
         Some((field, _)) => Err(ApplyError::Unsupported {
             field: field.to_string(),
         }),
-        None => filesystems::refuse_nodes_on_filesystems(config),
+        None => Ok(()),
     }
 }
 
@@ -236,25 +272,47 @@ fn prefetch(config: &Config) -> Result<Vec<FetchedFile>, ApplyError> {
         .collect()
 }
 
-/// Applies `config` (already merged and with references resolved) to the directory `root`.
+/// Applies `config` (already merged and with references resolved) to the directory `root`,
+/// with the default [`ApplyOptions`].
 pub fn apply(config: &Config, root: &Path) -> Result<ApplyReport, ApplyError> {
+    apply_with(config, root, &ApplyOptions::default())
+}
+
+/// Applies `config` to the directory `root`. Stages in Ignition's order: disks (partitions),
+/// filesystems (with their mount units), filesystems with a `path` mounted below `root`, the
+/// files stage (accounts, files, directories, links, units), unmount, the result record.
+pub fn apply_with(
+    config: &Config,
+    root: &Path,
+    options: &ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
     refuse_unsupported(config)?;
     let fetched = prefetch(config)?;
     let target = TargetRoot::new(root);
     let mut rec = Recorder {
         report: ApplyReport::default(),
     };
-    filesystems::apply_filesystems(&target, config, &mut rec)?;
-    users::apply_accounts(
-        &target,
-        &config.passwd.groups,
-        &config.passwd.users,
-        &mut rec,
-    )?;
-    files::apply_nodes(&target, &config.storage, &fetched, &mut rec)?;
-    units::apply_units(&target, &config.systemd, &mut rec)?;
+    storage::apply_disks(config, options.device_wait, &mut rec)?;
+    filesystems::apply_filesystems(&target, config, options.device_wait, &mut rec)?;
+    let mounted =
+        storage::mounts::mount_filesystems(&target, config, options.device_wait, &mut rec)?;
+    files_stage(&target, config, &fetched, &mut rec)?;
+    mounted.unmount(&mut rec)?;
     write_result(&target, &mut rec)?;
     Ok(rec.report)
+}
+
+/// Ignition's files stage, with the configured filesystems mounted.
+fn files_stage(
+    target: &TargetRoot,
+    config: &Config,
+    fetched: &[FetchedFile],
+    rec: &mut Recorder,
+) -> Result<(), ApplyError> {
+    users::apply_accounts(target, &config.passwd.groups, &config.passwd.users, rec)?;
+    files::apply_nodes(target, &config.storage, fetched, rec)?;
+    units::apply_units(target, &config.systemd, rec)?;
+    Ok(())
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic Gregorian).

@@ -1,0 +1,357 @@
+//! Storage stage tests on real loop devices (root, util-linux, gdisk for `sgdisk -p` checks,
+//! e2fsprogs). Each disk is a sparse file detached on drop.
+
+use std::process::Command;
+use std::time::Duration;
+
+use wellcar_contract::command;
+
+use super::loopdev::LoopDisk;
+use crate::apply::{apply_with, ApplyError, ApplyOptions};
+
+const TYPE_X: &str = "A19D880F-05FC-4D3B-A006-743F0F84911E";
+const GUID_1: &str = "11111111-2222-3333-4444-555555555555";
+
+fn options() -> ApplyOptions {
+    ApplyOptions {
+        device_wait: Duration::from_secs(5),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    crate::corpus_tests::seed_root(dir.path());
+    dir
+}
+
+fn apply_json(json: &str, root: &std::path::Path) -> Result<crate::ApplyReport, ApplyError> {
+    let parsed = crate::parse_config(json.as_bytes()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    apply_with(&parsed.config, root, &options())
+}
+
+fn disks_config(device: &str, wipe_table: bool, partitions: &str) -> String {
+    format!(
+        r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{"disks":[{{"device":"{device}","wipeTable":{wipe_table},"partitions":[{partitions}]}}]}}}}"#
+    )
+}
+
+fn blkid(device: &str, tag: &str) -> String {
+    let out =
+        command::run(Command::new("blkid").args(["-p", "-o", "value", "-s", tag, device])).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_new_table_is_written_as_configured_and_kept_as_it_is_on_a_second_run() {
+    let disk = LoopDisk::new(64);
+    let root = root();
+    let parts = format!(
+        r#"{{"number":1,"label":"data","sizeMiB":8,"typeGuid":"{TYPE_X}","guid":"{GUID_1}"}},{{"label":"rest"}}"#
+    );
+    let report = apply_json(&disks_config(&disk.device, true, &parts), root.path()).unwrap();
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| a.ends_with("create partition 2")),
+        "{:?}",
+        report.actions
+    );
+
+    let one = disk.sgdisk_info(1);
+    assert!(
+        one.contains(&format!("Partition GUID code: {TYPE_X}")),
+        "{one}"
+    );
+    assert!(
+        one.contains(&format!("Partition unique GUID: {GUID_1}")),
+        "{one}"
+    );
+    assert!(one.contains("First sector: 2048 "), "{one}");
+    assert!(one.contains("Partition size: 16384 sectors"), "{one}");
+    assert!(one.contains("Partition name: 'data'"), "{one}");
+    let two = disk.sgdisk_info(2);
+    assert!(two.contains("First sector: 18432 "), "{two}");
+    assert!(
+        two.contains("Partition GUID code: 0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+        "{two}"
+    );
+    assert!(two.contains("Partition name: 'rest'"), "{two}");
+    // The kernel sees both (sysfs extents in 512-byte sectors).
+    assert_eq!(
+        super::devices::kernel_partition_extent(&format!("{}p1", disk.device)),
+        Some((2048, 16384))
+    );
+    assert!(disk.sgdisk_print().contains("Disk identifier (GUID)"));
+
+    // Same partitions without wipeTable: both match, nothing is written.
+    let before = disk.digest();
+    let parts_again = format!(
+        r#"{{"number":1,"label":"data","sizeMiB":8,"typeGuid":"{TYPE_X}"}},{{"number":2,"label":"rest"}}"#
+    );
+    let report = apply_json(
+        &disks_config(&disk.device, false, &parts_again),
+        root.path(),
+    )
+    .unwrap();
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| a.ends_with("keep partition 1")),
+        "{:?}",
+        report.actions
+    );
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| a.ends_with("keep partition 2")),
+        "{:?}",
+        report.actions
+    );
+    assert_eq!(disk.digest(), before);
+}
+
+#[test]
+fn a_mismatch_is_refused_naming_the_partition_then_resized_recreated_or_deleted_as_asked() {
+    let disk = LoopDisk::new(64);
+    let root = root();
+    apply_json(
+        &disks_config(
+            &disk.device,
+            true,
+            &format!(r#"{{"number":1,"label":"old","sizeMiB":8,"guid":"{GUID_1}"}}"#),
+        ),
+        root.path(),
+    )
+    .unwrap();
+
+    let before = disk.digest();
+    let err = apply_json(
+        &disks_config(&disk.device, false, r#"{"number":1,"sizeMiB":16}"#),
+        root.path(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Partition { field, .. } if field == "storage.disks.0.partitions.0"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("size did not match (specified 32768 sectors, got 16384)"),
+        "{err}"
+    );
+    assert_eq!(disk.digest(), before, "a refused plan wrote to the disk");
+
+    // resize: same start, GUID and label, new size.
+    apply_json(
+        &disks_config(
+            &disk.device,
+            false,
+            r#"{"number":1,"sizeMiB":16,"resize":true}"#,
+        ),
+        root.path(),
+    )
+    .unwrap();
+    let one = disk.sgdisk_info(1);
+    assert!(one.contains("Partition size: 32768 sectors"), "{one}");
+    assert!(
+        one.contains(&format!("Partition unique GUID: {GUID_1}")),
+        "{one}"
+    );
+    assert!(one.contains("Partition name: 'old'"), "{one}");
+    assert_eq!(
+        super::devices::kernel_partition_extent(&format!("{}p1", disk.device)),
+        Some((2048, 32768))
+    );
+
+    // A label mismatch without wipePartitionEntry is refused; with it, recreated.
+    let err = apply_json(
+        &disks_config(&disk.device, false, r#"{"number":1,"label":"new"}"#),
+        root.path(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(r#"label did not match (specified "new", got "old")"#),
+        "{err}"
+    );
+    apply_json(
+        &disks_config(
+            &disk.device,
+            false,
+            r#"{"number":1,"label":"new","sizeMiB":4,"wipePartitionEntry":true}"#,
+        ),
+        root.path(),
+    )
+    .unwrap();
+    let one = disk.sgdisk_info(1);
+    assert!(
+        one.contains("Partition name: 'new'") && one.contains("Partition size: 8192 sectors"),
+        "{one}"
+    );
+    assert!(
+        !one.contains(GUID_1),
+        "recreated partition kept its GUID: {one}"
+    );
+
+    // shouldExist: false deletes only with wipePartitionEntry.
+    let before = disk.digest();
+    let err = apply_json(
+        &disks_config(&disk.device, false, r#"{"number":1,"shouldExist":false}"#),
+        root.path(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("wipePartitionEntry is false"),
+        "{err}"
+    );
+    assert_eq!(disk.digest(), before);
+    apply_json(
+        &disks_config(
+            &disk.device,
+            false,
+            r#"{"number":1,"shouldExist":false,"wipePartitionEntry":true}"#,
+        ),
+        root.path(),
+    )
+    .unwrap();
+    assert!(
+        disk.sgdisk_info(1).contains("does not exist"),
+        "{}",
+        disk.sgdisk_info(1)
+    );
+    assert_eq!(
+        super::devices::kernel_partition_extent(&format!("{}p1", disk.device)),
+        None
+    );
+}
+
+#[test]
+fn a_partition_over_one_that_wipe_table_false_keeps_is_refused_and_nothing_is_written() {
+    let disk = LoopDisk::new(64);
+    let root = root();
+    apply_json(
+        &disks_config(
+            &disk.device,
+            true,
+            r#"{"number":1,"startMiB":1,"sizeMiB":16}"#,
+        ),
+        root.path(),
+    )
+    .unwrap();
+    let before = disk.digest();
+    let err = apply_json(
+        &disks_config(
+            &disk.device,
+            false,
+            r#"{"number":2,"startMiB":8,"sizeMiB":8}"#,
+        ),
+        root.path(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("storage.disks.0.partitions.0: "), "{text}");
+    assert!(
+        text.contains(
+            "overlap existing partition 1, which wipeTable: false keeps (sectors 2048..=34815)"
+        ),
+        "{text}"
+    );
+    assert_eq!(disk.digest(), before);
+
+    // Overlaps inside one config are already a validation error naming the entry.
+    let json = disks_config(
+        &disk.device,
+        true,
+        r#"{"number":1,"startMiB":1,"sizeMiB":16},{"number":2,"startMiB":8,"sizeMiB":8}"#,
+    );
+    let err = crate::parse_config(json.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("storage.disks.0.partitions.1") && err.contains("overlap"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_disk_is_an_error_naming_the_device_field_and_nothing_is_written() {
+    let disk = LoopDisk::new(16);
+    let root = root();
+    let before = disk.digest();
+    let json = format!(
+        r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{"disks":[{{"device":"{}","wipeTable":true,"partitions":[{{"label":"a"}}]}},{{"device":"/dev/disk/by-id/wellcar-no-such-disk","partitions":[{{"label":"b"}}]}}]}}}}"#,
+        disk.device
+    );
+    let parsed = crate::parse_config(json.as_bytes()).unwrap();
+    let err = apply_with(
+        &parsed.config,
+        root.path(),
+        &ApplyOptions {
+            device_wait: Duration::from_millis(200),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::DeviceMissing { field, .. } if field == "storage.disks.1.device"),
+        "{err}"
+    );
+    assert_eq!(
+        disk.digest(),
+        before,
+        "the first disk was written although the second is missing"
+    );
+}
+
+#[test]
+fn files_below_a_filesystem_on_a_new_partition_land_on_it_found_by_partlabel() {
+    let disk = LoopDisk::new(64);
+    let root = root();
+    let label = unique("wcdocker");
+    let json = format!(
+        r#"{{"ignition":{{"version":"3.4.0"}},"storage":{{
+          "disks":[{{"device":"{}","wipeTable":true,"partitions":[{{"label":"{label}","sizeMiB":32}}]}}],
+          "filesystems":[{{"device":"/dev/disk/by-partlabel/{label}","format":"ext4","label":"docker","path":"/var/lib/docker","mountOptions":["noatime"]}}],
+          "directories":[{{"path":"/var/lib/docker/volumes","mode":448}}],
+          "files":[{{"path":"/var/lib/docker/marker","contents":{{"source":"data:,on-the-disk"}}}}]}}}}"#,
+        disk.device
+    );
+    let report = apply_json(&json, root.path()).unwrap();
+    let part = format!("{}p1", disk.device);
+    assert_eq!(blkid(&part, "TYPE"), "ext4");
+    assert_eq!(blkid(&part, "LABEL"), "docker");
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| a.starts_with(&format!("mounted {part} (ext4) at /var/lib/docker"))),
+        "{:?}",
+        report.actions
+    );
+    // Unmounted again: the root's directory is empty, the filesystem holds the nodes.
+    assert!(!root.path().join("var/lib/docker/marker").exists());
+    let unit = std::fs::read_to_string(root.path().join("etc/systemd/system/var-lib-docker.mount"))
+        .unwrap();
+    assert!(
+        unit.contains(&format!("What=/dev/disk/by-partlabel/{label}\n")),
+        "{unit}"
+    );
+    let check = tempfile::tempdir().unwrap();
+    command::run(Command::new("mount").arg(&part).arg(check.path())).unwrap();
+    let marker = std::fs::read_to_string(check.path().join("marker"));
+    let volumes = std::fs::metadata(check.path().join("volumes"));
+    command::run(Command::new("umount").arg(check.path())).unwrap();
+    assert_eq!(marker.unwrap(), "on-the-disk");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(volumes.unwrap().permissions().mode() & 0o7777, 0o700);
+    assert!(disk.path().exists());
+}
