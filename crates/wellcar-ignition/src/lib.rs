@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod fetch;
+pub mod kargs;
 pub mod merge;
 pub mod model;
 pub mod report;
@@ -27,7 +28,7 @@ pub mod version;
 
 mod decode;
 
-pub use apply::{apply, ApplyError, ApplyReport};
+pub use apply::{apply, apply_with, ApplyError, ApplyOptions, ApplyReport};
 pub use merge::merge;
 pub use model::{Config, LATEST_SPEC};
 pub use report::{Entry, Severity};

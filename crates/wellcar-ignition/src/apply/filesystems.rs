@@ -60,7 +60,10 @@ fn run(field: &str, program: &str, args: &[String]) -> Result<Output, ApplyError
 }
 
 /// `(TYPE, LABEL, UUID)` of an existing signature, if any.
-fn probe(field: &str, device: &str) -> Result<Option<(String, String, String)>, ApplyError> {
+pub(crate) fn probe(
+    field: &str,
+    device: &str,
+) -> Result<Option<(String, String, String)>, ApplyError> {
     let args = ["-p".into(), "-o".into(), "export".into(), device.into()];
     let out = match run(field, "blkid", &args) {
         Ok(out) => out,

@@ -160,6 +160,18 @@ pub enum ApplyError {
         /// How long it was waited for.
         waited: Duration,
     },
+    /// `kernelArguments` are set but the caller did not apply them (see
+    /// [`ApplyOptions::kernel_arguments_applied`]).
+    #[error("kernelArguments: must be applied to the OEM grub.cfg (and the machine rebooted) before the files stage; this caller did not")]
+    KernelArgumentsNotApplied,
+    /// A LUKS key outside the accepted length.
+    #[error("{field}: the key is {len} bytes; a LUKS key must be 16 bytes to 8 MiB")]
+    KeyLength {
+        /// JSON path of the key file.
+        field: String,
+        /// Its length.
+        len: usize,
+    },
     /// A partition entry cannot be applied to its disk (overlap, mismatch, no room).
     #[error("{field}: {device}: {what}")]
     Partition {
@@ -204,30 +216,29 @@ impl Recorder {
 pub struct ApplyOptions {
     /// How long a configured device (disk, partition, `/dev/disk/by-*` path) may take to appear.
     pub device_wait: Duration,
+    /// The caller has already applied `kernelArguments` to the OEM `grub.cfg`
+    /// ([`crate::kargs::edit_grub_cfg`], then a reboot if it changed); otherwise a config with
+    /// kernel arguments is refused rather than silently half-applied.
+    pub kernel_arguments_applied: bool,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
         Self {
             device_wait: Duration::from_secs(60),
+            kernel_arguments_applied: false,
         }
     }
 }
 
-fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
+fn refuse_unsupported(config: &Config, options: &ApplyOptions) -> Result<(), ApplyError> {
     let s = &config.storage;
-    let sections = [
-        ("storage.raid", s.raid.is_empty()),
-        ("storage.luks", s.luks.is_empty()),
-        (
-            "kernelArguments.shouldExist",
-            config.kernel_arguments.should_exist.is_empty(),
-        ),
-        (
-            "kernelArguments.shouldNotExist",
-            config.kernel_arguments.should_not_exist.is_empty(),
-        ),
-    ];
+    let kargs_done = options.kernel_arguments_applied;
+    let sections = [("storage.raid", s.raid.is_empty())];
+    let kargs = &config.kernel_arguments;
+    if !kargs_done && !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty()) {
+        return Err(ApplyError::KernelArgumentsNotApplied);
+    }
     match sections.iter().find(|(_, empty)| !empty) {
         Some((field, _)) => Err(ApplyError::Unsupported {
             field: field.to_string(),
@@ -236,7 +247,7 @@ fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
     }
 }
 
-fn short_source(resource: &crate::model::Resource) -> String {
+pub(crate) fn short_source(resource: &crate::model::Resource) -> String {
     crate::fetch::short_url(resource.source.as_deref().unwrap_or(""))
 }
 
@@ -286,13 +297,15 @@ pub fn apply_with(
     root: &Path,
     options: &ApplyOptions,
 ) -> Result<ApplyReport, ApplyError> {
-    refuse_unsupported(config)?;
+    refuse_unsupported(config, options)?;
     let fetched = prefetch(config)?;
+    let luks_keys = storage::luks::fetch_keys(config)?;
     let target = TargetRoot::new(root);
     let mut rec = Recorder {
         report: ApplyReport::default(),
     };
     storage::apply_disks(config, options.device_wait, &mut rec)?;
+    storage::luks::apply_luks(&target, config, &luks_keys, options.device_wait, &mut rec)?;
     filesystems::apply_filesystems(&target, config, options.device_wait, &mut rec)?;
     let mounted =
         storage::mounts::mount_filesystems(&target, config, options.device_wait, &mut rec)?;

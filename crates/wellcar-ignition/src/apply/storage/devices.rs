@@ -57,6 +57,10 @@ fn find_once(path: &str) -> Option<String> {
     if let Ok(resolved) = std::fs::canonicalize(path) {
         return Some(resolved.to_string_lossy().into_owned());
     }
+    if let Some(name) = path.strip_prefix("/dev/disk/by-id/dm-name-") {
+        let mapper = format!("/dev/mapper/{name}");
+        return std::fs::canonicalize(&mapper).ok().map(|_| mapper);
+    }
     let (tag, value) = by_link_tag(path)?;
     let wanted = format!("{tag}={}", unescape_udev(value));
     let out = command::run(Command::new("blkid").args(["-o", "device", "-t", &wanted])).ok()?;

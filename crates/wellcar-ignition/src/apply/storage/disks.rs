@@ -311,13 +311,15 @@ pub(crate) fn plan(field: &str, disk: &Disk, state: &DiskState) -> Result<Plan, 
                 out.added.push(n);
                 out.steps.push(format!("create partition {n}"));
             }
-            (Some(_), false) if !wipe_entry => return Err(bad(
-                at,
-                device,
-                format!(
+            (Some(_), false) if !wipe_entry => {
+                return Err(bad(
+                    at,
+                    device,
+                    format!(
                     "partition {n} exists but shouldExist is false and wipePartitionEntry is false"
                 ),
-            )),
+                ))
+            }
             (Some(_), false) => {
                 out.table.remove(&n);
                 out.deleted.push(n);

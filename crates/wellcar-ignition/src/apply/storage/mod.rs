@@ -11,6 +11,7 @@
 
 pub(crate) mod devices;
 pub(crate) mod disks;
+pub(crate) mod luks;
 pub(crate) mod mounts;
 
 #[cfg(test)]

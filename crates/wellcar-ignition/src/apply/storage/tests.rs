@@ -15,6 +15,7 @@ const GUID_1: &str = "11111111-2222-3333-4444-555555555555";
 fn options() -> ApplyOptions {
     ApplyOptions {
         device_wait: Duration::from_secs(5),
+        ..ApplyOptions::default()
     }
 }
 
@@ -298,6 +299,7 @@ fn a_missing_disk_is_an_error_naming_the_device_field_and_nothing_is_written() {
         root.path(),
         &ApplyOptions {
             device_wait: Duration::from_millis(200),
+            ..ApplyOptions::default()
         },
     )
     .unwrap_err();
