@@ -1,15 +1,17 @@
 //! Applying a config to a target root directory (no chroot, no systemctl, no shadow-utils).
 //!
-//! Order, as Ignition's stages: filesystems on other disks (with their mount units), then the
+//! Order, as Ignition's stages: partitions, RAID, LUKS, filesystems on other disks (with their
+//! mount units; see `storage`), filesystems with a `path` mounted below the root, then the
 //! files stage: groups, users (with ssh keys), files/directories/links, systemd units, and the
 //! result record `/etc/.ignition-result.json`. Every path is resolved
 //! inside the root (see the private `root` module); every replaced file is written atomically. Each action is
 //! logged at info level and listed in the [`ApplyReport`].
 //!
 //! Before anything is written, the config is checked for features this implementation does not
-//! apply yet (disks, RAID, LUKS, kernel arguments: refused naming the field, never ignored)
-//! and every file source is fetched and verified, so a bad hash or an unreachable URL
-//! fails the apply without leaving a half-provisioned root.
+//! apply (LUKS clevis/cex bindings; kernel arguments unless the caller applied them to the OEM
+//! `grub.cfg`: refused naming the field, never ignored), every file source and LUKS key is
+//! fetched and verified, and every disk is planned, so a bad hash, an unreachable URL, a short
+//! key or a conflicting partition fails the apply without leaving a half-provisioned root.
 //!
 //! `<root>/etc` may be the upper layer of Wellcar's /etc overlay: the applier simply writes
 //! `<root>/etc/...` paths.
@@ -231,20 +233,16 @@ impl Default for ApplyOptions {
     }
 }
 
+/// What is parsed but not applied here: kernel arguments the caller has not applied (LUKS
+/// clevis/cex bindings are refused by `storage::luks`).
 fn refuse_unsupported(config: &Config, options: &ApplyOptions) -> Result<(), ApplyError> {
-    let s = &config.storage;
-    let kargs_done = options.kernel_arguments_applied;
-    let sections = [("storage.raid", s.raid.is_empty())];
     let kargs = &config.kernel_arguments;
-    if !kargs_done && !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty()) {
+    if !options.kernel_arguments_applied
+        && !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty())
+    {
         return Err(ApplyError::KernelArgumentsNotApplied);
     }
-    match sections.iter().find(|(_, empty)| !empty) {
-        Some((field, _)) => Err(ApplyError::Unsupported {
-            field: field.to_string(),
-        }),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 pub(crate) fn short_source(resource: &crate::model::Resource) -> String {
@@ -300,11 +298,13 @@ pub fn apply_with(
     refuse_unsupported(config, options)?;
     let fetched = prefetch(config)?;
     let luks_keys = storage::luks::fetch_keys(config)?;
+    storage::raid::check(config)?;
     let target = TargetRoot::new(root);
     let mut rec = Recorder {
         report: ApplyReport::default(),
     };
     storage::apply_disks(config, options.device_wait, &mut rec)?;
+    storage::raid::apply_raid(&target, config, options.device_wait, &mut rec)?;
     storage::luks::apply_luks(&target, config, &luks_keys, options.device_wait, &mut rec)?;
     filesystems::apply_filesystems(&target, config, options.device_wait, &mut rec)?;
     let mounted =

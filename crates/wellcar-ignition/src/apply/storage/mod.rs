@@ -13,6 +13,7 @@ pub(crate) mod devices;
 pub(crate) mod disks;
 pub(crate) mod luks;
 pub(crate) mod mounts;
+pub(crate) mod raid;
 
 #[cfg(test)]
 pub(crate) mod loopdev;
