@@ -237,9 +237,8 @@ impl Default for ApplyOptions {
 /// clevis/cex bindings are refused by `storage::luks`).
 fn refuse_unsupported(config: &Config, options: &ApplyOptions) -> Result<(), ApplyError> {
     let kargs = &config.kernel_arguments;
-    if !options.kernel_arguments_applied
-        && !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty())
-    {
+    let has_kargs = !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty());
+    if has_kargs && !options.kernel_arguments_applied {
         return Err(ApplyError::KernelArgumentsNotApplied);
     }
     Ok(())

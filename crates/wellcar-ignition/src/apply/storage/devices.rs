@@ -117,6 +117,27 @@ pub(crate) fn kernel_partition_extent(partition: &str) -> Option<(u64, u64)> {
     Some((read("start")?, read("size")?))
 }
 
+/// Whether the kernel block device `device` is mounted, used as swap, or held (by dm, md).
+pub(crate) fn in_use(device: &str) -> bool {
+    let Some(name) = Path::new(device).file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let sys = format!("/sys/class/block/{name}");
+    let held = std::fs::read_dir(format!("{sys}/holders")).is_ok_and(|mut d| d.next().is_some());
+    let numbers = std::fs::read_to_string(format!("{sys}/dev")).unwrap_or_default();
+    let numbers = numbers.trim();
+    let mounted = !numbers.is_empty()
+        && std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some(numbers));
+    let swap = std::fs::read_to_string("/proc/swaps")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(device));
+    held || mounted || swap
+}
+
 /// Polls `probe` until it holds or `bound` passes; returns whether it held.
 pub(crate) fn wait_for(bound: Duration, mut probe: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + bound;

@@ -38,6 +38,24 @@ pub(crate) fn apply_disks(
             devices::wait_for_device(&format!("{field}.device"), &disk.device, device_wait)?;
         let state = disks::read_state(&field, &device)?;
         let plan = disks::plan(&field, disk, &state)?;
+        // As Ignition: never rewrite a partition (or a whole table) that is in use.
+        let touched: Vec<u32> = if plan.new_table {
+            (1..=128).collect()
+        } else {
+            plan.deleted.iter().chain(&plan.updated).copied().collect()
+        };
+        if let Some(n) = touched
+            .into_iter()
+            .find(|&n| devices::in_use(&devices::partition_path(&device, n)))
+        {
+            return Err(ApplyError::Partition {
+                field,
+                device,
+                what: format!(
+                    "refusing to change partition {n}, which is in use (mounted, swap or held)"
+                ),
+            });
+        }
         planned.push((field, device, plan));
     }
     for (field, device, plan) in planned {

@@ -427,3 +427,47 @@ fn xfs_btrfs_vfat_and_swap_are_made_with_their_labels_and_uuids_and_hold_their_f
         "btrfs's file landed on the xfs below it"
     );
 }
+
+#[test]
+fn a_partition_in_use_is_not_rewritten_and_nothing_is_written() {
+    let disk = LoopDisk::new(64);
+    let root = root();
+    apply_json(
+        &disks_config(
+            &disk.device,
+            true,
+            r#"{"number":1,"sizeMiB":16},{"number":2,"sizeMiB":16}"#,
+        ),
+        root.path(),
+    )
+    .unwrap();
+    let part = format!("{}p1", disk.device);
+    command::run(Command::new("mkfs.ext4").args(["-q", &part])).unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    command::run(Command::new("mount").arg(&part).arg(mnt.path())).unwrap();
+    // The table (the mounted ext4 may write its own blocks meanwhile).
+    let before = disk.sgdisk_print();
+    let delete = apply_json(
+        &disks_config(
+            &disk.device,
+            false,
+            r#"{"number":1,"shouldExist":false,"wipePartitionEntry":true}"#,
+        ),
+        root.path(),
+    );
+    let wipe = apply_json(
+        &disks_config(&disk.device, true, r#"{"number":3}"#),
+        root.path(),
+    );
+    let after = disk.sgdisk_print();
+    command::run(Command::new("umount").arg(mnt.path())).unwrap();
+    for result in [delete, wipe] {
+        let err = result.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("refusing to change partition 1, which is in use"),
+            "{err}"
+        );
+    }
+    assert_eq!(after, before);
+}
