@@ -570,3 +570,84 @@ fn tell_kernel(field: &str, device: &str, plan: &Plan) -> Result<(), ApplyError>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Disk;
+
+    fn entry(start: u64, end: u64) -> Entry {
+        Entry {
+            start,
+            end,
+            type_guid: Uuid::parse_str(LINUX_DATA).unwrap(),
+            guid: Uuid::new_v4(),
+            label: String::new(),
+        }
+    }
+
+    /// 100 MiB disk (512-byte sectors) with partitions 1 (1..9 MiB) and 3 (60..70 MiB).
+    fn state() -> DiskState {
+        DiskState {
+            sector_size: 512,
+            first_usable: 34,
+            last_usable: 204_766,
+            partitions: Some(BTreeMap::from([
+                (1, entry(2048, 18_431)),
+                (3, entry(122_880, 143_359)),
+            ])),
+        }
+    }
+
+    fn part(number: i64, start: Option<i64>, size: Option<i64>) -> Partition {
+        Partition {
+            number,
+            start_mib: start,
+            size_mib: size,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unnumbered_partitions_take_the_next_free_number_and_the_largest_free_block() {
+        let disk = Disk {
+            device: "/dev/x".into(),
+            partitions: vec![part(0, None, Some(4)), part(0, None, None)],
+            wipe_table: None,
+        };
+        let before = state();
+        let plan = plan("storage.disks.0", &disk, &before).unwrap();
+        assert_eq!(plan.added, [2, 4]);
+        // Largest free block: 9..60 MiB (70 MiB..end is smaller); the second fills the rest of it.
+        assert_eq!((plan.table[&2].start, plan.table[&2].end), (18_432, 26_623));
+        assert_eq!(
+            (plan.table[&4].start, plan.table[&4].end),
+            (26_624, 122_879)
+        );
+        assert!(!plan.new_table);
+        assert_eq!(plan.table[&1], before.partitions.unwrap()[&1]);
+    }
+
+    #[test]
+    fn a_partition_that_does_not_fit_names_its_path_and_a_kept_one_with_no_geometry_matches() {
+        let disk = Disk {
+            device: "/dev/x".into(),
+            partitions: vec![part(1, None, None), part(2, Some(90), Some(20))],
+            wipe_table: None,
+        };
+        let err = plan("storage.disks.3", &disk, &state()).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "storage.disks.3.partitions.1: /dev/x: sectors 184320..=225279 do not fit"
+            ),
+            "{err}"
+        );
+        let keep = Disk {
+            partitions: vec![part(1, None, None)],
+            ..disk
+        };
+        let plan = plan("storage.disks.3", &keep, &state()).unwrap();
+        assert_eq!(plan.steps, ["keep partition 1"]);
+        assert!(!plan.changes());
+    }
+}
