@@ -539,11 +539,13 @@ fn tell_kernel(field: &str, device: &str, plan: &Plan) -> Result<(), ApplyError>
         partx("--delete", n, device);
     }
     for &n in &changed {
-        if shown(n).is_some() {
-            partx("--update", n, device);
+        // partx --update also moves a partition's start (delete + add inside).
+        let op = if shown(n).is_some() {
+            "--update"
         } else {
-            partx("--add", n, device);
-        }
+            "--add"
+        };
+        partx(op, n, device);
     }
     let synced = wait_for(KERNEL_SYNC_BOUND, || {
         gone.iter().all(|&n| shown(n).is_none()) && changed.iter().all(|&n| shown(n) == expected(n))

@@ -203,6 +203,20 @@ fn a_mismatch_is_refused_naming_the_partition_then_resized_recreated_or_deleted_
         !one.contains(GUID_1),
         "recreated partition kept its GUID: {one}"
     );
+    // Recreated at another start: the kernel follows (delete + add, not an in-place update).
+    apply_json(
+        &disks_config(
+            &disk.device,
+            false,
+            r#"{"number":1,"startMiB":2,"sizeMiB":4,"wipePartitionEntry":true}"#,
+        ),
+        root.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        super::devices::kernel_partition_extent(&format!("{}p1", disk.device)),
+        Some((4096, 8192))
+    );
 
     // shouldExist: false deletes only with wipePartitionEntry.
     let before = disk.digest();
