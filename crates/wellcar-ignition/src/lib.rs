@@ -9,16 +9,19 @@
 //! 3. [`resolve_references`]: `ignition.config.replace` / `ignition.config.merge` (`data:` URLs;
 //!    remote URLs fail with a message naming the URL because this stage has no network),
 //!    at most [`MAX_REFERENCE_DEPTH`] levels deep and [`MAX_REFERENCED_CONFIGS`] configs in all.
-//! 4. [`apply()`]: filesystems on other disks (mkfs + mount units), users and groups, files,
-//!    directories, links, systemd units, ssh keys and the result record, written inside a
-//!    target root directory without chroot or systemctl.
+//! 4. [`apply()`] / [`apply_with`]: partitions (GPT), RAID (mdadm), LUKS (cryptsetup, with
+//!    `/etc/crypttab`), filesystems (mkfs + mount units) and, with them mounted below the
+//!    target root, users and groups, files, directories, links, systemd units, ssh keys and the
+//!    result record, written inside the target root without chroot or systemctl.
+//! 5. [`kargs::edit_grub_cfg`]: `kernelArguments` into the OEM `grub.cfg`, done by the caller
+//!    before [`apply_with`] (which refuses kernel arguments unless told they were applied).
 //!
-//! Not supported yet (parsed and validated, but [`apply()`] refuses them naming the field):
-//! `storage.disks`, `storage.raid`, `storage.luks`, `kernelArguments`, and files below a
-//! configured filesystem's mount point (nothing is mounted while provisioning).
+//! Not supported yet (parsed and validated, but refused naming the field): LUKS `clevis`
+//! (tang, tpm2, custom) and `cex`.
 
 pub mod apply;
 pub mod fetch;
+pub mod kargs;
 pub mod merge;
 pub mod model;
 pub mod report;
@@ -28,7 +31,7 @@ pub mod version;
 
 mod decode;
 
-pub use apply::{apply, ApplyError, ApplyReport};
+pub use apply::{apply, apply_with, ApplyError, ApplyOptions, ApplyReport};
 pub use merge::merge;
 pub use model::{Config, LATEST_SPEC};
 pub use report::{Entry, Severity};

@@ -1,15 +1,17 @@
 //! Applying a config to a target root directory (no chroot, no systemctl, no shadow-utils).
 //!
-//! Order, as Ignition's stages: filesystems on other disks (with their mount units), then the
+//! Order, as Ignition's stages: partitions, RAID, LUKS, filesystems on other disks (with their
+//! mount units; see `storage`), filesystems with a `path` mounted below the root, then the
 //! files stage: groups, users (with ssh keys), files/directories/links, systemd units, and the
 //! result record `/etc/.ignition-result.json`. Every path is resolved
 //! inside the root (see the private `root` module); every replaced file is written atomically. Each action is
 //! logged at info level and listed in the [`ApplyReport`].
 //!
 //! Before anything is written, the config is checked for features this implementation does not
-//! apply yet (disks, RAID, LUKS, kernel arguments: refused naming the field, never ignored)
-//! and every file source is fetched and verified, so a bad hash or an unreachable URL
-//! fails the apply without leaving a half-provisioned root.
+//! apply (LUKS clevis/cex bindings; kernel arguments unless the caller applied them to the OEM
+//! `grub.cfg`: refused naming the field, never ignored), every file source and LUKS key is
+//! fetched and verified, and every disk is planned, so a bad hash, an unreachable URL, a short
+//! key or a conflicting partition fails the apply without leaving a half-provisioned root.
 //!
 //! `<root>/etc` may be the upper layer of Wellcar's /etc overlay: the applier simply writes
 //! `<root>/etc/...` paths.
@@ -17,10 +19,12 @@
 mod files;
 mod filesystems;
 mod root;
+mod storage;
 mod units;
 mod users;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use wellcar_contract::PathIoError;
 
 use crate::fetch::FetchError;
@@ -157,6 +161,38 @@ pub enum ApplyError {
         /// What is wrong, naming the value.
         reason: String,
     },
+    /// A configured device did not appear in time.
+    #[error("{field}: {device} did not appear within {waited:?}")]
+    DeviceMissing {
+        /// JSON path of the device field.
+        field: String,
+        /// The configured device path.
+        device: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// `kernelArguments` are set but the caller did not apply them (see
+    /// [`ApplyOptions::kernel_arguments_applied`]).
+    #[error("kernelArguments: must be applied to the OEM grub.cfg (and the machine rebooted) before the files stage; this caller did not")]
+    KernelArgumentsNotApplied,
+    /// A LUKS key outside the accepted length.
+    #[error("{field}: the key is {len} bytes; a LUKS key must be 16 bytes to 8 MiB")]
+    KeyLength {
+        /// JSON path of the key file.
+        field: String,
+        /// Its length.
+        len: usize,
+    },
+    /// A partition entry cannot be applied to its disk (overlap, mismatch, no room).
+    #[error("{field}: {device}: {what}")]
+    Partition {
+        /// JSON path of the disk or partition entry.
+        field: String,
+        /// The disk.
+        device: String,
+        /// What is wrong.
+        what: String,
+    },
     /// A hard link whose target does not exist in the root.
     #[error("{field}: hard link target {target:?} does not exist in the target root")]
     HardLinkTarget {
@@ -186,30 +222,38 @@ impl Recorder {
     }
 }
 
-fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
-    let s = &config.storage;
-    let sections = [
-        ("storage.disks", s.disks.is_empty()),
-        ("storage.raid", s.raid.is_empty()),
-        ("storage.luks", s.luks.is_empty()),
-        (
-            "kernelArguments.shouldExist",
-            config.kernel_arguments.should_exist.is_empty(),
-        ),
-        (
-            "kernelArguments.shouldNotExist",
-            config.kernel_arguments.should_not_exist.is_empty(),
-        ),
-    ];
-    match sections.iter().find(|(_, empty)| !empty) {
-        Some((field, _)) => Err(ApplyError::Unsupported {
-            field: field.to_string(),
-        }),
-        None => filesystems::refuse_nodes_on_filesystems(config),
+/// Settings of one [`apply_with`] run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// How long a configured device (disk, partition, `/dev/disk/by-*` path) may take to appear.
+    pub device_wait: Duration,
+    /// The caller has already applied `kernelArguments` to the OEM `grub.cfg`
+    /// ([`crate::kargs::edit_grub_cfg`], then a reboot if it changed); otherwise a config with
+    /// kernel arguments is refused rather than silently half-applied.
+    pub kernel_arguments_applied: bool,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            device_wait: Duration::from_secs(60),
+            kernel_arguments_applied: false,
+        }
     }
 }
 
-fn short_source(resource: &crate::model::Resource) -> String {
+/// What is parsed but not applied here: kernel arguments the caller has not applied (LUKS
+/// clevis/cex bindings are refused by `storage::luks`).
+fn refuse_unsupported(config: &Config, options: &ApplyOptions) -> Result<(), ApplyError> {
+    let kargs = &config.kernel_arguments;
+    let has_kargs = !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty());
+    if has_kargs && !options.kernel_arguments_applied {
+        return Err(ApplyError::KernelArgumentsNotApplied);
+    }
+    Ok(())
+}
+
+pub(crate) fn short_source(resource: &crate::model::Resource) -> String {
     crate::fetch::short_url(resource.source.as_deref().unwrap_or(""))
 }
 
@@ -245,25 +289,51 @@ fn prefetch(config: &Config) -> Result<Vec<FetchedFile>, ApplyError> {
         .collect()
 }
 
-/// Applies `config` (already merged and with references resolved) to the directory `root`.
+/// Applies `config` (already merged and with references resolved) to the directory `root`,
+/// with the default [`ApplyOptions`].
 pub fn apply(config: &Config, root: &Path) -> Result<ApplyReport, ApplyError> {
-    refuse_unsupported(config)?;
+    apply_with(config, root, &ApplyOptions::default())
+}
+
+/// Applies `config` to the directory `root`. Stages in Ignition's order: disks (partitions),
+/// filesystems (with their mount units), filesystems with a `path` mounted below `root`, the
+/// files stage (accounts, files, directories, links, units), unmount, the result record.
+pub fn apply_with(
+    config: &Config,
+    root: &Path,
+    options: &ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
+    refuse_unsupported(config, options)?;
     let fetched = prefetch(config)?;
+    let luks_keys = storage::luks::fetch_keys(config)?;
+    storage::raid::check(config)?;
     let target = TargetRoot::new(root);
     let mut rec = Recorder {
         report: ApplyReport::default(),
     };
-    filesystems::apply_filesystems(&target, config, &mut rec)?;
-    users::apply_accounts(
-        &target,
-        &config.passwd.groups,
-        &config.passwd.users,
-        &mut rec,
-    )?;
-    files::apply_nodes(&target, &config.storage, &fetched, &mut rec)?;
-    units::apply_units(&target, &config.systemd, &mut rec)?;
+    storage::apply_disks(config, options.device_wait, &mut rec)?;
+    storage::raid::apply_raid(&target, config, options.device_wait, &mut rec)?;
+    storage::luks::apply_luks(&target, config, &luks_keys, options.device_wait, &mut rec)?;
+    filesystems::apply_filesystems(&target, config, options.device_wait, &mut rec)?;
+    let mounted =
+        storage::mounts::mount_filesystems(&target, config, options.device_wait, &mut rec)?;
+    files_stage(&target, config, &fetched, &mut rec)?;
+    mounted.unmount(&mut rec)?;
     write_result(&target, &mut rec)?;
     Ok(rec.report)
+}
+
+/// Ignition's files stage, with the configured filesystems mounted.
+fn files_stage(
+    target: &TargetRoot,
+    config: &Config,
+    fetched: &[FetchedFile],
+    rec: &mut Recorder,
+) -> Result<(), ApplyError> {
+    users::apply_accounts(target, &config.passwd.groups, &config.passwd.users, rec)?;
+    files::apply_nodes(target, &config.storage, fetched, rec)?;
+    units::apply_units(target, &config.systemd, rec)?;
+    Ok(())
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic Gregorian).
