@@ -6,8 +6,11 @@
 //!    ([`Config`]); Ignition's validation rules and messages, each naming its JSON path; unknown
 //!    keys are warnings.
 //! 2. [`merge()`]: base configs and the user config, child over parent.
-//! 3. [`resolve_references`]: `ignition.config.replace` / `ignition.config.merge` (`data:` URLs;
-//!    remote URLs fail with a message naming the URL because this stage has no network).
+//! 3. [`resolve_references_with`]: `ignition.config.replace` / `ignition.config.merge`, fetched
+//!    with a [`fetch::Fetcher`] (http, https, tftp, data; each config level's `ignition` section
+//!    sets the proxy, timeouts and CAs for its own references, as Ignition does), each capped at
+//!    [`fetch::MAX_CONFIG_BYTES`]. [`resolve_references`] is the offline form (data: URLs only;
+//!    remote URLs fail naming the URL).
 //! 4. [`apply()`]: filesystems on other disks (mkfs + mount units), users and groups, files,
 //!    directories, links, systemd units, ssh keys and the result record, written inside a
 //!    target root directory without chroot or systemctl.
@@ -27,7 +30,7 @@ pub mod version;
 
 mod decode;
 
-pub use apply::{apply, ApplyError, ApplyReport};
+pub use apply::{apply, apply_with, ApplyError, ApplyReport};
 pub use merge::merge;
 pub use model::{Config, LATEST_SPEC};
 pub use report::{Entry, Severity};
@@ -168,6 +171,16 @@ pub enum ResolveError {
         /// JSON path of the reference that went too deep.
         field: String,
     },
+    /// A config's `ignition` section (CAs, proxy, timeouts) could not be applied.
+    #[error("applying the fetch settings of {config}")]
+    Settings {
+        /// JSON path of the config whose settings failed (`ignition.config.merge.0`, or
+        /// `ignition` for the top config).
+        config: String,
+        /// The failure (names the field and URL).
+        #[source]
+        source: Box<fetch::SettingsError>,
+    },
     /// The merged result breaks a validation rule.
     #[error("merging configs resulted in an invalid config: {}", first_error(.entries))]
     InvalidResult {
@@ -183,8 +196,19 @@ pub const MAX_REFERENCE_DEPTH: usize = 10;
 /// replace source replaces the whole config (its merge list is ignored); otherwise each merge
 /// reference is fetched, verified, parsed (any supported version), rendered recursively and
 /// merged on top, in order. The result has no references left and is re-validated.
+///
+/// Offline: only `data:` references resolve; see [`resolve_references_with`].
 pub fn resolve_references(config: Config) -> Result<Config, ResolveError> {
-    let rendered = render(config, 0, "ignition.config")?;
+    resolve_references_with(config, &fetch::Fetcher::offline())
+}
+
+/// [`resolve_references`] fetching with `base` (proxy, timeouts, CAs and retry policy of the
+/// platform), each config's own `ignition` section applied on top for its references.
+pub fn resolve_references_with(
+    config: Config,
+    base: &fetch::Fetcher,
+) -> Result<Config, ResolveError> {
+    let rendered = render(config, 0, "ignition", base)?;
     let errors: Vec<Entry> = validate::validate(&rendered)
         .into_iter()
         .filter(Entry::is_error)
@@ -195,8 +219,13 @@ pub fn resolve_references(config: Config) -> Result<Config, ResolveError> {
     Ok(rendered)
 }
 
-fn fetch_config(resource: &model::Resource, field: &str) -> Result<Config, ResolveError> {
-    let bytes = fetch::fetch(resource)
+fn fetch_config(
+    fetcher: &fetch::Fetcher,
+    resource: &model::Resource,
+    field: &str,
+) -> Result<Config, ResolveError> {
+    let bytes = fetcher
+        .fetch_bytes(resource, fetch::MAX_CONFIG_BYTES)
         .map_err(|source| ResolveError::Fetch {
             field: field.to_string(),
             url: fetch::short_url(resource.source.as_deref().unwrap_or("")),
@@ -213,23 +242,45 @@ fn fetch_config(resource: &model::Resource, field: &str) -> Result<Config, Resol
     Ok(parsed.config)
 }
 
-fn render(mut config: Config, depth: usize, field: &str) -> Result<Config, ResolveError> {
+fn render(
+    mut config: Config,
+    depth: usize,
+    field: &str,
+    base: &fetch::Fetcher,
+) -> Result<Config, ResolveError> {
     if depth > MAX_REFERENCE_DEPTH {
         return Err(ResolveError::TooDeep {
             field: field.to_string(),
         });
     }
+    let has_references =
+        config.ignition.config.replace.source.is_some() || !config.ignition.config.merge.is_empty();
+    if !has_references {
+        return Ok(config);
+    }
+    // Ignition's UpdateHttpTimeoutsAndCAs: this config's settings fetch its references.
+    let fetcher = base
+        .with_config(&config.ignition)
+        .map_err(|source| ResolveError::Settings {
+            config: field.to_string(),
+            source: Box::new(source),
+        })?;
     let references = std::mem::take(&mut config.ignition.config);
     if references.replace.source.is_some() {
         let field = "ignition.config.replace";
         tracing::info!("replacing config with {field}");
-        let replacement = fetch_config(&references.replace, field)?;
-        return render(replacement, depth + 1, field);
+        let replacement = fetch_config(&fetcher, &references.replace, field)?;
+        return render(replacement, depth + 1, field, base);
     }
     for (i, reference) in references.merge.iter().enumerate() {
         let field = format!("ignition.config.merge.{i}");
         tracing::info!("merging {field}");
-        let child = render(fetch_config(reference, &field)?, depth + 1, &field)?;
+        let child = render(
+            fetch_config(&fetcher, reference, &field)?,
+            depth + 1,
+            &field,
+            base,
+        )?;
         config = merge(config, child);
     }
     Ok(config)

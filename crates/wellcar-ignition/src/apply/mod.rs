@@ -8,8 +8,10 @@
 //!
 //! Before anything is written, the config is checked for features this implementation does not
 //! apply yet (disks, RAID, LUKS, kernel arguments: refused naming the field, never ignored)
-//! and every file source is fetched and verified, so a bad hash or an unreachable URL
-//! fails the apply without leaving a half-provisioned root.
+//! and every file's contents and `append` fragments are streamed into staging files in the
+//! root (see the private `staging` module: fetched, decompressed, hashed, size-bounded), so a
+//! bad hash, an oversized body or an unreachable URL fails the apply without leaving a
+//! half-provisioned root; the staged files are then renamed into place.
 //!
 //! `<root>/etc` may be the upper layer of Wellcar's /etc overlay: the applier simply writes
 //! `<root>/etc/...` paths.
@@ -17,15 +19,15 @@
 mod files;
 mod filesystems;
 mod root;
+mod staging;
 mod units;
 mod users;
 
 use std::path::{Path, PathBuf};
 use wellcar_contract::PathIoError;
 
-use crate::fetch::FetchError;
+use crate::fetch::{FetchError, Fetcher};
 use crate::model::Config;
-use files::FetchedFile;
 use root::{write_atomic, TargetRoot};
 
 /// Why applying a config failed. Each variant names the field or path involved.
@@ -204,42 +206,25 @@ fn short_source(resource: &crate::model::Resource) -> String {
     crate::fetch::short_url(resource.source.as_deref().unwrap_or(""))
 }
 
-fn prefetch(config: &Config) -> Result<Vec<FetchedFile>, ApplyError> {
-    config
-        .storage
-        .files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let contents =
-                crate::fetch::fetch(&f.contents).map_err(|source| ApplyError::Fetch {
-                    field: format!("storage.files.{i}.contents"),
-                    url: short_source(&f.contents),
-                    source: Box::new(source),
-                })?;
-            let append = f
-                .append
-                .iter()
-                .enumerate()
-                .map(|(j, a)| {
-                    crate::fetch::fetch(a)
-                        .map(Option::unwrap_or_default)
-                        .map_err(|source| ApplyError::Fetch {
-                            field: format!("storage.files.{i}.append.{j}"),
-                            url: short_source(a),
-                            source: Box::new(source),
-                        })
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(FetchedFile { contents, append })
-        })
-        .collect()
+/// Applies `config` (already merged and with references resolved) to the directory `root`,
+/// offline: only `data:` sources are fetched, remote ones fail naming the URL (the stage has no
+/// network). [`apply_with`] fetches remote sources.
+pub fn apply(config: &Config, root: &Path) -> Result<ApplyReport, ApplyError> {
+    apply_with(config, root, &Fetcher::offline())
 }
 
-/// Applies `config` (already merged and with references resolved) to the directory `root`.
-pub fn apply(config: &Config, root: &Path) -> Result<ApplyReport, ApplyError> {
+/// [`apply`] fetching with `base` (the platform's fetch options), under the settings of the
+/// config's own `ignition` section (CAs, proxy, timeouts), as Ignition's files stage does.
+pub fn apply_with(config: &Config, root: &Path, base: &Fetcher) -> Result<ApplyReport, ApplyError> {
     refuse_unsupported(config)?;
-    let fetched = prefetch(config)?;
+    let fetcher = base
+        .with_config(&config.ignition)
+        .map_err(|e| ApplyError::Fetch {
+            field: e.field,
+            url: e.url,
+            source: e.source,
+        })?;
+    let (_staging, staged) = staging::stage_files(root, config, &fetcher)?;
     let target = TargetRoot::new(root);
     let mut rec = Recorder {
         report: ApplyReport::default(),
@@ -251,7 +236,7 @@ pub fn apply(config: &Config, root: &Path) -> Result<ApplyReport, ApplyError> {
         &config.passwd.users,
         &mut rec,
     )?;
-    files::apply_nodes(&target, &config.storage, &fetched, &mut rec)?;
+    files::apply_nodes(&target, &config.storage, &staged, &mut rec)?;
     units::apply_units(&target, &config.systemd, &mut rec)?;
     write_result(&target, &mut rec)?;
     Ok(rec.report)
