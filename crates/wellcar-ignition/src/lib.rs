@@ -13,7 +13,8 @@
 //!    remote URLs fail naming the URL).
 //! 4. [`apply()`]: filesystems on other disks (mkfs + mount units), users and groups, files,
 //!    directories, links, systemd units, ssh keys and the result record, written inside a
-//!    target root directory without chroot or systemctl.
+//!    target root directory without chroot or systemctl. [`apply_with`] fetches remote file
+//!    sources with a [`fetch::Fetcher`]; [`apply()`] is offline (data: sources only).
 //!
 //! Not supported yet (parsed and validated, but [`apply()`] refuses them naming the field):
 //! `storage.disks`, `storage.raid`, `storage.luks`, `kernelArguments`, and files below a

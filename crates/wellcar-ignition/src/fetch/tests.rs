@@ -134,9 +134,8 @@ fn serve_connection(
         let reply = {
             let mut routes = routes.lock().unwrap();
             match routes.get_mut(&path) {
-                Some(Reply::FailFirst(n, status, then)) if *n > 0 => {
+                Some(Reply::FailFirst(n, status, _)) if *n > 0 => {
                     *n -= 1;
-                    let _ = then;
                     Reply::Body(*status, b"try again".to_vec())
                 }
                 Some(Reply::FailFirst(_, _, then)) => (**then).clone(),
