@@ -16,6 +16,8 @@ use wellcar_test_support::tools::{self, run};
 use wellcar_test_support::vm::{logged_in, BOOT_TIMEOUT};
 use wellcar_vmtests::*;
 
+mod flatcar_day;
+
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// Runs a console command and returns its output; panics (with the output) unless it exits 0.
@@ -237,6 +239,11 @@ fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
         String::from_utf8_lossy(&ssh.stdout).trim() == "core",
         "ssh login failed: {}",
         String::from_utf8_lossy(&ssh.stderr)
+    );
+    flatcar_day::flatcar_users_day(
+        &flatcar_day::CoreSsh { port, key: &key },
+        &b.manifest.version,
+        keys.path(),
     );
 
     // Second boot: same disk, Ignition must not run again, and everything is still there.

@@ -12,7 +12,8 @@
 //! never leaves half of it ([`atomic_file`]), the build's `manifest.json`
 //! ([`BuildManifest`]), the files on the EFI system partition ([`esp`]), the FleetLock reboot-lock protocol
 //! ([`fleetlock`]), the initramfs module
-//! load list ([`module_list`]), how a host program is run so that its failure says why
+//! load list ([`module_list`]), the image's Flatcar-style release file and the Omaha app ids
+//! ([`release_file`]), how a host program is run so that its failure says why
 //! ([`command`]), and how an I/O failure on a path and an error's causes are reported
 //! ([`error_report`]).
 //!
@@ -26,11 +27,13 @@ pub mod error_report;
 pub mod esp;
 pub mod fleetlock;
 pub mod module_list;
+pub mod release_file;
 pub mod root_hash;
 pub mod version;
 
 pub use build_manifest::{BuildManifest, BuildManifestError, PackageRecord, BUILD_MANIFEST_FILE};
 pub use command::CommandError;
 pub use error_report::{error_chain, IoResultExt, PathIoError};
+pub use release_file::{ReleaseFile, ReleaseFileError, FLATCAR_APP_ID, WELLCAR_APP_ID};
 pub use root_hash::{RootHash, RootHashError, ROOT_HASH_HEX_LEN, ROOT_HASH_LEN};
 pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};

@@ -9,19 +9,22 @@
 //! 3. [`resolve_references_with`]: `ignition.config.replace` / `ignition.config.merge`, fetched
 //!    with a [`fetch::Fetcher`] (http, https, tftp, data; each config level's `ignition` section
 //!    sets the proxy, timeouts and CAs for its own references, as Ignition does), each capped at
-//!    [`fetch::MAX_CONFIG_BYTES`]. [`resolve_references`] is the offline form (data: URLs only;
-//!    remote URLs fail naming the URL).
-//! 4. [`apply()`]: filesystems on other disks (mkfs + mount units), users and groups, files,
-//!    directories, links, systemd units, ssh keys and the result record, written inside a
-//!    target root directory without chroot or systemctl. [`apply_with`] fetches remote file
-//!    sources with a [`fetch::Fetcher`]; [`apply()`] is offline (data: sources only).
+//!    [`fetch::MAX_CONFIG_BYTES`], at most [`MAX_REFERENCE_DEPTH`] levels deep and
+//!    [`MAX_REFERENCED_CONFIGS`] configs in all. [`resolve_references`] is the offline form
+//!    (data: URLs only; remote URLs fail naming the URL).
+//! 4. [`apply()`] / [`apply_with`]: partitions (GPT), RAID (mdadm), LUKS (cryptsetup, with
+//!    `/etc/crypttab`), filesystems (mkfs + mount units) and, with them mounted below the
+//!    target root, users and groups, files, directories, links, systemd units, ssh keys and the
+//!    result record, written inside the target root without chroot or systemctl.
+//! 5. [`kargs::edit_grub_cfg`]: `kernelArguments` into the OEM `grub.cfg`, done by the caller
+//!    before [`apply_with`] (which refuses kernel arguments unless told they were applied).
 //!
-//! Not supported yet (parsed and validated, but [`apply()`] refuses them naming the field):
-//! `storage.disks`, `storage.raid`, `storage.luks`, `kernelArguments`, and files below a
-//! configured filesystem's mount point (nothing is mounted while provisioning).
+//! Not supported yet (parsed and validated, but refused naming the field): LUKS `clevis`
+//! (tang, tpm2, custom) and `cex`.
 
 pub mod apply;
 pub mod fetch;
+pub mod kargs;
 pub mod merge;
 pub mod model;
 pub mod report;
@@ -31,7 +34,7 @@ pub mod version;
 
 mod decode;
 
-pub use apply::{apply, apply_with, ApplyError, ApplyReport};
+pub use apply::{apply, apply_with, ApplyError, ApplyOptions, ApplyReport};
 pub use merge::merge;
 pub use model::{Config, LATEST_SPEC};
 pub use report::{Entry, Severity};
@@ -175,12 +178,17 @@ pub enum ResolveError {
     /// A config's `ignition` section (CAs, proxy, timeouts) could not be applied.
     #[error("applying the fetch settings of {config}")]
     Settings {
-        /// JSON path of the config whose settings failed (`ignition.config.merge.0`, or
-        /// `ignition` for the top config).
+        /// Reference chain of the config whose settings failed (`ignition` for the top config).
         config: String,
         /// The failure (names the field and URL).
         #[source]
         source: Box<fetch::SettingsError>,
+    },
+    /// More configs referenced, over all levels, than [`MAX_REFERENCED_CONFIGS`].
+    #[error("more than {MAX_REFERENCED_CONFIGS} configs referenced through ignition.config (counted over all levels) at {field}")]
+    TooMany {
+        /// JSON path chain of the reference over the budget.
+        field: String,
     },
     /// The merged result breaks a validation rule.
     #[error("merging configs resulted in an invalid config: {}", first_error(.entries))]
@@ -192,6 +200,13 @@ pub enum ResolveError {
 
 /// How deep `ignition.config` references may nest.
 pub const MAX_REFERENCE_DEPTH: usize = 10;
+
+/// How many configs `ignition.config.replace`/`merge` may reference in total, over the whole
+/// tree of references. Depth alone does not bound the work: 8 merges per level, 10 levels deep
+/// is 8^10 fetches. Real configs reference a few (a base, a user config, a handful of
+/// fragments); 64 leaves a wide margin while bounding the work to 64 fetch-parse-merge rounds,
+/// each of a size-bounded source.
+pub const MAX_REFERENCED_CONFIGS: usize = 64;
 
 /// Renders `ignition.config.replace` and `ignition.config.merge` the way Ignition does: a set
 /// replace source replaces the whole config (its merge list is ignored); otherwise each merge
@@ -209,7 +224,8 @@ pub fn resolve_references_with(
     config: Config,
     base: &fetch::Fetcher,
 ) -> Result<Config, ResolveError> {
-    let rendered = render(config, 0, "ignition", base)?;
+    let mut referenced = 0;
+    let rendered = render(config, 0, "", &mut referenced, base)?;
     let errors: Vec<Entry> = validate::validate(&rendered)
         .into_iter()
         .filter(Entry::is_error)
@@ -224,7 +240,14 @@ fn fetch_config(
     fetcher: &fetch::Fetcher,
     resource: &model::Resource,
     field: &str,
+    referenced: &mut usize,
 ) -> Result<Config, ResolveError> {
+    *referenced += 1;
+    if *referenced > MAX_REFERENCED_CONFIGS {
+        return Err(ResolveError::TooMany {
+            field: field.to_string(),
+        });
+    }
     let bytes = fetcher
         .fetch_bytes(resource, fetch::MAX_CONFIG_BYTES)
         .map_err(|source| ResolveError::Fetch {
@@ -243,45 +266,51 @@ fn fetch_config(
     Ok(parsed.config)
 }
 
+/// The path of a reference inside the config referenced at `parent` (`""` for the top).
+fn nested(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else {
+        format!("{parent} > {child}")
+    }
+}
+
+/// Renders `config`, found at the reference chain `at`; `referenced` counts the configs fetched
+/// so far over the whole tree.
 fn render(
     mut config: Config,
     depth: usize,
-    field: &str,
+    at: &str,
+    referenced: &mut usize,
     base: &fetch::Fetcher,
 ) -> Result<Config, ResolveError> {
     if depth > MAX_REFERENCE_DEPTH {
         return Err(ResolveError::TooDeep {
-            field: field.to_string(),
+            field: at.to_string(),
         });
     }
-    let has_references =
-        config.ignition.config.replace.source.is_some() || !config.ignition.config.merge.is_empty();
-    if !has_references {
+    if config.ignition.config.replace.source.is_none() && config.ignition.config.merge.is_empty() {
         return Ok(config);
     }
     // Ignition's UpdateHttpTimeoutsAndCAs: this config's settings fetch its references.
     let fetcher = base
         .with_config(&config.ignition)
         .map_err(|source| ResolveError::Settings {
-            config: field.to_string(),
+            config: if at.is_empty() { "ignition" } else { at }.to_string(),
             source: Box::new(source),
         })?;
     let references = std::mem::take(&mut config.ignition.config);
     if references.replace.source.is_some() {
-        let field = "ignition.config.replace";
+        let field = nested(at, "ignition.config.replace");
         tracing::info!("replacing config with {field}");
-        let replacement = fetch_config(&fetcher, &references.replace, field)?;
-        return render(replacement, depth + 1, field, base);
+        let replacement = fetch_config(&fetcher, &references.replace, &field, referenced)?;
+        return render(replacement, depth + 1, &field, referenced, base);
     }
     for (i, reference) in references.merge.iter().enumerate() {
-        let field = format!("ignition.config.merge.{i}");
+        let field = nested(at, &format!("ignition.config.merge.{i}"));
         tracing::info!("merging {field}");
-        let child = render(
-            fetch_config(&fetcher, reference, &field)?,
-            depth + 1,
-            &field,
-            base,
-        )?;
+        let child = fetch_config(&fetcher, reference, &field, referenced)?;
+        let child = render(child, depth + 1, &field, referenced, base)?;
         config = merge(config, child);
     }
     Ok(config)
@@ -291,6 +320,8 @@ fn render(
 mod corpus_tests;
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod reference_limits_tests;
 
 #[cfg(test)]
 mod tests {

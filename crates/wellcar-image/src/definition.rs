@@ -3,6 +3,7 @@
 //! The definition is data only; nothing here touches the host. Unknown keys are rejected so a
 //! typo does not silently build a different OS.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,9 @@ pub struct OsDefinition {
     pub debian: DebianSource,
     /// The default user.
     pub user: DefaultUser,
+    /// `[groups]`: groups with a fixed gid (`docker = 233`, Flatcar's baselayout numbers).
+    #[serde(default)]
+    pub groups: BTreeMap<String, u32>,
     /// Units turned on in the image.
     pub systemd: SystemdUnits,
 }
@@ -149,6 +153,26 @@ impl OsDefinition {
                 "user.uid".into(),
                 "the default user must not be root".into(),
             );
+        }
+        for (name, gid) in &self.groups {
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && !name.starts_with('-')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c));
+            if !valid_name {
+                return bad(
+                    format!("groups.{name}"),
+                    "a group name is 1-32 of [a-z0-9_-], not starting with '-'".into(),
+                );
+            }
+            if *gid == 0 || *gid >= 65534 || *gid == self.user.uid {
+                return bad(
+                    format!("groups.{name}"),
+                    format!("gid {gid} is root's, nogroup's or the default user's"),
+                );
+            }
         }
         let units = &self.systemd;
         for (list, name) in [(&units.disable, "disable"), (&units.mask, "mask")] {

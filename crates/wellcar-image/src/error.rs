@@ -69,6 +69,16 @@ pub enum BuildError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A `[groups]` entry cannot be given its gid in the tree.
+    #[error("group {group} cannot get gid {gid}: {problem}")]
+    FixedGroup {
+        /// The group's name.
+        group: String,
+        /// The gid the definition asks for.
+        gid: u32,
+        /// What stands in the way.
+        problem: String,
+    },
     /// The definition's `os.version` is not an OS version.
     #[error("OS definition {path}: os.version")]
     Version {

@@ -18,6 +18,7 @@ pub mod boot_files;
 pub mod definition;
 pub mod disk;
 pub mod error;
+pub mod fixed_groups;
 pub mod grub;
 pub mod reshape;
 pub mod rootfs;

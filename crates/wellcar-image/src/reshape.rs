@@ -9,7 +9,8 @@
 //! - no package manager: apt, dpkg and their databases are gone (the package list is recorded
 //!   in the build manifest and `usr/share/wellcar/packages.txt`);
 //! - nothing machine-specific: no ssh host keys, an empty machine-id, no hostname;
-//! - `usr/lib/os-release` says `ID=wellcar` with the build's version;
+//! - `usr/lib/os-release` says `ID=wellcar` with the build's version, and
+//!   `usr/share/flatcar/release` says it the way Flatcar's update_engine reads it;
 //! - units enabled and disabled as the definition says, and ordered for a fast boot ([`units`]).
 //!
 //! It works on a private copy of the cached tree and never modifies the cache.
@@ -18,7 +19,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use wellcar_contract::PathIoError;
+use wellcar_contract::release_file::RELEASE_FILE;
+use wellcar_contract::{PathIoError, ReleaseFile, WELLCAR_APP_ID};
 
 use crate::definition::OsDefinition;
 use crate::error::{BuildError, IoContext, Result};
@@ -85,6 +87,8 @@ pub fn reshape(
     remove_machine_identity(&root)?;
     copy_tree(files, &root)?;
     write_os_release(&root, def, id)?;
+    // Before the default user joins its groups, so it joins them under their final numbers.
+    crate::fixed_groups::apply(&root, &def.groups)?;
     add_default_user(&root, def)?;
     units::enable_units(&root, def)?;
     units::start_after_sysinit(&root)?;
@@ -262,7 +266,25 @@ fn write_os_release(root: &Path, def: &OsDefinition, id: &BuildIdentity) -> Resu
     let etc = root.join("etc/os-release");
     remove(&etc)?;
     std::os::unix::fs::symlink("../usr/lib/os-release", &etc).at("linking", &etc)?;
-    Ok(())
+    write_flatcar_release(root, def, id)
+}
+
+/// `/usr/share/flatcar/release`, the identity Flatcar's update_engine and scripts read.
+fn write_flatcar_release(root: &Path, def: &OsDefinition, id: &BuildIdentity) -> Result<()> {
+    let release = ReleaseFile {
+        version: crate::definition::check_version(&id.version).map_err(|source| {
+            BuildError::Version {
+                path: "--os-version".into(),
+                source,
+            }
+        })?,
+        board: def.os.board.clone(),
+        app_id: format!("{{{WELLCAR_APP_ID}}}"),
+    };
+    let p = root.join(RELEASE_FILE.trim_start_matches('/'));
+    let dir = p.parent().expect("the release file is in a directory");
+    fs::create_dir_all(dir).at("creating", dir)?;
+    fs::write(&p, release.render()).at("writing", &p)
 }
 
 /// Appends the default user to passwd/shadow/group/gshadow and its supplementary groups.

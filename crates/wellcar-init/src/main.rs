@@ -21,6 +21,7 @@ mod firstboot;
 mod grow;
 mod kmod;
 mod log;
+mod storage_stage;
 mod switchroot;
 mod sys;
 mod sysroot;
@@ -383,7 +384,29 @@ fn provision(
     }
     let resolved = wellcar_ignition::resolve_references(parsed.config)
         .map_err(|e| format!("Ignition config from {}: {e}", config.source))?;
-    let report = wellcar_ignition::apply(&resolved, Path::new(SYSROOT))?;
+    let kargs = &resolved.kernel_arguments;
+    if !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty()) {
+        let oem = sibling(root_found, "OEM")
+            .ok_or("kernelArguments: no OEM partition next to ROOT to keep grub.cfg on")?;
+        if storage_stage::apply_kernel_arguments(&oem.device, Path::new("/mnt/oem"), kargs)? {
+            log.info("kernelArguments written to the OEM grub.cfg: rebooting once to apply them");
+            rustix::fs::sync();
+            rustix::system::reboot(rustix::system::RebootCommand::Restart)?;
+        }
+    }
+    let storage = &resolved.storage;
+    if !(storage.disks.is_empty()
+        && storage.raid.is_empty()
+        && storage.luks.is_empty()
+        && storage.filesystems.is_empty())
+    {
+        storage_stage::link_usr_tools(Path::new("/"), Path::new(SYSROOT))?;
+    }
+    let options = wellcar_ignition::ApplyOptions {
+        kernel_arguments_applied: true,
+        ..Default::default()
+    };
+    let report = wellcar_ignition::apply_with(&resolved, Path::new(SYSROOT), &options)?;
     log.info(&format!("Ignition applied: {report:?}"));
     Ok(())
 }

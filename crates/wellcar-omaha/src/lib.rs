@@ -41,11 +41,9 @@ pub use response::{
 };
 pub use xml::ParseError;
 
-/// Wellcar's Omaha application id (the `appid` our update agent sends).
-pub const WELLCAR_APP_ID: &str = "66ccd106-e1a0-49f8-92cf-29995de7c384";
-
-/// Flatcar Container Linux's Omaha application id, so a Wellcar server can also serve a Flatcar fleet.
-pub const FLATCAR_APP_ID: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
+/// The Omaha application ids (Wellcar's, and Flatcar's so a Wellcar server can also serve a
+/// Flatcar fleet); their home is the release-file contract.
+pub use wellcar_contract::{FLATCAR_APP_ID, WELLCAR_APP_ID};
 
 /// Largest request body a server should accept (Nebraska's limit, 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;

@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sgdisk", "gdisk"),
     ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
+    ("scp", "openssh-client"),
     ("gzip", "gzip"),
     ("tar", "tar"),
     ("kill", "procps"),

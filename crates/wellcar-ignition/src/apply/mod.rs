@@ -1,17 +1,21 @@
 //! Applying a config to a target root directory (no chroot, no systemctl, no shadow-utils).
 //!
-//! Order, as Ignition's stages: filesystems on other disks (with their mount units), then the
+//! Order, as Ignition's stages: partitions, RAID, LUKS, filesystems on other disks (with their
+//! mount units; see `storage`), filesystems with a `path` mounted below the root, then the
 //! files stage: groups, users (with ssh keys), files/directories/links, systemd units, and the
 //! result record `/etc/.ignition-result.json`. Every path is resolved
 //! inside the root (see the private `root` module); every replaced file is written atomically. Each action is
 //! logged at info level and listed in the [`ApplyReport`].
 //!
 //! Before anything is written, the config is checked for features this implementation does not
-//! apply yet (disks, RAID, LUKS, kernel arguments: refused naming the field, never ignored)
-//! and every file's contents and `append` fragments are streamed into staging files in the
-//! root (see the private `staging` module: fetched, decompressed, hashed, size-bounded), so a
-//! bad hash, an oversized body or an unreachable URL fails the apply without leaving a
-//! half-provisioned root; the staged files are then renamed into place.
+//! apply (LUKS clevis/cex bindings; kernel arguments unless the caller applied them to the OEM
+//! `grub.cfg`: refused naming the field, never ignored), every LUKS key is fetched and verified,
+//! every file's contents and `append` fragments are streamed into staging files in the root (see
+//! the private `staging` module: fetched, decompressed, hashed, size-bounded; renamed into place
+//! in the files stage), and every disk is planned, so a bad hash, an oversized body, an
+//! unreachable URL, a short key or a conflicting partition fails the apply without leaving a
+//! half-provisioned root. Sources are fetched with [`ApplyOptions::fetch`] under the config's
+//! own `ignition` section (CAs, proxy, timeouts).
 //!
 //! `<root>/etc` may be the upper layer of Wellcar's /etc overlay: the applier simply writes
 //! `<root>/etc/...` paths.
@@ -20,15 +24,18 @@ mod files;
 mod filesystems;
 mod root;
 mod staging;
+mod storage;
 mod units;
 mod users;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use wellcar_contract::PathIoError;
 
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{FetchError, FetchOptions, Fetcher};
 use crate::model::Config;
-use root::{write_atomic, TargetRoot};
+use root::TargetRoot;
+use staging::StagedFile;
 
 /// Why applying a config failed. Each variant names the field or path involved.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +157,47 @@ pub enum ApplyError {
         /// What blkid found.
         found: String,
     },
+    /// A name or account field that would leave its directory or its database line (validation
+    /// refuses these; the applier checks again before using them).
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// JSON path, e.g. `systemd.units.3.name`.
+        field: String,
+        /// What is wrong, naming the value.
+        reason: String,
+    },
+    /// A configured device did not appear in time.
+    #[error("{field}: {device} did not appear within {waited:?}")]
+    DeviceMissing {
+        /// JSON path of the device field.
+        field: String,
+        /// The configured device path.
+        device: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// `kernelArguments` are set but the caller did not apply them (see
+    /// [`ApplyOptions::kernel_arguments_applied`]).
+    #[error("kernelArguments: must be applied to the OEM grub.cfg (and the machine rebooted) before the files stage; this caller did not")]
+    KernelArgumentsNotApplied,
+    /// A LUKS key outside the accepted length.
+    #[error("{field}: the key is {len} bytes; a LUKS key must be 16 bytes to 8 MiB")]
+    KeyLength {
+        /// JSON path of the key file.
+        field: String,
+        /// Its length.
+        len: usize,
+    },
+    /// A partition entry cannot be applied to its disk (overlap, mismatch, no room).
+    #[error("{field}: {device}: {what}")]
+    Partition {
+        /// JSON path of the disk or partition entry.
+        field: String,
+        /// The disk.
+        device: String,
+        /// What is wrong.
+        what: String,
+    },
     /// A hard link whose target does not exist in the root.
     #[error("{field}: hard link target {target:?} does not exist in the target root")]
     HardLinkTarget {
@@ -179,67 +227,110 @@ impl Recorder {
     }
 }
 
-fn refuse_unsupported(config: &Config) -> Result<(), ApplyError> {
-    let s = &config.storage;
-    let sections = [
-        ("storage.disks", s.disks.is_empty()),
-        ("storage.raid", s.raid.is_empty()),
-        ("storage.luks", s.luks.is_empty()),
-        (
-            "kernelArguments.shouldExist",
-            config.kernel_arguments.should_exist.is_empty(),
-        ),
-        (
-            "kernelArguments.shouldNotExist",
-            config.kernel_arguments.should_not_exist.is_empty(),
-        ),
-    ];
-    match sections.iter().find(|(_, empty)| !empty) {
-        Some((field, _)) => Err(ApplyError::Unsupported {
-            field: field.to_string(),
-        }),
-        None => filesystems::refuse_nodes_on_filesystems(config),
+/// Settings of one [`apply_with`] run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// How long a configured device (disk, partition, `/dev/disk/by-*` path) may take to appear.
+    pub device_wait: Duration,
+    /// The caller has already applied `kernelArguments` to the OEM `grub.cfg`
+    /// ([`crate::kargs::edit_grub_cfg`], then a reboot if it changed); otherwise a config with
+    /// kernel arguments is refused rather than silently half-applied.
+    pub kernel_arguments_applied: bool,
+    /// How remote sources (file contents, `append`, LUKS key files, CAs) are fetched. The
+    /// default is offline (data: URLs only; remote ones fail naming the URL); a caller with a
+    /// network sets `FetchOptions::default()` or the platform's options.
+    pub fetch: FetchOptions,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            device_wait: Duration::from_secs(60),
+            kernel_arguments_applied: false,
+            fetch: FetchOptions {
+                offline: true,
+                ..FetchOptions::default()
+            },
+        }
     }
 }
 
-fn short_source(resource: &crate::model::Resource) -> String {
+/// What is parsed but not applied here: kernel arguments the caller has not applied (LUKS
+/// clevis/cex bindings are refused by `storage::luks`).
+fn refuse_unsupported(config: &Config, options: &ApplyOptions) -> Result<(), ApplyError> {
+    let kargs = &config.kernel_arguments;
+    let has_kargs = !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty());
+    if has_kargs && !options.kernel_arguments_applied {
+        return Err(ApplyError::KernelArgumentsNotApplied);
+    }
+    Ok(())
+}
+
+pub(crate) fn short_source(resource: &crate::model::Resource) -> String {
     crate::fetch::short_url(resource.source.as_deref().unwrap_or(""))
 }
 
-/// Applies `config` (already merged and with references resolved) to the directory `root`,
-/// offline: only `data:` sources are fetched, remote ones fail naming the URL (the stage has no
-/// network). [`apply_with`] fetches remote sources.
-pub fn apply(config: &Config, root: &Path) -> Result<ApplyReport, ApplyError> {
-    apply_with(config, root, &Fetcher::offline())
-}
-
-/// [`apply`] fetching with `base` (the platform's fetch options), under the settings of the
-/// config's own `ignition` section (CAs, proxy, timeouts), as Ignition's files stage does.
-pub fn apply_with(config: &Config, root: &Path, base: &Fetcher) -> Result<ApplyReport, ApplyError> {
-    refuse_unsupported(config)?;
-    let fetcher = base
-        .with_config(&config.ignition)
+/// The fetcher `options` and the config's `ignition` section ask for.
+fn fetcher_for(config: &Config, options: &ApplyOptions) -> Result<Fetcher, ApplyError> {
+    let base = Fetcher::new(options.fetch.clone()).map_err(|source| ApplyError::Fetch {
+        field: "ApplyOptions.fetch.ca_pems".into(),
+        url: String::new(),
+        source: Box::new(source),
+    })?;
+    base.with_config(&config.ignition)
         .map_err(|e| ApplyError::Fetch {
             field: e.field,
             url: e.url,
             source: e.source,
-        })?;
+        })
+}
+
+/// Applies `config` (already merged and with references resolved) to the directory `root`,
+/// with the default [`ApplyOptions`].
+pub fn apply(config: &Config, root: &Path) -> Result<ApplyReport, ApplyError> {
+    apply_with(config, root, &ApplyOptions::default())
+}
+
+/// Applies `config` to the directory `root`. Stages in Ignition's order: disks (partitions),
+/// filesystems (with their mount units), filesystems with a `path` mounted below `root`, the
+/// files stage (accounts, files, directories, links, units), unmount, the result record.
+pub fn apply_with(
+    config: &Config,
+    root: &Path,
+    options: &ApplyOptions,
+) -> Result<ApplyReport, ApplyError> {
+    refuse_unsupported(config, options)?;
+    let fetcher = fetcher_for(config, options)?;
+    let luks_keys = storage::luks::fetch_keys(config, &fetcher)?;
     let (_staging, staged) = staging::stage_files(root, config, &fetcher)?;
+    storage::raid::check(config)?;
     let target = TargetRoot::new(root);
     let mut rec = Recorder {
         report: ApplyReport::default(),
     };
-    filesystems::apply_filesystems(&target, config, &mut rec)?;
-    users::apply_accounts(
-        &target,
-        &config.passwd.groups,
-        &config.passwd.users,
-        &mut rec,
-    )?;
-    files::apply_nodes(&target, &config.storage, &staged, &mut rec)?;
-    units::apply_units(&target, &config.systemd, &mut rec)?;
+    storage::apply_disks(config, options.device_wait, &mut rec)?;
+    storage::raid::apply_raid(&target, config, options.device_wait, &mut rec)?;
+    storage::luks::apply_luks(&target, config, &luks_keys, options.device_wait, &mut rec)?;
+    filesystems::apply_filesystems(&target, config, options.device_wait, &mut rec)?;
+    let mounted =
+        storage::mounts::mount_filesystems(&target, config, options.device_wait, &mut rec)?;
+    files_stage(&target, config, &staged, &mut rec)?;
+    mounted.unmount(&mut rec)?;
     write_result(&target, &mut rec)?;
     Ok(rec.report)
+}
+
+/// Ignition's files stage, with the configured filesystems mounted.
+fn files_stage(
+    target: &TargetRoot,
+    config: &Config,
+    staged: &[StagedFile],
+    rec: &mut Recorder,
+) -> Result<(), ApplyError> {
+    users::apply_accounts(target, &config.passwd.groups, &config.passwd.users, rec)?;
+    files::apply_nodes(target, &config.storage, staged, rec)?;
+    units::apply_units(target, &config.systemd, rec)?;
+    Ok(())
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (civil-from-days, proleptic Gregorian).
@@ -264,10 +355,10 @@ fn rfc3339_utc(secs: u64) -> String {
 }
 
 /// Writes `/etc/.ignition-result.json` (mode 0600) like Ignition, keeping a previous record as
-/// `previousReport`.
+/// `previousReport`. The previous record is read inside the root (a planted symlink to a host
+/// file reads the root's file of that name, not the host's).
 fn write_result(root: &TargetRoot, rec: &mut Recorder) -> Result<(), ApplyError> {
     const RESULT: &str = "/etc/.ignition-result.json";
-    let host = root.prepare_parent(RESULT)?;
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .unwrap_or_default()
         .trim()
@@ -281,17 +372,19 @@ fn write_result(root: &TargetRoot, rec: &mut Recorder) -> Result<(), ApplyError>
         "provisioningDate": rfc3339_utc(now),
         "userConfigProvided": true,
     });
-    if let Ok(previous) = std::fs::read(&host) {
+    if let Ok(Some(previous)) = root.read(RESULT) {
         if let Ok(previous) = serde_json::from_slice::<serde_json::Value>(&previous) {
             tracing::warn!("Ignition has already run on this system");
             record["previousReport"] = previous;
         }
     }
     let text = serde_json::to_string(&record).unwrap_or_default();
-    write_atomic(&host, text.as_bytes(), 0o600)?;
+    root.write_file(RESULT, text.as_bytes(), 0o600)?;
     rec.action(format!("wrote result record {RESULT}"));
     Ok(())
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

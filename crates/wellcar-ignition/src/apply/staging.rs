@@ -186,8 +186,16 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
-    use crate::fetch::tests::{Reply, Server};
+    use crate::apply::ApplyOptions;
+    use crate::fetch::tests::{quick_options, Reply, Server};
     use crate::fetch::{FetchError, FetchOptions};
+
+    fn online(fetch: FetchOptions) -> ApplyOptions {
+        ApplyOptions {
+            fetch,
+            ..ApplyOptions::default()
+        }
+    }
 
     fn root() -> tempfile::TempDir {
         let tmp = tempfile::tempdir().unwrap();
@@ -233,13 +241,12 @@ mod tests {
                 {{"path":"/etc/first","contents":{{"source":"data:,fine"}}}},
                 {{"path":"/var/bomb","contents":{{"source":"{url}","compression":"gzip"}}}}]}}}}"#
         ));
-        let fetcher = Fetcher::new(FetchOptions {
+        let options = online(FetchOptions {
             max_file_bytes: 8 << 20,
-            ..FetchOptions::default()
-        })
-        .unwrap();
+            ..quick_options()
+        });
         let before = peak_rss_kib();
-        let err = crate::apply::apply_with(&cfg, tmp.path(), &fetcher).unwrap_err();
+        let err = crate::apply::apply_with(&cfg, tmp.path(), &options).unwrap_err();
         let grown_mib = (peak_rss_kib() - before) / 1024;
         let msg = wellcar_contract::error_chain(&err);
         let ApplyError::Fetch { field, source, .. } = &err else {
@@ -279,8 +286,7 @@ mod tests {
             a = server.url("/a"),
             b = server.url("/b"),
         ));
-        let err = crate::apply::apply_with(&cfg, tmp.path(), &crate::fetch::tests::quick_fetcher())
-            .unwrap_err();
+        let err = crate::apply::apply_with(&cfg, tmp.path(), &online(quick_options())).unwrap_err();
         let msg = wellcar_contract::error_chain(&err);
         assert!(
             msg.contains("storage.files.1.append.0")
@@ -315,7 +321,7 @@ mod tests {
             a = server.url("/a"),
             b = server.url("/b"),
         ));
-        crate::apply::apply_with(&cfg, tmp.path(), &crate::fetch::tests::quick_fetcher()).unwrap();
+        crate::apply::apply_with(&cfg, tmp.path(), &online(quick_options())).unwrap();
         assert_eq!(
             fs::read_to_string(tmp.path().join("etc/new")).unwrap(),
             "contents\nfragment\ntail"

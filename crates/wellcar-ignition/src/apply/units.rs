@@ -17,15 +17,15 @@
 //!   `mask: false` removes such a link if present.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
-use wellcar_contract::PathIoError;
 
-use super::root::{write_atomic, TargetRoot};
+use rustix::fs::FileType;
+
+use super::root::TargetRoot;
 use super::{ApplyError, Recorder};
 use crate::model::{Systemd, Unit};
 use crate::unitfile::{parse_unit, InstallSection};
-use crate::validate::template_of;
+use crate::validate::{dropin_name_is_valid, template_of, unit_name_is_valid};
 
 const ETC_UNITS: &str = "/etc/systemd/system";
 const SEARCH_DIRS: [&str; 4] = [
@@ -36,36 +36,30 @@ const SEARCH_DIRS: [&str; 4] = [
 ];
 const PRESET_FILE: &str = "/etc/systemd/system-preset/20-ignition.preset";
 
-fn io_at(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ApplyError {
-    let path = path.to_path_buf();
-    move |source| ApplyError::Io(PathIoError::new(what, path, source))
+fn write_text(root: &TargetRoot, path: &str, contents: &str) -> Result<(), ApplyError> {
+    root.write_file(path, contents.as_bytes(), 0o644).map(drop)
 }
 
-fn write_text(root: &TargetRoot, path: &str, contents: &str) -> Result<(), ApplyError> {
-    let host = root.prepare_parent(path)?;
-    write_atomic(&host, contents.as_bytes(), 0o644)
+/// Whether the node at `path` is a symlink to `target`.
+fn links_to(root: &TargetRoot, path: &str, target: &str) -> bool {
+    root.read_link(path).is_some_and(|t| t == Path::new(target))
 }
 
 /// Replaces whatever non-directory is at `path` by a symlink to `target`.
 fn force_symlink(root: &TargetRoot, path: &str, target: &str) -> Result<bool, ApplyError> {
     let host = root.prepare_parent(path)?;
-    match fs::symlink_metadata(&host) {
-        Ok(m) if m.file_type().is_symlink() => {
-            if fs::read_link(&host).is_ok_and(|t| t == Path::new(target)) {
-                return Ok(false);
-            }
-            fs::remove_file(&host).map_err(io_at("removing", &host))?;
-        }
-        Ok(m) if m.is_dir() => {
+    match root.file_type(path) {
+        Some(FileType::Symlink) if links_to(root, path, target) => return Ok(false),
+        Some(FileType::Directory) => {
             return Err(ApplyError::NotADirectory {
                 path: path.to_string(),
                 host,
             })
         }
-        Ok(_) => fs::remove_file(&host).map_err(io_at("removing", &host))?,
-        Err(_) => {}
+        Some(_) => root.remove_link(path)?,
+        None => {}
     }
-    std::os::unix::fs::symlink(target, &host).map_err(io_at("creating symlink", &host))?;
+    root.symlink(path, target)?;
     Ok(true)
 }
 
@@ -95,13 +89,10 @@ fn find_install(
         }
         for dir in SEARCH_DIRS {
             let path = format!("{dir}/{candidate}");
-            let Ok(host) = root.resolve(&path, true) else {
+            // Absent, not a regular file or unreadable: look further, as systemctl would.
+            let Ok(Some(text)) = root.read_to_string(&path) else {
                 continue;
             };
-            if !host.is_file() {
-                continue;
-            }
-            let text = fs::read_to_string(&host).ok()?;
             let install = parse_unit(&text)
                 .ok()
                 .as_deref()
@@ -119,12 +110,7 @@ fn enable(
     name: &str,
     depth: usize,
 ) -> Result<(), ApplyError> {
-    let masked = root
-        .resolve(&format!("{ETC_UNITS}/{name}"), false)
-        .ok()
-        .and_then(|h| fs::read_link(h).ok())
-        .is_some_and(|t| t == Path::new("/dev/null"));
-    if masked {
+    if links_to(root, &format!("{ETC_UNITS}/{name}"), "/dev/null") {
         rec.action(format!("not enabling masked unit {name}"));
         return Ok(());
     }
@@ -153,21 +139,22 @@ fn enable(
         ("upholds", &install.upheld_by),
     ];
     for (suffix, targets) in groups {
-        for target in targets {
+        for target in targets.iter().filter(|t| unit_name_is_valid(t)) {
             let link = format!("{ETC_UNITS}/{target}.{suffix}/{link_name}");
             if force_symlink(root, &link, &unit_path)? {
                 rec.action(format!("enabled {name}: {link} -> {unit_path}"));
             }
         }
     }
-    for alias in &install.alias {
+    // Install-section names come from files in the target: only valid unit names are linked.
+    for alias in install.alias.iter().filter(|a| unit_name_is_valid(a)) {
         let link = format!("{ETC_UNITS}/{alias}");
         if link != unit_path && force_symlink(root, &link, &unit_path)? {
             rec.action(format!("aliased {name}: {link} -> {unit_path}"));
         }
     }
     if depth < 8 {
-        for also in &install.also {
+        for also in install.also.iter().filter(|a| unit_name_is_valid(a)) {
             enable(root, config, rec, also, depth + 1)?;
         }
     }
@@ -180,33 +167,28 @@ fn disable(
     rec: &mut Recorder,
     name: &str,
 ) -> Result<(), ApplyError> {
-    let Ok(etc) = root.resolve(ETC_UNITS, true) else {
-        return Ok(());
-    };
-    let Ok(dir) = fs::read_dir(&etc) else {
-        return Ok(());
-    };
-    for entry in dir.filter_map(Result::ok) {
-        let dir_name = entry.file_name().to_string_lossy().into_owned();
-        if !(dir_name.ends_with(".wants")
-            || dir_name.ends_with(".requires")
-            || dir_name.ends_with(".upholds"))
+    // Only real directories: a planted `evil.wants -> /somewhere` symlink is not a wants
+    // directory (and every removal below resolves inside the root anyway).
+    for (dir_name, ty) in root.list_dir(ETC_UNITS)? {
+        let dir_name = dir_name.to_string_lossy();
+        if ty != FileType::Directory
+            || !(dir_name.ends_with(".wants")
+                || dir_name.ends_with(".requires")
+                || dir_name.ends_with(".upholds"))
         {
             continue;
         }
-        let link = entry.path().join(name);
-        if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
-            fs::remove_file(&link).map_err(io_at("removing", &link))?;
-            rec.action(format!(
-                "disabled {name}: removed {ETC_UNITS}/{dir_name}/{name}"
-            ));
+        let link = format!("{ETC_UNITS}/{dir_name}/{name}");
+        if root.file_type(&link) == Some(FileType::Symlink) {
+            root.remove_link(&link)?;
+            rec.action(format!("disabled {name}: removed {link}"));
         }
     }
     if let Some((unit_path, install)) = find_install(root, config, name) {
-        for alias in install.alias {
-            let host = etc.join(&alias);
-            if fs::read_link(&host).is_ok_and(|t| t == Path::new(&unit_path)) {
-                fs::remove_file(&host).map_err(io_at("removing", &host))?;
+        for alias in install.alias.iter().filter(|a| unit_name_is_valid(a)) {
+            let link = format!("{ETC_UNITS}/{alias}");
+            if links_to(root, &link, &unit_path) {
+                root.remove_link(&link)?;
                 rec.action(format!("disabled {name}: removed alias {alias}"));
             }
         }
@@ -251,6 +233,25 @@ pub(crate) fn apply_units(
     systemd: &Systemd,
     rec: &mut Recorder,
 ) -> Result<(), ApplyError> {
+    // Validation refuses these already; the applier re-checks, since every name becomes a path.
+    for (i, u) in systemd.units.iter().enumerate() {
+        if !unit_name_is_valid(&u.name) {
+            return Err(ApplyError::InvalidField {
+                field: format!("systemd.units.{i}.name"),
+                reason: format!("{:?} is not a valid systemd unit name", u.name),
+            });
+        }
+        if let Some(j) = u
+            .dropins
+            .iter()
+            .position(|d| !dropin_name_is_valid(&d.name))
+        {
+            return Err(ApplyError::InvalidField {
+                field: format!("systemd.units.{i}.dropins.{j}.name"),
+                reason: format!("{:?} is not a valid drop-in name", u.dropins[j].name),
+            });
+        }
+    }
     for u in &systemd.units {
         for d in &u.dropins {
             if let Some(contents) = &d.contents {
@@ -270,9 +271,9 @@ pub(crate) fn apply_units(
                 rec.action(format!("masked {}", u.name));
             }
             Some(false) => {
-                let host = root.resolve(&format!("{ETC_UNITS}/{}", u.name), false)?;
-                if fs::read_link(&host).is_ok_and(|t| t == Path::new("/dev/null")) {
-                    fs::remove_file(&host).map_err(io_at("removing", &host))?;
+                let path = format!("{ETC_UNITS}/{}", u.name);
+                if links_to(root, &path, "/dev/null") {
+                    root.remove_link(&path)?;
                     rec.action(format!("unmasked {}", u.name));
                 }
             }
@@ -288,13 +289,12 @@ pub(crate) fn apply_units(
     }
     let lines = preset_lines(&systemd.units);
     if !lines.is_empty() {
-        let host = root.prepare_parent(PRESET_FILE)?;
-        let mut text = fs::read_to_string(&host).unwrap_or_default();
+        let mut text = root.read_to_string(PRESET_FILE)?.unwrap_or_default();
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
         text.push_str(&lines);
-        write_atomic(&host, text.as_bytes(), 0o644)?;
+        root.write_file(PRESET_FILE, text.as_bytes(), 0o644)?;
         rec.action(format!("wrote presets to {PRESET_FILE}"));
     }
     Ok(())

@@ -12,14 +12,18 @@
 //!   user); `~/.ssh/authorized_keys` is regenerated from all fragments the way Flatcar's
 //!   `update-ssh-keys` does, so sshd finds the keys whichever file it reads.
 //! - Every database file is replaced atomically, keeping its mode and owner.
+//! - Every read, write, move and removal (databases, homes, `/etc/skel`, ssh keys) goes through
+//!   [`TargetRoot`]'s kernel-confined calls, so a symlink planted in the root (e.g.
+//!   `~/.ssh/authorized_keys -> /etc/shadow`) resolves inside the root.
+//! - Names and fields are checked first ([`crate::validate::account_problems`]): nothing with a
+//!   `:` or newline reaches a database line.
 
 use std::collections::HashMap;
-use std::fs;
-use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::Path;
-use wellcar_contract::PathIoError;
 
-use super::root::{write_atomic, TargetRoot};
+use rustix::fs::FileType;
+
+use super::root::TargetRoot;
 use super::{ApplyError, Recorder};
 use crate::model::{PasswdGroup, PasswdUser};
 
@@ -34,11 +38,9 @@ pub(crate) struct Table {
 
 impl Table {
     pub(crate) fn load(root: &TargetRoot, path: &'static str) -> Result<Self, ApplyError> {
-        let host = root.resolve(path, true)?;
-        let (text, present) = match fs::read_to_string(&host) {
-            Ok(t) => (t, true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), false),
-            Err(source) => return Err(ApplyError::Io(PathIoError::new("reading", host, source))),
+        let (text, present) = match root.read_to_string(path)? {
+            Some(t) => (t, true),
+            None => (String::new(), false),
         };
         let lines = text
             .lines()
@@ -92,26 +94,23 @@ impl Table {
         if !self.changed || (!self.present && self.lines.is_empty()) {
             return Ok(());
         }
-        let host = root.resolve(self.path, true)?;
-        let meta = fs::metadata(&host).ok();
+        let meta = root.stat(self.path);
         let mode = meta.as_ref().map_or(
             if self.path.contains("shadow") {
                 0o640
             } else {
                 0o644
             },
-            |m| m.mode() & 0o7777,
+            |m| m.st_mode & 0o7777,
         );
         let mut text = String::new();
         for l in &self.lines {
             text.push_str(&l.join(":"));
             text.push('\n');
         }
-        write_atomic(&host, text.as_bytes(), mode)?;
+        let file = root.write_file(self.path, text.as_bytes(), mode)?;
         if let Some(m) = meta {
-            chown(&host, Some(m.uid()), Some(m.gid())).map_err(|source| {
-                ApplyError::Io(PathIoError::new("restoring owner of", host.clone(), source))
-            })?;
+            TargetRoot::chown(&file, Path::new(self.path), m.st_uid, m.st_gid)?;
         }
         Ok(())
     }
@@ -128,10 +127,7 @@ pub(crate) struct Accounts {
 }
 
 fn read_kv(root: &TargetRoot, path: &str, sep: char) -> HashMap<String, String> {
-    let Ok(host) = root.resolve(path, true) else {
-        return HashMap::new();
-    };
-    let text = fs::read_to_string(host).unwrap_or_default();
+    let text = root.read_to_string(path).ok().flatten().unwrap_or_default();
     text.lines()
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
@@ -356,30 +352,37 @@ fn delete_user(
         let host = root.resolve(home, false)?;
         // A home of "/.." or similar resolves to the root itself: never remove that.
         let is_root = host == root.resolve("/", true)?;
-        if !is_root && fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&host).map_err(|source| {
-                ApplyError::Io(PathIoError::new("removing home", host, source))
-            })?;
+        if !is_root && root.file_type(home) == Some(FileType::Directory) {
+            root.remove_dir_all(home)?;
         }
     }
     rec.action(format!("deleted user {name:?}"));
     Ok(())
 }
 
-fn copy_skel(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let ty = entry.file_type()?;
-        let to = dst.join(entry.file_name());
-        if ty.is_dir() {
-            fs::create_dir(&to)?;
-            copy_skel(&entry.path(), &to, uid, gid)?;
-        } else if ty.is_file() {
-            fs::copy(entry.path(), &to)?;
-        } else {
-            continue;
+/// Copies the regular files and directories of `/etc/skel` into `dst`, owned by the user; both
+/// trees are read and written inside the root, symlinks in the skeleton are skipped.
+fn copy_skel(
+    root: &TargetRoot,
+    src: &str,
+    dst: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<(), ApplyError> {
+    for (name, ty) in root.list_dir(src)? {
+        let name = name.to_string_lossy();
+        let (from, to) = (format!("{src}/{name}"), format!("{dst}/{name}"));
+        if ty == FileType::Directory {
+            let mode = root.stat(&from).map_or(0o755, |m| m.st_mode & 0o7777);
+            root.mkdir(&to, mode)?;
+            copy_skel(root, &from, &to, uid, gid)?;
+            root.set_dir_owner_mode(&to, None, uid, gid)?;
+        } else if ty == FileType::RegularFile {
+            let mode = root.stat(&from).map_or(0o644, |m| m.st_mode & 0o7777);
+            let data = root.read(&from)?.unwrap_or_default();
+            let file = root.write_file(&to, &data, mode)?;
+            TargetRoot::chown(&file, Path::new(&to), uid, gid)?;
         }
-        std::os::unix::fs::lchown(&to, Some(uid), Some(gid))?;
     }
     Ok(())
 }
@@ -416,14 +419,12 @@ fn user_stage(
         }
         if let Some(home) = &u.home_dir {
             if *home != line[5] {
-                let old = root.resolve(&line[5], false)?;
-                let new = root.prepare_parent(home)?;
-                if fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir())
-                    && fs::symlink_metadata(&new).is_err()
+                root.prepare_parent(home)?;
+                if line[5].starts_with('/')
+                    && root.file_type(&line[5]) == Some(FileType::Directory)
+                    && root.file_type(home).is_none()
                 {
-                    fs::rename(&old, &new).map_err(|source| {
-                        ApplyError::Io(PathIoError::new("moving home to", new, source))
-                    })?;
+                    root.rename(&line[5], home)?;
                 }
                 line[5] = home.clone();
             }
@@ -527,30 +528,15 @@ fn user_stage(
             String::new(),
         ]);
         if u.no_create_home != Some(true) {
-            let host = root.prepare_parent(&home)?;
-            if fs::symlink_metadata(&host).is_err() {
+            root.prepare_parent(&home)?;
+            if root.file_type(&home).is_none() {
                 let umask = acc.def("UMASK", 0o022);
                 let mode = acc.def("HOME_MODE", 0o777 & !umask) as u32;
-                fs::create_dir(&host).map_err(|source| {
-                    ApplyError::Io(PathIoError::new("creating home", host.clone(), source))
-                })?;
-                fs::set_permissions(&host, fs::Permissions::from_mode(mode)).map_err(|source| {
-                    ApplyError::Io(PathIoError::new("setting mode of", host.clone(), source))
-                })?;
-                if let Ok(skel) = root.resolve("/etc/skel", true) {
-                    if skel.is_dir() {
-                        copy_skel(&skel, &host, uid as u32, gid as u32).map_err(|source| {
-                            ApplyError::Io(PathIoError::new(
-                                "copying /etc/skel to",
-                                host.clone(),
-                                source,
-                            ))
-                        })?;
-                    }
+                root.mkdir(&home, mode)?;
+                if root.file_type("/etc/skel") == Some(FileType::Directory) {
+                    copy_skel(root, "/etc/skel", &home, uid as u32, gid as u32)?;
                 }
-                chown(&host, Some(uid as u32), Some(gid as u32)).map_err(|source| {
-                    ApplyError::Io(PathIoError::new("changing owner of", host.clone(), source))
-                })?;
+                root.set_dir_owner_mode(&home, None, uid as u32, gid as u32)?;
             }
         }
         rec.action(format!(
@@ -588,57 +574,46 @@ fn write_ssh_keys(
     gid: u32,
     keys: &[String],
 ) -> Result<(), ApplyError> {
-    let io = |what: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ApplyError::Io(PathIoError::new(what, path, source))
-    };
     let ssh_dir = format!("{}/.ssh", home.trim_end_matches('/'));
     let frag_dir = format!("{ssh_dir}/authorized_keys.d");
     for dir in [&ssh_dir, &frag_dir] {
-        let host = root.create_dir_all(dir)?;
-        fs::set_permissions(&host, fs::Permissions::from_mode(0o700))
-            .map_err(io("setting mode of", &host))?;
-        chown(&host, Some(uid), Some(gid)).map_err(io("changing owner of", &host))?;
+        root.create_dir_all(dir)?;
+        root.set_dir_owner_mode(dir, Some(0o700), uid, gid)?;
     }
-    let frag_host = root.create_dir_all(&frag_dir)?;
-    let ak_host = root.resolve(&format!("{ssh_dir}/authorized_keys"), false)?;
-    // A hand-written authorized_keys is kept as a fragment before being regenerated.
-    if let Ok(existing) = fs::read_to_string(&ak_host) {
-        if !existing.starts_with(GENERATED_HEADER)
-            && fs::symlink_metadata(frag_host.join("old_authorized_keys")).is_err()
-        {
-            write_atomic(
-                &frag_host.join("old_authorized_keys"),
-                existing.as_bytes(),
-                0o600,
-            )?;
-            chown(frag_host.join("old_authorized_keys"), Some(uid), Some(gid))
-                .map_err(io("changing owner of", &frag_host))?;
+    let ak_path = format!("{ssh_dir}/authorized_keys");
+    let write_owned = |path: &str, text: &str| -> Result<(), ApplyError> {
+        let file = root.write_file(path, text.as_bytes(), 0o600)?;
+        TargetRoot::chown(&file, Path::new(path), uid, gid)
+    };
+    // A hand-written authorized_keys is kept as a fragment before being regenerated. Reads
+    // resolve inside the root: a planted link to a host file reads the root's file instead.
+    let old_fragment = format!("{frag_dir}/old_authorized_keys");
+    if let Some(existing) = root.read_to_string(&ak_path)? {
+        if !existing.starts_with(GENERATED_HEADER) && root.file_type(&old_fragment).is_none() {
+            write_owned(&old_fragment, &existing)?;
         }
     }
-    let fragment = frag_host.join("ignition");
     let mut text = keys.join("\n");
     text.push('\n');
-    write_atomic(&fragment, text.as_bytes(), 0o600)?;
-    chown(&fragment, Some(uid), Some(gid)).map_err(io("changing owner of", &fragment))?;
-    let mut names: Vec<_> = fs::read_dir(&frag_host)
-        .map_err(io("listing", &frag_host))?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name())
+    write_owned(&format!("{frag_dir}/ignition"), &text)?;
+    // Only regular files are fragments (not symlinks, wherever they point).
+    let mut names: Vec<_> = root
+        .list_dir(&frag_dir)?
+        .into_iter()
+        .filter(|(_, ty)| *ty == FileType::RegularFile)
+        .map(|(n, _)| n)
         .collect();
     names.sort();
     let mut combined = GENERATED_HEADER.to_string();
     for n in names {
-        let body =
-            fs::read_to_string(frag_host.join(&n)).map_err(io("reading", &frag_host.join(&n)))?;
+        let path = format!("{frag_dir}/{}", n.to_string_lossy());
+        let body = root.read_to_string(&path)?.unwrap_or_default();
         combined.push_str(&body);
         if !body.ends_with('\n') {
             combined.push('\n');
         }
     }
-    write_atomic(&ak_host, combined.as_bytes(), 0o600)?;
-    chown(&ak_host, Some(uid), Some(gid)).map_err(io("changing owner of", &ak_host))?;
+    write_owned(&ak_path, &combined)?;
     rec.action(format!(
         "wrote {} ssh key(s) for {user:?} to {frag_dir}/ignition and {ssh_dir}/authorized_keys",
         keys.len()
@@ -655,6 +630,17 @@ pub(crate) fn apply_accounts(
 ) -> Result<(), ApplyError> {
     if groups.is_empty() && users.is_empty() {
         return Ok(());
+    }
+    // Validation refuses these already; the applier re-checks before writing any database line.
+    let passwd = crate::model::Passwd {
+        groups: groups.to_vec(),
+        users: users.to_vec(),
+    };
+    if let Some((field, reason)) = crate::validate::account_problems(&passwd)
+        .into_iter()
+        .next()
+    {
+        return Err(ApplyError::InvalidField { field, reason });
     }
     let mut acc = Accounts::load(root)?;
     for (i, g) in groups.iter().enumerate() {

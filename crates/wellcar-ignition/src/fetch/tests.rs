@@ -228,17 +228,21 @@ pub(crate) fn resource(url: &str) -> Resource {
     }
 }
 
-/// A fetcher that gives up quickly, for failure cases.
-pub(crate) fn quick_fetcher() -> Fetcher {
-    Fetcher::new(FetchOptions {
+/// Options that give up quickly, for failure cases.
+pub(crate) fn quick_options() -> FetchOptions {
+    FetchOptions {
         retry: RetryPolicy {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(100),
             give_up_after: Some(Duration::from_secs(2)),
         },
         ..FetchOptions::default()
-    })
-    .unwrap()
+    }
+}
+
+/// A fetcher with [`quick_options`].
+pub(crate) fn quick_fetcher() -> Fetcher {
+    Fetcher::new(quick_options()).unwrap()
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -12,11 +12,15 @@
 //! (`duplicates`). This module holds the entry points, the path and URL helpers other modules
 //! share, and the `Validator` that collects the findings.
 
+mod accounts;
 mod conflicts;
 mod duplicates;
 mod ignition;
 mod storage;
 mod units;
+
+pub(crate) use accounts::account_problems;
+pub(crate) use units::{dropin_name_is_valid, unit_name_is_valid};
 
 use crate::model::Config;
 use crate::report::Entry;
@@ -36,6 +40,7 @@ pub(crate) fn validate_for_spec(config: &Config, spec: Spec) -> Vec<Entry> {
     v.ignition(&config.ignition);
     v.storage(&config.storage);
     v.units(&config.systemd);
+    v.accounts(&config.passwd);
     v.node_conflicts(config);
     v.duplicates(config);
     v.out

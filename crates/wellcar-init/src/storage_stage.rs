@@ -1,0 +1,191 @@
+//! First-boot support for Ignition's storage and kernel-argument sections.
+//!
+//! Contract:
+//! - [`apply_kernel_arguments`] mounts the OEM partition (ext4) read-write, edits its
+//!   `grub.cfg` with [`wellcar_ignition::kargs::edit_grub_cfg`] (the file is replaced atomically
+//!   and synced), unmounts it and says whether it changed. The caller then reboots once; the
+//!   first-boot flag is still on the ESP, so the next boot provisions again, finds nothing to
+//!   change and goes on with the kernel arguments in effect.
+//! - [`link_usr_tools`] makes the storage tools of the verity `/usr` (mkfs.*, mkswap, wipefs,
+//!   blkid, partx, mount, cryptsetup, mdadm) runnable from the initramfs without carrying them:
+//!   the sysroot's `/usr` tree is merged into the initramfs's by symlinks (entries the initramfs
+//!   already has stay), `/lib`, `/lib64`, `/bin`, `/sbin` point into `/usr` as on a merged-/usr
+//!   system, so the dynamic loader and libraries resolve, and `PATH` is set when absent. The
+//!   initramfs grows by nothing; the links go with it at switch-root.
+
+use std::path::{Path, PathBuf};
+
+use rustix::mount::{MountFlags, UnmountFlags};
+use wellcar_contract::PathIoError;
+use wellcar_ignition::kargs::{edit_grub_cfg, KargsError};
+use wellcar_ignition::model::KernelArguments;
+
+/// How deep [`link_usr_tools`] merges directories that exist on both sides.
+const MERGE_DEPTH: usize = 4;
+
+/// Why the storage support failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageStageError {
+    /// An I/O operation on a path failed.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
+    /// Mounting the OEM partition failed.
+    #[error(transparent)]
+    Mount(#[from] crate::sysroot::SysrootError),
+    /// The OEM partition holds no ext4 filesystem, so there is no grub.cfg to edit.
+    #[error("kernelArguments: the OEM partition {0} holds no ext4 filesystem to keep grub.cfg on")]
+    NoOemFilesystem(PathBuf),
+    /// An argument cannot be written.
+    #[error(transparent)]
+    Kargs(#[from] KargsError),
+}
+
+/// Applies `args` to `grub.cfg` on the OEM partition `device`; `true` when it changed.
+pub fn apply_kernel_arguments(
+    device: &Path,
+    mount_point: &Path,
+    args: &KernelArguments,
+) -> Result<bool, StorageStageError> {
+    if crate::disk::ext4_identity(device).is_none() {
+        return Err(StorageStageError::NoOemFilesystem(device.to_path_buf()));
+    }
+    std::fs::create_dir_all(mount_point)
+        .map_err(|source| PathIoError::new("creating", mount_point.to_path_buf(), source))?;
+    crate::sysroot::mount(
+        &device.display().to_string(),
+        mount_point,
+        "ext4",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )?;
+    let result = edit_in_place(&mount_point.join("grub.cfg"), args);
+    let _ = rustix::mount::unmount(mount_point, UnmountFlags::empty());
+    result
+}
+
+/// Edits the `grub.cfg` at `path` (missing = empty); `true` when it changed.
+pub fn edit_in_place(path: &Path, args: &KernelArguments) -> Result<bool, StorageStageError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(PathIoError::new("reading", path.to_path_buf(), source).into()),
+    };
+    let edit = edit_grub_cfg(&text, args)?;
+    if edit.reboot_needed {
+        wellcar_contract::atomic_file::write(path, edit.text.as_bytes(), 0o644)
+            .map_err(|source| PathIoError::new("writing", path.to_path_buf(), source))?;
+    }
+    Ok(edit.reboot_needed)
+}
+
+fn merge(dst: &Path, src: &Path, depth: usize) -> Result<(), StorageStageError> {
+    match std::fs::symlink_metadata(dst) {
+        Err(_) => std::os::unix::fs::symlink(src, dst)
+            .map_err(|source| PathIoError::new("linking", dst.to_path_buf(), source).into()),
+        Ok(meta) if meta.is_dir() && src.is_dir() && depth > 0 => {
+            let entries = std::fs::read_dir(src)
+                .map_err(|source| PathIoError::new("listing", src.to_path_buf(), source))?;
+            for entry in entries.flatten() {
+                merge(&dst.join(entry.file_name()), &entry.path(), depth - 1)?;
+            }
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Makes `sysroot`'s `/usr` tools runnable from the initramfs rooted at `initramfs_root`.
+pub fn link_usr_tools(initramfs_root: &Path, sysroot: &Path) -> Result<(), StorageStageError> {
+    let usr = initramfs_root.join("usr");
+    if !usr.exists() {
+        std::fs::create_dir_all(&usr)
+            .map_err(|source| PathIoError::new("creating", usr.clone(), source))?;
+    }
+    merge(&usr, &sysroot.join("usr"), MERGE_DEPTH)?;
+    for name in ["lib", "lib64", "bin", "sbin"] {
+        merge(
+            &initramfs_root.join(name),
+            Path::new(&format!("usr/{name}")),
+            0,
+        )?;
+    }
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_arguments_are_written_once_and_the_second_boot_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("grub.cfg");
+        std::fs::write(
+            &cfg,
+            "set oem_id=\"qemu\"\nset linux_append=\"wellcar.autologin\"\n",
+        )
+        .unwrap();
+        let args = KernelArguments {
+            should_exist: vec!["nosmt".into()],
+            should_not_exist: vec!["wellcar.autologin".into()],
+        };
+        assert!(edit_in_place(&cfg, &args).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&cfg).unwrap(),
+            "set oem_id=\"qemu\"\nset linux_append=\"nosmt\"\n"
+        );
+        assert!(!edit_in_place(&cfg, &args).unwrap());
+        let bad = KernelArguments {
+            should_exist: vec!["x\"y".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            edit_in_place(&cfg, &bad),
+            Err(StorageStageError::Kargs(_))
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&cfg).unwrap(),
+            "set oem_id=\"qemu\"\nset linux_append=\"nosmt\"\n"
+        );
+    }
+
+    #[test]
+    fn the_sysroot_usr_is_merged_into_the_initramfs_without_replacing_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let initramfs = dir.path().join("initramfs");
+        let sysroot = dir.path().join("sysroot");
+        std::fs::create_dir_all(initramfs.join("usr/lib/modules/6.1")).unwrap();
+        std::fs::create_dir_all(sysroot.join("usr/lib/modules/6.1")).unwrap();
+        std::fs::create_dir_all(sysroot.join("usr/lib/x86_64-linux-gnu")).unwrap();
+        std::fs::create_dir_all(sysroot.join("usr/sbin")).unwrap();
+        std::fs::write(sysroot.join("usr/sbin/mkfs.ext4"), "elf").unwrap();
+        std::fs::write(sysroot.join("usr/lib/x86_64-linux-gnu/libc.so.6"), "lib").unwrap();
+        std::fs::write(initramfs.join("usr/lib/modules/6.1/erofs.ko"), "ko").unwrap();
+        link_usr_tools(&initramfs, &sysroot).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(initramfs.join("usr/sbin/mkfs.ext4")).unwrap(),
+            "elf"
+        );
+        assert_eq!(
+            std::fs::read_to_string(initramfs.join("lib/x86_64-linux-gnu/libc.so.6")).unwrap(),
+            "lib"
+        );
+        assert_eq!(
+            std::fs::read_link(initramfs.join("sbin")).unwrap(),
+            Path::new("usr/sbin")
+        );
+        assert!(
+            !initramfs.join("usr/lib").is_symlink(),
+            "the initramfs's own /usr/lib was replaced"
+        );
+        assert_eq!(
+            std::fs::read_to_string(initramfs.join("usr/lib/modules/6.1/erofs.ko")).unwrap(),
+            "ko"
+        );
+        // A second call (second boot, or a retry) is harmless.
+        link_usr_tools(&initramfs, &sysroot).unwrap();
+    }
+}
