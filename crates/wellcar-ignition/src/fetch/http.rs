@@ -9,9 +9,9 @@ use wellcar_http::ureq;
 
 use super::{short_url, FetchError, Fetcher, ProxySettings};
 
-/// The proxy for `url` under `settings`, as Go's `httpproxy.Config.ProxyFunc`: by scheme, then
-/// `noProxy` (and never for loopback hosts named `localhost`... Go skips only when the request
-/// host is `localhost` or a loopback IP; so do we).
+/// The proxy for a request to `host` over `scheme` under `settings`, as Go's
+/// `httpproxy.Config.ProxyFunc`: chosen by scheme, never used for `localhost` or a loopback IP,
+/// and skipped for hosts matching a `noProxy` entry.
 pub(crate) fn proxy_for<'s>(
     settings: &'s ProxySettings,
     scheme: &str,
