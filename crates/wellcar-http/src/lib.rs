@@ -21,7 +21,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use ureq;
+use ureq::config::ConfigBuilder;
 use ureq::tls::{Certificate, ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
+use ureq::typestate::AgentScope;
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -112,20 +115,10 @@ pub fn read_pem_certificates(path: &Path) -> Result<Vec<Certificate<'static>>, S
         path: path.to_owned(),
         source,
     })?;
-    let invalid = |reason: String| SetupError::CaFileInvalid {
+    parse_pem_certificates(&bytes).map_err(|reason| SetupError::CaFileInvalid {
         path: path.to_owned(),
         reason,
-    };
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&bytes) {
-        if let PemItem::Certificate(c) = item.map_err(|e| invalid(e.to_string()))? {
-            certs.push(c);
-        }
-    }
-    if certs.is_empty() {
-        return Err(invalid("no PEM certificate in it".into()));
-    }
-    Ok(certs)
+    })
 }
 
 /// Reads a client identity's certificate chain and private key.
@@ -202,11 +195,54 @@ pub fn system_client(options: &ClientOptions) -> ureq::Agent {
     build(options, &system_roots(), None)
 }
 
+/// Every certificate of PEM `bytes` (other PEM items are skipped); an error says what was
+/// wrong (not PEM, or no certificate in it).
+pub fn parse_pem_certificates(bytes: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(bytes) {
+        if let PemItem::Certificate(c) = item.map_err(|e| e.to_string())? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
+}
+
+/// The configuration [`client`] builds, not yet built: the system store plus
+/// [`ClientOptions::ca_file`] plus `extra_roots` are trusted, and the client identity, timeouts,
+/// user agent and pool size of `options` are set. Callers add settings and call `.build()`.
+pub fn config_builder(
+    options: &ClientOptions,
+    extra_roots: &[Certificate<'static>],
+) -> Result<ConfigBuilder<AgentScope>, SetupError> {
+    let mut roots = system_roots();
+    if let Some(path) = &options.ca_file {
+        roots.extend(read_pem_certificates(path)?);
+    }
+    roots.extend(extra_roots.iter().cloned());
+    let identity = options
+        .client_identity
+        .as_ref()
+        .map(read_client_identity)
+        .transpose()?;
+    Ok(builder(options, &roots, identity))
+}
+
 fn build(
     options: &ClientOptions,
     roots: &[Certificate<'static>],
     identity: Option<ClientCert>,
 ) -> ureq::Agent {
+    builder(options, roots, identity).build().into()
+}
+
+fn builder(
+    options: &ClientOptions,
+    roots: &[Certificate<'static>],
+    identity: Option<ClientCert>,
+) -> ConfigBuilder<AgentScope> {
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::new_with_certs(roots))
@@ -220,8 +256,6 @@ fn build(
         .user_agent(options.user_agent.as_str())
         .max_idle_connections(options.idle_connections)
         .max_idle_connections_per_host(options.idle_connections)
-        .build()
-        .into()
 }
 
 #[cfg(test)]

@@ -6,9 +6,12 @@
 //!    ([`Config`]); Ignition's validation rules and messages, each naming its JSON path; unknown
 //!    keys are warnings.
 //! 2. [`merge()`]: base configs and the user config, child over parent.
-//! 3. [`resolve_references`]: `ignition.config.replace` / `ignition.config.merge` (`data:` URLs;
-//!    remote URLs fail with a message naming the URL because this stage has no network),
-//!    at most [`MAX_REFERENCE_DEPTH`] levels deep and [`MAX_REFERENCED_CONFIGS`] configs in all.
+//! 3. [`resolve_references_with`]: `ignition.config.replace` / `ignition.config.merge`, fetched
+//!    with a [`fetch::Fetcher`] (http, https, tftp, data; each config level's `ignition` section
+//!    sets the proxy, timeouts and CAs for its own references, as Ignition does), each capped at
+//!    [`fetch::MAX_CONFIG_BYTES`], at most [`MAX_REFERENCE_DEPTH`] levels deep and
+//!    [`MAX_REFERENCED_CONFIGS`] configs in all. [`resolve_references`] is the offline form
+//!    (data: URLs only; remote URLs fail naming the URL).
 //! 4. [`apply()`] / [`apply_with`]: partitions (GPT), RAID (mdadm), LUKS (cryptsetup, with
 //!    `/etc/crypttab`), filesystems (mkfs + mount units) and, with them mounted below the
 //!    target root, users and groups, files, directories, links, systemd units, ssh keys and the
@@ -172,6 +175,15 @@ pub enum ResolveError {
         /// JSON path of the reference that went too deep.
         field: String,
     },
+    /// A config's `ignition` section (CAs, proxy, timeouts) could not be applied.
+    #[error("applying the fetch settings of {config}")]
+    Settings {
+        /// Reference chain of the config whose settings failed (`ignition` for the top config).
+        config: String,
+        /// The failure (names the field and URL).
+        #[source]
+        source: Box<fetch::SettingsError>,
+    },
     /// More configs referenced, over all levels, than [`MAX_REFERENCED_CONFIGS`].
     #[error("more than {MAX_REFERENCED_CONFIGS} configs referenced through ignition.config (counted over all levels) at {field}")]
     TooMany {
@@ -200,9 +212,20 @@ pub const MAX_REFERENCED_CONFIGS: usize = 64;
 /// replace source replaces the whole config (its merge list is ignored); otherwise each merge
 /// reference is fetched, verified, parsed (any supported version), rendered recursively and
 /// merged on top, in order. The result has no references left and is re-validated.
+///
+/// Offline: only `data:` references resolve; see [`resolve_references_with`].
 pub fn resolve_references(config: Config) -> Result<Config, ResolveError> {
+    resolve_references_with(config, &fetch::Fetcher::offline())
+}
+
+/// [`resolve_references`] fetching with `base` (proxy, timeouts, CAs and retry policy of the
+/// platform), each config's own `ignition` section applied on top for its references.
+pub fn resolve_references_with(
+    config: Config,
+    base: &fetch::Fetcher,
+) -> Result<Config, ResolveError> {
     let mut referenced = 0;
-    let rendered = render(config, 0, "", &mut referenced)?;
+    let rendered = render(config, 0, "", &mut referenced, base)?;
     let errors: Vec<Entry> = validate::validate(&rendered)
         .into_iter()
         .filter(Entry::is_error)
@@ -214,6 +237,7 @@ pub fn resolve_references(config: Config) -> Result<Config, ResolveError> {
 }
 
 fn fetch_config(
+    fetcher: &fetch::Fetcher,
     resource: &model::Resource,
     field: &str,
     referenced: &mut usize,
@@ -224,7 +248,8 @@ fn fetch_config(
             field: field.to_string(),
         });
     }
-    let bytes = fetch::fetch(resource)
+    let bytes = fetcher
+        .fetch_bytes(resource, fetch::MAX_CONFIG_BYTES)
         .map_err(|source| ResolveError::Fetch {
             field: field.to_string(),
             url: fetch::short_url(resource.source.as_deref().unwrap_or("")),
@@ -257,24 +282,35 @@ fn render(
     depth: usize,
     at: &str,
     referenced: &mut usize,
+    base: &fetch::Fetcher,
 ) -> Result<Config, ResolveError> {
     if depth > MAX_REFERENCE_DEPTH {
         return Err(ResolveError::TooDeep {
             field: at.to_string(),
         });
     }
+    if config.ignition.config.replace.source.is_none() && config.ignition.config.merge.is_empty() {
+        return Ok(config);
+    }
+    // Ignition's UpdateHttpTimeoutsAndCAs: this config's settings fetch its references.
+    let fetcher = base
+        .with_config(&config.ignition)
+        .map_err(|source| ResolveError::Settings {
+            config: if at.is_empty() { "ignition" } else { at }.to_string(),
+            source: Box::new(source),
+        })?;
     let references = std::mem::take(&mut config.ignition.config);
     if references.replace.source.is_some() {
         let field = nested(at, "ignition.config.replace");
         tracing::info!("replacing config with {field}");
-        let replacement = fetch_config(&references.replace, &field, referenced)?;
-        return render(replacement, depth + 1, &field, referenced);
+        let replacement = fetch_config(&fetcher, &references.replace, &field, referenced)?;
+        return render(replacement, depth + 1, &field, referenced, base);
     }
     for (i, reference) in references.merge.iter().enumerate() {
         let field = nested(at, &format!("ignition.config.merge.{i}"));
         tracing::info!("merging {field}");
-        let child = fetch_config(reference, &field, referenced)?;
-        let child = render(child, depth + 1, &field, referenced)?;
+        let child = fetch_config(&fetcher, reference, &field, referenced)?;
+        let child = render(child, depth + 1, &field, referenced, base)?;
         config = merge(config, child);
     }
     Ok(config)

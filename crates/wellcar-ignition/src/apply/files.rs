@@ -5,8 +5,9 @@
 //! - `overwrite: true` removes whatever is at the path first; otherwise an existing node of the
 //!   wrong kind, or an existing file when contents are given, is an error;
 //! - missing parent directories are created 0755 root:root;
-//! - file contents are written to a temp file and renamed into place; an existing file without
-//!   configured contents is kept (fragments are still appended);
+//! - file contents (and fragments) arrive staged in a file (see `staging`), which is renamed
+//!   into place; an existing file without configured contents is kept, and fragments are
+//!   appended by writing old bytes + fragments to a temp file renamed over it;
 //! - ownership is set before the mode so setuid/setgid bits survive; unset owners keep the
 //!   current owner (root for new nodes), unset modes keep the current mode (0644 files, 0755
 //!   directories when new). Owner names resolve against the target's passwd and group files.
@@ -18,15 +19,10 @@ use std::path::Path;
 use wellcar_contract::PathIoError;
 
 use super::root::{write_atomic, TargetRoot};
+use super::staging::{self, StagedFile};
 use super::users::Table;
 use super::{ApplyError, Recorder};
 use crate::model::{Node, NodeOwner, Storage};
-
-/// Contents fetched before anything is written, so a bad source fails the apply early.
-pub(crate) struct FetchedFile {
-    pub(crate) contents: Option<Vec<u8>>,
-    pub(crate) append: Vec<Vec<u8>>,
-}
 
 enum Entry<'a> {
     File(usize, &'a crate::model::File),
@@ -110,7 +106,7 @@ fn remove_any(host: &Path) -> Result<(), ApplyError> {
 pub(crate) fn apply_nodes(
     root: &TargetRoot,
     storage: &Storage,
-    fetched: &[FetchedFile],
+    staged: &[StagedFile],
     rec: &mut Recorder,
 ) -> Result<(), ApplyError> {
     if storage.files.is_empty() && storage.directories.is_empty() && storage.links.is_empty() {
@@ -154,7 +150,7 @@ pub(crate) fn apply_nodes(
     );
     for (_, entry) in entries {
         match entry {
-            Entry::File(i, f) => create_file(root, &owners, rec, i, f, &fetched[i])?,
+            Entry::File(i, f) => create_file(root, &owners, rec, i, f, &staged[i])?,
             Entry::Dir(i, d) => create_dir(root, &owners, rec, i, d)?,
             Entry::Link(i, l) => create_link(root, &owners, rec, i, l)?,
         }
@@ -168,7 +164,7 @@ fn create_file(
     rec: &mut Recorder,
     i: usize,
     f: &crate::model::File,
-    fetched: &FetchedFile,
+    staged: &StagedFile,
 ) -> Result<(), ApplyError> {
     let field = format!("storage.files.{i}");
     let path = &f.node.path;
@@ -177,8 +173,8 @@ fn create_file(
         remove_any(&host)?;
     }
     let existing = fs::symlink_metadata(&host).ok();
-    let (mut data, keep_meta) = match (&existing, &fetched.contents) {
-        (None, contents) => (contents.clone().unwrap_or_default(), None),
+    let keep_meta = match (&existing, staged.has_contents) {
+        (None, _) => None,
         (Some(m), _) if !m.is_file() => {
             return Err(ApplyError::Exists {
                 field,
@@ -186,30 +182,39 @@ fn create_file(
                 what: "a non regular file exists there already and overwrite is false",
             })
         }
-        (Some(_), Some(_)) => {
+        (Some(_), true) => {
             return Err(ApplyError::Exists {
                 field,
                 path: path.clone(),
                 what: "a file exists there already and overwrite is false",
             })
         }
-        (Some(m), None) => {
-            if fetched.append.is_empty() {
+        (Some(m), false) => {
+            if staged.path.is_none() {
                 owners.set(&field, &f.node, &host, f.mode.map(|m| m as u32))?;
                 rec.action(format!("kept existing file {path}"));
                 return Ok(());
             }
-            (
-                fs::read(&host).map_err(io_at("reading", &host))?,
-                Some((m.uid(), m.gid(), m.mode() & 0o7777)),
-            )
+            Some((m.uid(), m.gid(), m.mode() & 0o7777))
         }
     };
-    for fragment in &fetched.append {
-        data.extend_from_slice(fragment);
-    }
     let base_mode = keep_meta.map_or(0o644, |(_, _, mode)| mode);
-    write_atomic(&host, &data, base_mode)?;
+    let size = match (&staged.path, keep_meta) {
+        (None, _) => {
+            write_atomic(&host, &[], base_mode)?;
+            0
+        }
+        (Some(staged_path), None) => {
+            staging::place(staged_path, &host, base_mode)?;
+            staged.len
+        }
+        (Some(staged_path), Some(_)) => {
+            staging::append_to_existing(&host, staged_path, &host, base_mode)?;
+            fs::metadata(&host)
+                .map_err(io_at("inspecting", &host))?
+                .len()
+        }
+    };
     if let Some((uid, gid, _)) = keep_meta {
         lchown(&host, Some(uid), Some(gid)).map_err(io_at("restoring owner of", &host))?;
     }
@@ -219,7 +224,7 @@ fn create_file(
         &host,
         Some(f.mode.map_or(base_mode, |m| m as u32)),
     )?;
-    rec.action(format!("wrote file {path} ({} bytes)", data.len()));
+    rec.action(format!("wrote file {path} ({size} bytes)"));
     Ok(())
 }
 

@@ -9,9 +9,13 @@
 //!
 //! Before anything is written, the config is checked for features this implementation does not
 //! apply (LUKS clevis/cex bindings; kernel arguments unless the caller applied them to the OEM
-//! `grub.cfg`: refused naming the field, never ignored), every file source and LUKS key is
-//! fetched and verified, and every disk is planned, so a bad hash, an unreachable URL, a short
-//! key or a conflicting partition fails the apply without leaving a half-provisioned root.
+//! `grub.cfg`: refused naming the field, never ignored), every LUKS key is fetched and verified,
+//! every file's contents and `append` fragments are streamed into staging files in the root (see
+//! the private `staging` module: fetched, decompressed, hashed, size-bounded; renamed into place
+//! in the files stage), and every disk is planned, so a bad hash, an oversized body, an
+//! unreachable URL, a short key or a conflicting partition fails the apply without leaving a
+//! half-provisioned root. Sources are fetched with [`ApplyOptions::fetch`] under the config's
+//! own `ignition` section (CAs, proxy, timeouts).
 //!
 //! `<root>/etc` may be the upper layer of Wellcar's /etc overlay: the applier simply writes
 //! `<root>/etc/...` paths.
@@ -19,6 +23,7 @@
 mod files;
 mod filesystems;
 mod root;
+mod staging;
 mod storage;
 mod units;
 mod users;
@@ -27,10 +32,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wellcar_contract::PathIoError;
 
-use crate::fetch::FetchError;
+use crate::fetch::{FetchError, FetchOptions, Fetcher};
 use crate::model::Config;
-use files::FetchedFile;
 use root::TargetRoot;
+use staging::StagedFile;
 
 /// Why applying a config failed. Each variant names the field or path involved.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +236,10 @@ pub struct ApplyOptions {
     /// ([`crate::kargs::edit_grub_cfg`], then a reboot if it changed); otherwise a config with
     /// kernel arguments is refused rather than silently half-applied.
     pub kernel_arguments_applied: bool,
+    /// How remote sources (file contents, `append`, LUKS key files, CAs) are fetched. The
+    /// default is offline (data: URLs only; remote ones fail naming the URL); a caller with a
+    /// network sets `FetchOptions::default()` or the platform's options.
+    pub fetch: FetchOptions,
 }
 
 impl Default for ApplyOptions {
@@ -238,6 +247,10 @@ impl Default for ApplyOptions {
         Self {
             device_wait: Duration::from_secs(60),
             kernel_arguments_applied: false,
+            fetch: FetchOptions {
+                offline: true,
+                ..FetchOptions::default()
+            },
         }
     }
 }
@@ -257,36 +270,19 @@ pub(crate) fn short_source(resource: &crate::model::Resource) -> String {
     crate::fetch::short_url(resource.source.as_deref().unwrap_or(""))
 }
 
-fn prefetch(config: &Config) -> Result<Vec<FetchedFile>, ApplyError> {
-    config
-        .storage
-        .files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let contents =
-                crate::fetch::fetch(&f.contents).map_err(|source| ApplyError::Fetch {
-                    field: format!("storage.files.{i}.contents"),
-                    url: short_source(&f.contents),
-                    source: Box::new(source),
-                })?;
-            let append = f
-                .append
-                .iter()
-                .enumerate()
-                .map(|(j, a)| {
-                    crate::fetch::fetch(a)
-                        .map(Option::unwrap_or_default)
-                        .map_err(|source| ApplyError::Fetch {
-                            field: format!("storage.files.{i}.append.{j}"),
-                            url: short_source(a),
-                            source: Box::new(source),
-                        })
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(FetchedFile { contents, append })
+/// The fetcher `options` and the config's `ignition` section ask for.
+fn fetcher_for(config: &Config, options: &ApplyOptions) -> Result<Fetcher, ApplyError> {
+    let base = Fetcher::new(options.fetch.clone()).map_err(|source| ApplyError::Fetch {
+        field: "ApplyOptions.fetch.ca_pems".into(),
+        url: String::new(),
+        source: Box::new(source),
+    })?;
+    base.with_config(&config.ignition)
+        .map_err(|e| ApplyError::Fetch {
+            field: e.field,
+            url: e.url,
+            source: e.source,
         })
-        .collect()
 }
 
 /// Applies `config` (already merged and with references resolved) to the directory `root`,
@@ -304,8 +300,9 @@ pub fn apply_with(
     options: &ApplyOptions,
 ) -> Result<ApplyReport, ApplyError> {
     refuse_unsupported(config, options)?;
-    let fetched = prefetch(config)?;
-    let luks_keys = storage::luks::fetch_keys(config)?;
+    let fetcher = fetcher_for(config, options)?;
+    let luks_keys = storage::luks::fetch_keys(config, &fetcher)?;
+    let (_staging, staged) = staging::stage_files(root, config, &fetcher)?;
     storage::raid::check(config)?;
     let target = TargetRoot::new(root);
     let mut rec = Recorder {
@@ -317,7 +314,7 @@ pub fn apply_with(
     filesystems::apply_filesystems(&target, config, options.device_wait, &mut rec)?;
     let mounted =
         storage::mounts::mount_filesystems(&target, config, options.device_wait, &mut rec)?;
-    files_stage(&target, config, &fetched, &mut rec)?;
+    files_stage(&target, config, &staged, &mut rec)?;
     mounted.unmount(&mut rec)?;
     write_result(&target, &mut rec)?;
     Ok(rec.report)
@@ -327,11 +324,11 @@ pub fn apply_with(
 fn files_stage(
     target: &TargetRoot,
     config: &Config,
-    fetched: &[FetchedFile],
+    staged: &[StagedFile],
     rec: &mut Recorder,
 ) -> Result<(), ApplyError> {
     users::apply_accounts(target, &config.passwd.groups, &config.passwd.users, rec)?;
-    files::apply_nodes(target, &config.storage, fetched, rec)?;
+    files::apply_nodes(target, &config.storage, staged, rec)?;
     units::apply_units(target, &config.systemd, rec)?;
     Ok(())
 }

@@ -41,7 +41,10 @@ const KEY_DIR: &str = "/etc/luks";
 const CRYPTTAB: &str = "/etc/crypttab";
 
 /// Refuses what is not implemented, then fetches (or generates) and checks every key.
-pub(crate) fn fetch_keys(config: &Config) -> Result<Vec<Vec<u8>>, ApplyError> {
+pub(crate) fn fetch_keys(
+    config: &Config,
+    fetcher: &crate::fetch::Fetcher,
+) -> Result<Vec<Vec<u8>>, ApplyError> {
     config
         .storage
         .luks
@@ -65,7 +68,9 @@ pub(crate) fn fetch_keys(config: &Config) -> Result<Vec<Vec<u8>>, ApplyError> {
                 });
             }
             let key = match l.key_file.source.as_deref() {
-                Some(_) => crate::fetch::fetch(&l.key_file)
+                // cryptsetup reads at most 8 MiB of a key file.
+                Some(_) => fetcher
+                    .fetch_bytes(&l.key_file, 8 << 20)
                     .map_err(|source| ApplyError::Fetch {
                         field: format!("{field}.keyFile"),
                         url: super::super::short_source(&l.key_file),
@@ -359,6 +364,11 @@ pub(crate) fn apply_luks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The offline fetcher: key files here are data: URLs.
+    fn fetch_keys(config: &Config) -> Result<Vec<Vec<u8>>, ApplyError> {
+        super::fetch_keys(config, &crate::fetch::Fetcher::offline())
+    }
     use crate::apply::storage::loopdev::LoopDisk;
     use crate::apply::ApplyReport;
 
