@@ -5,8 +5,8 @@
 //! - Files, directories and links: the `filesystem` name becomes a path prefix (`root` is `/`;
 //!   a filesystem declared with a `path` maps to that path without a leading `/sysroot`; a
 //!   name that maps to nothing is an error naming the node). Files default to
-//!   `overwrite: true` (2.x semantics); `append: true` becomes `append: [contents]` with
-//!   `overwrite: false`.
+//!   `overwrite: true` (2.x semantics; a file without a source is the empty file
+//!   `data:,`); `append: true` becomes `append: [contents]` with `overwrite: false`.
 //! - `networkd.units` become files under `/etc/systemd/network/` (mode 0644, drop-ins in
 //!   `<unit>.d/`), which is what systemd-networkd reads.
 //! - `systemd.units[].enable` (deprecated) counts as `enabled: true`; an explicit
@@ -396,6 +396,13 @@ impl Translator {
             }
             if append {
                 out.insert("overwrite".into(), json!(false));
+            } else {
+                // 2.x writes an empty file when there is no source; spec 3 needs a source to
+                // overwrite, so the empty file is spelled out.
+                let contents = out.entry("contents").or_insert_with(|| json!({}));
+                if contents.get("source").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    contents["source"] = json!("data:,");
+                }
             }
         }
         Value::Object(out)
