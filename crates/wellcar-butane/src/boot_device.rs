@@ -25,7 +25,10 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
     };
     let field = "bootDevice";
     let newest = ctx.flavor.has(Sugar::BootDeviceLuksDeviceCex);
-    let layout = boot.get("layout").and_then(Value::as_str).unwrap_or("x86_64");
+    let layout = boot
+        .get("layout")
+        .and_then(Value::as_str)
+        .unwrap_or("x86_64");
     let (bios, esp, prep) = match layout {
         "x86_64" => (true, true, false),
         "aarch64" => (false, true, false),
@@ -36,12 +39,19 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
             return;
         }
         _ => {
-            ctx.error(&format!("{field}.layout"), "layout must be one of: aarch64, ppc64le, x86_64");
+            ctx.error(
+                &format!("{field}.layout"),
+                "layout must be one of: aarch64, ppc64le, x86_64",
+            );
             return;
         }
     };
     let luks = boot.get("luks").cloned().unwrap_or(Value::Null);
-    let tang = luks.get("tang").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tang = luks
+        .get("tang")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let tpm2 = luks.get("tpm2") == Some(&Value::Bool(true));
     let cex = luks.get("cex").and_then(|c| c.get("enabled")) == Some(&Value::Bool(true));
     let want_luks = tpm2 || !tang.is_empty() || cex;
@@ -49,18 +59,28 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
         .get("mirror")
         .and_then(|m| m.get("devices"))
         .and_then(Value::as_array)
-        .map(|d| d.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|d| {
+            d.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let want_mirror = !devices.is_empty();
     if !want_luks && !want_mirror {
         return;
     }
     if want_mirror && devices.len() < 2 {
-        ctx.error(&format!("{field}.mirror.devices"), "mirroring requires at least two devices");
+        ctx.error(
+            &format!("{field}.mirror.devices"),
+            "mirroring requires at least two devices",
+        );
         return;
     }
     if want_mirror && layout.starts_with("s390x") {
-        ctx.error(&format!("{field}.mirror"), "mirroring not supported on layouts: s390x-eckd, s390x-zfcp, s390x-virt");
+        ctx.error(
+            &format!("{field}.mirror"),
+            "mirroring not supported on layouts: s390x-eckd, s390x-zfcp, s390x-virt",
+        );
         return;
     }
     let mut rendered = json!({"disks": [], "raid": [], "luks": [], "filesystems": []});
@@ -82,25 +102,50 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
             });
             partitions.push(json!({"label": format!("boot-{n}"), "sizeMiB": 384}));
             partitions.push(json!({"label": format!("root-{n}")}));
-            push(&mut rendered, "disks", json!({"device": device, "wipeTable": true, "partitions": partitions}));
+            push(
+                &mut rendered,
+                "disks",
+                json!({"device": device, "wipeTable": true, "partitions": partitions}),
+            );
             if esp {
-                push(&mut rendered, "filesystems", json!({
+                push(
+                    &mut rendered,
+                    "filesystems",
+                    json!({
                     "device": format!("/dev/disk/by-partlabel/esp-{n}"), "format": "vfat",
-                    "label": format!("esp-{n}"), "wipeFilesystem": true}));
+                    "label": format!("esp-{n}"), "wipeFilesystem": true}),
+                );
             }
         }
         let members = |prefix: &str| -> Vec<String> {
-            (1..=devices.len()).map(|n| format!("/dev/disk/by-partlabel/{prefix}-{n}")).collect()
+            (1..=devices.len())
+                .map(|n| format!("/dev/disk/by-partlabel/{prefix}-{n}"))
+                .collect()
         };
-        push(&mut rendered, "raid", json!({"name": "md-boot", "level": "raid1", "devices": members("boot"), "options": ["--metadata=1.0"]}));
-        push(&mut rendered, "raid", json!({"name": "md-root", "level": "raid1", "devices": members("root")}));
-        push(&mut rendered, "filesystems", json!({"device": "/dev/md/md-boot", "format": "ext4", "label": "boot", "wipeFilesystem": true}));
+        push(
+            &mut rendered,
+            "raid",
+            json!({"name": "md-boot", "level": "raid1", "devices": members("boot"), "options": ["--metadata=1.0"]}),
+        );
+        push(
+            &mut rendered,
+            "raid",
+            json!({"name": "md-root", "level": "raid1", "devices": members("root")}),
+        );
+        push(
+            &mut rendered,
+            "filesystems",
+            json!({"device": "/dev/md/md-boot", "format": "ext4", "label": "boot", "wipeFilesystem": true}),
+        );
     }
     if want_luks {
         let luks_device = luks.get("device").and_then(Value::as_str);
         let device = match (layout, luks_device) {
             ("s390x-eckd" | "s390x-zfcp", None) => {
-                ctx.error(&format!("{field}.luks.device"), "device is required for layouts: s390x-eckd, s390x-zfcp");
+                ctx.error(
+                    &format!("{field}.luks.device"),
+                    "device is required for layouts: s390x-eckd, s390x-zfcp",
+                );
                 return;
             }
             ("s390x-eckd", Some(d)) => format!("{d}2"),
@@ -108,7 +153,8 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
             _ if want_mirror => "/dev/md/md-root".to_string(),
             _ => "/dev/disk/by-partlabel/root".to_string(),
         };
-        let mut volume = json!({"name": "root", "device": device, "label": "luks-root", "wipeVolume": true});
+        let mut volume =
+            json!({"name": "root", "device": device, "label": "luks-root", "wipeVolume": true});
         if let Some(discard) = luks.get("discard") {
             volume["discard"] = discard.clone();
         }
@@ -125,15 +171,28 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
         }
         push(&mut rendered, "luks", volume);
     }
-    let root_device = if want_luks { "/dev/mapper/root" } else { "/dev/md/md-root" };
-    push(&mut rendered, "filesystems", json!({"device": root_device, "format": "xfs", "label": "root", "wipeFilesystem": true}));
+    let root_device = if want_luks {
+        "/dev/mapper/root"
+    } else {
+        "/dev/md/md-root"
+    };
+    push(
+        &mut rendered,
+        "filesystems",
+        json!({"device": root_device, "format": "xfs", "label": "root", "wipeFilesystem": true}),
+    );
 
     let storage = root
         .as_object_mut()
         .expect("root is an object")
         .entry("storage")
         .or_insert_with(|| json!({}));
-    for (section, key) in [("disks", "device"), ("raid", "name"), ("luks", "name"), ("filesystems", "device")] {
+    for (section, key) in [
+        ("disks", "device"),
+        ("raid", "name"),
+        ("luks", "name"),
+        ("filesystems", "device"),
+    ] {
         let generated = rendered[section].as_array().cloned().unwrap_or_default();
         if generated.is_empty() {
             continue;
@@ -161,7 +220,10 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
         for (i, u) in user.into_iter().enumerate() {
             if !used[i] {
                 let new_index = merged.len();
-                ctx.sources.alias(&format!("storage.{section}.{new_index}"), &format!("storage.{section}.{i}"));
+                ctx.sources.alias(
+                    &format!("storage.{section}.{new_index}"),
+                    &format!("storage.{section}.{i}"),
+                );
                 merged.push(u);
             }
         }

@@ -53,7 +53,12 @@ impl Sources {
     }
 
     /// A finding at `json_path`, located in the YAML.
-    pub fn finding(&self, severity: Severity, json_path: &str, message: impl Into<String>) -> Finding {
+    pub fn finding(
+        &self,
+        severity: Severity,
+        json_path: &str,
+        message: impl Into<String>,
+    ) -> Finding {
         let (yaml_path, pos) = self.locate(json_path);
         Finding {
             severity,

@@ -67,7 +67,11 @@ impl fmt::Display for Finding {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let path = if self.yaml_path.is_empty() { "$" } else { &self.yaml_path };
+        let path = if self.yaml_path.is_empty() {
+            "$"
+        } else {
+            &self.yaml_path
+        };
         match self.pos {
             Some(pos) => write!(f, "{pos}: {kind} at $.{path}: {}", self.message),
             None => write!(f, "{kind} at $.{path}: {}", self.message),
@@ -97,10 +101,7 @@ pub enum ButaneError {
 }
 
 fn first_problem(findings: &[Finding], strict: bool) -> String {
-    let failing: Vec<&Finding> = findings
-        .iter()
-        .filter(|f| strict || f.is_error())
-        .collect();
+    let failing: Vec<&Finding> = findings.iter().filter(|f| strict || f.is_error()).collect();
     match failing.len() {
         0 => "no errors".to_string(),
         1 => failing[0].to_string(),
@@ -145,10 +146,20 @@ pub fn translate(text: &str, options: &Options) -> Result<Translated, ButaneErro
         message,
     };
     let Kind::Map(entries) = &document.kind else {
-        return Err(invalid(vec![error_at("", document.pos, "a Butane config must be a mapping".into())]));
+        return Err(invalid(vec![error_at(
+            "",
+            document.pos,
+            "a Butane config must be a mapping".into(),
+        )]));
     };
-    let variant = document.get("variant").and_then(|n| n.as_str()).unwrap_or("");
-    let version = document.get("version").and_then(|n| n.as_str()).unwrap_or("");
+    let variant = document
+        .get("variant")
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
+    let version = document
+        .get("version")
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
     let version_pos = document.get("version").map_or(document.pos, |n| n.pos);
     let variant_pos = document.get("variant").map_or(document.pos, |n| n.pos);
     let flavor = Flavor::new(variant, version).map_err(|message| {
@@ -183,7 +194,11 @@ pub fn translate(text: &str, options: &Options) -> Result<Translated, ButaneErro
     }
     let mut root = Value::Object(root);
     // The version is the variant's, never the user's.
-    if root.get("ignition").and_then(|i| i.get("version")).is_some() {
+    if root
+        .get("ignition")
+        .and_then(|i| i.get("version"))
+        .is_some()
+    {
         let finding = sources.finding(Severity::Warning, "ignition.version", "unused key version");
         findings.push(finding);
         if let Some(i) = root.get_mut("ignition").and_then(Value::as_object_mut) {
@@ -196,7 +211,10 @@ pub fn translate(text: &str, options: &Options) -> Result<Translated, ButaneErro
         .entry("ignition")
         .or_insert_with(|| Value::Object(Default::default()));
     if let Value::Object(ignition) = ignition {
-        ignition.insert("version".into(), Value::String(flavor.ignition_version().into()));
+        ignition.insert(
+            "version".into(),
+            Value::String(flavor.ignition_version().into()),
+        );
     }
 
     let mut ctx = sugar::Ctx {
@@ -220,7 +238,11 @@ pub fn translate(text: &str, options: &Options) -> Result<Translated, ButaneErro
         Ok(parsed) => parsed.warnings,
         Err(wellcar_ignition::ParseError::Invalid { entries }) => entries,
         Err(other) => {
-            return Err(invalid(vec![sources.finding(Severity::Error, "", other.to_string())]))
+            return Err(invalid(vec![sources.finding(
+                Severity::Error,
+                "",
+                other.to_string(),
+            )]))
         }
     };
     for entry in entries {
@@ -237,7 +259,11 @@ pub fn translate(text: &str, options: &Options) -> Result<Translated, ButaneErro
             });
             continue;
         }
-        let path = if entry.path == "$" { "" } else { entry.path.as_str() };
+        let path = if entry.path == "$" {
+            ""
+        } else {
+            entry.path.as_str()
+        };
         findings.push(sources.finding(entry.severity, path, entry.message));
     }
     if findings
@@ -264,10 +290,12 @@ fn remove_path(root: &mut Value, path: &str) {
                     Some(next) => next,
                     None => return,
                 },
-                Value::Array(items) => match part.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                    Some(next) => next,
-                    None => return,
-                },
+                Value::Array(items) => {
+                    match part.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                        Some(next) => next,
+                        None => return,
+                    }
+                }
                 _ => return,
             };
         }

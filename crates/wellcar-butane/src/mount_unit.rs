@@ -22,7 +22,10 @@ pub fn path_escape(path: &str) -> String {
             out.push('-');
         }
         for (j, b) in part.bytes().enumerate() {
-            let keep = b.is_ascii_alphanumeric() || b == b':' || b == b'_' || (b == b'.' && !(i == 0 && j == 0));
+            let keep = b.is_ascii_alphanumeric()
+                || b == b':'
+                || b == b'_'
+                || (b == b'.' && !(i == 0 && j == 0));
             if keep {
                 out.push(b as char);
             } else {
@@ -70,14 +73,23 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
             ctx.error(&field, "format is required if with_mount_unit is true");
             continue;
         };
-        let device = fs.get("device").and_then(Value::as_str).unwrap_or("").to_string();
+        let device = fs
+            .get("device")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let options: Vec<String> = fs
             .get("mountOptions")
             .and_then(Value::as_array)
-            .map(|o| o.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|o| {
+                o.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let remote = tang.iter().any(|name| {
-            device == format!("/dev/mapper/{name}") || device == format!("/dev/disk/by-id/dm-name-{name}")
+            device == format!("/dev/mapper/{name}")
+                || device == format!("/dev/disk/by-id/dm-name-{name}")
         });
         let mut options_line = String::new();
         if !options.is_empty() || remote {
@@ -95,12 +107,20 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
                 ),
             }
         } else {
-            let Some(mount_path) = fs.get("path").and_then(Value::as_str).map(str::to_string) else {
-                ctx.error(&field, "path is required if with_mount_unit is true and format is not swap");
+            let Some(mount_path) = fs.get("path").and_then(Value::as_str).map(str::to_string)
+            else {
+                ctx.error(
+                    &field,
+                    "path is required if with_mount_unit is true and format is not swap",
+                );
                 continue;
             };
             let escaped_device = path_escape(&device);
-            let target = if remote { "remote-fs.target" } else { "local-fs.target" };
+            let target = if remote {
+                "remote-fs.target"
+            } else {
+                "local-fs.target"
+            };
             Mount {
                 name: format!("{}.mount", path_escape(&mount_path)),
                 contents: format!(
@@ -137,10 +157,12 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
             // The user's own fields win over the generated ones (Butane merges the same way).
             Some(Value::Object(user)) => {
                 user.entry("enabled").or_insert(Value::Bool(true));
-                user.entry("contents").or_insert(Value::String(unit.contents));
+                user.entry("contents")
+                    .or_insert(Value::String(unit.contents));
             }
             _ => {
-                ctx.sources.alias(&format!("systemd.units.{}", list.len()), &field);
+                ctx.sources
+                    .alias(&format!("systemd.units.{}", list.len()), &field);
                 list.push(json!({"name": unit.name, "enabled": true, "contents": unit.contents}));
             }
         }
@@ -154,7 +176,10 @@ mod tests {
     #[test]
     fn escaping_matches_systemd_escape_path() {
         assert_eq!(path_escape("/var"), "var");
-        assert_eq!(path_escape("/dev/disk/by-partlabel/var"), "dev-disk-by\\x2dpartlabel-var");
+        assert_eq!(
+            path_escape("/dev/disk/by-partlabel/var"),
+            "dev-disk-by\\x2dpartlabel-var"
+        );
         assert_eq!(path_escape("/var/lib/docker"), "var-lib-docker");
         assert_eq!(path_escape("/"), "-");
         assert_eq!(path_escape("/srv/.hidden"), "srv-.hidden");

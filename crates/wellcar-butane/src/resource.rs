@@ -36,7 +36,11 @@ pub fn data_url(contents: &[u8], may_compress: bool) -> (String, Option<&'static
         ";base64,{}",
         base64::engine::general_purpose::STANDARD.encode(contents)
     );
-    let mut opaque = if b64.len() < escaped.len() { b64 } else { escaped };
+    let mut opaque = if b64.len() < escaped.len() {
+        b64
+    } else {
+        escaped
+    };
     let mut compression = may_compress.then_some("");
     if may_compress {
         let mut gz = GzEncoder::new(Vec::new(), Compression::best());
@@ -122,9 +126,18 @@ mod tests {
     #[test]
     fn local_paths_stay_inside_the_files_dir() {
         let dir = Path::new("/files");
-        assert_eq!(local_path(Some(dir), "a/../b").unwrap(), Path::new("/files/a/../b"));
-        assert!(matches!(local_path(Some(dir), "../x"), Err(LocalError::Escape)));
-        assert!(matches!(local_path(Some(dir), "/etc/passwd"), Err(LocalError::Escape)));
+        assert_eq!(
+            local_path(Some(dir), "a/../b").unwrap(),
+            Path::new("/files/a/../b")
+        );
+        assert!(matches!(
+            local_path(Some(dir), "../x"),
+            Err(LocalError::Escape)
+        ));
+        assert!(matches!(
+            local_path(Some(dir), "/etc/passwd"),
+            Err(LocalError::Escape)
+        ));
         assert!(matches!(local_path(None, "x"), Err(LocalError::NoFilesDir)));
     }
 }

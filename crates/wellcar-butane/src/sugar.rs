@@ -51,7 +51,10 @@ impl Ctx<'_> {
 
 /// Mutable access to the objects of the list at `keys` (e.g. `["storage", "files"]`), with their
 /// JSON paths.
-pub fn objects_at<'v>(root: &'v mut Value, keys: &[&str]) -> Vec<(String, &'v mut Map<String, Value>)> {
+pub fn objects_at<'v>(
+    root: &'v mut Value,
+    keys: &[&str],
+) -> Vec<(String, &'v mut Map<String, Value>)> {
     let mut node = root;
     let mut path = String::new();
     for key in keys {
@@ -82,7 +85,10 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
     if !ctx.flavor.allows_clevis() {
         for (path, luks) in objects_at(root, &["storage", "luks"]) {
             if luks.contains_key("clevis") {
-                ctx.error(&join(&path, "clevis"), "clevis is not supported in this spec version");
+                ctx.error(
+                    &join(&path, "clevis"),
+                    "clevis is not supported in this spec version",
+                );
             }
         }
     }
@@ -129,7 +135,10 @@ fn resource(path: &str, obj: &mut Map<String, Value>, compressible: bool, ctx: &
         .filter(|k| obj.contains_key(**k) && (**k != "local" || local_allowed))
         .count();
     if set > 1 {
-        ctx.error(path, "only one of the following can be set: inline, local, source");
+        ctx.error(
+            path,
+            "only one of the following can be set: inline, local, source",
+        );
         return;
     }
     let contents = if let Some(inline) = obj.get("inline") {
@@ -161,7 +170,10 @@ fn resource(path: &str, obj: &mut Map<String, Value>, compressible: bool, ctx: &
     obj.remove("local");
     obj.insert("source".to_string(), Value::String(url));
     if let Some(compression) = compression {
-        obj.insert("compression".to_string(), Value::String(compression.to_string()));
+        obj.insert(
+            "compression".to_string(),
+            Value::String(compression.to_string()),
+        );
     }
 }
 
@@ -188,7 +200,10 @@ fn contents_local(path: &str, obj: &mut Map<String, Value>, ctx: &mut Ctx<'_>) {
     };
     let field = join(path, "contentsLocal");
     if obj.contains_key("contents") {
-        ctx.error(&field, "only one of the following can be set: contents, contents_local");
+        ctx.error(
+            &field,
+            "only one of the following can be set: contents, contents_local",
+        );
         return;
     }
     let Some(relative) = local.as_str() else {
@@ -216,7 +231,10 @@ fn ssh_keys(root: &mut Value, ctx: &mut Ctx<'_>) {
         };
         let field = join(&path, "sshAuthorizedKeysLocal");
         let Value::Array(locals) = locals else {
-            ctx.error(&field, "ssh_authorized_keys_local must be a list of strings");
+            ctx.error(
+                &field,
+                "ssh_authorized_keys_local must be a list of strings",
+            );
             continue;
         };
         let mut keys = Vec::new();

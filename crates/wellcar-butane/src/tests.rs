@@ -29,7 +29,9 @@ fn assert_subset(expected: &Value, actual: &Value, path: &str) {
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
             for (k, v) in e {
-                let got = a.get(k).unwrap_or_else(|| panic!("{path}.{k} missing in {actual}"));
+                let got = a
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{path}.{k} missing in {actual}"));
                 assert_subset(v, got, &format!("{path}.{k}"));
             }
         }
@@ -53,9 +55,10 @@ fn corpus_examples_with_expected_output_match() {
     ] {
         let text = fs::read_to_string(dir.join(format!("{name}.bu")))
             .unwrap_or_else(|e| panic!("{name}: {e} (set WELLCAR_CORPUS)"));
-        let expected: Value =
-            serde_json::from_str(&fs::read_to_string(dir.join(format!("{name}.expected.json"))).unwrap())
-                .unwrap();
+        let expected: Value = serde_json::from_str(
+            &fs::read_to_string(dir.join(format!("{name}.expected.json"))).unwrap(),
+        )
+        .unwrap();
         let out = translate_ok(&text, &Options::default());
         assert_subset(&expected, &out.config, name);
     }
@@ -63,7 +66,8 @@ fn corpus_examples_with_expected_output_match() {
 
 #[test]
 fn flatcar_refuses_clevis_at_its_yaml_position() {
-    let text = fs::read_to_string(corpus_dir().join("B03-flatcar-1_0-clevis-unsupported.bu")).unwrap();
+    let text =
+        fs::read_to_string(corpus_dir().join("B03-flatcar-1_0-clevis-unsupported.bu")).unwrap();
     let f = findings(translate(&text, &Options::default()).unwrap_err());
     let e = f.iter().find(|f| f.is_error()).unwrap();
     assert_eq!(e.yaml_path, "storage.luks.1.clevis");
@@ -75,15 +79,30 @@ fn flatcar_refuses_clevis_at_its_yaml_position() {
 fn local_units_keys_and_trees_read_from_the_files_dir() {
     let files = tempfile::tempdir().unwrap();
     let d = files.path();
-    fs::write(d.join("example.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+    fs::write(
+        d.join("example.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
     fs::write(d.join("example.conf"), "[Service]\nEnvironment=A=1\n").unwrap();
-    fs::write(d.join("id_rsa.pub"), "ssh-rsa AAAA one\n\nssh-ed25519 BBBB two\n").unwrap();
-    let text = fs::read_to_string(corpus_dir().join("B04-flatcar-1_1-local-units-and-keys.bu")).unwrap();
-    let options = Options { files_dir: Some(d.to_path_buf()), strict: true };
+    fs::write(
+        d.join("id_rsa.pub"),
+        "ssh-rsa AAAA one\n\nssh-ed25519 BBBB two\n",
+    )
+    .unwrap();
+    let text =
+        fs::read_to_string(corpus_dir().join("B04-flatcar-1_1-local-units-and-keys.bu")).unwrap();
+    let options = Options {
+        files_dir: Some(d.to_path_buf()),
+        strict: true,
+    };
     let out = translate_ok(&text, &options);
     let units = &out.config["systemd"]["units"];
     assert_eq!(units[0]["contents"], "[Service]\nExecStart=/bin/true\n");
-    assert_eq!(units[1]["dropins"][0]["contents"], "[Service]\nEnvironment=A=1\n");
+    assert_eq!(
+        units[1]["dropins"][0]["contents"],
+        "[Service]\nEnvironment=A=1\n"
+    );
     assert_eq!(
         out.config["passwd"]["users"][0]["sshAuthorizedKeys"],
         json!(["ssh-rsa AAAA one", "ssh-ed25519 BBBB two"])
@@ -96,7 +115,11 @@ fn local_units_keys_and_trees_read_from_the_files_dir() {
     fs::write(tree.join("overridden-file"), "o").unwrap();
     fs::write(tree.join("directory/run.sh"), "#!/bin/sh\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(tree.join("directory/run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(
+        tree.join("directory/run.sh"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("../file", tree.join("directory/symlink")).unwrap();
     let text = fs::read_to_string(corpus_dir().join("B05-fcos-1_1-trees.bu")).unwrap();
     let out = translate_ok(&text, &options);
@@ -115,7 +138,10 @@ fn local_units_keys_and_trees_read_from_the_files_dir() {
         ]
     );
     assert_eq!(out.config["storage"]["files"][0]["user"]["id"], 500);
-    assert_eq!(out.config["storage"]["files"][0]["contents"]["source"], "data:,o");
+    assert_eq!(
+        out.config["storage"]["files"][0]["contents"]["source"],
+        "data:,o"
+    );
     assert_eq!(
         out.config["storage"]["links"],
         json!([{"path": "/etc/files/directory/symlink", "target": "../file"}])
@@ -131,30 +157,58 @@ fn missing_local_file_and_escapes_are_errors_at_their_line() {
     assert!(e[0].message.contains("--files-dir"), "{}", e[0]);
 
     let files = tempfile::tempdir().unwrap();
-    let options = Options { files_dir: Some(files.path().to_path_buf()), strict: false };
+    let options = Options {
+        files_dir: Some(files.path().to_path_buf()),
+        strict: false,
+    };
     let e = findings(translate(text, &options).unwrap_err());
     assert!(e[0].message.contains("nothere.txt"), "{}", e[0]);
-    assert_eq!(e[0].to_string().split(':').take(2).collect::<Vec<_>>(), ["7", "9"]);
+    assert_eq!(
+        e[0].to_string().split(':').take(2).collect::<Vec<_>>(),
+        ["7", "9"]
+    );
 
     let escape = text.replace("nothere.txt", "../../etc/passwd");
     let e = findings(translate(&escape, &options).unwrap_err());
-    assert_eq!(e[0].message, "local file path traverses outside the files directory");
+    assert_eq!(
+        e[0].message,
+        "local file path traverses outside the files directory"
+    );
 }
 
 #[test]
 fn unknown_keys_warn_and_fail_with_strict() {
     let text = "variant: flatcar\nversion: 1.1.0\nstorage:\n  files:\n    - path: /a\n      bogus_key: 1\n      wipeTable: true\n";
     let out = translate_ok(text, &Options::default());
-    let paths: Vec<(&str, Option<Pos>)> =
-        out.warnings.iter().map(|w| (w.yaml_path.as_str(), w.pos)).collect();
-    assert!(paths.contains(&("storage.files.0.bogus_key", Some(Pos { line: 6, column: 7 }))), "{paths:?}");
-    assert!(paths.iter().any(|(p, _)| *p == "storage.files.0.wipeTable"), "{paths:?}");
-    assert!(out.config["storage"]["files"][0].get("bogusKey").is_none(), "unknown keys are dropped");
+    let paths: Vec<(&str, Option<Pos>)> = out
+        .warnings
+        .iter()
+        .map(|w| (w.yaml_path.as_str(), w.pos))
+        .collect();
+    assert!(
+        paths.contains(&(
+            "storage.files.0.bogus_key",
+            Some(Pos { line: 6, column: 7 })
+        )),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|(p, _)| *p == "storage.files.0.wipeTable"),
+        "{paths:?}"
+    );
+    assert!(
+        out.config["storage"]["files"][0].get("bogusKey").is_none(),
+        "unknown keys are dropped"
+    );
 
-    let strict = Options { strict: true, ..Options::default() };
+    let strict = Options {
+        strict: true,
+        ..Options::default()
+    };
     let f = findings(translate(text, &strict).unwrap_err());
     assert!(
-        f.iter().any(|f| f.to_string() == "6:7: warning at $.storage.files.0.bogus_key: unused key bogus_key"),
+        f.iter().any(|f| f.to_string()
+            == "6:7: warning at $.storage.files.0.bogus_key: unused key bogus_key"),
         "{f:?}"
     );
 }
@@ -172,13 +226,34 @@ fn sugar_missing_from_the_version_is_an_unknown_key() {
 
 #[test]
 fn yaml_errors_carry_line_and_column() {
-    let err = translate("variant: flatcar\nversion: 1.0.0\nstorage: [\n", &Options::default()).unwrap_err();
-    let ButaneError::Syntax { pos, .. } = err else { panic!("{err:?}") };
+    let err = translate(
+        "variant: flatcar\nversion: 1.0.0\nstorage: [\n",
+        &Options::default(),
+    )
+    .unwrap_err();
+    let ButaneError::Syntax { pos, .. } = err else {
+        panic!("{err:?}")
+    };
     assert!(pos.line >= 3, "{pos}");
     let e = findings(translate("version: 1.0.0\n", &Options::default()).unwrap_err());
     assert_eq!(e[0].message, "error parsing variant; must be specified");
-    let e = findings(translate("variant: flatcar\nversion: 1.2.0-experimental\n", &Options::default()).unwrap_err());
-    assert_eq!((e[0].yaml_path.as_str(), e[0].pos), ("version", Some(Pos { line: 2, column: 10 })));
+    let e = findings(
+        translate(
+            "variant: flatcar\nversion: 1.2.0-experimental\n",
+            &Options::default(),
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(
+        (e[0].yaml_path.as_str(), e[0].pos),
+        (
+            "version",
+            Some(Pos {
+                line: 2,
+                column: 10
+            })
+        )
+    );
 }
 
 #[test]
@@ -192,11 +267,23 @@ fn ignition_type_errors_point_at_the_yaml() {
 
 #[test]
 fn decimal_mode_warns() {
-    let text = fs::read_to_string(corpus_dir().join("B08-flatcar-1_1-decimal-mode-warning.bu")).unwrap();
+    let text =
+        fs::read_to_string(corpus_dir().join("B08-flatcar-1_1-decimal-mode-warning.bu")).unwrap();
     let out = translate_ok(&text, &Options::default());
-    assert!(out.warnings.iter().any(|w| w.yaml_path == "storage.files.0.mode"
-        && w.message.starts_with("unreasonable mode would be reasonable if specified in octal")));
-    assert!(translate(&text, &Options { strict: true, ..Options::default() }).is_err());
+    assert!(out
+        .warnings
+        .iter()
+        .any(|w| w.yaml_path == "storage.files.0.mode"
+            && w.message
+                .starts_with("unreasonable mode would be reasonable if specified in octal")));
+    assert!(translate(
+        &text,
+        &Options {
+            strict: true,
+            ..Options::default()
+        }
+    )
+    .is_err());
 }
 
 #[test]
@@ -212,18 +299,39 @@ fn swap_unit_kernel_arguments_and_boot_device() {
     );
 
     let text = "variant: flatcar\nversion: 1.0.0\nkernel_arguments:\n  should_exist: [quiet]\n  should_not_exist: [debug]\n";
-    let out = translate_ok(text, &Options { strict: true, ..Options::default() });
-    assert_eq!(out.config["kernelArguments"], json!({"shouldExist": ["quiet"], "shouldNotExist": ["debug"]}));
+    let out = translate_ok(
+        text,
+        &Options {
+            strict: true,
+            ..Options::default()
+        },
+    );
+    assert_eq!(
+        out.config["kernelArguments"],
+        json!({"shouldExist": ["quiet"], "shouldNotExist": ["debug"]})
+    );
 
     let text = "variant: fcos\nversion: 1.3.0\nboot_device:\n  luks:\n    tpm2: true\n  mirror:\n    devices: [/dev/sda, /dev/sdb]\n";
-    let out = translate_ok(text, &Options { strict: true, ..Options::default() });
+    let out = translate_ok(
+        text,
+        &Options {
+            strict: true,
+            ..Options::default()
+        },
+    );
     let s = &out.config["storage"];
     assert_eq!(s["disks"].as_array().unwrap().len(), 2);
     assert_eq!(s["disks"][1]["partitions"][3]["label"], "root-2");
-    assert_eq!(s["raid"][1], json!({"name": "md-root", "level": "raid1", "devices": ["/dev/disk/by-partlabel/root-1", "/dev/disk/by-partlabel/root-2"]}));
+    assert_eq!(
+        s["raid"][1],
+        json!({"name": "md-root", "level": "raid1", "devices": ["/dev/disk/by-partlabel/root-1", "/dev/disk/by-partlabel/root-2"]})
+    );
     assert_eq!(s["luks"][0]["device"], "/dev/md/md-root");
     assert_eq!(s["luks"][0]["clevis"], json!({"tpm2": true}));
-    assert_eq!(s["filesystems"].as_array().unwrap().last().unwrap()["device"], "/dev/mapper/root");
+    assert_eq!(
+        s["filesystems"].as_array().unwrap().last().unwrap()["device"],
+        "/dev/mapper/root"
+    );
 
     // flatcar has no boot_device.
     let text = "variant: flatcar\nversion: 1.1.0\nboot_device:\n  luks:\n    tpm2: true\n";
@@ -243,7 +351,10 @@ fn stage_local_files(text: &str, dir: &Path) {
         } else if !line.starts_with(' ') {
             in_trees = false;
         }
-        let value = |prefix: &str| t.strip_prefix(prefix).map(|v| v.trim().trim_matches('"').to_string());
+        let value = |prefix: &str| {
+            t.strip_prefix(prefix)
+                .map(|v| v.trim().trim_matches('"').to_string())
+        };
         if let Some(p) = value("ssh_authorized_keys_local:") {
             in_key_list = p.is_empty();
             if !p.is_empty() {
@@ -309,18 +420,25 @@ fn flatcar_doc_examples_convert() {
         if let Some((_, at, why)) = BROKEN_DOC_EXAMPLES.iter().find(|(n, _, _)| n == name) {
             // Wrong in the documentation itself; Butane refuses them too.
             match translate(&text, &Options::default()) {
-                Err(e) if e.to_string().contains(at) => println!("  {name}: refused as expected ({why}): {e}"),
+                Err(e) if e.to_string().contains(at) => {
+                    println!("  {name}: refused as expected ({why}): {e}")
+                }
                 other => failures.push(format!("{name}: expected an error at {at}: {other:?}")),
             }
             continue;
         }
         let files = tempfile::tempdir().unwrap();
         stage_local_files(&text, files.path());
-        let options = Options { files_dir: Some(files.path().to_path_buf()), strict: false };
+        let options = Options {
+            files_dir: Some(files.path().to_path_buf()),
+            strict: false,
+        };
         if text.contains("version: 1.2.0-experimental") {
             // Not a stable spec: refused, naming the version line.
             match translate(&text, &options) {
-                Err(ButaneError::Invalid { findings, .. }) if findings[0].yaml_path == "version" => {
+                Err(ButaneError::Invalid { findings, .. })
+                    if findings[0].yaml_path == "version" =>
+                {
                     experimental.push(name.clone())
                 }
                 other => failures.push(format!("{name}: experimental spec not refused: {other:?}")),
@@ -335,7 +453,10 @@ fn flatcar_doc_examples_convert() {
             }
         };
         converted += 1;
-        let spec = out.config["ignition"]["version"].as_str().unwrap().to_string();
+        let spec = out.config["ignition"]["version"]
+            .as_str()
+            .unwrap()
+            .to_string();
         if spec.as_str() <= "3.3.0" {
             let file = files.path().join("out.ign");
             fs::write(&file, out.to_json()).unwrap();
@@ -356,6 +477,11 @@ fn flatcar_doc_examples_convert() {
         names.len(),
         experimental.len()
     );
-    assert!(failures.is_empty(), "{} example(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} example(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(converted > 100, "only {converted} examples");
 }

@@ -60,9 +60,10 @@ pub fn expand(root: &mut Value, ctx: &mut Ctx<'_>) {
                 format!("{target}/{relative}")
             };
             match kind {
-                Node::File { contents, executable } => {
-                    add_file(storage, ctx, &tree_path, &path, &contents, executable)
-                }
+                Node::File {
+                    contents,
+                    executable,
+                } => add_file(storage, ctx, &tree_path, &path, &contents, executable),
                 Node::Link(link_target) => add_link(storage, ctx, &tree_path, &path, &link_target),
                 Node::Other => ctx.error(
                     &local_field,
@@ -140,7 +141,10 @@ fn add_file(
         .iter()
         .find_map(|s| find(storage, s, path).map(|i| format!("storage.{s}.{i}")));
     if let Some(conflict) = conflict {
-        ctx.error(&conflict, "matching filesystem node has existing contents or different type");
+        ctx.error(
+            &conflict,
+            "matching filesystem node has existing contents or different type",
+        );
         return;
     }
     let (url, compression) = data_url(contents, true);
@@ -153,8 +157,15 @@ fn add_file(
         Some(i) => {
             let field = format!("storage.files.{i}");
             let entry = &mut list(storage, "files")[i];
-            if entry.get("contents").and_then(|c| c.get("source")).is_some() {
-                ctx.error(&field, "matching filesystem node has existing contents or different type");
+            if entry
+                .get("contents")
+                .and_then(|c| c.get("source"))
+                .is_some()
+            {
+                ctx.error(
+                    &field,
+                    "matching filesystem node has existing contents or different type",
+                );
                 return;
             }
             entry["contents"] = generated;
@@ -171,12 +182,21 @@ fn add_file(
     }
 }
 
-fn add_link(storage: &mut Map<String, Value>, ctx: &mut Ctx<'_>, tree_path: &str, path: &str, target: &str) {
+fn add_link(
+    storage: &mut Map<String, Value>,
+    ctx: &mut Ctx<'_>,
+    tree_path: &str,
+    path: &str,
+    target: &str,
+) {
     let conflict = ["directories", "files"]
         .iter()
         .find_map(|s| find(storage, s, path).map(|i| format!("storage.{s}.{i}")));
     if let Some(conflict) = conflict {
-        ctx.error(&conflict, "matching filesystem node has existing contents or different type");
+        ctx.error(
+            &conflict,
+            "matching filesystem node has existing contents or different type",
+        );
         return;
     }
     match find(storage, "links", path) {
@@ -184,7 +204,10 @@ fn add_link(storage: &mut Map<String, Value>, ctx: &mut Ctx<'_>, tree_path: &str
             let field = format!("storage.links.{i}");
             let entry = &mut list(storage, "links")[i];
             if entry.get("target").is_some() {
-                ctx.error(&field, "matching filesystem node has existing contents or different type");
+                ctx.error(
+                    &field,
+                    "matching filesystem node has existing contents or different type",
+                );
                 return;
             }
             entry["target"] = Value::String(target.to_string());

@@ -154,7 +154,9 @@ mod tests {
         }
         assert!(Flavor::new("flatcar", "1.2.0").is_err());
         assert!(Flavor::new("fcos", "1.7.0").is_err());
-        assert!(Flavor::new("", "1.0.0").unwrap_err().contains("must be specified"));
+        assert!(Flavor::new("", "1.0.0")
+            .unwrap_err()
+            .contains("must be specified"));
     }
 
     #[test]

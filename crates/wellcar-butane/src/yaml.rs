@@ -106,12 +106,10 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, true)
-        .map_err(|e| SyntaxError {
-            pos: (*e.marker()).into(),
-            message: e.info().to_string(),
-        })?;
+    parser.load(&mut builder, true).map_err(|e| SyntaxError {
+        pos: (*e.marker()).into(),
+        message: e.info().to_string(),
+    })?;
     if let Some(err) = builder.error {
         return Err(err);
     }
@@ -265,6 +263,9 @@ mod tests {
                 plain: false
             }
         );
-        assert!(matches!(doc.get("c").unwrap().kind, Kind::Scalar { plain: true, .. }));
+        assert!(matches!(
+            doc.get("c").unwrap().kind,
+            Kind::Scalar { plain: true, .. }
+        ));
     }
 }

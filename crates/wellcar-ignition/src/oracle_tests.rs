@@ -149,7 +149,9 @@ fn needs_devices(bytes: &[u8]) -> bool {
         || nonempty(&s["raid"])
         || nonempty(&s["luks"])
         || nonempty(&s["filesystems"])
-        || v["kernelArguments"].as_object().is_some_and(|k| !k.is_empty())
+        || v["kernelArguments"]
+            .as_object()
+            .is_some_and(|k| !k.is_empty())
 }
 
 fn ignition_validate(bytes: &[u8], dir: &Path) -> bool {
@@ -171,7 +173,11 @@ fn run_ignition(bytes: &[u8], work: &Path, root: &Path) -> Result<(), String> {
     fs::create_dir_all(&bin).unwrap();
     fs::write(bin.join("setfiles"), "#!/bin/sh\ncat >/dev/null\n").unwrap();
     fs::set_permissions(bin.join("setfiles"), fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     for stage in ["fetch-offline", "files"] {
         let out = Command::new("timeout")
             .arg("120")
@@ -193,8 +199,7 @@ fn run_ignition(bytes: &[u8], work: &Path, root: &Path) -> Result<(), String> {
             let log = String::from_utf8_lossy(&out.stdout);
             let critical = log
                 .lines()
-                .filter(|l| l.starts_with("CRITICAL"))
-                .last()
+                .rfind(|l| l.starts_with("CRITICAL"))
                 .unwrap_or("no CRITICAL line")
                 .to_string();
             return Err(format!("{stage}: {critical}"));
@@ -272,13 +277,20 @@ fn snapshot(root: &Path) -> BTreeMap<String, Node> {
                 ("dir", String::new())
             } else {
                 let bytes = fs::read(&full).unwrap();
-                ("file", normalize(&rel, String::from_utf8_lossy(&bytes).into_owned()))
+                (
+                    "file",
+                    normalize(&rel, String::from_utf8_lossy(&bytes).into_owned()),
+                )
             };
             out.insert(
                 rel,
                 Node {
                     kind,
-                    mode: if kind == "link" { 0 } else { meta.permissions().mode() & 0o7777 },
+                    mode: if kind == "link" {
+                        0
+                    } else {
+                        meta.permissions().mode() & 0o7777
+                    },
                     uid: meta.uid(),
                     gid: meta.gid(),
                     contents,
@@ -347,7 +359,12 @@ fn ignition_2_14_and_wellcar_agree() {
     let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
     let dir = corpus_dir();
     let mut names: Vec<String> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus not found at {} (set WELLCAR_CORPUS): {e}", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "corpus not found at {} (set WELLCAR_CORPUS): {e}",
+                dir.display()
+            )
+        })
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.ends_with(".json"))
         .collect();
@@ -435,6 +452,12 @@ fn ignition_2_14_and_wellcar_agree() {
         unexplained.len(),
         unexplained.join("\n")
     );
-    assert!(stale.is_empty(), "allowlist entries that match nothing: {stale:?}");
-    assert!(applied >= HANDWRITTEN.len(), "only {applied} configs were applied");
+    assert!(
+        stale.is_empty(),
+        "allowlist entries that match nothing: {stale:?}"
+    );
+    assert!(
+        applied >= HANDWRITTEN.len(),
+        "only {applied} configs were applied"
+    );
 }

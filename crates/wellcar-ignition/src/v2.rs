@@ -71,7 +71,7 @@ fn copy(
     to
 }
 
-fn objects<'v>(v: Option<&'v Value>) -> impl Iterator<Item = (usize, &'v Map<String, Value>)> {
+fn objects(v: Option<&Value>) -> impl Iterator<Item = (usize, &Map<String, Value>)> {
     v.and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -99,7 +99,10 @@ impl Translator {
             &[],
             &["ignition", "storage", "systemd", "networkd", "passwd"],
         );
-        out.insert("ignition".into(), self.ignition(object(root.get("ignition"))));
+        out.insert(
+            "ignition".into(),
+            self.ignition(object(root.get("ignition"))),
+        );
         let mut files_from_networkd = Vec::new();
         if let Some(networkd) = object(root.get("networkd")) {
             files_from_networkd = self.networkd(networkd);
@@ -164,7 +167,10 @@ impl Translator {
                 continue;
             }
             if let Some(contents) = unit.get("contents").and_then(Value::as_str) {
-                files.push(network_file(&format!("/etc/systemd/network/{name}"), contents));
+                files.push(network_file(
+                    &format!("/etc/systemd/network/{name}"),
+                    contents,
+                ));
             }
             for (j, dropin) in objects(unit.get("dropins")) {
                 let dpath = format!("{path}.dropins.{j}");
@@ -194,7 +200,14 @@ impl Translator {
             storage,
             "storage",
             &[],
-            &["disks", "raid", "filesystems", "files", "directories", "links"],
+            &[
+                "disks",
+                "raid",
+                "filesystems",
+                "files",
+                "directories",
+                "links",
+            ],
         );
         // Filesystem names → paths.
         let mut paths: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -206,7 +219,11 @@ impl Translator {
                 }
                 let path = fs.get("path").and_then(Value::as_str).map(|p| {
                     let p = p.strip_prefix("/sysroot").unwrap_or(p);
-                    if p.is_empty() { "/".to_string() } else { p.to_string() }
+                    if p.is_empty() {
+                        "/".to_string()
+                    } else {
+                        p.to_string()
+                    }
                 });
                 paths.insert(name.to_string(), path);
             }
@@ -258,7 +275,14 @@ impl Translator {
                 self,
                 mount,
                 &mpath,
-                &["device", "format", "wipeFilesystem", "label", "uuid", "options"],
+                &[
+                    "device",
+                    "format",
+                    "wipeFilesystem",
+                    "label",
+                    "uuid",
+                    "options",
+                ],
                 &["create"],
             );
             if let Some(Some(p)) = paths.get(name) {
@@ -354,7 +378,10 @@ impl Translator {
             keys,
             &["filesystem", "path", "contents", "append"],
         );
-        let fs = n.get("filesystem").and_then(Value::as_str).unwrap_or("root");
+        let fs = n
+            .get("filesystem")
+            .and_then(Value::as_str)
+            .unwrap_or("root");
         let prefix = match paths.get(fs) {
             Some(Some(prefix)) => prefix.clone(),
             _ => {
@@ -369,7 +396,11 @@ impl Translator {
             let joined = if prefix == "/" {
                 p.to_string()
             } else {
-                format!("{}/{}", prefix.trim_end_matches('/'), p.trim_start_matches('/'))
+                format!(
+                    "{}/{}",
+                    prefix.trim_end_matches('/'),
+                    p.trim_start_matches('/')
+                )
             };
             out.insert("path".into(), json!(joined));
         } else if let Some(p) = n.get("path") {
@@ -400,7 +431,11 @@ impl Translator {
                 // 2.x writes an empty file when there is no source; spec 3 needs a source to
                 // overwrite, so the empty file is spelled out.
                 let contents = out.entry("contents").or_insert_with(|| json!({}));
-                if contents.get("source").and_then(Value::as_str).is_none_or(str::is_empty) {
+                if contents
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
                     contents["source"] = json!("data:,");
                 }
             }

@@ -36,28 +36,58 @@ fn flatcar_2_2_config_translates_like_ign_converter() {
         .find(|f| f.node.path == "/etc/systemd/network/00-eth0.network")
         .expect("networkd unit became a file");
     assert_eq!(network.mode, Some(0o644));
-    assert!(network.contents.source.as_deref().unwrap().starts_with("data:,%5BMatch%5D"));
-    assert!(c.file_paths().contains(&"/etc/systemd/network/00-eth0.network.d/mtu.conf"));
+    assert!(network
+        .contents
+        .source
+        .as_deref()
+        .unwrap()
+        .starts_with("data:,%5BMatch%5D"));
+    assert!(c
+        .file_paths()
+        .contains(&"/etc/systemd/network/00-eth0.network.d/mtu.conf"));
     // root filesystem: plain paths, 2.x overwrite default
-    let hostname = c.storage.files.iter().find(|f| f.node.path == "/etc/hostname").unwrap();
+    let hostname = c
+        .storage
+        .files
+        .iter()
+        .find(|f| f.node.path == "/etc/hostname")
+        .unwrap();
     assert_eq!(hostname.node.overwrite, Some(true));
     // append → append list, overwrite false
-    let motd = c.storage.files.iter().find(|f| f.node.path == "/etc/motd").unwrap();
+    let motd = c
+        .storage
+        .files
+        .iter()
+        .find(|f| f.node.path == "/etc/motd")
+        .unwrap();
     assert_eq!(motd.node.overwrite, Some(false));
     assert_eq!(motd.append.len(), 1);
     assert!(motd.contents.source.is_none());
     // named filesystem → path prefix; the filesystem gains its path; root is dropped
     assert!(c.file_paths().contains(&"/var/lib/data/marker"));
     assert_eq!(c.storage.filesystems.len(), 1);
-    assert_eq!(c.storage.filesystems[0].path.as_deref(), Some("/var/lib/data"));
+    assert_eq!(
+        c.storage.filesystems[0].path.as_deref(),
+        Some("/var/lib/data")
+    );
     // sectors → MiB
     let part = &c.storage.disks[0].partitions[0];
     assert_eq!((part.size_mib, part.start_mib), (Some(1024), Some(1)));
     // append → merge; enable → enabled; explicit enabled:false wins
     assert_eq!(c.ignition.config.merge.len(), 1);
-    let app = c.systemd.units.iter().find(|u| u.name == "app.service").unwrap();
+    let app = c
+        .systemd
+        .units
+        .iter()
+        .find(|u| u.name == "app.service")
+        .unwrap();
     assert_eq!(app.enabled, Some(true));
-    let off = c.systemd.units.iter().find(|u| u.name == "off.service").unwrap();
+    let off = c
+        .systemd
+        .units
+        .iter()
+        .find(|u| u.name == "off.service")
+        .unwrap();
     assert_eq!(off.enabled, Some(false));
     assert_eq!(c.passwd.users[0].groups, ["docker"]);
 }
@@ -78,7 +108,10 @@ fn untranslatable_2x_fields_are_errors_naming_their_path() {
     let errors = errors_of(
         r#"{"ignition":{"version":"2.0.0"},"storage":{"filesystems":[{"name":"old","mount":{"device":"/dev/sdb","format":"ext4","create":{"force":true}}}]}}"#,
     );
-    assert_eq!(errors[0].0, "storage.filesystems.0.mount.create", "{errors:?}");
+    assert_eq!(
+        errors[0].0, "storage.filesystems.0.mount.create",
+        "{errors:?}"
+    );
 
     let errors = errors_of(
         r#"{"ignition":{"version":"2.3.0"},"storage":{"filesystems":[{"name":"data","mount":{"device":"/dev/sdb","format":"ext4"}}],"files":[{"filesystem":"data","path":"/x"}]}}"#,
@@ -89,7 +122,10 @@ fn untranslatable_2x_fields_are_errors_naming_their_path() {
     let errors = errors_of(
         r#"{"ignition":{"version":"2.1.0"},"storage":{"disks":[{"device":"/dev/sdb","partitions":[{"number":1,"size":1000}]}]}}"#,
     );
-    assert_eq!(errors[0].0, "storage.disks.0.partitions.0.size", "{errors:?}");
+    assert_eq!(
+        errors[0].0, "storage.disks.0.partitions.0.size",
+        "{errors:?}"
+    );
 
     let errors = errors_of(
         r#"{"ignition":{"version":"2.0.0"},"passwd":{"users":[{"name":"u","create":{"uid":1001}}]}}"#,
@@ -99,11 +135,27 @@ fn untranslatable_2x_fields_are_errors_naming_their_path() {
 
 #[test]
 fn unknown_2x_keys_are_warnings_and_other_versions_stay_unsupported() {
-    let parsed = parse_config(br#"{"ignition":{"version":"2.3.0"},"storage":{"files":[{"path":"/a","bogus":1}]}}"#).unwrap();
-    assert!(parsed.warnings.iter().any(|w| w.path == "storage.files.0.bogus"), "{:?}", parsed.warnings);
+    let parsed = parse_config(
+        br#"{"ignition":{"version":"2.3.0"},"storage":{"files":[{"path":"/a","bogus":1}]}}"#,
+    )
+    .unwrap();
+    assert!(
+        parsed
+            .warnings
+            .iter()
+            .any(|w| w.path == "storage.files.0.bogus"),
+        "{:?}",
+        parsed.warnings
+    );
     for v in ["2.4.0", "2.5.0-experimental", "1.0.0"] {
         let json = format!(r#"{{"ignition":{{"version":"{v}"}}}}"#);
-        assert!(matches!(parse_config(json.as_bytes()), Err(ParseError::UnsupportedVersion { .. })), "{v}");
+        assert!(
+            matches!(
+                parse_config(json.as_bytes()),
+                Err(ParseError::UnsupportedVersion { .. })
+            ),
+            "{v}"
+        );
     }
 }
 
@@ -111,8 +163,11 @@ fn unknown_2x_keys_are_warnings_and_other_versions_stay_unsupported() {
 fn the_corpus_2x_config_translates() {
     let dir = std::env::var_os("WELLCAR_CORPUS")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
-    let bytes = std::fs::read(dir.join("ignition/003-version-2_2_0.json")).expect("corpus (set WELLCAR_CORPUS)");
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus")
+        });
+    let bytes = std::fs::read(dir.join("ignition/003-version-2_2_0.json"))
+        .expect("corpus (set WELLCAR_CORPUS)");
     let parsed = parse_config(&bytes).unwrap();
     assert_eq!(parsed.config.ignition.version, crate::LATEST_SPEC);
 }
