@@ -40,6 +40,8 @@ enum Command {
     /// Validate and inspect Ignition configs.
     #[command(subcommand)]
     Ignition(cmd::ignition::Command),
+    /// Translate a Butane config (YAML) to an Ignition config (JSON).
+    Butane(cmd::butane::Opts),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Payload(c) => cmd::payload::run(c),
         Command::Server(c) => cmd::server::run(*c),
         Command::Ignition(c) => cmd::ignition::run(c),
+        Command::Butane(o) => cmd::butane::run(&o),
     };
     match result {
         Ok(code) => code,

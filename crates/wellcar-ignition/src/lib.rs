@@ -29,6 +29,7 @@ pub mod merge;
 pub mod model;
 pub mod report;
 pub mod unitfile;
+pub mod v2;
 pub mod validate;
 pub mod version;
 
@@ -119,18 +120,30 @@ pub fn parse_config(bytes: &[u8]) -> Result<Parsed, ParseError> {
             line: e.line(),
             column: e.column(),
         })?;
-    let version = value
+    let mut version = value
         .get("ignition")
         .and_then(|i| i.get("version"))
         .and_then(|v| v.as_str())
         .unwrap_or("")
         .to_string();
+    // Spec 2.x: translated to 3.0.0 first (see `v2`), then decoded like any 3.0.0 config.
+    let mut v2_warnings = Vec::new();
+    let value = if v2::is_v2(&version) {
+        let (translated, warnings) =
+            v2::translate(&value).map_err(|entries| ParseError::Invalid { entries })?;
+        v2_warnings = warnings;
+        version = "3.0.0".to_string();
+        translated
+    } else {
+        value
+    };
     let spec = match version::classify(&version) {
         Ok(spec) => spec,
         Err(VersionProblem::Unparseable) => return Err(ParseError::InvalidVersion { version }),
         Err(VersionProblem::Unsupported) => return Err(ParseError::UnsupportedVersion { version }),
     };
     let (mut config, mut entries, type_error) = decode::decode(&value, spec);
+    entries.splice(0..0, v2_warnings);
     if let Some(type_error) = type_error {
         entries.push(type_error);
         return Err(ParseError::Invalid { entries });
@@ -320,6 +333,8 @@ fn render(
 mod corpus_tests;
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod oracle_tests;
 #[cfg(test)]
 mod reference_limits_tests;
 

@@ -1,6 +1,7 @@
 //! One module per subcommand; each owns its `Opts`/`Command` and `run`.
 
 pub mod build;
+pub mod butane;
 pub mod ignition;
 pub mod key;
 pub mod payload;
