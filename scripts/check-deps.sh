@@ -52,6 +52,9 @@ commands=(
   etcd:etcd-server
   # dashboard tests (WebDriver)
   chromium:chromium chromedriver:chromium-driver
+  # Ignition: the differential oracle, the storage section's tools, TFTP/DHCP servers
+  ignition-validate:ignition mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs mkfs.vfat:dosfstools
+  mdadm:mdadm dnsmasq:dnsmasq-base
 )
 # Files rather than commands.
 files=(
@@ -61,6 +64,8 @@ files=(
   /usr/share/OVMF/OVMF_VARS_4M.fd:ovmf
   # the e2e test copies this very file into the workload's container image
   /bin/busybox:busybox-static
+  # the Ignition differential test runs Ignition's own binary (not on PATH)
+  /usr/lib/dracut/modules.d/30ignition/ignition:ignition
   # scripts/fuzz.sh links the fuzz targets against AFL++'s runtime
   /usr/lib/afl/afl-compiler-rt.o:afl++
 )

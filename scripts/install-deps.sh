@@ -36,6 +36,9 @@ packages=(
   etcd-server
   # dashboard tests: a real browser driven over WebDriver
   chromium chromium-driver
+  # Ignition tests: coreos/ignition 2.14 as the differential oracle (files stage, validate);
+  # the storage section's tools on loop devices; TFTP and DHCP servers (dnsmasq)
+  ignition xfsprogs btrfs-progs mdadm dnsmasq-base
   # Rust: the linker (cc) with the C library to link against (libc6-dev is only a Recommends
   # of gcc), crates that build C; ca-certificates for cargo's HTTPS, curl for rustup
   gcc libc6-dev pkg-config ca-certificates curl
