@@ -37,6 +37,8 @@ enum Command {
     /// The Omaha update server.
     #[command(subcommand)]
     Server(Box<cmd::server::Command>),
+    /// Install Wellcar onto a disk or a file from a signed image.
+    Install(cmd::install::Opts),
     /// Validate and inspect Ignition configs.
     #[command(subcommand)]
     Ignition(cmd::ignition::Command),
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Payload(c) => cmd::payload::run(c),
         Command::Server(c) => cmd::server::run(*c),
         Command::Ignition(c) => cmd::ignition::run(c),
+        Command::Install(o) => cmd::install::run(o),
     };
     match result {
         Ok(code) => code,

@@ -33,6 +33,8 @@ pub mod version;
 pub use build_manifest::{BuildManifest, BuildManifestError, PackageRecord, BUILD_MANIFEST_FILE};
 pub use command::CommandError;
 pub use error_report::{error_chain, IoResultExt, PathIoError};
-pub use image_manifest::{ImageManifest, ImageSignature, IMAGE_MANIFEST_FILE, IMAGE_SIGNATURES_FILE};
+pub use image_manifest::{
+    ImageManifest, ImageSignature, IMAGE_MANIFEST_FILE, IMAGE_SIGNATURES_FILE,
+};
 pub use root_hash::{RootHash, RootHashError, ROOT_HASH_HEX_LEN, ROOT_HASH_LEN};
 pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};

@@ -132,22 +132,30 @@ fn assert_not_bootable(target: &Path) {
     );
     let out = sgdisk(&["-p"], target);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("USR-A"), "sgdisk still sees partitions: {text}");
+    assert!(
+        !text.contains("USR-A"),
+        "sgdisk still sees partitions: {text}"
+    );
 }
 
 /// Events, recorded.
-fn recorder() -> (Mutex<Vec<InstallEvent>>, impl Fn(&Mutex<Vec<InstallEvent>>, InstallEvent)) {
-    (Mutex::new(Vec::new()), |events: &Mutex<Vec<InstallEvent>>, e| {
-        events.lock().unwrap().push(e)
-    })
+#[derive(Default)]
+struct Recorder(Mutex<Vec<InstallEvent>>);
+
+impl Recorder {
+    fn event(&self, event: InstallEvent) {
+        self.0.lock().unwrap().push(event)
+    }
+
+    fn events(self) -> Vec<InstallEvent> {
+        self.0.into_inner().unwrap()
+    }
 }
 
 #[test]
 fn a_signed_image_installs_onto_a_larger_file_with_its_oem_config_and_gpt_at_the_end() {
     let fixture = Fixture::new();
     let target = fixture.root.join("disk.raw");
-    let image_size = fixture.build.manifest.disk_image.len(); // silence unused warnings below
-    let _ = image_size;
     let size = wellcar_disk::gpt::minimum_disk_size() + (64 << 20);
     std::fs::File::create_new(&target)
         .unwrap()
@@ -155,7 +163,11 @@ fn a_signed_image_installs_onto_a_larger_file_with_its_oem_config_and_gpt_at_the
         .unwrap();
     // zstd-compressed copy: decompressed while streaming.
     let copy = fixture.copy_image("zst");
-    tools::run(Command::new(tools::require("zstd")).args(["-q", "-1", "--rm"]).arg(&copy));
+    tools::run(
+        Command::new(tools::require("zstd"))
+            .args(["-q", "-1", "--rm"])
+            .arg(&copy),
+    );
     let zst = copy.with_extension("img.zst");
     assert!(zst.is_file());
     let ignition = br#"{"ignition":{"version":"3.4.0"}}"#.to_vec();
@@ -165,23 +177,42 @@ fn a_signed_image_installs_onto_a_larger_file_with_its_oem_config_and_gpt_at_the
         oem_id: Some("metal".into()),
         kernel_args: vec!["console=ttyS0,115200".into()],
     };
-    let (events, record) = recorder();
-    let report = install(&request, &|e| record(&events, e)).unwrap();
-    assert_eq!((report.version.as_str(), report.target_size), ("1.2.3", size));
-    let events = events.into_inner().unwrap();
-    assert!(matches!(
-        &events[0],
-        InstallEvent::Verified { compression: Compression::Zstd, signed_by: Some(k), .. } if k.starts_with("release (")
-    ), "{events:?}");
-    assert!(events.iter().any(|e| matches!(e, InstallEvent::Writing { .. })));
+    let recorder = Recorder::default();
+    let report = install(&request, &|e| recorder.event(e)).unwrap();
+    assert_eq!(
+        (report.version.as_str(), report.target_size),
+        ("1.2.3", size)
+    );
+    let events = recorder.events();
+    assert!(
+        matches!(
+            &events[0],
+            InstallEvent::Verified { compression: Compression::Zstd, signed_by: Some(k), .. } if k.starts_with("release (")
+        ),
+        "{events:?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, InstallEvent::Writing { .. })));
     assert_eq!(events.last(), Some(&InstallEvent::Done));
 
     // sgdisk accepts the table, with the backup at the end of the larger target.
     let verify = sgdisk(&["-v"], &target);
     let text = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success() && text.contains("No problems found"), "{text}");
+    assert!(
+        verify.status.success() && text.contains("No problems found"),
+        "{text}"
+    );
     let print = String::from_utf8_lossy(&sgdisk(&["-p"], &target).stdout).into_owned();
-    for label in ["EFI-SYSTEM", "BIOS-BOOT", "USR-A", "USR-B", "OEM", "OEM-CONFIG", "ROOT"] {
+    for label in [
+        "EFI-SYSTEM",
+        "BIOS-BOOT",
+        "USR-A",
+        "USR-B",
+        "OEM",
+        "OEM-CONFIG",
+        "ROOT",
+    ] {
         assert!(print.contains(label), "{label} missing: {print}");
     }
     let mut f = std::fs::File::open(&target).unwrap();
@@ -207,9 +238,20 @@ fn a_signed_image_installs_onto_a_larger_file_with_its_oem_config_and_gpt_at_the
 
     // config.ign, the OEM id and the kernel argument are on the OEM partition.
     let oem = part("OEM");
-    assert_eq!(oem::read_file(&target, oem.offset, "config.ign").unwrap(), Some(ignition));
-    let cfg = String::from_utf8(oem::read_file(&target, oem.offset, "grub.cfg").unwrap().unwrap()).unwrap();
-    assert!(cfg.contains("set oem_id=\"metal\"") && !cfg.contains("qemu"), "{cfg}");
+    assert_eq!(
+        oem::read_file(&target, oem.offset, "config.ign").unwrap(),
+        Some(ignition)
+    );
+    let cfg = String::from_utf8(
+        oem::read_file(&target, oem.offset, "grub.cfg")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        cfg.contains("set oem_id=\"metal\"") && !cfg.contains("qemu"),
+        "{cfg}"
+    );
     assert!(cfg.contains("$linux_append console=ttyS0,115200"), "{cfg}");
     assert_eq!(
         oem::read_file(&target, oem.offset, "oem-release").unwrap(),
@@ -223,13 +265,20 @@ fn a_signed_image_installs_onto_a_larger_file_with_its_oem_config_and_gpt_at_the
         fixture.root.join("oem-check.img").display(),
         fixture.root.join("oem-check.img").display()
     )));
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 
     // The MBR keeps the image's code area and covers the larger disk.
     let mut mbr = [0u8; 512];
     f.read_exact_at(&mut mbr, 0).unwrap();
     assert_eq!(mbr[446 + 4], 0xee);
-    assert_eq!(u32::from_le_bytes(mbr[458..462].try_into().unwrap()) as u64, size / 512 - 1);
+    assert_eq!(
+        u32::from_le_bytes(mbr[458..462].try_into().unwrap()) as u64,
+        size / 512 - 1
+    );
 }
 
 #[test]
@@ -245,16 +294,23 @@ fn bad_images_keys_and_targets_are_refused_and_leave_nothing_bootable() {
     let err = install(&request, &|_| {}).unwrap_err();
     assert!(
         matches!(err, InstallError::BadSignature { .. })
-            && err.to_string().contains("no signature in") && err.to_string().contains("verifies with a trusted key"),
+            && err.to_string().contains("no signature in")
+            && err.to_string().contains("verifies with a trusted key"),
         "{err}"
     );
     assert!(!target.exists());
 
     // A too small target: refused by size, untouched.
     let small = fixture.root.join("small.raw");
-    std::fs::File::create_new(&small).unwrap().set_len(1 << 30).unwrap();
+    std::fs::File::create_new(&small)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
     let err = install(&fixture.request(&small, build.clone()), &|_| {}).unwrap_err();
-    assert!(err.to_string().contains("is too small: 1073741824 bytes"), "{err}");
+    assert!(
+        err.to_string().contains("is too small: 1073741824 bytes"),
+        "{err}"
+    );
 
     // A tampered image (one byte of USR-A flipped): refused after streaming, no GPT written.
     let tampered = fixture.copy_image("tampered");
@@ -268,15 +324,23 @@ fn bad_images_keys_and_targets_are_refused_and_leave_nothing_bootable() {
             .unwrap()
             .offset
     };
-    let f = std::fs::OpenOptions::new().write(true).open(&tampered).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tampered)
+        .unwrap();
     f.write_all_at(b"X", offset + 4096).unwrap();
     drop(f);
     let target = fixture.root.join("tampered.raw");
-    let err = install(&fixture.request(&target, ImageSource::File(tampered.clone())), &|_| {})
-        .unwrap_err();
+    let err = install(
+        &fixture.request(&target, ImageSource::File(tampered.clone())),
+        &|_| {},
+    )
+    .unwrap_err();
     assert!(
         matches!(err, InstallError::Tampered { .. })
-            && err.to_string().contains("does not match the signed manifest"),
+            && err
+                .to_string()
+                .contains("does not match the signed manifest"),
         "{err}"
     );
     assert_not_bootable(&target);
@@ -290,10 +354,16 @@ fn bad_images_keys_and_targets_are_refused_and_leave_nothing_bootable() {
         .unwrap()
         .set_len(full - (1 << 20))
         .unwrap();
-    let err = install(&fixture.request(&target, ImageSource::File(truncated)), &|_| {})
-        .unwrap_err();
+    let err = install(
+        &fixture.request(&target, ImageSource::File(truncated)),
+        &|_| {},
+    )
+    .unwrap_err();
     assert!(
-        err.to_string().contains(&format!("is truncated: {} bytes, the signed manifest says {full}", full - (1 << 20))),
+        err.to_string().contains(&format!(
+            "is truncated: {} bytes, the signed manifest says {full}",
+            full - (1 << 20)
+        )),
         "{err}"
     );
     assert_not_bootable(&target);
@@ -306,11 +376,14 @@ fn bad_images_keys_and_targets_are_refused_and_leave_nothing_bootable() {
     assert!(!unsigned_target.exists());
     let mut insecure = fixture.request(&unsigned_target, build);
     insecure.insecure = true;
-    let (events, record) = recorder();
-    install(&insecure, &|e| record(&events, e)).unwrap();
+    let recorder = Recorder::default();
+    install(&insecure, &|e| recorder.event(e)).unwrap();
     assert!(matches!(
-        &events.into_inner().unwrap()[0],
-        InstallEvent::Verified { signed_by: None, .. }
+        &recorder.events()[0],
+        InstallEvent::Verified {
+            signed_by: None,
+            ..
+        }
     ));
     assert!(sgdisk(&["-v"], &unsigned_target).status.success());
 }

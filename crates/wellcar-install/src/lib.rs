@@ -82,6 +82,38 @@ pub enum InstallEvent {
     Done,
 }
 
+impl std::fmt::Display for InstallEvent {
+    /// One line for people.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstallEvent::Verified {
+                version,
+                signed_by,
+                image,
+                compression,
+                size,
+            } => write!(
+                f,
+                "image {} ({compression:?}, {size} bytes raw): Wellcar {version}, {}",
+                image.display(),
+                signed_by.as_ref().map_or_else(
+                    || "NOT signature-checked (--insecure)".to_string(),
+                    |k| format!("signed by {k}")
+                )
+            ),
+            InstallEvent::Writing { written, total } => {
+                write!(f, "writing: {} / {} MiB", written >> 20, total >> 20)
+            }
+            InstallEvent::Written { bytes, sha256 } => write!(
+                f,
+                "written: {bytes} bytes, sha256 {sha256} matches the signed manifest"
+            ),
+            InstallEvent::OemConfigured => f.write_str("OEM partition configured"),
+            InstallEvent::Done => f.write_str("partition table written: the target is bootable"),
+        }
+    }
+}
+
 /// The outcome of [`install`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallReport {

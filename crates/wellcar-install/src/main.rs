@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use wellcar_install::{args::Args, install, InstallEvent};
+use wellcar_install::{args::Args, install};
 
 /// Install Wellcar onto a disk or a file from a signed image.
 #[derive(Debug, clap::Parser)]
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let request = args.request().context("preparing the installation")?;
-    let report = install(&request, &print_event)
+    let report = install(&request, &|event| eprintln!("{event}"))
         .with_context(|| format!("installing onto {}", args.target.display()))?;
     println!(
         "installed Wellcar {} onto {} ({} bytes)",
@@ -47,29 +47,4 @@ fn run(args: &Args) -> anyhow::Result<()> {
         report.target_size
     );
     Ok(())
-}
-
-/// One line per event.
-pub fn print_event(event: InstallEvent) {
-    match event {
-        InstallEvent::Verified {
-            version,
-            signed_by,
-            image,
-            compression,
-            size,
-        } => eprintln!(
-            "image {} ({compression:?}, {size} bytes raw): Wellcar {version}, {}",
-            image.display(),
-            signed_by.map_or("NOT signature-checked (--insecure)".into(), |k| format!("signed by {k}"))
-        ),
-        InstallEvent::Writing { written, total } => {
-            eprintln!("writing: {} / {} MiB", written >> 20, total >> 20)
-        }
-        InstallEvent::Written { bytes, sha256 } => {
-            eprintln!("written: {bytes} bytes, sha256 {sha256} matches the signed manifest")
-        }
-        InstallEvent::OemConfigured => eprintln!("OEM partition configured"),
-        InstallEvent::Done => eprintln!("partition table written"),
-    }
 }

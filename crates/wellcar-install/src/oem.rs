@@ -74,7 +74,10 @@ pub fn edit_grub_cfg(old: &str, settings: &OemSettings) -> String {
     let mut out = String::new();
     let mut id_set = false;
     for line in old.lines() {
-        if let (Some(id), true) = (&settings.oem_id, line.trim_start().starts_with("set oem_id=")) {
+        if let (Some(id), true) = (
+            &settings.oem_id,
+            line.trim_start().starts_with("set oem_id="),
+        ) {
             out.push_str(&format!("set oem_id=\"{id}\"\n"));
             id_set = true;
         } else {
@@ -102,9 +105,11 @@ fn device_spec(target: &Path, offset: u64) -> String {
 /// Reads a file from the ext4 filesystem at `offset` inside `target` (`None`: no such file).
 pub fn read_file(target: &Path, offset: u64, name: &str) -> Result<Option<Vec<u8>>, InstallError> {
     let spec = device_spec(target, offset);
-    let out = wellcar_contract::command::run(
-        Command::new("debugfs").args(["-R", &format!("cat /{name}"), &spec]),
-    )?;
+    let out = wellcar_contract::command::run(Command::new("debugfs").args([
+        "-R",
+        &format!("cat /{name}"),
+        &spec,
+    ]))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("File not found") {
         return Ok(None);
@@ -175,7 +180,8 @@ mod tests {
 
     #[test]
     fn grub_cfg_gets_the_id_replaced_and_arguments_appended() {
-        let old = "# Platform settings\nset oem_id=\"qemu\"\nset linux_append=\"wellcar.autologin\"\n";
+        let old =
+            "# Platform settings\nset oem_id=\"qemu\"\nset linux_append=\"wellcar.autologin\"\n";
         let settings = OemSettings {
             oem_id: Some("metal".into()),
             kernel_args: vec!["console=ttyS0".into(), "quiet".into()],
@@ -185,7 +191,10 @@ mod tests {
         let cfg = edit_grub_cfg(old, &settings);
         assert!(cfg.contains("set oem_id=\"metal\"\n"), "{cfg}");
         assert!(!cfg.contains("qemu"), "{cfg}");
-        assert!(cfg.ends_with("set linux_append=\"$linux_append console=ttyS0 quiet\"\n"), "{cfg}");
+        assert!(
+            cfg.ends_with("set linux_append=\"$linux_append console=ttyS0 quiet\"\n"),
+            "{cfg}"
+        );
         let fresh = edit_grub_cfg("", &settings);
         assert!(fresh.starts_with("set oem_id=\"metal\"\n"), "{fresh}");
     }
@@ -197,7 +206,11 @@ mod tests {
             ..OemSettings::default()
         };
         let err = bad.validate().unwrap_err();
-        assert!(err.to_string().starts_with("--kernel-arg \"a\\\"; reboot\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("--kernel-arg \"a\\\"; reboot\""),
+            "{err}"
+        );
         let bad = OemSettings {
             oem_id: Some("Q EMU".into()),
             ..OemSettings::default()

@@ -90,9 +90,9 @@ pub fn open_image(path: &Path) -> Result<(Box<dyn Read>, Compression), InstallEr
     };
     let stream: Box<dyn Read> = match compression {
         Compression::None => Box::new(reader),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(reader).map_err(io("decompressing"))?,
-        ),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(io("decompressing"))?)
+        }
         Compression::Gzip => Box::new(flate2::bufread::GzDecoder::new(reader)),
     };
     Ok((stream, compression))
@@ -137,10 +137,8 @@ fn fetch(url: &str) -> Result<Vec<u8>, InstallError> {
         url: url.into(),
         source: Box::new(source),
     };
-    let mut options = wellcar_http::ClientOptions::new(concat!(
-        "wellcar-install/",
-        env!("CARGO_PKG_VERSION")
-    ));
+    let mut options =
+        wellcar_http::ClientOptions::new(concat!("wellcar-install/", env!("CARGO_PKG_VERSION")));
     options.connect_timeout = std::time::Duration::from_secs(10);
     let agent = wellcar_http::system_client(&options);
     let response = agent.get(url).call().map_err(fail)?;

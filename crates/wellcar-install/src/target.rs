@@ -27,7 +27,10 @@ pub struct Target {
     pub is_file: bool,
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
     move |source| InstallError::Io {
         action,
         path: path.into(),
@@ -100,8 +103,8 @@ pub fn open_target(path: &Path, needed: u64) -> Result<Target, InstallError> {
                 .write(true)
                 .open(path)
                 .map_err(io("opening", path))?;
-            let size =
-                std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(io("sizing", path))?;
+            let size = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))
+                .map_err(io("sizing", path))?;
             if size < needed {
                 return Err(InstallError::TargetTooSmall {
                     path: path.into(),
@@ -199,7 +202,10 @@ fn mounts_on(mountinfo: &str, matches: impl Fn((u64, u64)) -> bool) -> Vec<(Stri
 }
 
 fn unescape_octal(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// The loop device backed by the file `path`, if any.

@@ -31,7 +31,10 @@ const CHUNK: usize = 1 << 20;
 /// A progress event at least every this many bytes.
 const PROGRESS_EVERY: u64 = 64 << 20;
 
-fn target_io<'a>(action: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> InstallError + 'a {
+fn target_io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl Fn(std::io::Error) -> InstallError + 'a {
     move |source| InstallError::Io {
         action,
         path: path.into(),
@@ -52,10 +55,7 @@ pub fn wipe_partition_table(target: &mut Target) -> Result<(), InstallError> {
         .file
         .write_all_at(&zeros[..(target.size - tail) as usize], tail)
         .map_err(target_io("wiping the backup partition table of", &path))?;
-    target
-        .file
-        .sync_all()
-        .map_err(target_io("syncing", &path))
+    target.file.sync_all().map_err(target_io("syncing", &path))
 }
 
 /// Streams `image` (its decompressed bytes) onto `target` as the module docs say, and returns
@@ -179,7 +179,11 @@ pub fn image_gpt(head: &[u8], image_path: &Path) -> Result<gptman::GPT, InstallE
 /// The last step: the protective MBR (with GRUB's boot code, its size fixed to the target),
 /// then the image's partition table with its backup moved to the end of the target, primary
 /// header and array, then backup header and array; then sync.
-pub fn gpt_last(target: &mut Target, head: &[u8], mut gpt: gptman::GPT) -> Result<(), InstallError> {
+pub fn gpt_last(
+    target: &mut Target,
+    head: &[u8],
+    mut gpt: gptman::GPT,
+) -> Result<(), InstallError> {
     let path = target.path.clone();
     let gpt_err = |source| InstallError::Gpt {
         path: path.clone(),

@@ -58,13 +58,14 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
             opts.usr_binaries
         },
         usr_overlays: opts.usr_overlays,
-        signing_key: opts.signing_key,
+        signing_key: opts.signing_key.clone(),
         trusted_keys: opts.trusted_keys,
         payload_compression_level: opts.payload_compression_level,
     };
     let progress = crate::progress::BuildProgress::for_stderr();
     let manifest = wellcar_image::build_with_progress(&build, &|e| progress.event(e))
         .context("building the image")?;
+    sign_image(&opts.output, opts.signing_key.as_deref())?;
     println!(
         "built Wellcar {} in {}: {} (verity root {})",
         manifest.version,
@@ -73,6 +74,23 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         manifest.verity_root_hash
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Signs the disk image (`image-manifest.json` + `.sig`, what `wellcar install` checks) with
+/// the key that signed the payload.
+fn sign_image(output: &std::path::Path, key: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let key = match key {
+        Some(path) => wellcar_payload::load_signing_key(path)
+            .with_context(|| format!("loading the signing key {}", path.display()))?,
+        None => {
+            wellcar_payload::dev_signing_key()
+                .context("loading the development signing key")?
+                .0
+        }
+    };
+    wellcar_install::sign_build(output, &[&key])
+        .with_context(|| format!("signing the disk image in {}", output.display()))?;
+    Ok(())
 }
 
 /// `$WELLCAR_INIT_BINARY`, else the static build next to this executable's target directory.
@@ -95,6 +113,7 @@ pub const USR_BINARIES: &[&str] = &[
     "wellcar-update-agent",
     "update_engine_client",
     "locksmithctl",
+    "wellcar-install",
 ];
 
 /// The on-host programs built next to this executable (`cargo build --release` puts them there);

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod ignition;
+pub mod install;
 pub mod key;
 pub mod payload;
 pub mod run;
