@@ -19,6 +19,7 @@ pub mod definition;
 pub mod disk;
 pub mod error;
 pub mod grub;
+pub mod platform;
 pub mod reshape;
 pub mod rootfs;
 pub mod tools;

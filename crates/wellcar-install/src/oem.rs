@@ -131,6 +131,16 @@ pub fn configure(target: &Path, offset: u64, settings: &OemSettings) -> Result<(
     if let Some(id) = &settings.oem_id {
         files.push((OEM_RELEASE_FILE, format!("ID={id}\n").into_bytes()));
     }
+    write_files(target, offset, &files)
+}
+
+/// Writes `files` (name in the filesystem's root, content) onto the ext4 filesystem at `offset`
+/// inside `target`, replacing existing ones, and reads each back.
+pub fn write_files(
+    target: &Path,
+    offset: u64,
+    files: &[(&str, Vec<u8>)],
+) -> Result<(), InstallError> {
     if files.is_empty() {
         return Ok(());
     }
@@ -140,7 +150,7 @@ pub fn configure(target: &Path, offset: u64, settings: &OemSettings) -> Result<(
         source,
     })?;
     let mut commands = String::new();
-    for (name, content) in &files {
+    for (name, content) in files {
         let local = work.path().join(name);
         std::fs::write(&local, content).map_err(|source| InstallError::Io {
             action: "writing",
@@ -163,7 +173,7 @@ pub fn configure(target: &Path, offset: u64, settings: &OemSettings) -> Result<(
             .arg(&script)
             .arg(device_spec(target, offset)),
     )?;
-    for (name, content) in &files {
+    for (name, content) in files {
         if read_file(target, offset, name)?.as_ref() != Some(content) {
             return Err(InstallError::OemReadBack {
                 path: target.into(),
