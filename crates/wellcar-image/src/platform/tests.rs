@@ -86,8 +86,14 @@ fn every_platform_gets_its_format_and_oem_settings() {
                 // Fixed VHD: the data, then a 512-byte footer ("conectix", qemu-img probes the
                 // file as raw, so its format is given).
                 assert_eq!(std::fs::metadata(&image).unwrap().len(), size + 512);
-                let footer = std::fs::read(&image).unwrap().split_off(size as usize);
-                assert!(footer.starts_with(b"conectix"));
+                let mut footer = [0u8; 8];
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &std::fs::File::open(&image).unwrap(),
+                    &mut footer,
+                    size,
+                )
+                .unwrap();
+                assert_eq!(&footer, b"conectix");
                 let info: serde_json::Value = serde_json::from_str(&tool(
                     Command::new("qemu-img")
                         .args(["info", "-f", "vpc", "--output=json"])
