@@ -38,10 +38,19 @@ pub struct Opts {
     /// or replace files in an image.
     #[arg(long = "usr-overlay")]
     pub usr_overlays: Vec<PathBuf>,
+    /// Also write the image for a platform, with its OEM settings (repeatable): qemu, metal,
+    /// openstack, vmware, azure, aws, gcp.
+    #[arg(long = "platform", value_name = "ID")]
+    pub platforms: Vec<String>,
 }
 
 /// Runs `wellcar build`.
 pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
+    let platforms = opts
+        .platforms
+        .iter()
+        .map(|p| p.parse::<wellcar_image::platform::Platform>())
+        .collect::<Result<Vec<_>, _>>()?;
     let init_binary = match opts.init_binary {
         Some(p) => p,
         None => default_init_binary()?,
@@ -66,6 +75,12 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     let manifest = wellcar_image::build_with_progress(&build, &|e| progress.event(e))
         .context("building the image")?;
     sign_image(&opts.output, opts.signing_key.as_deref())?;
+    for platform in platforms {
+        let raw = opts.output.join(&manifest.disk_image);
+        let image = wellcar_image::platform::write_platform_image(&raw, platform, &opts.output)
+            .with_context(|| format!("making the {} image", platform.id()))?;
+        println!("{}: {}", platform.id(), image.display());
+    }
     println!(
         "built Wellcar {} in {}: {} (verity root {})",
         manifest.version,
