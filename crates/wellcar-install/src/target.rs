@@ -273,4 +273,61 @@ mod tests {
         let err = open_target(dev, 1).unwrap_err();
         assert!(matches!(err, InstallError::TargetKind { .. }), "{err}");
     }
+
+    /// Runs a host tool (as root), failing the test with its stderr.
+    fn run(program: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} (util-linux, e2fsprogs) is required: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A loop device (root): its backing file and, once mounted, the device are refused by name.
+    #[test]
+    fn a_loop_backing_file_and_a_mounted_device_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing.img");
+        std::fs::File::create_new(&backing)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let device = run("losetup", &["-f", "--show", backing.to_str().unwrap()]);
+        struct Detach(String);
+        impl Drop for Detach {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", &self.0])
+                    .status();
+            }
+        }
+        let _detach = Detach(device.clone());
+        let err = open_target(&backing, 4096).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("is in use: it backs {device}")),
+            "{err}"
+        );
+
+        run("mke2fs", &["-q", "-t", "ext4", &device]);
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point).unwrap();
+        run("mount", &[&device, mount_point.to_str().unwrap()]);
+        let result = open_target(Path::new(&device), 4096);
+        run("umount", &[mount_point.to_str().unwrap()]);
+        let err = result.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("is mounted at {}", mount_point.display())),
+            "{err}"
+        );
+        // Unmounted, the same device is accepted.
+        let target = open_target(Path::new(&device), 4096).unwrap();
+        assert_eq!((target.size, target.is_file), (16 << 20, false));
+    }
 }
