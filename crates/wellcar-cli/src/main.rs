@@ -37,6 +37,8 @@ enum Command {
     /// The Omaha update server.
     #[command(subcommand)]
     Server(Box<cmd::server::Command>),
+    /// Install Wellcar onto a disk or a file from a signed image.
+    Install(cmd::install::Opts),
     /// Validate and inspect Ignition configs.
     #[command(subcommand)]
     Ignition(cmd::ignition::Command),
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Server(c) => cmd::server::run(*c),
         Command::Ignition(c) => cmd::ignition::run(c),
         Command::Butane(o) => cmd::butane::run(&o),
+        Command::Install(o) => cmd::install::run(o),
     };
     match result {
         Ok(code) => code,

@@ -26,6 +26,7 @@ pub mod command;
 pub mod error_report;
 pub mod esp;
 pub mod fleetlock;
+pub mod image_manifest;
 pub mod module_list;
 pub mod release_file;
 pub mod root_hash;
@@ -34,6 +35,9 @@ pub mod version;
 pub use build_manifest::{BuildManifest, BuildManifestError, PackageRecord, BUILD_MANIFEST_FILE};
 pub use command::CommandError;
 pub use error_report::{error_chain, IoResultExt, PathIoError};
+pub use image_manifest::{
+    ImageManifest, ImageSignature, IMAGE_MANIFEST_FILE, IMAGE_SIGNATURES_FILE,
+};
 pub use release_file::{ReleaseFile, ReleaseFileError, FLATCAR_APP_ID, WELLCAR_APP_ID};
 pub use root_hash::{RootHash, RootHashError, ROOT_HASH_HEX_LEN, ROOT_HASH_LEN};
 pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};

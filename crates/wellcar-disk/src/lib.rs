@@ -7,9 +7,11 @@
 //!
 //! This crate knows *where* things are; it does not format filesystems.
 
+pub mod disk_guid;
 pub mod gpt;
 pub mod layout;
 
+pub use disk_guid::{make_disk_guid_unique, DiskGuidOutcome};
 pub use gpt::{find_partition, read_gpt, write_layout, DiskError, PartitionKey, PartitionLocation};
 pub use layout::{
     PartitionSpec, Slot, LAYOUT, SECTOR_SIZE, USR_DATA_BLOCKS, USR_EXTRACT_SIZE,

@@ -20,6 +20,7 @@ pub mod disk;
 pub mod error;
 pub mod fixed_groups;
 pub mod grub;
+pub mod platform;
 pub mod reshape;
 pub mod rootfs;
 pub mod tools;

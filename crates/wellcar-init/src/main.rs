@@ -17,6 +17,7 @@
 //! can fall back to the other slot.
 
 mod disk;
+mod disk_guid;
 mod firstboot;
 mod grow;
 mod kmod;
@@ -309,6 +310,7 @@ fn first_boot_steps(
     first_boot: FirstBoot,
     root_found: &Found,
 ) -> Result<(), BootError> {
+    log.step("disk-guid", |log| disk_guid::make_unique(log, root_found))?;
     log.step("load-first-boot-modules", |_| {
         kmod::load_all(
             Path::new(module_list::LOAD_LIST),

@@ -38,10 +38,19 @@ pub struct Opts {
     /// or replace files in an image.
     #[arg(long = "usr-overlay")]
     pub usr_overlays: Vec<PathBuf>,
+    /// Also write the image for a platform, with its OEM settings (repeatable): qemu, metal,
+    /// openstack, vmware, azure, aws, gcp.
+    #[arg(long = "platform", value_name = "ID")]
+    pub platforms: Vec<String>,
 }
 
 /// Runs `wellcar build`.
 pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
+    let platforms = opts
+        .platforms
+        .iter()
+        .map(|p| p.parse::<wellcar_image::platform::Platform>())
+        .collect::<Result<Vec<_>, _>>()?;
     let init_binary = match opts.init_binary {
         Some(p) => p,
         None => default_init_binary()?,
@@ -58,13 +67,20 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
             opts.usr_binaries
         },
         usr_overlays: opts.usr_overlays,
-        signing_key: opts.signing_key,
+        signing_key: opts.signing_key.clone(),
         trusted_keys: opts.trusted_keys,
         payload_compression_level: opts.payload_compression_level,
     };
     let progress = crate::progress::BuildProgress::for_stderr();
     let manifest = wellcar_image::build_with_progress(&build, &|e| progress.event(e))
         .context("building the image")?;
+    sign_image(&opts.output, opts.signing_key.as_deref())?;
+    for platform in platforms {
+        let raw = opts.output.join(&manifest.disk_image);
+        let image = wellcar_image::platform::write_platform_image(&raw, platform, &opts.output)
+            .with_context(|| format!("making the {} image", platform.id()))?;
+        println!("{}: {}", platform.id(), image.display());
+    }
     println!(
         "built Wellcar {} in {}: {} (verity root {})",
         manifest.version,
@@ -73,6 +89,23 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         manifest.verity_root_hash
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Signs the disk image (`image-manifest.json` + `.sig`, what `wellcar install` checks) with
+/// the key that signed the payload.
+fn sign_image(output: &std::path::Path, key: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let key = match key {
+        Some(path) => wellcar_payload::load_signing_key(path)
+            .with_context(|| format!("loading the signing key {}", path.display()))?,
+        None => {
+            wellcar_payload::dev_signing_key()
+                .context("loading the development signing key")?
+                .0
+        }
+    };
+    wellcar_install::sign_build(output, &[&key])
+        .with_context(|| format!("signing the disk image in {}", output.display()))?;
+    Ok(())
 }
 
 /// `$WELLCAR_INIT_BINARY`, else the static build next to this executable's target directory.
@@ -95,6 +128,7 @@ pub const USR_BINARIES: &[&str] = &[
     "wellcar-update-agent",
     "update_engine_client",
     "locksmithctl",
+    "wellcar-install",
 ];
 
 /// The on-host programs built next to this executable (`cargo build --release` puts them there);

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod butane;
 pub mod ignition;
+pub mod install;
 pub mod key;
 pub mod payload;
 pub mod run;
