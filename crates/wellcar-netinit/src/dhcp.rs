@@ -95,10 +95,7 @@ pub fn acquire(
         discovers: 0,
         offers: 0,
     };
-    loop {
-        let Some(offer) = client.exchange(MessageType::Discover, None)? else {
-            break;
-        };
+    while let Some(offer) = client.exchange(MessageType::Discover, None)? {
         client.offers += 1;
         let server = server_id(&offer);
         match client.exchange(MessageType::Request, Some((offer.yiaddr(), server)))? {

@@ -144,7 +144,7 @@ impl NetworkState {
             if let Some(gateway) = configured.gateway {
                 // The kernel already dropped the route if the link lost its address or went down.
                 if let Err(error) = rtnl.del_default_route(&configured.link, gateway) {
-                    if !is_errno(&error, libc_esrch()) {
+                    if !is_errno(&error, ESRCH) {
                         errors.push(error);
                     }
                 }
@@ -166,10 +166,8 @@ impl NetworkState {
     }
 }
 
-/// `ESRCH`, the kernel's "no such route".
-const fn libc_esrch() -> i32 {
-    3
-}
+/// `ESRCH`: the kernel's answer when the route to delete is already gone.
+const ESRCH: i32 = 3;
 
 fn is_errno(error: &RtnlError, errno: i32) -> bool {
     matches!(error, RtnlError::Request { source, .. } if source.raw_os_error() == Some(errno))
