@@ -9,8 +9,9 @@
 //! - runs of blocks found in the source (same offset first, else anywhere) become one
 //!   `source_copy` whose extents are the matching source blocks, merged where contiguous;
 //! - every other run becomes a `source_patch` against the source bytes around where the run
-//!   should be (the neighbouring matched block's source position, else the same offset, ±2
-//!   MiB), or a `replace` when plain zstd is smaller.
+//!   should be (the neighbouring matched block's source position, else the same offset, ±8×
+//!   the run's length, at least 256 KiB and at most 2 MiB), or a `replace` when plain zstd is
+//!   smaller. Found runs of fewer than 4 blocks between changed blocks are patched with them.
 //!
 //! Memory: the index (about 40 bytes per source block) plus one reference window per thread.
 
@@ -26,8 +27,14 @@ use super::{read_build_manifest, CreateError};
 use crate::format::{SourceExtent, SourceSlot, VerityParams, MAX_SOURCE_EXTENTS, MAX_SOURCE_LEN};
 
 const BLOCK: usize = BLOCK_SIZE as usize;
-/// Source bytes either side of a changed run given to the patch as reference.
-const REFERENCE_MARGIN: u64 = 2 * 1024 * 1024;
+/// Source bytes either side of a changed run given to the patch as reference: 8 times the
+/// run, between these bounds (encoding indexes the whole reference, so small runs get small
+/// references).
+const MIN_REFERENCE_MARGIN: u64 = 256 * 1024;
+const MAX_REFERENCE_MARGIN: u64 = 2 * 1024 * 1024;
+/// Found runs shorter than this between two changed runs are patched with them: one operation
+/// instead of three, and zstd finds those blocks in the reference anyway.
+const MIN_COPY_RUN: usize = 4;
 
 /// The source build a delta is made against.
 #[derive(Debug)]
@@ -199,6 +206,24 @@ impl DeltaSource {
                 Kind::New
             });
         }
+        // Short found runs between changed blocks join the changed run.
+        let mut i = 0;
+        while i < kinds.len() {
+            if !matches!(kinds[i], Kind::Found(_)) {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < kinds.len() && matches!(kinds[j], Kind::Found(_)) {
+                j += 1;
+            }
+            let between_changes =
+                i > 0 && kinds[i - 1] == Kind::New && kinds.get(j) == Some(&Kind::New);
+            if between_changes && j - i < MIN_COPY_RUN {
+                kinds[i..j].fill(Kind::New);
+            }
+            i = j;
+        }
         let mut pieces = Vec::new();
         let mut i = 0;
         while i < kinds.len() {
@@ -283,7 +308,9 @@ impl DeltaSource {
         };
         let plain = compressor.compress(data).map_err(compress_err)?;
         let len = data.len() as u64;
-        let margin = REFERENCE_MARGIN.min((MAX_SOURCE_LEN.saturating_sub(len)) / 2);
+        let margin = (len * 8)
+            .clamp(MIN_REFERENCE_MARGIN, MAX_REFERENCE_MARGIN)
+            .min(MAX_SOURCE_LEN.saturating_sub(len) / 2);
         let ref_start = anchor.saturating_sub(margin).min(self.data_len);
         let ref_end = (anchor + len + margin)
             .min(self.data_len)
