@@ -88,6 +88,7 @@ fn manifest() -> Manifest {
         board: "amd64-usr".into(),
         build_id: "2026-12-01-1030".into(),
         min_source_version: Some("3815.0.0".into()),
+        source: None,
         usr: UsrImage {
             size: 8192,
             sha256: Sha256Digest([1; 32]),

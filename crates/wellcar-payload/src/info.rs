@@ -25,6 +25,10 @@ pub struct PayloadInfo {
     pub replace_operations: usize,
     /// `zero` operations.
     pub zero_operations: usize,
+    /// `source_copy` operations (delta payloads).
+    pub source_copy_operations: usize,
+    /// `source_patch` operations (delta payloads).
+    pub source_patch_operations: usize,
     /// /usr bytes zero-filled without data.
     pub usr_zero_bytes: u64,
     /// The manifest, unverified.
@@ -46,6 +50,8 @@ impl PayloadInfo {
                 .collect(),
             replace_operations: 0,
             zero_operations: 0,
+            source_copy_operations: 0,
+            source_patch_operations: 0,
             usr_zero_bytes: 0,
             manifest,
         };
@@ -58,6 +64,8 @@ impl PayloadInfo {
                         info.usr_zero_bytes += z.dst_length;
                     }
                 }
+                Operation::SourceCopy(_) => info.source_copy_operations += 1,
+                Operation::SourcePatch(_) => info.source_patch_operations += 1,
                 Operation::Unsupported { .. } => {}
             }
         }

@@ -26,7 +26,10 @@ pub mod format;
 mod fsutil;
 pub mod info;
 pub mod keys;
+pub mod patch;
 
+#[cfg(test)]
+mod delta_tests;
 #[cfg(test)]
 mod round_trip_tests;
 #[cfg(test)]
@@ -34,7 +37,7 @@ mod test_fixture;
 
 pub use apply::{
     apply, partial_path, verify_payload, ApplyError, ApplyPolicy, Checkpoint, InstallReport,
-    InstallTargets, Installer, UsrPartition, UsrTarget, VerifyReport,
+    InstallTargets, Installer, SourceReader, UsrPartition, UsrTarget, VerifyReport,
 };
 pub use create::{
     create_payload, create_payload_with, CreateError, CreateOptions, PayloadSummary,

@@ -20,7 +20,7 @@ use crate::keys::{new_signing_key, write_keypair, TrustedKeys};
 use crate::test_fixture::*;
 use wellcar_test_support::tools;
 
-fn policy() -> ApplyPolicy {
+pub(crate) fn policy() -> ApplyPolicy {
     ApplyPolicy::new(BOARD, Some("1.0.0".into()))
 }
 
@@ -45,9 +45,9 @@ fn open_verified(path: &std::path::Path, keys: &TrustedKeys) -> (File, VerifiedH
 }
 
 /// A reader that yields at most `limit` bytes, then fails like a dropped connection.
-struct CutReader<R> {
-    inner: R,
-    left: u64,
+pub(crate) struct CutReader<R> {
+    pub(crate) inner: R,
+    pub(crate) left: u64,
 }
 
 impl<R: Read> Read for CutReader<R> {
@@ -86,7 +86,7 @@ fn flip_bit(path: &std::path::Path, offset: u64) {
 }
 
 /// Rewrites a payload's manifest with `edit` and signs it again with `key`.
-fn resign(
+pub(crate) fn resign(
     payload: &[u8],
     key: &crate::SigningKey,
     edit: impl FnOnce(&mut serde_json::Value),
@@ -408,18 +408,18 @@ fn wrong_board_old_version_and_small_target_are_refused_before_writing() {
 }
 
 #[test]
-fn future_delta_operation_is_rejected_cleanly_before_writing() {
+fn future_operation_type_is_rejected_cleanly_before_writing() {
     let fx = Fixture::new("1.2.3");
     let summary = fx.payload();
     let resigned = resign(&read(&summary.path), &fx.key, |m| {
         m["operations"][1] = serde_json::json!({
-            "type": "source_copy", "dst": "usr", "src_offset": 0, "dst_offset": 0, "dst_length": 4096
+            "type": "source_bsdiff", "dst": "usr", "src_offset": 0, "dst_offset": 0, "dst_length": 4096
         });
     });
     let target = fx.target("t", USR_SIZE);
     let err = apply(&mut &resigned[..], &fx.trusted(), &policy(), target.open()).unwrap_err();
     assert!(
-        matches!(&err, ApplyError::Format(FormatError::UnsupportedOperation { index: 1, kind }) if kind == "source_copy"),
+        matches!(&err, ApplyError::Format(FormatError::UnsupportedOperation { index: 1, kind }) if kind == "source_bsdiff"),
         "{err}"
     );
     assert!(target.untouched());

@@ -2,6 +2,7 @@
 //! [`wellcar_test_support::build`], shared with the agent's tests), plus keys and targets in
 //! this crate's own types.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -113,4 +114,57 @@ impl TargetPaths {
 
 pub(crate) fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
+}
+
+/// Makes build `name` of `version` from the build in `from`: the same files, with `edit`
+/// applied to the first `DATA_BLOCKS` blocks of its usr.img, its dm-verity area formatted again
+/// (`veritysetup`) and its manifest rewritten with the new hashes. Returns its directory.
+pub(crate) fn derived_build(
+    from: &Path,
+    to: &Path,
+    version: &str,
+    edit: impl FnOnce(&mut Vec<u8>),
+) -> PathBuf {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(to).unwrap();
+    let mut build = wellcar_contract::BuildManifest::read(from).unwrap();
+    for name in [&build.kernel, &build.initramfs] {
+        std::fs::copy(from.join(name), to.join(name)).unwrap();
+    }
+    let usr_path = to.join(&build.usr_image);
+    let usr = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&usr_path)
+        .unwrap();
+    usr.set_len(USR_SIZE).unwrap();
+    let mut data = vec![0u8; HASH_OFFSET as usize];
+    File::open(from.join(&build.usr_image))
+        .unwrap()
+        .read_exact_at(&mut data, 0)
+        .unwrap();
+    edit(&mut data);
+    assert_eq!(data.len() as u64, HASH_OFFSET, "edits keep the size");
+    usr.write_all_at(&data, 0).unwrap();
+    usr.sync_all().unwrap();
+    let salt = &build.verity_salt;
+    let mut hasher = wellcar_verity::RootHasher::new(&hex::decode(salt).unwrap(), DATA_BLOCKS);
+    hasher.update(&data);
+    let root = hasher.finish().unwrap();
+    wellcar_test_support::tools::run(
+        std::process::Command::new("veritysetup")
+            .args(["format", "--salt", salt])
+            .arg(format!("--data-blocks={DATA_BLOCKS}"))
+            .arg(format!("--hash-offset={HASH_OFFSET}"))
+            .arg(&usr_path)
+            .arg(&usr_path),
+    );
+    build.version = version.into();
+    build.verity_root_hash = root;
+    build.usr_image_sha256 = hex::encode(sha2::Sha256::digest(std::fs::read(&usr_path).unwrap()));
+    build.write(to).unwrap();
+    to.to_owned()
 }

@@ -42,6 +42,10 @@ pub struct Opts {
     /// openstack, vmware, azure, aws, gcp.
     #[arg(long = "platform", value_name = "ID")]
     pub platforms: Vec<String>,
+    /// Also make a delta payload from this earlier build directory
+    /// (`wellcar_delta_from_<ITS VERSION>.bin` next to the full payload).
+    #[arg(long)]
+    pub delta_from: Option<PathBuf>,
 }
 
 /// Runs `wellcar build`.
@@ -55,6 +59,8 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         Some(p) => p,
         None => default_init_binary()?,
     };
+    let delta_from = opts.delta_from.clone();
+    let delta_key = opts.signing_key.clone();
     let build = wellcar_image::BuildOptions {
         source_date_epoch: wellcar_image::default_source_date_epoch(&opts.definition),
         definition: opts.definition,
@@ -88,6 +94,36 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         manifest.disk_image,
         manifest.verity_root_hash
     );
+    if let Some(old) = delta_from {
+        let key = match &delta_key {
+            Some(path) => wellcar_payload::load_signing_key(path)
+                .with_context(|| format!("loading signing key {}", path.display()))?,
+            None => {
+                wellcar_payload::dev_signing_key()
+                    .context("loading the development signing key")?
+                    .0
+            }
+        };
+        let options = wellcar_payload::CreateOptions {
+            compression_level: opts.payload_compression_level,
+            delta_from: Some(old.clone()),
+            ..wellcar_payload::CreateOptions::default()
+        };
+        let summary = wellcar_payload::create_payload_with(
+            &opts.output,
+            &opts.output.join("manifest.json"),
+            &[&key],
+            &opts.output,
+            &options,
+        )
+        .with_context(|| format!("making the delta from {}", old.display()))?;
+        println!(
+            "delta from {}: {} ({} bytes)",
+            summary.source_version.as_deref().unwrap_or("?"),
+            summary.path.display(),
+            summary.size
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

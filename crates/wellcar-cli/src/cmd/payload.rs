@@ -18,6 +18,35 @@ pub enum Command {
     Info(InfoOpts),
     /// Check signature, every blob and every image hash; exit 0 only if authentic and intact.
     Verify(VerifyOpts),
+    /// Install a full or delta payload into a USR image file or partition (air-gapped
+    /// updates, tests); resumable: an interrupted apply continues from TARGET.checkpoint.
+    Apply(ApplyOpts),
+}
+
+/// Options of `wellcar payload apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyOpts {
+    /// The payload.
+    pub file: PathBuf,
+    /// Trusted public key file, or directory of *.pub files; repeatable (any one may verify).
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// The USR image or partition to write (an existing file: `truncate -s 1G new-usr.img`).
+    #[arg(long)]
+    pub target: PathBuf,
+    /// For a delta: the USR image or partition it was made from; read only, and verified
+    /// against the delta's source root hash before any byte of it is used.
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Where the kernel goes (default: TARGET.vmlinuz).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Where the initramfs goes (default: TARGET.initramfs).
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// The version the source runs: a delta must be from it, a payload newer than it.
+    #[arg(long)]
+    pub running_version: Option<String>,
 }
 
 /// Options of `wellcar payload create`.
@@ -36,6 +65,10 @@ pub struct CreateOpts {
     /// Oldest running version allowed to install this payload.
     #[arg(long)]
     pub min_source_version: Option<String>,
+    /// Make a delta against this earlier build directory (written as
+    /// wellcar_delta_from_<VERSION>.bin unless --output says otherwise).
+    #[arg(long)]
+    pub delta_from: Option<PathBuf>,
     /// zstd compression level (1-22).
     #[arg(long, default_value_t = wellcar_payload::create::DEFAULT_COMPRESSION_LEVEL,
           value_parser = clap::value_parser!(i32).range(1..=22))]
@@ -68,6 +101,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Create(opts) => create(opts),
         Command::Info(opts) => info(opts),
         Command::Verify(opts) => verify(opts),
+        Command::Apply(opts) => apply(opts),
     }
 }
 
@@ -95,6 +129,7 @@ fn create(opts: CreateOpts) -> anyhow::Result<ExitCode> {
     let options = CreateOptions {
         compression_level: opts.compression_level,
         min_source_version: opts.min_source_version,
+        delta_from: opts.delta_from.clone(),
         ..CreateOptions::default()
     };
     let summary = wellcar_payload::create_payload_with(
@@ -119,6 +154,9 @@ fn create(opts: CreateOpts) -> anyhow::Result<ExitCode> {
         summary.usr_zero_bytes,
         summary.signers.join(", ")
     );
+    if let Some(source) = &summary.source_version {
+        println!("delta: applies only to a slot running {source}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -157,6 +195,102 @@ fn verify(opts: VerifyOpts) -> anyhow::Result<ExitCode> {
         report.version,
         report.board,
         report.signer
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn apply(opts: ApplyOpts) -> anyhow::Result<ExitCode> {
+    use std::io::{Seek, SeekFrom};
+    use wellcar_payload::{
+        ApplyPolicy, Checkpoint, InstallTargets, Installer, PayloadHead, SourceReader, UsrPartition,
+    };
+    let trusted = TrustedKeys::from_paths(&opts.keys).context("loading trusted keys")?;
+    let path = &opts.file;
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file_len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let head = PayloadHead::read(&mut BufReader::new(&mut file))
+        .and_then(|head| head.authenticate(&trusted))
+        .with_context(|| format!("{} is not an authentic payload", path.display()))?;
+    let manifest = head.manifest();
+    let complete_len = head.data_start() + manifest.data_len;
+    if file_len != complete_len {
+        anyhow::bail!(
+            "{} is {file_len} bytes, its manifest says {complete_len}: {}; nothing written",
+            path.display(),
+            if file_len < complete_len {
+                "truncated"
+            } else {
+                "trailing data"
+            }
+        );
+    }
+    let mut policy = ApplyPolicy::new(manifest.board.clone(), opts.running_version.clone());
+    policy.force = opts.running_version.is_none();
+    let with_suffix = |suffix: &str| {
+        let mut name = opts.target.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let targets = InstallTargets {
+        usr: UsrPartition::open(&opts.target)
+            .with_context(|| format!("opening target {}", opts.target.display()))?,
+        kernel: opts
+            .kernel
+            .clone()
+            .unwrap_or_else(|| with_suffix(".vmlinuz")),
+        initramfs: opts
+            .initramfs
+            .clone()
+            .unwrap_or_else(|| with_suffix(".initramfs")),
+    };
+    let source = opts
+        .source
+        .as_deref()
+        .map(SourceReader::open)
+        .transpose()
+        .context("opening the source")?;
+    let checkpoint_path = with_suffix(".checkpoint");
+    let saved = Checkpoint::load(&checkpoint_path)
+        .ok()
+        .filter(|c| c.payload_digest == head.digest());
+    let mut installer = match saved {
+        Some(checkpoint) => {
+            eprintln!(
+                "resuming at operation {} (payload byte {})",
+                checkpoint.next_operation, checkpoint.payload_offset
+            );
+            Installer::resume_with_source(head, &policy, targets, checkpoint, source)
+        }
+        None => Installer::new_with_source(head, &policy, targets, source),
+    }
+    .with_context(|| format!("refusing {}; nothing written", path.display()))?;
+    file.seek(SeekFrom::Start(installer.checkpoint().payload_offset))
+        .with_context(|| format!("seeking in {}", path.display()))?;
+    let mut save_error = None;
+    installer
+        .write_from_with_progress(&mut BufReader::with_capacity(1 << 20, file), &mut |c| {
+            if let Err(e) = c.save(&checkpoint_path) {
+                save_error.get_or_insert(e);
+            }
+        })
+        .with_context(|| format!("applying {}", path.display()))?;
+    if let Some(e) = save_error {
+        return Err(e).context("saving the checkpoint");
+    }
+    let report = installer
+        .finish()
+        .with_context(|| format!("verifying what {} wrote", path.display()))?;
+    let _ = std::fs::remove_file(&checkpoint_path);
+    println!(
+        "{}: installed version {} (dm-verity root {}), kernel {}, initramfs {}",
+        opts.target.display(),
+        report.version,
+        report.verity_root_hash,
+        report.kernel.display(),
+        report.initramfs.display()
     );
     Ok(ExitCode::SUCCESS)
 }

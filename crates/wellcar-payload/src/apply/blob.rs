@@ -17,13 +17,7 @@ use crate::format::{Operation, Sha256Digest, MAX_BLOB_LEN};
 
 /// Data bytes used by the first `count` operations.
 pub(super) fn data_before(operations: &[Operation], count: usize) -> u64 {
-    operations[..count]
-        .iter()
-        .map(|op| match op {
-            Operation::Replace(r) => r.data_length,
-            _ => 0,
-        })
-        .sum()
+    operations[..count].iter().map(Operation::data_length).sum()
 }
 
 pub(super) fn read_blob(

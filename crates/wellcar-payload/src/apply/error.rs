@@ -147,6 +147,84 @@ pub enum ApplyError {
         /// Computed.
         actual: String,
     },
+    /// A delta payload was given no source slot to read from.
+    #[error("payload is a delta from version {source_version}; it needs the source slot (--source, or the booted USR partition)")]
+    DeltaNeedsSource {
+        /// The version the delta was made against.
+        source_version: String,
+    },
+    /// The delta was made against another version than the one running.
+    #[error("payload is a delta from version {delta_source}, but this system runs {running}")]
+    DeltaSourceVersion {
+        /// The source version the delta names.
+        delta_source: String,
+        /// The running version.
+        running: String,
+    },
+    /// The source slot is smaller than the region the delta's source covers.
+    #[error("source slot {source_slot} has {size} bytes, the delta's source covers {needed}")]
+    SourceTooSmall {
+        /// The source.
+        source_slot: String,
+        /// Its size.
+        size: u64,
+        /// Bytes the delta's source verity region covers.
+        needed: u64,
+    },
+    /// The source slot does not hash to the dm-verity root the delta names.
+    #[error("source slot {source_slot} has dm-verity root {actual}, the delta needs {expected}: not the slot this delta was made from (or corrupted)")]
+    SourceRootMismatch {
+        /// The source.
+        source_slot: String,
+        /// Root hash the delta names.
+        expected: RootHash,
+        /// Computed.
+        actual: String,
+    },
+    /// Reading the source slot failed.
+    #[error("reading source slot {source_slot} at byte {offset}")]
+    SourceRead {
+        /// The source.
+        source_slot: String,
+        /// Offset in the source.
+        offset: u64,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The source extents of an operation do not have the hash the manifest gives (the source
+    /// changed after it was verified).
+    #[error(
+        "source extents of operation {operation} have sha256 {actual}, manifest says {expected}"
+    )]
+    SourceHashMismatch {
+        /// Operation index.
+        operation: usize,
+        /// From the manifest.
+        expected: Sha256Digest,
+        /// Computed.
+        actual: Sha256Digest,
+    },
+    /// An authentic patch did not decode against its source extents.
+    #[error("patch of operation {operation} at payload byte {offset} does not decode: {reason}")]
+    Patch {
+        /// Operation index.
+        operation: usize,
+        /// Payload offset of the patch.
+        offset: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A patch's output does not have the hash the manifest gives.
+    #[error("output of the patch of operation {operation} has sha256 {actual}, manifest says {expected}")]
+    PatchOutputMismatch {
+        /// Operation index.
+        operation: usize,
+        /// From the manifest.
+        expected: Sha256Digest,
+        /// Computed.
+        actual: Sha256Digest,
+    },
     /// A saved checkpoint does not belong to this payload.
     #[error("checkpoint does not match this payload: {reason}")]
     CheckpointMismatch {

@@ -36,6 +36,7 @@ mod blob;
 mod checkpoint;
 mod error;
 mod policy;
+mod source;
 mod target;
 mod verify;
 
@@ -57,6 +58,7 @@ use wellcar_verity::RootHasher;
 pub use checkpoint::{partial_path, Checkpoint};
 pub use error::ApplyError;
 pub use policy::ApplyPolicy;
+pub use source::SourceReader;
 pub use target::{InstallTargets, UsrPartition, UsrTarget};
 pub use verify::{verify_payload, VerifyReport};
 
@@ -97,6 +99,78 @@ pub fn apply<T: UsrTarget>(
     installer.finish()
 }
 
+/// For a delta: requires a source, the running version to be the delta's source version, and
+/// the source slot to hash to the named root. Returns the source to read from (none for a
+/// full payload).
+fn check_source(
+    manifest: &Manifest,
+    policy: &ApplyPolicy,
+    source: Option<SourceReader>,
+) -> Result<Option<SourceReader>, ApplyError> {
+    let Some(slot) = &manifest.source else {
+        return Ok(None);
+    };
+    if let Some(running) = &policy.current_version {
+        if *running != slot.version {
+            return Err(ApplyError::DeltaSourceVersion {
+                delta_source: slot.version.clone(),
+                running: running.clone(),
+            });
+        }
+    }
+    let Some(source) = source else {
+        return Err(ApplyError::DeltaNeedsSource {
+            source_version: slot.version.clone(),
+        });
+    };
+    source.verify(slot)?;
+    Ok(Some(source))
+}
+
+fn check_source_bytes(
+    bytes: &[u8],
+    expected: &Sha256Digest,
+    operation: usize,
+) -> Result<(), ApplyError> {
+    let actual = Sha256Digest::of(bytes);
+    if actual != *expected {
+        return Err(ApplyError::SourceHashMismatch {
+            operation,
+            expected: *expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes an authenticated patch against its verified source bytes and checks the output's
+/// hash before anything is written.
+fn decode_patch(
+    reference: &[u8],
+    patch: &[u8],
+    output: &mut Vec<u8>,
+    op: &crate::format::SourcePatchOp,
+    offset: u64,
+    operation: usize,
+) -> Result<(), ApplyError> {
+    crate::patch::decode(reference, patch, output, op.dst_length as usize).map_err(|reason| {
+        ApplyError::Patch {
+            operation,
+            offset,
+            reason,
+        }
+    })?;
+    let actual = Sha256Digest::of(output);
+    if actual != op.dst_sha256 {
+        return Err(ApplyError::PatchOutputMismatch {
+            operation,
+            expected: op.dst_sha256,
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Streams a payload's data into targets; see the module docs.
 pub struct Installer<T: UsrTarget> {
     head: VerifiedHead,
@@ -112,6 +186,9 @@ pub struct Installer<T: UsrTarget> {
     blob: Vec<u8>,
     decompressor: zstd::bulk::Decompressor<'static>,
     output: Vec<u8>,
+    /// The verified source slot of a delta.
+    source: Option<SourceReader>,
+    reference: Vec<u8>,
 }
 
 impl<T: UsrTarget> std::fmt::Debug for Installer<T> {
@@ -132,13 +209,25 @@ impl<T: UsrTarget> Installer<T> {
         policy: &ApplyPolicy,
         targets: InstallTargets<T>,
     ) -> Result<Self, ApplyError> {
+        Self::new_with_source(head, policy, targets, None)
+    }
+
+    /// [`Installer::new`] for a payload that may be a delta: `source` is the slot it reads
+    /// from (the booted USR partition). For a delta it is verified against the root hash the
+    /// manifest names before anything is written; a full payload ignores it.
+    pub fn new_with_source(
+        head: VerifiedHead,
+        policy: &ApplyPolicy,
+        targets: InstallTargets<T>,
+        source: Option<SourceReader>,
+    ) -> Result<Self, ApplyError> {
         let checkpoint = Checkpoint {
             payload_digest: head.digest(),
             data_start: head.data_start(),
             payload_offset: head.data_start(),
             next_operation: 0,
         };
-        Self::start(head, policy, targets, checkpoint, true)
+        Self::start(head, policy, targets, checkpoint, true, source)
     }
 
     /// Continues an apply interrupted after `checkpoint` (saved by the caller). `head` must
@@ -148,6 +237,18 @@ impl<T: UsrTarget> Installer<T> {
         policy: &ApplyPolicy,
         targets: InstallTargets<T>,
         checkpoint: Checkpoint,
+    ) -> Result<Self, ApplyError> {
+        Self::resume_with_source(head, policy, targets, checkpoint, None)
+    }
+
+    /// [`Installer::resume`] with a source slot for a delta (verified again before anything
+    /// is written).
+    pub fn resume_with_source(
+        head: VerifiedHead,
+        policy: &ApplyPolicy,
+        targets: InstallTargets<T>,
+        checkpoint: Checkpoint,
+        source: Option<SourceReader>,
     ) -> Result<Self, ApplyError> {
         let mismatch = |reason: String| ApplyError::CheckpointMismatch { reason };
         if checkpoint.payload_digest != head.digest() {
@@ -175,7 +276,7 @@ impl<T: UsrTarget> Installer<T> {
                 checkpoint.payload_offset, checkpoint.next_operation
             )));
         }
-        Self::start(head, policy, targets, checkpoint, false)
+        Self::start(head, policy, targets, checkpoint, false, source)
     }
 
     fn start(
@@ -184,9 +285,11 @@ impl<T: UsrTarget> Installer<T> {
         mut targets: InstallTargets<T>,
         checkpoint: Checkpoint,
         fresh: bool,
+        source: Option<SourceReader>,
     ) -> Result<Self, ApplyError> {
         let manifest = head.manifest();
         policy.check(manifest)?;
+        let source = check_source(manifest, policy, source)?;
         let describe = targets.usr.describe();
         let size = targets
             .usr
@@ -248,6 +351,8 @@ impl<T: UsrTarget> Installer<T> {
             blob: Vec::new(),
             decompressor,
             output: Vec::new(),
+            source,
+            reference: Vec::new(),
         })
     }
 
@@ -320,6 +425,33 @@ impl<T: UsrTarget> Installer<T> {
                     self.write(r.dst, r.dst_offset, index)?;
                     self.done_offset = offset + r.data_length;
                     r.dst_length
+                }
+                Operation::SourceCopy(c) => {
+                    let source = self.source.as_ref().expect("checked by check_source");
+                    source.read_extents(&c.src_extents, &mut self.output)?;
+                    check_source_bytes(&self.output, &c.src_sha256, index)?;
+                    self.write(c.dst, c.dst_offset, index)?;
+                    c.dst_length
+                }
+                Operation::SourcePatch(p) => {
+                    let offset = data_start + p.data_offset;
+                    debug_assert_eq!(offset, self.done_offset);
+                    let source = self.source.as_ref().expect("checked by check_source");
+                    source.read_extents(&p.src_extents, &mut self.reference)?;
+                    check_source_bytes(&self.reference, &p.src_sha256, index)?;
+                    read_blob(body, &mut self.blob, p.data_length, offset, index)?;
+                    check_blob(&self.blob, &p.data_sha256, offset, index)?;
+                    decode_patch(
+                        &self.reference,
+                        &self.blob,
+                        &mut self.output,
+                        p,
+                        offset,
+                        index,
+                    )?;
+                    self.write(p.dst, p.dst_offset, index)?;
+                    self.done_offset = offset + p.data_length;
+                    p.dst_length
                 }
                 Operation::Zero(z) => {
                     self.zero(z.dst, z.dst_offset, z.dst_length)?;

@@ -2,7 +2,9 @@
 //!
 //! Contract: it succeeds only for an authentic, intact, complete payload: the signature
 //! verifies under a trusted key, every blob matches its sha256, no data trails the last blob,
-//! and the images it would write match the manifest's sha256s and dm-verity root.
+//! and the images it would write match the manifest's sha256s and dm-verity root. For a delta
+//! the images need the source slot, so only the signature and the blobs are checked (the
+//! report names the delta's source).
 
 use std::io::Read;
 
@@ -26,6 +28,9 @@ pub struct VerifyReport {
     pub signer: String,
     /// Payload bytes read.
     pub payload_len: u64,
+    /// For a delta, its source version: signature and every blob were checked, but the
+    /// images were not (they need the source slot; `Installer` checks them).
+    pub delta_source: Option<String>,
 }
 
 /// Checks a whole payload without writing anything: signature, every blob's hash, and the
@@ -68,6 +73,13 @@ pub fn verify_payload(
                 }
                 offset += r.data_length;
             }
+            Operation::SourcePatch(p) => {
+                // Without the source only the patch's own hash can be checked.
+                read_blob(reader, &mut blob, p.data_length, offset, index)?;
+                check_blob(&blob, &p.data_sha256, offset, index)?;
+                offset += p.data_length;
+            }
+            Operation::SourceCopy(_) => {}
             Operation::Zero(z) => {
                 if z.dst == Destination::Usr {
                     verity_hasher.update_zeros(z.dst_length);
@@ -91,6 +103,16 @@ pub fn verify_payload(
     {
         return Err(ApplyError::TrailingData { offset });
     }
+    if let Some(source) = &manifest.source {
+        // A delta's images depend on its source: `apply --source` checks them.
+        return Ok(VerifyReport {
+            version: manifest.version.clone(),
+            board: manifest.board.clone(),
+            signer: head.signer().to_owned(),
+            payload_len: offset,
+            delta_source: Some(source.version.clone()),
+        });
+    }
     for (dst, hasher) in Destination::ALL.into_iter().zip(hashers) {
         let actual = Sha256Digest(hasher.finalize().into());
         if actual != manifest.image_sha256(dst) {
@@ -113,5 +135,6 @@ pub fn verify_payload(
         board: manifest.board.clone(),
         signer: head.signer().to_owned(),
         payload_len: offset,
+        delta_source: None,
     })
 }

@@ -23,8 +23,8 @@ use wellcar_contract::{BuildManifest, BuildManifestError};
 
 use crate::format::{
     encode_signature_block, key_fingerprint, Destination, FileImage, FormatError, Header, Manifest,
-    Operation, ReplaceOp, Sha256Digest, SignatureEntry, UsrImage, VerityParams, ZeroOp,
-    SIGNATURE_ENTRY_LEN,
+    Operation, ReplaceOp, Sha256Digest, SignatureEntry, SourceCopyOp, SourcePatchOp, UsrImage,
+    VerityParams, ZeroOp, SIGNATURE_ENTRY_LEN,
 };
 use crate::fsutil::create_temp;
 use wellcar_contract::atomic_file;
@@ -32,6 +32,11 @@ use wellcar_verity::RootHasher;
 
 /// Default payload file name.
 pub const PAYLOAD_FILE_NAME: &str = "wellcar_update.bin";
+
+/// File name of a delta payload from `source_version`, next to the full payload.
+pub fn delta_file_name(source_version: &str) -> String {
+    format!("wellcar_delta_from_{source_version}.bin")
+}
 /// Uncompressed size of one `replace` operation (the last of an extent may be shorter).
 pub const CHUNK_LEN: u64 = 4 * 1024 * 1024;
 /// Default zstd level: the densest standard level; creation is a build step, apply speed does
@@ -47,6 +52,9 @@ pub struct CreateOptions {
     pub min_source_version: Option<String>,
     /// Compression threads.
     pub threads: usize,
+    /// Make a delta against the build in this directory (its `manifest.json` and /usr image)
+    /// instead of a full payload; see [`delta`].
+    pub delta_from: Option<PathBuf>,
 }
 
 impl Default for CreateOptions {
@@ -57,6 +65,7 @@ impl Default for CreateOptions {
             threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(8),
+            delta_from: None,
         }
     }
 }
@@ -84,6 +93,8 @@ pub struct PayloadSummary {
     pub operations: usize,
     /// Fingerprints of the signing keys.
     pub signers: Vec<String>,
+    /// For a delta: the source version it applies to.
+    pub source_version: Option<String>,
 }
 
 /// What went wrong creating a payload.
@@ -212,8 +223,16 @@ pub fn create_payload_with(
         wellcar_contract::OsVersion::parse(min).map_err(CreateError::MinSourceVersion)?;
     }
 
+    let delta = options
+        .delta_from
+        .as_deref()
+        .map(delta::DeltaSource::open)
+        .transpose()?;
     let out_path = if out.is_dir() {
-        out.join(PAYLOAD_FILE_NAME)
+        out.join(delta.as_ref().map_or_else(
+            || PAYLOAD_FILE_NAME.to_owned(),
+            |d| delta_file_name(&d.slot.version),
+        ))
     } else {
         out.to_owned()
     };
@@ -223,7 +242,7 @@ pub fn create_payload_with(
             source,
         })?;
     let result = (|| {
-        let mut writer = BlobWriter::new(data_file, &data_path, options)?;
+        let mut writer = BlobWriter::new(data_file, &data_path, options, delta.as_ref())?;
         let usr_path = build_dir.join(&build.usr_image);
         let mut verity = RootHasher::new(&salt, build.verity_data_blocks);
         let usr = writer.add_image(
@@ -263,6 +282,7 @@ pub fn create_payload_with(
             board: build.board.clone(),
             build_id: build.build_id.clone(),
             min_source_version: options.min_source_version.clone(),
+            source: delta.as_ref().map(|d| d.slot.clone()),
             usr: UsrImage {
                 size: usr,
                 sha256: usr_sha,
@@ -359,17 +379,24 @@ fn extents(file: &File, len: u64) -> io::Result<Vec<Extent>> {
 }
 
 /// Accumulates operations and compressed blobs.
-struct BlobWriter {
+struct BlobWriter<'d> {
     data: BufWriter<File>,
     data_path: PathBuf,
     data_len: u64,
     operations: Vec<Operation>,
     usr_zero_bytes: u64,
     compressors: Vec<zstd::bulk::Compressor<'static>>,
+    level: i32,
+    delta: Option<&'d delta::DeltaSource>,
 }
 
-impl BlobWriter {
-    fn new(data: File, data_path: &Path, options: &CreateOptions) -> Result<Self, CreateError> {
+impl<'d> BlobWriter<'d> {
+    fn new(
+        data: File,
+        data_path: &Path,
+        options: &CreateOptions,
+        delta: Option<&'d delta::DeltaSource>,
+    ) -> Result<Self, CreateError> {
         let compressors = (0..options.threads.max(1))
             .map(|_| zstd::bulk::Compressor::new(options.compression_level))
             .collect::<io::Result<Vec<_>>>()
@@ -385,6 +412,8 @@ impl BlobWriter {
             operations: Vec::new(),
             usr_zero_bytes: 0,
             compressors,
+            level: options.compression_level,
+            delta,
         })
     }
 
@@ -502,6 +531,9 @@ impl BlobWriter {
         if batch.is_empty() {
             return Ok(());
         }
+        if let (Some(delta), Destination::Usr) = (self.delta, dst) {
+            return self.delta_batch(delta, path, batch, spare);
+        }
         let results: Vec<io::Result<Vec<u8>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = batch
                 .iter()
@@ -536,6 +568,105 @@ impl BlobWriter {
             self.data_len += compressed.len() as u64;
             spare.push(data);
         }
+        Ok(())
+    }
+
+    /// [`Self::compress_batch`] for /usr of a delta: each chunk cut into pieces in parallel.
+    fn delta_batch(
+        &mut self,
+        delta: &delta::DeltaSource,
+        path: &Path,
+        batch: &mut Vec<(u64, Vec<u8>)>,
+        spare: &mut Vec<Vec<u8>>,
+    ) -> Result<(), CreateError> {
+        let level = self.level;
+        let results: Vec<Result<Vec<delta::Piece>, CreateError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .zip(self.compressors.iter_mut())
+                .map(|((offset, data), compressor)| {
+                    scope.spawn(move || delta.encode_chunk(*offset, data, level, compressor, path))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("delta thread panicked"))
+                .collect()
+        });
+        for ((_, data), pieces) in batch.drain(..).zip(results) {
+            for piece in pieces? {
+                self.push_piece(piece)?;
+            }
+            spare.push(data);
+        }
+        Ok(())
+    }
+
+    fn push_blob(&mut self, blob: &[u8]) -> Result<(u64, Sha256Digest), CreateError> {
+        self.data
+            .write_all(blob)
+            .map_err(|source| CreateError::Output {
+                path: self.data_path.clone(),
+                source,
+            })?;
+        let offset = self.data_len;
+        self.data_len += blob.len() as u64;
+        Ok((offset, Sha256Digest::of(blob)))
+    }
+
+    fn push_piece(&mut self, piece: delta::Piece) -> Result<(), CreateError> {
+        let dst = Destination::Usr;
+        let op = match piece {
+            delta::Piece::Zero { offset, len } => {
+                self.push_zero(dst, offset, len);
+                return Ok(());
+            }
+            delta::Piece::Copy {
+                offset,
+                len,
+                extents,
+                sha256,
+            } => Operation::SourceCopy(SourceCopyOp {
+                dst,
+                dst_offset: offset,
+                dst_length: len,
+                src_extents: extents,
+                src_sha256: Sha256Digest(sha256),
+            }),
+            delta::Piece::Patch {
+                offset,
+                len,
+                extents,
+                src_sha256,
+                dst_sha256,
+                blob,
+            } => {
+                let (data_offset, data_sha256) = self.push_blob(&blob)?;
+                Operation::SourcePatch(SourcePatchOp {
+                    dst,
+                    dst_offset: offset,
+                    dst_length: len,
+                    src_extents: extents,
+                    src_sha256: Sha256Digest(src_sha256),
+                    data_offset,
+                    data_length: blob.len() as u64,
+                    data_sha256,
+                    dst_sha256: Sha256Digest(dst_sha256),
+                })
+            }
+            delta::Piece::Replace { offset, len, blob } => {
+                let (data_offset, data_sha256) = self.push_blob(&blob)?;
+                Operation::Replace(ReplaceOp {
+                    dst,
+                    dst_offset: offset,
+                    dst_length: len,
+                    data_offset,
+                    data_length: blob.len() as u64,
+                    data_sha256,
+                })
+            }
+        };
+        self.operations.push(op);
         Ok(())
     }
 
@@ -626,8 +757,10 @@ fn write_payload(
             .iter()
             .map(|k| key_fingerprint(k.verifying_key().as_bytes()))
             .collect(),
+        source_version: manifest.source.as_ref().map(|s| s.version.clone()),
     })
 }
 
+pub(crate) mod delta;
 #[cfg(test)]
 mod tests;

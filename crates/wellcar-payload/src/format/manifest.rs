@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wellcar_contract::{OsVersion, RootHash};
 
+use super::source_ops::{
+    extents_len, SourceCopyOp, SourceExtent, SourcePatchOp, SourceSlot, MAX_SOURCE_EXTENTS,
+    MAX_SOURCE_LEN,
+};
 use super::{FormatError, MAX_BLOB_LEN, MAX_CHUNK_LEN};
 
 /// A sha256 digest, written as lowercase hex in JSON.
@@ -71,6 +75,10 @@ pub struct Manifest {
     /// Oldest running version that may install this payload ([`OsVersion`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_source_version: Option<String>,
+    /// For a delta: the slot it reads from (absent in a full payload). An older reader
+    /// rejects a delta as an unknown field before writing anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSlot>,
     /// The /usr region written into the USR slot.
     pub usr: UsrImage,
     /// The kernel for the slot.
@@ -156,6 +164,10 @@ pub enum Operation {
     Replace(ReplaceOp),
     /// Fill a range with zeros.
     Zero(ZeroOp),
+    /// Copy extents of the source slot (delta payloads).
+    SourceCopy(SourceCopyOp),
+    /// Decode a zstd patch against extents of the source slot (delta payloads).
+    SourcePatch(SourcePatchOp),
     /// An operation a newer writer emitted that this reader does not know; rejected by
     /// [`Manifest::validate`].
     Unsupported {
@@ -200,7 +212,27 @@ impl Operation {
         match self {
             Operation::Replace(r) => Some((r.dst, r.dst_offset, r.dst_length)),
             Operation::Zero(z) => Some((z.dst, z.dst_offset, z.dst_length)),
+            Operation::SourceCopy(c) => Some((c.dst, c.dst_offset, c.dst_length)),
+            Operation::SourcePatch(p) => Some((p.dst, p.dst_offset, p.dst_length)),
             Operation::Unsupported { .. } => None,
+        }
+    }
+
+    /// Bytes of the data section this operation consumes.
+    pub fn data_length(&self) -> u64 {
+        match self {
+            Operation::Replace(r) => r.data_length,
+            Operation::SourcePatch(p) => p.data_length,
+            _ => 0,
+        }
+    }
+
+    /// Source extents this operation reads, if it reads the source slot.
+    pub fn source_extents(&self) -> Option<&[SourceExtent]> {
+        match self {
+            Operation::SourceCopy(c) => Some(&c.src_extents),
+            Operation::SourcePatch(p) => Some(&p.src_extents),
+            _ => None,
         }
     }
 }
@@ -210,6 +242,8 @@ impl Serialize for Operation {
         let (kind, body) = match self {
             Operation::Replace(r) => ("replace", serde_json::to_value(r)),
             Operation::Zero(z) => ("zero", serde_json::to_value(z)),
+            Operation::SourceCopy(c) => ("source_copy", serde_json::to_value(c)),
+            Operation::SourcePatch(p) => ("source_patch", serde_json::to_value(p)),
             Operation::Unsupported { kind } => (kind.as_str(), Ok(serde_json::json!({}))),
         };
         let mut body = body.map_err(serde::ser::Error::custom)?;
@@ -236,6 +270,12 @@ impl<'de> Deserialize<'de> for Operation {
             "zero" => serde_json::from_value(body)
                 .map(Operation::Zero)
                 .map_err(|e| D::Error::custom(format!("zero operation: {e}"))),
+            "source_copy" => serde_json::from_value(body)
+                .map(Operation::SourceCopy)
+                .map_err(|e| D::Error::custom(format!("source_copy operation: {e}"))),
+            "source_patch" => serde_json::from_value(body)
+                .map(Operation::SourcePatch)
+                .map_err(|e| D::Error::custom(format!("source_patch operation: {e}"))),
             _ => Ok(Operation::Unsupported { kind }),
         }
     }
@@ -259,6 +299,19 @@ impl Manifest {
         if let Some(min) = &self.min_source_version {
             OsVersion::parse(min)
                 .map_err(|e| invalid("min_source_version".into(), e.to_string()))?;
+        }
+        if let Some(source) = &self.source {
+            OsVersion::parse(&source.version)
+                .map_err(|e| invalid("source.version".into(), e.to_string()))?;
+            if source.verity.data_blocks == 0
+                || source.verity.salt.len() > 512
+                || hex::decode(&source.verity.salt).is_err()
+            {
+                return Err(invalid(
+                    "source.verity".into(),
+                    "needs data blocks and a hex salt of at most 256 bytes".into(),
+                ));
+            }
         }
         if self.board.is_empty() {
             return Err(invalid("board".into(), "is empty".into()));
@@ -338,6 +391,27 @@ impl Manifest {
                         ),
                     )
                 })?;
+            if let Some(extents) = op.source_extents() {
+                self.validate_source_op(index, op, extents)?;
+            }
+            if let Operation::SourcePatch(p) = op {
+                if p.data_length == 0 || p.data_length > MAX_BLOB_LEN {
+                    return Err(invalid(
+                        field("data_length"),
+                        format!("{} is outside 1..={MAX_BLOB_LEN}", p.data_length),
+                    ));
+                }
+                if p.data_offset != next_data {
+                    return Err(invalid(
+                        field("data_offset"),
+                        format!(
+                            "is {}, expected {next_data} (blobs are contiguous)",
+                            p.data_offset
+                        ),
+                    ));
+                }
+                next_data += p.data_length;
+            }
             if let Operation::Replace(r) = op {
                 if r.dst_length > MAX_CHUNK_LEN {
                     return Err(invalid(
@@ -386,6 +460,83 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+
+    /// Checks a source operation: the manifest names a source, the extents are few, non-empty
+    /// and inside the source's verity data region, and their total fits the operation.
+    fn validate_source_op(
+        &self,
+        index: usize,
+        op: &Operation,
+        extents: &[SourceExtent],
+    ) -> Result<(), FormatError> {
+        let invalid = |name: &str, reason: String| FormatError::InvalidManifest {
+            field: format!("operations[{index}].{name}"),
+            reason,
+        };
+        let Some(source) = &self.source else {
+            return Err(invalid(
+                "type",
+                "reads the source slot, but the manifest names no source".into(),
+            ));
+        };
+        let (_, _, dst_length) = op.dst_range().expect("source operations have a range");
+        if dst_length > MAX_CHUNK_LEN {
+            return Err(invalid(
+                "dst_length",
+                format!("{dst_length} exceeds the {MAX_CHUNK_LEN}-byte chunk limit"),
+            ));
+        }
+        if extents.is_empty() || extents.len() > MAX_SOURCE_EXTENTS {
+            return Err(invalid(
+                "src_extents",
+                format!(
+                    "has {} extents, allowed 1..={MAX_SOURCE_EXTENTS}",
+                    extents.len()
+                ),
+            ));
+        }
+        let slot_len = source.data_len();
+        for (i, extent) in extents.iter().enumerate() {
+            let end = extent.offset.checked_add(extent.length);
+            if extent.length == 0 || end.is_none_or(|end| end > slot_len) {
+                return Err(invalid(
+                    &format!("src_extents[{i}]"),
+                    format!(
+                        "range {}+{} is empty or beyond the source slot's {slot_len}-byte verity data region",
+                        extent.offset, extent.length
+                    ),
+                ));
+            }
+        }
+        let total = extents_len(extents).unwrap_or(u64::MAX);
+        let limit = match op {
+            Operation::SourceCopy(_) => dst_length,
+            _ => MAX_SOURCE_LEN,
+        };
+        let fits = match op {
+            Operation::SourceCopy(_) => total == dst_length,
+            _ => total <= limit,
+        };
+        if !fits {
+            return Err(invalid(
+                "src_extents",
+                format!(
+                    "total {total} bytes; this operation needs {} {limit}",
+                    if matches!(op, Operation::SourceCopy(_)) {
+                        "exactly"
+                    } else {
+                        "at most"
+                    }
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// True for a delta payload (one that reads a source slot).
+    pub fn is_delta(&self) -> bool {
+        self.source.is_some()
     }
 
     /// Size of a destination image.

@@ -41,11 +41,13 @@
 //! - `replace`: decompress `data_length` bytes of zstd data at `data_offset` into exactly
 //!   `dst_length` bytes at `dst_offset` of destination `dst` (`usr`, `kernel`, `initramfs`).
 //! - `zero`: `dst_length` zero bytes at `dst_offset`; no data.
+//! - `source_copy`, `source_patch`: delta operations reading the source slot the manifest's
+//!   `source` names; see `source_ops` (`SourceCopyOp`, `SourcePatchOp`). Patch blobs sit in
+//!   the data section like `replace` blobs, in operation order.
 //!
 //! Per destination, operations appear in ascending `dst_offset` order and tile the image
 //! exactly (no gap, no overlap), and `data_offset`s are contiguous from 0, so a reader streams
-//! the payload front to back once. Delta operations (copy or patch from the source slot) will
-//! be new `type` values; a reader that does not know a type rejects the payload with
+//! the payload front to back once. A reader that does not know a type rejects the payload with
 //! [`FormatError::UnsupportedOperation`] before writing anything.
 //!
 //! This module parses and checks; it never panics on arbitrary input bytes (see the proptest).
@@ -57,6 +59,7 @@
 
 mod manifest;
 mod signature;
+mod source_ops;
 
 use ed25519_dalek::{PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH};
 
@@ -68,6 +71,10 @@ pub(crate) use signature::verifying_key_from_bytes;
 pub use signature::{
     decode_signature_block, encode_signature_block, key_fingerprint, PayloadHead, SignatureEntry,
     VerifiedHead,
+};
+pub use source_ops::{
+    extents_len, SourceCopyOp, SourceExtent, SourcePatchOp, SourceSlot, MAX_SOURCE_EXTENTS,
+    MAX_SOURCE_LEN,
 };
 
 /// First 8 bytes of every payload.
@@ -145,7 +152,7 @@ pub enum FormatError {
         reason: String,
     },
     /// An operation type this reader does not implement (a newer writer's delta operation).
-    #[error("operation {index} has type {kind:?}, which this reader does not support (it knows \"replace\" and \"zero\")")]
+    #[error("operation {index} has type {kind:?}, which this reader does not support (it knows \"replace\", \"zero\", \"source_copy\" and \"source_patch\")")]
     UnsupportedOperation {
         /// Index in the operation list.
         index: usize,

@@ -60,6 +60,7 @@ fn minimal_manifest() -> Manifest {
         board: "amd64-usr".into(),
         build_id: "b".into(),
         min_source_version: None,
+        source: None,
         usr: UsrImage {
             size: 8192,
             sha256: Sha256Digest([1; 32]),

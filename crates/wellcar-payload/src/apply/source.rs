@@ -1,0 +1,119 @@
+//! The source slot of a delta payload: opened read-only, verified whole against the root hash
+//! the delta names before any extent is read, then read extent by extent with each
+//! operation's `src_sha256` checked.
+//!
+//! Contract: [`SourceReader::verify`] recomputes the dm-verity root over the source's
+//! `data_blocks` (the salt and block count the signed manifest gives) and fails with
+//! [`ApplyError::SourceRootMismatch`] unless it equals `source.verity.root_hash`; the
+//! installer calls it before it writes anything, on every start and resume. Reads are bounded
+//! by the manifest (validated: extents inside the verity data region).
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use wellcar_verity::RootHasher;
+
+use super::ApplyError;
+use crate::format::{SourceExtent, SourceSlot};
+
+const VERIFY_BUF_LEN: usize = 1 << 20;
+
+/// A read-only source /usr slot: the booted USR partition, or an image file standing in.
+#[derive(Debug)]
+pub struct SourceReader {
+    file: File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl SourceReader {
+    /// Opens a block device or regular file read-only.
+    pub fn open(path: &Path) -> Result<Self, ApplyError> {
+        let err = |source| ApplyError::SourceRead {
+            source_slot: path.display().to_string(),
+            offset: 0,
+            source,
+        };
+        let mut file = File::open(path).map_err(err)?;
+        let size = file.seek(SeekFrom::End(0)).map_err(err)?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            size,
+        })
+    }
+
+    /// Name for messages.
+    pub fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Recomputes the source's dm-verity root over its data blocks and compares it with the
+    /// one `slot` names. Reads `data_blocks` × 4096 bytes.
+    pub fn verify(&self, slot: &SourceSlot) -> Result<(), ApplyError> {
+        let needed = slot.data_len();
+        if self.size < needed {
+            return Err(ApplyError::SourceTooSmall {
+                source_slot: self.describe(),
+                size: self.size,
+                needed,
+            });
+        }
+        let salt = hex::decode(&slot.verity.salt).expect("salt validated by Manifest::validate");
+        let mut hasher = RootHasher::new(&salt, slot.verity.data_blocks);
+        let mut buf = vec![0u8; VERIFY_BUF_LEN];
+        let mut pos = 0;
+        while pos < needed {
+            let n = (needed - pos).min(buf.len() as u64) as usize;
+            self.read_at(&mut buf[..n], pos)?;
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+        let actual = hasher.finish();
+        if actual != Some(slot.verity.root_hash) {
+            return Err(ApplyError::SourceRootMismatch {
+                source_slot: self.describe(),
+                expected: slot.verity.root_hash,
+                actual: actual.map_or_else(|| "incomplete".into(), |r| r.to_string()),
+            });
+        }
+        tracing::info!(source = %self.describe(), root_hash = %slot.verity.root_hash, "delta source verified");
+        Ok(())
+    }
+
+    /// Reads `extents` concatenated into `out` (resized to their total).
+    pub fn read_extents(
+        &self,
+        extents: &[SourceExtent],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ApplyError> {
+        let total: u64 = extents.iter().map(|e| e.length).sum();
+        out.resize(total as usize, 0);
+        let mut at = 0usize;
+        for extent in extents {
+            let len = extent.length as usize;
+            self.read_at(&mut out[at..at + len], extent.offset)?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ApplyError> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| ApplyError::SourceRead {
+                source_slot: self.describe(),
+                offset,
+                source: if source.kind() == io::ErrorKind::UnexpectedEof {
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the source ends at byte {}", self.size),
+                    )
+                } else {
+                    source
+                },
+            })
+    }
+}
