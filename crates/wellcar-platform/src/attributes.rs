@@ -52,7 +52,7 @@ impl Attributes {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(bad("public_keys is not an array".into())),
         };
-        Ok(Attributes { hostname, ssh_keys }.checked(what)?)
+        Attributes { hostname, ssh_keys }.checked(what)
     }
 
     /// Refuses a hostname Linux would not take; drops empty keys.

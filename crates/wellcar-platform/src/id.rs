@@ -215,8 +215,7 @@ pub fn grub_cfg_oem_id(text: &str) -> Option<String> {
             let value = rest.strip_prefix("oem_id=")?.trim();
             Some(value.trim_matches(|c| c == '"' || c == '\'').to_string())
         })
-        .filter(|v| !v.is_empty())
-        .last()
+        .rfind(|v| !v.is_empty())
 }
 
 #[cfg(test)]

@@ -189,7 +189,7 @@ impl MetadataClient {
                     what: self.url(path),
                     reason: "token is not text".into(),
                 }),
-            403 | 404 | 405 => Ok(None),
+            403..=405 => Ok(None),
             status => Err(PlatformError::Status {
                 method: "PUT",
                 url: self.url(path),

@@ -1,0 +1,275 @@
+//! First-boot provisioning: choose the platform, find the config, apply it with the
+//! platform's hostname and ssh keys.
+//!
+//! Contract: [`provision`] picks the platform ([`wellcar_platform::Platform::select`] on
+//! `/proc/cmdline`, the OEM `grub.cfg` when the command line names none), tries the
+//! platform's config sources in order, merges the user's config over the platform's
+//! attributes (hostname, keys for `core`), renders its references and applies it to
+//! `/sysroot`. No config anywhere is not an error: the machine boots unprovisioned and the log
+//! says so (metadata attributes are still applied). Every failure is a [`ProvisionError`]
+//! naming the phase, the source (URL, file, device) and, when a server answered, the HTTP
+//! status, for the failure report.
+
+use std::path::Path;
+
+use wellcar_init::failure::Phase;
+use wellcar_platform::metadata::{Retry, DEFAULT_BASE};
+use wellcar_platform::{Attributes, ConfigSource, MetadataClient, Platform, PlatformError};
+
+use crate::log::Log;
+use crate::{configdrive, firstboot, CLASS_BLOCK, FW_CFG_BY_NAME, SYSROOT};
+
+/// A provisioning failure, with what the failure report shows.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ProvisionError {
+    /// Which phase failed.
+    pub phase: Phase,
+    /// The URL, file or device involved.
+    pub source_name: Option<String>,
+    /// The HTTP status, when a server answered.
+    pub http_status: Option<u16>,
+    /// The error.
+    #[source]
+    pub error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl ProvisionError {
+    fn new(
+        phase: Phase,
+        source_name: impl Into<Option<String>>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ProvisionError {
+        let error = error.into();
+        let http_status = http_status_of(error.as_ref());
+        ProvisionError {
+            phase,
+            source_name: source_name.into(),
+            http_status,
+            error,
+        }
+    }
+}
+
+/// The HTTP status anywhere in an error chain of platform errors.
+fn http_status_of(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(PlatformError::Status { status, .. }) = e.downcast_ref::<PlatformError>() {
+            return Some(*status);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// A config and where it came from.
+struct Found {
+    source: String,
+    bytes: Vec<u8>,
+}
+
+/// The metadata base URL: `wellcar.metadata.url=` (tests, labs), else the link-local address.
+fn metadata_base(cmdline: &str) -> String {
+    wellcar_platform::id::cmdline_value(cmdline, "wellcar.metadata.url")
+        .unwrap_or_else(|| DEFAULT_BASE.to_string())
+}
+
+fn metadata_client(cmdline: &str) -> MetadataClient {
+    let agent = wellcar_http::system_client(&wellcar_http::ClientOptions::new("wellcar-init"));
+    MetadataClient::new(metadata_base(cmdline), agent, Retry::default())
+}
+
+/// Provisions `/sysroot` (see the module docs); `oem` is the OEM partition, if any.
+pub fn provision(log: &mut Log, oem: Option<&Path>) -> Result<(), ProvisionError> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| ProvisionError::new(Phase::Platform, Some("/proc/cmdline".to_string()), e))?;
+    let grub_cfg = match (
+        wellcar_platform::id::cmdline_value(&cmdline, "ignition.platform.id"),
+        oem,
+    ) {
+        (None, Some(oem)) => firstboot::oem_file(oem, Path::new("/mnt/oem"), "grub.cfg")
+            .ok()
+            .flatten()
+            .map(|f| String::from_utf8_lossy(&f.bytes).into_owned()),
+        _ => None,
+    };
+    let platform = Platform::select(&cmdline, grub_cfg.as_deref())
+        .map_err(|e| ProvisionError::new(Phase::Platform, None, e))?;
+    let config_url = wellcar_platform::id::config_url(&cmdline);
+    let sources = platform.config_sources(config_url.as_deref());
+    log.info(&format!(
+        "platform {}; config sources: {}",
+        platform.id(),
+        sources
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    let mut attributes = Attributes::default();
+    let mut found = None;
+    for source in &sources {
+        let (config, attrs) = read_source(log, source, platform, &cmdline, oem)?;
+        if !attrs.is_empty() && attributes.is_empty() {
+            attributes = attrs;
+        }
+        if config.is_some() {
+            found = config;
+            break;
+        }
+    }
+    let user = match &found {
+        None => {
+            log.info(&format!(
+                "no Ignition config (platform {}): the machine stays unprovisioned",
+                platform.id()
+            ));
+            None
+        }
+        Some(config) => {
+            log.info(&format!(
+                "Ignition config from {} ({} bytes)",
+                config.source,
+                config.bytes.len()
+            ));
+            let parsed = wellcar_ignition::parse_config(&config.bytes)
+                .map_err(|e| ProvisionError::new(Phase::Parse, config.source.clone(), e))?;
+            for warning in &parsed.warnings {
+                log.info(&format!("Ignition warning: {warning}"));
+            }
+            let remote = wellcar_platform::neednet::remote_sources(&parsed.config);
+            if !remote.is_empty() {
+                log.info(&format!(
+                    "config references remote sources: {}",
+                    remote.join(" ")
+                ));
+            }
+            let rendered = wellcar_ignition::resolve_references(parsed.config)
+                .map_err(|e| ProvisionError::new(Phase::Fetch, config.source.clone(), e))?;
+            Some(rendered)
+        }
+    };
+    if user.is_none() && attributes.is_empty() {
+        return Ok(());
+    }
+    if !attributes.is_empty() {
+        log.info(&format!(
+            "{} metadata: hostname {:?}, {} ssh key(s) for core",
+            platform.id(),
+            attributes.hostname,
+            attributes.ssh_keys.len()
+        ));
+    }
+    let config = match user {
+        Some(user) => wellcar_ignition::merge(attributes.to_config(), user),
+        None => attributes.to_config(),
+    };
+    let source_name = found.map(|f| f.source);
+    let report = wellcar_ignition::apply(&config, Path::new(SYSROOT))
+        .map_err(|e| ProvisionError::new(Phase::Apply, source_name, e))?;
+    log.info(&format!("Ignition applied: {report:?}"));
+    Ok(())
+}
+
+/// Maps an error of reading `name` to a fetch-phase [`ProvisionError`].
+fn fetch_err<E>(name: String) -> impl FnOnce(E) -> ProvisionError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    move |e| ProvisionError::new(Phase::Fetch, name, e)
+}
+
+/// Reads one source: its config, if any, and the attributes it gives.
+fn read_source(
+    log: &mut Log,
+    source: &ConfigSource,
+    platform: Platform,
+    cmdline: &str,
+    oem: Option<&Path>,
+) -> Result<(Option<Found>, Attributes), ProvisionError> {
+    match source {
+        ConfigSource::FwCfg => {
+            let found = firstboot::fw_cfg_config(Path::new(FW_CFG_BY_NAME))
+                .map_err(fetch_err(FW_CFG_BY_NAME.to_string()))?;
+            Ok((
+                found.map(|f| Found {
+                    source: f.source,
+                    bytes: f.bytes,
+                }),
+                Attributes::default(),
+            ))
+        }
+        ConfigSource::OemFile => {
+            let Some(oem) = oem else {
+                return Ok((None, Attributes::default()));
+            };
+            let found = firstboot::oem_config(oem, Path::new("/mnt/oem"))
+                .map_err(fetch_err(format!("config.ign on {}", oem.display())))?;
+            Ok((
+                found.map(|f| Found {
+                    source: f.source,
+                    bytes: f.bytes,
+                }),
+                Attributes::default(),
+            ))
+        }
+        ConfigSource::Url(url) => {
+            let resource = wellcar_ignition::model::Resource {
+                source: Some(url.clone()),
+                ..Default::default()
+            };
+            let bytes = wellcar_ignition::fetch::fetch(&resource)
+                .map_err(fetch_err(url.clone()))?
+                .unwrap_or_default();
+            Ok((
+                Some(Found {
+                    source: url.clone(),
+                    bytes,
+                }),
+                Attributes::default(),
+            ))
+        }
+        ConfigSource::ConfigDrive => {
+            let Some((device, fs)) = configdrive::find(Path::new(CLASS_BLOCK), Path::new("/dev"))
+            else {
+                log.info("no config drive (label config-2)");
+                return Ok((None, Attributes::default()));
+            };
+            let contents = configdrive::read(&device, fs, Path::new("/mnt/config-drive"))
+                .map_err(fetch_err(device.display().to_string()))?;
+            let name = format!(
+                "{} on {}",
+                wellcar_platform::configdrive::USER_DATA,
+                device.display()
+            );
+            Ok((
+                contents.user_data.map(|bytes| Found {
+                    source: name,
+                    bytes,
+                }),
+                contents.attributes,
+            ))
+        }
+        ConfigSource::Metadata(platform_of_service) => {
+            debug_assert_eq!(*platform_of_service, platform);
+            let client = metadata_client(cmdline);
+            let base = client.url("");
+            let bytes = client
+                .user_data(platform)
+                .map_err(fetch_err(base.clone()))?;
+            let attributes = client
+                .attributes(platform)
+                .map_err(fetch_err(base.clone()))?;
+            let name = format!("{} metadata service {base}", platform.id());
+            Ok((
+                bytes.map(|bytes| Found {
+                    source: name,
+                    bytes,
+                }),
+                attributes,
+            ))
+        }
+    }
+}
