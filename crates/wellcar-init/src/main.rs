@@ -356,7 +356,11 @@ fn first_boot_steps(
         )
     })?;
     let oem = sibling(root_found, "OEM").map(|p| p.device);
-    log.step("ignition", |log| provision::provision(log, oem.as_deref()))?;
+    let network = log.step("ignition", |log| provision::provision(log, oem.as_deref()))?;
+    if !network.is_empty() {
+        // Clean links for systemd-networkd after switch root.
+        log.step("network-down", |_| wellcar_net::tear_down(&network))?;
+    }
 
     log.step("grow-root", |log| {
         let Found::Partition(root) = root_found else {

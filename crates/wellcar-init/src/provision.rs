@@ -1,6 +1,10 @@
 //! First-boot provisioning: choose the platform, find the config, apply it with the
 //! platform's hostname and ssh keys.
 //!
+//! The command line read here is `/proc/cmdline` followed by fw_cfg
+//! `wellcar_contract::FW_CFG_KERNEL_ARGS` when QEMU passes it (`wellcar run --platform`,
+//! `--kernel-arg`), so those arguments win (last occurrence wins).
+//!
 //! Contract: [`provision`] picks the platform ([`wellcar_platform::Platform::select`] on
 //! `/proc/cmdline`, the OEM `grub.cfg` when the command line names none), tries the
 //! platform's config sources in order, merges the user's config over the platform's
@@ -80,10 +84,90 @@ fn metadata_client(cmdline: &str) -> MetadataClient {
     MetadataClient::new(metadata_base(cmdline), agent, Retry::default())
 }
 
-/// Provisions `/sysroot` (see the module docs); `oem` is the OEM partition, if any.
-pub fn provision(log: &mut Log, oem: Option<&Path>) -> Result<(), ProvisionError> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline")
+/// The network brought up for provisioning, lazily, once.
+struct Network {
+    args: Vec<wellcar_net::IpArg>,
+    up: Option<Vec<wellcar_net::Configured>>,
+}
+
+impl Network {
+    fn new(cmdline: &str) -> Result<Network, ProvisionError> {
+        let words = wellcar_init::cmdline::split(cmdline);
+        let args = wellcar_net::ip_arg::from_cmdline_words(words.iter().map(String::as_str))
+            .map_err(|e| ProvisionError::new(Phase::Network, None, e))?;
+        Ok(Network { args, up: None })
+    }
+
+    /// Brings the network up unless it is; `why` names what needs it.
+    fn ensure(&mut self, log: &mut Log, why: &str) -> Result<(), ProvisionError> {
+        if self.up.is_some() {
+            return Ok(());
+        }
+        let args: Vec<wellcar_net::IpArg> = self
+            .args
+            .iter()
+            .filter(|a| !matches!(a, wellcar_net::IpArg::Off))
+            .cloned()
+            .collect();
+        if args.is_empty() && !self.args.is_empty() {
+            return Err(ProvisionError::new(
+                Phase::Network,
+                Some(why.to_string()),
+                "ip=off on the kernel command line, but this needs the network",
+            ));
+        }
+        log.info(&format!("bringing up the network for {why}"));
+        let configured = wellcar_net::bring_up(
+            &args,
+            wellcar_net::Timeouts::default(),
+            Path::new(RESOLV_CONF),
+        )
+        .map_err(|e| ProvisionError::new(Phase::Network, Some(why.to_string()), e))?;
+        for c in &configured {
+            log.info(&format!(
+                "network: {} {}/{} gateway {:?} dns {:?} ({})",
+                c.interface, c.address, c.prefix_len, c.gateway, c.dns, c.method
+            ));
+        }
+        self.up = Some(configured);
+        Ok(())
+    }
+}
+
+/// DNS for the initramfs.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Provisions `/sysroot` (see the module docs); `oem` is the OEM partition, if any. Returns the
+/// links brought up for it, to tear down before switch root.
+pub fn provision(
+    log: &mut Log,
+    oem: Option<&Path>,
+) -> Result<Vec<wellcar_net::Configured>, ProvisionError> {
+    let mut network = None;
+    let result = provision_with(log, oem, &mut network);
+    let up = network.and_then(|n: Network| n.up).unwrap_or_default();
+    result.map(|()| up)
+}
+
+fn provision_with(
+    log: &mut Log,
+    oem: Option<&Path>,
+    network_slot: &mut Option<Network>,
+) -> Result<(), ProvisionError> {
+    let mut cmdline = std::fs::read_to_string("/proc/cmdline")
         .map_err(|e| ProvisionError::new(Phase::Platform, Some("/proc/cmdline".to_string()), e))?;
+    let extra = Path::new(FW_CFG_BY_NAME)
+        .join(wellcar_contract::FW_CFG_KERNEL_ARGS)
+        .join("raw");
+    if let Ok(args) = std::fs::read_to_string(&extra) {
+        log.info(&format!(
+            "arguments from {}: {}",
+            extra.display(),
+            args.trim()
+        ));
+        cmdline.push(' ');
+        cmdline.push_str(args.trim());
+    }
     let grub_cfg = match (
         wellcar_platform::id::cmdline_value(&cmdline, "ignition.platform.id"),
         oem,
@@ -96,6 +180,7 @@ pub fn provision(log: &mut Log, oem: Option<&Path>) -> Result<(), ProvisionError
     };
     let platform = Platform::select(&cmdline, grub_cfg.as_deref())
         .map_err(|e| ProvisionError::new(Phase::Platform, None, e))?;
+    let network = network_slot.insert(Network::new(&cmdline)?);
     let config_url = wellcar_platform::id::config_url(&cmdline);
     let sources = platform.config_sources(config_url.as_deref());
     log.info(&format!(
@@ -111,6 +196,9 @@ pub fn provision(log: &mut Log, oem: Option<&Path>) -> Result<(), ProvisionError
     let mut attributes = Attributes::default();
     let mut found = None;
     for source in &sources {
+        if source.needs_network() {
+            network.ensure(log, &source.to_string())?;
+        }
         let (config, attrs) = read_source(log, source, platform, &cmdline, oem)?;
         if !attrs.is_empty() && attributes.is_empty() {
             attributes = attrs;
