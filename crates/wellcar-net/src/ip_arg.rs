@@ -169,7 +169,7 @@ mod tests {
             ("10.0.0.5::gw", "gateway"),
             ("10.0.0.5:::255.0.255.0", "not contiguous"),
             ("10.0.0.5:::33", "above 32"),
-            ("bogus", "expected dhcp"),
+            ("bogus", "client address \"bogus\""),
         ] {
             let err = parse(value).unwrap_err().to_string();
             assert!(err.contains(needle) && err.contains(value), "{err}");
