@@ -41,3 +41,7 @@ pub use image_manifest::{
 pub use release_file::{ReleaseFile, ReleaseFileError, FLATCAR_APP_ID, WELLCAR_APP_ID};
 pub use root_hash::{RootHash, RootHashError, ROOT_HASH_HEX_LEN, ROOT_HASH_LEN};
 pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};
+
+/// fw_cfg entry (`wellcar run --platform/--kernel-arg`) whose text `/init` appends to the
+/// kernel command line it reads for provisioning (platform id, `ignition.config.url`, ...).
+pub const FW_CFG_KERNEL_ARGS: &str = "opt/org.wellcar/kernel-args";

@@ -113,6 +113,9 @@ pub struct BootParams {
     pub oem_id: String,
     /// Delay before rebooting after a failure (`wellcar.init.reboot_delay`, default 60 s).
     pub reboot_delay: Duration,
+    /// Whether `wellcar.init.reboot_delay` was given: a failed first-boot provisioning then
+    /// reboots after the delay (unattended labs) instead of stopping in the emergency shell.
+    pub reboot_delay_requested: bool,
     /// How long to wait for the boot disk (`wellcar.init.disk_timeout`, default 60 s).
     pub disk_timeout: Duration,
     /// Modules loaded at the same time (`wellcar.init.module_workers`, default 1).
@@ -320,6 +323,7 @@ impl BootParams {
             first_boot,
             oem_id: value("wellcar.oem.id").unwrap_or("metal").to_string(),
             reboot_delay,
+            reboot_delay_requested: value("wellcar.init.reboot_delay").is_some(),
             disk_timeout,
             module_workers,
             init: value("init").map(str::to_string),

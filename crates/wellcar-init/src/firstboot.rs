@@ -92,6 +92,16 @@ pub fn oem_config(
     device: &Path,
     mount_point: &Path,
 ) -> Result<Option<FoundConfig>, FirstBootError> {
+    oem_file(device, mount_point, "config.ign")
+}
+
+/// Reads file `name` from the OEM partition `device` (ext4), mounted read-only at
+/// `mount_point`; `None` when the partition has no filesystem or no such file.
+pub fn oem_file(
+    device: &Path,
+    mount_point: &Path,
+    name: &str,
+) -> Result<Option<FoundConfig>, FirstBootError> {
     if crate::disk::ext4_identity(device).is_none() {
         return Ok(None);
     }
@@ -101,10 +111,10 @@ pub fn oem_config(
         "ext4",
         MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
     )?;
-    let path = mount_point.join("config.ign");
+    let path = mount_point.join(name);
     let result = match std::fs::read(&path) {
         Ok(bytes) => Ok(Some(FoundConfig {
-            source: format!("{} on {}", "config.ign", device.display()),
+            source: format!("{name} on {}", device.display()),
             bytes,
         })),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

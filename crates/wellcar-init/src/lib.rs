@@ -5,3 +5,4 @@
 //! from here rather than compiling its own copy, so `/init` behaves and links as before.
 
 pub mod cmdline;
+pub mod failure;

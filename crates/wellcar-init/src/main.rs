@@ -12,16 +12,21 @@
 //!    ([`grow`]), `first-boot-flag` (removed last, only after all of that succeeded).
 //! 7. `switch-root`: move the API mounts, free the initramfs, chroot, exec systemd.
 //!
-//! Any failure prints one line on the console naming the step and the device or file, then
-//! reboots after `wellcar.init.reboot_delay` seconds (default 60), so GRUB's tries counter
-//! can fall back to the other slot.
+//! A failure prints a report on the console naming the step and the device, file or URL
+//! ([`wellcar_init::failure`]). A failed first-boot provisioning then stops in the emergency
+//! shell ([`emergency`]) with the first-boot flag kept, unless `wellcar.init.reboot_delay` was
+//! given; any other failure reboots after `wellcar.init.reboot_delay` seconds (default 60), so
+//! GRUB's tries counter can fall back to the other slot.
 
+mod configdrive;
 mod disk;
 mod disk_guid;
+mod emergency;
 mod firstboot;
 mod grow;
 mod kmod;
 mod log;
+mod provision;
 mod storage_stage;
 mod switchroot;
 mod sys;
@@ -37,6 +42,7 @@ use wellcar_contract::module_list;
 use disk::Found;
 use log::Log;
 use wellcar_init::cmdline::{self, BootParams, FirstBoot, UsrSource};
+use wellcar_init::failure;
 
 /// Where the new root is assembled.
 const SYSROOT: &str = "/sysroot";
@@ -75,17 +81,50 @@ fn main() {
         std::process::exit(2);
     }
     let mut log = Log::new();
-    let mut reboot_delay = cmdline::DEFAULT_REBOOT_DELAY;
-    let err = boot(&mut log, &mut reboot_delay);
-    fail(&mut log, &err, reboot_delay);
+    let mut reboot = RebootPolicy {
+        delay: cmdline::DEFAULT_REBOOT_DELAY,
+        requested: false,
+    };
+    let err = boot(&mut log, &mut reboot);
+    fail(&mut log, &err, reboot);
 }
 
-/// Prints the failure, waits, reboots. Never returns (PID 1 must not exit).
-fn fail(log: &mut Log, err: &BootError, delay: Duration) -> ! {
-    log.console(&format!(
-        "FAILED: {err}; rebooting in {} s",
-        delay.as_secs()
-    ));
+/// `wellcar.init.reboot_delay`: its value and whether the command line gave it.
+#[derive(Debug, Clone, Copy)]
+struct RebootPolicy {
+    delay: Duration,
+    requested: bool,
+}
+
+/// Reports the failure, then stops in the emergency shell or reboots after the delay
+/// ([`failure::decide`]). Never returns (PID 1 must not exit).
+fn fail(log: &mut Log, err: &BootError, reboot: RebootPolicy) -> ! {
+    let provisioning = err.source.downcast_ref::<provision::ProvisionError>();
+    let kind = match provisioning {
+        Some(_) => failure::FailureKind::Provisioning,
+        None => failure::FailureKind::Boot,
+    };
+    let action = failure::decide(kind, reboot.delay, reboot.requested);
+    let report = failure::FailureReport {
+        step: err.step.to_string(),
+        phase: provisioning.map(|p| p.phase),
+        source: provisioning.and_then(|p| p.source_name.clone()),
+        http_status: provisioning.and_then(|p| p.http_status),
+        reason: failure::chain(err.source.as_ref()),
+        action,
+    };
+    let delay = match action {
+        failure::Action::EmergencyShell => emergency::stop(log, &report.lines(), &report.render()),
+        failure::Action::Reboot(delay) => delay,
+    };
+    for line in report.lines() {
+        log.console(&line);
+    }
+    let path = Path::new(failure::REPORT_PATH);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(path, report.render());
     std::thread::sleep(delay);
     rustix::fs::sync();
     let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
@@ -142,8 +181,8 @@ fn reboot_on_panic(delay: Duration) -> std::io::Result<()> {
 }
 
 /// Runs the boot; returns only on failure.
-fn boot(log: &mut Log, reboot_delay: &mut Duration) -> BootError {
-    match boot_steps(log, reboot_delay) {
+fn boot(log: &mut Log, reboot: &mut RebootPolicy) -> BootError {
+    match boot_steps(log, reboot) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -151,7 +190,7 @@ fn boot(log: &mut Log, reboot_delay: &mut Duration) -> BootError {
 
 fn boot_steps(
     log: &mut Log,
-    reboot_delay: &mut Duration,
+    reboot: &mut RebootPolicy,
 ) -> Result<std::convert::Infallible, BootError> {
     let mut kmsg_setting = None;
     let params = log.step("early-setup", |log| {
@@ -161,9 +200,10 @@ fn boot_steps(
         let text = std::fs::read_to_string("/proc/cmdline")
             .map_err(|e| format!("reading /proc/cmdline: {e}"))?;
         // Even if the rest is invalid, honour the reboot delay the user asked for.
-        *reboot_delay = BootParams::reboot_delay_of(&text);
+        reboot.delay = BootParams::reboot_delay_of(&text);
         let params = BootParams::parse(&text)?;
-        *reboot_delay = params.reboot_delay;
+        reboot.delay = params.reboot_delay;
+        reboot.requested = params.reboot_delay_requested;
         reboot_on_panic(params.reboot_delay)
             .map_err(|e| format!("setting /proc/sys/kernel/panic: {e}"))?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(params)
@@ -318,7 +358,12 @@ fn first_boot_steps(
             params.module_workers,
         )
     })?;
-    log.step("ignition", |log| provision(log, params, root_found))?;
+    let oem = sibling(root_found, "OEM").map(|p| p.device);
+    let network = log.step("ignition", |log| provision::provision(log, oem.as_deref()))?;
+    if let Some(network) = network {
+        // Clean links for systemd-networkd after switch root.
+        log.step("network-down", |_| network.teardown())?;
+    }
 
     log.step("grow-root", |log| {
         let Found::Partition(root) = root_found else {
@@ -355,60 +400,3 @@ fn first_boot_steps(
     Ok(())
 }
 
-/// Finds the Ignition config and applies it to `/sysroot`; no config is fine.
-fn provision(
-    log: &mut Log,
-    params: &BootParams,
-    root_found: &Found,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut found = firstboot::fw_cfg_config(Path::new(FW_CFG_BY_NAME))?;
-    if found.is_none() {
-        if let Some(oem) = sibling(root_found, "OEM") {
-            found = firstboot::oem_config(&oem.device, Path::new("/mnt/oem"))?;
-        }
-    }
-    let Some(config) = found else {
-        log.info(&format!(
-            "no Ignition config (platform {}): the machine stays unprovisioned",
-            params.oem_id
-        ));
-        return Ok(());
-    };
-    log.info(&format!(
-        "Ignition config from {} ({} bytes)",
-        config.source,
-        config.bytes.len()
-    ));
-    let parsed = wellcar_ignition::parse_config(&config.bytes)
-        .map_err(|e| format!("Ignition config from {}: {e}", config.source))?;
-    for warning in &parsed.warnings {
-        log.info(&format!("Ignition warning: {warning}"));
-    }
-    let resolved = wellcar_ignition::resolve_references(parsed.config)
-        .map_err(|e| format!("Ignition config from {}: {e}", config.source))?;
-    let kargs = &resolved.kernel_arguments;
-    if !(kargs.should_exist.is_empty() && kargs.should_not_exist.is_empty()) {
-        let oem = sibling(root_found, "OEM")
-            .ok_or("kernelArguments: no OEM partition next to ROOT to keep grub.cfg on")?;
-        if storage_stage::apply_kernel_arguments(&oem.device, Path::new("/mnt/oem"), kargs)? {
-            log.info("kernelArguments written to the OEM grub.cfg: rebooting once to apply them");
-            rustix::fs::sync();
-            rustix::system::reboot(rustix::system::RebootCommand::Restart)?;
-        }
-    }
-    let storage = &resolved.storage;
-    if !(storage.disks.is_empty()
-        && storage.raid.is_empty()
-        && storage.luks.is_empty()
-        && storage.filesystems.is_empty())
-    {
-        storage_stage::link_usr_tools(Path::new("/"), Path::new(SYSROOT))?;
-    }
-    let options = wellcar_ignition::ApplyOptions {
-        kernel_arguments_applied: true,
-        ..Default::default()
-    };
-    let report = wellcar_ignition::apply_with(&resolved, Path::new(SYSROOT), &options)?;
-    log.info(&format!("Ignition applied: {report:?}"));
-    Ok(())
-}

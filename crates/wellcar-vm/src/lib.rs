@@ -12,6 +12,7 @@
 //!   key it keeps (module [`login`]).
 
 pub mod accel;
+pub mod config_drive;
 pub mod login;
 pub mod machine;
 

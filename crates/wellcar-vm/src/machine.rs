@@ -107,6 +107,12 @@ pub struct MachineConfig {
     pub interactive: bool,
     /// Directory for the overlay, firmware vars and console log (default: a temp dir).
     pub state_dir: Option<PathBuf>,
+    /// A directory made into an OpenStack config drive (FAT, label `CONFIG-2`), attached
+    /// read-only as a second virtio disk.
+    pub config_drive: Option<PathBuf>,
+    /// Arguments for the guest's `/init`, passed over fw_cfg as `opt/org.wellcar/kernel-args`
+    /// (the kernel command line itself comes from GRUB on the image).
+    pub kernel_args: Vec<String>,
 }
 
 impl MachineConfig {
@@ -125,6 +131,8 @@ impl MachineConfig {
             host_forwards: Vec::new(),
             interactive: false,
             state_dir: None,
+            config_drive: None,
+            kernel_args: Vec::new(),
         }
     }
 }
@@ -255,6 +263,27 @@ impl Machine {
             cmd.arg("-fw_cfg").arg(format!(
                 "name=opt/org.flatcar-linux/config,file={}",
                 ign.display()
+            ));
+        }
+        if let Some(tree) = &cfg.config_drive {
+            let drive = dir.join("config-drive.img");
+            crate::config_drive::build(tree, &drive)?;
+            cmd.arg("-drive").arg(format!(
+                "if=virtio,file={},format=raw,readonly=on",
+                drive.display()
+            ));
+        }
+        if !cfg.kernel_args.is_empty() {
+            let args = dir.join("kernel-args");
+            io(
+                std::fs::write(&args, cfg.kernel_args.join(" ")),
+                "writing",
+                &args,
+            )?;
+            cmd.arg("-fw_cfg").arg(format!(
+                "name={},file={}",
+                wellcar_contract::FW_CFG_KERNEL_ARGS,
+                args.display()
             ));
         }
         let ssh_port = match cfg.ssh_port {

@@ -82,6 +82,28 @@ pub struct Opts {
     /// http://10.0.2.100:8080 inside the VM (repeatable; nothing else is reachable).
     #[arg(long = "guest-forward", value_parser = parse_guest_forward)]
     pub guest_forwards: Vec<(String, u16)>,
+    /// Provision as on this platform (`ignition.platform.id=ID` for the guest's /init): qemu,
+    /// metal, openstack, aws (ec2), gcp, digitalocean. fw_cfg configs (`--ignition`) are read
+    /// on qemu only; metadata platforms read http://169.254.169.254, so pair them with
+    /// `--guest-forward 169.254.169.254:80=PORT` (or `--kernel-arg wellcar.metadata.url=URL`).
+    #[arg(long, value_parser = parse_platform)]
+    pub platform: Option<String>,
+    /// An argument for the guest's /init, e.g. `ignition.config.url=http://10.0.2.100:8080/c.ign`
+    /// (repeatable; passed over fw_cfg and read on first boot, after the kernel's own line).
+    #[arg(long = "kernel-arg")]
+    pub kernel_args: Vec<String>,
+    /// Attach an OpenStack config drive made from DIR (which holds
+    /// `openstack/latest/user_data`, optionally `openstack/latest/meta_data.json`): a FAT image
+    /// labelled CONFIG-2, read by `--platform openstack`.
+    #[arg(long, value_name = "DIR")]
+    pub config_drive: Option<PathBuf>,
+}
+
+/// Checks a platform id against the ones the guest knows.
+fn parse_platform(s: &str) -> Result<String, String> {
+    wellcar_platform::Platform::parse(s, "--platform")
+        .map(|p| p.id().to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `GUEST_IP:PORT=HOST_PORT`.
@@ -134,6 +156,13 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     cfg.memory_mib = opts.memory;
     cfg.disk_size = opts.disk_gib.map(|g| g << 30);
     cfg.guest_forwards = opts.guest_forwards;
+    cfg.kernel_args = opts
+        .platform
+        .iter()
+        .map(|p| format!("ignition.platform.id={p}"))
+        .chain(opts.kernel_args)
+        .collect();
+    cfg.config_drive = opts.config_drive;
     cfg.interactive = true;
     let mut vm =
         Machine::spawn(&cfg).with_context(|| format!("booting {}", opts.image.display()))?;
@@ -245,6 +274,17 @@ mod tests {
             .local_addr()
             .unwrap();
         assert!(!core_can_log_in(closed.port(), key));
+    }
+
+    #[test]
+    fn platforms_are_checked_and_ec2_is_aws() {
+        assert_eq!(parse_platform("ec2").unwrap(), "aws");
+        assert_eq!(parse_platform("openstack").unwrap(), "openstack");
+        let err = parse_platform("azure").unwrap_err();
+        assert!(
+            err.contains("azure") && err.contains("digitalocean"),
+            "{err}"
+        );
     }
 
     #[test]
