@@ -529,9 +529,11 @@ async fn update_engine_client_update_drives_the_daemon() {
         let uec = uec.clone();
         // The service is up once -status answers.
         blocking(move || {
-            wait_until("the daemon's D-Bus service", Duration::from_secs(30), || {
-                uec("-status").status.success().then_some(())
-            });
+            wait_until(
+                "the daemon's D-Bus service",
+                Duration::from_secs(30),
+                || uec("-status").status.success().then_some(()),
+            );
             uec("-update")
         })
         .await

@@ -439,12 +439,16 @@ impl Config {
                 return Err(invalid(
                     "FLATCAR_RELEASE_APPID",
                     s,
-                    "expected an Omaha app id such as {e96281a6-d1af-4bde-9a0a-97b76e56dc57}".into(),
+                    "expected an Omaha app id such as {e96281a6-d1af-4bde-9a0a-97b76e56dc57}"
+                        .into(),
                 ));
             }
             config.app_id = id;
         }
-        match (settings.get("DOWNLOAD_USER"), settings.get("DOWNLOAD_PASSWORD")) {
+        match (
+            settings.get("DOWNLOAD_USER"),
+            settings.get("DOWNLOAD_PASSWORD"),
+        ) {
             (Some(user), password) if !user.value.is_empty() => {
                 if user.value.contains(':') {
                     return Err(invalid(

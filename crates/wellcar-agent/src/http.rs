@@ -250,6 +250,9 @@ mod download_auth_tests {
             .unwrap();
         assert_eq!(body, "payload");
         http.set_download_credentials(None);
-        assert_eq!(http.get_range(&url, 0, None).err().unwrap().status(), Some(401));
+        assert_eq!(
+            http.get_range(&url, 0, None).err().unwrap().status(),
+            Some(401)
+        );
     }
 }

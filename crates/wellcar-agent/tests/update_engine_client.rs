@@ -168,26 +168,31 @@ fn watch_for_updates_logs_each_status_update() {
     });
     let mut received = 0;
     let mut seen = String::new();
-    wait_until("the watcher to log a StatusUpdate", Duration::from_secs(20), || {
-        received += 1;
-        bus.store
-            .save(&AgentState::in_phase(Phase::Downloading(Download {
-                received,
-                ..Download::start(Offer {
-                    version: "1.2.0".into(),
-                    urls: vec![],
-                    size: 1000,
-                    sha256: String::new(),
-                    target: Slot::B,
-                })
-            })))
-            .unwrap();
-        while let Ok(l) = lines.recv_timeout(Duration::from_millis(500)) {
-            seen.push_str(&l);
-            seen.push('\n');
-        }
-        seen.contains("]   current_operation: UPDATE_STATUS_DOWNLOADING").then_some(())
-    });
+    wait_until(
+        "the watcher to log a StatusUpdate",
+        Duration::from_secs(20),
+        || {
+            received += 1;
+            bus.store
+                .save(&AgentState::in_phase(Phase::Downloading(Download {
+                    received,
+                    ..Download::start(Offer {
+                        version: "1.2.0".into(),
+                        urls: vec![],
+                        size: 1000,
+                        sha256: String::new(),
+                        target: Slot::B,
+                    })
+                })))
+                .unwrap();
+            while let Ok(l) = lines.recv_timeout(Duration::from_millis(500)) {
+                seen.push_str(&l);
+                seen.push('\n');
+            }
+            seen.contains("]   current_operation: UPDATE_STATUS_DOWNLOADING")
+                .then_some(())
+        },
+    );
     assert!(seen.contains("] Got status update:"), "{seen}");
     assert!(seen.contains("]   new_version: 1.2.0"), "{seen}");
     assert!(seen.contains("]   new_size: 1000"), "{seen}");
@@ -223,13 +228,23 @@ fn flatcar_policy_lets_a_non_root_user_use_the_client() {
     let busctl = busctl.to_str().unwrap();
     let out = as_nobody(
         busctl,
-        &[&address, "introspect", "com.coreos.update1", "/com/coreos/update1"],
+        &[
+            &address,
+            "introspect",
+            "com.coreos.update1",
+            "/com/coreos/update1",
+        ],
     );
     assert!(!out.status.success(), "introspection is denied: {out:?}");
     assert!(text(&out.stderr).contains("denied"), "{out:?}");
     // Root is allowed everything.
     let out = Command::new(busctl)
-        .args([&address, "introspect", "com.coreos.update1", "/com/coreos/update1"])
+        .args([
+            &address,
+            "introspect",
+            "com.coreos.update1",
+            "/com/coreos/update1",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

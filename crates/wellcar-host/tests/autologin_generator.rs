@@ -20,12 +20,20 @@ fn generate(cmdline: &str) -> (tempfile::TempDir, String) {
 }
 
 fn dropin(dir: &tempfile::TempDir, unit: &str) -> Option<String> {
-    std::fs::read_to_string(dir.path().join("gen").join(format!("{unit}.d/10-autologin.conf"))).ok()
+    std::fs::read_to_string(
+        dir.path()
+            .join("gen")
+            .join(format!("{unit}.d/10-autologin.conf")),
+    )
+    .ok()
 }
 
 fn units(dir: &tempfile::TempDir) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.path().join("gen"))
-        .map(|d| d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -35,7 +43,11 @@ fn units(dir: &tempfile::TempDir) -> Vec<String> {
 fn bare_flag_logs_in_on_every_console() {
     for word in ["flatcar.autologin", "coreos.autologin", "wellcar.autologin"] {
         let (dir, _) = generate(&format!("root=LABEL=ROOT {word} quiet\n"));
-        assert_eq!(units(&dir), ["getty@.service.d", "serial-getty@.service.d"], "{word}");
+        assert_eq!(
+            units(&dir),
+            ["getty@.service.d", "serial-getty@.service.d"],
+            "{word}"
+        );
         assert_eq!(
             dropin(&dir, "serial-getty@.service").unwrap(),
             "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin core --keep-baud %I 115200,38400,9600 $TERM\n"
@@ -49,7 +61,8 @@ fn bare_flag_logs_in_on_every_console() {
 
 #[test]
 fn a_named_tty_gets_only_its_own_getty() {
-    let (dir, _) = generate("flatcar.autologin=ttyS0 coreos.autologin=tty1 wellcar.autologin=hvc0\n");
+    let (dir, _) =
+        generate("flatcar.autologin=ttyS0 coreos.autologin=tty1 wellcar.autologin=hvc0\n");
     assert_eq!(
         units(&dir),
         [
@@ -58,8 +71,12 @@ fn a_named_tty_gets_only_its_own_getty() {
             "serial-getty@ttyS0.service.d"
         ]
     );
-    assert!(dropin(&dir, "serial-getty@ttyS0.service").unwrap().contains("--keep-baud %I"));
-    assert!(dropin(&dir, "getty@tty1.service").unwrap().contains("--noclear %I"));
+    assert!(dropin(&dir, "serial-getty@ttyS0.service")
+        .unwrap()
+        .contains("--keep-baud %I"));
+    assert!(dropin(&dir, "getty@tty1.service")
+        .unwrap()
+        .contains("--noclear %I"));
 }
 
 #[test]
@@ -68,5 +85,8 @@ fn no_flag_or_a_bad_tty_writes_nothing() {
     assert!(units(&dir).is_empty());
     let (dir, stderr) = generate("flatcar.autologin=../x flatcar.autologin=\n");
     assert!(units(&dir).is_empty());
-    assert!(stderr.contains("ignoring flatcar.autologin=../x"), "{stderr}");
+    assert!(
+        stderr.contains("ignoring flatcar.autologin=../x"),
+        "{stderr}"
+    );
 }

@@ -200,7 +200,11 @@ mod tests {
         assert!(cfg.contains("--id=wellcar-b {"));
         assert!(cfg.contains("set wc_guid=e03dd35c-7c2d-4a47-b3fe-27f15780a57c"));
         assert!(cfg.contains("verity.usr=PARTUUID=$wc_guid verity.usrhash=$wc_hash $linux_cmdline"));
-        for flag in ["wellcar/first_boot", "flatcar/first_boot", "coreos/first_boot"] {
+        for flag in [
+            "wellcar/first_boot",
+            "flatcar/first_boot",
+            "coreos/first_boot",
+        ] {
             assert!(
                 cfg.contains(&format!(
                     "if [ -f \"($root)/{flag}\" ]; then set first_boot=\"wellcar.first_boot=detected\"; fi"

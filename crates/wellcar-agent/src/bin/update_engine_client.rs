@@ -38,8 +38,14 @@ fn connect() -> Result<UpdateClient, ExitCode> {
 }
 
 fn give_up(e: impl std::fmt::Display) -> ExitCode {
-    log('W', &format!("Error getting dbus proxy for {BUS_NAME}: {e}"));
-    log('E', &format!("Giving up -- unable to get dbus proxy for {BUS_NAME}"));
+    log(
+        'W',
+        &format!("Error getting dbus proxy for {BUS_NAME}: {e}"),
+    );
+    log(
+        'E',
+        &format!("Giving up -- unable to get dbus proxy for {BUS_NAME}"),
+    );
     ExitCode::FAILURE
 }
 
@@ -102,9 +108,15 @@ fn run(actions: wellcar_agent::dbus::client_flags::Actions) -> Result<ExitCode, 
         client
             .watch(&mut |s| {
                 log('I', "Got status update:");
-                log('I', &format!("  last_checked_time: {}", s.last_checked_time));
+                log(
+                    'I',
+                    &format!("  last_checked_time: {}", s.last_checked_time),
+                );
                 log('I', &format!("  progress: {}", s.progress));
-                log('I', &format!("  current_operation: {}", s.current_operation));
+                log(
+                    'I',
+                    &format!("  current_operation: {}", s.current_operation),
+                );
                 log('I', &format!("  new_version: {}", s.new_version));
                 log('I', &format!("  new_size: {}", s.new_size));
                 true

@@ -234,14 +234,24 @@ fn flatcar_release_file_sets_the_app_id_and_names_a_bad_line() {
     let config = Config::load(&[release.clone(), etc.clone()]).unwrap();
     assert_eq!(config.app_id, wellcar_omaha::FLATCAR_APP_ID);
     assert_eq!(Config::default().app_id, wellcar_omaha::WELLCAR_APP_ID);
-    std::fs::write(&etc, "FLATCAR_RELEASE_APPID=66ccd106-e1a0-49f8-92cf-29995de7c384\n").unwrap();
+    std::fs::write(
+        &etc,
+        "FLATCAR_RELEASE_APPID=66ccd106-e1a0-49f8-92cf-29995de7c384\n",
+    )
+    .unwrap();
     let config = Config::load(&[release.clone(), etc.clone()]).unwrap();
     assert_eq!(config.app_id, wellcar_omaha::WELLCAR_APP_ID);
     std::fs::write(&etc, "FLATCAR_RELEASE_APPID=not an id\n").unwrap();
-    let err = Config::load(&[release.clone(), etc.clone()]).unwrap_err().to_string();
+    let err = Config::load(&[release.clone(), etc.clone()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&format!("{}:1", etc.display())), "{err}");
     assert!(err.contains("FLATCAR_RELEASE_APPID"), "{err}");
-    let bad = write(dir.path(), "release2", "FLATCAR_RELEASE_VERSION=1.2.0\nthis is not a setting\n");
+    let bad = write(
+        dir.path(),
+        "release2",
+        "FLATCAR_RELEASE_VERSION=1.2.0\nthis is not a setting\n",
+    );
     let err = Config::load(&[bad.clone()]).unwrap_err().to_string();
     assert!(err.contains(&format!("{}:2", bad.display())), "{err}");
 }
@@ -256,8 +266,12 @@ fn download_credentials_need_a_user() {
         Some(("fleet".into(), "s3cret:x".into()))
     );
     assert_eq!(Config::parse("", &path).unwrap().download_credentials, None);
-    let err = Config::parse("DOWNLOAD_PASSWORD=p\n", &path).unwrap_err().to_string();
+    let err = Config::parse("DOWNLOAD_PASSWORD=p\n", &path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("DOWNLOAD_USER is not set"), "{err}");
-    let err = Config::parse("DOWNLOAD_USER=a:b\n", &path).unwrap_err().to_string();
+    let err = Config::parse("DOWNLOAD_USER=a:b\n", &path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot contain ':'"), "{err}");
 }

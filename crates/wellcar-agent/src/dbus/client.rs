@@ -107,13 +107,13 @@ impl UpdateClient {
     /// Calls `on_status` with every `StatusUpdate` until it returns `false` (or the bus goes
     /// away).
     pub fn watch(&self, on_status: &mut dyn FnMut(Status) -> bool) -> Result<(), ClientError> {
-        let signals = self
-            .proxy
-            .receive_signal(STATUS_UPDATE)
-            .map_err(|source| ClientError::Call {
-                method: STATUS_UPDATE,
-                source,
-            })?;
+        let signals =
+            self.proxy
+                .receive_signal(STATUS_UPDATE)
+                .map_err(|source| ClientError::Call {
+                    method: STATUS_UPDATE,
+                    source,
+                })?;
         for message in signals {
             let body = message.body();
             let (last_checked_time, progress, current_operation, new_version, new_size) = body

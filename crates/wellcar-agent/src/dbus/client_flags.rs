@@ -168,8 +168,14 @@ mod tests {
 
     #[test]
     fn accepts_gflags_spellings() {
-        let Parsed::Run(a) = p(&["--status", "-update=true", "-nocheck_for_update", "-v", "2", "x"])
-        else {
+        let Parsed::Run(a) = p(&[
+            "--status",
+            "-update=true",
+            "-nocheck_for_update",
+            "-v",
+            "2",
+            "x",
+        ]) else {
             panic!()
         };
         assert!(a.status && a.update && !a.check_for_update);
@@ -192,7 +198,10 @@ mod tests {
         let Parsed::Exit(text, 1) = p(&["-help"]) else {
             panic!()
         };
-        assert!(text.contains("-watch_for_updates (Listen for status updates"), "{text}");
+        assert!(
+            text.contains("-watch_for_updates (Listen for status updates"),
+            "{text}"
+        );
         assert_eq!(
             p(&["--version"]),
             Parsed::Exit("update_engine_client\n".into(), 0)

@@ -180,7 +180,6 @@ mod manager {
             new_size: i64,
         ) -> zbus::Result<()>;
     }
-
 }
 
 use manager::Manager;

@@ -94,12 +94,24 @@ fn busctl_sees_update_engines_interface_and_status() {
         ],
         "{text}"
     );
-    let xml = busctl(&f.bus, &["--xml-interface", "introspect", BUS_NAME, OBJECT_PATH]);
+    let xml = busctl(
+        &f.bus,
+        &["--xml-interface", "introspect", BUS_NAME, OBJECT_PATH],
+    );
     let xml = String::from_utf8(xml.stdout).unwrap();
+    // update_engine.xml's argument names and types, in order.
     for arg in [
-        r#"<arg type="x" name="last_checked_time" direction="out"/>"#,
-        r#"<arg type="s" name="current_operation" direction="out"/>"#,
-        r#"<arg type="x" name="new_size" direction="out"/>"#,
+        r#"<arg name="last_checked_time" type="x" direction="out"/>
+      <arg name="progress" type="d" direction="out"/>
+      <arg name="current_operation" type="s" direction="out"/>
+      <arg name="new_version" type="s" direction="out"/>
+      <arg name="new_size" type="x" direction="out"/>"#,
+        r#"<signal name="StatusUpdate">
+      <arg name="last_checked_time" type="x"/>
+      <arg name="progress" type="d"/>
+      <arg name="current_operation" type="s"/>
+      <arg name="new_version" type="s"/>
+      <arg name="new_size" type="x"/>"#,
     ] {
         assert!(xml.contains(arg), "{arg} missing from {xml}");
     }
@@ -182,29 +194,37 @@ fn status_update_signal_reaches_busctl_monitor_and_the_client() {
     });
     // The monitor is listening once it shows our own GetStatus call.
     let mut seen = Vec::new();
-    wait_until("busctl monitor to show a GetStatus call", Duration::from_secs(20), || {
-        busctl(&f.bus, &[&CALL[..], &["GetStatus"]].concat());
-        while let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
-            seen.push(l);
-        }
-        seen.iter().any(|l| l.contains("\"GetStatus\"")).then_some(())
-    });
+    wait_until(
+        "busctl monitor to show a GetStatus call",
+        Duration::from_secs(20),
+        || {
+            busctl(&f.bus, &[&CALL[..], &["GetStatus"]].concat());
+            while let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+                seen.push(l);
+            }
+            seen.iter()
+                .any(|l| l.contains("\"GetStatus\""))
+                .then_some(())
+        },
+    );
 
     let client = client::UpdateClient::connect(Some(f.bus.address())).unwrap();
     let (statuses_tx, statuses) = std::sync::mpsc::channel();
     let watcher = std::thread::spawn(move || {
-        client
-            .watch(&mut |s| statuses_tx.send(s).is_ok())
-            .unwrap();
+        client.watch(&mut |s| statuses_tx.send(s).is_ok()).unwrap();
     });
     // The client's match rule is in place once a signal it receives arrives; keep changing
     // the status until one does.
     let mut received = 0;
-    let first = wait_until("the client to receive StatusUpdate", Duration::from_secs(20), || {
-        received += 100;
-        f.store.save(&downloading(received)).unwrap();
-        statuses.recv_timeout(Duration::from_secs(1)).ok()
-    });
+    let first = wait_until(
+        "the client to receive StatusUpdate",
+        Duration::from_secs(20),
+        || {
+            received += 100;
+            f.store.save(&downloading(received)).unwrap();
+            statuses.recv_timeout(Duration::from_secs(1)).ok()
+        },
+    );
     assert_eq!(first.current_operation, "UPDATE_STATUS_DOWNLOADING");
     assert_eq!(first.new_version, "1.2.0");
     assert_eq!(first.new_size, 400);
@@ -216,17 +236,30 @@ fn status_update_signal_reaches_busctl_monitor_and_the_client() {
             .filter(|s| s.current_operation == "UPDATE_STATUS_UPDATED_NEED_REBOOT")
     });
     assert_eq!(last, Status::of(&staged()));
-    let signal = wait_until("busctl monitor to show StatusUpdate", Duration::from_secs(20), || {
-        while let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
-            seen.push(l);
-        }
-        seen.iter()
-            .find(|l| l.contains("\"StatusUpdate\"") && l.contains("UPDATE_STATUS_UPDATED_NEED_REBOOT"))
-            .cloned()
-    });
+    let signal = wait_until(
+        "busctl monitor to show StatusUpdate",
+        Duration::from_secs(20),
+        || {
+            while let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+                seen.push(l);
+            }
+            seen.iter()
+                .find(|l| {
+                    l.contains("\"StatusUpdate\"")
+                        && l.contains("UPDATE_STATUS_UPDATED_NEED_REBOOT")
+                })
+                .cloned()
+        },
+    );
     assert!(signal.contains("\"type\":\"signal\""), "{signal}");
-    assert!(signal.contains(&format!("\"interface\":\"{INTERFACE}\"")), "{signal}");
-    assert!(signal.contains("\"signature\":\"xdssx\""), "{signal}");
+    assert!(
+        signal.contains(&format!("\"interface\":\"{INTERFACE}\"")),
+        "{signal}"
+    );
+    assert!(
+        signal.contains(r#""payload":{"type":"xdssx","data":[1718000000,"#),
+        "{signal}"
+    );
     let _ = monitor.kill();
     let _ = monitor.wait();
     drop(f.service);
