@@ -310,7 +310,7 @@ impl Host {
             host.paths.config_files.iter().find(|p| p.ends_with("usr/share/wellcar/update.conf")).unwrap(),
             &format!("SERVER={server_url}\nGROUP=stable\nMACHINE_ALIAS=agent-test\nREBOOT_STRATEGY=off\n"),
         );
-        host.put(&host.paths.config_files.last().unwrap(), extra_config);
+        host.put(host.paths.config_files.last().unwrap(), extra_config);
         host.put(
             &host.paths.trusted_keys.join("test.pub"),
             &wellcar_payload::keys::public_key_pem(&key.verifying_key()),

@@ -252,7 +252,9 @@ fn flatcar_release_file_sets_the_app_id_and_names_a_bad_line() {
         "release2",
         "FLATCAR_RELEASE_VERSION=1.2.0\nthis is not a setting\n",
     );
-    let err = Config::load(&[bad.clone()]).unwrap_err().to_string();
+    let err = Config::load(std::slice::from_ref(&bad))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&format!("{}:2", bad.display())), "{err}");
 }
 

@@ -16,7 +16,7 @@ pub enum ClientError {
         bus: String,
         /// The D-Bus error.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// A call failed (no service, denied, or the service refused).
     #[error("{BUS_NAME} {method}: {source}")]
@@ -25,7 +25,7 @@ pub enum ClientError {
         method: &'static str,
         /// The D-Bus error.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 
@@ -39,7 +39,7 @@ impl UpdateClient {
     pub fn connect(address: Option<&str>) -> Result<Self, ClientError> {
         let connect = |source| ClientError::Connect {
             bus: address.unwrap_or("the system bus").to_owned(),
-            source,
+            source: Box::new(source),
         };
         let connection = match address {
             Some(a) => zbus::blocking::connection::Builder::address(a)
@@ -55,7 +55,7 @@ impl UpdateClient {
             .and_then(|b| b.build())
             .map_err(|source| ClientError::Call {
                 method: "proxy",
-                source,
+                source: Box::new(source),
             })?;
         Ok(Self { proxy })
     }
@@ -73,7 +73,7 @@ impl UpdateClient {
             .call("GetStatus", &())
             .map_err(|source| ClientError::Call {
                 method: "GetStatus",
-                source,
+                source: Box::new(source),
             })?;
         Ok(Status {
             last_checked_time,
@@ -90,7 +90,7 @@ impl UpdateClient {
             .call::<_, _, ()>("AttemptUpdate", &())
             .map_err(|source| ClientError::Call {
                 method: "AttemptUpdate",
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -100,7 +100,7 @@ impl UpdateClient {
             .call::<_, _, ()>("ResetStatus", &())
             .map_err(|source| ClientError::Call {
                 method: "ResetStatus",
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -112,7 +112,7 @@ impl UpdateClient {
                 .receive_signal(STATUS_UPDATE)
                 .map_err(|source| ClientError::Call {
                     method: STATUS_UPDATE,
-                    source,
+                    source: Box::new(source),
                 })?;
         for message in signals {
             let body = message.body();
@@ -120,7 +120,7 @@ impl UpdateClient {
                 .deserialize::<(i64, f64, String, String, i64)>()
                 .map_err(|source| ClientError::Call {
                     method: STATUS_UPDATE,
-                    source,
+                    source: Box::new(source),
                 })?;
             let status = Status {
                 last_checked_time,

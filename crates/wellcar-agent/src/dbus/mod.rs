@@ -95,7 +95,7 @@ pub enum DbusError {
         bus: String,
         /// The D-Bus error.
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// The watcher thread could not be started.
     #[error("starting the {BUS_NAME} status watcher: {0}")]
@@ -203,7 +203,7 @@ impl Service {
         let bus = address.unwrap_or("the system bus").to_owned();
         let serve = |source| DbusError::Serve {
             bus: bus.clone(),
-            source,
+            source: Box::new(source),
         };
         let builder = match address {
             Some(a) => zbus::blocking::connection::Builder::address(a),
