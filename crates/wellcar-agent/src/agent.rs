@@ -389,7 +389,7 @@ impl<S: SlotControl> Agent<S> {
 
     fn app(&self, facts: &HostFacts, config: &Config) -> AppRequest {
         AppRequest {
-            app_id: format!("{{{}}}", wellcar_omaha::WELLCAR_APP_ID),
+            app_id: format!("{{{}}}", config.app_id),
             version: facts.version.clone(),
             track: config.group.clone(),
             board: facts.board.clone(),
@@ -519,6 +519,7 @@ impl<S: SlotControl> Agent<S> {
     /// One update check, and the install it leads to.
     pub fn check(&mut self, source: InstallSource) -> Result<CheckOutcome, AgentError> {
         let config = Config::load(&self.paths.config_files)?;
+        self.use_download_credentials(&config);
         let facts = HostFacts::read(&self.paths)?;
         self.reconcile(&facts)?;
         let Some(server) = config.server.clone() else {
@@ -620,6 +621,7 @@ impl<S: SlotControl> Agent<S> {
             return Ok(None);
         }
         let config = Config::load(&self.paths.config_files)?;
+        self.use_download_credentials(&config);
         if config.server.is_none() {
             return Ok(None);
         }
@@ -638,6 +640,28 @@ impl<S: SlotControl> Agent<S> {
         request: Option<String>,
     ) -> Result<(), AgentError> {
         self.record(Input::CheckDone { result, request })
+    }
+
+    /// update_engine's `ResetStatus`: idle stays idle, a staged update is forgotten (no reboot
+    /// is asked for; the boot state is not touched), any other status refuses (`Ok(false)`).
+    pub fn reset_status(&mut self) -> Result<bool, AgentError> {
+        match self.state().operation() {
+            crate::state::Operation::Idle => Ok(true),
+            crate::state::Operation::UpdatedNeedReboot => {
+                self.record(Input::ResetStatus)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn use_download_credentials(&mut self, config: &Config) {
+        self.http.set_download_credentials(
+            config
+                .download_credentials
+                .as_ref()
+                .map(|(u, p)| (u.as_str(), p.as_str())),
+        );
     }
 
     /// The state directory's check request path.

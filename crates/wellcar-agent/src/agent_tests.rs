@@ -494,31 +494,50 @@ async fn kill_9_at_any_step_then_restart_continues() {
     );
 }
 
-/// `update_engine_client -update` against the running daemon: the on-demand check installs,
-/// the client prints Flatcar's status lines while waiting and exits 0; with
-/// `REBOOT_STRATEGY=off` the machine stays in UPDATED_NEED_REBOOT and does not reboot.
+/// `update_engine_client -update` against the running daemon over D-Bus (a private bus): the
+/// on-demand check installs, the client prints Flatcar's status lines while waiting and exits
+/// 0; with `REBOOT_STRATEGY=off` the machine stays in UPDATED_NEED_REBOOT and does not reboot;
+/// `-reset_status` then takes the daemon back to IDLE (update_engine's ResetStatus).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_engine_client_update_drives_the_daemon() {
     let (_dir, _key, payload, server, host) = offered("WELLCAR_FIRST_CHECK_DELAY=1h\n").await;
     let rebooted = host.dir.path().join("rebooted");
     let root = host.paths.state_dir.ancestors().nth(4).unwrap().to_owned();
+    let bus = wellcar_test_support::dbus::PrivateBus::start(host.dir.path());
     let mut daemon = Daemon::start(
         &root,
         &[
             "--reboot-command".into(),
             format!("touch {}", rebooted.display()),
+            "--dbus-address".into(),
+            bus.address().into(),
         ],
     );
     let client = daemon_binary().with_file_name("update_engine_client");
-    let state_dir = host.paths.state_dir.clone();
-    let out = blocking(move || {
-        std::process::Command::new(client)
-            .env("WELLCAR_UPDATE_STATE_DIR", &state_dir)
-            .arg("-update")
-            .output()
-            .unwrap()
-    })
-    .await;
+    let uec = {
+        let address = bus.address().to_owned();
+        move |flag: &'static str| {
+            std::process::Command::new(&client)
+                .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+                .env("UPDATE_ENGINE_CLIENT_POLL_MS", "300")
+                .arg(flag)
+                .output()
+                .unwrap()
+        }
+    };
+    let out = {
+        let uec = uec.clone();
+        // The service is up once -status answers.
+        blocking(move || {
+            wait_until(
+                "the daemon's D-Bus service",
+                Duration::from_secs(30),
+                || uec("-status").status.success().then_some(()),
+            );
+            uec("-update")
+        })
+        .await
+    };
     // The daemon makes its reboot decision right after it records the check the client waited
     // for, on the same thread: once it has handled a second request, a wrong reboot would have
     // run (or would still block the loop, and this wait would fail).
@@ -537,7 +556,6 @@ async fn update_engine_client_update_drives_the_daemon() {
         )
     })
     .await;
-    daemon.sigkill();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -556,6 +574,14 @@ async fn update_engine_client_update_drives_the_daemon() {
     asserts_staged(&host, &payload);
     assert!(host.paths.reboot_required.exists());
     assert!(!rebooted.exists(), "REBOOT_STRATEGY=off never reboots");
+    let (reset, status) = blocking(move || (uec("-reset_status"), uec("-status"))).await;
+    daemon.sigkill();
+    assert!(reset.status.success(), "{reset:?}");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("CURRENT_OP=UPDATE_STATUS_IDLE\nNEW_VERSION=0.0.0\nNEW_SIZE=0\n"),
+        "{status}"
+    );
     assert_eq!(server.events().await, INSTALLED_EVENTS);
 }
 

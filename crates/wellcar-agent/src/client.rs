@@ -32,7 +32,7 @@ pub enum WaitError {
     #[error(transparent)]
     State(#[from] StateError),
     /// Nobody took the request in time.
-    #[error("the update agent did not take the check request within {0:?} (is wellcar-update-agent.service running?)")]
+    #[error("the update agent did not take the check request within {0:?} (is update-engine.service running?)")]
     NotTaken(Duration),
 }
 
@@ -117,9 +117,6 @@ mod tests {
             &mut |_| {},
         )
         .unwrap_err();
-        assert!(
-            err.to_string().contains("wellcar-update-agent.service"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("update-engine.service"), "{err}");
     }
 }

@@ -1,7 +1,8 @@
 //! `update.conf`: Flatcar's keys, layered from several files.
 //!
 //! Contract:
-//! - Files are read in order (by default `/usr/share/wellcar/update.conf`,
+//! - Files are read in order (by default update_engine's `/usr/share/flatcar/release`, then
+//!   `/usr/share/wellcar/update.conf`, `/usr/share/flatcar/update.conf`,
 //!   `/etc/flatcar/update.conf`, `/etc/wellcar/update.conf`); a key in a later file overrides
 //!   the same key in an earlier one. A missing file is skipped; an unreadable one is an error.
 //! - Lines are `KEY=VALUE`, optionally quoted with `"` or `'`, `#` starts a comment line, blank
@@ -28,6 +29,10 @@
 //!   a broken key never silently turns authentication off. Empty means unset.
 //! - `FLEET_TOKEN` (Wellcar): sent as the `X-Wellcar-Fleet-Token` header with every Omaha
 //!   request; visible ASCII without spaces, at most 1024 bytes. Empty means unset. Never logged.
+//! - Identity and downloads (update_engine's): `FLATCAR_RELEASE_APPID` (the Omaha app id,
+//!   braces optional; normally from `/usr/share/flatcar/release`, the first file read),
+//!   `DOWNLOAD_USER`/`DOWNLOAD_PASSWORD` (HTTP basic auth for payload downloads only; a
+//!   password without a user is an error). Never logged.
 //! - A bad value is an error naming the file, line, key and value.
 
 use std::collections::BTreeMap;
@@ -171,6 +176,11 @@ pub struct Config {
     pub etcd_lock: EtcdLockSettings,
     /// `WELLCAR_LOCK_RETRY_DELAY`: first pause after a failed lock or unlock (doubling).
     pub lock_retry_delay: Duration,
+    /// The Omaha application id sent (`FLATCAR_RELEASE_APPID`, as update_engine reads it
+    /// from `/usr/share/flatcar/release` or update.conf), without braces; Wellcar's by default.
+    pub app_id: String,
+    /// `DOWNLOAD_USER` and `DOWNLOAD_PASSWORD`: HTTP basic auth for payload downloads.
+    pub download_credentials: Option<(String, String)>,
 }
 
 /// The server's response-signing public keys, and the file or directory they came from (for
@@ -270,6 +280,8 @@ impl Default for Config {
             },
             etcd_lock: EtcdLockSettings::default(),
             lock_retry_delay: lock_keys::DEFAULT_LOCK_RETRY_DELAY,
+            app_id: wellcar_omaha::WELLCAR_APP_ID.to_owned(),
+            download_credentials: None,
         }
     }
 }
@@ -420,6 +432,44 @@ impl Config {
         }
         if let Some(s) = settings.get("MACHINE_ALIAS") {
             config.machine_alias = s.value.clone();
+        }
+        if let Some(s) = settings.get("FLATCAR_RELEASE_APPID") {
+            let id = wellcar_omaha::normalize_app_id(&s.value);
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(invalid(
+                    "FLATCAR_RELEASE_APPID",
+                    s,
+                    "expected an Omaha app id such as {e96281a6-d1af-4bde-9a0a-97b76e56dc57}"
+                        .into(),
+                ));
+            }
+            config.app_id = id;
+        }
+        match (
+            settings.get("DOWNLOAD_USER"),
+            settings.get("DOWNLOAD_PASSWORD"),
+        ) {
+            (Some(user), password) if !user.value.is_empty() => {
+                if user.value.contains(':') {
+                    return Err(invalid(
+                        "DOWNLOAD_USER",
+                        user,
+                        "a basic-auth user name cannot contain ':'".into(),
+                    ));
+                }
+                config.download_credentials = Some((
+                    user.value.clone(),
+                    password.map(|p| p.value.clone()).unwrap_or_default(),
+                ));
+            }
+            (_, Some(password)) if !password.value.is_empty() => {
+                return Err(invalid(
+                    "DOWNLOAD_PASSWORD",
+                    password,
+                    "DOWNLOAD_USER is not set".into(),
+                ));
+            }
+            _ => {}
         }
         if let Some(s) = settings.get("SERVER_PUBLIC_KEY") {
             let path = s.value.trim();

@@ -36,8 +36,28 @@ pub fn start_config<S: SlotControl>(agent: &Agent<S>) -> Result<Config, ConfigEr
     Ok(config)
 }
 
+/// A request to the loop from another thread of the daemon (the D-Bus service,
+/// [`crate::dbus`]); answered on the sender it carries once the loop is between steps.
+#[derive(Debug)]
+pub enum Request {
+    /// update_engine's `ResetStatus` ([`Agent::reset_status`]): `Ok(false)` when the status
+    /// does not allow it.
+    ResetStatus(std::sync::mpsc::Sender<Result<bool, String>>),
+}
+
 /// Runs until `stop` is set, starting from `config` ([`start_config`]).
 pub fn run<S: SlotControl>(agent: &mut Agent<S>, config: Config, stop: &AtomicBool) {
+    let (_keep, requests) = std::sync::mpsc::channel();
+    run_with_requests(agent, config, stop, &requests);
+}
+
+/// [`run`], also answering `requests` between steps.
+pub fn run_with_requests<S: SlotControl>(
+    agent: &mut Agent<S>,
+    config: Config,
+    stop: &AtomicBool,
+    requests: &std::sync::mpsc::Receiver<Request>,
+) {
     match agent.resume_pending() {
         Ok(Some(version)) => tracing::info!(%version, "interrupted install completed"),
         Ok(None) => {}
@@ -54,6 +74,13 @@ pub fn run<S: SlotControl>(agent: &mut Agent<S>, config: Config, stop: &AtomicBo
     );
     let mut reboots = RebootDriver::new();
     while !stop.load(Ordering::SeqCst) {
+        while let Ok(request) = requests.try_recv() {
+            match request {
+                Request::ResetStatus(reply) => {
+                    let _ = reply.send(agent.reset_status().map_err(|e| format!("{e:#}")));
+                }
+            }
+        }
         let request_path = agent.request_path();
         let request = std::fs::read_to_string(&request_path).ok();
         if request.is_some() {

@@ -73,7 +73,9 @@ impl HostPaths {
         Self {
             state_dir: "/var/lib/wellcar/update-agent".into(),
             config_files: vec![
+                "/usr/share/flatcar/release".into(),
                 "/usr/share/wellcar/update.conf".into(),
+                "/usr/share/flatcar/update.conf".into(),
                 "/etc/flatcar/update.conf".into(),
                 "/etc/wellcar/update.conf".into(),
             ],

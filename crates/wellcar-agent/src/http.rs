@@ -48,6 +48,9 @@ impl HttpError {
 #[derive(Debug, Clone)]
 pub struct Http {
     agent: ureq::Agent,
+    /// `Authorization` value for payload downloads (update.conf's `DOWNLOAD_USER` and
+    /// `DOWNLOAD_PASSWORD`, HTTP basic auth), never for Omaha requests.
+    download_auth: Option<String>,
 }
 
 impl Default for Http {
@@ -76,7 +79,19 @@ impl Http {
         ));
         Self {
             agent: wellcar_http::system_client(&options),
+            download_auth: None,
         }
+    }
+
+    /// Sends HTTP basic auth with every payload download from now on (`None`: none).
+    pub fn set_download_credentials(&mut self, credentials: Option<(&str, &str)>) {
+        use base64::Engine as _;
+        self.download_auth = credentials.map(|(user, password)| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )
+        });
     }
 
     /// POSTs an Omaha request with `headers` added; returns a 200 answer.
@@ -137,6 +152,9 @@ impl Http {
             reason,
         };
         let mut request = self.agent.get(url);
+        if let Some(auth) = &self.download_auth {
+            request = request.header("Authorization", auth);
+        }
         if start > 0 || end.is_some() {
             let range = match end {
                 Some(end) => format!("bytes={start}-{end}"),
@@ -177,5 +195,64 @@ impl Http {
                 status: other,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod download_auth_tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A loopback server answering each GET with 200 and the body only when the request
+    /// carries `Authorization: Basic <fleet:s3cret>`, 401 otherwise; returns its URL.
+    fn server() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/payload", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut authorized = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    // base64("fleet:s3cret")
+                    if line.eq_ignore_ascii_case("authorization: Basic ZmxlZXQ6czNjcmV0\r\n") {
+                        authorized = true;
+                    }
+                }
+                let reply = if authorized {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npayload"
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                stream.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn payload_downloads_send_download_user_and_password() {
+        let url = server();
+        let mut http = Http::new();
+        let err = http.get_range(&url, 0, None).err().unwrap();
+        assert_eq!(err.status(), Some(401));
+        http.set_download_credentials(Some(("fleet", "s3cret")));
+        let mut body = String::new();
+        http.get_range(&url, 0, None)
+            .unwrap()
+            .read_to_string(&mut body)
+            .unwrap();
+        assert_eq!(body, "payload");
+        http.set_download_credentials(None);
+        assert_eq!(
+            http.get_range(&url, 0, None).err().unwrap().status(),
+            Some(401)
+        );
     }
 }

@@ -17,7 +17,8 @@
 //! - [`reboot_lock`]: the reboot strategies that take a lock before rebooting (FleetLock,
 //!   locksmith's etcd semaphore, `best-effort`) and release it once the new boot is marked
 //!   good; the decisions are pure ([`reboot_lock::coordinator`]);
-//! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs.
+//! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs;
+//! - [`dbus`]: update_engine's `com.coreos.update1` D-Bus API, served by the daemon.
 //!
 //! Guarantees: the booted slot is never written; nothing is marked bootable before the
 //! payload's signature, every blob and the read-back image verified; no reboot while an install
@@ -33,6 +34,7 @@ pub mod agent;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod host;
 pub mod http;
 pub mod machine;

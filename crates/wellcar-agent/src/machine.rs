@@ -149,6 +149,9 @@ pub enum Input {
         /// The request id.
         request: Option<String>,
     },
+    /// Forget a staged update (update_engine's `ResetStatus`): the status returns to idle, so
+    /// no reboot is asked for; the boot state is left as it is, as on Flatcar.
+    ResetStatus,
 }
 
 /// How an install run ended.
@@ -458,6 +461,7 @@ impl Machine {
                 }
                 (phase, vec![Persist])
             }
+            (Phase::Staged(_), Input::ResetStatus) => (Phase::Idle { paused: None }, vec![Persist]),
             // An answer that does not fit the phase (never sent by the driver): nothing to do.
             (phase, _) => (phase, vec![]),
         };

@@ -55,8 +55,12 @@ pub const GRUB_CFG: &str = "grub/grub.cfg";
 /// Wellcar's directory: kernels, initramfs images, the boot state and the first-boot flag.
 pub const WELLCAR_DIR: &str = "wellcar";
 
+/// Flatcar's directory on its ESP (`/boot/flatcar`), created empty so that Flatcar's
+/// `touch /boot/flatcar/first_boot` works.
+pub const FLATCAR_DIR: &str = "flatcar";
+
 /// The directories the image builder creates, parents first.
-pub const DIRECTORIES: [&str; 3] = [EFI_BOOT_DIR, GRUB_DIR, WELLCAR_DIR];
+pub const DIRECTORIES: [&str; 4] = [EFI_BOOT_DIR, GRUB_DIR, WELLCAR_DIR, FLATCAR_DIR];
 
 /// The two copies of the boot state (`wellcar-bootstate`'s store), copy 0 first.
 pub const STATE_FILES: [&str; 2] = ["wellcar/state-0.env", "wellcar/state-1.env"];

@@ -222,7 +222,7 @@ mod tests {
         assert!(err.to_string().contains("server unreachable"), "{err}");
         let err = check_with(&store, &CheckOpts { take_timeout: 0 }, &mut |_| {}).unwrap_err();
         assert!(
-            format!("{err:#}").contains("wellcar-update-agent.service"),
+            format!("{err:#}").contains("update-engine.service"),
             "{err:#}"
         );
     }

@@ -19,6 +19,19 @@ use crate::tools::{self, MCOPY, MKFS_EXT4, MKFS_VFAT};
 /// FAT volume id of the ESP (fixed so builds do not differ needlessly).
 const ESP_VOLUME_ID: &str = "57454c43";
 
+/// One GRUB test per first-boot flag ([`esp::FIRST_BOOT_FLAGS`]: Wellcar's, then Flatcar's
+/// `/boot/flatcar/first_boot` and CoreOS's): any of them present means a first boot.
+fn first_boot_checks() -> String {
+    esp::FIRST_BOOT_FLAGS
+        .iter()
+        .map(|flag| {
+            format!(
+                "if [ -f \"($root)/{flag}\" ]; then set first_boot=\"wellcar.first_boot=detected\"; fi\n"
+            )
+        })
+        .collect()
+}
+
 /// The generated `grub.cfg`, the same for BIOS and UEFI: platform settings from the OEM
 /// partition's `grub.cfg`, the first-boot flag as `wellcar.first_boot=detected`, then the A/B
 /// selection of [`wellcar_bootstate::grub`]: the default entry boots the slot the boot state on
@@ -48,13 +61,12 @@ if [ -n "$oem_dev" ]; then
   if [ -f "($oem_dev)/grub.cfg" ]; then source "($oem_dev)/grub.cfg"; fi
 fi
 set first_boot=""
-if [ -f "($root)/{flag}" ]; then set first_boot="wellcar.first_boot=detected"; fi
-set oem=""
+{first_boot_checks}set oem=""
 if [ -n "$oem_id" ]; then set oem="wellcar.oem.id=$oem_id"; fi
 set linux_cmdline="mount.usrflags=ro root=LABEL=ROOT rootflags=rw consoleblank=0 panic=10 transparent_hugepage=madvise $linux_console $linux_quiet $first_boot $oem $linux_append"
 
 "#,
-        flag = esp::FIRST_BOOT_FLAG
+        first_boot_checks = first_boot_checks()
     );
     cfg.push_str(&wellcar_bootstate::grub::functions());
     cfg.push('\n');
@@ -188,9 +200,18 @@ mod tests {
         assert!(cfg.contains("--id=wellcar-b {"));
         assert!(cfg.contains("set wc_guid=e03dd35c-7c2d-4a47-b3fe-27f15780a57c"));
         assert!(cfg.contains("verity.usr=PARTUUID=$wc_guid verity.usrhash=$wc_hash $linux_cmdline"));
-        assert!(cfg.contains(
-            "if [ -f \"($root)/wellcar/first_boot\" ]; then set first_boot=\"wellcar.first_boot=detected\"; fi"
-        ));
+        for flag in [
+            "wellcar/first_boot",
+            "flatcar/first_boot",
+            "coreos/first_boot",
+        ] {
+            assert!(
+                cfg.contains(&format!(
+                    "if [ -f \"($root)/{flag}\" ]; then set first_boot=\"wellcar.first_boot=detected\"; fi"
+                )),
+                "{flag}"
+            );
+        }
         // A kernel panic (dm-verity corruption) reboots, so a bad slot falls back.
         assert!(cfg.contains(" panic=10 "));
         // Huge pages only for programs that ask for them (ARCHITECTURE.md "Boot-time choices").

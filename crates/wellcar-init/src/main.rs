@@ -399,4 +399,3 @@ fn first_boot_steps(
     }
     Ok(())
 }
-

@@ -235,8 +235,9 @@ fn provision_with(
                     remote.join(" ")
                 ));
             }
-            let rendered = wellcar_ignition::resolve_references_with(parsed.config, &online_fetcher()?)
-                .map_err(|e| ProvisionError::new(Phase::Fetch, config.source.clone(), e))?;
+            let rendered =
+                wellcar_ignition::resolve_references_with(parsed.config, &online_fetcher()?)
+                    .map_err(|e| ProvisionError::new(Phase::Fetch, config.source.clone(), e))?;
             Some(rendered)
         }
     };

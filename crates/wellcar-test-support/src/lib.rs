@@ -5,6 +5,8 @@
 //!
 //! - [`build`]: a small build output directory shaped like `wellcar build`'s, and signed
 //!   payloads made from it (the payload and agent tests);
+//! - [`dbus`]: a private `dbus-daemon` (a permissive bus, or one with a given policy) for
+//!   the D-Bus API tests;
 //! - [`etcd`]: a private, throw-away etcd with the v2 keys API (optionally TLS with client
 //!   certificates), for locksmith's etcd-lock;
 //! - [`pg_cluster`]: a private, throw-away PostgreSQL cluster (the server's tests and
@@ -18,6 +20,7 @@
 //! A fixture that only one crate's tests use stays in that crate.
 
 pub mod build;
+pub mod dbus;
 pub mod etcd;
 pub mod pg_cluster;
 pub mod pki;

@@ -28,6 +28,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tar", "tar"),
     ("kill", "procps"),
     ("etcd", "etcd-server"),
+    ("dbus-daemon", "dbus-daemon"),
+    ("busctl", "systemd"),
 ];
 
 /// The Debian package that provides `program`, if it is one the tests run.

@@ -307,10 +307,10 @@ impl Host {
         host.put(&host.paths.oem_release[0], "ID=qemu\nVERSION_ID=0.1\n");
         host.boot("1.0.0", Slot::A);
         host.put(
-            &host.paths.config_files[0],
+            host.paths.config_files.iter().find(|p| p.ends_with("usr/share/wellcar/update.conf")).unwrap(),
             &format!("SERVER={server_url}\nGROUP=stable\nMACHINE_ALIAS=agent-test\nREBOOT_STRATEGY=off\n"),
         );
-        host.put(&host.paths.config_files[2], extra_config);
+        host.put(host.paths.config_files.last().unwrap(), extra_config);
         host.put(
             &host.paths.trusted_keys.join("test.pub"),
             &wellcar_payload::keys::public_key_pem(&key.verifying_key()),
@@ -418,9 +418,16 @@ impl Daemon {
     }
 
     fn spawn(root: &Path, args: &[String], level: &str, stderr: std::process::Stdio) -> Self {
+        // Never the machine's system bus: a test that wants the D-Bus API passes its own.
+        let no_bus = if args.iter().any(|a| a == "--dbus-address") {
+            vec![]
+        } else {
+            vec!["--dbus-address", "none"]
+        };
         let child = std::process::Command::new(daemon_binary())
             .arg("--root")
             .arg(root)
+            .args(no_bus)
             .args(args)
             .env("RUST_LOG", level)
             .stdin(std::process::Stdio::null())

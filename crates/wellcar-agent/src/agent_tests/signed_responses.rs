@@ -256,7 +256,7 @@ async fn signed_answers_are_accepted_and_requests_carry_nonce_and_fleet_token() 
 async fn unsigned_answer_is_rejected_when_a_key_is_configured() {
     let (dir, _key, _payload, server, host) = offered("").await;
     host.put(
-        &host.paths.config_files[2],
+        host.paths.config_files.last().unwrap(),
         &server_key_config(dir.path(), &response_key()),
     );
     let url = server.omaha_url();
@@ -394,7 +394,7 @@ async fn without_a_key_answers_are_accepted_and_the_warning_is_logged_once() {
                 outcomes.push(agent.check(InstallSource::Scheduler).unwrap());
             }
             host.put(
-                &host.paths.config_files[2],
+                host.paths.config_files.last().unwrap(),
                 &format!("SERVER={signing_url}\n"),
             );
             outcomes.push(agent.check(InstallSource::Scheduler).unwrap());

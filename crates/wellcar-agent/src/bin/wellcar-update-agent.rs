@@ -1,4 +1,4 @@
-//! `wellcar-update-agent`: the update daemon (run by `wellcar-update-agent.service`).
+//! `wellcar-update-agent`: the update daemon (run by `update-engine.service`).
 //!
 //! Every path can be moved for tests: `--root` places the whole system layout below a
 //! directory (disk image at `<root>/disk.img`), and single paths can be overridden after it.
@@ -38,6 +38,10 @@ struct Opts {
     /// Seconds between transfer retries within one install.
     #[arg(long)]
     transfer_retry_secs: Option<u64>,
+    /// Serve update_engine's `com.coreos.update1` D-Bus API on this bus address instead of the
+    /// system bus; `none` serves nothing. Without a reachable bus the daemon runs on, warning.
+    #[arg(long)]
+    dbus_address: Option<String>,
     /// Run one on-demand check (and install) and exit instead of running the daemon.
     #[arg(long)]
     once: bool,
@@ -97,6 +101,19 @@ fn run(opts: Opts) -> anyhow::Result<()> {
     }
     let config = wellcar_agent::daemon::start_config(&agent).context("reading update.conf")?;
     let stop = AtomicBool::new(false);
-    wellcar_agent::daemon::run(&mut agent, config, &stop);
+    let (requests, loop_requests) = std::sync::mpsc::channel();
+    let _service = match opts.dbus_address.as_deref() {
+        Some("none") => None,
+        address => {
+            match wellcar_agent::dbus::Service::start(address, agent.store().clone(), requests) {
+                Ok(service) => Some(service),
+                Err(e) => {
+                    tracing::warn!("{e:#}; running without the D-Bus API");
+                    None
+                }
+            }
+        }
+    };
+    wellcar_agent::daemon::run_with_requests(&mut agent, config, &stop, &loop_requests);
     Ok(())
 }

@@ -218,3 +218,62 @@ fn go_durations() {
     assert!(parse_duration("h").is_err());
     assert!(parse_duration("").is_err());
 }
+
+/// update_engine's order: `/usr/share/flatcar/release` first, then the update.conf files; the
+/// app id comes from `FLATCAR_RELEASE_APPID` (a later file overrides it); a malformed release
+/// line names the file and line.
+#[test]
+fn flatcar_release_file_sets_the_app_id_and_names_a_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = write(
+        dir.path(),
+        "release",
+        "FLATCAR_RELEASE_VERSION=1.2.0\nFLATCAR_RELEASE_BOARD=amd64-usr\nFLATCAR_RELEASE_APPID={E96281A6-D1AF-4BDE-9A0A-97B76E56DC57}\n",
+    );
+    let etc = dir.path().join("etc-update.conf");
+    let config = Config::load(&[release.clone(), etc.clone()]).unwrap();
+    assert_eq!(config.app_id, wellcar_omaha::FLATCAR_APP_ID);
+    assert_eq!(Config::default().app_id, wellcar_omaha::WELLCAR_APP_ID);
+    std::fs::write(
+        &etc,
+        "FLATCAR_RELEASE_APPID=66ccd106-e1a0-49f8-92cf-29995de7c384\n",
+    )
+    .unwrap();
+    let config = Config::load(&[release.clone(), etc.clone()]).unwrap();
+    assert_eq!(config.app_id, wellcar_omaha::WELLCAR_APP_ID);
+    std::fs::write(&etc, "FLATCAR_RELEASE_APPID=not an id\n").unwrap();
+    let err = Config::load(&[release.clone(), etc.clone()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("{}:1", etc.display())), "{err}");
+    assert!(err.contains("FLATCAR_RELEASE_APPID"), "{err}");
+    let bad = write(
+        dir.path(),
+        "release2",
+        "FLATCAR_RELEASE_VERSION=1.2.0\nthis is not a setting\n",
+    );
+    let err = Config::load(std::slice::from_ref(&bad))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("{}:2", bad.display())), "{err}");
+}
+
+#[test]
+fn download_credentials_need_a_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("update.conf");
+    let config = Config::parse("DOWNLOAD_USER=fleet\nDOWNLOAD_PASSWORD=s3cret:x\n", &path).unwrap();
+    assert_eq!(
+        config.download_credentials,
+        Some(("fleet".into(), "s3cret:x".into()))
+    );
+    assert_eq!(Config::parse("", &path).unwrap().download_credentials, None);
+    let err = Config::parse("DOWNLOAD_PASSWORD=p\n", &path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("DOWNLOAD_USER is not set"), "{err}");
+    let err = Config::parse("DOWNLOAD_USER=a:b\n", &path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot contain ':'"), "{err}");
+}

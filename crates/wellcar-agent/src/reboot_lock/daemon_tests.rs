@@ -209,7 +209,7 @@ impl StagedHost {
     /// update.conf: updates off (the update is already staged), checks only on request.
     fn configure(&self, extra: &str) {
         put(
-            &self.paths.config_files[2],
+            self.paths.config_files.last().unwrap(),
             &format!("SERVER=disabled\nGROUP=stable\nWELLCAR_FIRST_CHECK_DELAY=1h\n{extra}"),
         );
     }
