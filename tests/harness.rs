@@ -43,6 +43,7 @@ pub fn usr_binaries() -> Vec<PathBuf> {
         "wellcar-update",
         "wellcar-update-agent",
         "update_engine_client",
+        "wellcar-install",
         "locksmithctl",
     ]
     .iter()
