@@ -188,6 +188,45 @@ pub fn flatcar_users_day(ssh: &CoreSsh, version: &str, scratch: &Path) {
         assert!(status.contains(key), "{key} missing: {status}");
     }
 
+    let reset = ssh.output("update_engine_client -reset_status");
+    assert!(
+        reset.status.success(),
+        "-reset_status when idle exits 0: {}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    let check = ssh.output("update_engine_client -check_for_update");
+    assert!(
+        check.status.success(),
+        "-check_for_update exits 0: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let unknown = ssh.output("update_engine_client -no_such_flag");
+    assert_eq!(
+        unknown.status.code(),
+        Some(1),
+        "gflags' answer to an unknown flag"
+    );
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("ERROR: unknown command line flag 'no_such_flag'"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    // update_engine's D-Bus interface, as locksmith-, FLUO- and kured-style tools see it.
+    let interface = ssh.ok(
+        "sudo busctl introspect com.coreos.update1 /com/coreos/update1 com.coreos.update1.Manager",
+    );
+    for member in ["AttemptUpdate", "GetStatus", "ResetStatus", "StatusUpdate"] {
+        assert!(interface.contains(member), "{member} missing: {interface}");
+    }
+    let status_call = ssh.ok(
+        "busctl call com.coreos.update1 /com/coreos/update1 com.coreos.update1.Manager GetStatus",
+    );
+    assert!(
+        status_call.starts_with("xdssx ") && status_call.contains("UPDATE_STATUS_"),
+        "{status_call}"
+    );
+
     // The OEM partition at /oem, with the platform's grub.cfg.
     let oem = ssh.ok("findmnt -no SOURCE,FSTYPE /oem; cat /oem/grub.cfg");
     assert!(oem.contains("ext4") && oem.contains("oem_id"), "{oem}");
