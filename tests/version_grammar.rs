@@ -84,6 +84,7 @@ fn manifest(version: &str) -> Manifest {
         board: BOARD.into(),
         build_id: "version-grammar".into(),
         min_source_version: None,
+        source: None,
         usr: UsrImage {
             size: 8192,
             sha256: Sha256Digest([1; 32]),
