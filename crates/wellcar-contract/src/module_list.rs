@@ -46,18 +46,14 @@ pub const WANTED: &[&str] = &[
     "nls_utf8",
     "qemu_fw_cfg",
     "virtio_net",
-    // First boot on a cloud or OpenStack: the config drive (iso9660 on a CD-ROM, or FAT), and
-    // the NICs of AWS (ena) and GCP (gve) for the metadata services.
-    "cdrom",
-    "sr_mod",
+    // First boot on OpenStack: an iso9660 config drive (a FAT one needs only vfat).
     "isofs",
-    "ena",
-    "gve",
 ];
 
 /// Modules `/init` loads only on first boot (vfat for the ESP's first-boot flag and FAT config
-/// drives, fw_cfg for the Ignition config, iso9660 config drives, the cloud NICs for metadata
-/// services; after switch root udev loads what the machine has).
+/// drives, fw_cfg for the Ignition config, iso9660 config drives; after switch root udev loads
+/// what the machine has). A module here must not depend on one loaded only later
+/// ([`SCSI_FALLBACK`]): a CD-ROM config drive (`sr_mod`) needs the SCSI stack first.
 pub const FIRST_BOOT_ONLY: &[&str] = &[
     "fat",
     "vfat",
@@ -66,11 +62,7 @@ pub const FIRST_BOOT_ONLY: &[&str] = &[
     "nls_ascii",
     "nls_utf8",
     "qemu_fw_cfg",
-    "cdrom",
-    "sr_mod",
     "isofs",
-    "ena",
-    "gve",
 ];
 
 /// Modules for SCSI disks (virtio-scsi, SATA through libata), loaded only when the boot disk
