@@ -242,8 +242,16 @@ fn ignored(path: &str) -> bool {
     )
 }
 
-/// `/etc/shadow` line's "last change" day depends on the clock: blanked.
+/// `/etc/shadow` line's "last change" day depends on the clock: blanked. The preset file's lines
+/// are compared as a set: coreos/ignition 2.14 writes them in Go map order (two runs of the same
+/// config gave both orders), and for distinct units systemd's first-match rule makes the order
+/// irrelevant.
 fn normalize(path: &str, text: String) -> String {
+    if path.starts_with("/etc/systemd/system-preset/") {
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        return lines.join("\n");
+    }
     if path != "/etc/shadow" {
         return text;
     }
