@@ -341,7 +341,7 @@ fn ab_update_rollback_fallbacks_and_power_cuts() {
     let at = next_boot(&mut vm, from, BOOT_TIMEOUT);
     assert!(vm.console()[at..].starts_with('b'), "{}", tail(&vm));
     let failed = vm
-        .wait_for_from(at, "wellcar-init: FAILED", FALLBACK_TIMEOUT)
+        .wait_for_from(at, "wellcar-init: BOOT FAILED", FALLBACK_TIMEOUT)
         .unwrap_or_else(|e| panic!("B did not fail: {}\n{}", chain(&e), tail(&vm)));
     expect_boot(&mut vm, failed, Slot::A, FALLBACK_TIMEOUT);
     assert!(boot_settled(&mut vm));
@@ -369,7 +369,7 @@ fn bad_usr_falls_back_under_uefi() {
     let at = next_boot(&mut vm, 0, BOOT_TIMEOUT);
     assert!(vm.console()[at..].starts_with('b'), "{}", tail(&vm));
     let failed = vm
-        .wait_for_from(at, "wellcar-init: FAILED", FALLBACK_TIMEOUT)
+        .wait_for_from(at, "wellcar-init: BOOT FAILED", FALLBACK_TIMEOUT)
         .unwrap_or_else(|e| {
             panic!(
                 "B did not fail in the initramfs: {}\n{}",

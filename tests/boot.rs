@@ -277,11 +277,7 @@ fn wrong_root_hash_names_the_step_and_reboots() {
         let usr = usr_a_offset(raw, f);
         flip_byte(f, usr + USR_VERITY_HASH_OFFSET + 4096 + 17);
     });
-    fails_and_reboots(
-        &b,
-        disk,
-        "FAILED: step open-usr failed: verity root hash of /dev/vda3",
-    );
+    fails_and_reboots(&b, disk, "open-usr", "verity root hash of /dev/vda3");
 }
 
 #[test]
@@ -300,21 +296,28 @@ fn missing_usr_partition_names_it_and_reboots() {
     fails_and_reboots(
         &b,
         disk,
-        "FAILED: step find-disk failed: no device for PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132",
+        "find-disk",
+        "no device for PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132",
     );
 }
 
-/// Boots `disk` (under BIOS) and waits for `/init` to print `failure`, count down the 2 s
-/// reboot delay and reboot: GRUB runs again instead of the machine hanging.
-fn fails_and_reboots(b: &Built, disk: PathBuf, failure: &str) {
+/// Boots `disk` (under BIOS) and waits for `/init`'s failure report (`BOOT FAILED`, the
+/// `step` and the start of the `reason`), the 2 s reboot delay and the reboot: GRUB runs again
+/// instead of the machine hanging.
+fn fails_and_reboots(b: &Built, disk: PathBuf, step: &str, reason: &str) {
     let _slot = vm_slot();
     let mut cfg = machine(b, Firmware::Bios);
     cfg.image = disk;
     let mut vm = Machine::spawn(&cfg).unwrap();
-    let at = vm
-        .wait_for(failure, BOOT_TIMEOUT)
+    let failed = vm
+        .wait_for("wellcar-init: BOOT FAILED", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
-    vm.wait_for_from(at, "rebooting in 2 s", MINUTE).unwrap();
+    let at = vm
+        .wait_for_from(failed, &format!("step:   {step}"), MINUTE)
+        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
+    vm.wait_for_from(at, &format!("reason: {reason}"), MINUTE)
+        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), vm.console()));
+    vm.wait_for_from(at, "Rebooting in 2 s", MINUTE).unwrap();
     vm.wait_for_from(at, "Wellcar: booting", MINUTE)
         .unwrap_or_else(|e| panic!("no reboot: {}\n{}", chain(&e), vm.console()));
 }
