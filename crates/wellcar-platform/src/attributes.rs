@@ -34,12 +34,7 @@ impl Attributes {
             what: what.to_string(),
             reason,
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let hostname = value
-            .get("hostname")
-            .and_then(|h| h.as_str())
-            .map(str::to_string);
+        let (value, hostname) = json_with_hostname(what, body)?;
         let ssh_keys = match value.get("public_keys") {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::Array(keys)) => keys
@@ -114,6 +109,24 @@ fn data_url(text: &str) -> String {
         }
     }
     url
+}
+
+/// A JSON metadata document (DigitalOcean's `v1.json`, OpenStack's `meta_data.json`) and its
+/// `hostname`; `what` names the document in errors.
+pub(crate) fn json_with_hostname(
+    what: &str,
+    body: &[u8],
+) -> Result<(serde_json::Value, Option<String>), PlatformError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| PlatformError::BadMetadata {
+            what: what.to_string(),
+            reason: format!("not JSON: {e}"),
+        })?;
+    let hostname = value
+        .get("hostname")
+        .and_then(|h| h.as_str())
+        .map(str::to_string);
+    Ok((value, hostname))
 }
 
 #[cfg(test)]

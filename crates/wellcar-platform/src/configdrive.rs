@@ -48,12 +48,7 @@ pub fn parse_meta_data(what: &str, body: &[u8]) -> Result<Attributes, PlatformEr
         what: what.to_string(),
         reason,
     };
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let hostname = value
-        .get("hostname")
-        .and_then(|h| h.as_str())
-        .map(str::to_string);
+    let (value, hostname) = crate::attributes::json_with_hostname(what, body)?;
     let ssh_keys = match value.get("public_keys") {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::Object(keys)) => {
