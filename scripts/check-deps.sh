@@ -32,7 +32,7 @@ commands=(
   veritysetup:cryptsetup-bin
   debugfs:e2fsprogs
   dd:coreutils
-  ssh:openssh-client ssh-keygen:openssh-client
+  ssh:openssh-client ssh-keygen:openssh-client scp:openssh-client
   tar:tar gzip:gzip
   # unit tests: payload (loop devices, checksums, bench), initramfs (cpio), ignition (mkfs, blkid,
   # wipefs on an image file)
