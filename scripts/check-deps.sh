@@ -55,6 +55,8 @@ commands=(
   # Ignition: the differential oracle, the storage section's tools, TFTP/DHCP servers
   ignition-validate:ignition mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs mkfs.vfat:dosfstools
   mdadm:mdadm dnsmasq:dnsmasq-base
+  # D-Bus tests: a private bus and a real client
+  dbus-daemon:dbus-daemon busctl:systemd
 )
 # Files rather than commands.
 files=(

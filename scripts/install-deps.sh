@@ -39,6 +39,8 @@ packages=(
   # Ignition tests: coreos/ignition 2.14 as the differential oracle (files stage, validate);
   # the storage section's tools on loop devices; TFTP and DHCP servers (dnsmasq)
   ignition xfsprogs btrfs-progs mdadm dnsmasq-base
+  # D-Bus tests (com.coreos.update1): a private dbus-daemon, busctl as a real client
+  dbus-daemon systemd
   # Rust: the linker (cc) with the C library to link against (libc6-dev is only a Recommends
   # of gcc), crates that build C; ca-certificates for cargo's HTTPS, curl for rustup
   gcc libc6-dev pkg-config ca-certificates curl
