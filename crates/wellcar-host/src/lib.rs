@@ -7,6 +7,7 @@
 //! | `rollback` | the other slot boots next; refused unless it holds a verified, previously good version |
 //! | `cancel` | a staged update that has not booted is dropped; refused if there is none |
 //! | `stage SLOT --root-hash H --version V` | after a verified write of SLOT: one try, not successful, top priority |
+//! | `install -V VERSION \| -P FILE [-A]` | install a chosen version or a local payload through the agent; also `flatcar-update` ([`install`]) |
 //! | `check-usr` | health check: `/usr` is the dm-verity device over the booted slot with the recorded root hash |
 //! | `check-containerd` | health check: containerd's gRPC socket answers as an HTTP/2 server |
 //! | `lock status\|lock [ID]\|unlock [ID]\|set-max N` | locksmith's reboot lock in etcd, as `locksmithctl` ([`lock`]) |
@@ -27,6 +28,7 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod containerd;
+pub mod install;
 pub mod lock;
 pub mod ops;
 pub mod status;
@@ -82,6 +84,8 @@ pub enum Command {
     TrialTimeout,
     /// Ask the update agent to check for an update now and wait for the result.
     Check(update::CheckOpts),
+    /// Install a chosen version or a local payload file now (as `flatcar-update`).
+    Install(install::InstallOpts),
     /// The cluster-wide reboot lock in etcd (locksmith's): status, lock, unlock, set-max.
     Lock(lock::Opts),
 }
@@ -181,6 +185,7 @@ pub fn run(cli: Cli, mut on_event: impl FnMut(Event)) -> anyhow::Result<()> {
         Command::CheckContainerd(opts) => containerd::run(&opts, &mut on_event),
         Command::TrialTimeout => ops::trial_timeout(&ctx, &mut on_event),
         Command::Check(opts) => update::check(&opts, &mut on_event),
+        Command::Install(opts) => install::install(&opts, &mut on_event),
         Command::Lock(opts) => lock::run(&opts, &mut on_event),
     }
 }
