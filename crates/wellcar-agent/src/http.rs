@@ -153,9 +153,8 @@ impl Http {
             reason,
         };
         if let Some(path) = url.strip_prefix("file://") {
-            return read_file_range(std::path::Path::new(path), start, end).map_err(|e| {
-                transport(e.to_string())
-            });
+            return read_file_range(std::path::Path::new(path), start, end)
+                .map_err(|e| transport(e.to_string()));
         }
         let mut request = self.agent.get(url);
         if let Some(auth) = &self.download_auth {

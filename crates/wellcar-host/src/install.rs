@@ -118,12 +118,14 @@ impl InstallOpts {
             });
         }
         let payload = match &self.to_payload {
-            Some(path) => Some(std::fs::canonicalize(path).map_err(|source| {
-                UsageError::Payload {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
+            Some(path) => {
+                Some(
+                    std::fs::canonicalize(path).map_err(|source| UsageError::Payload {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         if payload.is_none() && self.to_version.is_none() {
@@ -150,8 +152,8 @@ pub fn install_with(
     on_progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<()> {
     let pin = opts.pin()?;
-    let staged = store.status_path().exists()
-        && store.load()?.operation() == Operation::UpdatedNeedReboot;
+    let staged =
+        store.status_path().exists() && store.load()?.operation() == Operation::UpdatedNeedReboot;
     if staged {
         anyhow::bail!(wellcar_agent::pin::PinError::AlreadyStaged);
     }

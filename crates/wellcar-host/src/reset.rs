@@ -38,7 +38,12 @@ impl std::fmt::Display for Line {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ResetOpts {
     /// Writes the given Ignition config JSON file to /oem/config.ign.
-    #[arg(short = 'F', long, value_name = "FILE", conflicts_with = "ignition_url")]
+    #[arg(
+        short = 'F',
+        long,
+        value_name = "FILE",
+        conflicts_with = "ignition_url"
+    )]
     pub ignition_file: Option<PathBuf>,
     /// Writes the given Ignition config URL as kernel argument to /oem/grub.cfg.
     #[arg(short = 'U', long, value_name = "URL")]
@@ -100,7 +105,11 @@ pub fn run(opts: &ResetOpts, esp_dir: &Path, on_line: &mut dyn FnMut(Line)) -> a
     }
     let flag = esp_dir.join(esp::FLATCAR_DIR).join("first_boot");
     if opts.stop {
-        say(format!("Removing {} and {}", marker.display(), flag.display()));
+        say(format!(
+            "Removing {} and {}",
+            marker.display(),
+            flag.display()
+        ));
         for path in [&marker, &flag] {
             remove_if_present(path)?;
         }
@@ -134,14 +143,17 @@ pub fn run(opts: &ResetOpts, esp_dir: &Path, on_line: &mut dyn FnMut(Line)) -> a
         }
     }
     let grub_cfg = opts.oem.join("grub.cfg");
-    let mut grub = read_or_empty(&grub_cfg)?;
-    let had_grub = grub_cfg.exists();
+    let original = read_or_empty(&grub_cfg)?;
+    let mut grub = original.clone();
     grub = drop_argument(&grub, "systemd.machine_id");
     if opts.keep_machine_id {
         let id = std::fs::read_to_string(&opts.machine_id_file)
             .with_context(|| format!("reading {}", opts.machine_id_file.display()))?;
         grub.push_str(&linux_append(&format!("systemd.machine_id={}", id.trim())));
-        say(format!("Wrote machine ID as kernel cmdline parameter to {}", grub_cfg.display()));
+        say(format!(
+            "Wrote machine ID as kernel cmdline parameter to {}",
+            grub_cfg.display()
+        ));
     }
     let config_ign = opts.oem.join("config.ign");
     if let Some(file) = &opts.ignition_file {
@@ -154,16 +166,23 @@ pub fn run(opts: &ResetOpts, esp_dir: &Path, on_line: &mut dyn FnMut(Line)) -> a
         remove_if_present(&config_ign)?;
         grub = drop_argument(&grub, "ignition.config.url");
         grub.push_str(&linux_append(&format!("ignition.config.url={url}")));
-        say(format!("Wrote Ignition URL as kernel cmdline parameter to {}", grub_cfg.display()));
+        say(format!(
+            "Wrote Ignition URL as kernel cmdline parameter to {}",
+            grub_cfg.display()
+        ));
     }
-    if had_grub || !grub.is_empty() {
+    if grub != original {
         wellcar_agent::state::write_atomic(&grub_cfg, grub.as_bytes())?;
     }
     wellcar_agent::state::write_atomic(&marker, format!("{regex}\n").as_bytes())?;
     std::fs::create_dir_all(flag.parent().expect("has a parent"))
         .with_context(|| format!("creating {}", esp_dir.display()))?;
     wellcar_agent::state::write_atomic(&flag, b"")?;
-    say(format!("Prepared {} and {}", marker.display(), flag.display()));
+    say(format!(
+        "Prepared {} and {}",
+        marker.display(),
+        flag.display()
+    ));
     say("Staged OS reset, you can reboot now".into());
     Ok(())
 }

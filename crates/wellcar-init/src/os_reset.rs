@@ -57,9 +57,7 @@ pub enum ResetError {
 pub fn keep_regex(keep: &[String]) -> Result<String, ResetError> {
     let mut out = String::from("(");
     for entry in keep {
-        if entry.starts_with("./")
-            || !entry.starts_with(['/', '\\', '(', '{', '[', '$', '^'])
-        {
+        if entry.starts_with("./") || !entry.starts_with(['/', '\\', '(', '{', '[', '$', '^']) {
             return Err(ResetError::NotAbsolute(entry.clone()));
         }
         let entry = entry.strip_suffix('/').unwrap_or(entry);

@@ -51,7 +51,9 @@ fn local_payload_is_installed_verified_and_staged_without_a_server() {
         matches!(err, AgentError::Pin(PinError::AlreadyStaged)),
         "{err}"
     );
-    assert!(err.to_string().contains("update_engine_client -reset_status"));
+    assert!(err
+        .to_string()
+        .contains("update_engine_client -reset_status"));
 }
 
 fn refused(host: &Host, pin: &InstallPin) -> LocalPayloadRefusal {
@@ -159,7 +161,14 @@ async fn version_pin_installs_only_the_version_asked_for() {
         "{err}"
     );
     asserts_nothing_staged(&host);
-    assert_eq!(server.relay.full_gets.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing downloaded");
+    assert_eq!(
+        server
+            .relay
+            .full_gets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing downloaded"
+    );
     let (result, _agent) = blocking(move || {
         (
             agent.check_pinned(InstallSource::OnDemand, Some(&pin("1.1.0"))),

@@ -49,7 +49,15 @@ fn flags_are_flatcars_and_the_payload_path_is_made_absolute() {
     let dir = tempfile::tempdir().unwrap();
     let payload = dir.path().join("flatcar_production_update.gz");
     std::fs::write(&payload, b"x").unwrap();
-    let o = opts(&["-V", "1.2.0", "-P", payload.to_str().unwrap(), "-A", "-L", "9090"]);
+    let o = opts(&[
+        "-V",
+        "1.2.0",
+        "-P",
+        payload.to_str().unwrap(),
+        "-A",
+        "-L",
+        "9090",
+    ]);
     assert!(o.disable_afterwards);
     let pin = o.pin().unwrap();
     assert_eq!(pin.to_version.as_deref(), Some("1.2.0"));
@@ -65,14 +73,18 @@ fn usage_errors_name_the_flag() {
     let err = opts(&["-V", "1.2.0", "-D"]).pin().unwrap_err();
     assert!(err.to_string().starts_with("--force-dev-key: "), "{err}");
     let err = opts(&["-V", "1.2.0", "-F"]).pin().unwrap_err();
-    assert!(err.to_string().starts_with("--force-flatcar-key: "), "{err}");
+    assert!(
+        err.to_string().starts_with("--force-flatcar-key: "),
+        "{err}"
+    );
     let err = opts(&["-P", "/nonexistent/p.gz", "-E", "oem-qemu.gz"])
         .pin()
         .unwrap_err();
     assert!(err.to_string().starts_with("--extension: "), "{err}");
     let err = opts(&["-P", "/nonexistent/p.gz"]).pin().unwrap_err();
     assert!(
-        err.to_string().starts_with("--to-payload /nonexistent/p.gz: "),
+        err.to_string()
+            .starts_with("--to-payload /nonexistent/p.gz: "),
         "{err}"
     );
     assert!(crate::Cli::try_parse_from(["wellcar-update", "install", "-O", "maybe"]).is_err());
@@ -85,19 +97,25 @@ fn install_hands_the_pin_to_the_agent_and_reports_the_staged_update() {
     let conf = dir.path().join("etc/flatcar/update.conf");
     let daemon = fake_daemon(store.clone(), |pin| {
         assert_eq!(pin.unwrap().to_version.as_deref(), Some("1.1.0"));
-        (
-            staged().phase,
-            "1.1.0 staged: reboot to activate it".into(),
-        )
+        (staged().phase, "1.1.0 staged: reboot to activate it".into())
     });
     let mut o = opts(&["-V", "1.1.0"]);
     o.update_conf = conf.clone();
     let mut lines = Vec::new();
     install_with(&store, &o, &mut |p| lines.push(p.to_string())).unwrap();
     daemon.join().unwrap();
-    assert_eq!(lines.first().map(String::as_str), Some("Checking for updates..."));
-    assert!(lines.contains(&"1.1.0 staged: reboot to activate it".to_owned()), "{lines:?}");
-    assert!(lines.last().unwrap().starts_with("Done, please make sure to reboot"));
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("Checking for updates...")
+    );
+    assert!(
+        lines.contains(&"1.1.0 staged: reboot to activate it".to_owned()),
+        "{lines:?}"
+    );
+    assert!(lines
+        .last()
+        .unwrap()
+        .starts_with("Done, please make sure to reboot"));
     assert!(!conf.exists(), "no -A: update.conf untouched");
 }
 
@@ -136,7 +154,8 @@ fn a_staged_update_is_refused_before_asking_the_agent() {
     store.save(&staged()).unwrap();
     let err = install_with(&store, &opts(&["-V", "1.2.0"]), &mut |_| {}).unwrap_err();
     assert!(
-        err.to_string().contains("'update_engine_client -reset_status'"),
+        err.to_string()
+            .contains("'update_engine_client -reset_status'"),
         "{err}"
     );
     assert!(!store.request_path().exists(), "nothing asked of the agent");

@@ -39,13 +39,21 @@ fn tree() -> (tempfile::TempDir, PathBuf) {
 
 #[test]
 fn regex_is_flatcars() {
-    let entries = ["/etc/ssh/ssh_host_.*", "/var/log/", "^/etc/mypath", "/etc/x$"];
+    let entries = [
+        "/etc/ssh/ssh_host_.*",
+        "/var/log/",
+        "^/etc/mypath",
+        "/etc/x$",
+    ];
     let entries: Vec<String> = entries.iter().map(|s| s.to_string()).collect();
     assert_eq!(
         keep_regex(&entries).unwrap(),
         "(/etc/ssh/ssh_host_.*|/var/log/.*|/var/log|^/etc/mypath|/etc/x$|/flatcar-backup|/flatcar-backup/.*|/selective-os-reset)"
     );
-    assert_eq!(keep_regex(&[]).unwrap(), "(/flatcar-backup|/flatcar-backup/.*|/selective-os-reset)");
+    assert_eq!(
+        keep_regex(&[]).unwrap(),
+        "(/flatcar-backup|/flatcar-backup/.*|/selective-os-reset)"
+    );
 }
 
 #[test]
@@ -84,7 +92,10 @@ fn reset_keeps_the_named_paths_deletes_the_rest_and_never_leaves_root() {
     .unwrap();
     std::fs::write(root.join(MARKER), &text).unwrap();
     let preview = plan(&root, &KeepSet::parse(&text).unwrap()).unwrap();
-    assert!(root.join("etc/ssh/sshd_config").exists(), "plan deletes nothing");
+    assert!(
+        root.join("etc/ssh/sshd_config").exists(),
+        "plan deletes nothing"
+    );
     let done = reset(&root).unwrap().expect("a marker");
     assert_eq!(done.deleted, preview.deleted, "plan and reset agree");
     let mut left: Vec<String> = walkdir(&root);
