@@ -203,6 +203,21 @@ impl Http {
     }
 }
 
+/// Bytes `start..=end` (or to the end) of a local file.
+fn read_file_range(
+    path: &std::path::Path,
+    start: u64,
+    end: Option<u64>,
+) -> std::io::Result<Box<dyn Read + Send>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(start))?;
+    Ok(match end {
+        Some(end) => Box::new(file.take((end + 1).saturating_sub(start))),
+        None => Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+    })
+}
+
 #[cfg(test)]
 mod download_auth_tests {
     use std::io::{BufRead, BufReader, Write};
@@ -260,19 +275,4 @@ mod download_auth_tests {
             Some(401)
         );
     }
-}
-
-/// Bytes `start..=end` (or to the end) of a local file.
-fn read_file_range(
-    path: &std::path::Path,
-    start: u64,
-    end: Option<u64>,
-) -> std::io::Result<Box<dyn Read + Send>> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::Start(start))?;
-    Ok(match end {
-        Some(end) => Box::new(file.take((end + 1).saturating_sub(start))),
-        None => Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
-    })
 }
