@@ -265,6 +265,13 @@ fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
         again.contains(public.split_whitespace().nth(1).unwrap()),
         "{again}"
     );
+    // Third boot (tests/flatcar_day.rs): flatcar-update's refusal, flatcar-reset, Ignition again.
+    flatcar_day::flatcar_update_and_reset(
+        &mut vm,
+        &flatcar_day::CoreSsh { port, key: &key },
+        &b,
+        keys.path(),
+    );
 }
 
 #[test]

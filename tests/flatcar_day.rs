@@ -231,3 +231,90 @@ pub fn flatcar_users_day(ssh: &CoreSsh, version: &str, scratch: &Path) {
     let oem = ssh.ok("findmnt -no SOURCE,FSTYPE /oem; cat /oem/grub.cfg");
     assert!(oem.contains("ext4") && oem.contains("oem_id"), "{oem}");
 }
+
+/// The rest of the day, after the machine's second boot: `flatcar-update --to-payload` refusing
+/// the booted version's own payload by name (and `-A` disabling updates as Flatcar's does),
+/// then `flatcar-reset` keeping named paths and the machine id, Flatcar's
+/// `touch /boot/flatcar/first_boot`, and one reboot: the initramfs deletes the rest of ROOT and
+/// Ignition runs again.
+pub fn flatcar_update_and_reset(
+    vm: &mut wellcar_vmtests::Machine,
+    ssh: &CoreSsh,
+    build: &wellcar_vmtests::Built,
+    scratch: &Path,
+) {
+    use wellcar_test_support::vm::BOOT_TIMEOUT;
+    let version = &build.manifest.version;
+    // Only the payload's head goes over: the agent refuses before it reads any further (the
+    // whole file is ~230 MiB; installing one is covered by the agent's tests on real slots).
+    let payload = build.path(
+        build
+            .manifest
+            .payload
+            .as_deref()
+            .expect("the build's payload"),
+    );
+    let head = scratch.join("flatcar_production_update.gz");
+    {
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        std::fs::File::open(&payload)
+            .unwrap()
+            .take(4 << 20)
+            .read_to_end(&mut bytes)
+            .unwrap();
+        std::fs::write(&head, bytes).unwrap();
+    }
+    ssh.copy(&head, "/tmp/flatcar_production_update.gz");
+    let refused =
+        ssh.output("sudo flatcar-update --to-payload /tmp/flatcar_production_update.gz -A");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "older or same version: the payload is {version}, the booted version is {version}"
+        )),
+        "{stderr}"
+    );
+    let conf = ssh.ok("cat /etc/flatcar/update.conf");
+    assert!(conf.ends_with("SERVER=disabled\n"), "-A: {conf}");
+
+    // flatcar-reset as Flatcar documents it, plus the first-boot flag by hand.
+    ssh.ok("sudo mkdir -p /var/log/reset-keep && echo kept | sudo tee /var/log/reset-keep/probe && echo gone | sudo tee /etc/reset-delete-probe");
+    let staged = ssh.ok(
+        "sudo flatcar-reset --keep-machine-id --keep-paths '/etc/ssh/ssh_host_.*' /var/log/reset-keep && sudo touch /boot/flatcar/first_boot",
+    );
+    assert!(staged.contains("Staged OS reset"), "{staged}");
+    let preview = ssh.ok("sudo flatcar-reset --preview-keep");
+    assert!(preview.contains("/var/log/reset-keep/probe"), "{preview}");
+    let machine_id = ssh.ok("cat /etc/machine-id");
+
+    let before = vm.console().len();
+    vm.send("sudo systemctl reboot\n").unwrap();
+    for line in [
+        "wellcar.first_boot=detected",
+        "wellcar-init: os-reset done",
+        "wellcar-init: ignition done",
+        "wellcar-init: switching root",
+    ] {
+        vm.wait_for_from(before, line, BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{line}: {e}\n{}", vm.console()));
+    }
+    wellcar_test_support::wait::wait_until("ssh as core after the reset", BOOT_TIMEOUT, || {
+        ssh.output("true").status.success().then_some(())
+    });
+    let after = ssh.ok(
+        "cat /var/log/reset-keep/probe; test ! -e /etc/reset-delete-probe && echo probe-deleted; \
+         cat /etc/wellcar-test.conf; cat /etc/machine-id; \
+         test ! -e /boot/flatcar/first_boot && echo flag-gone; \
+         sudo test ! -e /selective-os-reset && echo marker-gone; \
+         test -e /etc/flatcar/update.conf || echo update-conf-reset",
+    );
+    assert_eq!(
+        after,
+        format!(
+            "kept\nprobe-deleted\nprovisioned\n{machine_id}flag-gone\nmarker-gone\nupdate-conf-reset\n"
+        ),
+        "kept paths and machine id survive, the rest of ROOT is gone, Ignition ran again"
+    );
+}

@@ -45,6 +45,8 @@ pub fn usr_binaries() -> Vec<PathBuf> {
         "update_engine_client",
         "wellcar-install",
         "locksmithctl",
+        "flatcar-update",
+        "flatcar-reset",
     ]
     .iter()
     .map(|n| workspace().join("target/release").join(n))

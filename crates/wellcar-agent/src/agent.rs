@@ -35,6 +35,7 @@ use crate::config::{Config, ConfigError};
 use crate::host::{HostError, HostFacts, HostPaths};
 use crate::http::{Http, HttpError};
 use crate::machine::{Booted, Effect, End, Input, Machine};
+use crate::pin::{InstallPin, PinError};
 use crate::slots::{EspSlots, PartitionWindow, SlotControl, SlotError};
 use crate::state::{AgentState, Offer, StateError, StateStore};
 
@@ -103,6 +104,9 @@ pub enum AgentError {
         /// What was wrong with the signature.
         reason: wellcar_omaha::signature::SignatureError,
     },
+    /// A pinned install ([`crate::pin`]) could not go ahead.
+    #[error(transparent)]
+    Pin(#[from] PinError),
     /// Slot access or staging.
     #[error(transparent)]
     Slot(#[from] SlotError),
@@ -518,11 +522,32 @@ impl<S: SlotControl> Agent<S> {
 
     /// One update check, and the install it leads to.
     pub fn check(&mut self, source: InstallSource) -> Result<CheckOutcome, AgentError> {
+        self.check_pinned(source, None)
+    }
+
+    /// [`Agent::check`], or with `pin` a pinned install ([`crate::pin`]): a local payload
+    /// goes straight to the install; a version pin asks the server for exactly that version.
+    pub fn check_pinned(
+        &mut self,
+        source: InstallSource,
+        pin: Option<&InstallPin>,
+    ) -> Result<CheckOutcome, AgentError> {
         let config = Config::load(&self.paths.config_files)?;
         self.use_download_credentials(&config);
         let facts = HostFacts::read(&self.paths)?;
         self.reconcile(&facts)?;
+        if pin.is_some() && self.state().phase.staged().is_some() {
+            return Err(PinError::AlreadyStaged.into());
+        }
+        if let Some(path) = pin.and_then(|p| p.payload.as_deref()) {
+            let wanted = pin.and_then(|p| p.to_version.as_deref());
+            return self.install_local(&facts, &config, path, wanted);
+        }
+        let wanted = pin.and_then(|p| p.to_version.clone());
         let Some(server) = config.server.clone() else {
+            if let Some(wanted) = wanted {
+                return Err(PinError::ServerDisabled(wanted).into());
+            }
             tracing::info!("updates are disabled (SERVER)");
             return Ok(CheckOutcome::Disabled);
         };
@@ -536,7 +561,9 @@ impl<S: SlotControl> Agent<S> {
             self.record(Input::Pinged { now: now_unix() })?;
             return Ok(CheckOutcome::AwaitingReboot);
         }
-        app.update_check = Some(Default::default());
+        app.update_check = Some(wellcar_omaha::UpdateCheckRequest {
+            target_version_prefix: wanted.clone(),
+        });
         let request = self.request(&facts, source, app);
         self.record(Input::CheckStarted)?;
         let answer = self
@@ -553,6 +580,20 @@ impl<S: SlotControl> Agent<S> {
                         url: server.clone(),
                         reason: format!("offered version: {e}"),
                     })?;
+                }
+                if let Some(wanted) = &wanted {
+                    let offered = match &decision {
+                        UpdateDecision::Update(info) => Some(info.version.clone()),
+                        UpdateDecision::NoUpdate { .. } => None,
+                    };
+                    if offered.as_deref() != Some(wanted.as_str()) {
+                        return Err(PinError::VersionNotOffered {
+                            server: server.clone(),
+                            wanted: wanted.clone(),
+                            offered,
+                        }
+                        .into());
+                    }
                 }
                 Ok(decision)
             });
@@ -613,6 +654,58 @@ impl<S: SlotControl> Agent<S> {
         }
     }
 
+    /// A pinned install of the local payload at `path` ([`crate::pin`]): authenticated and
+    /// checked first, then offered to the machine as if a server had offered it.
+    fn install_local(
+        &mut self,
+        facts: &HostFacts,
+        config: &Config,
+        path: &std::path::Path,
+        wanted: Option<&str>,
+    ) -> Result<CheckOutcome, AgentError> {
+        self.record(Input::CheckStarted)?;
+        let checked = (|| {
+            let trusted = wellcar_payload::TrustedKeys::from_dir(&self.paths.trusted_keys)?;
+            let policy =
+                wellcar_payload::ApplyPolicy::new(facts.board.clone(), Some(facts.version.clone()));
+            let local = crate::pin::check_local_payload(path, &trusted, &policy, wanted)?;
+            Ok::<_, AgentError>((local, self.slots.booted_is_good(facts.booted_slot)?))
+        })();
+        let (local, booted_is_good) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                self.record(Input::CheckFailed {
+                    error: e.to_string(),
+                })?;
+                return Err(e);
+            }
+        };
+        tracing::info!(version = %local.version, path = %path.display(), "installing a local payload");
+        let offer = Offer {
+            version: local.version,
+            urls: vec![local.url],
+            size: local.size,
+            sha256: String::new(),
+            target: facts.booted_slot.other(),
+        };
+        let mut run = Run::new(facts, config);
+        let input = Input::Offered {
+            offer,
+            booted_is_good,
+            now: now_unix(),
+        };
+        match self.install(&mut run, input)? {
+            End::Deferred { version } => Ok(CheckOutcome::Deferred { version }),
+            End::Staged { version } => Ok(CheckOutcome::Staged {
+                version,
+                poll_interval: None,
+            }),
+            End::Nothing | End::Failed { .. } => Ok(CheckOutcome::NoUpdate {
+                poll_interval: None,
+            }),
+        }
+    }
+
     /// Continues an install recorded in the state (after a restart), without a new check.
     pub fn resume_pending(&mut self) -> Result<Option<String>, AgentError> {
         let facts = HostFacts::read(&self.paths)?;
@@ -622,7 +715,12 @@ impl<S: SlotControl> Agent<S> {
         }
         let config = Config::load(&self.paths.config_files)?;
         self.use_download_credentials(&config);
-        if config.server.is_none() {
+        let local = self
+            .state()
+            .phase
+            .offer()
+            .is_some_and(|o| o.urls.iter().all(|u| u.starts_with("file://")));
+        if config.server.is_none() && !local {
             return Ok(None);
         }
         tracing::info!("resuming the interrupted install");

@@ -22,6 +22,7 @@ use crate::host::HostPaths;
 use crate::state::{Operation, Phase};
 
 pub(crate) mod fixture;
+mod local_payload;
 mod reboot_coordination;
 mod signed_responses;
 

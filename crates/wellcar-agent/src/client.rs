@@ -7,10 +7,17 @@
 
 use std::time::{Duration, Instant};
 
+use crate::pin::{CheckRequest, InstallPin};
 use crate::state::{write_atomic, AgentState, StateError, StateStore};
 
 /// Asks the daemon for an on-demand check; returns the request id.
 pub fn request_check(store: &StateStore) -> Result<String, StateError> {
+    request_pinned(store, None)
+}
+
+/// Asks the daemon for an on-demand check, pinned to `pin` if given ([`crate::pin`]);
+/// returns the request id.
+pub fn request_pinned(store: &StateStore, pin: Option<InstallPin>) -> Result<String, StateError> {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
     let id = format!(
@@ -21,8 +28,9 @@ pub fn request_check(store: &StateStore) -> Result<String, StateError> {
             .unwrap_or(0),
         hex::encode(bytes)
     );
-    write_atomic(&store.request_path(), id.as_bytes())?;
-    Ok(id)
+    let request = CheckRequest { id, pin };
+    write_atomic(&store.request_path(), request.to_text().as_bytes())?;
+    Ok(request.id)
 }
 
 /// Why waiting stopped without an answer.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, InstallSource};
 use crate::config::{Config, ConfigError};
+use crate::pin::CheckRequest;
 use crate::reboot_lock::RebootDriver;
 use crate::schedule;
 use crate::slots::SlotControl;
@@ -82,19 +83,27 @@ pub fn run_with_requests<S: SlotControl>(
             }
         }
         let request_path = agent.request_path();
-        let request = std::fs::read_to_string(&request_path).ok();
+        let request = std::fs::read_to_string(&request_path)
+            .ok()
+            .map(|text| CheckRequest::parse(&text));
         if request.is_some() {
             // Taken: the client now waits for `handled_request`.
             let _ = std::fs::remove_file(&request_path);
         }
         let due = Instant::now() >= next_check;
-        if request.is_some() || due {
+        if let Some((CheckRequest { id, .. }, Some(unreadable))) = &request {
+            tracing::error!("{unreadable}");
+            if let Err(e) = agent.record_check(format!("failed: {unreadable}"), Some(id.clone())) {
+                tracing::error!("{e:#}");
+            }
+        } else if request.is_some() || due {
             let source = if request.is_some() {
                 InstallSource::OnDemand
             } else {
                 InstallSource::Scheduler
             };
-            let result = agent.check(source);
+            let pin = request.as_ref().and_then(|(r, _)| r.pin.as_ref());
+            let result = agent.check_pinned(source, pin);
             let poll = match &result {
                 Ok(outcome) => {
                     tracing::info!(?outcome, "update check done");
@@ -109,7 +118,8 @@ pub fn run_with_requests<S: SlotControl>(
                 Ok(outcome) => outcome.to_string(),
                 Err(e) => format!("failed: {e:#}"),
             };
-            if let Err(e) = agent.record_check(result, request) {
+            let id = request.map(|(r, _)| r.id);
+            if let Err(e) = agent.record_check(result, id) {
                 tracing::error!("{e:#}");
             }
             let config = reload(&agent.paths().config_files, &mut last_good);

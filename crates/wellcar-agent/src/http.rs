@@ -138,7 +138,8 @@ impl Http {
         Ok(OmahaReply { body, signature })
     }
 
-    /// GETs `url` from byte `start` (to `end`, inclusive, if given). A server that ignores
+    /// GETs `url` from byte `start`; a `file://` URL (a local payload, [`crate::pin`]) is
+    /// read from the file instead (to `end`, inclusive, if given). A server that ignores
     /// the range and answers 200 is handled by skipping the first `start` bytes.
     pub fn get_range(
         &self,
@@ -151,6 +152,10 @@ impl Http {
             url: url.to_owned(),
             reason,
         };
+        if let Some(path) = url.strip_prefix("file://") {
+            return read_file_range(std::path::Path::new(path), start, end)
+                .map_err(|e| transport(e.to_string()));
+        }
         let mut request = self.agent.get(url);
         if let Some(auth) = &self.download_auth {
             request = request.header("Authorization", auth);
@@ -196,6 +201,21 @@ impl Http {
             }),
         }
     }
+}
+
+/// Bytes `start..=end` (or to the end) of a local file.
+fn read_file_range(
+    path: &std::path::Path,
+    start: u64,
+    end: Option<u64>,
+) -> std::io::Result<Box<dyn Read + Send>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(start))?;
+    Ok(match end {
+        Some(end) => Box::new(file.take((end + 1).saturating_sub(start))),
+        None => Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! - [`reboot_lock`]: the reboot strategies that take a lock before rebooting (FleetLock,
 //!   locksmith's etcd semaphore, `best-effort`) and release it once the new boot is marked
 //!   good; the decisions are pure ([`reboot_lock::coordinator`]);
+//! - [`pin`]: pinned installs (`flatcar-update --to-version`/`--to-payload`);
 //! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs;
 //! - [`dbus`]: update_engine's `com.coreos.update1` D-Bus API, served by the daemon.
 //!
@@ -39,6 +40,7 @@ pub mod host;
 pub mod http;
 pub mod machine;
 pub mod migrate;
+pub mod pin;
 pub mod reboot_lock;
 pub mod schedule;
 pub mod slots;

@@ -7,6 +7,8 @@
 //! | `rollback` | the other slot boots next; refused unless it holds a verified, previously good version |
 //! | `cancel` | a staged update that has not booted is dropped; refused if there is none |
 //! | `stage SLOT --root-hash H --version V` | after a verified write of SLOT: one try, not successful, top priority |
+//! | `install -V VERSION \| -P FILE [-A]` | install a chosen version or a local payload through the agent; also `flatcar-update` ([`install`]) |
+//! | `reset [-K REGEX...] [-M] [-F FILE\|-U URL] \| -S \| -P \| -W` | re-provision on the next boot keeping the named paths; also `flatcar-reset` ([`reset`]) |
 //! | `check-usr` | health check: `/usr` is the dm-verity device over the booted slot with the recorded root hash |
 //! | `check-containerd` | health check: containerd's gRPC socket answers as an HTTP/2 server |
 //! | `lock status\|lock [ID]\|unlock [ID]\|set-max N` | locksmith's reboot lock in etcd, as `locksmithctl` ([`lock`]) |
@@ -27,8 +29,10 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod containerd;
+pub mod install;
 pub mod lock;
 pub mod ops;
+pub mod reset;
 pub mod status;
 pub mod update;
 
@@ -82,6 +86,10 @@ pub enum Command {
     TrialTimeout,
     /// Ask the update agent to check for an update now and wait for the result.
     Check(update::CheckOpts),
+    /// Install a chosen version or a local payload file now (as `flatcar-update`).
+    Install(install::InstallOpts),
+    /// Re-provision on the next boot, keeping the paths named (as `flatcar-reset`).
+    Reset(reset::ResetOpts),
     /// The cluster-wide reboot lock in etcd (locksmith's): status, lock, unlock, set-max.
     Lock(lock::Opts),
 }
@@ -138,6 +146,8 @@ pub enum Event {
     },
     /// `check`: the update agent's progress.
     Check(update::Progress),
+    /// `reset`: flatcar-reset's output.
+    Reset(reset::Line),
     /// `lock`: locksmithctl's output.
     Lock(wellcar_locksmith::ctl::Report),
     /// Something the command survives (its result stands); shown on stderr.
@@ -154,6 +164,7 @@ impl std::fmt::Display for Event {
             }
             Event::Check(p) => p.fmt(f),
             Event::Lock(r) => r.fmt(f),
+            Event::Reset(l) => l.fmt(f),
             Event::Warning(w) => w.fmt(f),
         }
     }
@@ -181,6 +192,8 @@ pub fn run(cli: Cli, mut on_event: impl FnMut(Event)) -> anyhow::Result<()> {
         Command::CheckContainerd(opts) => containerd::run(&opts, &mut on_event),
         Command::TrialTimeout => ops::trial_timeout(&ctx, &mut on_event),
         Command::Check(opts) => update::check(&opts, &mut on_event),
+        Command::Install(opts) => install::install(&opts, &mut on_event),
+        Command::Reset(opts) => reset::run(&opts, &cli.esp, &mut |l| on_event(Event::Reset(l))),
         Command::Lock(opts) => lock::run(&opts, &mut on_event),
     }
 }

@@ -80,24 +80,12 @@ pub fn check_with(
     let id = wellcar_agent::client::request_check(store)
         .context("asking the update agent for a check")?;
     on_progress(Progress::Requested);
-    let mut last_line = String::new();
     let state = wellcar_agent::client::wait_for(
         store,
         &id,
         Duration::from_millis(500),
         Duration::from_secs(opts.take_timeout),
-        &mut |s| {
-            let progress = Progress::Agent {
-                operation: s.operation(),
-                version: s.new_version().unwrap_or_default().to_owned(),
-                progress: s.progress(),
-            };
-            let line = progress.to_string();
-            if line != last_line {
-                on_progress(progress);
-                last_line = line;
-            }
-        },
+        &mut progress_reporter(on_progress),
     )?;
     let result = state.last_result.clone().unwrap_or_default();
     if result.starts_with("failed") {
@@ -105,6 +93,25 @@ pub fn check_with(
     }
     on_progress(Progress::Finished(result));
     Ok(())
+}
+
+/// A `wait_for` callback reporting each agent state that shows differently from the last.
+pub fn progress_reporter<'a>(
+    on_progress: &'a mut dyn FnMut(Progress),
+) -> impl FnMut(&wellcar_agent::AgentState) + 'a {
+    let mut last_line = String::new();
+    move |s| {
+        let progress = Progress::Agent {
+            operation: s.operation(),
+            version: s.new_version().unwrap_or_default().to_owned(),
+            progress: s.progress(),
+        };
+        let line = progress.to_string();
+        if line != last_line {
+            on_progress(progress);
+            last_line = line;
+        }
+    }
 }
 
 /// The update section of `status`, or `None` when the agent has never run.

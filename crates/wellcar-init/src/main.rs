@@ -276,6 +276,20 @@ fn boot_steps(
         )
     })?;
 
+    if params.first_boot.is_some() {
+        // flatcar-reset's selective OS reset: before anything on ROOT is created or used.
+        log.step("os-reset", |log| {
+            if let Some(done) = wellcar_init::os_reset::reset(sysroot)? {
+                log.info(&format!(
+                    "OS reset: deleted {} entries of ROOT, kept {}",
+                    done.deleted.len(),
+                    done.kept.len()
+                ));
+            }
+            Ok::<_, wellcar_init::os_reset::ResetError>(())
+        })?;
+    }
+
     log.step("prepare-root", |log| {
         let created = sysroot::build_skeleton(sysroot)?;
         if !created.is_empty() {

@@ -165,6 +165,8 @@ pub const USR_BINARIES: &[&str] = &[
     "update_engine_client",
     "locksmithctl",
     "wellcar-install",
+    "flatcar-update",
+    "flatcar-reset",
 ];
 
 /// The on-host programs built next to this executable (`cargo build --release` puts them there);
