@@ -199,13 +199,18 @@ fn check(file: &str, root: &Path) {
                 passwd.contains("test:x:1000:1000::/home/test:/bin/bash\n"),
                 "{passwd}"
             );
+            // The corpus row records Ignition's blackbox expectation, gid 1001 for jenkins.
+            // useradd of Debian 12's shadow-utils (4.13), which coreos/ignition 2.14 runs in
+            // the differential oracle test, gives a user-private group the user's uid when
+            // that gid is free (shadow's find_new_gid with a preferred gid); Wellcar follows
+            // the oracle: 1020.
             assert!(
-                passwd.contains("jenkins:x:1020:1001::/home/jenkins:/bin/bash\n"),
+                passwd.contains("jenkins:x:1020:1020::/home/jenkins:/bin/bash\n"),
                 "{passwd}"
             );
             let group = read(root, "/etc/group");
             assert!(
-                group.contains("test:x:1000:\n") && group.contains("jenkins:x:1001:\n"),
+                group.contains("test:x:1000:\n") && group.contains("jenkins:x:1020:\n"),
                 "{group}"
             );
             let shadow = read(root, "/etc/shadow");

@@ -47,31 +47,6 @@ const ALLOWED: &[(&str, &str, &str)] = &[
          (what Flatcar's update-ssh-keys does after Ignition); the fragment \
          authorized_keys.d/ignition itself is compared and identical.",
     ),
-    // Known Wellcar discrepancies found by this oracle, to be fixed in apply/users.rs (not
-    // this branch's file); listed so that any other change still fails the test.
-    (
-        "hw-users-groups",
-        "/etc/passwd: contents",
-        "KNOWN WELLCAR BUG: with USERGROUPS_ENAB, useradd gives the user-private group the \
-         user's uid as gid when that gid is free (alice: 1500); Wellcar takes the next free \
-         gid (2001). Shows in /etc/passwd ...",
-    ),
-    (
-        "hw-users-groups",
-        "/etc/group: contents",
-        "... in /etc/group (same cause) ...",
-    ),
-    (
-        "hw-users-groups",
-        "owner 1500:1500 vs 1500:2001",
-        "... and in the home directory's group owner (same cause).",
-    ),
-    (
-        "hw-users-groups",
-        "/etc/gshadow: contents",
-        "KNOWN WELLCAR DIFFERENCE: Ignition creates groups with `groupadd --password '*'`, \
-         Wellcar writes `!` (both lock the group password; plus the private-group gid above).",
-    ),
 ];
 
 /// Hand-written configs covering what the corpus' 3.0–3.3 configs do not: files with owners

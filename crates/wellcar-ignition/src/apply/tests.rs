@@ -217,7 +217,7 @@ fn users_and_groups_are_created_and_modified() {
     .unwrap();
     let passwd = f.read("/etc/passwd");
     assert!(
-        passwd.contains("alice:x:1000:2001:Alice A:/home/alice:/bin/bash\n"),
+        passwd.contains("alice:x:1000:1000:Alice A:/home/alice:/bin/bash\n"),
         "{passwd}"
     );
     assert!(
@@ -227,18 +227,18 @@ fn users_and_groups_are_created_and_modified() {
     let group = f.read("/etc/group");
     assert!(group.contains("docker:x:999:alice,core\n"), "{group}");
     assert!(
-        group.contains("ops:x:2000:alice\n") && group.contains("alice:x:2001:\n"),
+        group.contains("ops:x:2000:alice\n") && group.contains("alice:x:1000:\n"),
         "{group}"
     );
-    assert!(f.read("/etc/gshadow").contains("docker:!::alice,core\n"));
+    assert!(f.read("/etc/gshadow").contains("docker:*::alice,core\n"));
     assert!(f.read("/etc/shadow").contains("alice:$6$salt$hash:"));
     assert!(f.read("/etc/shadow").contains("svc:*:"));
     assert_eq!(mode(&f.p("/etc/shadow")), 0o640, "database modes are kept");
     assert!(!f.p("/home/svc").exists());
-    assert_eq!(owner(&f.p("/home/alice")), (1000, 2001));
+    assert_eq!(owner(&f.p("/home/alice")), (1000, 1000));
     assert_eq!(
         owner(&f.p("/home/alice/.bashrc")),
-        (1000, 2001),
+        (1000, 1000),
         "skel copied and chowned"
     );
     let frag = f.p("/home/alice/.ssh/authorized_keys.d/ignition");
@@ -246,7 +246,7 @@ fn users_and_groups_are_created_and_modified() {
         fs::read_to_string(&frag).unwrap(),
         "ssh-ed25519 AAAA alice@a\nssh-ed25519 BBBB alice@b\n"
     );
-    assert_eq!((mode(&frag), owner(&frag)), (0o600, (1000, 2001)));
+    assert_eq!((mode(&frag), owner(&frag)), (0o600, (1000, 1000)));
     assert_eq!(mode(&f.p("/home/alice/.ssh")), 0o700);
     assert_eq!(mode(&f.p("/home/alice/.ssh/authorized_keys.d")), 0o700);
     let ak = f.read("/home/alice/.ssh/authorized_keys");

@@ -176,26 +176,51 @@ impl Accounts {
     }
 
     /// Picks a free id: the system range top-down, the normal range one past the highest used.
-    fn allocate(&self, used: &[i64], system: bool, kind: &'static str) -> Result<i64, ApplyError> {
+    /// A new id as shadow-utils' `find_new_gid` picks it with a preferred id (useradd's
+    /// user-private group prefers the user's uid): `preferred` when it lies in the range for
+    /// `system` and is unused, else [`Self::allocate`]'s choice.
+    fn allocate_preferring(
+        &self,
+        used: &[i64],
+        system: bool,
+        kind: &'static str,
+        preferred: i64,
+    ) -> Result<i64, ApplyError> {
+        let (lo, hi) = self.id_range(system, kind);
+        if (lo..=hi).contains(&preferred) && !used.contains(&preferred) {
+            return Ok(preferred);
+        }
+        self.allocate(used, system, kind)
+    }
+
+    /// The `login.defs` range new ids of `kind` ("uid" or "gid") come from.
+    fn id_range(&self, system: bool, kind: &'static str) -> (i64, i64) {
         let (prefix, sys_prefix) = if kind == "uid" {
             ("UID", "SYS_UID")
         } else {
             ("GID", "SYS_GID")
         };
         if system {
-            let (lo, hi) = (
+            (
                 self.def(&format!("{sys_prefix}_MIN"), 101),
                 self.def(&format!("{sys_prefix}_MAX"), 999),
-            );
+            )
+        } else {
+            (
+                self.def(&format!("{prefix}_MIN"), 1000),
+                self.def(&format!("{prefix}_MAX"), 60000),
+            )
+        }
+    }
+
+    fn allocate(&self, used: &[i64], system: bool, kind: &'static str) -> Result<i64, ApplyError> {
+        let (lo, hi) = self.id_range(system, kind);
+        if system {
             return (lo..=hi)
                 .rev()
                 .find(|id| !used.contains(id))
                 .ok_or(ApplyError::IdsExhausted { kind });
         }
-        let (lo, hi) = (
-            self.def(&format!("{prefix}_MIN"), 1000),
-            self.def(&format!("{prefix}_MAX"), 60000),
-        );
         let highest = used
             .iter()
             .copied()
@@ -320,7 +345,8 @@ fn group_stage(
         String::new(),
     ]);
     if acc.gshadow.present {
-        let hash = g.password_hash.clone().unwrap_or_else(|| "!".into());
+        // Ignition creates groups with `groupadd --password '*'` unless a hash is given.
+        let hash = g.password_hash.clone().unwrap_or_else(|| "*".into());
         acc.gshadow
             .push(vec![g.name.clone(), hash, String::new(), String::new()]);
     }
@@ -470,7 +496,12 @@ fn user_stage(
                         name: u.name.clone(),
                     });
                 }
-                let gid = acc.allocate(&acc.group.ids(2), u.system == Some(true), "gid")?;
+                let gid = acc.allocate_preferring(
+                    &acc.group.ids(2),
+                    u.system == Some(true),
+                    "gid",
+                    uid,
+                )?;
                 acc.group.push(vec![
                     u.name.clone(),
                     "x".into(),
