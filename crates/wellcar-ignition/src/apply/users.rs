@@ -496,12 +496,8 @@ fn user_stage(
                         name: u.name.clone(),
                     });
                 }
-                let gid = acc.allocate_preferring(
-                    &acc.group.ids(2),
-                    u.system == Some(true),
-                    "gid",
-                    uid,
-                )?;
+                let gid =
+                    acc.allocate_preferring(&acc.group.ids(2), u.system == Some(true), "gid", uid)?;
                 acc.group.push(vec![
                     u.name.clone(),
                     "x".into(),
