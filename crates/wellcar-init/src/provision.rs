@@ -283,6 +283,12 @@ fn provision_with(
     {
         storage_stage::link_usr_tools(Path::new("/"), Path::new(SYSROOT))
             .map_err(|e| ProvisionError::new(Phase::Apply, source_name.clone(), e))?;
+        let modules = storage_stage::storage_modules(storage);
+        storage_stage::load_modules(&modules)
+            .map_err(|e| ProvisionError::new(Phase::Apply, source_name.clone(), e))?;
+        if !modules.is_empty() {
+            log.info(&format!("storage modules loaded from /usr: {modules:?}"));
+        }
     }
     let options = wellcar_ignition::ApplyOptions {
         kernel_arguments_applied: true,
