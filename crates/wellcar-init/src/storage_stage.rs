@@ -10,7 +10,8 @@
 //!   blkid, partx, mount, cryptsetup, mdadm) runnable from the initramfs without carrying them:
 //!   the sysroot's `/usr` tree is merged into the initramfs's by symlinks (entries the initramfs
 //!   already has stay), `/lib`, `/lib64`, `/bin`, `/sbin` point into `/usr` as on a merged-/usr
-//!   system, so the dynamic loader and libraries resolve, and `PATH` is set when absent. The
+//!   system, so the dynamic loader and libraries resolve, `PATH` is set when absent and a
+//!   `/tmp` (1777) is made when absent (cryptsetup's key file, the tools' scratch). The
 //!   initramfs grows by nothing; the links go with it at switch-root. The merge reaches every
 //!   module file below `/usr/lib/modules/<kver>` (and the image's `modules.dep`), so `modprobe`
 //!   from `/usr` and the kernel's own module requests (`/sbin/modprobe`, e.g. a cipher for
@@ -178,6 +179,18 @@ pub fn link_usr_tools(initramfs_root: &Path, sysroot: &Path) -> Result<(), Stora
     if std::env::var_os("PATH").is_none() {
         std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     }
+    // The tools and the LUKS stage's transient key file want a /tmp; the initramfs has none.
+    // It lives in the initramfs's RAM and goes with it at switch-root.
+    let tmp = initramfs_root.join("tmp");
+    if std::fs::symlink_metadata(&tmp).is_err() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o1777)
+            .create(&tmp)
+            .map_err(|source| PathIoError::new("creating", tmp.clone(), source))?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .map_err(|source| PathIoError::new("setting the mode of", tmp.clone(), source))?;
+    }
     Ok(())
 }
 
@@ -295,6 +308,9 @@ mod tests {
             std::fs::read_to_string(initramfs.join("usr/lib/modules/6.1/erofs.ko")).unwrap(),
             "ko"
         );
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = std::fs::metadata(initramfs.join("tmp")).unwrap();
+        assert_eq!(tmp.permissions().mode() & 0o7777, 0o1777);
         // A second call (second boot, or a retry) is harmless.
         link_usr_tools(&initramfs, &sysroot).unwrap();
     }

@@ -33,6 +33,9 @@ pub enum VmError {
     /// than `[A-Za-z0-9_-]`, or repeats another disk's.
     #[error("extra disk serial {0:?}: want 1-20 of [A-Za-z0-9_-], unique within the machine")]
     ExtraDiskSerial(String),
+    /// More extra disks than free PCI slots after the automatic ones.
+    #[error("{0} extra disks: at most 15 fit the machine's PCI slots 0x10-0x1e")]
+    TooManyExtraDisks(usize),
     /// A command (qemu-img, ssh-keygen) failed, or QEMU could not be started.
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -124,7 +127,8 @@ pub struct MachineConfig {
 
 /// A blank virtio disk for a [`MachineConfig`]: a sparse qcow2 file of `size` bytes in the
 /// machine's state directory, created anew at every spawn, whose virtio serial is `serial`
-/// (the guest's udev links it as `/dev/disk/by-id/virtio-<serial>`).
+/// (the guest's udev links it as `/dev/disk/by-id/virtio-<serial>`). Extra disks sit at fixed
+/// PCI slots from 0x10 on, after the boot disk and any config drive (at most 15).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraDisk {
     /// The virtio serial: at most 20 bytes of `[A-Za-z0-9_-]`, unique within the machine.
@@ -200,9 +204,21 @@ pub(crate) fn run(cmd: &mut Command) -> Result<(), VmError> {
     Ok(())
 }
 
+/// The PCI slot of the first [`ExtraDisk`]. QEMU creates `-drive if=virtio` devices (the boot
+/// disk, a config drive) after every `-device`, so extra disks at automatic slots would come
+/// first: the firmware would try to boot a blank disk and the guest would name it `vda`. Fixed
+/// slots from here up (the automatic ones are taken from the bottom) keep them last.
+const EXTRA_DISK_FIRST_SLOT: usize = 0x10;
+
+/// How many extra disks fit between [`EXTRA_DISK_FIRST_SLOT`] and q35's LPC bridge (slot 0x1f).
+const MAX_EXTRA_DISKS: usize = 0x1f - EXTRA_DISK_FIRST_SLOT;
+
 /// Refuses an [`ExtraDisk`] serial QEMU's virtio-blk would truncate or the guest's udev would
 /// mangle, and a repeated one.
 fn check_serials(disks: &[ExtraDisk]) -> Result<(), VmError> {
+    if disks.len() > MAX_EXTRA_DISKS {
+        return Err(VmError::TooManyExtraDisks(disks.len()));
+    }
     for (i, disk) in disks.iter().enumerate() {
         let valid = !disk.serial.is_empty()
             && disk.serial.len() <= 20
@@ -340,8 +356,9 @@ impl Machine {
                 ))
                 .arg("-device")
                 .arg(format!(
-                    "virtio-blk-pci,drive=extra{i},serial={}",
-                    disk.serial
+                    "virtio-blk-pci,drive=extra{i},serial={},addr={:#x}",
+                    disk.serial,
+                    EXTRA_DISK_FIRST_SLOT + i
                 ));
         }
         if !cfg.kernel_args.is_empty() {
@@ -628,6 +645,11 @@ mod tests {
             assert!(!state.join("disk.qcow2").exists());
             assert!(!ExtraDisk::new("ok", 1).path(&state).exists());
         }
+        cfg.extra_disks = (0..16)
+            .map(|i| ExtraDisk::new(format!("d{i}"), 1 << 20))
+            .collect();
+        let err = Machine::spawn(&cfg).map(|_| ()).unwrap_err();
+        assert!(matches!(err, VmError::TooManyExtraDisks(16)), "{err:?}");
         assert_eq!(
             ExtraDisk::new("wellcar-docker", 1).path(&state),
             state.join("extra-wellcar-docker.qcow2")
