@@ -296,8 +296,13 @@ fn provision_with(
         ..Default::default()
     };
     let report = wellcar_ignition::apply_with(&config, Path::new(SYSROOT), &options)
-        .map_err(|e| ProvisionError::new(Phase::Apply, source_name, e))?;
+        .map_err(|e| ProvisionError::new(Phase::Apply, source_name.clone(), e))?;
     log.info(&format!("Ignition applied: {report:?}"));
+    if !(storage.luks.is_empty() && storage.raid.is_empty()) {
+        storage_stage::close_volumes(storage)
+            .map_err(|e| ProvisionError::new(Phase::Apply, source_name, e))?;
+        log.info("LUKS volumes and RAID arrays closed: the booted system opens them");
+    }
     Ok(())
 }
 

@@ -20,6 +20,13 @@
 //!   initramfs does not carry (`wellcar_contract::module_list`: dm-crypt for `luks`, the md
 //!   personality of each `raid` level, xfs/btrfs); [`load_modules`] loads them with `modprobe`
 //!   from `/usr` after [`link_usr_tools`].
+//! - [`close_volumes`] closes, after a successful apply, the LUKS mappings and md arrays
+//!   Ignition made (LUKS first, then RAID: the reverse of their creation). The initramfs has no
+//!   udev, so a device it left active would have no udev record in the booted system: its
+//!   coldplug `add` event is not processed by the device-mapper rules and systemd never sees
+//!   `dev-mapper-NAME.device` (the boot then waits forever on the crypttab device). Closed, they
+//!   are opened at every boot, the first included, by systemd-cryptsetup from `/etc/crypttab`
+//!   and udev's mdadm rules from `/etc/mdadm/mdadm.conf`.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +57,15 @@ pub enum StorageStageError {
     /// An argument cannot be written.
     #[error(transparent)]
     Kargs(#[from] KargsError),
+    /// A LUKS mapping or md array could not be closed after provisioning.
+    #[error("closing {volume} after provisioning, for the booted system to open it")]
+    Close {
+        /// The mapping name or array device.
+        volume: String,
+        /// The tool's failure.
+        #[source]
+        source: CommandError,
+    },
     /// `modprobe` could not load the storage modules.
     #[error("loading kernel modules {modules:?} from /usr for the storage section")]
     Modules {
@@ -87,6 +103,39 @@ pub fn storage_modules(storage: &Storage) -> Vec<&'static str> {
     let mut seen = std::collections::HashSet::new();
     modules.retain(|m| seen.insert(*m));
     modules
+}
+
+/// Closes `storage`'s LUKS mappings (`cryptsetup close NAME`), then stops its md arrays
+/// (`mdadm --stop /dev/md/NAME`), so the booted system opens and assembles them itself.
+pub fn close_volumes(storage: &Storage) -> Result<(), StorageStageError> {
+    for luks in &storage.luks {
+        wellcar_contract::command::run(
+            std::process::Command::new("cryptsetup")
+                .arg("close")
+                .arg(&luks.name),
+        )
+        .map_err(|source| StorageStageError::Close {
+            volume: luks.name.clone(),
+            source,
+        })?;
+    }
+    for raid in &storage.raid {
+        let device = if raid.name.starts_with('/') {
+            raid.name.clone()
+        } else {
+            format!("/dev/md/{}", raid.name)
+        };
+        wellcar_contract::command::run(
+            std::process::Command::new("mdadm")
+                .arg("--stop")
+                .arg(&device),
+        )
+        .map_err(|source| StorageStageError::Close {
+            volume: device.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Loads `modules` with `modprobe -a` (from `/usr`, after [`link_usr_tools`]); nothing to do
@@ -259,6 +308,27 @@ mod tests {
         assert!(storage_modules(&Storage::default()).is_empty());
         // Nothing to load runs nothing (no modprobe on this machine is needed for that).
         load_modules(&[]).unwrap();
+    }
+
+    #[test]
+    fn closing_a_volume_that_is_not_open_names_it_and_stops_there() {
+        let config = serde_json::json!({
+            "ignition": {"version": "3.4.0"},
+            "storage": {
+                "luks": [{"name": "wellcar-test-not-open", "device": "/dev/vdb2"}],
+                "raid": [{"name": "data", "level": "raid1", "devices": ["/dev/vdc", "/dev/vdd"]}]
+            }
+        });
+        let storage = wellcar_ignition::parse_config(config.to_string().as_bytes())
+            .unwrap()
+            .config
+            .storage;
+        let err = close_volumes(&storage).unwrap_err();
+        assert!(
+            matches!(&err, StorageStageError::Close { volume, .. } if volume == "wellcar-test-not-open"),
+            "{err:?}"
+        );
+        close_volumes(&Storage::default()).unwrap();
     }
 
     #[test]
