@@ -17,6 +17,7 @@ use wellcar_test_support::vm::{logged_in, BOOT_TIMEOUT};
 use wellcar_vmtests::*;
 
 mod flatcar_day;
+mod storage_day;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -170,7 +171,7 @@ fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&key));
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "ignition": {"version": "3.4.0"},
         "passwd": {"users": [{"name": "core", "sshAuthorizedKeys": [public.trim()]}]},
         "storage": {"files": [{
@@ -185,6 +186,8 @@ fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
             "contents": "[Unit]\nDescription=Ignition test unit\n[Service]\nExecStart=/usr/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n"
         }]}
     });
+    // Extra disks, RAID, LUKS, filesystems and a kernel argument (issue 16).
+    storage_day::add_to_config(&mut config);
     let ign = keys.path().join("config.ign");
     std::fs::write(&ign, config.to_string()).unwrap();
 
@@ -193,6 +196,7 @@ fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
     cfg.ignition = Some(ign);
     cfg.disk_size = Some(8 << 30);
     cfg.ssh_port = Some(0);
+    cfg.extra_disks = storage_day::extra_disks();
     let mut vm = Machine::spawn(&cfg).unwrap();
     vm.wait_for("wellcar.first_boot=detected", BOOT_TIMEOUT)
         .unwrap();
@@ -240,6 +244,8 @@ fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
         "ssh login failed: {}",
         String::from_utf8_lossy(&ssh.stderr)
     );
+    let storage_ssh = storage_day::Ssh { port, key: &key };
+    storage_day::after_first_boot(&storage_ssh, &vm.console());
     flatcar_day::flatcar_users_day(
         &flatcar_day::CoreSsh { port, key: &key },
         &b.manifest.version,
@@ -265,6 +271,7 @@ fn first_boot_provisions_grows_root_and_second_boot_keeps_it() {
         again.contains(public.split_whitespace().nth(1).unwrap()),
         "{again}"
     );
+    storage_day::after_second_boot(&storage_ssh);
     // Third boot (tests/flatcar_day.rs): flatcar-update's refusal, flatcar-reset, Ignition again.
     flatcar_day::flatcar_update_and_reset(
         &mut vm,

@@ -10,6 +10,12 @@
 //! [`FIRST_BOOT_ONLY`], and [`SCSI_FALLBACK`] only when the boot disk does not show up without
 //! them. A name a kernel lacks is skipped by the builder, so the lists may name modules some
 //! kernels build in.
+//!
+//! Modules for Ignition's storage section are *not* carried: when a first-boot config has
+//! `luks`, `raid` or xfs/btrfs filesystems, `/init` loads [`LUKS_ON_DEMAND`],
+//! [`raid_level_module`] and [`filesystem_module`] from the verity `/usr` (`modprobe` and the
+//! image's `modules.dep`), and the kernel's own requests (ciphers for dm-crypt) go to the same
+//! `/sbin/modprobe`. They cost the initramfs nothing.
 
 use std::fmt;
 
@@ -68,6 +74,34 @@ pub const FIRST_BOOT_ONLY: &[&str] = &[
 /// Modules for SCSI disks (virtio-scsi, SATA through libata), loaded only when the boot disk
 /// does not show up without them.
 pub const SCSI_FALLBACK: &[&str] = &["scsi_common", "scsi_mod", "virtio_scsi", "sd_mod"];
+
+/// Modules a LUKS volume needs at provisioning, loaded from `/usr` (not carried): dm-crypt and
+/// the XTS mode of LUKS2's default cipher (`aes-xts-plain64`); the AES implementation itself
+/// is requested by the kernel when the mapping is made.
+pub const LUKS_ON_DEMAND: &[&str] = &["dm_crypt", "xts"];
+
+/// The md personality module for an Ignition `raid.level` (`md_mod` comes with it), loaded from
+/// `/usr` at provisioning; `None` for a level Ignition does not accept.
+pub fn raid_level_module(level: &str) -> Option<&'static str> {
+    Some(match level {
+        "linear" => "linear",
+        "raid0" | "0" | "stripe" => "raid0",
+        "raid1" | "1" | "mirror" => "raid1",
+        "raid4" | "4" | "raid5" | "5" | "raid6" | "6" => "raid456",
+        "raid10" | "10" => "raid10",
+        _ => return None,
+    })
+}
+
+/// The module for an Ignition filesystem `format` that the initramfs does not carry (xfs,
+/// btrfs), loaded from `/usr` at provisioning; `None` for one it carries or one with no module.
+pub fn filesystem_module(format: &str) -> Option<&'static str> {
+    match format {
+        "xfs" => Some("xfs"),
+        "btrfs" => Some("btrfs"),
+        _ => None,
+    }
+}
 
 /// Kernel module name of a module path or name: the file name up to `.ko`, `-` as `_`
 /// (`.../nls_iso8859-1.ko.xz` and `nls_iso8859-1` are both `nls_iso8859_1`).
@@ -145,6 +179,23 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0], m);
         assert_eq!((all[1].name.as_str(), all[1].depends.len()), ("dm_mod", 0));
+    }
+
+    #[test]
+    fn storage_modules_are_named_as_the_kernel_names_them_and_are_not_carried() {
+        for level in ["raid0", "1", "mirror", "raid5", "6", "raid10", "linear"] {
+            let module = raid_level_module(level).unwrap();
+            assert_eq!(module_name(module), module);
+            assert!(!WANTED.contains(&module), "{module}");
+        }
+        assert_eq!(raid_level_module("raid1"), Some("raid1"));
+        assert_eq!(raid_level_module("raid6"), Some("raid456"));
+        assert_eq!(raid_level_module("raid7"), None);
+        assert_eq!(filesystem_module("btrfs"), Some("btrfs"));
+        assert_eq!(filesystem_module("ext4"), None);
+        for module in LUKS_ON_DEMAND {
+            assert!(!WANTED.contains(module), "{module}");
+        }
     }
 
     #[test]

@@ -283,6 +283,12 @@ fn provision_with(
     {
         storage_stage::link_usr_tools(Path::new("/"), Path::new(SYSROOT))
             .map_err(|e| ProvisionError::new(Phase::Apply, source_name.clone(), e))?;
+        let modules = storage_stage::storage_modules(storage);
+        storage_stage::load_modules(&modules)
+            .map_err(|e| ProvisionError::new(Phase::Apply, source_name.clone(), e))?;
+        if !modules.is_empty() {
+            log.info(&format!("storage modules loaded from /usr: {modules:?}"));
+        }
     }
     let options = wellcar_ignition::ApplyOptions {
         kernel_arguments_applied: true,
@@ -290,8 +296,13 @@ fn provision_with(
         ..Default::default()
     };
     let report = wellcar_ignition::apply_with(&config, Path::new(SYSROOT), &options)
-        .map_err(|e| ProvisionError::new(Phase::Apply, source_name, e))?;
+        .map_err(|e| ProvisionError::new(Phase::Apply, source_name.clone(), e))?;
     log.info(&format!("Ignition applied: {report:?}"));
+    if !(storage.luks.is_empty() && storage.raid.is_empty()) {
+        storage_stage::close_volumes(storage)
+            .map_err(|e| ProvisionError::new(Phase::Apply, source_name, e))?;
+        log.info("LUKS volumes and RAID arrays closed: the booted system opens them");
+    }
     Ok(())
 }
 

@@ -9,7 +9,9 @@
 //!   services given as `guestfwd`s, and ssh is forwarded from a host loopback port;
 //! - an Ignition config is passed over fw_cfg as `opt/org.flatcar-linux/config`, as Flatcar's
 //!   QEMU platform does; without one, `wellcar run` passes one that lets `core` log in with a
-//!   key it keeps (module [`login`]).
+//!   key it keeps (module [`login`]);
+//! - blank extra disks ([`ExtraDisk`]) are sparse qcow2 files in the state directory, attached
+//!   as virtio-blk devices with a stable serial, after the boot disk and any config drive.
 
 pub mod accel;
 pub mod config_drive;
@@ -18,4 +20,4 @@ pub mod machine;
 
 pub use accel::{choose_accel, Accel};
 pub use login::{authorized_keys, cache_dir, core_login_config, core_ssh, login_key, LoginKey};
-pub use machine::{Firmware, Machine, MachineConfig, VmError};
+pub use machine::{ExtraDisk, Firmware, Machine, MachineConfig, VmError};

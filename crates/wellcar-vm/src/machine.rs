@@ -29,6 +29,13 @@ pub enum VmError {
         /// How to get it.
         hint: &'static str,
     },
+    /// An [`ExtraDisk`] serial is empty, too long for virtio (20 bytes), has characters other
+    /// than `[A-Za-z0-9_-]`, or repeats another disk's.
+    #[error("extra disk serial {0:?}: want 1-20 of [A-Za-z0-9_-], unique within the machine")]
+    ExtraDiskSerial(String),
+    /// More extra disks than free PCI slots after the automatic ones.
+    #[error("{0} extra disks: at most 15 fit the machine's PCI slots 0x10-0x1e")]
+    TooManyExtraDisks(usize),
     /// A command (qemu-img, ssh-keygen) failed, or QEMU could not be started.
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -113,6 +120,36 @@ pub struct MachineConfig {
     /// Arguments for the guest's `/init`, passed over fw_cfg as `opt/org.wellcar/kernel-args`
     /// (the kernel command line itself comes from GRUB on the image).
     pub kernel_args: Vec<String>,
+    /// Blank disks attached after the boot disk (and any config drive), in order (`/dev/vdb`,
+    /// `/dev/vdc`, … when the boot disk is the only other one).
+    pub extra_disks: Vec<ExtraDisk>,
+}
+
+/// A blank virtio disk for a [`MachineConfig`]: a sparse qcow2 file of `size` bytes in the
+/// machine's state directory, created anew at every spawn, whose virtio serial is `serial`
+/// (the guest's udev links it as `/dev/disk/by-id/virtio-<serial>`). Extra disks sit at fixed
+/// PCI slots from 0x10 on, after the boot disk and any config drive (at most 15).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraDisk {
+    /// The virtio serial: at most 20 bytes of `[A-Za-z0-9_-]`, unique within the machine.
+    pub serial: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl ExtraDisk {
+    /// A blank disk of `size` bytes named `serial`.
+    pub fn new(serial: impl Into<String>, size: u64) -> ExtraDisk {
+        ExtraDisk {
+            serial: serial.into(),
+            size,
+        }
+    }
+
+    /// Its file in the state directory `dir`.
+    pub fn path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("extra-{}.qcow2", self.serial))
+    }
 }
 
 impl MachineConfig {
@@ -133,6 +170,7 @@ impl MachineConfig {
             state_dir: None,
             config_drive: None,
             kernel_args: Vec::new(),
+            extra_disks: Vec::new(),
         }
     }
 }
@@ -166,6 +204,36 @@ pub(crate) fn run(cmd: &mut Command) -> Result<(), VmError> {
     Ok(())
 }
 
+/// The PCI slot of the first [`ExtraDisk`]. QEMU creates `-drive if=virtio` devices (the boot
+/// disk, a config drive) after every `-device`, so extra disks at automatic slots would come
+/// first: the firmware would try to boot a blank disk and the guest would name it `vda`. Fixed
+/// slots from here up (the automatic ones are taken from the bottom) keep them last.
+const EXTRA_DISK_FIRST_SLOT: usize = 0x10;
+
+/// How many extra disks fit between [`EXTRA_DISK_FIRST_SLOT`] and q35's LPC bridge (slot 0x1f).
+const MAX_EXTRA_DISKS: usize = 0x1f - EXTRA_DISK_FIRST_SLOT;
+
+/// Refuses an [`ExtraDisk`] serial QEMU's virtio-blk would truncate or the guest's udev would
+/// mangle, and a repeated one.
+fn check_serials(disks: &[ExtraDisk]) -> Result<(), VmError> {
+    if disks.len() > MAX_EXTRA_DISKS {
+        return Err(VmError::TooManyExtraDisks(disks.len()));
+    }
+    for (i, disk) in disks.iter().enumerate() {
+        let valid = !disk.serial.is_empty()
+            && disk.serial.len() <= 20
+            && disk
+                .serial
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && disks[..i].iter().all(|d| d.serial != disk.serial);
+        if !valid {
+            return Err(VmError::ExtraDiskSerial(disk.serial.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -174,6 +242,7 @@ pub fn free_port() -> std::io::Result<u16> {
 impl Machine {
     /// Creates the overlay and starts QEMU.
     pub fn spawn(cfg: &MachineConfig) -> Result<Machine, VmError> {
+        check_serials(&cfg.extra_disks)?;
         let image = io(cfg.image.canonicalize(), "opening image", &cfg.image)?;
         let (dir, temp) = match &cfg.state_dir {
             Some(d) => {
@@ -272,6 +341,25 @@ impl Machine {
                 "if=virtio,file={},format=raw,readonly=on",
                 drive.display()
             ));
+        }
+        for (i, disk) in cfg.extra_disks.iter().enumerate() {
+            let file = disk.path(&dir);
+            let _ = std::fs::remove_file(&file);
+            run(Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&file)
+                .arg(disk.size.to_string()))?;
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=none,id=extra{i},file={},format=qcow2,cache=unsafe",
+                    file.display()
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "virtio-blk-pci,drive=extra{i},serial={},addr={:#x}",
+                    disk.serial,
+                    EXTRA_DISK_FIRST_SLOT + i
+                ));
         }
         if !cfg.kernel_args.is_empty() {
             let args = dir.join("kernel-args");
@@ -534,6 +622,39 @@ fn backing_format(image: &Path) -> Result<&'static str, VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_disk_serials_are_checked_before_anything_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("base.qcow2");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image)
+            .arg("1M"))
+        .unwrap();
+        let state = dir.path().join("state");
+        let mut cfg = MachineConfig::new(&image, Accel::Tcg);
+        cfg.state_dir = Some(state.clone());
+        for bad in ["", "has space", "a-serial-longer-than-20", "ok"] {
+            cfg.extra_disks = vec![ExtraDisk::new("ok", 1 << 20), ExtraDisk::new(bad, 1 << 20)];
+            let err = Machine::spawn(&cfg).map(|_| ()).unwrap_err();
+            assert!(
+                matches!(&err, VmError::ExtraDiskSerial(s) if s == bad),
+                "{bad:?}: {err:?}"
+            );
+            assert!(!state.join("disk.qcow2").exists());
+            assert!(!ExtraDisk::new("ok", 1).path(&state).exists());
+        }
+        cfg.extra_disks = (0..16)
+            .map(|i| ExtraDisk::new(format!("d{i}"), 1 << 20))
+            .collect();
+        let err = Machine::spawn(&cfg).map(|_| ()).unwrap_err();
+        assert!(matches!(err, VmError::TooManyExtraDisks(16)), "{err:?}");
+        assert_eq!(
+            ExtraDisk::new("wellcar-docker", 1).path(&state),
+            state.join("extra-wellcar-docker.qcow2")
+        );
+    }
 
     #[test]
     fn backing_format_is_read_from_the_image() {
