@@ -20,7 +20,6 @@
 //! payloads, and only the image's own trusted keys verify payloads.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use wellcar_agent::pin::InstallPin;
@@ -178,15 +177,12 @@ fn wait_for_install(
     opts: &InstallOpts,
     on_progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<()> {
-    let id = wellcar_agent::client::request_pinned(store, Some(pin))
-        .context("asking the update agent for the install")?;
-    on_progress(Progress::Requested);
-    let state = wellcar_agent::client::wait_for(
+    let state = crate::update::request_and_wait(
         store,
-        &id,
-        Duration::from_millis(500),
-        Duration::from_secs(opts.take_timeout),
-        &mut crate::update::progress_reporter(on_progress),
+        Some(pin),
+        "asking the update agent for the install",
+        opts.take_timeout,
+        on_progress,
     )?;
     let result = state.last_result.clone().unwrap_or_default();
     if let Some(reason) = result.strip_prefix("failed: ") {

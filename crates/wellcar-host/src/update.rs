@@ -77,15 +77,12 @@ pub fn check_with(
     opts: &CheckOpts,
     on_progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<()> {
-    let id = wellcar_agent::client::request_check(store)
-        .context("asking the update agent for a check")?;
-    on_progress(Progress::Requested);
-    let state = wellcar_agent::client::wait_for(
+    let state = request_and_wait(
         store,
-        &id,
-        Duration::from_millis(500),
-        Duration::from_secs(opts.take_timeout),
-        &mut progress_reporter(on_progress),
+        None,
+        "asking the update agent for a check",
+        opts.take_timeout,
+        on_progress,
     )?;
     let result = state.last_result.clone().unwrap_or_default();
     if result.starts_with("failed") {
@@ -144,6 +141,29 @@ pub fn render_from(store: &StateStore) -> String {
         Ok(state) => format!("\n{}", wellcar_agent::status_report(&state)),
         Err(e) => format!("\nUpdate status: unknown ({e:#})\n"),
     }
+}
+
+/// Hands the agent a check request (pinned to `pin` if given), reports
+/// [`Progress::Requested`], and waits up to `timeout_secs` for the agent to handle it,
+/// reporting its progress: the one request-and-wait loop of `check` and `install`. A
+/// request that cannot be written fails with `asking` as context.
+pub(crate) fn request_and_wait(
+    store: &StateStore,
+    pin: Option<wellcar_agent::pin::InstallPin>,
+    asking: &'static str,
+    timeout_secs: u64,
+    on_progress: &mut dyn FnMut(Progress),
+) -> anyhow::Result<wellcar_agent::state::AgentState> {
+    let id = wellcar_agent::client::request_pinned(store, pin).context(asking)?;
+    on_progress(Progress::Requested);
+    let state = wellcar_agent::client::wait_for(
+        store,
+        &id,
+        Duration::from_millis(500),
+        Duration::from_secs(timeout_secs),
+        &mut progress_reporter(on_progress),
+    )?;
+    Ok(state)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 use super::*;
 use clap::Parser as _;
+use std::time::Duration;
 use wellcar_agent::pin::CheckRequest;
 use wellcar_agent::state::{AgentState, Phase, StagedUpdate};
 
