@@ -2,7 +2,7 @@
 # Builds the programs that run inside Wellcar, where `wellcar build` and the VM tests look for
 # them:
 # - the initramfs /init (crate wellcar-init), static: target/x86_64-unknown-linux-gnu/initramfs/wellcar-init
-# - the on-host programs (wellcar-update, wellcar-update-agent, update_engine_client, locksmithctl, wellcar-install), release builds in target/release,
+# - the on-host programs (wellcar-update, wellcar-update-agent, locksmithd, update_engine_client, locksmithctl, wellcar-install, flatcar-update, flatcar-reset), release builds in target/release,
 #   dynamically linked against the same Debian bookworm glibc the image ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,6 +3,9 @@
 # tests/ (real images built with mmdebstrap, booted in QEMU). Installs what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Free space at the start and the end: a full disk shows up as odd test failures otherwise.
+df -h . /tmp >&2
+trap 'df -h . /tmp >&2' EXIT
 scripts/install-deps.sh
 tests/fresh-machine.sh
 # One image build per run, shared by all VM test binaries.

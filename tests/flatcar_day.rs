@@ -176,6 +176,33 @@ pub fn flatcar_users_day(ssh: &CoreSsh, version: &str, scratch: &Path) {
     let unmasked = ssh.ok("sudo systemctl unmask update-engine.service && sudo systemctl start update-engine.service && systemctl is-active update-engine.service");
     assert_eq!(unmasked.trim(), "active");
 
+    // locksmith's unit name: the reboot manager runs beside the agent, and masking it (what
+    // Flatcar's docs say to turn automatic reboots off) stops it.
+    let locksmithd =
+        ssh.ok("systemctl is-enabled locksmithd.service; systemctl is-active locksmithd.service");
+    assert_eq!(locksmithd, "enabled\nactive\n", "locksmithd.service");
+    let masked = ssh.output(
+        "sudo systemctl mask --now locksmithd.service; systemctl is-enabled locksmithd.service; systemctl is-active locksmithd.service",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&masked.stdout),
+        "masked\ninactive\n",
+        "mask --now stops locksmithd: {}",
+        String::from_utf8_lossy(&masked.stderr)
+    );
+    let unmasked = ssh.ok("sudo systemctl unmask locksmithd.service && sudo systemctl start locksmithd.service && systemctl is-active locksmithd.service");
+    assert_eq!(unmasked.trim(), "active");
+    // A drop-in's environment reaches it: REBOOT_STRATEGY=off makes it exit, as locksmith.
+    let off = ssh.output("sudo mkdir -p /etc/systemd/system/locksmithd.service.d && printf '[Service]\\nEnvironment=REBOOT_STRATEGY=off\\n' | sudo tee /etc/systemd/system/locksmithd.service.d/off.conf >/dev/null && sudo systemctl daemon-reload && sudo systemctl restart locksmithd.service; timeout 60 sh -c 'while systemctl is-active -q locksmithd.service; do sleep 0.2; done'; systemctl show -p ActiveState --value locksmithd.service; systemctl show -p Result --value locksmithd.service; timeout 30 sh -c 'until sudo journalctl -b -u locksmithd.service --no-pager -o cat | grep -q \"reboot strategy is .off., shutting down\"; do sleep 0.2; done' && echo logged");
+    assert_eq!(
+        String::from_utf8_lossy(&off.stdout),
+        "inactive\nsuccess\nlogged\n",
+        "REBOOT_STRATEGY=off from a drop-in: {}",
+        String::from_utf8_lossy(&off.stderr)
+    );
+    let back = ssh.ok("sudo rm /etc/systemd/system/locksmithd.service.d/off.conf && sudo systemctl daemon-reload && sudo systemctl start locksmithd.service && systemctl is-active locksmithd.service");
+    assert_eq!(back.trim(), "active");
+
     // update_engine_client as core (Flatcar docs: "update_engine_client -status").
     let status = ssh.ok("update_engine_client -status");
     for key in [
@@ -232,8 +259,9 @@ pub fn flatcar_users_day(ssh: &CoreSsh, version: &str, scratch: &Path) {
     assert!(oem.contains("ext4") && oem.contains("oem_id"), "{oem}");
 }
 
-/// The rest of the day, after the machine's second boot: `flatcar-update --to-payload` refusing
-/// the booted version's own payload by name (and `-A` disabling updates as Flatcar's does),
+/// The rest of the day, after the machine's second boot: `flatcar-update --to-payload` with the
+/// agent masked, unmasking and starting it and refusing the booted version's own payload by
+/// name (and `-A` disabling updates as Flatcar's does),
 /// then `flatcar-reset` keeping named paths and the machine id, Flatcar's
 /// `touch /boot/flatcar/first_boot`, and one reboot: the initramfs deletes the rest of ROOT and
 /// Ignition runs again.
@@ -266,6 +294,8 @@ pub fn flatcar_update_and_reset(
         std::fs::write(&head, bytes).unwrap();
     }
     ssh.copy(&head, "/tmp/flatcar_production_update.gz");
+    // Updates turned off the Flatcar way first: flatcar-update turns the agent back on.
+    ssh.ok("sudo systemctl mask --now update-engine.service");
     let refused =
         ssh.output("sudo flatcar-update --to-payload /tmp/flatcar_production_update.gz -A");
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -278,6 +308,13 @@ pub fn flatcar_update_and_reset(
     );
     let conf = ssh.ok("cat /etc/flatcar/update.conf");
     assert!(conf.ends_with("SERVER=disabled\n"), "-A: {conf}");
+    assert_eq!(
+        ssh.ok(
+            "systemctl is-enabled update-engine.service; systemctl is-active update-engine.service"
+        ),
+        "enabled\nactive\n",
+        "flatcar-update unmasks and starts the agent"
+    );
 
     // flatcar-reset as Flatcar documents it, plus the first-boot flag by hand.
     ssh.ok("sudo mkdir -p /var/log/reset-keep && echo kept | sudo tee /var/log/reset-keep/probe && echo gone | sudo tee /etc/reset-delete-probe");

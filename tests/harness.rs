@@ -39,19 +39,11 @@ pub fn init_binary() -> PathBuf {
 
 /// Wellcar's on-host programs, built by `scripts/build-guest.sh` into `target/release`.
 pub fn usr_binaries() -> Vec<PathBuf> {
-    [
-        "wellcar-update",
-        "wellcar-update-agent",
-        "update_engine_client",
-        "wellcar-install",
-        "locksmithctl",
-        "flatcar-update",
-        "flatcar-reset",
-    ]
-    .iter()
-    .map(|n| workspace().join("target/release").join(n))
-    .filter(|p| p.is_file())
-    .collect()
+    wellcar_image::USR_BINARIES
+        .iter()
+        .map(|n| workspace().join("target/release").join(n))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 /// A finished build.

@@ -1,5 +1,6 @@
 //! The update agent's driver: all the I/O around the pure [`Machine`] — Omaha over HTTP, the
-//! payload installer, slot control, the state store, the clock, the reboot command.
+//! payload installer, slot control, the state store, the clock. Rebooting is not the agent's:
+//! [`crate::locksmithd`] reboots into what it staged.
 //!
 //! Contract: the driver decides nothing about the update itself. Each check reads the
 //! configuration and the host facts, feeds what it observes to [`Machine::step`] and carries out
@@ -40,7 +41,6 @@ use crate::slots::{EspSlots, PartitionWindow, SlotControl, SlotError};
 use crate::state::{AgentState, Offer, StateError, StateStore};
 
 mod install;
-mod reboot;
 #[cfg(test)]
 mod tests;
 
@@ -253,10 +253,7 @@ impl<'a> Run<'a> {
 impl Agent<EspSlots> {
     /// An agent for `paths`, staging through the boot state on the ESP.
     pub fn open(paths: HostPaths) -> Result<Self, AgentError> {
-        let slots = EspSlots {
-            esp: wellcar_bootstate::Esp::new(&paths.esp),
-            mirror_gpt: paths.mirror_gpt.clone(),
-        };
+        let slots = EspSlots::for_paths(&paths);
         Self::with_slots(paths, slots)
     }
 }

@@ -40,7 +40,7 @@ pub enum WaitError {
     #[error(transparent)]
     State(#[from] StateError),
     /// Nobody took the request in time.
-    #[error("the update agent did not take the check request within {0:?} (is update-engine.service running?)")]
+    #[error("the update agent did not take the check request within {0:?} (is {unit} running?)", unit = crate::AGENT_UNIT)]
     NotTaken(Duration),
 }
 

@@ -287,6 +287,9 @@ impl Default for Config {
 }
 
 /// One `KEY=VALUE` with where it came from.
+/// The "path" of settings that came from the environment, in errors.
+pub const ENVIRONMENT_SOURCE: &str = "(environment)";
+
 #[derive(Debug, Clone)]
 struct Setting {
     value: String,
@@ -385,9 +388,46 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// `loaded`, or `last_good` while the files are broken (logged; a daemon keeps running on
+    /// the last good one). A good read becomes the new `last_good`.
+    pub fn reload(loaded: Result<Config, ConfigError>, last_good: &mut Config) -> Config {
+        match loaded {
+            Ok(config) => {
+                *last_good = config.clone();
+                config
+            }
+            Err(e) => {
+                tracing::warn!("{e}; keeping the last good configuration");
+                last_good.clone()
+            }
+        }
+    }
+
     /// Reads and layers `files` (missing ones skipped), then interprets the keys.
     pub fn load(files: &[PathBuf]) -> Result<Self, ConfigError> {
+        Self::load_over_environment(files, std::iter::empty())
+    }
+
+    /// [`Config::load`] over a lowest layer of locksmith's variables from `environment`
+    /// (`REBOOT_STRATEGY` and `LOCKSMITHD_*`, as locksmithd reads them from its unit's
+    /// environment; the rest is ignored). The files win over it, as systemd's
+    /// `EnvironmentFile=` (Flatcar's locksmithd.service reads update.conf so) wins over a
+    /// drop-in's `Environment=`. Errors in a variable name [`ENVIRONMENT_SOURCE`] as the path.
+    pub fn load_over_environment(
+        files: &[PathBuf],
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut settings = BTreeMap::new();
+        for (key, value) in environment {
+            if key == "REBOOT_STRATEGY" || key.starts_with("LOCKSMITHD_") {
+                let setting = Setting {
+                    value,
+                    path: PathBuf::from(ENVIRONMENT_SOURCE),
+                    line: 0,
+                };
+                settings.insert(key, setting);
+            }
+        }
         for path in files {
             match std::fs::read_to_string(path) {
                 Ok(text) => parse_lines(&text, path, &mut settings)?,

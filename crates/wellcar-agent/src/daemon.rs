@@ -1,12 +1,13 @@
-//! The daemon loop: resume an interrupted install, check on schedule and on request, reboot
-//! by strategy (taking and releasing the reboot lock, [`crate::reboot_lock`]).
+//! The update daemon loop (`update-engine.service`): resume an interrupted install, check on
+//! schedule and on request, answer the D-Bus service's requests. It never reboots: as on
+//! Flatcar, a staged update waits in `UPDATE_STATUS_UPDATED_NEED_REBOOT` for the reboot manager
+//! ([`crate::locksmithd`], `locksmithd.service`), so `systemctl mask locksmithd.service` or
+//! `REBOOT_STRATEGY=off` leaves the reboot to the operator.
 //!
-//! One thread does everything in order, so a reboot can never start while an install is in
-//! progress. Configuration is re-read before every check and every reboot decision (no restart
-//! needed after editing `update.conf`). At start a configuration that cannot be read is an
-//! error ([`start_config`]: the daemon refuses to start, naming file, line and key); a file
-//! broken while running keeps the last good configuration for scheduling and reboot decisions
-//! (never the defaults, whose `reboot` strategy would skip a configured lock), and each check
+//! One thread does everything in order. Configuration is re-read before every check (no
+//! restart needed after editing `update.conf`). At start a configuration that cannot be read
+//! is an error ([`start_config`]: the daemon refuses to start, naming file, line and key); a
+//! file broken while running keeps the last good configuration for scheduling, and each check
 //! fails and records the error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,26 +16,16 @@ use std::time::{Duration, Instant};
 use crate::agent::{Agent, InstallSource};
 use crate::config::{Config, ConfigError};
 use crate::pin::CheckRequest;
-use crate::reboot_lock::RebootDriver;
 use crate::schedule;
 use crate::slots::SlotControl;
 
-/// How often the loop wakes to look for requests, the schedule and the reboot window.
+/// How often the loop wakes to look for requests and the schedule.
 pub const TICK: Duration = Duration::from_millis(250);
-
-/// Pause before asking for a reboot again (after a failed or an ignored reboot command).
-pub const REBOOT_RETRY: Duration = crate::reboot_lock::coordinator::REBOOT_RETRY;
 
 /// The configuration the daemon starts with: any error (an unknown `REBOOT_STRATEGY`, a bad
 /// value) refuses the start.
 pub fn start_config<S: SlotControl>(agent: &Agent<S>) -> Result<Config, ConfigError> {
-    let config = Config::load(&agent.paths().config_files)?;
-    tracing::info!(
-        strategy = config.reboot_strategy.name(),
-        lock = ?crate::reboot_lock::lock_kind(&config),
-        "reboot strategy"
-    );
-    Ok(config)
+    Config::load(&agent.paths().config_files)
 }
 
 /// A request to the loop from another thread of the daemon (the D-Bus service,
@@ -73,7 +64,6 @@ pub fn run_with_requests<S: SlotControl>(
             .as_secs(),
         "first update check scheduled"
     );
-    let mut reboots = RebootDriver::new();
     while !stop.load(Ordering::SeqCst) {
         while let Ok(request) = requests.try_recv() {
             match request {
@@ -122,7 +112,7 @@ pub fn run_with_requests<S: SlotControl>(
             if let Err(e) = agent.record_check(result, id) {
                 tracing::error!("{e:#}");
             }
-            let config = reload(&agent.paths().config_files, &mut last_good);
+            let config = Config::reload(Config::load(&agent.paths().config_files), &mut last_good);
             let delay = schedule::next_delay(
                 &config,
                 agent.state().consecutive_failures(),
@@ -132,23 +122,6 @@ pub fn run_with_requests<S: SlotControl>(
             tracing::debug!(in_secs = delay.as_secs(), "next update check scheduled");
             next_check = Instant::now() + delay;
         }
-        let config = reload(&agent.paths().config_files, &mut last_good);
-        reboots.tick(agent, &config, &jiff::Zoned::now());
         std::thread::sleep(TICK);
-    }
-}
-
-/// The configuration now, or the last good one while the files are broken (the check itself
-/// reports the error).
-fn reload(files: &[std::path::PathBuf], last_good: &mut Config) -> Config {
-    match Config::load(files) {
-        Ok(config) => {
-            *last_good = config.clone();
-            config
-        }
-        Err(e) => {
-            tracing::warn!("{e}; keeping the last good configuration");
-            last_good.clone()
-        }
     }
 }

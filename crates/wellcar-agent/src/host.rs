@@ -158,6 +158,15 @@ impl HostPaths {
     }
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`, braces tolerated).
+pub fn read_boot_id(paths: &HostPaths) -> Result<String, HostError> {
+    Ok(read(&paths.boot_id)?
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .to_owned())
+}
+
 fn read(path: &Path) -> Result<String, HostError> {
     std::fs::read_to_string(path).map_err(|source| HostError::Read {
         path: path.to_owned(),
@@ -256,11 +265,7 @@ impl HostFacts {
                 what: "machine id is empty".into(),
             });
         }
-        let boot_id = read(&paths.boot_id)?
-            .trim()
-            .trim_start_matches('{')
-            .trim_end_matches('}')
-            .to_owned();
+        let boot_id = read_boot_id(paths)?;
         let (oem, oem_version) = paths
             .oem_release
             .iter()

@@ -1,6 +1,8 @@
-//! The Wellcar update agent (`wellcar-update-agent`): finds the next version through Omaha,
-//! installs it into the inactive USR slot without touching the running system, reboots when
-//! the operator's strategy allows, and reports every step to the server.
+//! The Wellcar update agent (`wellcar-update-agent`, `update-engine.service`): finds the next
+//! version through Omaha, installs it into the inactive USR slot without touching the running
+//! system and reports every step to the server; and its reboot manager (`locksmithd`,
+//! `locksmithd.service`), which reboots into the staged version when the operator's strategy
+//! allows.
 //!
 //! Pieces:
 //! - [`config`]: `update.conf` (Flatcar's keys), layered;
@@ -16,14 +18,15 @@
 //! - [`schedule`], [`window`]: when to check and when to reboot;
 //! - [`reboot_lock`]: the reboot strategies that take a lock before rebooting (FleetLock,
 //!   locksmith's etcd semaphore, `best-effort`) and release it once the new boot is marked
-//!   good; the decisions are pure ([`reboot_lock::coordinator`]);
+//!   good; the decisions are pure ([`reboot_lock::coordinator`]); [`locksmithd`]: the reboot
+//!   manager's loop, a separate process that only reads the agent's state;
 //! - [`pin`]: pinned installs (`flatcar-update --to-version`/`--to-payload`);
 //! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs;
 //! - [`dbus`]: update_engine's `com.coreos.update1` D-Bus API, served by the daemon.
 //!
 //! Guarantees: the booted slot is never written; nothing is marked bootable before the
-//! payload's signature, every blob and the read-back image verified; no reboot while an install
-//! is in progress; every state change is durable before the next step, so `kill -9` at any
+//! payload's signature, every blob and the read-back image verified; no reboot unless the
+//! agent's persisted state says an update is staged (so never while an install is in progress); every state change is durable before the next step, so `kill -9` at any
 //! point resumes correctly (an interrupted download resumes with HTTP Range); the inactive slot
 //! is invalidated only after the payload is authenticated; with a lock strategy, no reboot
 //! without the lock, and the lock is released only once the booted slot is marked good; with `SERVER_PUBLIC_KEY` set, no
@@ -38,6 +41,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod host;
 pub mod http;
+pub mod locksmithd;
 pub mod machine;
 pub mod migrate;
 pub mod pin;
@@ -51,6 +55,12 @@ pub mod window;
 mod agent_tests;
 
 pub use agent::{Agent, AgentError, CheckOutcome, InstallSource};
+
+/// The agent's systemd unit (update_engine's name on Flatcar).
+pub const AGENT_UNIT: &str = "update-engine.service";
+
+/// The reboot manager's systemd unit (locksmith's name on Flatcar).
+pub const REBOOT_MANAGER_UNIT: &str = "locksmithd.service";
 pub use config::{Config, RebootStrategy};
 pub use host::{HostFacts, HostPaths};
 pub use machine::{Effect, Input, Machine};

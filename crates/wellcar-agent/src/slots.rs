@@ -62,6 +62,14 @@ pub struct EspSlots {
 }
 
 impl EspSlots {
+    /// The boot state on the ESP `paths` names (mirrored into `paths.mirror_gpt` if set).
+    pub fn for_paths(paths: &crate::host::HostPaths) -> Self {
+        Self {
+            esp: Esp::new(&paths.esp),
+            mirror_gpt: paths.mirror_gpt.clone(),
+        }
+    }
+
     fn mirror(&self, loaded: &wellcar_bootstate::Loaded) {
         if let Some(disk) = &self.mirror_gpt {
             if let Err(e) = wellcar_bootstate::gptprio::mirror(disk, &loaded.state) {

@@ -10,6 +10,8 @@
 //! - `-A/--disable-afterwards`: `SERVER=disabled` replaces any `SERVER=` line of
 //!   `/etc/flatcar/update.conf` once the command is done, also after a failed install (as
 //!   Flatcar's script does);
+//! - first, as Flatcar's script, the agent's unit (`update-engine.service`) is unmasked and
+//!   started: masking it is how updates are turned off, and this command turns them on;
 //! - an update staged and not booted yet is an error naming `update_engine_client
 //!   -reset_status`; the install itself is the agent's (`wellcar_agent::client`), and the
 //!   command waits for its result.
@@ -137,8 +139,16 @@ impl InstallOpts {
     }
 }
 
-/// `install`: asks the agent for the pinned install and waits for it; then `-A`.
+/// `install`: unmasks and starts the agent's unit, asks the agent for the pinned install and
+/// waits for it; then `-A`.
 pub fn install(opts: &InstallOpts, on_event: &mut impl FnMut(Event)) -> anyhow::Result<()> {
+    opts.pin()?;
+    for action in ["unmask", "start"] {
+        wellcar_contract::command::run(
+            std::process::Command::new("systemctl").args([action, wellcar_agent::AGENT_UNIT]),
+        )
+        .with_context(|| format!("systemctl {action} {}", wellcar_agent::AGENT_UNIT))?;
+    }
     install_with(&crate::update::state_store(), opts, &mut |p| {
         on_event(Event::Check(p))
     })

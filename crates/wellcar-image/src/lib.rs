@@ -39,6 +39,19 @@ use error::IoContext;
 use wellcar_contract::RootHash;
 use wellcar_disk::{layout::LAYOUT, USR_DATA_BLOCKS, USR_EXTRACT_SIZE, USR_VERITY_HASH_OFFSET};
 
+/// Wellcar's programs that run on the host OS (built by `scripts/build-guest.sh` into
+/// `target/release`), installed into `/usr/bin` of every image.
+pub const USR_BINARIES: &[&str] = &[
+    "wellcar-update",
+    "wellcar-update-agent",
+    "locksmithd",
+    "update_engine_client",
+    "locksmithctl",
+    "wellcar-install",
+    "flatcar-update",
+    "flatcar-reset",
+];
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -52,7 +65,7 @@ pub struct BuildOptions {
     pub source_date_epoch: u64,
     /// The static `/init` binary for the initramfs.
     pub init_binary: PathBuf,
-    /// Wellcar's own programs for the running system (`wellcar-update`, the update agent), installed into
+    /// Wellcar's own programs for the running system ([`USR_BINARIES`]), installed into
     /// `/usr/bin` under their file names.
     pub usr_binaries: Vec<PathBuf>,
     /// Key that signs the update payload; `None` uses the development key under the user's

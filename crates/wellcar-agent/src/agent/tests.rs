@@ -1,11 +1,7 @@
-//! Unit tests of the driver: request shape, reboot decisions and commands.
+//! Unit tests of the driver: progress and request shape.
 
 use super::install::ProgressReader;
 use super::*;
-use crate::config::RebootStrategy;
-use crate::state::{Phase, StagedUpdate};
-use crate::window::RebootWindow;
-use wellcar_contract::error_chain;
 use wellcar_disk::Slot;
 
 #[test]
@@ -23,25 +19,6 @@ fn progress_reader_reports_each_percent_once() {
     let mut buf = [0u8; 3];
     while std::io::Read::read(&mut reader, &mut buf).unwrap() > 0 {}
     assert_eq!(seen, (0..=100).collect::<Vec<_>>());
-}
-
-fn offer() -> crate::state::Offer {
-    crate::state::Offer {
-        version: "1.1.0".into(),
-        urls: vec!["http://u/p".into()],
-        size: 10,
-        sha256: "ab".repeat(32),
-        target: Slot::B,
-    }
-}
-
-fn staged() -> Phase {
-    Phase::Staged(StagedUpdate {
-        version: "1.1.0".into(),
-        size: 10,
-        slot: Slot::B,
-        boot_id: "b".into(),
-    })
 }
 
 fn agent_in(dir: &std::path::Path) -> Agent<EspSlots> {
@@ -94,89 +71,4 @@ fn request_has_update_engine_shape_and_boot_report() {
     let parsed = wellcar_omaha::Request::parse(xml.as_bytes()).unwrap();
     assert_eq!(parsed.apps[0].events.len(), 1);
     assert!(agent.state().previous_version.is_none(), "reported once");
-}
-
-#[test]
-fn reboot_waits_for_strategy_and_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut agent = agent_in(dir.path());
-    // 2026-11-25 is a Wednesday.
-    let now: jiff::civil::DateTime = "2026-11-25T04:00:00".parse().unwrap();
-    let now = now.to_zoned(jiff::tz::TimeZone::UTC).unwrap();
-    let mut config = Config::default();
-    assert_eq!(agent.reboot_wait(&config, &now), None, "nothing staged");
-    agent.machine.state_mut().phase = staged();
-    assert_eq!(agent.reboot_wait(&config, &now), Some(Duration::ZERO));
-    config.reboot_window =
-        Some(RebootWindow::parse("Thu 04:00", Duration::from_secs(3600)).unwrap());
-    assert_eq!(
-        agent.reboot_wait(&config, &now),
-        Some(Duration::from_secs(24 * 3600))
-    );
-    config.reboot_strategy = RebootStrategy::Off;
-    assert_eq!(agent.reboot_wait(&config, &now), None);
-    agent.machine.state_mut().phase = Phase::Downloading(crate::state::Download::start(offer()));
-    config.reboot_strategy = RebootStrategy::Reboot;
-    config.reboot_window = None;
-    assert_eq!(agent.reboot_wait(&config, &now), None, "never mid-install");
-}
-
-#[test]
-fn reboot_warns_logged_in_users_and_refuses_mid_install() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut agent = agent_in(dir.path());
-    let marker = dir.path().join("rebooted");
-    let wall = dir.path().join("wall.txt");
-    agent.paths.reboot_command = vec!["touch".into(), marker.display().to_string()];
-    agent.paths.who_command = vec!["echo".into(), "core pts/0".into()];
-    agent.paths.wall_command = vec![
-        "sh".into(),
-        "-c".into(),
-        format!("printf %s \"$1\" > {}", wall.display()),
-        "sh".into(),
-    ];
-    agent.machine.state_mut().phase = Phase::Verifying(crate::state::Download::start(offer()));
-    let err = agent.reboot(Duration::ZERO).unwrap_err().to_string();
-    assert!(err.contains("VERIFYING"), "{err}");
-    assert!(!marker.exists() && !wall.exists());
-    agent.machine.state_mut().phase = staged();
-    agent.reboot(Duration::from_millis(10)).unwrap();
-    assert!(marker.exists());
-    let message = std::fs::read_to_string(&wall).unwrap();
-    assert!(
-        message.contains("1.1.0") && message.contains("reboot"),
-        "{message}"
-    );
-    // Nobody logged in: no broadcast.
-    std::fs::remove_file(&wall).unwrap();
-    agent.paths.who_command = vec!["true".into()];
-    agent.reboot(Duration::from_secs(3600)).unwrap();
-    assert!(!wall.exists());
-}
-
-#[test]
-fn a_failed_reboot_command_is_an_error_with_its_stderr() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut agent = agent_in(dir.path());
-    agent.paths.who_command = vec!["true".into()];
-    agent.paths.reboot_command = vec![
-        "sh".into(),
-        "-c".into(),
-        "echo 'Access denied' >&2; exit 1".into(),
-    ];
-    agent.machine.state_mut().phase = staged();
-    let err = agent.reboot(Duration::ZERO).unwrap_err();
-    let AgentError::Reboot { version, source } = &err else {
-        panic!("{err:?}");
-    };
-    assert_eq!(version, "1.1.0");
-    assert_eq!(source.status().and_then(|s| s.code()), Some(1));
-    let line = error_chain(&err);
-    assert!(
-        line.starts_with("rebooting into 1.1.0: `sh -c ") && line.ends_with(": Access denied"),
-        "{line}"
-    );
-    agent.paths.reboot_command = Vec::new();
-    let err = error_chain(&agent.reboot(Duration::ZERO).unwrap_err());
-    assert!(err.ends_with("cannot run ``: empty command"), "{err}");
 }

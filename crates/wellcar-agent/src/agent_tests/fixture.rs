@@ -380,15 +380,15 @@ pub(crate) fn key() -> SigningKey {
     wellcar_test_support::build::signing_key()
 }
 
-/// The daemon binary next to this test binary (`target/<profile>/`); cargo builds it for
-/// the integration test in `tests/`.
-pub(crate) fn daemon_binary() -> PathBuf {
+/// The agent's binary `name` next to this test binary (`target/<profile>/`); cargo builds
+/// the crate's binaries for its tests.
+fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let path = exe
         .parent()
         .and_then(|deps| deps.parent())
         .unwrap()
-        .join("wellcar-update-agent");
+        .join(name);
     assert!(
         path.exists(),
         "{} is missing: run through `cargo test -p wellcar-agent`",
@@ -397,51 +397,86 @@ pub(crate) fn daemon_binary() -> PathBuf {
     path
 }
 
-/// A running daemon process, SIGKILLed when dropped (also when a test fails half-way, so no
-/// daemon outlives its test).
-pub(crate) struct Daemon(pub(crate) std::process::Child);
+/// The update daemon's binary.
+pub(crate) fn daemon_binary() -> PathBuf {
+    sibling_binary("wellcar-update-agent")
+}
+
+/// The reboot manager's binary.
+pub(crate) fn locksmithd_binary() -> PathBuf {
+    sibling_binary("locksmithd")
+}
+
+/// A running host's update services: the agent daemon (`update-engine.service`) and, when the
+/// test gives a reboot command, `locksmithd` beside it (`locksmithd.service`), both below the
+/// same root. Both are SIGKILLed when dropped (also when a test fails half-way, so none
+/// outlives its test).
+pub(crate) struct Daemon {
+    agent: std::process::Child,
+    locksmithd: Option<std::process::Child>,
+}
 
 impl Daemon {
-    /// Starts the daemon binary for the host below `root`.
+    /// Starts the services for the host below `root`: `args` go to the agent, except
+    /// `--reboot-command CMD`, which starts locksmithd with it.
     pub(crate) fn start(root: &Path, args: &[String]) -> Self {
-        Self::spawn(root, args, "warn", std::process::Stdio::null())
+        Self::spawn(root, args, "warn", || std::process::Stdio::null())
     }
 
-    /// [`Daemon::start`] logging at `info` to the end of `log`.
+    /// [`Daemon::start`] logging at `info` to the end of `log` (both processes).
     pub(crate) fn start_logging(root: &Path, args: &[String], log: &Path) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        Self::spawn(root, args, "info", file.into())
+        Self::spawn(root, args, "info", || file.try_clone().unwrap().into())
     }
 
-    fn spawn(root: &Path, args: &[String], level: &str, stderr: std::process::Stdio) -> Self {
+    fn spawn(
+        root: &Path,
+        args: &[String],
+        level: &str,
+        stderr: impl Fn() -> std::process::Stdio,
+    ) -> Self {
+        let mut agent_args = Vec::new();
+        let mut reboot_command = None;
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            if arg == "--reboot-command" {
+                reboot_command = rest.next().cloned();
+            } else {
+                agent_args.push(arg.clone());
+            }
+        }
         // Never the machine's system bus: a test that wants the D-Bus API passes its own.
-        let no_bus = if args.iter().any(|a| a == "--dbus-address") {
-            vec![]
-        } else {
-            vec!["--dbus-address", "none"]
+        if !agent_args.iter().any(|a| a == "--dbus-address") {
+            agent_args.extend(["--dbus-address".to_owned(), "none".to_owned()]);
+        }
+        let spawn = |binary: PathBuf, args: &[String]| {
+            std::process::Command::new(binary)
+                .arg("--root")
+                .arg(root)
+                .args(args)
+                .env("RUST_LOG", level)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(stderr())
+                .spawn()
+                .unwrap()
         };
-        let child = std::process::Command::new(daemon_binary())
-            .arg("--root")
-            .arg(root)
-            .args(no_bus)
-            .args(args)
-            .env("RUST_LOG", level)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Daemon(child)
+        let agent = spawn(daemon_binary(), &agent_args);
+        let locksmithd = reboot_command
+            .map(|cmd| spawn(locksmithd_binary(), &["--reboot-command".to_owned(), cmd]));
+        Daemon { agent, locksmithd }
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL and reap both.
     pub(crate) fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        for child in std::iter::once(&mut self.agent).chain(self.locksmithd.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use wellcar_agent::{Agent, HostPaths, InstallSource};
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Wellcar update agent: Omaha checks, A/B install, reboot by strategy"
+    about = "Wellcar update agent: Omaha checks and A/B installs (locksmithd reboots)"
 )]
 struct Opts {
     /// Use the system layout below this directory (tests, chroots).
@@ -29,9 +29,6 @@ struct Opts {
     /// The state directory.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// The reboot command, split on whitespace.
-    #[arg(long)]
-    reboot_command: Option<String>,
     /// Bytes written between durable download checkpoints.
     #[arg(long)]
     sync_interval: Option<u64>,
@@ -76,13 +73,6 @@ fn run(opts: Opts) -> anyhow::Result<()> {
     }
     if let Some(dir) = opts.state_dir {
         paths.state_dir = dir;
-    }
-    if let Some(cmd) = &opts.reboot_command {
-        paths.reboot_command = cmd.split_whitespace().map(str::to_owned).collect();
-        anyhow::ensure!(
-            !paths.reboot_command.is_empty(),
-            "--reboot-command is empty"
-        );
     }
     let mut agent = Agent::open(paths).context("starting the update agent")?;
     if let Some(n) = opts.sync_interval {

@@ -277,3 +277,48 @@ fn download_credentials_need_a_user() {
         .to_string();
     assert!(err.contains("cannot contain ':'"), "{err}");
 }
+
+/// locksmithd's unit environment is the lowest layer: a drop-in's `REBOOT_STRATEGY` or
+/// `LOCKSMITHD_*` applies unless update.conf sets the key; other variables are ignored; a bad
+/// value names `(environment)`.
+#[test]
+fn locksmiths_environment_is_below_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("update.conf");
+    std::fs::write(&file, "GROUP=beta\n").unwrap();
+    let env = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let files = [file.clone()];
+    let config = Config::load_over_environment(
+        &files,
+        env(&[
+            ("REBOOT_STRATEGY", "off"),
+            ("GROUP", "ignored"),
+            ("LOCKSMITHD_REBOOT_WINDOW_START", "Thu 04:00"),
+            ("LOCKSMITHD_REBOOT_WINDOW_LENGTH", "1h"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.reboot_strategy, RebootStrategy::Off);
+    assert_eq!(
+        config.group, "beta",
+        "only locksmith's keys come from the environment"
+    );
+    assert!(config.reboot_window.is_some());
+    std::fs::write(&file, "REBOOT_STRATEGY=reboot\n").unwrap();
+    let config = Config::load_over_environment(&files, env(&[("REBOOT_STRATEGY", "off")])).unwrap();
+    assert_eq!(
+        config.reboot_strategy,
+        RebootStrategy::Reboot,
+        "the file wins"
+    );
+    std::fs::write(&file, "").unwrap();
+    let err = Config::load_over_environment(&files, env(&[("REBOOT_STRATEGY", "sometimes")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("(environment):0: REBOOT_STRATEGY"), "{err}");
+}

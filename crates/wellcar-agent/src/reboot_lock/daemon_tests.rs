@@ -23,7 +23,7 @@ use wellcar_test_support::wait::wait_until;
 
 use super::fleetlock::{FleetLockClient, FleetLockError};
 use super::{LockError, RebootLock};
-use crate::agent_tests::fixture::{daemon_binary, Daemon};
+use crate::agent_tests::fixture::{daemon_binary, locksmithd_binary, Daemon};
 use crate::config::Config;
 use crate::host::HostPaths;
 use crate::state::{AgentState, Phase, StagedUpdate, StateStore};
@@ -251,35 +251,47 @@ impl StagedHost {
             .unwrap();
     }
 
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// The agent and locksmithd for this host, logging to [`StagedHost::log`].
     fn daemon(&self) -> Daemon {
-        Daemon::start(
+        Daemon::start_logging(
             &self.root(),
             &[
                 "--reboot-command".into(),
                 format!("touch {}", self.rebooted().display()),
             ],
+            &self.log(),
         )
+    }
+
+    /// A wait (for [`blocking`] or to call) until the log holds `text` `times` times in all
+    /// (locksmithd logs each start of a wait once: see [`crate::reboot_lock::RebootDriver`]).
+    fn log_waiter(&self, text: &'static str, times: usize) -> impl FnOnce() + Send + 'static {
+        let log = self.log();
+        move || {
+            wait_until(
+                &format!("{text:?} logged {times} times"),
+                Duration::from_secs(30),
+                || {
+                    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+                    (seen.matches(text).count() >= times).then_some(())
+                },
+            )
+        }
     }
 }
 
-/// Two on-demand checks handled by the daemon of `state_dir`: its loop has run at least one
-/// whole tick (reboot decision included) since the first was asked.
-fn two_ticks(state_dir: &Path) {
-    let store = StateStore::new(state_dir);
-    for _ in 0..2 {
-        let id = crate::client::request_check(&store).unwrap();
-        wait_until(
-            "the daemon to handle a check request",
-            Duration::from_secs(30),
-            || {
-                store
-                    .load()
-                    .ok()
-                    .filter(|s| s.handled_request.as_deref() == Some(id.as_str()))
-            },
-        );
-    }
-}
+/// What locksmithd logs when a staged update waits for the reboot window.
+const WAITING_FOR_WINDOW: &str = "update staged, waiting for the reboot window";
+
+/// What locksmithd logs when it keeps the lock until the new boot is marked good.
+const WAITING_FOR_GOOD: &str = "booted slot not marked good yet, keeping the reboot lock";
+
+/// What locksmithd logs when the lock is refused.
+const LOCK_REFUSED: &str = "reboot lock not taken";
 
 fn put(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -395,8 +407,8 @@ async fn fleetlock_no_reboot_without_the_lock_release_once_marked_good() {
     assert_eq!(host.reboot_into_next(), Slot::B);
     let mut daemon = host.daemon();
     let before = lock.seen().len();
-    let state_dir = host.paths.state_dir.clone();
-    blocking(move || two_ticks(&state_dir)).await;
+    let waiting = host.log_waiter(WAITING_FOR_GOOD, 1);
+    blocking(waiting).await;
     assert_eq!(
         lock.seen()[before..],
         [],
@@ -450,8 +462,8 @@ async fn fleetlock_release_at_start_and_the_window_is_respected() {
     })
     .await;
     assert_eq!(lock.holders().await, Vec::<String>::new());
-    let state_dir = host.paths.state_dir.clone();
-    blocking(move || two_ticks(&state_dir)).await;
+    let waiting = host.log_waiter(WAITING_FOR_WINDOW, 1);
+    blocking(waiting).await;
     assert_eq!(
         lock.seen(),
         [("steady-state".to_owned(), MACHINE.to_owned(), 200)],
@@ -495,24 +507,73 @@ async fn unknown_strategy_refuses_to_start() {
         ),
     ] {
         let host = StagedHost::new(config);
-        let root = host.root();
-        let out = blocking(move || {
-            std::process::Command::new(daemon_binary())
-                .arg("--root")
-                .arg(root)
-                .arg("--reboot-command")
-                .arg("false")
-                .output()
-                .unwrap()
-        })
-        .await;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
-        assert!(stderr.contains(wanted), "{stderr}");
-        assert!(
-            stderr.contains("etc/wellcar/update.conf:4: REBOOT_STRATEGY"),
-            "{stderr}"
-        );
-        assert!(!host.rebooted().exists());
+        for binary in [daemon_binary(), locksmithd_binary()] {
+            let root = host.root();
+            let rebooted = host.rebooted();
+            let out = blocking(move || {
+                let mut command = std::process::Command::new(&binary);
+                command.arg("--root").arg(root);
+                if binary == locksmithd_binary() {
+                    command
+                        .arg("--reboot-command")
+                        .arg(format!("touch {}", rebooted.display()));
+                } else {
+                    command.args(["--dbus-address", "none"]);
+                }
+                command.output().unwrap()
+            })
+            .await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{stderr}");
+            assert!(stderr.contains(wanted), "{stderr}");
+            assert!(
+                stderr.contains("etc/wellcar/update.conf:4: REBOOT_STRATEGY"),
+                "{stderr}"
+            );
+            assert!(!host.rebooted().exists());
+        }
     }
+}
+
+/// `REBOOT_STRATEGY=off`: locksmithd exits at once, successfully, saying why (as locksmith
+/// does); the agent alone never reboots (what `systemctl mask locksmithd.service` leaves) and
+/// still answers, with the update staged.
+#[test]
+fn strategy_off_stops_locksmithd_and_the_agent_alone_never_reboots() {
+    let host = StagedHost::new("REBOOT_STRATEGY=off\n");
+    let out = std::process::Command::new(locksmithd_binary())
+        .arg("--root")
+        .arg(host.root())
+        .arg("--reboot-command")
+        .arg(format!("touch {}", host.rebooted().display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reboot strategy is \"off\", shutting down"),
+        "{stderr}"
+    );
+    // Strategy `reboot`, but no locksmithd: the agent handles check requests, never reboots.
+    host.configure("REBOOT_STRATEGY=reboot\n");
+    let _agent = Daemon::start(&host.root(), &[]);
+    let store = StateStore::new(&host.paths.state_dir);
+    for _ in 0..2 {
+        let id = crate::client::request_check(&store).unwrap();
+        wait_until(
+            "the agent to handle a check request",
+            Duration::from_secs(30),
+            || {
+                store
+                    .load()
+                    .ok()
+                    .filter(|s| s.handled_request.as_deref() == Some(id.as_str()))
+            },
+        );
+    }
+    assert!(!host.rebooted().exists(), "the agent rebooted by itself");
+    assert_eq!(
+        store.load().unwrap().operation(),
+        crate::state::Operation::UpdatedNeedReboot
+    );
 }

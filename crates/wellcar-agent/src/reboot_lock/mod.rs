@@ -1,6 +1,7 @@
 //! Reboot coordination: which reboot strategies take a lock, the lock backends (FleetLock,
-//! locksmith's etcd semaphore), and the daemon's per-tick driver around the pure
-//! [`coordinator::Coordinator`].
+//! locksmith's etcd semaphore), the host the reboot manager acts on ([`host::RebootHost`]) and
+//! its per-tick driver around the pure [`coordinator::Coordinator`]. The process that runs it
+//! is `locksmithd` ([`crate::locksmithd`]), as on Flatcar; the update agent never reboots.
 //!
 //! Contract:
 //! - Strategies ([`crate::config::RebootStrategy`]): `reboot` reboots when an update is staged
@@ -11,7 +12,7 @@
 //! - "Marked good" is the booted slot's boot state (successful, non-zero priority; what
 //!   `wellcar-mark-good.service` sets after the health checks), read through
 //!   [`crate::slots::SlotControl::booted_is_good`].
-//! - At start the agent assumes it may hold the lock from before (a reboot, a `kill -9`) and
+//! - At start locksmithd assumes it may hold the lock from before (a reboot, a `kill -9`) and
 //!   releases it once the booted slot is good, retrying with backoff, as Zincati
 //!   (steady-state at start) and locksmithd (unlock at start) do. Release is idempotent on
 //!   both backends, so nothing about the lock is persisted in the state.
@@ -22,16 +23,17 @@
 pub mod coordinator;
 pub mod etcd;
 pub mod fleetlock;
+pub mod host;
 
 #[cfg(test)]
 mod daemon_tests;
 
 use std::time::Instant;
 
-use crate::agent::Agent;
 use crate::config::{Config, RebootStrategy};
 use crate::slots::SlotControl;
 use coordinator::{Coordinator, Step, Tick};
+use host::RebootHost;
 
 /// Why a lock or unlock did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -101,14 +103,20 @@ pub fn open(
     })
 }
 
-/// The daemon's reboot decisions and the lock I/O they lead to.
+/// locksmithd's reboot decisions and the lock I/O they lead to.
+///
+/// Waiting is logged once when it starts (a staged update outside the window; a held lock
+/// while the new boot is not marked good yet), so the journal says why no reboot or release
+/// happened.
 #[derive(Debug, Default)]
 pub struct RebootDriver {
     coordinator: Coordinator,
+    waiting_for_window: bool,
+    waiting_for_good: bool,
 }
 
 impl RebootDriver {
-    /// A driver for a freshly started daemon (a lock from before is released once steady).
+    /// A driver for a freshly started locksmithd (a lock from before is released once steady).
     pub fn new() -> Self {
         Self::default()
     }
@@ -118,25 +126,36 @@ impl RebootDriver {
         &self.coordinator
     }
 
-    /// One daemon tick: reboot, lock or release as [`Coordinator::step`] decides, with
-    /// `config` read for this tick and `now` the local time (for the window).
+    /// One tick: reboot, lock or release as [`Coordinator::step`] decides, with `config` and
+    /// the agent's state read for this tick and `now` the local time (for the window).
     pub fn tick<S: SlotControl>(
         &mut self,
-        agent: &mut Agent<S>,
+        host: &mut RebootHost<S>,
         config: &Config,
         now: &jiff::Zoned,
     ) {
         let kind = lock_kind(config);
+        let wait = host.reboot_wait(config, now);
+        let window_closed = wait.filter(|d| !d.is_zero());
+        if window_closed.is_some() != self.waiting_for_window {
+            self.waiting_for_window = window_closed.is_some();
+            if let Some(d) = window_closed {
+                tracing::info!(
+                    opens_in_secs = d.as_secs(),
+                    "update staged, waiting for the reboot window"
+                );
+            }
+        }
         let tick = Tick {
             now: Instant::now(),
-            reboot_allowed: agent.reboot_wait(config, now) == Some(std::time::Duration::ZERO),
+            reboot_allowed: wait == Some(std::time::Duration::ZERO),
             uses_lock: kind.is_some(),
             retry_delay: config.lock_retry_delay,
             jitter: crate::schedule::random_unit(),
         };
         match self.coordinator.step(&tick) {
             Step::Wait => {}
-            Step::Reboot => match agent.reboot(config.reboot_warning) {
+            Step::Reboot => match host.reboot(config.reboot_warning) {
                 Ok(()) => self.coordinator.reboot_started(Instant::now()),
                 Err(e) => {
                     tracing::error!(
@@ -150,7 +169,7 @@ impl RebootDriver {
             Step::Acquire => {
                 let result = kind
                     .ok_or_else(|| "no lock".to_owned())
-                    .and_then(|kind| self.with_lock(agent, config, kind, |lock| lock.acquire()));
+                    .and_then(|kind| self.with_lock(host, config, kind, |lock| lock.acquire()));
                 match result {
                     Ok(what) => {
                         tracing::info!(lock = %what, "reboot lock taken");
@@ -163,9 +182,15 @@ impl RebootDriver {
                 }
             }
             Step::ReleaseIfSteady => {
-                match agent.booted_is_good() {
-                    Ok(true) => {}
+                match host.booted_is_good() {
+                    Ok(true) => self.waiting_for_good = false,
                     Ok(false) => {
+                        if !self.waiting_for_good {
+                            self.waiting_for_good = true;
+                            tracing::info!(
+                                "booted slot not marked good yet, keeping the reboot lock"
+                            );
+                        }
                         self.coordinator.not_steady(tick.now);
                         return;
                     }
@@ -180,7 +205,7 @@ impl RebootDriver {
                 }
                 let result = kind
                     .ok_or_else(|| "no lock".to_owned())
-                    .and_then(|kind| self.with_lock(agent, config, kind, |lock| lock.release()));
+                    .and_then(|kind| self.with_lock(host, config, kind, |lock| lock.release()));
                 match result {
                     Ok(what) => {
                         tracing::info!(lock = %what, "reboot lock released (booted slot is good)");
@@ -201,12 +226,12 @@ impl RebootDriver {
     /// names what failed.
     fn with_lock<S: SlotControl>(
         &self,
-        agent: &Agent<S>,
+        host: &RebootHost<S>,
         config: &Config,
         kind: LockKind,
         op: impl FnOnce(&mut dyn RebootLock) -> Result<(), LockError>,
     ) -> Result<String, String> {
-        let machine_id = agent
+        let machine_id = host
             .machine_id()
             .map_err(|e| wellcar_contract::error_chain(&e))?;
         let mut lock = open(kind, config, &machine_id).map_err(|e| e.to_string())?;

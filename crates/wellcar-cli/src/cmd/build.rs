@@ -158,24 +158,13 @@ fn default_init_binary() -> anyhow::Result<PathBuf> {
     Ok(target.join("x86_64-unknown-linux-gnu/initramfs/wellcar-init"))
 }
 
-/// Wellcar's programs that run on the host OS, installed into every image.
-pub const USR_BINARIES: &[&str] = &[
-    "wellcar-update",
-    "wellcar-update-agent",
-    "update_engine_client",
-    "locksmithctl",
-    "wellcar-install",
-    "flatcar-update",
-    "flatcar-reset",
-];
-
 /// The on-host programs built next to this executable (`cargo build --release` puts them there);
 /// names not built yet are skipped with a warning.
 fn default_usr_binaries() -> anyhow::Result<Vec<PathBuf>> {
     let exe = std::env::current_exe().context("locating the wellcar executable")?;
     let dir = exe.parent().context("wellcar has no parent directory")?;
     let mut found = Vec::new();
-    for name in USR_BINARIES {
+    for name in wellcar_image::USR_BINARIES {
         let p = dir.join(name);
         if p.is_file() {
             found.push(p);

@@ -7,8 +7,9 @@
 //! Contract:
 //! - Size bound: one file's contents plus fragments are at most
 //!   [`FetchOptions::max_file_bytes`](crate::fetch::FetchOptions::max_file_bytes) (4 GiB by
-//!   default), and all staged files together at most the staging filesystem's free space less
-//!   5 % of its size (kept for the boot's own writes). Past either, the fetch stops with
+//!   default), and all staged files together at most the staging filesystem's free space
+//!   (`f_bavail`, which already leaves the filesystem's reserved blocks) less a margin kept
+//!   for the boot's own writes: 5 % of its size, at most [`STAGING_MARGIN_MAX`]. Past either, the fetch stops with
 //!   [`FetchError::TooLarge`](crate::fetch::FetchError::TooLarge) naming the URL: a gzip bomb
 //!   writes at most the bound, once.
 //! - Staged files are fsynced; [`place`] renames one onto its final path (same filesystem) or,
@@ -56,13 +57,23 @@ fn io_at(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ApplyErro
     move |source| ApplyError::Io(PathIoError::new(what, path, source))
 }
 
-/// Free bytes for staging on the filesystem holding `dir`: available less 5 % of the size.
+/// The largest margin staging leaves free for the boot's own writes.
+pub(crate) const STAGING_MARGIN_MAX: u64 = 64 << 20;
+
+/// Free bytes for staging on the filesystem holding `dir`.
 fn staging_budget(dir: &Path) -> Result<u64, ApplyError> {
     let st = rustix::fs::statvfs(dir)
         .map_err(|e| io_at("inspecting free space of", dir)(io::Error::from(e)))?;
-    let available = st.f_bavail.saturating_mul(st.f_frsize);
-    let reserve = st.f_blocks.saturating_mul(st.f_frsize) / 20;
-    Ok(available.saturating_sub(reserve))
+    Ok(budget_from(
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
+}
+
+/// Staging may use the available bytes less 5 % of the filesystem's size, capped at
+/// [`STAGING_MARGIN_MAX`]: a nearly full large disk still stages what fits.
+fn budget_from(available: u64, size: u64) -> u64 {
+    available.saturating_sub((size / 20).min(STAGING_MARGIN_MAX))
 }
 
 /// Streams every file's contents and fragments into the staging directory under `root`.
@@ -188,6 +199,20 @@ mod tests {
     use super::*;
     use crate::apply::ApplyOptions;
     use crate::fetch::tests::{quick_options, Reply, Server};
+
+    #[test]
+    fn the_margin_is_five_percent_capped_so_a_nearly_full_large_disk_still_stages() {
+        const GIB: u64 = 1 << 30;
+        // A small disk keeps 5 %: 1 GiB size, 100 MiB free leaves 100 - 51.2 MiB.
+        assert_eq!(budget_from(100 << 20, GIB), (100 << 20) - GIB / 20);
+        // A 250 GiB disk that is 96 % full keeps 64 MiB, not 12.5 GiB.
+        assert_eq!(
+            budget_from(10 * GIB, 250 * GIB),
+            10 * GIB - STAGING_MARGIN_MAX
+        );
+        // Less free than the margin stages nothing.
+        assert_eq!(budget_from(10 << 20, 250 * GIB), 0);
+    }
     use crate::fetch::{FetchError, FetchOptions};
 
     fn online(fetch: FetchOptions) -> ApplyOptions {

@@ -38,7 +38,7 @@ fn etcd_lock_no_reboot_without_the_lock_unlock_once_marked_good() {
         etcd.url
     ));
     let mut daemon = host.daemon();
-    two_ticks(&host.paths.state_dir);
+    host.log_waiter(LOCK_REFUSED, 1)();
     assert!(!host.rebooted().exists(), "rebooted without the lock");
     assert_eq!(holders(&etcd), ["other-machine"]);
     lock.unlock("other-machine").unwrap();
@@ -50,7 +50,7 @@ fn etcd_lock_no_reboot_without_the_lock_unlock_once_marked_good() {
 
     assert_eq!(host.reboot_into_next(), Slot::B);
     let _daemon = host.daemon();
-    two_ticks(&host.paths.state_dir);
+    host.log_waiter(WAITING_FOR_GOOD, 1)();
     assert_eq!(
         holders(&etcd),
         [MACHINE],
@@ -79,7 +79,7 @@ fn best_effort_with_an_endpoint_uses_the_etcd_lock() {
     ));
     let _daemon = host.daemon();
     wait_for_holders(&etcd, &["other-machine"]);
-    two_ticks(&host.paths.state_dir);
+    host.log_waiter(WAITING_FOR_WINDOW, 1)();
     assert!(!host.rebooted().exists(), "rebooted outside the window");
     host.configure(&format!(
         "REBOOT_STRATEGY=best-effort\nLOCKSMITHD_ENDPOINT={}\nWELLCAR_LOCK_RETRY_DELAY=200ms\n",
