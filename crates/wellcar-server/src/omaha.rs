@@ -288,11 +288,7 @@ async fn answer_app(
             .channels
             .get(&(app_id.clone(), group.channel.clone(), arch.to_owned()))
             .cloned();
-        let pin = app
-            .update_check
-            .as_ref()
-            .and_then(|uc| uc.target_version_prefix.as_deref())
-            .filter(|p| !p.is_empty());
+        let pin = crate::pinning::requested_prefix(app);
         let hop = match (channel, pin) {
             (Some(c), None) => next_hop(&c, &app.version, &group),
             // A pinned check may read packages: only when a grant is possible at all.

@@ -38,6 +38,15 @@ use crate::model::{Channel, Package};
 use crate::server::ServerState;
 use crate::StoreError;
 
+/// The update check's non-empty `targetversionprefix`, if it sent one.
+pub fn requested_prefix(app: &wellcar_omaha::AppRequest) -> Option<&str> {
+    let check = app.update_check.as_ref()?;
+    check
+        .target_version_prefix
+        .as_deref()
+        .filter(|p| !p.is_empty())
+}
+
 /// A parsed `targetversionprefix` (see the module contract).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetVersion {
