@@ -24,6 +24,7 @@ pub mod omaha;
 pub mod openapi;
 pub mod payload_files;
 pub mod peer;
+pub mod pinning;
 pub mod policy;
 pub mod rate_limit;
 pub mod response_signing;
@@ -42,6 +43,8 @@ mod http_tests;
 mod omaha_limits_tests;
 #[cfg(test)]
 mod openapi_tests;
+#[cfg(test)]
+mod pinning_tests;
 #[cfg(test)]
 mod test_server;
 #[cfg(test)]

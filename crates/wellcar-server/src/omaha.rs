@@ -22,6 +22,8 @@
 //! - An update check is answered `noupdate` from memory when the instance is current, the group
 //!   is paused or halted, or the window is closed; only a possible grant touches the database.
 //!   Every `updatecheck` carries `PollInterval`.
+//! - An update check with a `targetversionprefix` is offered the matching package instead of the
+//!   channel's next hop ([`crate::pinning`]); policy and limits apply unchanged.
 //! - The recorded client IP and the download URLs' base come from [`crate::peer`]: the TCP peer
 //!   unless it is a `--trusted-proxy`; `--public-url` or the listener's address, never `Host`.
 
@@ -286,8 +288,18 @@ async fn answer_app(
             .channels
             .get(&(app_id.clone(), group.channel.clone(), arch.to_owned()))
             .cloned();
-        let offer = match channel.and_then(|c| next_hop(&c, &app.version, &group)) {
-            Some((package, floor)) => decide(state, &group, package, &sighting, now)
+        let pin = crate::pinning::requested_prefix(app);
+        let hop = match (channel, pin) {
+            (Some(c), None) => next_hop(&c, &app.version, &group),
+            // A pinned check may read packages: only when a grant is possible at all.
+            (Some(c), Some(prefix)) if may_grant(state, &group, &sighting, now) => {
+                let machine = &app.machine_id;
+                crate::pinning::pinned_hop(state, &c, machine, &app.version, prefix).await?
+            }
+            _ => None,
+        };
+        let offer = match hop {
+            Some((package, floor)) => decide(state, &group, package, &sighting, pin, now)
                 .await?
                 .map(|p| (p, floor)),
             None => None,
@@ -384,34 +396,38 @@ pub fn next_hop(
     })
 }
 
-/// Decides whether to offer `package` (chosen by [`next_hop`]); `Some` means the update is
-/// granted (or re-served).
+/// Cheap refusals from the snapshot (no machine id, paused, halted, window closed, limits known
+/// to be reached); the grant transaction re-checks them authoritatively.
+fn may_grant(state: &ServerState, group: &Group, sighting: &Sighting, now: i64) -> bool {
+    !sighting.facts.machine_id.is_empty()
+        && group.policy.updates_enabled
+        && !group.halted
+        && crate::policy::window_open(&group.policy.timezone, &group.policy.windows, now)
+        && !state.group_saturated(&group.id, now)
+}
+
+/// Decides whether to offer `package` (chosen by [`next_hop`], or by
+/// [`crate::pinning::pinned_hop`] for a check with `targetversionprefix` `pin`); `Some` means the
+/// update is granted (or re-served). A pinned grant goes through the same policy and counts
+/// against the same limits.
 async fn decide(
     state: &Arc<ServerState>,
     group: &Group,
     package: Package,
     sighting: &Sighting,
+    pin: Option<&str>,
     now: i64,
 ) -> Result<Option<Package>, StoreError> {
-    if sighting.facts.machine_id.is_empty() {
-        return Ok(None);
-    }
-    // Cheap refusals from the snapshot; the transaction re-checks them authoritatively.
-    if !group.policy.updates_enabled
-        || group.halted
-        || !crate::policy::window_open(&group.policy.timezone, &group.policy.windows, now)
-    {
-        return Ok(None);
-    }
-    if state.group_saturated(&group.id, now) {
+    if !may_grant(state, group, sighting, now) {
         return Ok(None);
     }
     let s = sighting.clone();
     let group_id = group.id.clone();
     let version = package.version.clone();
+    let pin = pin.map(str::to_owned);
     let verdict = state
         .db
-        .write_combined(move |conn| grant(conn, &group_id, &s, &version, now))
+        .write_combined(move |conn| grant(conn, &group_id, &s, &version, pin.as_deref(), now))
         .await?;
     match verdict {
         Verdict::Granted => Ok(Some(package)),
@@ -439,6 +455,7 @@ fn grant(
     group_id: &str,
     s: &Sighting,
     version: &str,
+    pin: Option<&str>,
     now: i64,
 ) -> Result<Verdict, StoreError> {
     let Some(group) = store::lock_group(conn, group_id)? else {
@@ -472,6 +489,9 @@ fn grant(
     }
     let first = !store::version_granted_before(conn, &group.id, version)?;
     store::record_grant(conn, s, version, now)?;
+    if let Some(prefix) = pin {
+        tracing::info!(machine = %s.facts.machine_id, group = %group.track, version, prefix, "pinned update granted");
+    }
     if first {
         store::log_activity(
             conn,
@@ -483,8 +503,11 @@ fn grant(
                 group_id: Some(&group.id),
                 severity: "info",
                 message: &format!(
-                    "rollout of {version} to group {} started with instance {}",
-                    group.track, s.facts.machine_id
+                    "rollout of {version} to group {} started with instance {}{}",
+                    group.track,
+                    s.facts.machine_id,
+                    pin.map(|p| format!(" (pinned: targetversionprefix={p})"))
+                        .unwrap_or_default()
                 ),
             },
         )?;

@@ -69,8 +69,8 @@ pub use locks::{
 };
 pub use migrations::migrate;
 pub use packages::{
-    check_package_fields, create_package, find_hosted_package, list_packages, published_versions,
-    validate_package_version, NewPackage,
+    check_package_fields, create_package, find_hosted_package, list_packages, packages_matching,
+    published_versions, validate_package_version, NewPackage,
 };
 pub(crate) use packages::{check_payload_filename, delete_unused_package};
 pub use retention::{prune, Pruned, RetentionCutoffs};

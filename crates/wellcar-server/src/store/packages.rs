@@ -11,6 +11,10 @@
 //!   serves ([`find_hosted_package`]). `/metrics` names only versions that have a package
 //!   ([`published_versions`]).
 //! - The column list and row decoding are shared with `channels`, which joins packages.
+//! - [`packages_matching`] lists one app's packages for one arch whose version matches an
+//!   Omaha `targetversionprefix` ([`crate::pinning::TargetVersion`]), newest first by
+//!   [`OsVersion`]; the same query on SQLite and PostgreSQL (a `LIKE` on the prefix's text,
+//!   escaped, then the exact component match in Rust).
 
 use super::{check_arch, log_activity, require_app, NewActivity};
 use crate::db::{query_one, Conn, Row};
@@ -208,6 +212,34 @@ pub fn list_packages(conn: &mut dyn Conn, app_id: &str) -> Result<Vec<Package>, 
         .collect()
 }
 
+/// Packages of `app_id` for `arch` whose version matches `target`, newest first by
+/// [`OsVersion`] (versions that do not parse, which no store path writes, are left out).
+pub fn packages_matching(
+    conn: &mut dyn Conn,
+    app_id: &str,
+    arch: &str,
+    target: &crate::pinning::TargetVersion,
+) -> Result<Vec<Package>, StoreError> {
+    // like_pattern wraps the escaped text in `%…%`; a prefix needs only the trailing one.
+    let pattern = super::like_pattern(target.leading_text())[1..].to_owned();
+    let sql = format!(
+        "SELECT {PACKAGE_COLUMNS} FROM packages p
+         WHERE p.app_id = $1 AND p.arch = $2 AND p.version LIKE $3 ESCAPE '\\'"
+    );
+    let mut found: Vec<(OsVersion, Package)> = Vec::new();
+    for row in conn.query(&sql, &params![app_id, arch, &pattern])? {
+        let p = package_from(&row, 0)?;
+        if !target.matches(&p.version) {
+            continue;
+        }
+        if let Ok(v) = OsVersion::parse(&p.version) {
+            found.push((v, p));
+        }
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
 /// The hosted package (no external URL) of `app_id` served as `arch/version/filename`, if any.
 pub fn find_hosted_package(
     conn: &mut dyn Conn,
@@ -243,4 +275,85 @@ pub fn published_versions(conn: &mut dyn Conn) -> Result<Vec<(String, String)>, 
         .iter()
         .map(|r| Ok((r.text(0)?, r.text(1)?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pinning::TargetVersion;
+    use crate::store;
+
+    const APP: &str = wellcar_omaha::WELLCAR_APP_ID;
+
+    fn new_package(version: &str, arch: &str) -> NewPackage {
+        NewPackage {
+            version: version.into(),
+            arch: arch.into(),
+            filename: "wellcar_update.bin".into(),
+            url: "https://example.test/p/".into(),
+            size: 1,
+            sha256_hex: "ab".repeat(32),
+            sha1_base64: "AAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        }
+    }
+
+    /// `packages_matching` on one database: component-boundary matches of one app and arch,
+    /// newest first by OS version (not by creation order or text).
+    fn packages_match_prefixes_on(url: &str) {
+        let db = crate::db::Db::open(url, 2).unwrap();
+        let now = 1_000_000;
+        db.write_blocking(|c| {
+            store::migrate(c, now)?;
+            for (v, arch) in [
+                ("1.1.10", "amd64"),
+                ("1.1.0", "amd64"),
+                ("1.1.9", "amd64"),
+                ("1.10.0", "amd64"),
+                ("1.1.99", "arm64"),
+                ("1.1.2+nightly-7", "amd64"),
+                ("2.1.0", "amd64"),
+            ] {
+                create_package(c, APP, &new_package(v, arch), "test", now)?;
+            }
+            let versions = |c: &mut dyn Conn, arch: &str, prefix: &str| {
+                let t = TargetVersion::parse(prefix).unwrap();
+                packages_matching(c, APP, arch, &t)
+                    .map(|ps| ps.into_iter().map(|p| p.version).collect::<Vec<_>>())
+            };
+            assert_eq!(
+                versions(c, "amd64", "1.1")?,
+                ["1.1.10", "1.1.9", "1.1.2+nightly-7", "1.1.0"]
+            );
+            assert_eq!(versions(c, "amd64", "1.10")?, ["1.10.0"]);
+            assert_eq!(versions(c, "arm64", "1.1")?, ["1.1.99"]);
+            assert_eq!(versions(c, "amd64", "1.1.2")?, ["1.1.2+nightly-7"]);
+            assert_eq!(versions(c, "amd64", "1.1.1$")?, Vec::<String>::new());
+            assert_eq!(versions(c, "amd64", "1.1.10$")?, ["1.1.10"]);
+            assert_eq!(versions(c, "amd64", "3")?, Vec::<String>::new());
+            assert_eq!(
+                packages_matching(
+                    c,
+                    "no-such-app",
+                    "amd64",
+                    &TargetVersion::parse("1").unwrap()
+                )?,
+                Vec::new()
+            );
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn packages_match_prefixes_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        packages_match_prefixes_on(&format!("sqlite:{}", dir.path().join("d.db").display()));
+    }
+
+    #[test]
+    fn packages_match_prefixes_on_postgres() {
+        let cluster = wellcar_test_support::pg_cluster::shared_cluster()
+            .unwrap_or_else(|e| panic!("postgresql tests need a server: {e}"));
+        packages_match_prefixes_on(&cluster.create_database().unwrap());
+    }
 }
