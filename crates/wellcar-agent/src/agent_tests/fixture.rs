@@ -420,7 +420,7 @@ impl Daemon {
     /// Starts the services for the host below `root`: `args` go to the agent, except
     /// `--reboot-command CMD`, which starts locksmithd with it.
     pub(crate) fn start(root: &Path, args: &[String]) -> Self {
-        Self::spawn(root, args, "warn", || std::process::Stdio::null())
+        Self::spawn(root, args, "warn", std::process::Stdio::null)
     }
 
     /// [`Daemon::start`] logging at `info` to the end of `log` (both processes).

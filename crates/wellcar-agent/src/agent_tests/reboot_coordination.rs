@@ -204,15 +204,17 @@ impl FleetHost {
         slot
     }
 
-    /// What `wellcar-mark-good.service` does once the boot is healthy.
+    /// What `wellcar-mark-good.service` does once the boot is healthy. The time is taken
+    /// before the write: locksmithd, another process, may see the mark and release the lock
+    /// before the write call returns here.
     fn mark_good(&mut self, booted: Slot) {
+        self.times.good.push(now_ms());
         wellcar_bootstate::Esp::new(&self.host.paths.esp)
             .update(|s| {
                 s.mark_good(booted);
                 Ok(())
             })
             .unwrap();
-        self.times.good.push(now_ms());
     }
 
     /// Booted from B, which is marked good, running 1.1.0, the daemon idle.
