@@ -21,7 +21,8 @@
 //!   good; the decisions are pure ([`reboot_lock::coordinator`]); [`locksmithd`]: the reboot
 //!   manager's loop, a separate process that only reads the agent's state;
 //! - [`pin`]: pinned installs (`flatcar-update --to-version`/`--to-payload`);
-//! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs;
+//! - [`daemon`]: the loop; [`client`]: on-demand checks and status for the CLIs; [`cli`]: the
+//!   command-line layout options and logging the binaries share;
 //! - [`dbus`]: update_engine's `com.coreos.update1` D-Bus API, served by the daemon.
 //!
 //! Guarantees: the booted slot is never written; nothing is marked bootable before the
@@ -35,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;

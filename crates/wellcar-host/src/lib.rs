@@ -198,6 +198,18 @@ pub fn run(cli: Cli, mut on_event: impl FnMut(Event)) -> anyhow::Result<()> {
     }
 }
 
+/// The host commands' logging: stderr, filtered by `WELLCAR_LOG` (default `warn`, so a
+/// command's own output stays readable).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WELLCAR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// 2 for a refusal (nothing changed), 1 for anything else.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| {

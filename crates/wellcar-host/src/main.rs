@@ -5,13 +5,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WELLCAR_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    wellcar_host::init_logging();
     let cli = wellcar_host::Cli::parse();
     let result = wellcar_host::run(cli, |event| match event {
         wellcar_host::Event::Warning(w) => eprintln!("wellcar-update: warning: {w}"),

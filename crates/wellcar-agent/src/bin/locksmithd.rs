@@ -2,14 +2,13 @@
 //! [`wellcar_agent::locksmithd`]. `--root` and the path options move the system layout for tests,
 //! as the agent's do. SIGTERM needs no handler: it holds no state of its own.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use clap::Parser;
+use wellcar_agent::cli::{self, LayoutArgs};
 use wellcar_agent::locksmithd::{self, ConfigSource, Start};
 use wellcar_agent::reboot_lock::host::RebootHost;
-use wellcar_agent::HostPaths;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,47 +16,20 @@ use wellcar_agent::HostPaths;
     about = "Wellcar reboot manager: reboots into a staged update by REBOOT_STRATEGY"
 )]
 struct Opts {
-    /// Use the system layout below this directory (tests, chroots).
-    #[arg(long)]
-    root: Option<PathBuf>,
-    /// The mounted ESP.
-    #[arg(long)]
-    esp: Option<PathBuf>,
-    /// The update agent's state directory.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    layout: LayoutArgs,
     /// The reboot command, split on whitespace.
     #[arg(long)]
     reboot_command: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Opts::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::init_logging();
+    cli::exit_code(run(Opts::parse()))
 }
 
 fn run(opts: Opts) -> anyhow::Result<()> {
-    let mut paths = match &opts.root {
-        Some(root) => HostPaths::under_root(root),
-        None => HostPaths::system(),
-    };
-    if let Some(esp) = opts.esp {
-        paths.esp = esp;
-    }
-    if let Some(dir) = opts.state_dir {
-        paths.state_dir = dir;
-    }
+    let mut paths = opts.layout.paths();
     if let Some(cmd) = &opts.reboot_command {
         paths.reboot_command = cmd.split_whitespace().map(str::to_owned).collect();
         anyhow::ensure!(

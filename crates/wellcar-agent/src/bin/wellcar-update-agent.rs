@@ -9,7 +9,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use clap::Parser;
-use wellcar_agent::{Agent, HostPaths, InstallSource};
+use wellcar_agent::cli::{self, LayoutArgs};
+use wellcar_agent::{Agent, InstallSource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,18 +18,11 @@ use wellcar_agent::{Agent, HostPaths, InstallSource};
     about = "Wellcar update agent: Omaha checks and A/B installs (locksmithd reboots)"
 )]
 struct Opts {
-    /// Use the system layout below this directory (tests, chroots).
-    #[arg(long)]
-    root: Option<PathBuf>,
+    #[command(flatten)]
+    layout: LayoutArgs,
     /// The disk (or disk image) holding USR-A and USR-B.
     #[arg(long)]
     disk: Option<PathBuf>,
-    /// The mounted ESP.
-    #[arg(long)]
-    esp: Option<PathBuf>,
-    /// The state directory.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
     /// Bytes written between durable download checkpoints.
     #[arg(long)]
     sync_interval: Option<u64>,
@@ -45,34 +39,14 @@ struct Opts {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Opts::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::init_logging();
+    cli::exit_code(run(Opts::parse()))
 }
 
 fn run(opts: Opts) -> anyhow::Result<()> {
-    let mut paths = match &opts.root {
-        Some(root) => HostPaths::under_root(root),
-        None => HostPaths::system(),
-    };
+    let mut paths = opts.layout.paths();
     if let Some(disk) = opts.disk {
         paths.disk = Some(disk);
-    }
-    if let Some(esp) = opts.esp {
-        paths.esp = esp;
-    }
-    if let Some(dir) = opts.state_dir {
-        paths.state_dir = dir;
     }
     let mut agent = Agent::open(paths).context("starting the update agent")?;
     if let Some(n) = opts.sync_interval {

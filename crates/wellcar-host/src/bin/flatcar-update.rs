@@ -17,13 +17,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WELLCAR_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    wellcar_host::init_logging();
     let cli = Cli::parse();
     let result = wellcar_host::install::install(&cli.opts, &mut |event| println!("{event}"));
     match result {
