@@ -96,6 +96,33 @@ pub struct BuildManifest {
     /// Phase name and seconds.
     #[serde(default)]
     pub phases: Vec<(String, f64)>,
+    /// Delta payloads made for this build (`wellcar build --delta-from`, `wellcar payload
+    /// create --delta-from` into the build directory), one per source version.
+    #[serde(default)]
+    pub deltas: Vec<DeltaArtifact>,
+}
+
+/// One delta payload of a build: it updates a machine running `source_version` to the build's
+/// version. `wellcar server package publish --build` uploads it next to the full payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaArtifact {
+    /// The OS version the delta applies to (the running version it was made against).
+    pub source_version: String,
+    /// The delta payload file, relative to the build directory.
+    pub file: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its sha256 (hex).
+    pub sha256: String,
+}
+
+impl BuildManifest {
+    /// Records `delta`, replacing an earlier delta from the same source version.
+    pub fn record_delta(&mut self, delta: DeltaArtifact) {
+        self.deltas
+            .retain(|d| d.source_version != delta.source_version);
+        self.deltas.push(delta);
+    }
 }
 
 /// Why a build manifest could not be read or written; each names the file.
@@ -196,10 +223,22 @@ mod tests {
             version: "252.38-1~deb12u1".into(),
         });
         manifest.phases.push(("rootfs".into(), 65.5));
+        assert!(manifest.deltas.is_empty());
+        let delta = |v: &str, size| DeltaArtifact {
+            source_version: v.into(),
+            file: format!("wellcar_delta_from_{v}.bin"),
+            size,
+            sha256: "12".repeat(32),
+        };
+        manifest.record_delta(delta("0.9.0", 10));
+        manifest.record_delta(delta("1.0.0", 20));
+        manifest.record_delta(delta("0.9.0", 30));
+        assert_eq!(manifest.deltas, [delta("1.0.0", 20), delta("0.9.0", 30)]);
         manifest.write(dir.path()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with("}\n"), "{text}");
         assert!(text.contains("\"verity_root_hash\": \"abab"), "{text}");
+        assert!(text.contains("\"source_version\": \"1.0.0\""), "{text}");
         assert_eq!(BuildManifest::read(dir.path()).unwrap(), manifest);
     }
 

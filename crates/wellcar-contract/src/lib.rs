@@ -32,7 +32,9 @@ pub mod release_file;
 pub mod root_hash;
 pub mod version;
 
-pub use build_manifest::{BuildManifest, BuildManifestError, PackageRecord, BUILD_MANIFEST_FILE};
+pub use build_manifest::{
+    BuildManifest, BuildManifestError, DeltaArtifact, PackageRecord, BUILD_MANIFEST_FILE,
+};
 pub use command::CommandError;
 pub use error_report::{error_chain, IoResultExt, PathIoError};
 pub use image_manifest::{

@@ -424,6 +424,7 @@ pub fn build_with_progress(
         packages: shaped.packages.clone(),
         rootfs_cache_key: cached.key.clone(),
         phases: phases.done.clone(),
+        deltas: Vec::new(),
     };
     // The payload reads the manifest it describes, so the manifest goes first, then is
     // rewritten with the payload's phase time.

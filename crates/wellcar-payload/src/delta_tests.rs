@@ -388,3 +388,50 @@ fn a_truncated_delta_installs_nothing_and_resumes_from_its_checkpoint() {
     installer.finish().unwrap();
     assert_eq!(read(&target.usr), read(&pair.v2.join("usr.img")));
 }
+
+#[test]
+fn a_delta_written_into_the_build_is_listed_in_its_manifest_and_one_elsewhere_is_not() {
+    let pair = Pair::new();
+    let read = || wellcar_contract::BuildManifest::read(&pair.v2).unwrap().deltas;
+    // Written outside the build directory: the manifest is untouched.
+    pair.delta();
+    assert_eq!(read(), Vec::new());
+    // Written into the build directory (the CLI's default): listed under its file name.
+    let options = CreateOptions {
+        compression_level: 3,
+        delta_from: Some(pair.fx.build.clone()),
+        ..CreateOptions::default()
+    };
+    let summary = create_payload_with(
+        &pair.v2,
+        &pair.v2.join("manifest.json"),
+        &[&pair.fx.key],
+        &pair.v2,
+        &options,
+    )
+    .unwrap();
+    let listed = read();
+    assert_eq!(
+        listed,
+        [wellcar_contract::DeltaArtifact {
+            source_version: "1.0.0".into(),
+            file: "wellcar_delta_from_1.0.0.bin".into(),
+            size: summary.size,
+            sha256: summary.sha256.to_string(),
+        }]
+    );
+    assert_eq!(
+        std::fs::metadata(pair.v2.join(&listed[0].file)).unwrap().len(),
+        listed[0].size
+    );
+    // Made again: replaced, not listed twice.
+    create_payload_with(
+        &pair.v2,
+        &pair.v2.join("manifest.json"),
+        &[&pair.fx.key],
+        &pair.v2,
+        &options,
+    )
+    .unwrap();
+    assert_eq!(read().len(), 1);
+}

@@ -145,6 +145,7 @@ impl Build {
             }],
             rootfs_cache_key: String::new(),
             phases: Vec::new(),
+            deltas: Vec::new(),
         };
         manifest.write(dir).unwrap();
         Build {
