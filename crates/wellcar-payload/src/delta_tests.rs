@@ -392,7 +392,11 @@ fn a_truncated_delta_installs_nothing_and_resumes_from_its_checkpoint() {
 #[test]
 fn a_delta_written_into_the_build_is_listed_in_its_manifest_and_one_elsewhere_is_not() {
     let pair = Pair::new();
-    let read = || wellcar_contract::BuildManifest::read(&pair.v2).unwrap().deltas;
+    let read = || {
+        wellcar_contract::BuildManifest::read(&pair.v2)
+            .unwrap()
+            .deltas
+    };
     // Written outside the build directory: the manifest is untouched.
     pair.delta();
     assert_eq!(read(), Vec::new());
@@ -421,7 +425,9 @@ fn a_delta_written_into_the_build_is_listed_in_its_manifest_and_one_elsewhere_is
         }]
     );
     assert_eq!(
-        std::fs::metadata(pair.v2.join(&listed[0].file)).unwrap().len(),
+        std::fs::metadata(pair.v2.join(&listed[0].file))
+            .unwrap()
+            .len(),
         listed[0].size
     );
     // Made again: replaced, not listed twice.

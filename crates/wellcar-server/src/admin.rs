@@ -111,6 +111,7 @@ pub(crate) fn documented_routes() -> DocumentedRoutes {
         .routes(routes!(resume_group))
         .routes(routes!(list_packages, create_package))
         .routes(routes!(crate::payload_files::upload))
+        .routes(routes!(crate::deltas::upload_delta))
         .routes(routes!(list_instances))
         .routes(routes!(list_instance_events))
         .routes(routes!(list_activity))

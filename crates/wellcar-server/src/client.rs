@@ -342,6 +342,24 @@ impl ApiClient {
         self.put_file_with_progress(&path, file, progress).await
     }
 
+    /// Uploads a delta payload of a hosted package
+    /// (`PUT /api/v1/apps/{app}/packages/{arch}/{version}/deltas/{source_version}/{filename}`).
+    pub async fn upload_delta<T: DeserializeOwned>(
+        &self,
+        package: &PackageRef<'_>,
+        source_version: &str,
+        filename: &str,
+        file: &Path,
+        progress: OnUpload,
+    ) -> Result<T, ClientError> {
+        let PackageRef { app, version, arch } = *package;
+        let path = format!(
+            "{}/packages/{arch}/{version}/deltas/{source_version}/{filename}",
+            app_path(app)
+        );
+        self.put_file_with_progress(&path, file, progress).await
+    }
+
     /// Points `channel` of the package's app, for its arch, at its version
     /// (`POST /api/v1/apps/{app}/channels/{channel}/publish`): the publish operation.
     pub async fn publish<T: DeserializeOwned>(

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod db;
+pub mod deltas;
 pub mod event_trust;
 pub mod fd_limit;
 pub mod fleetlock;

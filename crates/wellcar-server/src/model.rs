@@ -42,6 +42,28 @@ pub struct Package {
     pub sha256_base64: String,
 }
 
+/// A delta payload of a package: it updates a machine running `source_version` to the
+/// package's version, and is offered instead of the package to such machines
+/// ([`crate::deltas`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+pub struct PackageDelta {
+    /// The package (target version) it belongs to.
+    pub package_id: String,
+    /// The OS version it applies to.
+    #[schema(example = "3815.1.0")]
+    pub source_version: String,
+    /// File name, hosted next to the package's file.
+    pub filename: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// Hex SHA-256.
+    pub sha256_hex: String,
+    /// Base64 SHA-1 (Flatcar's `package@hash`).
+    pub sha1_base64: String,
+    /// Base64 SHA-256 (Flatcar's `action@sha256`).
+    pub sha256_base64: String,
+}
+
 /// A channel: a named pointer at one package per architecture.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct Channel {

@@ -301,7 +301,7 @@ async fn answer_app(
         let offer = match hop {
             Some((package, floor)) => decide(state, &group, package, &sighting, pin, now)
                 .await?
-                .map(|p| (p, floor)),
+                .map(|(p, payload)| (p, payload, floor)),
             None => None,
         };
         state.metrics.check(offer.is_some());
@@ -311,10 +311,15 @@ async fn answer_app(
             ..UpdateCheckResponse::default()
         };
         match offer {
-            Some((package, floor_reason)) => {
+            Some((package, payload, floor_reason)) => {
                 uc.status = omaha_status::OK.into();
                 uc.codebases = vec![codebase(state, headers, &package)];
-                let mut m = manifest(&package);
+                let mut m = match &payload {
+                    crate::deltas::PayloadChoice::Full => manifest(&package),
+                    crate::deltas::PayloadChoice::Delta(d) => {
+                        crate::deltas::delta_manifest(manifest(&package), d)
+                    }
+                };
                 m.is_floor = floor_reason.is_some();
                 m.floor_reason = floor_reason;
                 uc.manifests = vec![m];
@@ -367,6 +372,11 @@ fn manifest(p: &Package) -> Manifest {
     }
 }
 
+#[cfg(test)]
+pub(crate) fn manifest_for_tests(p: &Package) -> Manifest {
+    manifest(p)
+}
+
 /// The package an instance at `current` should move to next on `channel`: the lowest floor
 /// above its version and below the target, else the target (with the floor's reason if it is
 /// one). `None` when there is nothing newer (or an allowed downgrade is not applicable).
@@ -408,8 +418,9 @@ fn may_grant(state: &ServerState, group: &Group, sighting: &Sighting, now: i64) 
 
 /// Decides whether to offer `package` (chosen by [`next_hop`], or by
 /// [`crate::pinning::pinned_hop`] for a check with `targetversionprefix` `pin`); `Some` means the
-/// update is granted (or re-served). A pinned grant goes through the same policy and counts
-/// against the same limits.
+/// update is granted (or re-served), with the payload to offer ([`crate::deltas`], chosen in the
+/// same transaction). A pinned grant goes through the same policy and counts against the same
+/// limits.
 async fn decide(
     state: &Arc<ServerState>,
     group: &Group,
@@ -417,7 +428,7 @@ async fn decide(
     sighting: &Sighting,
     pin: Option<&str>,
     now: i64,
-) -> Result<Option<Package>, StoreError> {
+) -> Result<Option<(Package, crate::deltas::PayloadChoice)>, StoreError> {
     if !may_grant(state, group, sighting, now) {
         return Ok(None);
     }
@@ -425,14 +436,25 @@ async fn decide(
     let group_id = group.id.clone();
     let version = package.version.clone();
     let pin = pin.map(str::to_owned);
-    let verdict = state
+    let granted = package.clone();
+    let (verdict, payload) = state
         .db
-        .write_combined(move |conn| grant(conn, &group_id, &s, &version, pin.as_deref(), now))
+        .write_combined(move |conn| {
+            let verdict = grant(conn, &group_id, &s, &version, pin.as_deref(), now)?;
+            let payload = match verdict {
+                Verdict::Granted => Some(crate::deltas::choose_in_grant(conn, &s, &granted, now)?),
+                _ => None,
+            };
+            Ok((verdict, payload))
+        })
         .await?;
-    match verdict {
-        Verdict::Granted => Ok(Some(package)),
-        Verdict::Refused => Ok(None),
-        Verdict::Saturated => {
+    match (verdict, payload) {
+        (Verdict::Granted, payload) => Ok(Some((
+            package,
+            payload.unwrap_or(crate::deltas::PayloadChoice::Full),
+        ))),
+        (Verdict::Refused, _) => Ok(None),
+        (Verdict::Saturated, _) => {
             state.mark_saturated(&group.id, now);
             Ok(None)
         }
@@ -611,6 +633,7 @@ pub fn apply_events(
         if new_status == status::ERROR {
             outcome.failures += 1;
             outcome.halted |= record_failure(conn, s, instance, ev, now)?;
+            crate::deltas::note_failure(conn, instance, ev, now)?;
         }
     }
     Ok(outcome)

@@ -50,14 +50,14 @@ pub struct UploadsInFlight(Mutex<HashSet<(String, String, String)>>);
 
 /// Holds an (app id, version, arch) in [`UploadsInFlight`] until dropped.
 #[derive(Debug)]
-struct UploadSlot<'a> {
+pub(crate) struct UploadSlot<'a> {
     uploads: &'a UploadsInFlight,
     key: (String, String, String),
 }
 
 impl UploadsInFlight {
     /// Takes the slot of `key`, or `None` if an upload of it is in flight.
-    fn reserve(&self, key: (String, String, String)) -> Option<UploadSlot<'_>> {
+    pub(crate) fn reserve(&self, key: (String, String, String)) -> Option<UploadSlot<'_>> {
         let inserted = {
             let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
             set.insert(key.clone())
@@ -74,21 +74,21 @@ impl Drop for UploadSlot<'_> {
     }
 }
 
-fn internal(what: String, e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(what: String, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
 }
 
 /// What streaming an upload produced.
 #[derive(Debug)]
-struct Received {
-    size: i64,
-    sha256: [u8; 32],
-    sha1: [u8; 20],
+pub(crate) struct Received {
+    pub(crate) size: i64,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) sha1: [u8; 20],
 }
 
 /// Streams `body` into `tmp` (created new), hashing it and refusing more than `limit` bytes
 /// (413); fsyncs the file.
-async fn receive(tmp: &FsPath, body: Body, limit: u64) -> Result<Received, ApiError> {
+pub(crate) async fn receive(tmp: &FsPath, body: Body, limit: u64) -> Result<Received, ApiError> {
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -130,7 +130,7 @@ async fn receive(tmp: &FsPath, body: Body, limit: u64) -> Result<Received, ApiEr
 }
 
 /// fsyncs directory `dir`, so a rename in it survives a crash.
-async fn sync_dir(dir: &FsPath) -> Result<(), ApiError> {
+pub(crate) async fn sync_dir(dir: &FsPath) -> Result<(), ApiError> {
     let owned = dir.to_owned();
     tokio::task::spawn_blocking(move || std::fs::File::open(&owned).and_then(|d| d.sync_all()))
         .await
@@ -352,6 +352,40 @@ pub fn parse_range(value: Option<&str>, len: u64) -> RangeRequest {
     })
 }
 
+/// The hosted delta served as `app/arch/version/filename`, as the package record of its file
+/// (the package's, with the delta's file name and size: what [`serve`] checks and sends).
+async fn hosted_delta_as_file(
+    state: &ServerState,
+    app: &str,
+    arch: &str,
+    version: &str,
+    filename: &str,
+) -> Result<Option<Package>, crate::StoreError> {
+    let (app, arch, version, filename) = (
+        app.to_owned(),
+        arch.to_owned(),
+        version.to_owned(),
+        filename.to_owned(),
+    );
+    state
+        .db
+        .read(move |c| {
+            let Some(delta) = store::find_hosted_delta(c, &app, &arch, &version, &filename)? else {
+                return Ok(None);
+            };
+            let package = store::find_hosted_package_by_id(c, &delta.package_id)?;
+            Ok(package.map(|p| Package {
+                filename: delta.filename,
+                size: delta.size,
+                sha256_hex: delta.sha256_hex,
+                sha1_base64: delta.sha1_base64,
+                sha256_base64: delta.sha256_base64,
+                ..p
+            }))
+        })
+        .await
+}
+
 fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
 }
@@ -375,7 +409,12 @@ pub async fn serve(
     };
     let package = match lookup {
         Ok(Some(p)) => p,
-        Ok(None) => return not_found(),
+        // A delta is served like its package, as the file next to it.
+        Ok(None) => match hosted_delta_as_file(&state, &app, &arch, &version, &filename).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return not_found(),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
         Err(e) => return ApiError::from(e).into_response(),
     };
     let root = state.settings.payload_dir.clone();

@@ -7,6 +7,10 @@
 //! - Without `--url` the payload is uploaded to the server; with `--url` only its record is
 //!   created, with size and hashes computed locally. `--allow-existing` turns an upload conflict
 //!   into reuse of the stored package.
+//! - With `--build`, the build's delta payloads (`manifest.json` `deltas`) are uploaded after the
+//!   package and before the channel moves; each must still have the size and sha256 the
+//!   manifest lists. With `--url` they are not uploaded (deltas are hosted only) and the output
+//!   says so (`deltas_not_uploaded`).
 //! - A channel is only moved (`--channel`) after the package exists.
 
 use std::path::PathBuf;
@@ -114,6 +118,8 @@ struct PublishTarget {
     file: PathBuf,
     version: String,
     arch: String,
+    /// The build's deltas: source version, file, manifest entry.
+    deltas: Vec<(PathBuf, wellcar_contract::DeltaArtifact)>,
 }
 
 /// Reads version, board and payload name from a `wellcar build` output's `manifest.json`.
@@ -138,6 +144,11 @@ fn target_from_build(dir: &std::path::Path, arch: Option<String>) -> anyhow::Res
         file: dir.join(payload),
         version: manifest.version,
         arch,
+        deltas: manifest
+            .deltas
+            .into_iter()
+            .map(|d| (dir.join(&d.file), d))
+            .collect(),
     })
 }
 
@@ -155,12 +166,14 @@ async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
                 .clone()
                 .context("--version is required without --build")?,
             arch: o.arch.clone().unwrap_or_else(|| "amd64".into()),
+            deltas: Vec::new(),
         },
     };
     let PublishTarget {
         file,
         version,
         arch,
+        deltas,
     } = target;
     let filename = file
         .file_name()
@@ -187,7 +200,7 @@ async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
             .await
         }
         None => {
-            api.upload_package(&package_ref, &filename, &file, upload)
+            api.upload_package(&package_ref, &filename, &file, upload.clone())
                 .await
         }
     };
@@ -201,6 +214,15 @@ async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("uploading the package"),
     };
     let mut out = json!({ "package": package });
+    if o.url.is_some() {
+        if !deltas.is_empty() {
+            let sources: Vec<_> = deltas.iter().map(|(_, d)| &d.source_version).collect();
+            out["deltas_not_uploaded"] = json!(sources);
+        }
+    } else if !deltas.is_empty() {
+        out["deltas"] =
+            upload_deltas(&api, &package_ref, &deltas, o.allow_existing, upload).await?;
+    }
     if let Some(channel) = &o.channel {
         let ch: serde_json::Value = api
             .publish(&package_ref, channel)
@@ -209,6 +231,55 @@ async fn publish(o: PublishOpts, upload: OnUpload) -> anyhow::Result<()> {
         out["channel"] = ch;
     }
     print(&out)
+}
+
+/// Uploads each of a build's deltas next to its package; a 409 is reuse with
+/// `--allow-existing`. The stored sha256 must be the manifest's.
+async fn upload_deltas(
+    api: &crate::client::ApiClient,
+    package: &PackageRef<'_>,
+    deltas: &[(PathBuf, wellcar_contract::DeltaArtifact)],
+    allow_existing: bool,
+    upload: OnUpload,
+) -> anyhow::Result<serde_json::Value> {
+    let mut stored = Vec::new();
+    for (path, d) in deltas {
+        let filename = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no file name", path.display()))?;
+        let created: Result<serde_json::Value, _> = api
+            .upload_delta(package, &d.source_version, filename, path, upload.clone())
+            .await;
+        let delta = match created {
+            Ok(delta) => delta,
+            Err(crate::client::ClientError::Status { status, .. })
+                if status == hyper::StatusCode::CONFLICT && allow_existing =>
+            {
+                json!({"source_version": d.source_version, "existing": true})
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "uploading the delta from {} ({})",
+                        d.source_version,
+                        path.display()
+                    )
+                })
+            }
+        };
+        if let Some(sha) = delta.get("sha256_hex").and_then(|s| s.as_str()) {
+            if !sha.eq_ignore_ascii_case(&d.sha256) {
+                bail!(
+                    "{}: uploaded sha256 {sha}, but the build manifest says {}",
+                    path.display(),
+                    d.sha256
+                );
+            }
+        }
+        stored.push(delta);
+    }
+    Ok(json!(stored))
 }
 
 fn hash_file(path: &std::path::Path) -> anyhow::Result<(u64, [u8; 32], [u8; 20])> {
@@ -255,7 +326,8 @@ mod tests {
             PublishTarget {
                 file: dir.path().join("wellcar_update.bin"),
                 version: "4.5.6".into(),
-                arch: "arm64".into()
+                arch: "arm64".into(),
+                deltas: Vec::new(),
             }
         );
         manifest.as_object_mut().unwrap().remove("payload");
@@ -277,5 +349,76 @@ mod tests {
             err.contains("manifest.json is not a valid build manifest"),
             "{err}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publish_build_uploads_the_deltas_the_manifest_lists() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Args {
+            #[command(subcommand)]
+            cmd: PackageCommand,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (server, token) = crate::test_server::sqlite_with_admin(dir.path()).await;
+        let build = dir.path().join("build");
+        std::fs::create_dir(&build).unwrap();
+        let delta_bytes = b"a delta payload".to_vec();
+        std::fs::write(build.join("wellcar_update.bin"), b"a full payload").unwrap();
+        std::fs::write(build.join("wellcar_delta_from_1.0.0.bin"), &delta_bytes).unwrap();
+        let manifest = json!({
+            "version": "1.1.0", "board": "amd64-usr", "payload": "wellcar_update.bin",
+            "verity_root_hash": "ab".repeat(32), "verity_salt": "00",
+            "verity_hash_offset": 4096, "verity_data_blocks": 1,
+            "usr_image": "usr.img", "usr_image_size": 8192, "usr_image_sha256": "cd".repeat(32),
+            "kernel": "vmlinuz", "kernel_sha256": "ef".repeat(32),
+            "initramfs": "initramfs.img", "initramfs_sha256": "01".repeat(32),
+            "deltas": [{"source_version": "1.0.0", "file": "wellcar_delta_from_1.0.0.bin",
+                        "size": delta_bytes.len(),
+                        "sha256": hex::encode(sha2::Sha256::digest(&delta_bytes))}]
+        });
+        std::fs::write(build.join("manifest.json"), manifest.to_string()).unwrap();
+        let url = server.url();
+        let build_arg = build.display().to_string();
+        let cmd = || {
+            let argv = [
+                "package",
+                "publish",
+                "--build",
+                &build_arg,
+                "--channel",
+                "stable",
+                "--server",
+                &url,
+                "--token",
+                &token,
+                "--allow-existing",
+            ];
+            Args::try_parse_from(argv).unwrap().cmd
+        };
+        let quiet: OnUpload = std::sync::Arc::new(|_| {});
+        package(cmd(), quiet.clone()).await.unwrap();
+        // Again: the package and its delta exist, reused with --allow-existing.
+        package(cmd(), quiet).await.unwrap();
+        let deltas = server
+            .state
+            .db
+            .read(|c| {
+                let p = crate::store::find_package_for_delta(
+                    c,
+                    wellcar_omaha::WELLCAR_APP_ID,
+                    "1.1.0",
+                    "amd64",
+                )?;
+                crate::store::package_deltas(c, &p.id)
+            })
+            .await
+            .unwrap();
+        assert_eq!(deltas.len(), 1, "{deltas:?}");
+        assert_eq!(
+            (deltas[0].source_version.as_str(), deltas[0].size),
+            ("1.0.0", delta_bytes.len() as i64)
+        );
+        server.shutdown().await.unwrap();
     }
 }

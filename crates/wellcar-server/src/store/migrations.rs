@@ -117,6 +117,16 @@ const MIGRATIONS: &[&str] = &[
         SELECT app_id, created_at / 86400000, version, COUNT(*) FROM events
         WHERE event_type = 3 AND event_result = 2 AND verified = 1
         GROUP BY app_id, created_at / 86400000, version;",
+    // Delta payloads: one per (package, source version), hosted next to the package's file;
+    // per instance the version whose delta it was last offered and the one whose delta failed
+    // on it (it gets that version's full payload).
+    "CREATE TABLE package_deltas (
+        package_id TEXT NOT NULL REFERENCES packages(id), source_version TEXT NOT NULL,
+        filename TEXT NOT NULL, size BIGINT NOT NULL, sha256_hex TEXT NOT NULL,
+        sha1_base64 TEXT NOT NULL, sha256_base64 TEXT NOT NULL, created_at BIGINT NOT NULL,
+        PRIMARY KEY (package_id, source_version), UNIQUE (package_id, filename));
+     ALTER TABLE instances ADD COLUMN delta_served_version TEXT;
+     ALTER TABLE instances ADD COLUMN delta_failed_version TEXT;",
 ];
 
 /// Runs pending migrations and seeds an empty database. Safe to run from several processes.

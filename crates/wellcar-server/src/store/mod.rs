@@ -26,6 +26,7 @@ mod activity;
 mod apps;
 mod channels;
 mod dashboard;
+mod deltas;
 mod events;
 mod groups;
 mod instances;
@@ -52,6 +53,11 @@ pub use dashboard::{
     completions_per_day, event_counts_since, group_version_status_counts, like_pattern, live_token,
     search_activity, search_instances, ActivitySearch, EventCount, InstanceSearch,
     VersionStatusCount, MATCH_COUNT_CAP,
+};
+pub use deltas::{
+    check_delta_fields, create_package_delta, delete_package_delta, find_hosted_delta,
+    find_hosted_package_by_id, find_package_for_delta, instance_delta_state, note_delta_failure,
+    package_deltas, set_delta_served, NewPackageDelta,
 };
 pub use events::{count_events, insert_event, list_instance_events, NewEvent};
 pub use groups::{

@@ -263,7 +263,8 @@ pub(crate) fn delete_unused_package(conn: &mut dyn Conn, id: &str) -> Result<(),
     conn.execute(
         "DELETE FROM packages WHERE id = $1
          AND NOT EXISTS (SELECT 1 FROM channels WHERE package_id = $1)
-         AND NOT EXISTS (SELECT 1 FROM channel_floors WHERE package_id = $1)",
+         AND NOT EXISTS (SELECT 1 FROM channel_floors WHERE package_id = $1)
+         AND NOT EXISTS (SELECT 1 FROM package_deltas WHERE package_id = $1)",
         &params![id],
     )?;
     Ok(())
