@@ -48,7 +48,15 @@ fn the_delta_goes_only_to_its_source_version_and_never_after_it_failed() {
     let deltas = [delta("p1", "1.0.0"), delta("p1", "0.9.0")];
     let other_package = [delta("p2", "1.0.0")];
     let external = package("https://cdn.example.test/1.1.0/");
-    let cases: [(&str, Option<&str>, &Package, &[PackageDelta], Option<&str>); 9] = [
+    // Reported version, failed version, package, its deltas, the delta chosen (by source).
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        &'a Package,
+        &'a [PackageDelta],
+        Option<&'a str>,
+    );
+    let cases: [Case; 9] = [
         ("1.0.0", None, &hosted, &deltas, Some("1.0.0")),
         ("0.9.0", None, &hosted, &deltas, Some("0.9.0")),
         // Text equality: no prefix or semantic match.
