@@ -98,7 +98,7 @@ fn the_delta_goes_only_to_its_source_version_and_never_after_it_failed() {
 
 #[test]
 fn the_delta_manifest_is_the_full_one_with_the_delta_file_and_the_flag() {
-    let full = crate::omaha::manifest_for_tests(&package(""));
+    let full = crate::omaha::manifest(&package(""));
     let d = delta("p1", "1.0.0");
     let m = delta_manifest(full.clone(), &d);
     assert_eq!(m.version, full.version);

@@ -352,7 +352,8 @@ fn codebase(state: &ServerState, headers: &HeaderMap, p: &Package) -> String {
     )
 }
 
-fn manifest(p: &Package) -> Manifest {
+/// The Omaha manifest offering package `p` in full.
+pub(crate) fn manifest(p: &Package) -> Manifest {
     Manifest {
         version: p.version.clone(),
         packages: vec![wellcar_omaha::Package {
@@ -370,11 +371,6 @@ fn manifest(p: &Package) -> Manifest {
         }],
         ..Manifest::default()
     }
-}
-
-#[cfg(test)]
-pub(crate) fn manifest_for_tests(p: &Package) -> Manifest {
-    manifest(p)
 }
 
 /// The package an instance at `current` should move to next on `channel`: the lowest floor
