@@ -26,6 +26,8 @@ use wellcar_test_support::tools::run;
 use wellcar_test_support::vm::{logged_in, shell_status, tail, BOOT_TIMEOUT};
 use wellcar_vmtests::*;
 
+mod oem_cmdline;
+
 /// A failing boot: kernel panic (`panic=10`) or initramfs failure (reboot delay 3 s) plus GRUB.
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(480);
 const B_GUID: &str = "e03dd35c-7c2d-4a47-b3fe-27f15780a57c";
@@ -364,7 +366,7 @@ fn bad_usr_falls_back_under_uefi() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let empty_hash = write_empty_usr_b(&b.path(&b.manifest.qcow2_image), &dir);
-    // The initramfs waits its default 60 s before rebooting: FALLBACK_TIMEOUT covers it.
+    // The OEM grub.cfg sets wellcar.init.reboot_delay=3 (write_empty_usr_b).
     let mut vm = spawn_on(&b, dir.join("bad-usr.qcow2"), &dir, 0, Firmware::Uefi);
     let at = next_boot(&mut vm, 0, BOOT_TIMEOUT);
     assert!(vm.console()[at..].starts_with('b'), "{}", tail(&vm));
@@ -389,7 +391,8 @@ fn bad_usr_falls_back_under_uefi() {
 }
 
 /// Writes an empty EROFS with a valid verity tree into USR-B of the overlay `disk`, stages it on
-/// the ESP (through mtools, with the bootstate library), and leaves `dir/bad-usr.qcow2`.
+/// the ESP (through mtools, with the bootstate library), shortens the initramfs's reboot delay
+/// after a failure to 3 s (OEM `grub.cfg`), and leaves `dir/bad-usr.qcow2`.
 /// Returns the new root hash.
 fn write_empty_usr_b(disk: &Path, dir: &Path) -> String {
     let raw = dir.join("bad-usr.raw");
@@ -471,6 +474,15 @@ fn write_empty_usr_b(disk: &Path, dir: &Path) -> String {
             .args(["-o", "-i", &image])
             .arg(tree.join(format!("wellcar/state-{i}.env")))
             .arg(format!("::/wellcar/state-{i}.env")));
+    }
+    // B's failure reboots after 3 s instead of the initramfs's default 60 s.
+    {
+        let mut disk = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&raw)
+            .unwrap();
+        oem_cmdline::append_to_cmdline(&raw, &mut disk, "wellcar.init.reboot_delay=3");
     }
     run(Command::new("qemu-img")
         .args(["convert", "-O", "qcow2"])

@@ -17,6 +17,7 @@ use wellcar_test_support::vm::{logged_in, BOOT_TIMEOUT};
 use wellcar_vmtests::*;
 
 mod flatcar_day;
+mod oem_cmdline;
 mod storage_day;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -59,47 +60,6 @@ fn edited_disk(b: &Built, name: &str, edit: impl FnOnce(&Path, &mut File)) -> Pa
         .arg(&qcow2));
     std::fs::remove_file(&raw).unwrap();
     qcow2
-}
-
-/// Appends `extra` to the kernel command line through the OEM partition's grub.cfg
-/// (`linux_append`), so failure tests can shorten the 60 s reboot delay.
-fn append_to_cmdline(raw: &Path, disk: &mut File, extra: &str) {
-    let oem = find_partition(disk, raw, PartitionKey::Label("OEM")).unwrap();
-    let part = raw.with_extension("oem");
-    run(Command::new("dd")
-        .arg(format!("if={}", raw.display()))
-        .arg(format!("of={}", part.display()))
-        .args(["bs=512", "status=none"])
-        .arg(format!("skip={}", oem.offset / 512))
-        .arg(format!("count={}", oem.size / 512)));
-    let cfg = raw.with_extension("grub.cfg");
-    let dumped = tools::output(
-        Command::new("debugfs")
-            .arg("-R")
-            .arg(format!("dump /grub.cfg {}", cfg.display()))
-            .arg(&part),
-    );
-    assert!(dumped.status.success());
-    let text = std::fs::read_to_string(&cfg).unwrap_or_default();
-    let edited = if text.contains("linux_append=\"") {
-        text.replacen("linux_append=\"", &format!("linux_append=\"{extra} "), 1)
-    } else {
-        format!("{text}\nset linux_append=\"{extra}\"\n")
-    };
-    std::fs::write(&cfg, edited).unwrap();
-    run(Command::new("debugfs")
-        .args(["-w", "-R", "rm /grub.cfg"])
-        .arg(&part));
-    run(Command::new("debugfs")
-        .arg("-w")
-        .arg("-R")
-        .arg(format!("write {} grub.cfg", cfg.display()))
-        .arg(&part));
-    let bytes = std::fs::read(&part).unwrap();
-    disk.seek(SeekFrom::Start(oem.offset)).unwrap();
-    disk.write_all(&bytes).unwrap();
-    std::fs::remove_file(&part).unwrap();
-    std::fs::remove_file(&cfg).unwrap();
 }
 
 fn usr_a_offset(raw: &Path, disk: &mut File) -> u64 {
@@ -287,7 +247,7 @@ fn wrong_root_hash_names_the_step_and_reboots() {
     // Change the top block of USR-A's hash tree: the tree no longer hashes to the root hash
     // GRUB passes, exactly what a wrong verity.usrhash looks like to the initramfs.
     let disk = edited_disk(&b, "boot-wrong-hash", |raw, f| {
-        append_to_cmdline(raw, f, "wellcar.init.reboot_delay=2");
+        oem_cmdline::append_to_cmdline(raw, f, "wellcar.init.reboot_delay=2");
         let usr = usr_a_offset(raw, f);
         flip_byte(f, usr + USR_VERITY_HASH_OFFSET + 4096 + 17);
     });
@@ -298,7 +258,7 @@ fn wrong_root_hash_names_the_step_and_reboots() {
 fn missing_usr_partition_names_it_and_reboots() {
     let b = image_v1();
     let disk = edited_disk(&b, "boot-missing-usr", |raw, f| {
-        append_to_cmdline(
+        oem_cmdline::append_to_cmdline(
             raw,
             f,
             "wellcar.init.reboot_delay=2 wellcar.init.disk_timeout=3",
