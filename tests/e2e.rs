@@ -10,11 +10,11 @@
 //!   `/etc/flatcar/update.conf` (server, a reboot strategy, short check intervals), a
 //!   custom health check `RequiredBy=boot-complete.target`, and a container workload whose OCI
 //!   image (Debian's static busybox) the test makes itself and ships in the config;
-//! - BIOS, in full: publish v2 → the agent updates and reboots into USR-B by itself; publish v3
+//! - BIOS, in full: publish v2 → the agent updates and locksmithd reboots into USR-B; publish v3
 //!   → boot fails, GRUB falls back to v2, the agent reports 3/0 errorcode 44, the server marks
 //!   the update failed and halts the group; resume and publish v4 → power cut mid-download →
 //!   still v2 → the agent resumes and the machine ends on v4;
-//! - UEFI, short: provision and update to v2 under `REBOOT_STRATEGY=fleetlock`: the agent takes
+//! - UEFI, short: provision and update to v2 under `REBOOT_STRATEGY=fleetlock`: locksmithd takes
 //!   the server's FleetLock slot of group `stable` before it reboots and releases it once v2 is
 //!   marked good (the activity log shows both, in that order, and no slot stays held).
 //!
@@ -779,7 +779,7 @@ impl Story {
         {
             self.server_instance_marking_changes(&mut seen);
             if Instant::now() > deadline {
-                self.fail("the agent did not reboot into the update");
+                self.fail("the machine did not reboot into the update (agent and locksmithd)");
             }
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -983,7 +983,7 @@ fn uefi_provision_and_update() {
     let _slot = vm_slot();
     let mut story = Story::start("e2e-uefi", Firmware::Uefi, Strategy::FleetLock);
     story.provision_and_update_to_v2();
-    // The agent took the slot before the reboot and gave it back once v2 was marked good.
+    // locksmithd took the slot before the reboot and gave it back once v2 was marked good.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let log = story.server.lock_activity();
