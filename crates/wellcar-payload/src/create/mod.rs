@@ -316,43 +316,9 @@ pub fn create_payload_with(
     let _ = std::fs::remove_file(&data_path);
     let summary = result?;
     if let Some(source_version) = &summary.source_version {
-        record_delta_in_build(manifest_json, &summary, source_version)?;
+        build_deltas::record_delta_in_build(manifest_json, &summary, source_version)?;
     }
     Ok(summary)
-}
-
-/// Lists a delta written into the build directory (next to `manifest.json`) in the build
-/// manifest's `deltas`, so that `wellcar server package publish --build` finds it. A delta
-/// written elsewhere (`--output` outside the build) is not recorded: the manifest names files
-/// relative to its directory.
-fn record_delta_in_build(
-    manifest_json: &Path,
-    summary: &PayloadSummary,
-    source_version: &str,
-) -> Result<(), CreateError> {
-    let Some(build_dir) = manifest_json.parent() else {
-        return Ok(());
-    };
-    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
-    let out_dir = summary.path.parent();
-    let in_build = out_dir.and_then(canonical).is_some()
-        && out_dir.and_then(canonical) == canonical(build_dir);
-    let Some(file) = summary.path.file_name().filter(|_| in_build) else {
-        return Ok(());
-    };
-    let mut build = read_build_manifest(manifest_json)?;
-    build.record_delta(wellcar_contract::DeltaArtifact {
-        source_version: source_version.to_owned(),
-        file: file.to_string_lossy().into_owned(),
-        size: summary.size,
-        sha256: summary.sha256.to_string(),
-    });
-    build.write(build_dir).map_err(|e| match e {
-        BuildManifestError::Read { path, source } | BuildManifestError::Write { path, source } => {
-            CreateError::Output { path, source }
-        }
-        BuildManifestError::Parse { path, source } => CreateError::BuildManifest { path, source },
-    })
 }
 
 fn read_build_manifest(path: &Path) -> Result<BuildManifest, CreateError> {
@@ -799,6 +765,7 @@ fn write_payload(
     })
 }
 
+mod build_deltas;
 pub(crate) mod delta;
 #[cfg(test)]
 mod tests;
