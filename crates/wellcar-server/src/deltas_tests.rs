@@ -150,8 +150,15 @@ async fn start(url: String, dir: &std::path::Path) -> (RunningServer, String) {
     (server, token)
 }
 
-async fn deltas_are_offered_to_their_source_and_fall_back_to_full(url: String) {
+async fn deltas_are_offered_to_their_source_and_fall_back_to_full(
+    backend: crate::http_tests::Backend,
+) {
     let dir = tempfile::tempdir().unwrap();
+    // The PostgreSQL cluster is set up by blocking calls: off the runtime's threads.
+    let path = dir.path().to_owned();
+    let url = tokio::task::spawn_blocking(move || crate::http_tests::database_url(backend, &path))
+        .await
+        .unwrap();
     let (server, token) = start(url, dir.path()).await;
     let api = ApiClient::new(&server.url(), Some(&token));
     let omaha = ApiClient::new(&server.url(), None);
@@ -294,21 +301,4 @@ async fn deltas_are_offered_to_their_source_and_fall_back_to_full(url: String) {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deltas_are_offered_to_their_source_and_fall_back_to_full_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("server.db").display());
-    deltas_are_offered_to_their_source_and_fall_back_to_full(url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deltas_are_offered_to_their_source_and_fall_back_to_full_on_postgres() {
-    let url = tokio::task::spawn_blocking(|| {
-        let cluster = wellcar_test_support::pg_cluster::shared_cluster()
-            .unwrap_or_else(|e| panic!("postgresql tests need a server: {e}"));
-        cluster.create_database().expect("creating a test database")
-    })
-    .await
-    .unwrap();
-    deltas_are_offered_to_their_source_and_fall_back_to_full(url).await;
-}
+crate::http_tests::both_backends!(deltas_are_offered_to_their_source_and_fall_back_to_full);

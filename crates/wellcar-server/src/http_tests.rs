@@ -16,8 +16,9 @@ use crate::model::{Activity, Group, Instance, InstanceEvent, Package};
 use crate::store::{self, Role};
 use crate::{RunningServer, Settings};
 
+/// The database a test server runs on; [`both_backends!`] runs a test on each.
 #[derive(Debug, Clone, Copy)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -31,7 +32,8 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-fn database_url(backend: Backend, dir: &std::path::Path) -> String {
+/// A fresh database of `backend` (SQLite below `dir`, PostgreSQL on the shared test cluster).
+pub(crate) fn database_url(backend: Backend, dir: &std::path::Path) -> String {
     match backend {
         Backend::Sqlite => format!("sqlite:{}", dir.join("server.db").display()),
         Backend::Postgres => {
@@ -254,20 +256,23 @@ fn is_update(d: &UpdateDecision) -> bool {
     matches!(d, UpdateDecision::Update(_))
 }
 
+/// Runs each `async fn name(backend: Backend)` of the calling module as `name::sqlite` and
+/// `name::postgres`.
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
+                super::$name(crate::http_tests::Backend::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name(super::Backend::Postgres).await
+                super::$name(crate::http_tests::Backend::Postgres).await
             }
         }
     )*};
 }
+pub(crate) use both_backends;
 
 both_backends!(
     fresh_server_seeds_and_answers,

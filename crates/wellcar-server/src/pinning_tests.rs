@@ -51,8 +51,13 @@ async fn start(url: String, dir: &std::path::Path) -> RunningServer {
     crate::spawn(settings).await.unwrap()
 }
 
-async fn pinned_checks_get_the_matching_package(url: String) {
+async fn pinned_checks_get_the_matching_package(backend: crate::http_tests::Backend) {
     let dir = tempfile::tempdir().unwrap();
+    // The PostgreSQL cluster is set up by blocking calls: off the runtime's threads.
+    let path = dir.path().to_owned();
+    let url = tokio::task::spawn_blocking(move || crate::http_tests::database_url(backend, &path))
+        .await
+        .unwrap();
     let server = start(url, dir.path()).await;
     let state = server.state.clone();
     let now = crate::now_ms();
@@ -149,21 +154,4 @@ async fn pinned_checks_get_the_matching_package(url: String) {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pinned_checks_get_the_matching_package_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("server.db").display());
-    pinned_checks_get_the_matching_package(url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pinned_checks_get_the_matching_package_on_postgres() {
-    let url = tokio::task::spawn_blocking(|| {
-        let cluster = wellcar_test_support::pg_cluster::shared_cluster()
-            .unwrap_or_else(|e| panic!("postgresql tests need a server: {e}"));
-        cluster.create_database().expect("creating a test database")
-    })
-    .await
-    .unwrap();
-    pinned_checks_get_the_matching_package(url).await;
-}
+crate::http_tests::both_backends!(pinned_checks_get_the_matching_package);
