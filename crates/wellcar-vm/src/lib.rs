@@ -15,9 +15,11 @@
 
 pub mod accel;
 pub mod config_drive;
+pub mod extra_disk;
 pub mod login;
 pub mod machine;
 
 pub use accel::{choose_accel, Accel};
+pub use extra_disk::ExtraDisk;
 pub use login::{authorized_keys, cache_dir, core_login_config, core_ssh, login_key, LoginKey};
-pub use machine::{ExtraDisk, Firmware, Machine, MachineConfig, VmError};
+pub use machine::{Firmware, Machine, MachineConfig, VmError};
