@@ -21,6 +21,7 @@ use crate::agent::{CheckOutcome, InstallSource};
 use crate::host::HostPaths;
 use crate::state::{Operation, Phase};
 
+mod delta;
 pub(crate) mod fixture;
 mod local_payload;
 mod reboot_coordination;

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use wellcar_contract::esp;
+use wellcar_contract::{esp, RootHash};
 use wellcar_disk::Slot;
 
 /// Failure reading a host fact.
@@ -215,6 +215,16 @@ pub struct HostFacts {
     pub oem_version: String,
     /// The slot /usr was booted from.
     pub booted_slot: Slot,
+    /// The dm-verity root hash /usr was booted with (`verity.usrhash=`), when given.
+    pub booted_root_hash: Option<RootHash>,
+}
+
+/// The booted /usr's dm-verity root hash from a kernel command line (`verity.usrhash=`).
+pub fn booted_root_hash_from_cmdline(cmdline: &str) -> Option<RootHash> {
+    cmdline
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("verity.usrhash="))
+        .and_then(|hash| hash.to_ascii_lowercase().parse().ok())
 }
 
 /// The booted slot from a kernel command line: `verity.usr=`/`usr=`/`mount.usr=` naming
@@ -292,6 +302,7 @@ impl HostFacts {
             oem,
             oem_version,
             booted_slot,
+            booted_root_hash: booted_root_hash_from_cmdline(&cmdline),
         })
     }
 }
@@ -314,6 +325,18 @@ mod tests {
             Some(Slot::B)
         );
         assert_eq!(booted_slot_from_cmdline("root=/dev/sda9 quiet"), None);
+    }
+
+    #[test]
+    fn booted_root_hash_is_read_from_verity_usrhash() {
+        let hash = "AB".repeat(32);
+        let cmdline = format!("verity.usr=PARTLABEL=USR-A verity.usrhash={hash} quiet");
+        assert_eq!(
+            booted_root_hash_from_cmdline(&cmdline).map(|h| h.to_string()),
+            Some(hash.to_ascii_lowercase())
+        );
+        assert_eq!(booted_root_hash_from_cmdline("verity.usrhash=xyz"), None);
+        assert_eq!(booted_root_hash_from_cmdline("usr=PARTLABEL=USR-A"), None);
     }
 
     #[test]

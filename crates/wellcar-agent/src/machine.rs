@@ -48,8 +48,15 @@ pub mod error_code {
     pub const DOWNLOAD_WRITE: u32 = 14;
     /// NewRootfsVerificationError (read-back mismatch).
     pub const NEW_ROOTFS_VERIFICATION: u32 = 15;
+    /// DownloadStateInitializationError: a delta's source slot is not the one it was made
+    /// from (version, size or dm-verity root), or changed while it was read.
+    pub const DOWNLOAD_STATE_INITIALIZATION: u32 = 20;
     /// DownloadManifestParseError / decompression.
     pub const MANIFEST_PARSE: u32 = 23;
+    /// DownloadOperationExecutionError: an authentic delta patch does not decode.
+    pub const DOWNLOAD_OPERATION_EXECUTION: u32 = 28;
+    /// DownloadOperationHashMismatch: a delta patch's output has the wrong hash.
+    pub const DOWNLOAD_OPERATION_HASH_MISMATCH: u32 = 29;
     /// RollbackError.
     pub const ROLLBACK: u32 = 44;
 }

@@ -16,7 +16,7 @@ use wellcar_contract::PathIoError;
 use wellcar_bootstate::Esp;
 use wellcar_contract::RootHash;
 use wellcar_disk::{find_partition, PartitionKey, Slot};
-use wellcar_payload::UsrTarget;
+use wellcar_payload::{SourceReader, UsrTarget};
 
 /// Failure locating or staging a slot.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,16 @@ impl SlotControl for EspSlots {
         self.mirror(&loaded);
         Ok(())
     }
+}
+
+/// The USR partition of the booted `slot` on `disk`, opened read-only: the source a delta
+/// payload reads (and verifies whole before reading any extent).
+pub fn source_slot(disk: &Path, slot: Slot) -> Result<SourceReader, SlotError> {
+    let mut file = File::open(disk)
+        .map_err(|source| SlotError::Io(PathIoError::new("opening", disk.to_owned(), source)))?;
+    let loc = find_partition(&mut file, disk, PartitionKey::Guid(slot.unique_guid()))?;
+    let name = PathBuf::from(format!("{} on {}", loc.label, disk.display()));
+    Ok(SourceReader::window(file, name, loc.offset, loc.size))
 }
 
 /// The USR partition of `slot` on `disk`, as a payload target: a bounded window onto the disk

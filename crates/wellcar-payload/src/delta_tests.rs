@@ -441,3 +441,63 @@ fn a_delta_written_into_the_build_is_listed_in_its_manifest_and_one_elsewhere_is
     .unwrap();
     assert_eq!(read().len(), 1);
 }
+
+#[test]
+fn a_source_window_inside_a_disk_reads_only_its_slot() {
+    let pair = Pair::new();
+    let delta = pair.delta();
+    let usr = read(&pair.source_usr());
+    // A "disk": 1 MiB of other bytes, the slot, then more bytes past its end.
+    let disk = pair.fx.dir.path().join("disk.img");
+    let mut bytes = vec![0x5a; MIB as usize];
+    bytes.extend_from_slice(&usr);
+    bytes.extend_from_slice(&vec![0xa5; MIB as usize]);
+    std::fs::write(&disk, &bytes).unwrap();
+    let window = |base: u64, size: u64| {
+        SourceReader::window(File::open(&disk).unwrap(), disk.clone(), base, size)
+    };
+    let head = PayloadHead::read(&mut File::open(&delta.path).unwrap())
+        .unwrap()
+        .authenticate(&pair.fx.trusted())
+        .unwrap();
+    let slot = head.manifest().source.clone().unwrap();
+    window(MIB, usr.len() as u64).verify(&slot).unwrap();
+    // Off by one block: another root. Cut short: too small, never reading past the window.
+    let err = window(MIB + 4096, usr.len() as u64)
+        .verify(&slot)
+        .unwrap_err();
+    assert!(
+        matches!(err, ApplyError::SourceRootMismatch { .. }),
+        "{err}"
+    );
+    let err = window(MIB, slot.data_len() - 4096)
+        .verify(&slot)
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::SourceTooSmall { .. }), "{err}");
+    let mut out = Vec::new();
+    let beyond = [crate::format::SourceExtent {
+        offset: usr.len() as u64 - 4096,
+        length: 8192,
+    }];
+    let err = window(MIB, usr.len() as u64)
+        .read_extents(&beyond, &mut out)
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::SourceRead { .. }), "{err}");
+    // Installing through the window gives v2 exactly.
+    let target = pair.fx.target("t", USR_SIZE);
+    let mut payload = File::open(&delta.path).unwrap();
+    let head = PayloadHead::read(&mut payload)
+        .unwrap()
+        .authenticate(&pair.fx.trusted())
+        .unwrap();
+    let mut installer = Installer::new_with_source(
+        head,
+        &policy(),
+        target.open(),
+        Some(window(MIB, usr.len() as u64)),
+    )
+    .unwrap();
+    installer.write_from(&mut payload).unwrap();
+    installer.finish().unwrap();
+    assert_eq!(read(&target.usr), read(&pair.v2.join("usr.img")));
+}

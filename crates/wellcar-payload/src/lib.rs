@@ -44,7 +44,7 @@ pub use create::{
     PAYLOAD_FILE_NAME,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
-pub use format::{FormatError, Manifest, PayloadHead, Sha256Digest, VerifiedHead};
+pub use format::{FormatError, Manifest, PayloadHead, Sha256Digest, SourceSlot, VerifiedHead};
 pub use info::PayloadInfo;
 pub use keys::{
     dev_signing_key, dev_signing_key_in, generate_keypair, load_signing_key, load_verifying_key,

@@ -14,7 +14,10 @@
 //!   offer of that version clears it and logs `delta-fallback`.
 //! - [`note_failure`]: a verified `3/0` event (any error code) from an instance served a delta
 //!   for its granted version sets `delta_failed_version` and logs `delta-failed`; its next
-//!   check for that version gets the full payload.
+//!   check for that version gets the full payload. Such a failure is not an update failure:
+//!   the instance stays `granted` (the event's error code is kept), it does not count towards
+//!   the group's safe mode, and the grant is re-served. A failure after the full payload was
+//!   served is an update failure as before.
 //! - The delta's Omaha answer ([`delta_manifest`]) is the full one's with the delta's file
 //!   name, size, SHA-1 and SHA-256, and `IsDeltaPayload="true"` on the postinstall action
 //!   (update_engine's attribute). Its URL is the package's codebase: the file is hosted next to
@@ -137,23 +140,23 @@ pub fn choose_in_grant(
 }
 
 /// Records a verified failure event of `instance` against the delta it was served (module
-/// contract). Call for verified events only.
+/// contract). Call for verified events only. Returns whether it was the delta's failure.
 pub fn note_failure(
     conn: &mut dyn Conn,
     instance: &Instance,
     ev: &wellcar_omaha::Event,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     use wellcar_omaha::{event_result, event_type};
     if (ev.event_type, ev.event_result) != (event_type::UPDATE_COMPLETE, event_result::ERROR) {
-        return Ok(());
+        return Ok(false);
     }
     let Some(version) = instance.granted_version.as_deref() else {
-        return Ok(());
+        return Ok(false);
     };
     let (app, machine) = (&instance.facts.app_id, &instance.facts.machine_id);
     if !store::note_delta_failure(conn, app, machine, version)? {
-        return Ok(());
+        return Ok(false);
     }
     let code = ev
         .error_code
@@ -172,7 +175,8 @@ pub fn note_failure(
                  {code}); its next check gets the full package"
             ),
         },
-    )
+    )?;
+    Ok(true)
 }
 
 /// The Omaha manifest offering `delta` of `package`: `full` (the package's manifest) with the

@@ -216,7 +216,6 @@ async fn deltas_are_offered_to_their_source_and_fall_back_to_full(
         "{missing:?}"
     );
     let _: serde_json::Value = api.publish(&target, "stable").await.unwrap();
-
     // At the delta's source: the delta, flagged, with its size and hash.
     let (info, body) = check(&omaha, "m1", "1.0.0").await;
     assert!(info.is_delta, "{body}");
@@ -254,17 +253,23 @@ async fn deltas_are_offered_to_their_source_and_fall_back_to_full(
     );
 
     // The delta fails on m1 (3/0, its own error code): its next check gets the full package.
-    let failed = Event {
-        event_type: 3,
-        event_result: 0,
-        error_code: Some(ErrorCode { raw: 70 }),
-        previous_version: None,
+    let report = |machine: &'static str, code: u32| {
+        let omaha = &omaha;
+        async move {
+            let failed = Event {
+                event_type: 3,
+                event_result: 0,
+                error_code: Some(ErrorCode { raw: code }),
+                previous_version: None,
+            };
+            let (status, body) = omaha
+                .omaha(&app_request(machine, "1.0.0", false, vec![failed]))
+                .await
+                .unwrap();
+            assert_eq!(status, hyper::StatusCode::OK, "{body}");
+        }
     };
-    let (status, body) = omaha
-        .omaha(&app_request("m1", "1.0.0", false, vec![failed]))
-        .await
-        .unwrap();
-    assert_eq!(status, hyper::StatusCode::OK, "{body}");
+    report("m1", 70).await;
     let (info, body) = check(&omaha, "m1", "1.0.0").await;
     assert!(!info.is_delta && !body.contains("IsDeltaPayload"), "{body}");
     assert_eq!(info.size, full.len() as u64);
@@ -275,6 +280,46 @@ async fn deltas_are_offered_to_their_source_and_fall_back_to_full(
     // m1 stays on full for 1.1.0; another machine at 1.0.0 still gets the delta.
     assert!(!check(&omaha, "m1", "1.0.0").await.0.is_delta);
     assert!(check(&omaha, "m3", "1.0.0").await.0.is_delta);
+    let status_of = |machine: &'static str| {
+        let db = server.state.db.clone();
+        async move {
+            let i = db
+                .read(move |c| store::find_instance(c, WELLCAR_APP_ID, machine, false))
+                .await
+                .unwrap()
+                .unwrap();
+            (i.status, i.last_error_code)
+        }
+    };
+    assert_eq!(status_of("m1").await, ("granted".into(), Some(70)));
+
+    // Safe mode halts the group at its first failed update; a failed delta is not one.
+    let group = format!("/api/v1/apps/{WELLCAR_APP_ID}/groups/stable");
+    let safe_mode = serde_json::json!({"safe_mode": true, "safe_mode_failures": 1});
+    let _: serde_json::Value = api
+        .call(hyper::Method::PATCH, &group, &safe_mode)
+        .await
+        .unwrap();
+    let halted = || async {
+        let g: serde_json::Value = api.get(&group).await.unwrap();
+        g["halted"].clone()
+    };
+    report("m3", 20).await;
+    assert_eq!(status_of("m3").await, ("granted".into(), Some(20)));
+    assert_eq!(
+        halted().await,
+        false,
+        "a failed delta does not halt the group"
+    );
+    assert!(!check(&omaha, "m3", "1.0.0").await.0.is_delta);
+    // The full payload failing on m3 is an update failure: safe mode halts the group.
+    report("m3", 15).await;
+    assert_eq!(status_of("m3").await, ("error".into(), Some(15)));
+    assert_eq!(
+        halted().await,
+        true,
+        "the failed full update halts the group"
+    );
 
     // What was served is in the activity log (and so in GET /api/v1/activity).
     let activity = server
@@ -295,9 +340,11 @@ async fn deltas_are_offered_to_their_source_and_fall_back_to_full(
     assert!(served
         .iter()
         .any(|m| m.contains("instance m1 was served the delta of 1.1.0 from 1.0.0")));
-    assert_eq!(of("delta-failed").len(), 1, "{activity:?}");
-    assert!(of("delta-failed")[0].contains("error code 70"));
-    assert_eq!(of("delta-fallback").len(), 1, "{activity:?}");
+    assert_eq!(of("delta-failed").len(), 2, "{activity:?}");
+    assert!(of("delta-failed")
+        .iter()
+        .any(|m| m.contains("instance m1") && m.contains("error code 70")));
+    assert_eq!(of("delta-fallback").len(), 2, "{activity:?}");
     server.shutdown().await.unwrap();
 }
 

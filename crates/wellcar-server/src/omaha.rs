@@ -486,6 +486,15 @@ pub fn apply_events(
             (event_type::UPDATE_COMPLETE, event_result::SUCCESS_REBOOT) => status::COMPLETE,
             _ => continue,
         };
+        // A failed delta is no failed update: the grant stands (no safe-mode count) and the
+        // next check gets the full payload.
+        let delta_failed =
+            new_status == status::ERROR && crate::deltas::note_failure(conn, instance, ev, now)?;
+        let new_status = if delta_failed {
+            status::GRANTED
+        } else {
+            new_status
+        };
         let error_code = ev.error_code.map(|c| i64::from(c.code()));
         let version = (new_status == status::COMPLETE).then_some(s.facts.version.as_str());
         store::set_instance_status(
@@ -501,7 +510,6 @@ pub fn apply_events(
         if new_status == status::ERROR {
             outcome.failures += 1;
             outcome.halted |= record_failure(conn, s, instance, ev, now)?;
-            crate::deltas::note_failure(conn, instance, ev, now)?;
         }
     }
     Ok(outcome)

@@ -12,13 +12,15 @@
 use std::cell::RefCell;
 
 use wellcar_payload::{
-    ApplyError, ApplyPolicy, InstallTargets, Installer, PayloadHead, TrustedKeys, VerifiedHead,
+    ApplyError, ApplyPolicy, Checkpoint, InstallTargets, Installer, PayloadHead, SourceReader,
+    SourceSlot, TrustedKeys, VerifiedHead,
 };
 
 use super::{Agent, AgentError, Run};
+use crate::host::HostFacts;
 use crate::http::HttpError;
 use crate::machine::{error_code, Effect, Input, InstallFailure, Machine};
-use crate::slots::{PartitionWindow, SlotControl, SlotError};
+use crate::slots::{source_slot, PartitionWindow, SlotControl, SlotError};
 use crate::state::{Offer, StateStore};
 
 /// Where the payload goes and what it is checked against, prepared once per run.
@@ -101,9 +103,7 @@ impl<S: SlotControl> Agent<S> {
             let offer = self.offer()?;
             let url = pick_url(&offer, attempt);
             let (head, body) = self.head_and_body(url, None, &offer, run)?;
-            let env = self.env(run, &offer)?;
-            let installer = Installer::new(head, &env.policy, env.targets(offer.target)?)
-                .map_err(Failure::from_apply)?;
+            let installer = self.installer(run, &offer, head, None)?;
             Ok((installer, body))
         })();
         match result {
@@ -138,9 +138,7 @@ impl<S: SlotControl> Agent<S> {
                     })?;
                     let url = pick_url(&offer, attempt);
                     let head = self.head(url, Some(checkpoint.data_start - 1), &offer, run)?;
-                    let env = self.env(run, &offer)?;
-                    Installer::resume(head, &env.policy, env.targets(offer.target)?, checkpoint)
-                        .map_err(Failure::from_apply)?
+                    self.installer(run, &offer, head, Some(checkpoint))?
                 }
             };
             // Reading back is no transfer: whatever fails here is final for this download.
@@ -157,6 +155,31 @@ impl<S: SlotControl> Agent<S> {
             Ok(root_hash) => Input::Verified { root_hash },
             Err(f) => run.failed(f),
         }
+    }
+
+    /// The installer for `head`: new, or resumed from `checkpoint`. A delta reads the booted
+    /// slot, which must be the one it was made from: the root hash the system booted with is
+    /// compared first (no read), then the installer recomputes the slot's root before it
+    /// writes anything (on every start and resume).
+    fn installer(
+        &self,
+        run: &mut Run<'_>,
+        offer: &Offer,
+        head: VerifiedHead,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Installer<PartitionWindow>, Failure> {
+        let facts = run.facts;
+        let env = self.env(run, offer)?;
+        let source = match &head.manifest().source {
+            Some(wanted) => Some(delta_source(&env.disk, facts, wanted)?),
+            None => None,
+        };
+        let targets = env.targets(offer.target)?;
+        match checkpoint {
+            Some(cp) => Installer::resume_with_source(head, &env.policy, targets, cp, source),
+            None => Installer::new_with_source(head, &env.policy, targets, source),
+        }
+        .map_err(Failure::from_apply)
     }
 
     /// Reads and authenticates the payload head from `url` (up to byte `end`), refusing a
@@ -213,11 +236,14 @@ impl<S: SlotControl> Agent<S> {
             let resumed = match saved {
                 Some(cp) => {
                     let head = self.head(url, Some(cp.data_start - 1), &offer, run)?;
-                    let env = self.env(run, &offer)?;
-                    match Installer::resume(head, &env.policy, env.targets(offer.target)?, cp) {
+                    match self.installer(run, &offer, head, Some(cp)) {
                         Ok(i) => Some(i),
-                        Err(e) => {
-                            tracing::warn!("cannot resume, starting over: {e}");
+                        // Starting over would read the same source again.
+                        Err(f) if f.failure.code == error_code::DOWNLOAD_STATE_INITIALIZATION => {
+                            return Err(f)
+                        }
+                        Err(f) => {
+                            tracing::warn!("cannot resume, starting over: {}", f.failure.reason);
                             None
                         }
                     }
@@ -228,9 +254,7 @@ impl<S: SlotControl> Agent<S> {
                 Some(i) => run.installer = Some(i),
                 None => {
                     let (head, mut body) = self.head_and_body(url, None, &offer, run)?;
-                    let env = self.env(run, &offer)?;
-                    let i = Installer::new(head, &env.policy, env.targets(offer.target)?)
-                        .map_err(Failure::from_apply)?;
+                    let i = self.installer(run, &offer, head, None)?;
                     let checkpoint = Input::Checkpointed(i.checkpoint().clone());
                     persist_step(&mut self.machine, &self.store, checkpoint)
                         .map_err(Failure::fatal(error_code::ERROR))?;
@@ -306,6 +330,27 @@ fn persist_step(
         }
     }
     Ok(())
+}
+
+/// Opens the booted slot on `disk` as the source of a delta made from `wanted`, refusing it at
+/// once when the system booted with another root hash than the delta names.
+fn delta_source(
+    disk: &std::path::Path,
+    facts: &HostFacts,
+    wanted: &SourceSlot,
+) -> Result<SourceReader, Failure> {
+    let source = source_slot(disk, facts.booted_slot)
+        .map_err(|e| Failure::slot(error_code::DOWNLOAD_STATE_INITIALIZATION, e))?;
+    match facts.booted_root_hash {
+        Some(booted) if booted != wanted.verity.root_hash => {
+            Err(Failure::from_apply(ApplyError::SourceRootMismatch {
+                source_slot: source.describe(),
+                expected: wanted.verity.root_hash,
+                actual: format!("{booted} (verity.usrhash= of this boot)"),
+            }))
+        }
+        _ => Ok(source),
+    }
 }
 
 fn pick_url(offer: &Offer, attempt: u32) -> &str {
@@ -420,6 +465,20 @@ impl Failure {
             | ApplyError::InvalidCurrentVersion { .. } => (error_code::RESPONSE_HANDLER, false),
             ApplyError::Target { .. } | ApplyError::TargetTooSmall { .. } => {
                 (error_code::DOWNLOAD_WRITE, false)
+            }
+            // A delta whose source is not the booted slot it was made from: the server offers
+            // the full payload after this report.
+            ApplyError::DeltaNeedsSource { .. }
+            | ApplyError::DeltaSourceVersion { .. }
+            | ApplyError::SourceTooSmall { .. }
+            | ApplyError::SourceRootMismatch { .. }
+            | ApplyError::SourceRead { .. }
+            | ApplyError::SourceHashMismatch { .. } => {
+                (error_code::DOWNLOAD_STATE_INITIALIZATION, false)
+            }
+            ApplyError::Patch { .. } => (error_code::DOWNLOAD_OPERATION_EXECUTION, false),
+            ApplyError::PatchOutputMismatch { .. } => {
+                (error_code::DOWNLOAD_OPERATION_HASH_MISMATCH, false)
             }
             _ => (error_code::ERROR, false),
         };

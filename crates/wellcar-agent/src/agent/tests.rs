@@ -37,6 +37,7 @@ fn request_has_update_engine_shape_and_boot_report() {
         oem: "qemu".into(),
         oem_version: "1".into(),
         booted_slot: Slot::B,
+        booted_root_hash: None,
     };
     agent.machine.state_mut().aleph_version = Some("1.0.0".into());
     agent.machine.state_mut().previous_version = Some("1.0.0".into());

@@ -25,6 +25,8 @@ const VERIFY_BUF_LEN: usize = 1 << 20;
 pub struct SourceReader {
     file: File,
     path: PathBuf,
+    /// Where the slot starts in `file` (a partition inside a whole disk).
+    base: u64,
     size: u64,
 }
 
@@ -41,8 +43,20 @@ impl SourceReader {
         Ok(Self {
             file,
             path: path.to_owned(),
+            base: 0,
             size,
         })
+    }
+
+    /// The slot at bytes `base..base + size` of `file`, an already opened whole disk (the
+    /// booted USR partition found in its GPT). `name` is for messages.
+    pub fn window(file: File, name: PathBuf, base: u64, size: u64) -> Self {
+        Self {
+            file,
+            path: name,
+            base,
+            size,
+        }
     }
 
     /// Name for messages.
@@ -101,19 +115,23 @@ impl SourceReader {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ApplyError> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|source| ApplyError::SourceRead {
-                source_slot: self.describe(),
-                offset,
-                source: if source.kind() == io::ErrorKind::UnexpectedEof {
-                    io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("the source ends at byte {}", self.size),
-                    )
-                } else {
-                    source
-                },
-            })
+        let past_end = offset.saturating_add(buf.len() as u64) > self.size;
+        let read = if past_end {
+            Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+        } else {
+            self.file.read_exact_at(buf, self.base + offset)
+        };
+        read.map_err(|source| ApplyError::SourceRead {
+            source_slot: self.describe(),
+            offset,
+            source: if source.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the source ends at byte {}", self.size),
+                )
+            } else {
+                source
+            },
+        })
     }
 }
