@@ -10,8 +10,13 @@
 //!   `/etc/flatcar/update.conf` (server, a reboot strategy, short check intervals), a
 //!   custom health check `RequiredBy=boot-complete.target`, and a container workload whose OCI
 //!   image (Debian's static busybox) the test makes itself and ships in the config;
-//! - BIOS, in full: publish v2 → the agent updates and locksmithd reboots into USR-B; publish v3
-//!   → boot fails, GRUB falls back to v2, the agent reports 3/0 errorcode 44, the server marks
+//! - v2 and v3 are built with a delta from the version before them; v1 → v2 goes by delta in
+//!   both stories (the server's activity log shows `delta-served`, no fallback);
+//! - BIOS, in full: publish v2 → the agent updates and locksmithd reboots into USR-B; one block
+//!   of USR-B is overwritten on disk behind dm-verity's back and v3 is published → the agent
+//!   refuses v3's delta (its source's dm-verity root differs; 3/0 errorcode 20, the group is
+//!   not halted) and the next check installs v3's full payload (`delta-fallback`); v3's boot
+//!   fails, GRUB falls back to v2, the agent reports 3/0 errorcode 44, the server marks
 //!   the update failed and halts the group; resume and publish v4 → power cut mid-download →
 //!   still v2 → the agent resumes and the machine ends on v4;
 //! - UEFI, short: provision and update to v2 under `REBOOT_STRATEGY=fleetlock`: locksmithd takes
@@ -225,6 +230,17 @@ impl Server {
         self.get(&format!("/api/v1/activity?app={}&limit=50", self.app))
     }
 
+    /// The messages of the app's activity log entries of `kind`, newest first.
+    fn activity_messages(&self, kind: &str) -> Vec<String> {
+        self.activity()
+            .as_array()
+            .expect("activity is a list")
+            .iter()
+            .filter(|a| a["kind"] == kind)
+            .filter_map(|a| a["message"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// The activity log's reboot-lock entries of group `stable` (not tied to an app), oldest
     /// first.
     fn lock_activity(&self) -> Vec<String> {
@@ -297,7 +313,9 @@ fn builds() -> &'static Builds {
         } else {
             build("e2e-v1", "1.0.0")
         };
-        let v2 = build("e2e-v2", "2.0.0");
+        // v2 and v3 also carry a delta from the version before them, as a release pipeline
+        // makes them (`wellcar build --delta-from`); `package publish --build` uploads it.
+        let v2 = build_with("e2e-v2", "2.0.0", Vec::new(), Some(&v1));
         let overlay = test_dir().join("e2e-v3-overlay");
         let _ = std::fs::remove_dir_all(&overlay);
         let systemd = overlay.join("lib/systemd/systemd");
@@ -308,12 +326,19 @@ fn builds() -> &'static Builds {
         )
         .expect("writing the broken systemd");
         make_executable(&systemd);
-        let v3 = build_with_overlays("e2e-v3", "3.0.0", vec![overlay]);
+        let v3 = build_with("e2e-v3", "3.0.0", vec![overlay], Some(&v2));
         let v4 = build("e2e-v4", "4.0.0");
         for b in [&v1, &v2, &v3, &v4] {
             assert!(
                 b.manifest.payload.is_some(),
                 "{} has no update payload",
+                b.dir.display()
+            );
+        }
+        for (b, from) in [(&v2, "1.0.0"), (&v3, "2.0.0")] {
+            assert!(
+                b.manifest.deltas.iter().any(|d| d.source_version == from),
+                "{} has no delta from {from}",
                 b.dir.display()
             );
         }
@@ -845,6 +870,74 @@ impl Story {
         });
         self.tl
             .mark("v2: marked good, workload runs, server shows complete");
+        let served = self.server.activity_messages("delta-served");
+        if !served
+            .iter()
+            .any(|m| m.contains("was served the delta of 2.0.0 from 1.0.0"))
+        {
+            self.fail(&format!("v2 did not go by delta: delta-served {served:?}"));
+        }
+        if !self.server.activity_messages("delta-fallback").is_empty() {
+            self.fail("the server fell back to the full payload of v2");
+        }
+        self.tl
+            .mark("server: v2 went by its delta from v1 (activity delta-served)");
+    }
+
+    /// Step 5's setup: v3's delta is made from v2, and USR-B (v2, booted) gets one 4 KiB block
+    /// of random bytes written to its raw partition, behind dm-verity's back (no one reads that
+    /// block, so verity never sees it). Returns the command that puts the block back.
+    fn corrupt_booted_usr_b(&mut self) -> String {
+        let block = builds().v2.manifest.verity_data_blocks - 1;
+        let usr_b = "/dev/disk/by-partlabel/USR-B";
+        let saved = "/var/tmp/e2e-usr-b-block";
+        self.ok(&format!(
+            "sudo dd if={usr_b} of={saved} bs=4096 skip={block} count=1 iflag=direct status=none"
+        ));
+        self.ok(&format!(
+            "sudo dd if=/dev/urandom of={usr_b} bs=4096 seek={block} count=1 oflag=direct \
+             conv=notrunc status=none && echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null"
+        ));
+        self.tl.mark(&format!(
+            "USR-B block {block} overwritten on disk (v2 booted)"
+        ));
+        format!(
+            "sudo dd if={saved} of={usr_b} bs=4096 seek={block} count=1 oflag=direct \
+             conv=notrunc status=none"
+        )
+    }
+
+    /// Waits until the server logged the agent's refusal of v3's delta (error code 20, the
+    /// source slot is not what the delta was made from) and the agent says why.
+    fn expect_delta_refused(&mut self) {
+        let deadline = Instant::now() + UPDATE_TIMEOUT;
+        loop {
+            let failed = self.server.activity_messages("delta-failed");
+            if failed
+                .iter()
+                .any(|m| m.contains("delta of 3.0.0") && m.contains("error code 20"))
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("the delta of v3 was not refused: {failed:?}"));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let log = self.ok(&format!(
+            "journalctl -b -u {} --no-pager -o cat | grep 'update check failed' || true",
+            wellcar_agent::AGENT_UNIT
+        ));
+        if !log.contains("error code 20") || !log.contains("dm-verity root") {
+            self.fail(&format!(
+                "the agent's journal does not name the source mismatch: {log}"
+            ));
+        }
+        if self.server.group()["halted"] == true {
+            self.fail("a refused delta halted the safe-mode group");
+        }
+        self.tl
+            .mark("agent refused v3's delta: USR-B's dm-verity root differs (error 20)");
     }
 }
 
@@ -873,14 +966,26 @@ fn bios_provision_update_fallback_power_cut() {
     let mut story = Story::start("e2e-bios", Firmware::Bios, Strategy::Reboot);
     story.provision_and_update_to_v2();
 
-    // 5. Broken v3: installed into USR-A, fails to boot, GRUB falls back to v2.
+    // 5. Broken v3, offered as a delta from v2 while USR-B is corrupted on disk: the agent
+    //    refuses the delta before writing anything and the next check installs the full
+    //    payload into USR-A; v3 fails to boot and GRUB falls back to v2.
+    let restore = story.corrupt_booted_usr_b();
     let from = story.vm.console().len();
     story.publish(&builds.v3);
+    story.expect_delta_refused();
+    // The fallback boots USR-B again: give it its block back.
+    story.ok(&restore);
     let (slot, at) = story.wait_boot_watching_server(from, UPDATE_TIMEOUT);
     if slot != 'A' {
         story.fail(&format!("v3 was not tried in USR-A (booted USR-{slot})"));
     }
     story.tl.mark("reboot: GRUB tries v3 in USR-A");
+    let fallback = story.server.activity_messages("delta-fallback");
+    if !fallback.iter().any(|m| m.contains("full package of 3.0.0")) {
+        story.fail(&format!(
+            "v3 was not installed from its full payload: {fallback:?}"
+        ));
+    }
     let at = story.expect_boot(at, 'B', FALLBACK_TIMEOUT);
     story.tl.mark("fallback: GRUB boots USR-B again");
     if !story.settle(at) {

@@ -70,6 +70,17 @@ pub fn build(name: &str, version: &str) -> Built {
 /// Builds the committed OS definition as `version` into `target/vmtest/<name>`, with
 /// `usr_overlays` laid over `/usr` (`wellcar build --usr-overlay`).
 pub fn build_with_overlays(name: &str, version: &str, usr_overlays: Vec<PathBuf>) -> Built {
+    build_with(name, version, usr_overlays, None)
+}
+
+/// [`build_with_overlays`], also making a delta payload from the build `delta_from`
+/// (`wellcar build --delta-from`), listed in the manifest's `deltas`.
+pub fn build_with(
+    name: &str,
+    version: &str,
+    usr_overlays: Vec<PathBuf>,
+    delta_from: Option<&Built>,
+) -> Built {
     let dir = test_dir().join(name);
     let opts = wellcar_image::BuildOptions {
         definition: workspace().join("os/wellcar.toml"),
@@ -82,6 +93,7 @@ pub fn build_with_overlays(name: &str, version: &str, usr_overlays: Vec<PathBuf>
         signing_key: None,
         trusted_keys: Vec::new(),
         payload_compression_level: 3,
+        delta_from: delta_from.map(|b| b.dir.clone()),
     };
     let manifest = wellcar_image::build_with_progress(&opts, &|e| match e {
         wellcar_image::BuildEvent::Rootfs(wellcar_image::RootfsProgress::Package { .. }) => {}

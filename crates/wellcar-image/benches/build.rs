@@ -29,6 +29,7 @@ fn main() {
         signing_key: None,
         trusted_keys: Vec::new(),
         payload_compression_level: 3,
+        delta_from: None,
     };
     let first = Instant::now();
     let progress = |e: BuildEvent| {

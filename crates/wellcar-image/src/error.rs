@@ -231,6 +231,15 @@ pub enum BuildError {
         #[source]
         source: Box<wellcar_payload::CreateError>,
     },
+    /// The delta payload from an earlier build could not be made.
+    #[error("making the delta payload from the build in {from}")]
+    Delta {
+        /// The earlier build directory.
+        from: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<wellcar_payload::CreateError>,
+    },
     /// The build manifest could not be written.
     #[error(transparent)]
     Manifest(#[from] wellcar_contract::BuildManifestError),

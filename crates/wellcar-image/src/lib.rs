@@ -78,6 +78,9 @@ pub struct BuildOptions {
     /// Directories laid over `/usr` after everything else (user customisation): the contents
     /// of each directory are copied into `/usr`, later ones winning.
     pub usr_overlays: Vec<PathBuf>,
+    /// Also make a delta payload from this earlier build directory, signed by the same key
+    /// (`wellcar_delta_from_<ITS VERSION>.bin`, listed in the manifest's `deltas`).
+    pub delta_from: Option<PathBuf>,
 }
 
 /// What a build reports while it runs, in order (see [`build_with_progress`]). `Display` gives
@@ -451,6 +454,32 @@ pub fn build_with_progress(
         },
         |summary| vec![summary.path.clone()],
     )?;
+    if let Some(old) = &opts.delta_from {
+        phases.run(
+            "delta",
+            || {
+                let create = wellcar_payload::CreateOptions {
+                    compression_level: opts.payload_compression_level,
+                    delta_from: Some(old.clone()),
+                    ..Default::default()
+                };
+                wellcar_payload::create_payload_with(
+                    &out,
+                    &out.join(wellcar_contract::BUILD_MANIFEST_FILE),
+                    &[&signing_key],
+                    &out,
+                    &create,
+                )
+                .map_err(|source| BuildError::Delta {
+                    from: old.clone(),
+                    source: Box::new(source),
+                })
+            },
+            |summary| vec![summary.path.clone()],
+        )?;
+        // Making the delta recorded it in manifest.json.
+        manifest.deltas = BuildManifest::read(&out)?.deltas;
+    }
     manifest.phases = phases.done.clone();
     manifest.write(&out)?;
     Ok(manifest)

@@ -59,8 +59,6 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         Some(p) => p,
         None => default_init_binary()?,
     };
-    let delta_from = opts.delta_from.clone();
-    let delta_key = opts.signing_key.clone();
     let build = wellcar_image::BuildOptions {
         source_date_epoch: wellcar_image::default_source_date_epoch(&opts.definition),
         definition: opts.definition,
@@ -76,6 +74,7 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         signing_key: opts.signing_key.clone(),
         trusted_keys: opts.trusted_keys,
         payload_compression_level: opts.payload_compression_level,
+        delta_from: opts.delta_from,
     };
     let progress = crate::progress::BuildProgress::for_stderr();
     let manifest = wellcar_image::build_with_progress(&build, &|e| progress.event(e))
@@ -94,34 +93,12 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         manifest.disk_image,
         manifest.verity_root_hash
     );
-    if let Some(old) = delta_from {
-        let key = match &delta_key {
-            Some(path) => wellcar_payload::load_signing_key(path)
-                .with_context(|| format!("loading signing key {}", path.display()))?,
-            None => {
-                wellcar_payload::dev_signing_key()
-                    .context("loading the development signing key")?
-                    .0
-            }
-        };
-        let options = wellcar_payload::CreateOptions {
-            compression_level: opts.payload_compression_level,
-            delta_from: Some(old.clone()),
-            ..wellcar_payload::CreateOptions::default()
-        };
-        let summary = wellcar_payload::create_payload_with(
-            &opts.output,
-            &opts.output.join("manifest.json"),
-            &[&key],
-            &opts.output,
-            &options,
-        )
-        .with_context(|| format!("making the delta from {}", old.display()))?;
+    for delta in &manifest.deltas {
         println!(
             "delta from {}: {} ({} bytes)",
-            summary.source_version.as_deref().unwrap_or("?"),
-            summary.path.display(),
-            summary.size
+            delta.source_version,
+            opts.output.join(&delta.file).display(),
+            delta.size
         );
     }
     Ok(ExitCode::SUCCESS)
