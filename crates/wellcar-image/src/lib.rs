@@ -433,23 +433,28 @@ pub fn build_with_progress(
     // rewritten with the payload's phase time.
     manifest.write(&out)?;
     let mut manifest = manifest;
+    // The full payload, then the delta (if asked for) from the same build and key.
+    let create = |delta_from: Option<PathBuf>| {
+        let create = wellcar_payload::CreateOptions {
+            compression_level: opts.payload_compression_level,
+            delta_from,
+            ..Default::default()
+        };
+        wellcar_payload::create_payload_with(
+            &out,
+            &out.join(wellcar_contract::BUILD_MANIFEST_FILE),
+            &[&signing_key],
+            &out,
+            &create,
+        )
+        .map_err(Box::new)
+    };
     phases.run(
         "payload",
         || {
-            let opts = wellcar_payload::CreateOptions {
-                compression_level: opts.payload_compression_level,
-                ..Default::default()
-            };
-            wellcar_payload::create_payload_with(
-                &out,
-                &out.join(wellcar_contract::BUILD_MANIFEST_FILE),
-                &[&signing_key],
-                &out,
-                &opts,
-            )
-            .map_err(|source| BuildError::Payload {
+            create(None).map_err(|source| BuildError::Payload {
                 path: out.join(wellcar_payload::PAYLOAD_FILE_NAME),
-                source: Box::new(source),
+                source,
             })
         },
         |summary| vec![summary.path.clone()],
@@ -458,21 +463,9 @@ pub fn build_with_progress(
         phases.run(
             "delta",
             || {
-                let create = wellcar_payload::CreateOptions {
-                    compression_level: opts.payload_compression_level,
-                    delta_from: Some(old.clone()),
-                    ..Default::default()
-                };
-                wellcar_payload::create_payload_with(
-                    &out,
-                    &out.join(wellcar_contract::BUILD_MANIFEST_FILE),
-                    &[&signing_key],
-                    &out,
-                    &create,
-                )
-                .map_err(|source| BuildError::Delta {
+                create(Some(old.clone())).map_err(|source| BuildError::Delta {
                     from: old.clone(),
-                    source: Box::new(source),
+                    source,
                 })
             },
             |summary| vec![summary.path.clone()],
