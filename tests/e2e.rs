@@ -346,6 +346,35 @@ fn builds() -> &'static Builds {
     })
 }
 
+/// A 4 KiB block of v2's /usr image in the middle of `/usr/bin/docker`'s data (the EROFS
+/// layout as `dump.erofs -e` prints it: `N: logical.. | len : physical_start.. physical_end |
+/// len`, byte offsets).
+fn unread_block_of_v2() -> u64 {
+    let v2 = &builds().v2;
+    let usr = v2.path(&v2.manifest.usr_image);
+    let out = run(Command::new("dump.erofs")
+        .args(["-e", "--path=/bin/docker"])
+        .arg(&usr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let physical: Vec<u64> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split('|');
+            let (_, middle) = (parts.next()?, parts.next()?);
+            let start = middle.split(':').nth(1)?.split("..").next()?;
+            start.trim().parse().ok()
+        })
+        .collect();
+    let Some(&offset) = physical.get(physical.len() / 2) else {
+        panic!("no extents of /bin/docker in {}: {text}", usr.display());
+    };
+    assert!(
+        offset / 4096 < v2.manifest.verity_data_blocks,
+        "extent at byte {offset} lies outside v2's data blocks"
+    );
+    offset / 4096
+}
+
 fn make_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -885,10 +914,11 @@ impl Story {
     }
 
     /// Step 5's setup: v3's delta is made from v2, and USR-B (v2, booted) gets one 4 KiB block
-    /// of random bytes written to its raw partition, behind dm-verity's back (no one reads that
-    /// block, so verity never sees it). Returns the command that puts the block back.
+    /// of random bytes written to its raw partition, behind dm-verity's back: a block of
+    /// `/usr/bin/docker`'s data, which nothing in this story reads, so dm-verity never sees
+    /// it. Returns the command that puts the block back.
     fn corrupt_booted_usr_b(&mut self) -> String {
-        let block = builds().v2.manifest.verity_data_blocks - 1;
+        let block = unread_block_of_v2();
         let usr_b = "/dev/disk/by-partlabel/USR-B";
         let saved = "/var/tmp/e2e-usr-b-block";
         self.ok(&format!(
@@ -896,7 +926,7 @@ impl Story {
         ));
         self.ok(&format!(
             "sudo dd if=/dev/urandom of={usr_b} bs=4096 seek={block} count=1 oflag=direct \
-             conv=notrunc status=none && echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null"
+             conv=notrunc status=none"
         ));
         self.tl.mark(&format!(
             "USR-B block {block} overwritten on disk (v2 booted)"
