@@ -7,8 +7,8 @@
 //!   JSON [`CheckRequest`] (`{"id":…,"pin":{…}}`); a plain id (what `wellcar-update check` and
 //!   D-Bus `AttemptUpdate` write) is an unpinned on-demand check. [`CheckRequest::parse`] reads
 //!   either; an unreadable JSON request is answered as a failed check naming the problem.
-//! - [`InstallPin::to_version`]: the Omaha request carries `targetversionprefix=V` and the
-//!   answer must offer exactly `V` ([`PinError::VersionNotOffered`] otherwise, nothing
+//! - [`InstallPin::to_version`]: the Omaha request carries `targetversionprefix=V$` (exactly
+//!   `V`, in the prefix grammar the Wellcar server honours) and the answer must offer exactly `V` ([`PinError::VersionNotOffered`] otherwise, nothing
 //!   installed). The server, its signature check and the download are the configured ones.
 //! - [`InstallPin::payload`]: no Omaha request. The file's head is read and authenticated with
 //!   the image's trusted keys and checked against the running system before anything is

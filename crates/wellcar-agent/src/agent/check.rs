@@ -41,8 +41,9 @@ impl<S: SlotControl> Agent<S> {
             self.record(Input::Pinged { now: now_unix() })?;
             return Ok(CheckOutcome::AwaitingReboot);
         }
+        // `V$`: exactly V (a bare `V` would also match `V.1` on servers that honour prefixes).
         app.update_check = Some(wellcar_omaha::UpdateCheckRequest {
-            target_version_prefix: wanted.clone(),
+            target_version_prefix: wanted.as_ref().map(|v| format!("{v}$")),
         });
         let request = self.request(&facts, source, app);
         self.record(Input::CheckStarted)?;

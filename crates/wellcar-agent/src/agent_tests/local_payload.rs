@@ -170,6 +170,23 @@ async fn version_pin_installs_only_the_version_asked_for() {
         0,
         "nothing downloaded"
     );
+    // `1.1` is asked for exactly (`targetversionprefix=1.1$`): 1.1.0 is not offered either.
+    let (result, mut agent) = blocking(move || {
+        (
+            agent.check_pinned(InstallSource::OnDemand, Some(&pin("1.1"))),
+            agent,
+        )
+    })
+    .await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            AgentError::Pin(PinError::VersionNotOffered { wanted, offered: None, .. })
+                if wanted == "1.1"
+        ),
+        "{err}"
+    );
     let (result, _agent) = blocking(move || {
         (
             agent.check_pinned(InstallSource::OnDemand, Some(&pin("1.1.0"))),
