@@ -223,9 +223,9 @@ struct Run<'a> {
     config: &'a Config,
     /// The installer, from the authentication or transfer to the verification.
     installer: Option<Installer<PartitionWindow>>,
-    /// The rest of the payload stream whose head [`Effect::Authenticate`] read, until the
-    /// first transfer writes it.
-    authenticated_body: Option<Box<dyn std::io::Read + Send>>,
+    /// What [`Effect::Authenticate`] leaves the first transfer: the rest of the payload
+    /// stream whose head it read, or (a delta's head read alone) nothing to continue.
+    authenticated: Option<install::Authenticated>,
     /// Where the payload goes, prepared once per run.
     env: Option<install::Env>,
     /// A more telling error than [`AgentError::Install`] for the failure being reported.
@@ -238,7 +238,7 @@ impl<'a> Run<'a> {
             facts,
             config,
             installer: None,
-            authenticated_body: None,
+            authenticated: None,
             env: None,
             error: None,
         }

@@ -701,6 +701,7 @@ async fn restart_after_verification_but_before_recording_it_downloads_again() {
                 size: payload.size,
                 sha256: hex::encode(sha2::Sha256::digest(std::fs::read(&payload.path).unwrap())),
                 target: Slot::B,
+                is_delta: false,
             },
             received: checkpoint.payload_offset,
             checkpoint: Some(checkpoint),

@@ -149,6 +149,7 @@ mod tests {
                     size: 10,
                     sha256: String::new(),
                     target: wellcar_bootstate::Slot::B,
+                    is_delta: false,
                 })
             }))
         };

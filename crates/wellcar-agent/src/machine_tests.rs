@@ -37,6 +37,7 @@ fn offer(sha: &str) -> Offer {
         size: 100,
         sha256: sha.repeat(64),
         target: Slot::B,
+        is_delta: false,
     }
 }
 

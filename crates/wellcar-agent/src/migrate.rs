@@ -89,6 +89,7 @@ pub fn from_legacy(
                 size: p.size,
                 sha256: p.sha256,
                 target: p.target_slot,
+                is_delta: false,
             };
             let received = checkpoint.as_ref().map_or_else(
                 || (old.progress * offer.size as f64) as u64,
@@ -263,6 +264,7 @@ mod tests {
                     sha256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
                         .into(),
                     target: Slot::B,
+                    is_delta: false,
                 },
                 checkpoint: Some(checkpoint),
                 received: 2_520_000,

@@ -101,6 +101,11 @@ pub struct Offer {
     /// The slot being written (never the booted one).
     #[serde(with = "slot_letter")]
     pub target: Slot,
+    /// The server flagged the payload a delta (`IsDeltaPayload="true"`): its head is fetched
+    /// on its own, so no payload stream stays open while the source slot is verified. The
+    /// signed manifest decides how it is applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_delta: bool,
 }
 
 impl Offer {
@@ -488,6 +493,7 @@ mod tests {
             size,
             sha256: "ab".repeat(32),
             target: Slot::B,
+            is_delta: false,
         }
     }
 

@@ -127,6 +127,7 @@ fn reset_status_outside_need_reboot_fails_like_flatcars() {
                 size: 10,
                 sha256: String::new(),
                 target: Slot::B,
+                is_delta: false,
             },
         ))))
         .unwrap();
@@ -182,6 +183,7 @@ fn watch_for_updates_logs_each_status_update() {
                         size: 1000,
                         sha256: String::new(),
                         target: Slot::B,
+                        is_delta: false,
                     })
                 })))
                 .unwrap();

@@ -199,6 +199,7 @@ mod tests {
                 size: 10,
                 sha256: String::new(),
                 target: Slot::B,
+                is_delta: false,
             };
             let mut state = AgentState::in_phase(Phase::Downloading(Download {
                 received: 5,

@@ -114,6 +114,7 @@ impl<S: SlotControl> Agent<S> {
                     size: info.size,
                     sha256: hex::encode(info.sha256),
                     target: facts.booted_slot.other(),
+                    is_delta: info.is_delta,
                 };
                 let mut run = Run::new(&facts, &config);
                 let input = Input::Offered {
@@ -168,6 +169,7 @@ impl<S: SlotControl> Agent<S> {
             size: local.size,
             sha256: String::new(),
             target: facts.booted_slot.other(),
+            is_delta: false,
         };
         let mut run = Run::new(facts, config);
         let input = Input::Offered {

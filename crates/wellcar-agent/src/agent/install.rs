@@ -11,6 +11,9 @@
 
 use std::cell::RefCell;
 
+use std::io::Read as _;
+
+use wellcar_payload::format::{Header, HEADER_LEN};
 use wellcar_payload::{
     ApplyError, ApplyPolicy, Checkpoint, InstallTargets, Installer, PayloadHead, SourceReader,
     SourceSlot, TrustedKeys, VerifiedHead,
@@ -98,18 +101,25 @@ impl<S: SlotControl> Agent<S> {
     pub(super) fn authenticate(&mut self, run: &mut Run<'_>, attempt: u32) -> Input {
         self.pause_before(attempt, "payload authentication");
         run.installer = None;
-        run.authenticated_body = None;
+        run.authenticated = None;
         let result = (|| {
             let offer = self.offer()?;
             let url = pick_url(&offer, attempt);
+            if offer.is_delta {
+                // Verifying the source reads the whole booted slot: read the head alone, so
+                // no payload stream sits idle meanwhile (or is dropped half-read).
+                let head = self.head_alone(url, &offer, run)?;
+                let installer = self.installer(run, &offer, head, None)?;
+                return Ok((installer, Authenticated::HeadOnly));
+            }
             let (head, body) = self.head_and_body(url, None, &offer, run)?;
             let installer = self.installer(run, &offer, head, None)?;
-            Ok((installer, body))
+            Ok((installer, Authenticated::Stream(body)))
         })();
         match result {
-            Ok((installer, body)) => {
+            Ok((installer, authenticated)) => {
                 run.installer = Some(installer);
-                run.authenticated_body = Some(body);
+                run.authenticated = Some(authenticated);
                 Input::Authenticated
             }
             Err(f) => run.failed(f),
@@ -195,6 +205,29 @@ impl<S: SlotControl> Agent<S> {
         Ok(head)
     }
 
+    /// Reads and authenticates the payload head from `url` with two bounded requests: the
+    /// fixed header (which gives the head's length), then the whole head.
+    fn head_alone(
+        &self,
+        url: &str,
+        offer: &Offer,
+        run: &mut Run<'_>,
+    ) -> Result<VerifiedHead, Failure> {
+        let mut bytes = [0u8; HEADER_LEN];
+        self.http
+            .get_range(url, 0, Some(HEADER_LEN as u64 - 1))
+            .and_then(|mut r| {
+                r.read_exact(&mut bytes).map_err(|e| HttpError::Transport {
+                    method: "GET",
+                    url: url.to_owned(),
+                    reason: format!("reading the payload header: {e}"),
+                })
+            })
+            .map_err(Failure::transfer)?;
+        let header = Header::parse(&bytes).map_err(|e| Failure::from_apply(e.into()))?;
+        self.head(url, Some(header.data_start() - 1), offer, run)
+    }
+
     fn head_and_body(
         &self,
         url: &str,
@@ -220,13 +253,20 @@ impl<S: SlotControl> Agent<S> {
     fn transfer(&mut self, run: &mut Run<'_>, attempt: u32) -> Result<bool, Failure> {
         let offer = self.offer()?;
         let url = pick_url(&offer, attempt);
-        if let (Some(mut body), Some(installer)) =
-            (run.authenticated_body.take(), run.installer.as_mut())
+        if let (Some(authenticated), Some(installer)) =
+            (run.authenticated.take(), run.installer.as_mut())
         {
             // The head was authenticated before the slot was invalidated: write from here.
             let checkpoint = Input::Checkpointed(installer.checkpoint().clone());
             persist_step(&mut self.machine, &self.store, checkpoint)
                 .map_err(Failure::fatal(error_code::ERROR))?;
+            let mut body = match authenticated {
+                Authenticated::Stream(body) => body,
+                Authenticated::HeadOnly => self
+                    .http
+                    .get_range(url, installer.checkpoint().payload_offset, None)
+                    .map_err(Failure::transfer)?,
+            };
             return self
                 .stream(installer, &mut body, offer.size)
                 .map(|()| false);
@@ -382,6 +422,14 @@ fn check_offered_version(offered: &str, head: &VerifiedHead) -> Result<(), Failu
         },
         error: Some(Box::new(error)),
     })
+}
+
+/// What authentication leaves the first transfer (see `Run::authenticated`).
+pub(super) enum Authenticated {
+    /// The payload stream, positioned at the first data byte.
+    Stream(Box<dyn std::io::Read + Send>),
+    /// Only the head was read: the transfer requests the data from its start.
+    HeadOnly,
 }
 
 /// Counts payload bytes as they arrive and reports each new whole percent.

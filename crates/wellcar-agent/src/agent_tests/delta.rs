@@ -147,6 +147,15 @@ async fn the_booted_slot_is_the_source_and_a_delta_downloads_a_fraction_of_the_f
         p.delta_size
     );
     assert_eq!(p.activity("delta-served").await.len(), 1);
+    // The head came alone (header, then head), the data afterwards: no stream sat open while
+    // the source was verified.
+    let ranges = p.server.relay.ranges.lock().unwrap().clone();
+    assert_eq!(
+        ranges.first().map(String::as_str),
+        Some("bytes=0-31"),
+        "{ranges:?}"
+    );
+    assert_eq!(p.server.relay.full_gets.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

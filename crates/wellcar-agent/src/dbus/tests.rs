@@ -58,6 +58,7 @@ fn downloading(received: u64) -> AgentState {
             size: 400,
             sha256: String::new(),
             target: Slot::B,
+            is_delta: false,
         })
     }))
 }

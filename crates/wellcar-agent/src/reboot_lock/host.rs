@@ -177,6 +177,7 @@ mod tests {
             size: 10,
             sha256: "ab".repeat(32),
             target: Slot::B,
+            is_delta: false,
         }
     }
 
