@@ -1,27 +1,84 @@
-//! Payload benchmark on a real 1 GiB /usr image (`cargo bench -p wellcar-payload`).
+//! Full-payload benchmark on a real 1 GiB /usr image (`cargo bench -p wellcar-payload --bench
+//! apply`): payload size and apply throughput per zstd level, with and without long-distance
+//! matching, all measured in one run.
 //!
 //! Builds an EROFS image of a directory of this machine (default `/usr/bin`; set
-//! `WELLCAR_BENCH_SOURCE`) padded to 1 GiB with Flatcar's verity geometry, then reports:
-//! - payload size against the raw image and against `zstd -19` of the same image
-//!   (`WELLCAR_BENCH_LEVEL` changes both levels);
-//! - apply throughput (in a child process, so its peak RSS is apply's alone) against a baseline
-//!   pipeline of standard tools doing decompress + hash + write + fsync:
-//!   `zstd -dc usr.img.zst | tee target | sha256sum; sync target`;
-//! - apply's peak RSS (VmHWM).
+//! `WELLCAR_BENCH_SOURCE`, e.g. to a copy of the rootfs cache's `usr`) with the builder's
+//! `mkfs.erofs` options (`wellcar-image`'s `usr_image.rs`: `-zlz4hc,4 -C65536`, fixed `-T`/`-U`),
+//! padded to 1 GiB with Flatcar's verity geometry. Then, for each level of
+//! `WELLCAR_BENCH_LEVELS` (default `3,9,19`; the first is the baseline, "today": `wellcar
+//! build`'s default `--payload-compression-level 3`):
+//! - payload size and create time (the real writer: 4 MiB chunks, one zstd frame each);
+//! - apply time (in a child process, best of `WELLCAR_BENCH_ROUNDS`, default 3; the rounds
+//!   interleave the levels) and its throughput against the first level's;
+//! - the /usr blobs decompressed alone (one thread, from memory: the level-dependent part of
+//!   apply without the disk's noise), best of the rounds, against the first level's;
+//! - for the levels in `WELLCAR_BENCH_LDM_LEVELS` (default: all): the same 4 MiB chunks
+//!   compressed with long-distance matching on, and the payload size that would give.
+//!
+//! Once, at the first level: a baseline pipeline of standard tools doing decompress + hash +
+//! write + fsync (`zstd -dc usr.img.zst | tee target | sha256sum; sync target`) and apply's peak
+//! RSS (VmHWM).
 //!
 //! Needs `mkfs.erofs`, `veritysetup`, `zstd`, `sha256sum`, `tee` and `sync`.
 
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use wellcar_disk::{USR_DATA_BLOCKS, USR_EXTRACT_SIZE, USR_VERITY_HASH_OFFSET};
+use wellcar_payload::create::CHUNK_LEN;
+use wellcar_payload::format::{Destination, Operation};
 use wellcar_payload::{
     create_payload_with, ApplyPolicy, CreateOptions, InstallTargets, TrustedKeys, UsrPartition,
 };
 
 const CHILD_FLAG: &str = "--apply-child";
+
+/// `mkfs.erofs` options of `wellcar-image/src/usr_image.rs` (timestamp and UUID fixed there
+/// from `SOURCE_DATE_EPOCH`; any fixed values give the same layout).
+const MKFS_EROFS_OPTIONS: &[&str] = &[
+    "--quiet",
+    "-zlz4hc,4",
+    "-C65536",
+    "-T1700000000",
+    "-U5d8f4c59-2a4d-5b2e-9c1a-6c7f00000018",
+];
+
+/// One level's results.
+struct Row {
+    level: i32,
+    path: PathBuf,
+    size: u64,
+    create_secs: f64,
+    /// (total, write phase, peak RSS KiB) of each apply run.
+    apply_runs: Vec<(f64, f64, u64)>,
+    /// Best of `apply_runs`: total, and the write phase alone.
+    apply_secs: f64,
+    write_secs: f64,
+    /// Best time to decompress the /usr blobs alone, in this process, from memory.
+    decompress_secs: f64,
+    decompressed_bytes: u64,
+    usr_blob_bytes: u64,
+    ldm_blob_bytes: Option<u64>,
+}
+
+fn levels(var: &str, default: &[i32]) -> Vec<i32> {
+    match std::env::var(var) {
+        Ok(list) => list
+            .split(',')
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{var}: {l:?} is not a zstd level"))
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -35,10 +92,13 @@ fn main() {
         eprintln!("skipping: run with `cargo bench -p wellcar-payload --bench apply`");
         return;
     }
-    let level: i32 = std::env::var("WELLCAR_BENCH_LEVEL")
+    let levels_run = levels("WELLCAR_BENCH_LEVELS", &[3, 9, 19]);
+    assert!(!levels_run.is_empty(), "WELLCAR_BENCH_LEVELS is empty");
+    let ldm_levels = levels("WELLCAR_BENCH_LDM_LEVELS", &levels_run);
+    let rounds: usize = std::env::var("WELLCAR_BENCH_ROUNDS")
         .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(19);
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let source = std::env::var("WELLCAR_BENCH_SOURCE").unwrap_or_else(|_| "/usr/bin".into());
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
@@ -48,7 +108,7 @@ fn main() {
     eprintln!("building a 1 GiB /usr image from {source} ...");
     let usr = build.join("usr.img");
     run(Command::new("mkfs.erofs")
-        .arg("--quiet")
+        .args(MKFS_EROFS_OPTIONS)
         .arg(&usr)
         .arg(&source));
     let fs_size = std::fs::metadata(&usr).unwrap().len();
@@ -91,81 +151,237 @@ fn main() {
 
     let key = wellcar_payload::keys::new_signing_key().unwrap();
     wellcar_payload::keys::write_keypair(&key, &dir.join("update-key"), false).unwrap();
-    let options = CreateOptions {
-        compression_level: level,
-        ..CreateOptions::default()
-    };
-    eprintln!(
-        "creating the payload (zstd level {level}, {} threads) ...",
-        options.threads
-    );
-    let started = Instant::now();
-    let summary = create_payload_with(
-        &build,
-        &build.join("manifest.json"),
-        &[&key],
-        &build,
-        &options,
-    )
-    .unwrap();
-    let create_secs = started.elapsed().as_secs_f64();
-
-    eprintln!("zstd -{level} of the same image ...");
-    let zst = dir.join("usr.img.zst");
-    let started = Instant::now();
-    run(Command::new("zstd")
-        .arg(format!("-{level}"))
-        .arg(format!("-T{}", options.threads))
-        .arg("-q")
-        .arg("-f")
-        .arg(&usr)
-        .arg("-o")
-        .arg(&zst));
-    let zstd_secs = started.elapsed().as_secs_f64();
-    let zst_size = std::fs::metadata(&zst).unwrap().len();
-
-    // Warm the page cache for both inputs equally.
-    for file in [&summary.path, &zst] {
-        std::fs::read(file).unwrap();
-    }
-    let mut apply_runs = Vec::new();
-    let mut baseline_runs = Vec::new();
-    for round in 0..2 {
-        eprintln!("apply vs baseline, round {} ...", round + 1);
-        apply_runs.push(apply_in_child(dir, &summary.path));
-        baseline_runs.push(baseline(dir, &zst));
-    }
-    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
-    let apply_secs = best(&apply_runs.iter().map(|r| r.0).collect::<Vec<_>>());
-    let write_secs = best(&apply_runs.iter().map(|r| r.1).collect::<Vec<_>>());
-    let peak_kib = apply_runs.iter().map(|r| r.2).max().unwrap();
-    let baseline_secs = best(&baseline_runs);
+    let trusted = TrustedKeys::from_paths(&[dir.join("update-key.pub")]).unwrap();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let gib = mib(USR_EXTRACT_SIZE) / 1024.0;
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+
+    let mut rows: Vec<Row> = Vec::new();
+    for &level in &levels_run {
+        let options = CreateOptions {
+            compression_level: level,
+            ..CreateOptions::default()
+        };
+        eprintln!(
+            "creating the payload (zstd level {level}, {} threads) ...",
+            options.threads
+        );
+        let started = Instant::now();
+        let summary = create_payload_with(
+            &build,
+            &build.join("manifest.json"),
+            &[&key],
+            &dir.join(format!("full-{level}.bin")),
+            &options,
+        )
+        .unwrap();
+        let create_secs = started.elapsed().as_secs_f64();
+        let operations = {
+            let mut f = std::fs::File::open(&summary.path).unwrap();
+            wellcar_payload::PayloadHead::read(&mut f)
+                .unwrap()
+                .authenticate(&trusted)
+                .unwrap()
+                .manifest()
+                .operations
+                .clone()
+        };
+        let usr_blob_bytes = operations
+            .iter()
+            .filter_map(|op| match op {
+                Operation::Replace(r) if r.dst == Destination::Usr => Some(r.data_length),
+                _ => None,
+            })
+            .sum();
+        let ldm_blob_bytes = ldm_levels.contains(&level).then(|| {
+            eprintln!("the same chunks with long-distance matching (zstd level {level}) ...");
+            ldm_chunk_bytes(&usr, &operations, level, options.threads)
+        });
+        let row = Row {
+            level,
+            path: summary.path,
+            size: summary.size,
+            create_secs,
+            apply_runs: Vec::new(),
+            apply_secs: f64::NAN,
+            write_secs: f64::NAN,
+            decompress_secs: f64::INFINITY,
+            decompressed_bytes: 0,
+            usr_blob_bytes,
+            ldm_blob_bytes,
+        };
+        eprintln!(
+            "level {level}: payload {:.1} MiB, create {create_secs:.1} s, with LDM {:?} MiB",
+            mib(row.size),
+            row.ldm_blob_bytes
+                .map(|l| mib(row.size - row.usr_blob_bytes + l))
+        );
+        rows.push(row);
+    }
+    // Apply rounds interleave the levels, so that other load on the machine hits each alike.
+    for round in 0..rounds {
+        for row in &mut rows {
+            std::fs::read(&row.path).unwrap(); // warm the page cache
+            eprintln!("apply level {}, round {} ...", row.level, round + 1);
+            row.apply_runs.push(apply_in_child(dir, &row.path));
+            let (secs, bytes) = decompress_usr_blobs(&row.path, &trusted);
+            row.decompress_secs = row.decompress_secs.min(secs);
+            row.decompressed_bytes = bytes;
+        }
+    }
+    for row in &mut rows {
+        row.apply_secs = best(&row.apply_runs.iter().map(|r| r.0).collect::<Vec<_>>());
+        row.write_secs = best(&row.apply_runs.iter().map(|r| r.1).collect::<Vec<_>>());
+        eprintln!(
+            "level {}: apply {:.2} s (write phase {:.2} s)",
+            row.level, row.apply_secs, row.write_secs
+        );
+        std::fs::remove_file(&row.path).unwrap();
+    }
+    let baseline_line = baseline_against(dir, &usr, rows[0].level, &rows[0].apply_runs);
 
     println!(
-        "wellcar-payload benchmark: 1 GiB /usr region, EROFS of {source} ({:.1} MiB filesystem)",
+        "wellcar-payload benchmark: 1 GiB /usr region, EROFS ({}) of {source} ({:.1} MiB filesystem)",
+        MKFS_EROFS_OPTIONS[1..3].join(" "),
         mib(fs_size)
     );
-    println!("payload size        {:>9.1} MiB  ({:.2}% of raw 1024 MiB; zstd -{level}: {:.1} MiB; payload/zstd = {:.3})",
-        mib(summary.size), 100.0 * summary.size as f64 / USR_EXTRACT_SIZE as f64, mib(zst_size), summary.size as f64 / zst_size as f64);
+    let today = &rows[0];
     println!(
-        "create              {create_secs:>9.2} s     (zstd -{level} -T{}: {zstd_secs:.2} s)",
-        options.threads
+        "| zstd level | payload MiB | payload / EROFS | with LDM MiB | create s | apply s | apply MiB/s of /usr | throughput / level {0} | write phase s | write-phase throughput / level {0} | decompress MiB/s (1 thread) | decompress throughput / level {0} |",
+        today.level
     );
-    println!("apply (total)       {apply_secs:>9.2} s     {:.0} MiB/s of /usr (incl. full read-back: sha256 + dm-verity)", 1024.0 / apply_secs);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let ldm = row.ldm_blob_bytes.map_or("-".to_owned(), |l| {
+            format!("{:.1}", mib(row.size - row.usr_blob_bytes + l))
+        });
+        println!(
+            "| {} | {:.1} | {:.3} | {ldm} | {:.1} | {:.2} | {:.0} | {:.2} (goal >= 0.8) | {:.2} | {:.2} | {:.0} | {:.2} |",
+            row.level,
+            mib(row.size),
+            row.size as f64 / fs_size as f64,
+            row.create_secs,
+            row.apply_secs,
+            1024.0 / row.apply_secs,
+            today.apply_secs / row.apply_secs,
+            row.write_secs,
+            today.write_secs / row.write_secs,
+            mib(row.decompressed_bytes) / row.decompress_secs,
+            today.decompress_secs / row.decompress_secs,
+        );
+    }
+    let smallest = rows.iter().map(|r| r.size).min().unwrap();
     println!(
-        "  write phase       {write_secs:>9.2} s     (verify blobs, decompress, write, fsync)"
+        "smallest payload {:.1} MiB: {:.2}x the goal of 100 MiB",
+        mib(smallest),
+        mib(smallest) / 100.0
     );
-    println!("baseline pipeline   {baseline_secs:>9.2} s     zstd -dc | tee target | sha256sum; sync target");
-    println!(
-        "apply / baseline throughput ratio: {:.2} (goal >= 0.8)",
-        baseline_secs / apply_secs
-    );
-    println!(
-        "apply peak RSS      {:>9.1} MiB  (goal < 64 MiB for {gib:.0} GiB)",
+    println!("{baseline_line}");
+}
+
+/// Decompresses every /usr `replace` blob of `payload` once, from memory, on one thread (the
+/// level-dependent part of apply, without the disk); returns seconds.
+fn decompress_usr_blobs(payload: &Path, trusted: &TrustedKeys) -> (f64, u64) {
+    let bytes = std::fs::read(payload).unwrap();
+    let head = wellcar_payload::PayloadHead::read(&mut bytes.as_slice())
+        .unwrap()
+        .authenticate(trusted)
+        .unwrap();
+    let start = head.data_start() as usize;
+    let mut decompressor = zstd::bulk::Decompressor::new().unwrap();
+    let mut out = vec![0u8; CHUNK_LEN as usize];
+    let started = Instant::now();
+    let mut total = 0;
+    for op in &head.manifest().operations {
+        if let Operation::Replace(r) = op {
+            if r.dst == Destination::Usr {
+                let blob = &bytes[start + r.data_offset as usize..][..r.data_length as usize];
+                let n = decompressor
+                    .decompress_to_buffer(blob, &mut out[..r.dst_length as usize])
+                    .unwrap();
+                assert_eq!(n as u64, r.dst_length, "blob at {}", r.dst_offset);
+                total += r.dst_length;
+            }
+        }
+    }
+    (started.elapsed().as_secs_f64(), total)
+}
+
+/// The /usr replace chunks of `operations` compressed again at `level` with long-distance
+/// matching on (window = one chunk, as the writer's frames); returns their total size.
+fn ldm_chunk_bytes(usr: &Path, operations: &[Operation], level: i32, threads: usize) -> u64 {
+    use zstd::stream::raw::CParameter;
+    let file = std::fs::File::open(usr).unwrap();
+    let chunks: Vec<(u64, u64)> = operations
+        .iter()
+        .filter_map(|op| match op {
+            Operation::Replace(r) if r.dst == Destination::Usr => {
+                Some((r.dst_offset, r.dst_length))
+            }
+            _ => None,
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let total = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                let mut compressor = zstd::bulk::Compressor::new(level).unwrap();
+                compressor
+                    .set_parameter(CParameter::EnableLongDistanceMatching(true))
+                    .unwrap();
+                compressor
+                    .set_parameter(CParameter::WindowLog(CHUNK_LEN.trailing_zeros()))
+                    .unwrap();
+                let mut buf = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(offset, len)) = chunks.get(i) else {
+                        break;
+                    };
+                    buf.resize(len as usize, 0);
+                    file.read_exact_at(&mut buf, offset).unwrap();
+                    let n = compressor.compress(&buf).unwrap().len() as u64;
+                    total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    total.into_inner()
+}
+
+/// `zstd -{level}` of the whole image and the standard-tools pipeline against apply's best run;
+/// returns the report lines.
+fn baseline_against(dir: &Path, usr: &Path, level: i32, apply_runs: &[(f64, f64, u64)]) -> String {
+    let threads = CreateOptions::default().threads;
+    eprintln!("zstd -{level} of the same image, baseline pipeline ...");
+    let zst = dir.join("usr.img.zst");
+    run(Command::new("zstd")
+        .arg(format!("-{level}"))
+        .arg(format!("-T{threads}"))
+        .arg("-q")
+        .arg("-f")
+        .arg(usr)
+        .arg("-o")
+        .arg(&zst));
+    std::fs::read(&zst).unwrap();
+    let baseline_secs = (0..apply_runs.len())
+        .map(|_| baseline(dir, &zst))
+        .fold(f64::INFINITY, f64::min);
+    let zst_size = std::fs::metadata(&zst).unwrap().len();
+    let _ = std::fs::remove_file(&zst);
+    let apply_secs = apply_runs.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+    let write_secs = apply_runs.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+    let peak_kib = apply_runs.iter().map(|r| r.2).max().unwrap();
+    let gib = USR_EXTRACT_SIZE as f64 / (1u64 << 30) as f64;
+    format!(
+        "level {level}: apply {apply_secs:.2} s (write phase {write_secs:.2} s: verify blobs, decompress, write, fsync; the rest is the read-back: sha256 + dm-verity)\n\
+         baseline pipeline   {baseline_secs:.2} s  zstd -dc | tee target | sha256sum; sync target  (whole-image zstd -{level}: {:.1} MiB)\n\
+         apply / baseline throughput ratio: {:.2} (goal >= 0.8)\n\
+         apply peak RSS      {:.1} MiB  (goal < 64 MiB for {gib:.0} GiB)",
+        zst_size as f64 / (1024.0 * 1024.0),
+        baseline_secs / apply_secs,
         peak_kib as f64 / 1024.0
-    );
+    )
 }
 
 /// Runs apply in a child process; returns (total seconds, write-phase seconds, VmHWM KiB).

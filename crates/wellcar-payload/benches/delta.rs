@@ -2,12 +2,17 @@
 //! change against the full payload, `zstd --patch-from` and `bsdiff` of the same pair of
 //! images, and delta apply time against full apply time, all measured in one run.
 //!
-//! Inputs: two EROFS images, `WELLCAR_DELTA_OLD` and `WELLCAR_DELTA_NEW` (e.g. `mkfs.erofs
-//! -zlz4hc,4 -T0` of a real /usr before and after one binary changed). Without them it makes
-//! both from `/usr/bin` (the new one with `bash` changed: 64 bytes flipped and 1 KiB inserted
+//! Inputs: two EROFS images, `WELLCAR_DELTA_OLD` and `WELLCAR_DELTA_NEW` (e.g. `mkfs.erofs` with
+//! the builder's options, [`MKFS_EROFS_OPTIONS`], of a real /usr before and after one binary
+//! changed). Without them it makes both from `/usr/bin` (the new one with `bash` changed: 64 bytes flipped and 1 KiB inserted
 //! in the middle). `WELLCAR_BENCH_LEVEL` (default 19) is the zstd level of payloads and of
 //! `zstd --patch-from`. Each image is padded to whole MiB and verity-formatted after its data
 //! (not the 1 GiB slot geometry, to keep the run short; the holes cost nothing either way).
+//! Apply times are measured before the slow whole-image `bsdiff`, and printed as soon as known.
+//!
+//! Kernel and initramfs are the same in both builds: `WELLCAR_DELTA_KERNEL` and
+//! `WELLCAR_DELTA_INITRAMFS` (default: `/usr/bin/bash` and `/usr/bin/ls` as small stand-ins;
+//! a delta carries both whole, so real ones show what a real build's delta costs).
 //!
 //! Needs `mkfs.erofs`, `veritysetup`, `zstd`, `bsdiff`, `sha256sum`.
 
@@ -15,10 +20,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use wellcar_payload::format::{Destination, Operation};
 use wellcar_payload::{
     create_payload_with, ApplyPolicy, CreateOptions, InstallTargets, Installer, PayloadHead,
     SourceReader, TrustedKeys, UsrPartition,
 };
+
+/// `mkfs.erofs` options of `wellcar-image/src/usr_image.rs` (timestamp and UUID fixed there
+/// from `SOURCE_DATE_EPOCH`; any fixed values give the same layout).
+const MKFS_EROFS_OPTIONS: &[&str] = &[
+    "--quiet",
+    "-zlz4hc,4",
+    "-C65536",
+    "-T1700000000",
+    "-U5d8f4c59-2a4d-5b2e-9c1a-6c7f00000018",
+];
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -74,25 +90,8 @@ fn main() {
     )
     .unwrap();
     let delta_create = t.elapsed().as_secs_f64();
-
-    eprintln!("zstd --patch-from and bsdiff of the whole images ...");
-    let patch_from = dir.join("patch-from.zst");
-    let t = Instant::now();
-    run(Command::new("zstd")
-        .args(["-q", "-f", &format!("-{level}"), "--long=31"])
-        .arg(format!("--patch-from={}", old_fs.display()))
-        .arg(&new_fs)
-        .arg("-o")
-        .arg(&patch_from));
-    let patch_from_secs = t.elapsed().as_secs_f64();
-    let bsdiff_out = dir.join("bsdiff.patch");
-    let t = Instant::now();
-    run(Command::new("bsdiff")
-        .arg(&old_fs)
-        .arg(&new_fs)
-        .arg(&bsdiff_out));
-    let bsdiff_secs = t.elapsed().as_secs_f64();
-    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let breakdown = delta_breakdown(&delta.path, &trusted);
+    eprintln!("{breakdown}");
 
     let mut full_runs = Vec::new();
     let mut delta_runs = Vec::new();
@@ -108,6 +107,36 @@ fn main() {
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let (full_apply, delta_apply) = (best(&full_runs), best(&delta_runs));
+    eprintln!(
+        "full {} B, delta {} B (delta / full {:.4}); apply full {full_apply:.2} s, delta {delta_apply:.2} s",
+        full.size,
+        delta.size,
+        delta.size as f64 / full.size as f64
+    );
+    eprintln!("zstd --patch-from and bsdiff of the whole images ...");
+    let patch_from = dir.join("patch-from.zst");
+    let t = Instant::now();
+    run(Command::new("zstd")
+        .args(["-q", "-f", &format!("-{level}"), "--long=31"])
+        .arg(format!("--patch-from={}", old_fs.display()))
+        .arg(&new_fs)
+        .arg("-o")
+        .arg(&patch_from));
+    let patch_from_secs = t.elapsed().as_secs_f64();
+    let patch_from_size = std::fs::metadata(&patch_from).unwrap().len();
+    eprintln!(
+        "zstd --patch-from {patch_from_size} B ({patch_from_secs:.1} s); delta / patch-from {:.3}",
+        delta.size as f64 / patch_from_size as f64
+    );
+    let bsdiff_out = dir.join("bsdiff.patch");
+    let t = Instant::now();
+    run(Command::new("bsdiff")
+        .arg(&old_fs)
+        .arg(&new_fs)
+        .arg(&bsdiff_out));
+    let bsdiff_secs = t.elapsed().as_secs_f64();
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let kernel_initramfs = size(&new.join("vmlinuz")) + size(&new.join("initramfs.img"));
     println!(
@@ -145,7 +174,59 @@ fn main() {
         "delta / bsdiff        {:.3}  (goal < 1)",
         delta.size as f64 / size(&bsdiff_out) as f64
     );
+    println!("{breakdown}");
     println!("apply full {full_apply:.2} s, delta {delta_apply:.2} s (delta includes verifying the source); delta / full time {:.2} (goal <= 1)", delta_apply / full_apply);
+}
+
+/// Where a delta's bytes go: head (manifest + signatures), blobs for the /usr data region and
+/// for the dm-verity hash area after it, kernel + initramfs; and the operation counts.
+fn delta_breakdown(payload: &Path, trusted: &TrustedKeys) -> String {
+    let mut f = std::fs::File::open(payload).unwrap();
+    let head = PayloadHead::read(&mut f)
+        .unwrap()
+        .authenticate(trusted)
+        .unwrap();
+    let manifest = head.manifest();
+    let hash_offset = manifest.usr.verity.hash_offset;
+    let (mut data, mut hash_area, mut files) = (0u64, 0u64, 0u64);
+    let (mut copies, mut patches, mut replaces) = (0usize, 0usize, 0usize);
+    let (mut copied, mut patched) = (0u64, 0u64);
+    for op in &manifest.operations {
+        let (dst, dst_offset, blob) = match op {
+            Operation::Replace(r) => {
+                replaces += 1;
+                (r.dst, r.dst_offset, r.data_length)
+            }
+            Operation::SourcePatch(p) => {
+                patches += 1;
+                patched += p.dst_length;
+                (p.dst, p.dst_offset, p.data_length)
+            }
+            Operation::SourceCopy(c) => {
+                copies += 1;
+                copied += c.dst_length;
+                continue;
+            }
+            _ => continue,
+        };
+        match dst {
+            Destination::Usr if dst_offset >= hash_offset => hash_area += blob,
+            Destination::Usr => data += blob,
+            _ => files += blob,
+        }
+    }
+    let kib = |b: u64| b as f64 / 1024.0;
+    format!(
+        "delta bytes: head (manifest + signatures) {:.1} KiB, /usr data blobs {:.1} KiB, \
+         verity hash area blobs {:.1} KiB, kernel + initramfs {:.1} KiB; \
+         {copies} source_copy ({:.1} MiB), {patches} source_patch ({:.1} MiB), {replaces} replace",
+        kib(head.data_start()),
+        kib(data),
+        kib(hash_area),
+        kib(files),
+        copied as f64 / 1048576.0,
+        patched as f64 / 1048576.0,
+    )
 }
 
 /// Applies `payload` to a fresh target; returns seconds (head to verified finish).
@@ -203,12 +284,7 @@ fn synthetic_pair(dir: &Path) -> (PathBuf, PathBuf) {
     let (old, new) = (dir.join("old.erofs"), dir.join("new.erofs"));
     for (out, src) in [(&old, Path::new("/usr/bin")), (&new, tree.as_path())] {
         run(Command::new("mkfs.erofs")
-            .args([
-                "--quiet",
-                "-zlz4hc,4",
-                "-T0",
-                "-U00000000-0000-0000-0000-0000000000aa",
-            ])
+            .args(MKFS_EROFS_OPTIONS)
             .arg(out)
             .arg(src));
     }
@@ -240,9 +316,18 @@ fn make_build(build: &Path, fs: &Path, version: &str) -> PathBuf {
         .find_map(|l| l.strip_prefix("Root hash:"))
         .map(|v| v.trim().to_owned())
         .expect("veritysetup output");
-    // Stand-ins for kernel and initramfs: the same in both versions.
-    std::fs::copy("/usr/bin/bash", build.join("vmlinuz")).unwrap();
-    std::fs::copy("/usr/bin/ls", build.join("initramfs.img")).unwrap();
+    // Kernel and initramfs: the same in both versions (stand-ins unless given).
+    let file = |var: &str, stand_in: &str| std::env::var_os(var).unwrap_or(stand_in.into());
+    std::fs::copy(
+        file("WELLCAR_DELTA_KERNEL", "/usr/bin/bash"),
+        build.join("vmlinuz"),
+    )
+    .unwrap();
+    std::fs::copy(
+        file("WELLCAR_DELTA_INITRAMFS", "/usr/bin/ls"),
+        build.join("initramfs.img"),
+    )
+    .unwrap();
     let sha = |name: &str| run(Command::new("sha256sum").arg(build.join(name)))[..64].to_owned();
     let manifest = serde_json::json!({
         "version": version, "board": "amd64-usr", "build_id": "bench",
