@@ -259,7 +259,14 @@ fn apply(dir: &Path, payload: &Path, trusted: &TrustedKeys, source: Option<&Path
         kernel: target.join("vmlinuz"),
         initramfs: target.join("initramfs"),
     };
-    let source = source.map(|p| SourceReader::open(p).unwrap());
+    // The source slot: the old build's /usr image, kernel and initramfs.
+    let source = source.map(|usr| {
+        let dir = usr.parent().unwrap();
+        let old = wellcar_contract::BuildManifest::read(dir).unwrap();
+        SourceReader::open(usr)
+            .unwrap()
+            .with_boot_files(dir.join(&old.kernel), dir.join(&old.initramfs))
+    });
     let policy = ApplyPolicy::new("amd64-usr", Some("1.0.0".into()));
     let mut installer = Installer::new_with_source(head, &policy, targets, source).unwrap();
     installer.write_from(&mut file).unwrap();

@@ -39,6 +39,20 @@ impl Pair {
         self.fx.build.join("usr.img")
     }
 
+    /// `source` with v1's kernel and initramfs, which the delta copies (they did not change).
+    fn with_boot_files(&self, source: SourceReader) -> SourceReader {
+        let v1 = wellcar_contract::BuildManifest::read(&self.fx.build).unwrap();
+        source.with_boot_files(
+            self.fx.build.join(&v1.kernel),
+            self.fx.build.join(&v1.initramfs),
+        )
+    }
+
+    /// v1's slot as the installer reads it.
+    fn source(&self) -> SourceReader {
+        self.with_boot_files(SourceReader::open(&self.source_usr()).unwrap())
+    }
+
     fn delta(&self) -> PayloadSummary {
         let options = CreateOptions {
             compression_level: 3,
@@ -64,7 +78,10 @@ fn install(
     source: Option<&Path>,
 ) -> Result<InstallReport, ApplyError> {
     let head = PayloadHead::read(payload)?.authenticate(&pair.fx.trusted())?;
-    let source = source.map(SourceReader::open).transpose()?;
+    let source = source
+        .map(SourceReader::open)
+        .transpose()?
+        .map(|s| pair.with_boot_files(s));
     let mut installer = Installer::new_with_source(head, policy, target.open(), source)?;
     installer.write_from(payload)?;
     installer.finish()
@@ -88,10 +105,10 @@ fn a_delta_uses_every_operation_is_small_and_installs_bit_identical() {
     assert!(copies >= 2, "{copies} source_copy operations");
     assert!(patches >= 1, "{patches} source_patch operations");
     let full = pair.fx.payload();
-    // The changed /usr bytes are ~1.3 MiB; the kernel and initramfs go whole in both.
-    let kernel_and_initramfs = 300_001 + 5 * MIB;
+    // The changed /usr bytes are ~1.3 MiB of compressible and 64 KiB of new bytes; the
+    // kernel (300 KB) and initramfs (5 MiB) did not change and are copied from the source.
     assert!(
-        delta.size < kernel_and_initramfs + 512 * 1024 && delta.size < full.size,
+        delta.size < 512 * 1024 && delta.size < full.size,
         "delta {} bytes, full {}",
         delta.size,
         full.size
@@ -340,9 +357,8 @@ fn a_truncated_delta_installs_nothing_and_resumes_from_its_checkpoint() {
         .unwrap()
         .authenticate(&pair.fx.trusted())
         .unwrap();
-    let source = SourceReader::open(&pair.source_usr()).unwrap();
     let mut installer =
-        Installer::new_with_source(head, &small, target.open(), Some(source)).unwrap();
+        Installer::new_with_source(head, &small, target.open(), Some(pair.source())).unwrap();
     let mut saved = None;
     let mut body = CutReader {
         inner: file,
@@ -366,7 +382,7 @@ fn a_truncated_delta_installs_nothing_and_resumes_from_its_checkpoint() {
         &small,
         target.open(),
         checkpoint.clone(),
-        Some(SourceReader::open(&other).unwrap()),
+        Some(pair.with_boot_files(SourceReader::open(&other).unwrap())),
     )
     .unwrap_err();
     assert!(
@@ -378,7 +394,7 @@ fn a_truncated_delta_installs_nothing_and_resumes_from_its_checkpoint() {
         &small,
         target.open(),
         checkpoint.clone(),
-        Some(SourceReader::open(&pair.source_usr()).unwrap()),
+        Some(pair.source()),
     )
     .unwrap();
     use std::io::{Seek, SeekFrom};
@@ -461,7 +477,9 @@ fn a_source_window_inside_a_disk_reads_only_its_slot() {
         .authenticate(&pair.fx.trusted())
         .unwrap();
     let slot = head.manifest().source.clone().unwrap();
-    window(MIB, usr.len() as u64).verify(&slot).unwrap();
+    pair.with_boot_files(window(MIB, usr.len() as u64))
+        .verify(&slot)
+        .unwrap();
     // Off by one block: another root. Cut short: too small, never reading past the window.
     let err = window(MIB + 4096, usr.len() as u64)
         .verify(&slot)
@@ -480,7 +498,7 @@ fn a_source_window_inside_a_disk_reads_only_its_slot() {
         length: 8192,
     }];
     let err = window(MIB, usr.len() as u64)
-        .read_extents(&beyond, &mut out)
+        .read_extents(crate::format::Destination::Usr, &beyond, &mut out)
         .unwrap_err();
     assert!(matches!(err, ApplyError::SourceRead { .. }), "{err}");
     // Installing through the window gives v2 exactly.
@@ -494,10 +512,82 @@ fn a_source_window_inside_a_disk_reads_only_its_slot() {
         head,
         &policy(),
         target.open(),
-        Some(window(MIB, usr.len() as u64)),
+        Some(pair.with_boot_files(window(MIB, usr.len() as u64))),
     )
     .unwrap();
     installer.write_from(&mut payload).unwrap();
     installer.finish().unwrap();
     assert_eq!(read(&target.usr), read(&pair.v2.join("usr.img")));
+}
+
+#[test]
+fn an_unchanged_kernel_and_initramfs_are_copied_from_the_source_checked_whole_first() {
+    let pair = Pair::new();
+    let delta = pair.delta();
+    let head = PayloadHead::read(&mut File::open(&delta.path).unwrap())
+        .unwrap()
+        .authenticate(&pair.fx.trusted())
+        .unwrap();
+    let manifest = head.manifest();
+    let slot = manifest.source.clone().unwrap();
+    assert_eq!(slot.kernel.as_ref(), Some(&manifest.kernel));
+    assert_eq!(slot.initramfs.as_ref(), Some(&manifest.initramfs));
+    let from_files = manifest
+        .operations
+        .iter()
+        .filter(|op| matches!(op, Operation::SourceCopy(c) if !c.src.is_usr()))
+        .count();
+    assert!(from_files >= 3, "{from_files} copies from kernel/initramfs");
+
+    let v1 = wellcar_contract::BuildManifest::read(&pair.fx.build).unwrap();
+    let (kernel, initramfs) = (
+        pair.fx.build.join(&v1.kernel),
+        pair.fx.build.join(&v1.initramfs),
+    );
+    let refuse = |source: SourceReader, what: &str| {
+        let target = pair.fx.target(what, USR_SIZE);
+        let mut payload = File::open(&delta.path).unwrap();
+        let head = PayloadHead::read(&mut payload)
+            .unwrap()
+            .authenticate(&pair.fx.trusted())
+            .unwrap();
+        let err = Installer::new_with_source(head, &policy(), target.open(), Some(source))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(target.untouched(), "{what}: nothing written");
+        err
+    };
+    // No kernel given: refused, naming it.
+    let bare = SourceReader::open(&pair.source_usr()).unwrap();
+    let err = refuse(bare, "bare");
+    assert!(
+        matches!(err, ApplyError::DeltaNeedsSourceFile { file: "kernel" }),
+        "{err}"
+    );
+    // Another kernel (one flipped byte): refused before any extent is read.
+    let other = pair.fx.dir.path().join("other-vmlinuz");
+    let mut bytes = read(&kernel);
+    bytes[1000] ^= 1;
+    std::fs::write(&other, &bytes).unwrap();
+    let source = SourceReader::open(&pair.source_usr())
+        .unwrap()
+        .with_boot_files(other.clone(), initramfs.clone());
+    let err = refuse(source, "other");
+    assert!(
+        matches!(&err, ApplyError::SourceFileMismatch { file: "kernel", path, .. }
+            if path.ends_with("other-vmlinuz")),
+        "{err}"
+    );
+    // The right ones: v2's kernel and initramfs, bit for bit.
+    let target = pair.fx.target("ok", USR_SIZE);
+    install(
+        &mut File::open(&delta.path).unwrap(),
+        &pair,
+        &policy(),
+        &target,
+        Some(&pair.source_usr()),
+    )
+    .unwrap();
+    assert_eq!(read(&target.kernel), read(&kernel));
+    assert_eq!(read(&target.initramfs), read(&initramfs));
 }

@@ -181,7 +181,11 @@ impl<S: SlotControl> Agent<S> {
         let facts = run.facts;
         let env = self.env(run, offer)?;
         let source = match &head.manifest().source {
-            Some(wanted) => Some(delta_source(&env.disk, facts, wanted)?),
+            Some(wanted) => {
+                let (kernel, initramfs) = self.paths.boot_files(facts.booted_slot);
+                let source = delta_source(&env.disk, facts, wanted)?;
+                Some(source.with_boot_files(kernel, initramfs))
+            }
             None => None,
         };
         let targets = env.targets(offer.target)?;
@@ -517,6 +521,8 @@ impl Failure {
             // A delta whose source is not the booted slot it was made from: the server offers
             // the full payload after this report.
             ApplyError::DeltaNeedsSource { .. }
+            | ApplyError::DeltaNeedsSourceFile { .. }
+            | ApplyError::SourceFileMismatch { .. }
             | ApplyError::DeltaSourceVersion { .. }
             | ApplyError::SourceTooSmall { .. }
             | ApplyError::SourceRootMismatch { .. }

@@ -84,6 +84,12 @@ impl Published {
         let host = Host::for_machine(machine, &self.server.omaha_url(), &self.key, "");
         let mut slot = PartitionWindow::open(host.paths.disk.as_ref().unwrap(), Slot::A).unwrap();
         slot.write_all(&self.old.usr_image()).unwrap();
+        // Its kernel and initramfs on the ESP, which the delta copies (they did not change).
+        let (kernel, initramfs) = host.paths.boot_files(Slot::A);
+        std::fs::create_dir_all(kernel.parent().unwrap()).unwrap();
+        std::fs::copy(self.old.path(&self.old.manifest.kernel), kernel).unwrap();
+        let initramfs_name = &self.old.manifest.initramfs;
+        std::fs::copy(self.old.path(initramfs_name), initramfs).unwrap();
         host.put(
             &host.paths.cmdline,
             &format!(

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -38,6 +38,13 @@ pub struct ApplyOpts {
     /// against the delta's source root hash before any byte of it is used.
     #[arg(long)]
     pub source: Option<PathBuf>,
+    /// For a delta that copies an unchanged kernel: the source's kernel (default:
+    /// SOURCE.vmlinuz, where an earlier `payload apply` put it); checked by sha256.
+    #[arg(long, requires = "source")]
+    pub source_kernel: Option<PathBuf>,
+    /// Likewise the source's initramfs (default: SOURCE.initramfs).
+    #[arg(long, requires = "source")]
+    pub source_initramfs: Option<PathBuf>,
     /// Where the kernel goes (default: TARGET.vmlinuz).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -229,11 +236,7 @@ fn apply(opts: ApplyOpts) -> anyhow::Result<ExitCode> {
     }
     let mut policy = ApplyPolicy::new(manifest.board.clone(), opts.running_version.clone());
     policy.force = opts.running_version.is_none();
-    let with_suffix = |suffix: &str| {
-        let mut name = opts.target.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
-    };
+    let with_suffix = |suffix: &str| suffixed(&opts.target, suffix);
     let targets = InstallTargets {
         usr: UsrPartition::open(&opts.target)
             .with_context(|| format!("opening target {}", opts.target.display()))?,
@@ -246,12 +249,25 @@ fn apply(opts: ApplyOpts) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(|| with_suffix(".initramfs")),
     };
-    let source = opts
-        .source
-        .as_deref()
-        .map(SourceReader::open)
-        .transpose()
-        .context("opening the source")?;
+    let source = match &opts.source {
+        Some(usr) => {
+            let beside = |suffix: &str| suffixed(usr, suffix);
+            let kernel = opts
+                .source_kernel
+                .clone()
+                .unwrap_or_else(|| beside(".vmlinuz"));
+            let initramfs = opts
+                .source_initramfs
+                .clone()
+                .unwrap_or_else(|| beside(".initramfs"));
+            Some(
+                SourceReader::open(usr)
+                    .context("opening the source")?
+                    .with_boot_files(kernel, initramfs),
+            )
+        }
+        None => None,
+    };
     let checkpoint_path = with_suffix(".checkpoint");
     let saved = Checkpoint::load(&checkpoint_path)
         .ok()
@@ -293,4 +309,11 @@ fn apply(opts: ApplyOpts) -> anyhow::Result<ExitCode> {
         report.initramfs.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `path` with `suffix` appended to its file name (`usr.img` → `usr.img.vmlinuz`).
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }

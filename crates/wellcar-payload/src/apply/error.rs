@@ -181,6 +181,26 @@ pub enum ApplyError {
         /// Computed.
         actual: String,
     },
+    /// A delta copies from the source slot's kernel or initramfs, and that file was not given.
+    #[error(
+        "payload is a delta that reads the source slot's {file}, and no source {file} was given"
+    )]
+    DeltaNeedsSourceFile {
+        /// `kernel` or `initramfs`.
+        file: &'static str,
+    },
+    /// The source slot's kernel or initramfs is not the file the delta names.
+    #[error("source {file} {path} {actual}, the delta needs sha256 {expected}: not the slot this delta was made from")]
+    SourceFileMismatch {
+        /// `kernel` or `initramfs`.
+        file: &'static str,
+        /// The file.
+        path: String,
+        /// sha256 the delta names.
+        expected: Sha256Digest,
+        /// What it is (`has sha256 … (N bytes)`), or why it cannot be read.
+        actual: String,
+    },
     /// Reading the source slot failed.
     #[error("reading source slot {source_slot} at byte {offset}")]
     SourceRead {

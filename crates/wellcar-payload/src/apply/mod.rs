@@ -428,7 +428,7 @@ impl<T: UsrTarget> Installer<T> {
                 }
                 Operation::SourceCopy(c) => {
                     let source = self.source.as_ref().expect("checked by check_source");
-                    source.read_extents(&c.src_extents, &mut self.output)?;
+                    source.read_extents(c.src, &c.src_extents, &mut self.output)?;
                     check_source_bytes(&self.output, &c.src_sha256, index)?;
                     self.write(c.dst, c.dst_offset, index)?;
                     c.dst_length
@@ -437,7 +437,7 @@ impl<T: UsrTarget> Installer<T> {
                     let offset = data_start + p.data_offset;
                     debug_assert_eq!(offset, self.done_offset);
                     let source = self.source.as_ref().expect("checked by check_source");
-                    source.read_extents(&p.src_extents, &mut self.reference)?;
+                    source.read_extents(Destination::Usr, &p.src_extents, &mut self.reference)?;
                     check_source_bytes(&self.reference, &p.src_sha256, index)?;
                     read_blob(body, &mut self.blob, p.data_length, offset, index)?;
                     check_blob(&self.blob, &p.data_sha256, offset, index)?;

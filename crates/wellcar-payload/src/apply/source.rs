@@ -7,6 +7,11 @@
 //! [`ApplyError::SourceRootMismatch`] unless it equals `source.verity.root_hash`; the
 //! installer calls it before it writes anything, on every start and resume. Reads are bounded
 //! by the manifest (validated: extents inside the verity data region).
+//!
+//! A delta may also copy from the source slot's kernel and initramfs files
+//! ([`SourceReader::with_boot_files`]); those are not under dm-verity, so `verify` checks each
+//! file the delta describes whole (size and sha256) as well, and fails with
+//! [`ApplyError::DeltaNeedsSourceFile`] or [`ApplyError::SourceFileMismatch`].
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -15,8 +20,10 @@ use std::path::{Path, PathBuf};
 
 use wellcar_verity::RootHasher;
 
+use sha2::{Digest as _, Sha256};
+
 use super::ApplyError;
-use crate::format::{SourceExtent, SourceSlot};
+use crate::format::{Destination, FileImage, Sha256Digest, SourceExtent, SourceSlot};
 
 const VERIFY_BUF_LEN: usize = 1 << 20;
 
@@ -28,6 +35,8 @@ pub struct SourceReader {
     /// Where the slot starts in `file` (a partition inside a whole disk).
     base: u64,
     size: u64,
+    /// The source slot's kernel and initramfs files, if given.
+    boot_files: Option<(PathBuf, PathBuf)>,
 }
 
 impl SourceReader {
@@ -45,6 +54,7 @@ impl SourceReader {
             path: path.to_owned(),
             base: 0,
             size,
+            boot_files: None,
         })
     }
 
@@ -56,7 +66,47 @@ impl SourceReader {
             path: name,
             base,
             size,
+            boot_files: None,
         }
+    }
+
+    /// Also offers the source slot's kernel and initramfs files to a delta that copies from
+    /// them.
+    pub fn with_boot_files(mut self, kernel: PathBuf, initramfs: PathBuf) -> Self {
+        self.boot_files = Some((kernel, initramfs));
+        self
+    }
+
+    fn boot_file(&self, src: Destination) -> Option<&Path> {
+        let (kernel, initramfs) = self.boot_files.as_ref()?;
+        match src {
+            Destination::Usr => None,
+            Destination::Kernel => Some(kernel),
+            Destination::Initramfs => Some(initramfs),
+        }
+    }
+
+    /// Checks the source's kernel or initramfs file whole against what the delta names.
+    fn verify_file(&self, src: Destination, wanted: &FileImage) -> Result<(), ApplyError> {
+        let file = src.name();
+        let path = self
+            .boot_file(src)
+            .ok_or(ApplyError::DeltaNeedsSourceFile { file })?;
+        let mismatch = |actual: String| ApplyError::SourceFileMismatch {
+            file,
+            path: path.display().to_string(),
+            expected: wanted.sha256,
+            actual,
+        };
+        let mut hasher = Sha256::new();
+        let unreadable = |e: io::Error| mismatch(format!("cannot be read ({e})"));
+        let mut reader = File::open(path).map_err(unreadable)?;
+        let len = io::copy(&mut reader, &mut hasher).map_err(unreadable)?;
+        let actual = Sha256Digest(hasher.finalize().into());
+        if len != wanted.size || actual != wanted.sha256 {
+            return Err(mismatch(format!("has sha256 {actual} ({len} bytes)")));
+        }
+        Ok(())
     }
 
     /// Name for messages.
@@ -93,23 +143,51 @@ impl SourceReader {
                 actual: actual.map_or_else(|| "incomplete".into(), |r| r.to_string()),
             });
         }
+        for src in [Destination::Kernel, Destination::Initramfs] {
+            if let Some(wanted) = slot.file(src) {
+                self.verify_file(src, wanted)?;
+            }
+        }
         tracing::info!(source = %self.describe(), root_hash = %slot.verity.root_hash, "delta source verified");
         Ok(())
     }
 
-    /// Reads `extents` concatenated into `out` (resized to their total).
+    /// Reads `extents` of `src` (the /usr slot, or its kernel or initramfs file) concatenated
+    /// into `out` (resized to their total).
     pub fn read_extents(
         &self,
+        src: Destination,
         extents: &[SourceExtent],
         out: &mut Vec<u8>,
     ) -> Result<(), ApplyError> {
         let total: u64 = extents.iter().map(|e| e.length).sum();
         out.resize(total as usize, 0);
+        let file = match self.boot_file(src) {
+            Some(path) => Some((
+                File::open(path).map_err(|source| ApplyError::SourceRead {
+                    source_slot: path.display().to_string(),
+                    offset: 0,
+                    source,
+                })?,
+                path,
+            )),
+            None if src.is_usr() => None,
+            None => return Err(ApplyError::DeltaNeedsSourceFile { file: src.name() }),
+        };
         let mut at = 0usize;
         for extent in extents {
-            let len = extent.length as usize;
-            self.read_at(&mut out[at..at + len], extent.offset)?;
-            at += len;
+            let buf = &mut out[at..at + extent.length as usize];
+            match &file {
+                None => self.read_at(buf, extent.offset)?,
+                Some((file, path)) => file.read_exact_at(buf, extent.offset).map_err(|source| {
+                    ApplyError::SourceRead {
+                        source_slot: path.display().to_string(),
+                        offset: extent.offset,
+                        source,
+                    }
+                })?,
+            }
+            at += buf.len();
         }
         Ok(())
     }

@@ -24,7 +24,10 @@ use sha2::{Digest, Sha256};
 use wellcar_verity::{RootHasher, BLOCK_SIZE};
 
 use super::{read_build_manifest, CreateError};
-use crate::format::{SourceExtent, SourceSlot, VerityParams, MAX_SOURCE_EXTENTS, MAX_SOURCE_LEN};
+use crate::format::{
+    Destination, Sha256Digest, SourceExtent, SourceSlot, VerityParams, MAX_SOURCE_EXTENTS,
+    MAX_SOURCE_LEN,
+};
 
 const BLOCK: usize = BLOCK_SIZE as usize;
 /// Source bytes either side of a changed run given to the patch as reference: 8 times the
@@ -44,6 +47,9 @@ pub(crate) struct DeltaSource {
     pub slot: SourceSlot,
     data_len: u64,
     index: HashMap<[u8; 32], u32>,
+    /// sha256 of the source build's kernel and initramfs (as its manifest says).
+    kernel_sha256: Option<Sha256Digest>,
+    initramfs_sha256: Option<Sha256Digest>,
 }
 
 /// One piece of a chunk of the new image, in order.
@@ -129,6 +135,8 @@ impl DeltaSource {
             file,
             data_len,
             index,
+            kernel_sha256: Sha256Digest::from_hex(&build.kernel_sha256),
+            initramfs_sha256: Sha256Digest::from_hex(&build.initramfs_sha256),
             slot: SourceSlot {
                 version: build.version,
                 verity: VerityParams {
@@ -137,8 +145,19 @@ impl DeltaSource {
                     hash_offset: build.verity_hash_offset,
                     data_blocks: build.verity_data_blocks,
                 },
+                kernel: None,
+                initramfs: None,
             },
         })
+    }
+
+    /// sha256 of the source build's kernel or initramfs (`None` for /usr or if unknown).
+    pub fn boot_file_sha256(&self, file: Destination) -> Option<Sha256Digest> {
+        match file {
+            Destination::Usr => None,
+            Destination::Kernel => self.kernel_sha256,
+            Destination::Initramfs => self.initramfs_sha256,
+        }
     }
 
     fn read(&self, extents: &[SourceExtent], path: &Path) -> Result<Vec<u8>, CreateError> {

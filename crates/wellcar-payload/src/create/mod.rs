@@ -23,8 +23,8 @@ use wellcar_contract::{BuildManifest, BuildManifestError};
 
 use crate::format::{
     encode_signature_block, key_fingerprint, Destination, FileImage, FormatError, Header, Manifest,
-    Operation, ReplaceOp, Sha256Digest, SignatureEntry, SourceCopyOp, SourcePatchOp, UsrImage,
-    VerityParams, ZeroOp, SIGNATURE_ENTRY_LEN,
+    Operation, ReplaceOp, Sha256Digest, SignatureEntry, SourceCopyOp, SourcePatchOp, SourceSlot,
+    UsrImage, VerityParams, ZeroOp, SIGNATURE_ENTRY_LEN,
 };
 use crate::fsutil::create_temp;
 use wellcar_contract::atomic_file;
@@ -262,19 +262,19 @@ pub fn create_payload_with(
                 actual: actual_root,
             });
         }
-        let kernel = writer.add_image(
+        let (kernel, source_kernel) = boot_files::add_boot_file(
+            &mut writer,
+            delta.as_ref(),
             Destination::Kernel,
             &build_dir.join(&build.kernel),
-            None,
             kernel_sha,
-            None,
         )?;
-        let initramfs = writer.add_image(
+        let (initramfs, source_initramfs) = boot_files::add_boot_file(
+            &mut writer,
+            delta.as_ref(),
             Destination::Initramfs,
             &build_dir.join(&build.initramfs),
-            None,
             initramfs_sha,
-            None,
         )?;
         let (data_file, data_len, operations, usr_zero_bytes) = writer.finish()?;
         let manifest = Manifest {
@@ -282,7 +282,11 @@ pub fn create_payload_with(
             board: build.board.clone(),
             build_id: build.build_id.clone(),
             min_source_version: options.min_source_version.clone(),
-            source: delta.as_ref().map(|d| d.slot.clone()),
+            source: delta.as_ref().map(|d| SourceSlot {
+                kernel: source_kernel,
+                initramfs: source_initramfs,
+                ..d.slot.clone()
+            }),
             usr: UsrImage {
                 size: usr,
                 sha256: usr_sha,
@@ -632,6 +636,7 @@ impl<'d> BlobWriter<'d> {
                 sha256,
             } => Operation::SourceCopy(SourceCopyOp {
                 dst,
+                src: Destination::Usr,
                 dst_offset: offset,
                 dst_length: len,
                 src_extents: extents,
@@ -765,6 +770,7 @@ fn write_payload(
     })
 }
 
+mod boot_files;
 mod build_deltas;
 pub(crate) mod delta;
 #[cfg(test)]

@@ -128,10 +128,13 @@ pub struct FileImage {
 }
 
 /// Where an operation writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Destination {
     /// The USR partition.
+    #[default]
     Usr,
     /// The slot's kernel file.
     Kernel,
@@ -146,6 +149,11 @@ impl Destination {
         Destination::Kernel,
         Destination::Initramfs,
     ];
+
+    /// Whether this is [`Destination::Usr`].
+    pub fn is_usr(&self) -> bool {
+        *self == Destination::Usr
+    }
 
     /// Lowercase name.
     pub fn name(self) -> &'static str {
@@ -496,14 +504,31 @@ impl Manifest {
                 ),
             ));
         }
-        let slot_len = source.data_len();
+        let src = match op {
+            Operation::SourceCopy(c) => c.src,
+            _ => Destination::Usr,
+        };
+        let Some(slot_len) = source.readable_len(src) else {
+            return Err(invalid(
+                "src",
+                format!(
+                    "reads the source slot's {}, which the manifest's source does not describe",
+                    src.name()
+                ),
+            ));
+        };
+        let region = if src.is_usr() {
+            "verity data region".to_owned()
+        } else {
+            src.name().to_owned()
+        };
         for (i, extent) in extents.iter().enumerate() {
             let end = extent.offset.checked_add(extent.length);
             if extent.length == 0 || end.is_none_or(|end| end > slot_len) {
                 return Err(invalid(
                     &format!("src_extents[{i}]"),
                     format!(
-                        "range {}+{} is empty or beyond the source slot's {slot_len}-byte verity data region",
+                        "range {}+{} is empty or beyond the source slot's {slot_len}-byte {region}",
                         extent.offset, extent.length
                     ),
                 ));

@@ -18,10 +18,16 @@
 //! Every extent lies inside the source's verity data region (`data_blocks` × 4096 bytes); a
 //! manifest naming bytes past it is invalid. Source operations appear only in a manifest
 //! with `source`.
+//!
+//! A `source_copy` may name `src` `kernel` or `initramfs` (default `usr`): its extents are
+//! then byte ranges of the source slot's kernel or initramfs file, which the manifest's
+//! `source` describes (`kernel`/`initramfs` {`size`, `sha256`}; present only when operations
+//! read it). Those files are not under dm-verity: a reader checks the whole file's sha256
+//! against the manifest before it reads any extent, and each extent's `src_sha256` as usual.
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{Destination, Sha256Digest, VerityParams};
+use super::manifest::{Destination, FileImage, Sha256Digest, VerityParams};
 
 /// Largest total length of the source extents of one `source_patch`.
 pub const MAX_SOURCE_LEN: u64 = 16 * 1024 * 1024;
@@ -36,14 +42,39 @@ pub struct SourceSlot {
     pub version: String,
     /// dm-verity parameters of the source /usr slot; `root_hash` is what the source must hash to.
     pub verity: VerityParams,
+    /// The source slot's kernel file, when operations copy from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<FileImage>,
+    /// The source slot's initramfs file, when operations copy from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<FileImage>,
 }
 
 impl SourceSlot {
-    /// Bytes of the source covered by verity (the only bytes source operations may read).
+    /// Bytes of the source covered by verity (the only bytes of /usr source operations may
+    /// read).
     pub fn data_len(&self) -> u64 {
         self.verity
             .data_blocks
             .saturating_mul(wellcar_verity::BLOCK_SIZE)
+    }
+
+    /// The source file `src` names (`None` for /usr), if the manifest describes it.
+    pub fn file(&self, src: Destination) -> Option<&FileImage> {
+        match src {
+            Destination::Usr => None,
+            Destination::Kernel => self.kernel.as_ref(),
+            Destination::Initramfs => self.initramfs.as_ref(),
+        }
+    }
+
+    /// How many bytes of `src` source operations may read: /usr's verity data region, or the
+    /// described file's size (`None`: not described).
+    pub fn readable_len(&self, src: Destination) -> Option<u64> {
+        match src {
+            Destination::Usr => Some(self.data_len()),
+            other => self.file(other).map(|f| f.size),
+        }
     }
 }
 
@@ -63,6 +94,10 @@ pub struct SourceExtent {
 pub struct SourceCopyOp {
     /// Destination image.
     pub dst: Destination,
+    /// What the extents are read from: the source /usr slot (default), or its kernel or
+    /// initramfs file.
+    #[serde(default, skip_serializing_if = "Destination::is_usr")]
+    pub src: Destination,
     /// Offset in the destination.
     pub dst_offset: u64,
     /// Length (the extents' total).
