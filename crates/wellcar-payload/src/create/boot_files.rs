@@ -15,8 +15,9 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::blob_writer::BlobWriter;
 use super::delta::DeltaSource;
-use super::{BlobWriter, CreateError, CHUNK_LEN};
+use super::{CreateError, CHUNK_LEN};
 use crate::format::{Destination, FileImage, Operation, Sha256Digest, SourceCopyOp, SourceExtent};
 
 /// Adds `dst`'s file at `path` (sha256 `sha256`, from the build manifest). Returns its size
