@@ -77,11 +77,22 @@ fn install(
     target: &TargetPaths,
     source: Option<&Path>,
 ) -> Result<InstallReport, ApplyError> {
-    let head = PayloadHead::read(payload)?.authenticate(&pair.fx.trusted())?;
     let source = source
         .map(SourceReader::open)
         .transpose()?
         .map(|s| pair.with_boot_files(s));
+    install_from(payload, pair, policy, target, source)
+}
+
+/// [`install`] with the source as the installer gets it.
+fn install_from(
+    payload: &mut impl Read,
+    pair: &Pair,
+    policy: &ApplyPolicy,
+    target: &TargetPaths,
+    source: Option<SourceReader>,
+) -> Result<InstallReport, ApplyError> {
+    let head = PayloadHead::read(payload)?.authenticate(&pair.fx.trusted())?;
     let mut installer = Installer::new_with_source(head, policy, target.open(), source)?;
     installer.write_from(payload)?;
     installer.finish()
@@ -503,20 +514,15 @@ fn a_source_window_inside_a_disk_reads_only_its_slot() {
     assert!(matches!(err, ApplyError::SourceRead { .. }), "{err}");
     // Installing through the window gives v2 exactly.
     let target = pair.fx.target("t", USR_SIZE);
-    let mut payload = File::open(&delta.path).unwrap();
-    let head = PayloadHead::read(&mut payload)
-        .unwrap()
-        .authenticate(&pair.fx.trusted())
-        .unwrap();
-    let mut installer = Installer::new_with_source(
-        head,
+    let source = pair.with_boot_files(window(MIB, usr.len() as u64));
+    install_from(
+        &mut File::open(&delta.path).unwrap(),
+        &pair,
         &policy(),
-        target.open(),
-        Some(pair.with_boot_files(window(MIB, usr.len() as u64))),
+        &target,
+        Some(source),
     )
     .unwrap();
-    installer.write_from(&mut payload).unwrap();
-    installer.finish().unwrap();
     assert_eq!(read(&target.usr), read(&pair.v2.join("usr.img")));
 }
 

@@ -7,8 +7,9 @@ use wellcar_payload::SigningKey;
 
 use super::fixture::*;
 use super::{asserts_nothing_staged, asserts_staged};
-use crate::agent::{AgentError, CheckOutcome, InstallSource};
+use crate::agent::{Agent, AgentError, CheckOutcome, InstallSource};
 use crate::pin::{InstallPin, LocalPayloadRefusal, PinError};
+use crate::slots::EspSlots;
 use crate::state::{Operation, Phase};
 
 fn payload_pin(payload: &Payload) -> InstallPin {
@@ -136,31 +137,44 @@ fn local_payload_of_another_version_than_asked_for_is_refused() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_pin_installs_only_the_version_asked_for() {
-    let (_dir, _key, payload, server, host) = offered("").await;
-    let pin = |v: &str| InstallPin {
-        to_version: Some(v.into()),
+/// A check pinned to `version` (`flatcar-update --to-version`), run off the runtime's threads;
+/// gives the agent back.
+async fn pinned_check(
+    mut agent: Agent<EspSlots>,
+    version: &str,
+) -> (Result<CheckOutcome, AgentError>, Agent<EspSlots>) {
+    let pin = InstallPin {
+        to_version: Some(version.into()),
         payload: None,
     };
-    let mut agent = host.agent();
-    let (result, mut agent) = blocking(move || {
+    blocking(move || {
         (
-            agent.check_pinned(InstallSource::OnDemand, Some(&pin("1.2.0"))),
+            agent.check_pinned(InstallSource::OnDemand, Some(&pin)),
             agent,
         )
     })
-    .await;
+    .await
+}
+
+/// The pinned check was answered with no offer at all.
+fn asserts_not_offered(result: Result<CheckOutcome, AgentError>, version: &str) {
     let err = result.unwrap_err();
     assert!(
         matches!(
             &err,
-            // The server honours targetversionprefix: it has no 1.2.0, so it offers nothing.
             AgentError::Pin(PinError::VersionNotOffered { wanted, offered: None, .. })
-                if wanted == "1.2.0"
+                if wanted == version
         ),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_pin_installs_only_the_version_asked_for() {
+    let (_dir, _key, payload, server, host) = offered("").await;
+    // The server honours targetversionprefix: it has no 1.2.0, so it offers nothing.
+    let (result, agent) = pinned_check(host.agent(), "1.2.0").await;
+    asserts_not_offered(result, "1.2.0");
     asserts_nothing_staged(&host);
     assert_eq!(
         server
@@ -171,29 +185,9 @@ async fn version_pin_installs_only_the_version_asked_for() {
         "nothing downloaded"
     );
     // `1.1` is asked for exactly (`targetversionprefix=1.1$`): 1.1.0 is not offered either.
-    let (result, mut agent) = blocking(move || {
-        (
-            agent.check_pinned(InstallSource::OnDemand, Some(&pin("1.1"))),
-            agent,
-        )
-    })
-    .await;
-    let err = result.unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            AgentError::Pin(PinError::VersionNotOffered { wanted, offered: None, .. })
-                if wanted == "1.1"
-        ),
-        "{err}"
-    );
-    let (result, _agent) = blocking(move || {
-        (
-            agent.check_pinned(InstallSource::OnDemand, Some(&pin("1.1.0"))),
-            agent,
-        )
-    })
-    .await;
+    let (result, agent) = pinned_check(agent, "1.1").await;
+    asserts_not_offered(result, "1.1");
+    let (result, _agent) = pinned_check(agent, "1.1.0").await;
     assert!(matches!(result.unwrap(), CheckOutcome::Staged { version, .. } if version == "1.1.0"));
     asserts_staged(&host, &payload);
 }
