@@ -138,6 +138,8 @@ fn a_delta_uses_every_operation_is_small_and_installs_bit_identical() {
     assert_eq!(report.verity_root_hash, v2.verity_root_hash);
     assert_eq!(read(&target.usr), read(&pair.v2.join("usr.img")));
     assert_eq!(read(&target.kernel), read(&pair.v2.join("vmlinuz")));
+    let v2_initramfs = pair.v2.join(&v2.initramfs);
+    assert_eq!(read(&target.initramfs), read(&v2_initramfs));
     // verify_payload checks signature and blobs and names the source.
     let verified =
         crate::verify_payload(&mut File::open(&delta.path).unwrap(), &pair.fx.trusted()).unwrap();
@@ -584,16 +586,5 @@ fn an_unchanged_kernel_and_initramfs_are_copied_from_the_source_checked_whole_fi
             if path.ends_with("other-vmlinuz")),
         "{err}"
     );
-    // The right ones: v2's kernel and initramfs, bit for bit.
-    let target = pair.fx.target("ok", USR_SIZE);
-    install(
-        &mut File::open(&delta.path).unwrap(),
-        &pair,
-        &policy(),
-        &target,
-        Some(&pair.source_usr()),
-    )
-    .unwrap();
-    assert_eq!(read(&target.kernel), read(&kernel));
-    assert_eq!(read(&target.initramfs), read(&initramfs));
+    // With the right ones the delta installs bit for bit: see the first test of this file.
 }
