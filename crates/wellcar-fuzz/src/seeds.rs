@@ -11,8 +11,8 @@ use wellcar_bootstate::envblock;
 use wellcar_bootstate::{BootState, SlotState};
 use wellcar_contract::RootHash;
 use wellcar_payload::format::{
-    encode_signature_block, Destination, FileImage, Header, Manifest, Operation, ReplaceOp,
-    Sha256Digest, SignatureEntry, UsrImage, VerityParams, ZeroOp,
+    encode_manifest_section, encode_signature_block, Destination, FileImage, Header, Manifest,
+    Operation, ReplaceOp, Sha256Digest, SignatureEntry, UsrImage, VerityParams, ZeroOp,
 };
 
 use crate::targets::payload::SEED_SIGNING_KEY;
@@ -23,9 +23,25 @@ pub fn generated() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let header = Header {
         manifest_len: manifest.len() as u64,
         signature_block_len: 4 + 96,
+        manifest_zstd: false,
     }
     .to_bytes();
     let key = SigningKey::from_bytes(&SEED_SIGNING_KEY);
+    // The same manifest as a compressed section (how deltas carry theirs).
+    let section = encode_manifest_section(&manifest, true).expect("zstd compresses a manifest");
+    let mut zstd_head = Header {
+        manifest_len: section.len() as u64,
+        signature_block_len: 4 + 96,
+        manifest_zstd: true,
+    }
+    .to_bytes()
+    .to_vec();
+    zstd_head.extend_from_slice(&section);
+    let zstd_signature = key.sign(&zstd_head);
+    zstd_head.extend_from_slice(&encode_signature_block(&[SignatureEntry {
+        public_key: key.verifying_key().to_bytes(),
+        signature: zstd_signature.to_bytes(),
+    }]));
     let mut head = header.to_vec();
     head.extend_from_slice(&manifest);
     let signature = key.sign(&head);
@@ -68,6 +84,7 @@ pub fn generated() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("payload-manifest", "three-images", manifest),
         ("payload-head", "signed", head),
         ("payload-head", "two-signers", head2),
+        ("payload-head", "zstd-manifest", zstd_head),
         (
             "grub-envblock",
             "fresh",

@@ -116,6 +116,24 @@ fn a_delta_uses_every_operation_is_small_and_installs_bit_identical() {
     assert!(copies >= 2, "{copies} source_copy operations");
     assert!(patches >= 1, "{patches} source_patch operations");
     let full = pair.fx.payload();
+    // The hash area is rebuilt on the host in a delta, and sent in a full payload (which
+    // agents that predate `verity_tree` must still install).
+    let tree_ops = |path: &Path| {
+        crate::PayloadInfo::read(&mut File::open(path).unwrap())
+            .unwrap()
+            .verity_tree_operations
+    };
+    assert_eq!(tree_ops(&delta.path), 1);
+    assert_eq!(tree_ops(&full.path), 0);
+    // Likewise only a delta's manifest is compressed.
+    let zstd_manifest = |path: &Path| {
+        PayloadHead::read(&mut File::open(path).unwrap())
+            .unwrap()
+            .header
+            .manifest_zstd
+    };
+    assert!(zstd_manifest(&delta.path));
+    assert!(!zstd_manifest(&full.path));
     // The changed /usr bytes are ~1.3 MiB of compressible and 64 KiB of new bytes; the
     // kernel (300 KB) and initramfs (5 MiB) did not change and are copied from the source.
     assert!(
@@ -240,6 +258,7 @@ fn first(payload: &Path, kind: &str) -> usize {
                 (op, kind),
                 (Operation::SourceCopy(_), "source_copy")
                     | (Operation::SourcePatch(_), "source_patch")
+                    | (Operation::VerityTree(_), "verity_tree")
             )
         })
         .unwrap()
@@ -252,8 +271,27 @@ fn wrong_hashes_of_patch_output_source_extents_and_patch_blob_are_caught_at_that
     let payload = read(&delta.path);
     let patch = first(&delta.path, "source_patch");
     let copy = first(&delta.path, "source_copy");
+    let tree = first(&delta.path, "verity_tree");
     let zero_hash = "0".repeat(64);
     let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "verity tree bytes",
+            resign(&payload, &pair.fx.key, |m| {
+                m["operations"][tree]["dst_sha256"] = zero_hash.clone().into()
+            }),
+        ),
+        (
+            "verity tree uuid",
+            resign(&payload, &pair.fx.key, |m| {
+                m["operations"][tree]["uuid"] = "00000000-0000-0000-0000-000000000001".into()
+            }),
+        ),
+        (
+            "verity root",
+            resign(&payload, &pair.fx.key, |m| {
+                m["usr"]["verity"]["root_hash"] = zero_hash.clone().into()
+            }),
+        ),
         (
             "patch output",
             resign(&payload, &pair.fx.key, |m| {
@@ -290,6 +328,14 @@ fn wrong_hashes_of_patch_output_source_extents_and_patch_blob_are_caught_at_that
         )
         .unwrap_err();
         let ok = match what {
+            "verity tree bytes" | "verity tree uuid" => {
+                matches!(&err, ApplyError::VerityTree { operation, reason }
+                    if *operation == tree && reason.contains("hash area has sha256"))
+            }
+            "verity root" => {
+                matches!(&err, ApplyError::VerityTree { operation, reason }
+                    if *operation == tree && reason.contains("dm-verity root"))
+            }
             "patch output" => {
                 matches!(err, ApplyError::PatchOutputMismatch { operation, .. } if operation == patch)
             }
@@ -309,7 +355,8 @@ fn wrong_hashes_of_patch_output_source_extents_and_patch_blob_are_caught_at_that
 }
 
 #[test]
-fn an_extent_beyond_the_source_slot_or_a_source_op_in_a_full_payload_is_refused_before_writing() {
+fn an_extent_beyond_the_source_slot_a_source_op_in_a_full_payload_or_a_short_verity_tree_is_refused_before_writing(
+) {
     let pair = Pair::new();
     let delta = pair.delta();
     let payload = read(&delta.path);
@@ -320,9 +367,21 @@ fn an_extent_beyond_the_source_slot_or_a_source_op_in_a_full_payload_is_refused_
     let no_source = resign(&payload, &pair.fx.key, |m| {
         m.as_object_mut().unwrap().remove("source");
     });
-    for (what, bytes, needle) in [
-        ("beyond", beyond, "beyond the source slot"),
-        ("no source", no_source, "names no source"),
+    let tree = first(&delta.path, "verity_tree");
+    let short_tree = resign(&payload, &pair.fx.key, |m| {
+        let ops = m["operations"].as_array_mut().unwrap();
+        let length = ops[tree]["dst_length"].as_u64().unwrap();
+        ops[tree]["dst_length"] = (length - 4096).into();
+        ops.insert(
+            tree + 1,
+            serde_json::json!({"type": "zero", "dst": "usr",
+                "dst_offset": HASH_OFFSET + length - 4096, "dst_length": 4096}),
+        );
+    });
+    for (what, bytes, at, needle) in [
+        ("beyond", beyond, copy, "beyond the source slot"),
+        ("no source", no_source, copy, "names no source"),
+        ("short tree", short_tree, tree, "but the hash area of"),
     ] {
         let target = pair.fx.target(what, USR_SIZE);
         let err = install(
@@ -335,7 +394,7 @@ fn an_extent_beyond_the_source_slot_or_a_source_op_in_a_full_payload_is_refused_
         .unwrap_err();
         assert!(
             matches!(&err, ApplyError::Format(FormatError::InvalidManifest { field, reason })
-                if field.starts_with(&format!("operations[{copy}]")) && reason.contains(needle)),
+                if field.starts_with(&format!("operations[{at}]")) && reason.contains(needle)),
             "{what}: {err}"
         );
         assert!(target.untouched(), "{what}");
@@ -545,7 +604,8 @@ fn an_unchanged_kernel_and_initramfs_are_copied_from_the_source_checked_whole_fi
         .iter()
         .filter(|op| matches!(op, Operation::SourceCopy(c) if !c.src.is_usr()))
         .count();
-    assert!(from_files >= 3, "{from_files} copies from kernel/initramfs");
+    // One per 8 MiB chunk: the 300 KB kernel and the 5 MiB initramfs.
+    assert_eq!(from_files, 2, "copies from kernel/initramfs");
 
     let v1 = wellcar_contract::BuildManifest::read(&pair.fx.build).unwrap();
     let (kernel, initramfs) = (

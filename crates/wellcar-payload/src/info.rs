@@ -29,6 +29,8 @@ pub struct PayloadInfo {
     pub source_copy_operations: usize,
     /// `source_patch` operations (delta payloads).
     pub source_patch_operations: usize,
+    /// `verity_tree` operations (delta payloads: the hash area is rebuilt, not sent).
+    pub verity_tree_operations: usize,
     /// /usr bytes zero-filled without data.
     pub usr_zero_bytes: u64,
     /// The manifest, unverified.
@@ -52,6 +54,7 @@ impl PayloadInfo {
             zero_operations: 0,
             source_copy_operations: 0,
             source_patch_operations: 0,
+            verity_tree_operations: 0,
             usr_zero_bytes: 0,
             manifest,
         };
@@ -66,6 +69,7 @@ impl PayloadInfo {
                 }
                 Operation::SourceCopy(_) => info.source_copy_operations += 1,
                 Operation::SourcePatch(_) => info.source_patch_operations += 1,
+                Operation::VerityTree(_) => info.verity_tree_operations += 1,
                 Operation::Unsupported { .. } => {}
             }
         }

@@ -92,14 +92,16 @@ pub(crate) fn resign(
     edit: impl FnOnce(&mut serde_json::Value),
 ) -> Vec<u8> {
     let head = PayloadHead::read(&mut &payload[..]).unwrap();
-    let manifest_end = HEADER_LEN + head.header.manifest_len as usize;
     let mut manifest: serde_json::Value =
-        serde_json::from_slice(&payload[HEADER_LEN..manifest_end]).unwrap();
+        serde_json::from_slice(&head.manifest_json().unwrap()).unwrap();
     edit(&mut manifest);
     let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest =
+        crate::format::encode_manifest_section(&manifest, head.header.manifest_zstd).unwrap();
     let header = Header {
         manifest_len: manifest.len() as u64,
         signature_block_len: 4 + 96,
+        manifest_zstd: head.header.manifest_zstd,
     };
     let mut out = header.to_bytes().to_vec();
     out.extend_from_slice(&manifest);

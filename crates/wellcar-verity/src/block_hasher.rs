@@ -13,6 +13,7 @@ pub(crate) static ZERO_BLOCK: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usiz
 /// sha256 with the salt fed first, plus the precomputed digest of an all-zero block.
 #[derive(Clone)]
 pub(crate) struct BlockHasher {
+    salt: Vec<u8>,
     salted: Sha256,
     zero_block_digest: [u8; DIGEST_SIZE],
 }
@@ -22,9 +23,15 @@ impl BlockHasher {
         let salted = Sha256::new_with_prefix(salt);
         let zero_block_digest = salted.clone().chain_update(ZERO_BLOCK).finalize().into();
         BlockHasher {
+            salt: salt.to_vec(),
             salted,
             zero_block_digest,
         }
+    }
+
+    /// The salt every digest starts with.
+    pub(crate) fn salt(&self) -> &[u8] {
+        &self.salt
     }
 
     pub(crate) fn digest(&self, block: &[u8]) -> [u8; DIGEST_SIZE] {

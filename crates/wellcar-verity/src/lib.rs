@@ -38,7 +38,7 @@ mod test_support;
 
 pub use error::VerityError;
 pub use geometry::{hash_area_size, LevelExtent, TreeGeometry};
-pub use stream::RootHasher;
+pub use stream::{HashArea, RootHasher};
 pub use superblock::{read_superblock, Superblock, SUPERBLOCK_SIZE};
 pub use table::{dm_table_params, dm_target_sectors, parse_root_hash};
 pub use tree::{

@@ -7,12 +7,20 @@
 //! update payload's whole-image sha256 covers those bytes). Digests go through the same
 //! [`BlockHasher`] as [`format()`], so the two cannot drift apart.
 //!
+//! [`RootHasher::finish_hash_area`] also lays out the whole hash area (superblock block, then
+//! the levels top first) in memory: the bytes [`format()`] writes over a zeroed hash area for
+//! the same data, salt and uuid. An update that sends only the data region rebuilds the area
+//! with it on the host (a delta's `verity_tree` operation).
+//!
 //! [`format()`]: crate::format
 
+use uuid::Uuid;
 use wellcar_contract::RootHash;
 
 use crate::block_hasher::{BlockHasher, ZERO_BLOCK};
-use crate::{BLOCK_SIZE, DIGEST_SIZE};
+use crate::geometry::TreeGeometry;
+use crate::superblock::Superblock;
+use crate::{VerityError, BLOCK_SIZE, DIGEST_SIZE};
 
 const BLOCK: usize = BLOCK_SIZE as usize;
 const DIGESTS_PER_BLOCK: usize = BLOCK / DIGEST_SIZE;
@@ -66,7 +74,7 @@ impl RootHasher {
         }
         let mut blocks = bytes.chunks_exact(BLOCK);
         for block in &mut blocks {
-            let digest = self.hasher.digest(block);
+            let digest = self.hasher.digest_data_block(block);
             self.level0.push(digest);
         }
         self.partial.extend_from_slice(blocks.remainder());
@@ -88,6 +96,11 @@ impl RootHasher {
         if len > 0 {
             self.update(&ZERO_BLOCK[..len.min(BLOCK_SIZE) as usize]);
         }
+    }
+
+    /// Bytes of the data region fed so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
     }
 
     /// Bytes of the data region still expected.
@@ -118,6 +131,63 @@ impl RootHasher {
         }
         Some(RootHash::from_bytes(level[0]))
     }
+
+    /// The root hash and the whole hash area for the data fed so far, with `uuid` in the
+    /// superblock; `Ok(None)` if fewer than all data blocks were fed.
+    pub fn finish_hash_area(self, uuid: Uuid) -> Result<Option<HashArea>, VerityError> {
+        if self.consumed != self.data_len || self.level0.is_empty() {
+            return Ok(None);
+        }
+        let data_blocks = self.level0.len() as u64;
+        let geometry = TreeGeometry::new(data_blocks)?;
+        let superblock = Superblock {
+            uuid,
+            data_blocks,
+            salt: self.hasher.salt().to_vec(),
+        }
+        .to_bytes()?;
+        let mut bytes = vec![0u8; geometry.hash_area_size() as usize];
+        bytes[..superblock.len()].copy_from_slice(&superblock);
+        let levels = geometry.levels();
+        let Some(bottom) = levels.first() else {
+            // One data block: no tree, the root is that block's digest.
+            let root_hash = RootHash::from_bytes(self.level0[0]);
+            return Ok(Some(HashArea { root_hash, bytes }));
+        };
+        let bottom_at = bottom.byte_offset() as usize;
+        for (slot, digest) in bytes[bottom_at..]
+            .chunks_exact_mut(DIGEST_SIZE)
+            .zip(&self.level0)
+        {
+            slot.copy_from_slice(digest);
+        }
+        for pair in levels.windows(2) {
+            let (child, parent) = (pair[0], pair[1]);
+            // Top first on disk: the parent level lies before the child level.
+            let (upper, lower) = bytes.split_at_mut(child.byte_offset() as usize);
+            let parent_at = parent.byte_offset() as usize;
+            let parent_digests = &mut upper[parent_at..parent_at + parent.byte_len() as usize];
+            for (block, digest) in lower[..child.byte_len() as usize]
+                .chunks_exact(BLOCK)
+                .zip(parent_digests.chunks_exact_mut(DIGEST_SIZE))
+            {
+                digest.copy_from_slice(&self.hasher.digest(block));
+            }
+        }
+        let top = levels[levels.len() - 1].byte_offset() as usize;
+        let root_hash = RootHash::from_bytes(self.hasher.digest(&bytes[top..top + BLOCK]));
+        Ok(Some(HashArea { root_hash, bytes }))
+    }
+}
+
+/// A hash area built in memory by [`RootHasher::finish_hash_area`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashArea {
+    /// The root hash of the tree.
+    pub root_hash: RootHash,
+    /// The superblock block and the levels, top first: `hash_area_size` bytes, to be written
+    /// at the hash offset.
+    pub bytes: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -206,5 +276,54 @@ mod tests {
             .unwrap();
             assert_eq!(info.root_hash, expected, "format(), {blocks} blocks");
         }
+    }
+
+    /// The in-memory hash area is byte for byte what the real `veritysetup format` writes
+    /// (cryptsetup-bin; the test fails if it is missing) after the same data, for no tree
+    /// level, one, and three, with zero blocks and a partial last hash block.
+    #[test]
+    fn hash_area_matches_veritysetup_byte_for_byte() {
+        let salt = [0x5a; 32];
+        let uuid = "12345678-9abc-def0-1234-56789abcdef0";
+        for blocks in [1u64, 300, 20_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let image = dir.path().join("img");
+            let mut data = pattern(blocks as usize * BLOCK);
+            let first = BLOCK.min(data.len());
+            for zeroed in data[first..].chunks_mut(3 * BLOCK).step_by(2) {
+                zeroed.fill(0);
+            }
+            // Hash area a little after the data, as in a slot with free room.
+            let hash_offset = (blocks + 3) * BLOCK_SIZE;
+            std::fs::write(&image, &data).unwrap();
+            let expected = veritysetup_format(&image, blocks, hash_offset, &salt, uuid);
+            let on_disk = std::fs::read(&image).unwrap();
+
+            let mut hasher = RootHasher::new(&salt, blocks);
+            for piece in data.chunks(10_000) {
+                hasher.update(piece);
+            }
+            let area = hasher
+                .finish_hash_area(Uuid::parse_str(uuid).unwrap())
+                .unwrap()
+                .unwrap();
+            assert_eq!(area.root_hash, expected, "{blocks} blocks");
+            assert_eq!(
+                area.bytes.len() as u64,
+                crate::hash_area_size(blocks).unwrap(),
+                "{blocks} blocks"
+            );
+            assert!(
+                area.bytes == on_disk[hash_offset as usize..],
+                "{blocks} blocks: the hash area differs from veritysetup's"
+            );
+        }
+    }
+
+    #[test]
+    fn hash_area_needs_every_data_block() {
+        let mut hasher = RootHasher::new(b"", 3);
+        hasher.update(&[7; 2 * BLOCK]);
+        assert_eq!(hasher.finish_hash_area(Uuid::nil()).unwrap(), None);
     }
 }

@@ -531,7 +531,7 @@ impl Failure {
                 (error_code::DOWNLOAD_STATE_INITIALIZATION, false)
             }
             ApplyError::Patch { .. } => (error_code::DOWNLOAD_OPERATION_EXECUTION, false),
-            ApplyError::PatchOutputMismatch { .. } => {
+            ApplyError::PatchOutputMismatch { .. } | ApplyError::VerityTree { .. } => {
                 (error_code::DOWNLOAD_OPERATION_HASH_MISMATCH, false)
             }
             _ => (error_code::ERROR, false),

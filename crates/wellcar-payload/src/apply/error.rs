@@ -245,6 +245,14 @@ pub enum ApplyError {
         /// Computed.
         actual: Sha256Digest,
     },
+    /// The hash area a `verity_tree` operation rebuilt is not the one the manifest names.
+    #[error("operation {operation} (verity_tree): {reason}")]
+    VerityTree {
+        /// Operation index.
+        operation: usize,
+        /// What differs.
+        reason: String,
+    },
     /// A saved checkpoint does not belong to this payload.
     #[error("checkpoint does not match this payload: {reason}")]
     CheckpointMismatch {

@@ -27,7 +27,8 @@
 //! Layout: this file holds [`Installer`] and the one-shot [`apply()`]; `error` holds
 //! [`ApplyError`]; `checkpoint` the durable resume point; `target` where images are written;
 //! `policy` what this system accepts; `blob` the per-operation read, hash-check and decompress
-//! steps shared with `verify`, which checks a payload without writing. Everything public is
+//! steps shared with `verify`, which checks a payload without writing; `verity_tree` rebuilds
+//! a delta's hash area from the data written. Everything public is
 //! re-exported here, so callers name it `crate::apply::X`.
 //!
 //! [`MAX_BLOB_LEN`]: crate::format::MAX_BLOB_LEN
@@ -39,6 +40,7 @@ mod policy;
 mod source;
 mod target;
 mod verify;
+mod verity_tree;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, SeekFrom};
@@ -59,6 +61,7 @@ pub use checkpoint::{partial_path, Checkpoint};
 pub use error::ApplyError;
 pub use policy::ApplyPolicy;
 pub use source::SourceReader;
+use source::{check_source, check_source_bytes, decode_patch};
 pub use target::{InstallTargets, UsrPartition, UsrTarget};
 pub use verify::{verify_payload, VerifyReport};
 
@@ -99,78 +102,6 @@ pub fn apply<T: UsrTarget>(
     installer.finish()
 }
 
-/// For a delta: requires a source, the running version to be the delta's source version, and
-/// the source slot to hash to the named root. Returns the source to read from (none for a
-/// full payload).
-fn check_source(
-    manifest: &Manifest,
-    policy: &ApplyPolicy,
-    source: Option<SourceReader>,
-) -> Result<Option<SourceReader>, ApplyError> {
-    let Some(slot) = &manifest.source else {
-        return Ok(None);
-    };
-    if let Some(running) = &policy.current_version {
-        if *running != slot.version {
-            return Err(ApplyError::DeltaSourceVersion {
-                delta_source: slot.version.clone(),
-                running: running.clone(),
-            });
-        }
-    }
-    let Some(source) = source else {
-        return Err(ApplyError::DeltaNeedsSource {
-            source_version: slot.version.clone(),
-        });
-    };
-    source.verify(slot)?;
-    Ok(Some(source))
-}
-
-fn check_source_bytes(
-    bytes: &[u8],
-    expected: &Sha256Digest,
-    operation: usize,
-) -> Result<(), ApplyError> {
-    let actual = Sha256Digest::of(bytes);
-    if actual != *expected {
-        return Err(ApplyError::SourceHashMismatch {
-            operation,
-            expected: *expected,
-            actual,
-        });
-    }
-    Ok(())
-}
-
-/// Decodes an authenticated patch against its verified source bytes and checks the output's
-/// hash before anything is written.
-fn decode_patch(
-    reference: &[u8],
-    patch: &[u8],
-    output: &mut Vec<u8>,
-    op: &crate::format::SourcePatchOp,
-    offset: u64,
-    operation: usize,
-) -> Result<(), ApplyError> {
-    crate::patch::decode(reference, patch, output, op.dst_length as usize).map_err(|reason| {
-        ApplyError::Patch {
-            operation,
-            offset,
-            reason,
-        }
-    })?;
-    let actual = Sha256Digest::of(output);
-    if actual != op.dst_sha256 {
-        return Err(ApplyError::PatchOutputMismatch {
-            operation,
-            expected: op.dst_sha256,
-            actual,
-        });
-    }
-    Ok(())
-}
-
 /// Streams a payload's data into targets; see the module docs.
 pub struct Installer<T: UsrTarget> {
     head: VerifiedHead,
@@ -189,6 +120,8 @@ pub struct Installer<T: UsrTarget> {
     /// The verified source slot of a delta.
     source: Option<SourceReader>,
     reference: Vec<u8>,
+    /// The /usr data region's digests as written, for a `verity_tree` operation.
+    written: verity_tree::WrittenRegion,
 }
 
 impl<T: UsrTarget> std::fmt::Debug for Installer<T> {
@@ -338,6 +271,7 @@ impl<T: UsrTarget> Installer<T> {
             next_operation = checkpoint.next_operation,
             "applying update payload"
         );
+        let written = verity_tree::WrittenRegion::new(manifest, fresh);
         Ok(Self {
             done_operation: checkpoint.next_operation,
             done_offset: checkpoint.payload_offset,
@@ -353,6 +287,7 @@ impl<T: UsrTarget> Installer<T> {
             output: Vec::new(),
             source,
             reference: Vec::new(),
+            written,
         })
     }
 
@@ -391,6 +326,7 @@ impl<T: UsrTarget> Installer<T> {
                 self.advance_durable(on_checkpoint);
             } else {
                 self.done_operation = self.durable.next_operation;
+                self.written.forget();
                 self.done_offset = self.durable.payload_offset;
                 self.unsynced = 0;
             }
@@ -453,6 +389,17 @@ impl<T: UsrTarget> Installer<T> {
                     self.done_offset = offset + p.data_length;
                     p.dst_length
                 }
+                Operation::VerityTree(v) => {
+                    self.output = verity_tree::rebuild_hash_area(
+                        &mut self.targets.usr,
+                        &mut self.written,
+                        self.head.manifest(),
+                        v,
+                        index,
+                    )?;
+                    self.write(v.dst, v.dst_offset, index)?;
+                    v.dst_length
+                }
                 Operation::Zero(z) => {
                     self.zero(z.dst, z.dst_offset, z.dst_length)?;
                     // Zeroing moves no data; count it lightly towards the sync interval.
@@ -509,11 +456,18 @@ impl<T: UsrTarget> Installer<T> {
     fn write(&mut self, dst: Destination, offset: u64, index: usize) -> Result<(), ApplyError> {
         let data = &self.output;
         let result = match dst {
-            Destination::Usr => self
-                .targets
-                .usr
-                .seek(SeekFrom::Start(offset))
-                .and_then(|_| self.targets.usr.write_all(data)),
+            Destination::Usr => {
+                let result = self
+                    .targets
+                    .usr
+                    .seek(SeekFrom::Start(offset))
+                    .and_then(|_| self.targets.usr.write_all(data));
+                match result {
+                    Ok(()) => self.written.wrote(offset, data),
+                    Err(_) => self.written.forget(),
+                }
+                result
+            }
             Destination::Kernel => self.kernel_partial.write_all_at(data, offset),
             Destination::Initramfs => self.initramfs_partial.write_all_at(data, offset),
         };
@@ -530,7 +484,14 @@ impl<T: UsrTarget> Installer<T> {
 
     fn zero(&mut self, dst: Destination, offset: u64, len: u64) -> Result<(), ApplyError> {
         let result = match dst {
-            Destination::Usr => self.targets.usr.write_zeros(offset, len),
+            Destination::Usr => {
+                let result = self.targets.usr.write_zeros(offset, len);
+                match result {
+                    Ok(()) => self.written.zeroed(offset, len),
+                    Err(_) => self.written.forget(),
+                }
+                result
+            }
             Destination::Kernel => write_zeros_at(&self.kernel_partial, offset, len),
             Destination::Initramfs => write_zeros_at(&self.initramfs_partial, offset, len),
         };

@@ -12,6 +12,9 @@
 //! ([`SourceReader::with_boot_files`]); those are not under dm-verity, so `verify` checks each
 //! file the delta describes whole (size and sha256) as well, and fails with
 //! [`ApplyError::DeltaNeedsSourceFile`] or [`ApplyError::SourceFileMismatch`].
+//!
+//! Also here: the installer's per-operation source steps (`check_source` before anything is
+//! written, `check_source_bytes` on each read, `decode_patch` with its output hash checked).
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -22,8 +25,10 @@ use wellcar_verity::RootHasher;
 
 use sha2::{Digest as _, Sha256};
 
-use super::ApplyError;
-use crate::format::{Destination, FileImage, Sha256Digest, SourceExtent, SourceSlot};
+use super::{ApplyError, ApplyPolicy};
+use crate::format::{
+    Destination, FileImage, Manifest, Sha256Digest, SourceExtent, SourcePatchOp, SourceSlot,
+};
 
 const VERIFY_BUF_LEN: usize = 1 << 20;
 
@@ -212,4 +217,76 @@ impl SourceReader {
             },
         })
     }
+}
+
+/// For a delta: requires a source, the running version to be the delta's source version, and
+/// the source slot to hash to the named root. Returns the source to read from (none for a
+/// full payload).
+pub(super) fn check_source(
+    manifest: &Manifest,
+    policy: &ApplyPolicy,
+    source: Option<SourceReader>,
+) -> Result<Option<SourceReader>, ApplyError> {
+    let Some(slot) = &manifest.source else {
+        return Ok(None);
+    };
+    if let Some(running) = &policy.current_version {
+        if *running != slot.version {
+            return Err(ApplyError::DeltaSourceVersion {
+                delta_source: slot.version.clone(),
+                running: running.clone(),
+            });
+        }
+    }
+    let Some(source) = source else {
+        return Err(ApplyError::DeltaNeedsSource {
+            source_version: slot.version.clone(),
+        });
+    };
+    source.verify(slot)?;
+    Ok(Some(source))
+}
+
+pub(super) fn check_source_bytes(
+    bytes: &[u8],
+    expected: &Sha256Digest,
+    operation: usize,
+) -> Result<(), ApplyError> {
+    let actual = Sha256Digest::of(bytes);
+    if actual != *expected {
+        return Err(ApplyError::SourceHashMismatch {
+            operation,
+            expected: *expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes an authenticated patch against its verified source bytes and checks the output's
+/// hash before anything is written.
+pub(super) fn decode_patch(
+    reference: &[u8],
+    patch: &[u8],
+    output: &mut Vec<u8>,
+    op: &SourcePatchOp,
+    offset: u64,
+    operation: usize,
+) -> Result<(), ApplyError> {
+    crate::patch::decode(reference, patch, output, op.dst_length as usize).map_err(|reason| {
+        ApplyError::Patch {
+            operation,
+            offset,
+            reason,
+        }
+    })?;
+    let actual = Sha256Digest::of(output);
+    if actual != op.dst_sha256 {
+        return Err(ApplyError::PatchOutputMismatch {
+            operation,
+            expected: op.dst_sha256,
+            actual,
+        });
+    }
+    Ok(())
 }

@@ -1,9 +1,13 @@
 //! The payload's data section as it is made: each image read extent by extent (holes become
 //! `zero` operations unread), cut into [`CHUNK_LEN`] chunks at fixed offsets, compressed in
-//! parallel (or, for /usr of a delta, cut into source copies and patches) and appended in
+//! parallel (or, for /usr of a delta, cut in [`DELTA_CHUNK_LEN`] chunks into source copies
+//! and patches) and appended in
 //! order, with the operations that describe them. The caller puts the operations into the
 //! manifest; the blobs go to a temp file because the manifest, which precedes them, needs
 //! their hashes.
+//!
+//! A delta's /usr hash area is not read into blobs: it becomes one `verity_tree` operation
+//! (the host rebuilds it), whose bytes are read here only to hash them.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -13,10 +17,57 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wellcar_verity::RootHasher;
 
-use super::{delta, CreateError, CreateOptions, CHUNK_LEN};
+use super::{delta, CreateError, CreateOptions, CHUNK_LEN, DELTA_CHUNK_LEN};
 use crate::format::{
-    Destination, Operation, ReplaceOp, Sha256Digest, SourceCopyOp, SourcePatchOp, ZeroOp,
+    Destination, Operation, ReplaceOp, Sha256Digest, SourceCopyOp, SourcePatchOp, VerityTreeOp,
+    ZeroOp,
 };
+
+/// The dm-verity hash area of a /usr image, emitted as a `verity_tree` operation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HashAreaSpan {
+    /// Byte offset of the area (the hash offset).
+    pub(super) offset: u64,
+    /// Its size (superblock block plus tree).
+    pub(super) len: u64,
+    /// The superblock's uuid.
+    pub(super) uuid: uuid::Uuid,
+}
+
+/// A piece of an image in write order: a file extent, or the hash area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    Extent(Extent),
+    HashArea,
+}
+
+/// `extents` with `[area.offset, area.offset + area.len)` cut out and replaced by one
+/// [`Span::HashArea`] in its place.
+fn spans(extents: Vec<Extent>, area: Option<&HashAreaSpan>) -> Vec<Span> {
+    let Some(area) = area else {
+        return extents.into_iter().map(Span::Extent).collect();
+    };
+    let (start, end) = (area.offset, area.offset + area.len);
+    let mut out = Vec::with_capacity(extents.len() + 2);
+    for e in extents {
+        if e.start < start {
+            out.push(Span::Extent(Extent {
+                end: e.end.min(start),
+                ..e
+            }));
+        }
+        if e.start < end && e.end > start && !out.contains(&Span::HashArea) {
+            out.push(Span::HashArea);
+        }
+        if e.end > end {
+            out.push(Span::Extent(Extent {
+                start: e.start.max(end),
+                ..e
+            }));
+        }
+    }
+    out
+}
 
 /// One extent of a sparse file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +177,8 @@ impl<'d> BlobWriter<'d> {
         }));
     }
 
-    /// Adds one image; checks its size (if given) and sha256; feeds `verity`. Returns its size.
+    /// Adds one image; checks its size (if given) and sha256; feeds `verity`. With
+    /// `hash_area`, that range becomes a `verity_tree` operation. Returns the image's size.
     pub(super) fn add_image(
         &mut self,
         dst: Destination,
@@ -134,6 +186,7 @@ impl<'d> BlobWriter<'d> {
         expected_size: Option<u64>,
         expected_sha: Sha256Digest,
         mut verity: Option<&mut RootHasher>,
+        hash_area: Option<&HashAreaSpan>,
     ) -> Result<u64, CreateError> {
         let input_err = |source| CreateError::Input {
             path: path.to_owned(),
@@ -163,10 +216,41 @@ impl<'d> BlobWriter<'d> {
                 n -= take as u64;
             }
         };
+        let chunk_len = match (self.delta, dst) {
+            (Some(_), Destination::Usr) => DELTA_CHUNK_LEN,
+            _ => CHUNK_LEN,
+        };
         let threads = self.compressors.len();
         let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(threads);
         let mut spare: Vec<Vec<u8>> = Vec::new();
-        for extent in extents(&file, len).map_err(input_err)? {
+        if let Some(area) = hash_area.filter(|a| a.offset.saturating_add(a.len) > len) {
+            return Err(CreateError::ArtifactMismatch {
+                path: path.to_owned(),
+                what: "size",
+                expected: format!("at least {} (end of the hash area)", area.offset + area.len),
+                actual: len.to_string(),
+            });
+        }
+        for span in spans(extents(&file, len).map_err(input_err)?, hash_area) {
+            let extent = match span {
+                Span::Extent(extent) => extent,
+                Span::HashArea => {
+                    let area = hash_area.expect("spans() yields a hash area only when given one");
+                    self.compress_batch(dst, path, &mut batch, &mut spare)?;
+                    let mut bytes = vec![0u8; area.len as usize];
+                    file.read_exact_at(&mut bytes, area.offset)
+                        .map_err(input_err)?;
+                    sha.update(&bytes);
+                    self.operations.push(Operation::VerityTree(VerityTreeOp {
+                        dst,
+                        dst_offset: area.offset,
+                        dst_length: area.len,
+                        uuid: area.uuid,
+                        dst_sha256: Sha256Digest::of(&bytes),
+                    }));
+                    continue;
+                }
+            };
             if !extent.data {
                 self.compress_batch(dst, path, &mut batch, &mut spare)?;
                 hash_zeros(&mut sha, &mut verity, extent.end - extent.start);
@@ -175,7 +259,7 @@ impl<'d> BlobWriter<'d> {
             }
             let mut pos = extent.start;
             while pos < extent.end {
-                let chunk_end = ((pos / CHUNK_LEN + 1) * CHUNK_LEN).min(extent.end);
+                let chunk_end = ((pos / chunk_len + 1) * chunk_len).min(extent.end);
                 let mut buf = spare.pop().unwrap_or_default();
                 buf.resize((chunk_end - pos) as usize, 0);
                 file.read_exact_at(&mut buf, pos).map_err(input_err)?;

@@ -3,7 +3,7 @@
 //!
 //! Contract: [`add_boot_file`] adds the kernel or initramfs of the new build. When the payload
 //! is a delta and the source build's file has the same sha256, the file becomes `source_copy`
-//! operations with `src` = the same file, one per [`CHUNK_LEN`] chunk at fixed offsets, each
+//! operations with `src` = the same file, one per [`DELTA_CHUNK_LEN`] chunk at fixed offsets, each
 //! with the chunk's `src_sha256`; the caller puts the returned [`FileImage`] into the
 //! manifest's `source`, which the installer checks the source file against before reading
 //! it. Any other file is compressed as in a full payload. Either way the new file's sha256
@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::blob_writer::BlobWriter;
 use super::delta::DeltaSource;
-use super::{CreateError, CHUNK_LEN};
+use super::{CreateError, DELTA_CHUNK_LEN};
 use crate::format::{Destination, FileImage, Operation, Sha256Digest, SourceCopyOp, SourceExtent};
 
 /// Adds `dst`'s file at `path` (sha256 `sha256`, from the build manifest). Returns its size
@@ -34,7 +34,7 @@ pub(super) fn add_boot_file(
         writer.operations.extend(operations);
         return Ok((size, Some(FileImage { size, sha256 })));
     }
-    Ok((writer.add_image(dst, path, None, sha256, None)?, None))
+    Ok((writer.add_image(dst, path, None, sha256, None, None)?, None))
 }
 
 /// The `source_copy` operations that rebuild the file at `path` from the source's same file.
@@ -51,10 +51,10 @@ fn copy_operations(
     let len = file.metadata().map_err(input_err)?.len();
     let mut whole = Sha256::new();
     let mut operations = Vec::new();
-    let mut chunk = vec![0u8; CHUNK_LEN as usize];
+    let mut chunk = vec![0u8; DELTA_CHUNK_LEN as usize];
     let mut pos = 0;
     while pos < len {
-        let n = (len - pos).min(CHUNK_LEN);
+        let n = (len - pos).min(DELTA_CHUNK_LEN);
         let bytes = &mut chunk[..n as usize];
         file.read_exact_at(bytes, pos).map_err(input_err)?;
         whole.update(&*bytes);

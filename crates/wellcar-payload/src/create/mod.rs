@@ -21,8 +21,9 @@ use sha2::{Digest, Sha256};
 use wellcar_contract::{BuildManifest, BuildManifestError};
 
 use crate::format::{
-    encode_signature_block, key_fingerprint, Destination, FileImage, FormatError, Header, Manifest,
-    Sha256Digest, SignatureEntry, SourceSlot, UsrImage, VerityParams, SIGNATURE_ENTRY_LEN,
+    encode_manifest_section, encode_signature_block, key_fingerprint, Destination, FileImage,
+    FormatError, Header, Manifest, Sha256Digest, SignatureEntry, SourceSlot, UsrImage,
+    VerityParams, SIGNATURE_ENTRY_LEN,
 };
 use crate::fsutil::create_temp;
 use wellcar_contract::atomic_file;
@@ -37,6 +38,10 @@ pub fn delta_file_name(source_version: &str) -> String {
 }
 /// Uncompressed size of one `replace` operation (the last of an extent may be shorter).
 pub const CHUNK_LEN: u64 = 4 * 1024 * 1024;
+/// Chunk length of a delta's /usr and of copied boot files: the format's largest. A delta's
+/// chunk is mostly one `source_copy` whose sha256 does not compress, so fewer, larger chunks
+/// mean a smaller manifest (apply memory stays bounded by the chunk).
+pub const DELTA_CHUNK_LEN: u64 = crate::format::MAX_CHUNK_LEN;
 /// Default zstd level: the densest standard level; creation is a build step, apply speed does
 /// not depend on it.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 19;
@@ -244,12 +249,19 @@ pub fn create_payload_with(
             blob_writer::BlobWriter::new(data_file, &data_path, options, delta.as_ref())?;
         let usr_path = build_dir.join(&build.usr_image);
         let mut verity = RootHasher::new(&salt, build.verity_data_blocks);
+        // A delta's hash area is rebuilt on the host (`verity_tree`); a full payload carries
+        // it, so agents that predate that operation can always install the full payload.
+        let hash_area = match delta {
+            Some(_) => Some(hash_area_span(&usr_path, &build, &salt)?),
+            None => None,
+        };
         let usr = writer.add_image(
             Destination::Usr,
             &usr_path,
             Some(build.usr_image_size),
             usr_sha,
             Some(&mut verity),
+            hash_area.as_ref(),
         )?;
         let actual = verity.finish();
         if actual != Some(root_hash) {
@@ -324,6 +336,49 @@ pub fn create_payload_with(
     Ok(summary)
 }
 
+/// Where the /usr image's hash area is and the uuid its superblock records, checked against
+/// the build manifest's verity parameters.
+fn hash_area_span(
+    usr_path: &Path,
+    build: &BuildManifest,
+    salt: &[u8],
+) -> Result<blob_writer::HashAreaSpan, CreateError> {
+    let mut file = File::open(usr_path).map_err(|source| CreateError::Input {
+        path: usr_path.to_owned(),
+        source,
+    })?;
+    let mismatch =
+        |what: &'static str, expected: String, actual: String| CreateError::ArtifactMismatch {
+            path: usr_path.to_owned(),
+            what,
+            expected,
+            actual,
+        };
+    let superblock = wellcar_verity::read_superblock(&mut file, build.verity_hash_offset)
+        .map_err(|e| mismatch("verity superblock", "a valid one".into(), e.to_string()))?;
+    if superblock.data_blocks != build.verity_data_blocks || superblock.salt != salt {
+        return Err(mismatch(
+            "verity superblock",
+            format!(
+                "{} data blocks, salt {}",
+                build.verity_data_blocks, build.verity_salt
+            ),
+            format!(
+                "{} data blocks, salt {}",
+                superblock.data_blocks,
+                hex::encode(&superblock.salt)
+            ),
+        ));
+    }
+    let len = wellcar_verity::hash_area_size(build.verity_data_blocks)
+        .map_err(|e| mismatch("verity data blocks", "at least 1".into(), e.to_string()))?;
+    Ok(blob_writer::HashAreaSpan {
+        offset: build.verity_hash_offset,
+        len,
+        uuid: superblock.uuid,
+    })
+}
+
 fn read_build_manifest(path: &Path) -> Result<BuildManifest, CreateError> {
     BuildManifest::read_file(path).map_err(|e| match e {
         BuildManifestError::Read { path, source } | BuildManifestError::Write { path, source } => {
@@ -345,10 +400,21 @@ fn write_payload(
         let path = path.to_owned();
         move |source| CreateError::Output { path, source }
     };
-    let manifest_bytes = serde_json::to_vec(manifest).expect("a manifest always serializes");
+    let manifest_json = serde_json::to_vec(manifest).expect("a manifest always serializes");
+    // Only a delta's manifest is compressed (see `format`): a full payload stays flag-less.
+    let manifest_zstd = manifest.is_delta();
+    let manifest_bytes =
+        encode_manifest_section(&manifest_json, manifest_zstd).map_err(|source| {
+            CreateError::Compress {
+                path: PathBuf::from("manifest"),
+                offset: 0,
+                source,
+            }
+        })?;
     let header = Header {
         manifest_len: manifest_bytes.len() as u64,
         signature_block_len: (4 + SIGNATURE_ENTRY_LEN * signing_keys.len()) as u32,
+        manifest_zstd,
     };
     let mut message = header.to_bytes().to_vec();
     message.extend_from_slice(&manifest_bytes);

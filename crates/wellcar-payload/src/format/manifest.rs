@@ -16,6 +16,7 @@ use super::source_ops::{
     extents_len, SourceCopyOp, SourceExtent, SourcePatchOp, SourceSlot, MAX_SOURCE_EXTENTS,
     MAX_SOURCE_LEN,
 };
+use super::verity_tree::VerityTreeOp;
 use super::{FormatError, MAX_BLOB_LEN, MAX_CHUNK_LEN};
 
 /// A sha256 digest, written as lowercase hex in JSON.
@@ -176,6 +177,8 @@ pub enum Operation {
     SourceCopy(SourceCopyOp),
     /// Decode a zstd patch against extents of the source slot (delta payloads).
     SourcePatch(SourcePatchOp),
+    /// Rebuild the /usr dm-verity hash area from the data written before it.
+    VerityTree(VerityTreeOp),
     /// An operation a newer writer emitted that this reader does not know; rejected by
     /// [`Manifest::validate`].
     Unsupported {
@@ -222,6 +225,7 @@ impl Operation {
             Operation::Zero(z) => Some((z.dst, z.dst_offset, z.dst_length)),
             Operation::SourceCopy(c) => Some((c.dst, c.dst_offset, c.dst_length)),
             Operation::SourcePatch(p) => Some((p.dst, p.dst_offset, p.dst_length)),
+            Operation::VerityTree(v) => Some((v.dst, v.dst_offset, v.dst_length)),
             Operation::Unsupported { .. } => None,
         }
     }
@@ -252,6 +256,7 @@ impl Serialize for Operation {
             Operation::Zero(z) => ("zero", serde_json::to_value(z)),
             Operation::SourceCopy(c) => ("source_copy", serde_json::to_value(c)),
             Operation::SourcePatch(p) => ("source_patch", serde_json::to_value(p)),
+            Operation::VerityTree(v) => ("verity_tree", serde_json::to_value(v)),
             Operation::Unsupported { kind } => (kind.as_str(), Ok(serde_json::json!({}))),
         };
         let mut body = body.map_err(serde::ser::Error::custom)?;
@@ -284,6 +289,9 @@ impl<'de> Deserialize<'de> for Operation {
             "source_patch" => serde_json::from_value(body)
                 .map(Operation::SourcePatch)
                 .map_err(|e| D::Error::custom(format!("source_patch operation: {e}"))),
+            "verity_tree" => serde_json::from_value(body)
+                .map(Operation::VerityTree)
+                .map_err(|e| D::Error::custom(format!("verity_tree operation: {e}"))),
             _ => Ok(Operation::Unsupported { kind }),
         }
     }
@@ -401,6 +409,9 @@ impl Manifest {
                 })?;
             if let Some(extents) = op.source_extents() {
                 self.validate_source_op(index, op, extents)?;
+            }
+            if let Operation::VerityTree(v) = op {
+                v.validate(index, verity)?;
             }
             if let Operation::SourcePatch(p) = op {
                 if p.data_length == 0 || p.data_length > MAX_BLOB_LEN {

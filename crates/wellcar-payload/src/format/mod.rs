@@ -4,11 +4,12 @@
 //! offset  size  field
 //! 0       8     magic "WCAR-UPD"
 //! 8       4     u32 LE format version = 1 (a reader rejects any other value)
-//! 12      4     u32 LE flags, must be 0 (reserved; a reader rejects unknown flags)
+//! 12      4     u32 LE flags: bit 0 = FLAG_MANIFEST_ZSTD; a reader rejects unknown flags
 //! 16      8     u64 LE manifest length M (at most MAX_MANIFEST_LEN)
 //! 24      4     u32 LE signature block length S (4 + 96 * n)
 //! 28      4     u32 LE reserved, must be 0
-//! 32      M     manifest: UTF-8 JSON, see [`Manifest`]
+//! 32      M     manifest: UTF-8 JSON, see [`Manifest`]; with FLAG_MANIFEST_ZSTD a zstd frame
+//!               of that JSON (at most MAX_MANIFEST_LEN bytes decompressed)
 //! 32+M    S     signature block: u32 LE count n (1..=MAX_SIGNATURES), then n entries of
 //!               32-byte ed25519 public key + 64-byte ed25519 signature
 //! 32+M+S  ...   data: the zstd blobs of the `replace` operations, back to back, in operation
@@ -16,12 +17,17 @@
 //! ```
 //!
 //! Each signature is ed25519 (RFC 8032, pure) over the 32 header bytes followed by the M
-//! manifest bytes, so a flipped bit anywhere in the header or manifest fails verification. The
+//! manifest bytes (compressed, if they are), so a flipped bit anywhere in the header or manifest fails verification. The
 //! signature block carries the signer's public key only as a hint for error messages: a
 //! payload is authentic when at least one entry verifies under a key the reader already
 //! trusts. Several entries allow signing with an old and a new key during key rotation.
 //! Readers verify the signature over the raw bytes first and parse the manifest only after
-//! that, so unauthenticated JSON never reaches the parser on the apply path.
+//! that, so unauthenticated JSON never reaches the parser on the apply path (nor an
+//! unauthenticated frame the decompressor).
+//!
+//! Writers compress the manifest of delta payloads only: most of a small delta is its
+//! manifest (an operation and its sha256 per 4 MiB of /usr), while a full payload stays
+//! readable by every reader of format 1, flag-less, so it can always be the fallback.
 //!
 //! Manifest fields (JSON object, unknown fields rejected): `version`, `board`, `build_id`,
 //! optional `min_source_version`; `usr` {`size`, `sha256`, `verity` {`root_hash`, `salt`,
@@ -44,6 +50,8 @@
 //! - `source_copy`, `source_patch`: delta operations reading the source slot the manifest's
 //!   `source` names; see `source_ops` (`SourceCopyOp`, `SourcePatchOp`). Patch blobs sit in
 //!   the data section like `replace` blobs, in operation order.
+//! - `verity_tree`: the /usr hash area, rebuilt by the reader from the data region written
+//!   before it (no data); see `verity_tree` ([`VerityTreeOp`]). Only deltas use it.
 //!
 //! Per destination, operations appear in ascending `dst_offset` order and tile the image
 //! exactly (no gap, no overlap), and `data_offset`s are contiguous from 0, so a reader streams
@@ -60,6 +68,7 @@
 mod manifest;
 mod signature;
 mod source_ops;
+mod verity_tree;
 
 use ed25519_dalek::{PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH};
 
@@ -76,6 +85,7 @@ pub use source_ops::{
     extents_len, SourceCopyOp, SourceExtent, SourcePatchOp, SourceSlot, MAX_SOURCE_EXTENTS,
     MAX_SOURCE_LEN,
 };
+pub use verity_tree::VerityTreeOp;
 
 /// First 8 bytes of every payload.
 pub const MAGIC: [u8; 8] = *b"WCAR-UPD";
@@ -83,8 +93,12 @@ pub const MAGIC: [u8; 8] = *b"WCAR-UPD";
 pub const FORMAT_VERSION: u32 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 32;
-/// Largest manifest a reader accepts (a 1 GiB image needs about 100 KiB).
+/// Largest manifest a reader accepts, compressed or not (a 1 GiB image needs about 100 KiB).
 pub const MAX_MANIFEST_LEN: u64 = 16 * 1024 * 1024;
+/// Header flag: the manifest section is a zstd frame of the manifest JSON.
+pub const FLAG_MANIFEST_ZSTD: u32 = 1;
+/// zstd level of a compressed manifest section.
+const MANIFEST_ZSTD_LEVEL: i32 = 19;
 /// Most signatures a payload may carry.
 pub const MAX_SIGNATURES: u32 = 16;
 /// Bytes per signature block entry: public key then signature.
@@ -136,6 +150,12 @@ pub enum FormatError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A compressed manifest section is not a zstd frame of at most [`MAX_MANIFEST_LEN`] bytes.
+    #[error("manifest section does not decompress: {reason}")]
+    ManifestDecompress {
+        /// The decoder's message.
+        reason: String,
+    },
     /// The manifest is not valid JSON of the expected shape.
     #[error("manifest is not valid: {source}")]
     ManifestSyntax {
@@ -152,7 +172,7 @@ pub enum FormatError {
         reason: String,
     },
     /// An operation type this reader does not implement (a newer writer's delta operation).
-    #[error("operation {index} has type {kind:?}, which this reader does not support (it knows \"replace\", \"zero\", \"source_copy\" and \"source_patch\")")]
+    #[error("operation {index} has type {kind:?}, which this reader does not support (it knows \"replace\", \"zero\", \"source_copy\", \"source_patch\" and \"verity_tree\")")]
     UnsupportedOperation {
         /// Index in the operation list.
         index: usize,
@@ -188,6 +208,8 @@ pub struct Header {
     pub manifest_len: u64,
     /// Length of the signature block.
     pub signature_block_len: u32,
+    /// The manifest section is zstd-compressed ([`FLAG_MANIFEST_ZSTD`]).
+    pub manifest_zstd: bool,
 }
 
 impl Header {
@@ -196,6 +218,12 @@ impl Header {
         let mut out = [0u8; HEADER_LEN];
         out[0..8].copy_from_slice(&MAGIC);
         out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let flags = if self.manifest_zstd {
+            FLAG_MANIFEST_ZSTD
+        } else {
+            0
+        };
+        out[12..16].copy_from_slice(&flags.to_le_bytes());
         out[16..24].copy_from_slice(&self.manifest_len.to_le_bytes());
         out[24..28].copy_from_slice(&self.signature_block_len.to_le_bytes());
         out
@@ -213,10 +241,10 @@ impl Header {
             return Err(FormatError::UnsupportedFormat { version });
         }
         let flags = u32::from_le_bytes(le4(&bytes[12..16]));
-        if flags != 0 {
+        if flags & !FLAG_MANIFEST_ZSTD != 0 {
             return Err(FormatError::InvalidHeader {
                 field: "flags",
-                reason: format!("unknown flags {flags:#x}"),
+                reason: format!("unknown flags {:#x}", flags & !FLAG_MANIFEST_ZSTD),
             });
         }
         let manifest_len = u64::from_le_bytes(le8(&bytes[16..24]));
@@ -250,6 +278,7 @@ impl Header {
         Ok(Self {
             manifest_len,
             signature_block_len,
+            manifest_zstd: flags & FLAG_MANIFEST_ZSTD != 0,
         })
     }
 
@@ -257,6 +286,31 @@ impl Header {
     pub fn data_start(&self) -> u64 {
         HEADER_LEN as u64 + self.manifest_len + u64::from(self.signature_block_len)
     }
+}
+
+/// The manifest section for manifest `json`: the JSON itself, or with `zstd` a zstd frame of
+/// it (then set [`Header::manifest_zstd`]).
+pub fn encode_manifest_section(json: &[u8], zstd: bool) -> std::io::Result<Vec<u8>> {
+    match zstd {
+        true => zstd::bulk::compress(json, MANIFEST_ZSTD_LEVEL),
+        false => Ok(json.to_vec()),
+    }
+}
+
+/// The manifest JSON in a manifest `section`, decompressed (at most [`MAX_MANIFEST_LEN`]
+/// bytes) when `zstd`.
+pub fn decode_manifest_section(
+    section: &[u8],
+    zstd: bool,
+) -> Result<std::borrow::Cow<'_, [u8]>, FormatError> {
+    if !zstd {
+        return Ok(std::borrow::Cow::Borrowed(section));
+    }
+    zstd::bulk::decompress(section, MAX_MANIFEST_LEN as usize)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|e| FormatError::ManifestDecompress {
+            reason: e.to_string(),
+        })
 }
 
 fn le4(s: &[u8]) -> [u8; 4] {

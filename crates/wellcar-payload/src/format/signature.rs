@@ -108,7 +108,12 @@ impl PayloadHead {
 
     /// Parses the manifest without authenticating it: for display only.
     pub fn manifest_unverified(&self) -> Result<Manifest, FormatError> {
-        Manifest::parse(&self.manifest_bytes)
+        Manifest::parse(&self.manifest_json()?)
+    }
+
+    /// The manifest JSON, decompressed if the header says it is compressed. Unauthenticated.
+    pub fn manifest_json(&self) -> Result<std::borrow::Cow<'_, [u8]>, FormatError> {
+        super::decode_manifest_section(&self.manifest_bytes, self.header.manifest_zstd)
     }
 
     /// The bytes every signature covers: header then manifest.
@@ -165,7 +170,7 @@ impl PayloadHead {
                 trusted: trusted.describe(),
             });
         };
-        let manifest = Manifest::parse(&self.manifest_bytes)?;
+        let manifest = Manifest::parse(&self.manifest_json()?)?;
         Ok(VerifiedHead {
             signer: signer.describe(),
             digest: self.digest(),

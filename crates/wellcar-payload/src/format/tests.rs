@@ -11,9 +11,16 @@ fn header_round_trips_and_rejects_each_bad_field() {
     let header = Header {
         manifest_len: 1234,
         signature_block_len: 4 + 96 * 2,
+        manifest_zstd: false,
     };
     let bytes = header.to_bytes();
     assert_eq!(Header::parse(&bytes).unwrap(), header);
+    let compressed = Header {
+        manifest_zstd: true,
+        ..header
+    };
+    assert_eq!(compressed.to_bytes()[12], 1);
+    assert_eq!(Header::parse(&compressed.to_bytes()).unwrap(), compressed);
     assert_eq!(header.data_start(), 32 + 1234 + 196);
 
     let mut magic = bytes;
@@ -29,7 +36,7 @@ fn header_round_trips_and_rejects_each_bad_field() {
         Err(FormatError::UnsupportedFormat { version: 2 })
     ));
     let mut flags = bytes;
-    flags[13] = 1;
+    flags[12] = 2;
     assert!(matches!(
         Header::parse(&flags),
         Err(FormatError::InvalidHeader { field: "flags", .. })
@@ -187,8 +194,10 @@ proptest! {
     fn head_reader_never_panics_on_valid_header_and_junk(
         junk in proptest::collection::vec(any::<u8>(), 0..600),
         manifest_len in 1u64..400,
+        manifest_zstd in any::<bool>(),
     ) {
-        let mut bytes = Header { manifest_len, signature_block_len: 100 }.to_bytes().to_vec();
+        let header = Header { manifest_len, signature_block_len: 100, manifest_zstd };
+        let mut bytes = header.to_bytes().to_vec();
         bytes.extend_from_slice(&junk);
         let _ = PayloadHead::read(&mut bytes.as_slice()).map(|h| h.manifest_unverified());
     }
@@ -204,4 +213,27 @@ proptest! {
         }
         let _ = Manifest::parse(&json);
     }
+}
+
+#[test]
+fn a_compressed_manifest_section_round_trips_and_a_bad_or_oversized_frame_is_refused() {
+    let json = serde_json::to_vec(&minimal_manifest()).unwrap();
+    let section = encode_manifest_section(&json, true).unwrap();
+    assert_ne!(section, json);
+    assert_eq!(
+        &*decode_manifest_section(&section, true).unwrap(),
+        &json[..]
+    );
+    assert_eq!(encode_manifest_section(&json, false).unwrap(), json);
+    assert!(matches!(
+        decode_manifest_section(&json, true),
+        Err(FormatError::ManifestDecompress { .. })
+    ));
+    // 1 KiB that decompresses past the manifest limit is refused, not inflated.
+    let bomb = zstd::bulk::compress(&vec![b' '; MAX_MANIFEST_LEN as usize + 1], 19).unwrap();
+    assert!(bomb.len() < 4096, "{} bytes", bomb.len());
+    assert!(matches!(
+        decode_manifest_section(&bomb, true),
+        Err(FormatError::ManifestDecompress { .. })
+    ));
 }
