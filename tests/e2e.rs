@@ -900,17 +900,18 @@ impl Story {
         self.tl
             .mark("v2: marked good, workload runs, server shows complete");
         let served = self.server.activity_messages("delta-served");
-        if !served
+        let Some(delta) = served
             .iter()
-            .any(|m| m.contains("was served the delta of 2.0.0 from 1.0.0"))
-        {
-            self.fail(&format!("v2 did not go by delta: delta-served {served:?}"));
-        }
+            .find(|m| m.contains("was served the delta of 2.0.0 from 1.0.0"))
+        else {
+            self.fail(&format!("v2 did not go by delta: delta-served {served:?}"))
+        };
+        let delta = delta.clone();
         if !self.server.activity_messages("delta-fallback").is_empty() {
             self.fail("the server fell back to the full payload of v2");
         }
         self.tl
-            .mark("server: v2 went by its delta from v1 (activity delta-served)");
+            .mark(&format!("server: v2 went by its delta from v1 ({delta})"));
     }
 
     /// Step 5's setup: v3's delta is made from v2, and USR-B (v2, booted) gets one 4 KiB block

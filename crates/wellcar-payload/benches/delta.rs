@@ -12,7 +12,11 @@
 //!
 //! Kernel and initramfs are the same in both builds: `WELLCAR_DELTA_KERNEL` and
 //! `WELLCAR_DELTA_INITRAMFS` (default: `/usr/bin/bash` and `/usr/bin/ls` as small stand-ins;
-//! a delta carries both whole, so real ones show what a real build's delta costs).
+//! unchanged, a delta copies both from the source slot, so their size shows only in the full
+//! payload).
+//!
+//! The breakdown line shows where the delta's bytes go (head, /usr data, hash area, kernel and
+//! initramfs) and its operations, including how many patches chose the bsdiff codec.
 //!
 //! Needs `mkfs.erofs`, `veritysetup`, `zstd`, `bsdiff`, `sha256sum`.
 
@@ -20,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use wellcar_payload::format::{Destination, Operation};
+use wellcar_payload::format::{Destination, Operation, PatchCodec};
 use wellcar_payload::{
     create_payload_with, ApplyPolicy, CreateOptions, InstallTargets, Installer, PayloadHead,
     SourceReader, TrustedKeys, UsrPartition,
@@ -189,7 +193,8 @@ fn delta_breakdown(payload: &Path, trusted: &TrustedKeys) -> String {
     let manifest = head.manifest();
     let hash_offset = manifest.usr.verity.hash_offset;
     let (mut data, mut hash_area, mut files) = (0u64, 0u64, 0u64);
-    let (mut copies, mut patches, mut replaces) = (0usize, 0usize, 0usize);
+    let (mut copies, mut patches, mut replaces, mut trees) = (0usize, 0usize, 0usize, 0usize);
+    let mut bsdiff_patches = 0usize;
     let (mut copied, mut patched) = (0u64, 0u64);
     for op in &manifest.operations {
         let (dst, dst_offset, blob) = match op {
@@ -199,12 +204,17 @@ fn delta_breakdown(payload: &Path, trusted: &TrustedKeys) -> String {
             }
             Operation::SourcePatch(p) => {
                 patches += 1;
+                bsdiff_patches += usize::from(p.codec == PatchCodec::Bsdiff);
                 patched += p.dst_length;
                 (p.dst, p.dst_offset, p.data_length)
             }
             Operation::SourceCopy(c) => {
                 copies += 1;
                 copied += c.dst_length;
+                continue;
+            }
+            Operation::VerityTree(_) => {
+                trees += 1;
                 continue;
             }
             _ => continue,
@@ -217,9 +227,15 @@ fn delta_breakdown(payload: &Path, trusted: &TrustedKeys) -> String {
     }
     let kib = |b: u64| b as f64 / 1024.0;
     format!(
-        "delta bytes: head (manifest + signatures) {:.1} KiB, /usr data blobs {:.1} KiB, \
+        "delta bytes: head (manifest{} + signatures) {:.1} KiB, /usr data blobs {:.1} KiB, \
          verity hash area blobs {:.1} KiB, kernel + initramfs {:.1} KiB; \
-         {copies} source_copy ({:.1} MiB), {patches} source_patch ({:.1} MiB), {replaces} replace",
+         {copies} source_copy ({:.1} MiB), {patches} source_patch ({:.1} MiB, {bsdiff_patches} of them bsdiff), {replaces} replace, \
+         {trees} verity_tree (hash area rebuilt on the host)",
+        if head.head().header.manifest_zstd {
+            ", zstd"
+        } else {
+            ""
+        },
         kib(head.data_start()),
         kib(data),
         kib(hash_area),

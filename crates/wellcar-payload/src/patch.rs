@@ -1,16 +1,24 @@
-//! Binary patches for `source_patch`: zstd with the source bytes as a reference prefix, the
-//! in-memory form of `zstd --patch-from`.
+//! Binary patches for `source_patch`, in one of two codecs ([`PatchCodec`], the operation's
+//! `codec` field):
+//! - `zstd` (the default): zstd with the source bytes as a reference prefix, the in-memory form
+//!   of `zstd --patch-from`. One frame whose window covers the reference plus the output, so
+//!   matches reach anywhere in the source extents. Exact matches only.
+//! - `bsdiff`: the bsdiff algorithm (the `bsdiff` crate, a safe-Rust port of mendsley/bsdiff:
+//!   control triples, byte-wise differences, extra bytes), compressed as one zstd frame. Its
+//!   byte-wise differences are what a shifted or lightly edited compressed block needs, where
+//!   zstd finds no exact match.
 //!
-//! Contract: [`encode`] makes one zstd frame whose window covers the reference plus the
-//! output, so matches reach anywhere in the source extents; [`decode`] needs the same
-//! reference and yields exactly the declared length or fails. Memory is the reference plus
-//! the output (each bounded by the manifest's limits: 16 MiB and 8 MiB).
+//! Contract: [`encode`] and [`decode`] take the same reference; `decode` yields exactly the
+//! declared length or fails, and never holds more than the reference, the output and (for
+//! bsdiff) the decompressed patch, bounded by [`MAX_BSDIFF_PATCH_LEN`]. The writer makes both
+//! and keeps the smaller (see `create::delta`); patches are decoded only after their blob's
+//! sha256 matched the signed manifest.
 //!
-//! Why zstd and not bsdiff: measured on a real /usr EROFS image (see the crate's
-//! `delta` benchmark and ARCHITECTURE.md), zstd's patches of changed extents were as small
-//! as or smaller than bsdiff's, zstd decodes at hundreds of MB/s with no extra dependency,
-//! and encoding is linear where bsdiff's suffix sort is O(n log n) with 9× the input in memory.
+//! Measured (the crate's `delta` benchmark, ARCHITECTURE.md): on a rebuilt binary inside a
+//! real /usr EROFS image, bsdiff's patches are smaller on the lz4 clusters after an insertion;
+//! zstd decodes faster and wins on moved, unchanged runs.
 
+use crate::format::{PatchCodec, MAX_CHUNK_LEN};
 use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 
 /// Window log big enough for `reference_len + output_len` (at least 2^20, at most 2^27).
@@ -19,8 +27,57 @@ fn window_log(reference_len: usize, output_len: usize) -> u32 {
     (64 - (need - 1).leading_zeros()).clamp(20, 27)
 }
 
-/// Encodes `target` as a patch against `reference` at zstd `level`.
-pub fn encode(reference: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>, String> {
+/// Largest decompressed bsdiff patch a reader accepts: the output (at most one chunk) plus
+/// control triples, which a real patch of one chunk stays far below.
+pub const MAX_BSDIFF_PATCH_LEN: usize = 2 * MAX_CHUNK_LEN as usize;
+
+/// Encodes `target` as a `codec` patch against `reference` at zstd `level`.
+pub fn encode(
+    codec: PatchCodec,
+    reference: &[u8],
+    target: &[u8],
+    level: i32,
+) -> Result<Vec<u8>, String> {
+    match codec {
+        PatchCodec::Zstd => zstd_encode(reference, target, level),
+        PatchCodec::Bsdiff => {
+            let mut raw = Vec::with_capacity(target.len() / 8);
+            bsdiff::diff(reference, target, &mut raw).map_err(|e| e.to_string())?;
+            zstd::bulk::compress(&raw, level).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Decodes a `codec` patch against `reference` into `output` (cleared first); it must yield
+/// exactly `expected_len` bytes.
+pub fn decode(
+    codec: PatchCodec,
+    reference: &[u8],
+    patch: &[u8],
+    output: &mut Vec<u8>,
+    expected_len: usize,
+) -> Result<(), String> {
+    match codec {
+        PatchCodec::Zstd => zstd_decode(reference, patch, output, expected_len),
+        PatchCodec::Bsdiff => {
+            let raw = zstd::bulk::decompress(patch, MAX_BSDIFF_PATCH_LEN)
+                .map_err(|e| format!("bsdiff patch does not decompress: {e}"))?;
+            output.clear();
+            output.reserve_exact(expected_len);
+            bsdiff::patch(reference, &mut raw.as_slice(), output)
+                .map_err(|e| format!("bsdiff patch does not apply: {e}"))?;
+            if output.len() != expected_len {
+                return Err(format!(
+                    "decoded {} bytes, expected {expected_len}",
+                    output.len()
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn zstd_encode(reference: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>, String> {
     let mut cctx = CCtx::create();
     let code = |e: usize| zstd::zstd_safe::get_error_name(e).to_owned();
     cctx.set_parameter(CParameter::CompressionLevel(level))
@@ -38,9 +95,7 @@ pub fn encode(reference: &[u8], target: &[u8], level: i32) -> Result<Vec<u8>, St
     Ok(out)
 }
 
-/// Decodes `patch` against `reference` into `output` (cleared first); it must yield exactly
-/// `expected_len` bytes.
-pub fn decode(
+fn zstd_decode(
     reference: &[u8],
     patch: &[u8],
     output: &mut Vec<u8>,
@@ -72,15 +127,17 @@ mod tests {
         let mut target = reference.clone();
         target[100_000..100_100].fill(0x42);
         target.splice(2_000_000..2_000_000, [1u8; 333]);
-        let patch = encode(&reference, &target, 19).unwrap();
-        assert!(
-            patch.len() < 4096,
-            "patch of a small change is {} bytes",
-            patch.len()
-        );
-        let mut out = Vec::new();
-        decode(&reference, &patch, &mut out, target.len()).unwrap();
-        assert_eq!(out, target);
+        for codec in [PatchCodec::Zstd, PatchCodec::Bsdiff] {
+            let patch = encode(codec, &reference, &target, 19).unwrap();
+            assert!(
+                patch.len() < 4096,
+                "{codec:?} patch of a small change is {} bytes",
+                patch.len()
+            );
+            let mut out = Vec::new();
+            decode(codec, &reference, &patch, &mut out, target.len()).unwrap();
+            assert_eq!(out, target, "{codec:?}");
+        }
     }
 
     #[test]
@@ -88,14 +145,33 @@ mod tests {
         let reference = wellcar_test_support::build::filler(1 << 20, 8);
         let mut target = reference.clone();
         target[10..20].fill(9);
-        let patch = encode(&reference, &target, 3).unwrap();
-        let mut out = Vec::new();
-        let err = decode(&reference, &patch, &mut out, target.len() - 1).unwrap_err();
-        assert!(!err.is_empty());
         let other = wellcar_test_support::build::filler(1 << 20, 9);
-        match decode(&other, &patch, &mut out, target.len()) {
-            Err(_) => {}
-            Ok(()) => assert_ne!(out, target, "a wrong reference cannot give the target"),
+        for codec in [PatchCodec::Zstd, PatchCodec::Bsdiff] {
+            let patch = encode(codec, &reference, &target, 3).unwrap();
+            let mut out = Vec::new();
+            let err = decode(codec, &reference, &patch, &mut out, target.len() - 1).unwrap_err();
+            assert!(err.contains("expected"), "{codec:?}: {err}");
+            match decode(codec, &other, &patch, &mut out, target.len()) {
+                Err(_) => {}
+                Ok(()) => assert_ne!(out, target, "{codec:?}: a wrong reference gave the target"),
+            }
+        }
+    }
+
+    /// A bsdiff patch of lz4-like data shifted by an insertion: byte-wise differences, where
+    /// zstd finds few exact matches. The writer keeps whichever is smaller; both decode.
+    #[test]
+    fn bsdiff_and_zstd_patches_of_shifted_data_both_decode_and_garbage_is_refused() {
+        let reference = wellcar_test_support::build::filler(1 << 20, 11);
+        let mut target: Vec<u8> = reference.iter().map(|b| b.wrapping_add(1)).collect();
+        target.splice(500_000..500_000, [7u8; 1000]);
+        for codec in [PatchCodec::Zstd, PatchCodec::Bsdiff] {
+            let patch = encode(codec, &reference, &target, 19).unwrap();
+            let mut out = Vec::new();
+            decode(codec, &reference, &patch, &mut out, target.len()).unwrap();
+            assert_eq!(out, target, "{codec:?}");
+            let err = decode(codec, &reference, b"not a patch", &mut out, target.len());
+            assert!(err.is_err(), "{codec:?} decoded garbage");
         }
     }
 }

@@ -266,10 +266,7 @@ impl<S: SlotControl> Agent<S> {
                 .map_err(Failure::fatal(error_code::ERROR))?;
             let mut body = match authenticated {
                 Authenticated::Stream(body) => body,
-                Authenticated::HeadOnly => self
-                    .http
-                    .get_range(url, installer.checkpoint().payload_offset, None)
-                    .map_err(Failure::transfer)?,
+                Authenticated::HeadOnly => self.data_after_checkpoint(url, installer)?,
             };
             return self
                 .stream(installer, &mut body, offer.size)
@@ -314,12 +311,28 @@ impl<S: SlotControl> Agent<S> {
             // Only reached right after resuming a complete checkpoint.
             return Ok(true);
         }
-        let mut body = self
-            .http
-            .get_range(url, installer.checkpoint().payload_offset, None)
-            .map_err(Failure::transfer)?;
+        let mut body = self.data_after_checkpoint(url, installer)?;
         self.stream(installer, &mut body, offer.size)
             .map(|()| false)
+    }
+
+    /// The payload's data from the installer's checkpoint to its end. None is requested when
+    /// the data section ends there (a delta may carry no data at all: every block copied or
+    /// rebuilt), since a Range starting at the file's end is answered 416.
+    fn data_after_checkpoint(
+        &self,
+        url: &str,
+        installer: &Installer<PartitionWindow>,
+    ) -> Result<Box<dyn std::io::Read + Send>, Failure> {
+        let head = installer.head();
+        let data_end = head.data_start() + head.manifest().data_len;
+        let offset = installer.checkpoint().payload_offset;
+        if offset >= data_end {
+            return Ok(Box::new(std::io::empty()));
+        }
+        self.http
+            .get_range(url, offset, None)
+            .map_err(Failure::transfer)
     }
 
     fn stream(

@@ -27,6 +27,7 @@ struct Published {
     new: Build,
     full_size: u64,
     delta_size: u64,
+    delta_path: std::path::PathBuf,
     server: Server,
 }
 
@@ -74,6 +75,7 @@ impl Published {
             new,
             full_size: full.size,
             delta_size: delta.size,
+            delta_path: delta.path,
             server,
         }
     }
@@ -131,7 +133,7 @@ fn asserts_new_staged(host: &Host, new: &Build) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_booted_slot_is_the_source_and_a_delta_downloads_a_fraction_of_the_full_payload() {
     let p = Published::start().await;
-    // The delta carries kernel and initramfs whole but none of /usr's data.
+    // The delta carries none of /usr's data, and copies kernel and initramfs.
     assert!(
         p.delta_size * 2 < p.full_size,
         "delta {} bytes, full {}",
@@ -154,12 +156,22 @@ async fn the_booted_slot_is_the_source_and_a_delta_downloads_a_fraction_of_the_f
     );
     assert_eq!(p.activity("delta-served").await.len(), 1);
     // The head came alone (header, then head), the data afterwards: no stream sat open while
-    // the source was verified.
+    // the source was verified. This delta has no data section at all (every /usr block is
+    // copied, the hash area rebuilt, kernel and initramfs copied), so nothing is requested
+    // after the head (a Range from the file's end would be answered 416).
     let ranges = p.server.relay.ranges.lock().unwrap().clone();
+    let head = wellcar_payload::PayloadHead::read(&mut std::fs::File::open(&p.delta_path).unwrap())
+        .unwrap();
+    let data_len = head.manifest_unverified().unwrap().data_len;
     assert_eq!(
         ranges.first().map(String::as_str),
         Some("bytes=0-31"),
         "{ranges:?}"
+    );
+    assert_eq!(
+        ranges.len(),
+        if data_len == 0 { 2 } else { 3 },
+        "{ranges:?} for {data_len} data bytes"
     );
     assert_eq!(p.server.relay.full_gets.load(Ordering::SeqCst), 0);
 }

@@ -273,13 +273,13 @@ pub(super) fn decode_patch(
     offset: u64,
     operation: usize,
 ) -> Result<(), ApplyError> {
-    crate::patch::decode(reference, patch, output, op.dst_length as usize).map_err(|reason| {
-        ApplyError::Patch {
+    crate::patch::decode(op.codec, reference, patch, output, op.dst_length as usize).map_err(
+        |reason| ApplyError::Patch {
             operation,
             offset,
             reason,
-        }
-    })?;
+        },
+    )?;
     let actual = Sha256Digest::of(output);
     if actual != op.dst_sha256 {
         return Err(ApplyError::PatchOutputMismatch {

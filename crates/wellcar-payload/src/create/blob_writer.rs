@@ -416,6 +416,7 @@ impl<'d> BlobWriter<'d> {
                 extents,
                 src_sha256,
                 dst_sha256,
+                codec,
                 blob,
             } => {
                 let (data_offset, data_sha256) = self.push_blob(&blob)?;
@@ -429,6 +430,7 @@ impl<'d> BlobWriter<'d> {
                     data_length: blob.len() as u64,
                     data_sha256,
                     dst_sha256: Sha256Digest(dst_sha256),
+                    codec,
                 })
             }
             delta::Piece::Replace { offset, len, blob } => {

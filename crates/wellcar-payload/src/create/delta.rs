@@ -12,6 +12,8 @@
 //!   should be (the neighbouring matched block's source position, else the same offset, ±8×
 //!   the run's length, at least 256 KiB and at most 2 MiB), or a `replace` when plain zstd is
 //!   smaller. Found runs of fewer than 4 blocks between changed blocks are patched with them.
+//!   Each patch is made with both codecs (zstd reference prefix and bsdiff, `crate::patch`)
+//!   at zstd level 22 whatever the payload's level, and the smaller kept.
 //!
 //! Memory: the index (about 40 bytes per source block) plus one reference window per thread.
 
@@ -25,8 +27,8 @@ use wellcar_verity::{RootHasher, BLOCK_SIZE};
 
 use super::{read_build_manifest, CreateError};
 use crate::format::{
-    Destination, Sha256Digest, SourceExtent, SourceSlot, VerityParams, MAX_SOURCE_EXTENTS,
-    MAX_SOURCE_LEN,
+    Destination, PatchCodec, Sha256Digest, SourceExtent, SourceSlot, VerityParams,
+    MAX_SOURCE_EXTENTS, MAX_SOURCE_LEN,
 };
 
 const BLOCK: usize = BLOCK_SIZE as usize;
@@ -38,6 +40,10 @@ const MAX_REFERENCE_MARGIN: u64 = 2 * 1024 * 1024;
 /// Found runs shorter than this between two changed runs are patched with them: one operation
 /// instead of three, and zstd finds those blocks in the reference anyway.
 const MIN_COPY_RUN: usize = 4;
+/// Lowest zstd level of a patch: the densest. Patches cover only the changed runs (KiB to a
+/// few MiB), so the slowest level costs little time and its bytes are what every host
+/// downloads; `--payload-compression-level` still sets the level of `replace` pieces.
+const PATCH_MIN_LEVEL: i32 = 22;
 
 /// The source build a delta is made against.
 #[derive(Debug)]
@@ -71,6 +77,7 @@ pub(crate) enum Piece {
         extents: Vec<SourceExtent>,
         src_sha256: [u8; 32],
         dst_sha256: [u8; 32],
+        codec: PatchCodec,
         blob: Vec<u8>,
     },
     /// Plain zstd.
@@ -346,8 +353,16 @@ impl DeltaSource {
             length: ref_end - ref_start,
         }];
         let reference = self.read(&extents, source_path)?;
-        let patch = crate::patch::encode(&reference, data, level)
-            .map_err(|e| compress_err(std::io::Error::other(e)))?;
+        // Both codecs; the smallest of them and plain zstd wins.
+        let mut best: Option<(PatchCodec, Vec<u8>)> = None;
+        for codec in [PatchCodec::Zstd, PatchCodec::Bsdiff] {
+            let patch = crate::patch::encode(codec, &reference, data, level.max(PATCH_MIN_LEVEL))
+                .map_err(|e| compress_err(std::io::Error::other(e)))?;
+            if best.as_ref().is_none_or(|(_, b)| patch.len() < b.len()) {
+                best = Some((codec, patch));
+            }
+        }
+        let (codec, patch) = best.expect("two codecs were tried");
         if patch.len() >= plain.len() {
             return Ok(Piece::Replace {
                 offset,
@@ -361,6 +376,7 @@ impl DeltaSource {
             src_sha256: Sha256::digest(&reference).into(),
             dst_sha256: Sha256::digest(data).into(),
             extents,
+            codec,
             blob: patch,
         })
     }

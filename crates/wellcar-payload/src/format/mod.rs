@@ -82,8 +82,8 @@ pub use signature::{
     VerifiedHead,
 };
 pub use source_ops::{
-    extents_len, SourceCopyOp, SourceExtent, SourcePatchOp, SourceSlot, MAX_SOURCE_EXTENTS,
-    MAX_SOURCE_LEN,
+    extents_len, PatchCodec, SourceCopyOp, SourceExtent, SourcePatchOp, SourceSlot,
+    MAX_SOURCE_EXTENTS, MAX_SOURCE_LEN,
 };
 pub use verity_tree::VerityTreeOp;
 

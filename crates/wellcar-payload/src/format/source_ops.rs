@@ -13,7 +13,9 @@
 //!   `src_sha256`, read the patch blob at `data_offset` (`data_length` bytes, sha256
 //!   `data_sha256`, checked before decoding), decode it with the source bytes as the zstd
 //!   reference prefix (zstd's `--patch-from`) into exactly `dst_length` bytes, check those
-//!   against `dst_sha256`, and only then write them at `dst_offset`.
+//!   against `dst_sha256`, and only then write them at `dst_offset`. An optional `codec`
+//!   (`zstd`, the default, or `bsdiff`: a zstd-compressed bsdiff patch) says how the blob
+//!   encodes the output against the source bytes (`crate::patch`).
 //!
 //! Every extent lies inside the source's verity data region (`data_blocks` × 4096 bytes); a
 //! manifest naming bytes past it is invalid. Source operations appear only in a manifest
@@ -108,6 +110,24 @@ pub struct SourceCopyOp {
     pub src_sha256: Sha256Digest,
 }
 
+/// How a `source_patch` blob encodes its output against the source bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchCodec {
+    /// zstd with the source as reference prefix (`zstd --patch-from`).
+    #[default]
+    Zstd,
+    /// A bsdiff patch (control triples, byte differences, extra bytes), zstd-compressed.
+    Bsdiff,
+}
+
+impl PatchCodec {
+    /// Whether this is the default codec (not written to JSON).
+    pub fn is_zstd(&self) -> bool {
+        *self == PatchCodec::Zstd
+    }
+}
+
 /// `source_patch` operation fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +150,9 @@ pub struct SourcePatchOp {
     pub data_sha256: Sha256Digest,
     /// sha256 of the patch output.
     pub dst_sha256: Sha256Digest,
+    /// The blob's encoding (default `zstd`).
+    #[serde(default, skip_serializing_if = "PatchCodec::is_zstd")]
+    pub codec: PatchCodec,
 }
 
 /// Total length of `extents`, or `None` on overflow.
