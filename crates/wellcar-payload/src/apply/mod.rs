@@ -55,7 +55,6 @@ use crate::format::{Destination, Manifest, Operation, PayloadHead, Sha256Digest,
 use crate::keys::TrustedKeys;
 use blob::{check_blob, data_before, decompress, hash_file, read_blob, write_zeros_at};
 use wellcar_contract::atomic_file::sync_parent;
-use wellcar_verity::RootHasher;
 
 pub use checkpoint::{partial_path, Checkpoint};
 pub use error::ApplyError;
@@ -100,6 +99,16 @@ pub fn apply<T: UsrTarget>(
     let mut installer = Installer::new(head, policy, targets)?;
     installer.write_from(reader)?;
     installer.finish()
+}
+
+/// The error for a failed read-back of `target` at an offset.
+fn read_back_error(target: &str) -> impl Fn(u64, io::Error) -> ApplyError + '_ {
+    move |offset, source| ApplyError::Target {
+        action: "reading back",
+        target: target.to_owned(),
+        offset,
+        source,
+    }
 }
 
 /// Streams a payload's data into targets; see the module docs.
@@ -604,19 +613,13 @@ impl<T: UsrTarget> Installer<T> {
     ) -> Result<(Sha256Digest, RootHash), ApplyError> {
         let usr = &mut self.targets.usr;
         let target = usr.describe();
-        let read_err = |offset, source| ApplyError::Target {
-            action: "reading back",
-            target: target.clone(),
-            offset,
-            source,
-        };
+        let read_err = read_back_error(&target);
         usr.sync()
             .and_then(|()| usr.drop_cache())
             .map_err(|e| read_err(0, e))?;
         usr.seek(SeekFrom::Start(0)).map_err(|e| read_err(0, e))?;
         let verity = &manifest.usr.verity;
-        let salt = hex::decode(&verity.salt).expect("salt validated by Manifest::validate");
-        let mut verity_hasher = RootHasher::new(&salt, verity.data_blocks);
+        let mut verity_hasher = verity.root_hasher();
         let mut sha = Sha256::new();
         let mut buf = vec![0u8; IO_BUF_LEN];
         let mut pos = 0u64;

@@ -21,8 +21,6 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use wellcar_verity::RootHasher;
-
 use sha2::{Digest as _, Sha256};
 
 use super::{ApplyError, ApplyPolicy};
@@ -130,8 +128,7 @@ impl SourceReader {
                 needed,
             });
         }
-        let salt = hex::decode(&slot.verity.salt).expect("salt validated by Manifest::validate");
-        let mut hasher = RootHasher::new(&salt, slot.verity.data_blocks);
+        let mut hasher = slot.verity.root_hasher();
         let mut buf = vec![0u8; VERIFY_BUF_LEN];
         let mut pos = 0;
         while pos < needed {

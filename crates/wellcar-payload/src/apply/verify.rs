@@ -15,7 +15,6 @@ use super::blob::{check_blob, decompress, read_blob};
 use super::{ApplyError, ZEROS};
 use crate::format::{Destination, Operation, PayloadHead, Sha256Digest};
 use crate::keys::TrustedKeys;
-use wellcar_verity::RootHasher;
 
 /// What [`verify_payload`] found.
 #[derive(Debug, Clone, Serialize)]
@@ -43,8 +42,7 @@ pub fn verify_payload(
     let head = PayloadHead::read(reader)?.authenticate(trusted)?;
     let manifest = head.manifest();
     let verity = &manifest.usr.verity;
-    let salt = hex::decode(&verity.salt).expect("salt validated by Manifest::validate");
-    let mut verity_hasher = RootHasher::new(&salt, verity.data_blocks);
+    let mut verity_hasher = verity.root_hasher();
     let mut hashers = [Sha256::new(), Sha256::new(), Sha256::new()];
     let mut decompressor = zstd::bulk::Decompressor::new().map_err(|e| ApplyError::Decompress {
         operation: 0,

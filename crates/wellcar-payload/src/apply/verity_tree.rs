@@ -14,7 +14,7 @@ use std::io::SeekFrom;
 use crate::format::{Manifest, Operation, Sha256Digest, VerityTreeOp};
 use wellcar_verity::RootHasher;
 
-use super::{ApplyError, UsrTarget, IO_BUF_LEN};
+use super::{read_back_error, ApplyError, UsrTarget, IO_BUF_LEN};
 
 /// The /usr data region's digests, taken from the bytes as operations write them. It holds
 /// only while it has seen every write into the region, in order from offset 0; anything else
@@ -31,11 +31,7 @@ impl WrittenRegion {
                 .operations
                 .iter()
                 .any(|op| matches!(op, Operation::VerityTree(_)));
-        let verity = &manifest.usr.verity;
-        Self(needed.then(|| {
-            let salt = hex::decode(&verity.salt).expect("salt validated by Manifest::validate");
-            RootHasher::new(&salt, verity.data_blocks)
-        }))
+        Self(needed.then(|| manifest.usr.verity.root_hasher()))
     }
 
     /// `bytes` were written at `offset` of /usr.
@@ -127,16 +123,10 @@ fn read_back_data<T: UsrTarget>(
     manifest: &Manifest,
 ) -> Result<RootHasher, ApplyError> {
     let verity = &manifest.usr.verity;
-    let salt = hex::decode(&verity.salt).expect("salt validated by Manifest::validate");
     let target = usr.describe();
-    let read_err = |offset, source| ApplyError::Target {
-        action: "reading back",
-        target: target.clone(),
-        offset,
-        source,
-    };
+    let read_err = read_back_error(&target);
     usr.seek(SeekFrom::Start(0)).map_err(|e| read_err(0, e))?;
-    let mut hasher = RootHasher::new(&salt, verity.data_blocks);
+    let mut hasher = verity.root_hasher();
     let mut buf = vec![0u8; IO_BUF_LEN];
     while hasher.remaining() > 0 {
         let at = verity.data_blocks * wellcar_verity::BLOCK_SIZE - hasher.remaining();

@@ -118,6 +118,15 @@ pub struct VerityParams {
     pub data_blocks: u64,
 }
 
+impl VerityParams {
+    /// A [`RootHasher`](wellcar_verity::RootHasher) for the data region these parameters
+    /// describe. Only for a validated manifest ([`Manifest::validate`] checks the salt is hex).
+    pub fn root_hasher(&self) -> wellcar_verity::RootHasher {
+        let salt = hex::decode(&self.salt).expect("salt validated by Manifest::validate");
+        wellcar_verity::RootHasher::new(&salt, self.data_blocks)
+    }
+}
+
 /// A file-backed image (kernel, initramfs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
