@@ -10,13 +10,19 @@
 //! (not the 1 GiB slot geometry, to keep the run short; the holes cost nothing either way).
 //! Apply times are measured before the slow whole-image `bsdiff`, and printed as soon as known.
 //!
-//! Kernel and initramfs are the same in both builds: `WELLCAR_DELTA_KERNEL` and
-//! `WELLCAR_DELTA_INITRAMFS` (default: `/usr/bin/bash` and `/usr/bin/ls` as small stand-ins;
+//! Kernel and initramfs: `WELLCAR_DELTA_KERNEL` and `WELLCAR_DELTA_INITRAMFS` for both builds,
+//! unless `WELLCAR_DELTA_OLD_KERNEL` / `WELLCAR_DELTA_OLD_INITRAMFS` give the old build its own
+//! (a kernel update: a changed kernel is sent whole). Defaults: `/usr/bin/bash` and
+//! `/usr/bin/ls` as small stand-ins;
 //! unchanged, a delta copies both from the source slot, so their size shows only in the full
 //! payload).
 //!
 //! The breakdown line shows where the delta's bytes go (head, /usr data, hash area, kernel and
 //! initramfs) and its operations, including how many patches chose the bsdiff codec.
+//!
+//! `WELLCAR_DELTA_SKIP_WHOLE_IMAGE=1` stops after the delta and apply numbers, without the
+//! minutes-long whole-image `zstd --patch-from` and `bsdiff` (e.g. for a kernel update, where
+//! the goal is only to report the size).
 //!
 //! Needs `mkfs.erofs`, `veritysetup`, `zstd`, `bsdiff`, `sha256sum`.
 
@@ -58,8 +64,8 @@ fn main() {
         (Some(old), Some(new)) => (PathBuf::from(old), PathBuf::from(new)),
         _ => synthetic_pair(dir),
     };
-    let old = make_build(&dir.join("v1"), &old_fs, "1.0.0");
-    let new = make_build(&dir.join("v2"), &new_fs, "1.1.0");
+    let old = make_build(&dir.join("v1"), &old_fs, "1.0.0", "WELLCAR_DELTA_OLD_");
+    let new = make_build(&dir.join("v2"), &new_fs, "1.1.0", "WELLCAR_DELTA_");
     let key = wellcar_payload::keys::new_signing_key().unwrap();
     wellcar_payload::keys::write_keypair(&key, &dir.join("update-key"), false).unwrap();
     let trusted = TrustedKeys::from_paths(&[dir.join("update-key.pub")]).unwrap();
@@ -117,6 +123,17 @@ fn main() {
         delta.size,
         delta.size as f64 / full.size as f64
     );
+    if std::env::var_os("WELLCAR_DELTA_SKIP_WHOLE_IMAGE").is_some() {
+        println!(
+            "full payload {} B, delta {} B: delta / full {:.4}; apply delta / full time {:.2}",
+            full.size,
+            delta.size,
+            delta.size as f64 / full.size as f64,
+            delta_apply / full_apply
+        );
+        println!("{breakdown}");
+        return;
+    }
     eprintln!("zstd --patch-from and bsdiff of the whole images ...");
     let patch_from = dir.join("patch-from.zst");
     let t = Instant::now();
@@ -315,7 +332,10 @@ fn synthetic_pair(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// A build directory of `version` around the EROFS image `fs`.
-fn make_build(build: &Path, fs: &Path, version: &str) -> PathBuf {
+/// A build directory for the EROFS image `fs`; its kernel and initramfs come from
+/// `<env_prefix>KERNEL` / `<env_prefix>INITRAMFS`, else `WELLCAR_DELTA_KERNEL` /
+/// `WELLCAR_DELTA_INITRAMFS`, else the stand-ins.
+fn make_build(build: &Path, fs: &Path, version: &str, env_prefix: &str) -> PathBuf {
     std::fs::create_dir_all(build).unwrap();
     let usr = build.join("usr.img");
     std::fs::copy(fs, &usr).unwrap();
@@ -339,15 +359,14 @@ fn make_build(build: &Path, fs: &Path, version: &str) -> PathBuf {
         .find_map(|l| l.strip_prefix("Root hash:"))
         .map(|v| v.trim().to_owned())
         .expect("veritysetup output");
-    // Kernel and initramfs: the same in both versions (stand-ins unless given).
-    let file = |var: &str, stand_in: &str| std::env::var_os(var).unwrap_or(stand_in.into());
+    let file = |name: &str, stand_in: &str| {
+        std::env::var_os(format!("{env_prefix}{name}"))
+            .or_else(|| std::env::var_os(format!("WELLCAR_DELTA_{name}")))
+            .unwrap_or(stand_in.into())
+    };
+    std::fs::copy(file("KERNEL", "/usr/bin/bash"), build.join("vmlinuz")).unwrap();
     std::fs::copy(
-        file("WELLCAR_DELTA_KERNEL", "/usr/bin/bash"),
-        build.join("vmlinuz"),
-    )
-    .unwrap();
-    std::fs::copy(
-        file("WELLCAR_DELTA_INITRAMFS", "/usr/bin/ls"),
+        file("INITRAMFS", "/usr/bin/ls"),
         build.join("initramfs.img"),
     )
     .unwrap();
