@@ -1,10 +1,9 @@
 //! The payload's data section as it is made: each image read extent by extent (holes become
 //! `zero` operations unread), cut into [`CHUNK_LEN`] chunks at fixed offsets, compressed in
 //! parallel (or, for /usr of a delta, cut in [`DELTA_CHUNK_LEN`] chunks into source copies
-//! and patches) and appended in
-//! order, with the operations that describe them. The caller puts the operations into the
-//! manifest; the blobs go to a temp file because the manifest, which precedes them, needs
-//! their hashes.
+//! and patches) and appended in order, with the operations that describe them. The caller
+//! puts the operations into the manifest; the blobs go to a temp file because the manifest,
+//! which precedes them, needs their hashes.
 //!
 //! A delta's /usr hash area is not read into blobs: it becomes one `verity_tree` operation
 //! (the host rebuilds it), whose bytes are read here only to hash them.
@@ -35,7 +34,7 @@ pub(super) struct HashAreaSpan {
 }
 
 /// A piece of an image in write order: a file extent, or the hash area.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Span {
     Extent(Extent),
     HashArea,
@@ -49,6 +48,7 @@ fn spans(extents: Vec<Extent>, area: Option<&HashAreaSpan>) -> Vec<Span> {
     };
     let (start, end) = (area.offset, area.offset + area.len);
     let mut out = Vec::with_capacity(extents.len() + 2);
+    let mut area_placed = false;
     for e in extents {
         if e.start < start {
             out.push(Span::Extent(Extent {
@@ -56,8 +56,9 @@ fn spans(extents: Vec<Extent>, area: Option<&HashAreaSpan>) -> Vec<Span> {
                 ..e
             }));
         }
-        if e.start < end && e.end > start && !out.contains(&Span::HashArea) {
+        if e.start < end && e.end > start && !area_placed {
             out.push(Span::HashArea);
+            area_placed = true;
         }
         if e.end > end {
             out.push(Span::Extent(Extent {
