@@ -57,6 +57,8 @@ commands=(
   mdadm:mdadm dnsmasq:dnsmasq-base
   # D-Bus tests: a private bus and a real client
   dbus-daemon:dbus-daemon busctl:systemd
+  # platform VM tests: a relay per guest connection
+  socat:socat
 )
 # Files rather than commands.
 files=(

@@ -41,6 +41,9 @@ packages=(
   ignition xfsprogs btrfs-progs mdadm dnsmasq-base
   # D-Bus tests (com.coreos.update1): a private dbus-daemon, busctl as a real client
   dbus-daemon systemd
+  # platform VM tests: one relay per guest connection to the host's fake metadata and config
+  # servers (QEMU guestfwd cmd:), so TLS and closed connections work
+  socat
   # Rust: the linker (cc) with the C library to link against (libc6-dev is only a Recommends
   # of gcc), crates that build C; ca-certificates for cargo's HTTPS, curl for rustup
   gcc libc6-dev pkg-config ca-certificates curl

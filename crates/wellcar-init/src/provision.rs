@@ -127,6 +127,27 @@ impl Network {
 /// DNS for the initramfs.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
+/// The CA bundle of the verified `/usr`, seen through the new root's `/etc` overlay (mounted
+/// before provisioning). The initramfs carries no bundle of its own: pointing `SSL_CERT_FILE`
+/// (read by `rustls-native-certs` when a fetcher is made) here makes public HTTPS config URLs
+/// trust exactly what the booted system trusts.
+const SYSROOT_CA_BUNDLE: &str = "/sysroot/etc/ssl/certs/ca-certificates.crt";
+
+/// Trusts [`SYSROOT_CA_BUNDLE`] for every fetch of this boot, when the image has one.
+fn trust_the_images_ca_bundle(log: &mut Log) {
+    if Path::new(SYSROOT_CA_BUNDLE).is_file() {
+        // /init is single-threaded while it provisions: nothing reads the environment meanwhile.
+        std::env::set_var("SSL_CERT_FILE", SYSROOT_CA_BUNDLE);
+        log.info(&format!(
+            "HTTPS trusts the image's CA bundle {SYSROOT_CA_BUNDLE}"
+        ));
+    } else {
+        log.info(&format!(
+            "no CA bundle at {SYSROOT_CA_BUNDLE}: HTTPS trusts only the config's CAs"
+        ));
+    }
+}
+
 /// Provisions `/sysroot` (see the module docs); `oem` is the OEM partition, if any. Returns the
 /// network brought up for it, if any, to tear down before switch root (also after a failure,
 /// by the caller's failure path dropping it: teardown is explicit, see `main`).
@@ -181,6 +202,7 @@ fn provision_with(
     };
     let platform = Platform::select(&cmdline, grub_cfg.as_deref())
         .map_err(|e| ProvisionError::new(Phase::Platform, None, e))?;
+    trust_the_images_ca_bundle(log);
     let network = network_slot.insert(Network::new(&cmdline)?);
     let config_url = wellcar_platform::id::config_url(&cmdline);
     let sources = platform.config_sources(config_url.as_deref());

@@ -88,6 +88,10 @@ pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF variable store template.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
+/// The user network for a guest that must reach a cloud metadata service at its link-local
+/// address (`169.254.169.254`); see [`MachineConfig::network`].
+pub const LINK_LOCAL_NETWORK: &str = "169.254.0.0/16";
+
 /// How to run a machine.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -109,6 +113,14 @@ pub struct MachineConfig {
     pub ssh_port: Option<u16>,
     /// `guestfwd`s: (guest IP:port inside 10.0.2.0/24, host loopback port).
     pub guest_forwards: Vec<(String, u16)>,
+    /// `guestfwd`s run per guest connection: (guest IP:port, host loopback port). Each guest
+    /// connection starts its own relay (`socat`) to the port, so the host server sees one TCP
+    /// connection per guest connection: TLS works and a server may close connections. A plain
+    /// [`MachineConfig::guest_forwards`] entry is one connection for the machine's lifetime.
+    pub guest_relays: Vec<(String, u16)>,
+    /// The user network's address range (QEMU `net=`), e.g. `169.254.0.0/16` so that a
+    /// platform's link-local metadata address can be forwarded; QEMU's `10.0.2.0/24` when unset.
+    pub network: Option<String>,
     /// More `hostfwd`s besides ssh: (host loopback port, guest TCP port).
     pub host_forwards: Vec<(u16, u16)>,
     /// Serial console on this terminal instead of a captured pipe.
@@ -139,6 +151,8 @@ impl MachineConfig {
             ignition: None,
             ssh_port: None,
             guest_forwards: Vec::new(),
+            guest_relays: Vec::new(),
+            network: None,
             host_forwards: Vec::new(),
             interactive: false,
             state_dir: None,
@@ -305,6 +319,9 @@ impl Machine {
             p => p,
         };
         let mut netdev = String::from("user,id=net0,restrict=on");
+        if let Some(net) = &cfg.network {
+            netdev.push_str(&format!(",net={net}"));
+        }
         if let Some(p) = ssh_port {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
         }
@@ -313,6 +330,11 @@ impl Machine {
         }
         for (guest, host_port) in &cfg.guest_forwards {
             netdev.push_str(&format!(",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"));
+        }
+        for (guest, host_port) in &cfg.guest_relays {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{guest}-cmd:socat STDIO TCP:127.0.0.1:{host_port}"
+            ));
         }
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
 

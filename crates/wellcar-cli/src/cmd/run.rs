@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use wellcar_vm::{choose_accel, Accel, Firmware, Machine, MachineConfig};
+use wellcar_vm::{choose_accel, Accel, Firmware, Machine, MachineConfig, LINK_LOCAL_NETWORK};
 
 /// What `wellcar run` tells the user to type to log in.
 /// Every `wellcar run` boots a VM with new host keys on the same port, so the command skips
@@ -79,7 +79,10 @@ pub struct Opts {
     pub disk_gib: Option<u64>,
     /// Let the guest reach a host loopback service: `GUEST_IP:PORT=HOST_PORT`, e.g.
     /// `10.0.2.100:8080=8080` makes the update server on 127.0.0.1:8080 answer at
-    /// http://10.0.2.100:8080 inside the VM (repeatable; nothing else is reachable).
+    /// http://10.0.2.100:8080 inside the VM (repeatable; nothing else is reachable). Each guest
+    /// connection gets its own `socat` relay, so TLS and servers that close connections work.
+    /// Addresses in 169.254.0.0/16 (a cloud metadata service) put the VM on that network
+    /// instead of 10.0.2.0/24; the two cannot be mixed.
     #[arg(long = "guest-forward", value_parser = parse_guest_forward)]
     pub guest_forwards: Vec<(String, u16)>,
     /// Provision as on this platform (`ignition.platform.id=ID` for the guest's /init): qemu,
@@ -124,6 +127,23 @@ fn parse_guest_forward(s: &str) -> Result<(String, u16), String> {
     Ok((guest.to_string(), host))
 }
 
+/// The user network that holds every forwarded guest address: QEMU's default `10.0.2.0/24`
+/// (`None`), or [`LINK_LOCAL_NETWORK`] for a metadata service at `169.254.169.254`.
+fn user_network(forwards: &[(String, u16)]) -> anyhow::Result<Option<&'static str>> {
+    let link_local = forwards
+        .iter()
+        .filter(|(guest, _)| guest.starts_with("169.254."))
+        .count();
+    match link_local {
+        0 => Ok(None),
+        n if n == forwards.len() => Ok(Some(LINK_LOCAL_NETWORK)),
+        _ => anyhow::bail!(
+            "--guest-forward: addresses in 169.254.0.0/16 and outside it cannot be mixed \
+             (QEMU's user network is one range)"
+        ),
+    }
+}
+
 /// Runs `wellcar run`.
 pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     let kernel = opts
@@ -155,7 +175,8 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
     cfg.ssh_port = Some(opts.ssh_port);
     cfg.memory_mib = opts.memory;
     cfg.disk_size = opts.disk_gib.map(|g| g << 30);
-    cfg.guest_forwards = opts.guest_forwards;
+    cfg.network = user_network(&opts.guest_forwards)?.map(str::to_owned);
+    cfg.guest_relays = opts.guest_forwards;
     cfg.kernel_args = opts
         .platform
         .iter()
@@ -285,6 +306,21 @@ mod tests {
             err.contains("azure") && err.contains("digitalocean"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn metadata_forwards_move_the_vm_to_the_link_local_network() {
+        let forward = |g: &str| (g.to_owned(), 8080_u16);
+        assert_eq!(user_network(&[]).unwrap(), None);
+        assert_eq!(user_network(&[forward("10.0.2.100:8080")]).unwrap(), None);
+        assert_eq!(
+            user_network(&[forward("169.254.169.254:80")]).unwrap(),
+            Some(LINK_LOCAL_NETWORK)
+        );
+        let mixed = user_network(&[forward("169.254.169.254:80"), forward("10.0.2.100:80")])
+            .unwrap_err()
+            .to_string();
+        assert!(mixed.contains("cannot be mixed"), "{mixed}");
     }
 
     #[test]
