@@ -177,13 +177,19 @@ fn metal_config_url_with_https_merge_and_a_hash_failure_then_fixed() {
         tail(&vm)
     );
     // The emergency shell answers on the console and has the report; the file was not written.
+    // Nothing of the config was applied: neither the failed file nor the merged one.
     let shell = emergency_command(
         &mut vm,
         at,
-        "cat /run/wellcar-init/failure.txt; ls /etc/wellcar-remote.txt",
+        "cat /run/wellcar-init/failure.txt; ls /etc/wellcar-remote.txt /etc/wellcar-merged.txt",
     );
     assert!(shell.contains("hash mismatch"), "{shell}");
-    assert!(shell.contains("No such file"), "{shell}");
+    for absent in ["/etc/wellcar-remote.txt", "/etc/wellcar-merged.txt"] {
+        assert!(
+            shell.contains(&format!("cannot access '{absent}': No such file")),
+            "{absent} was written:\n{shell}"
+        );
+    }
 
     // Fix the server and reboot from the shell: the kept first-boot flag provisions again.
     tls_server.route("/remote.txt", 200, remote);

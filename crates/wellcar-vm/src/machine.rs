@@ -92,6 +92,16 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// address (`169.254.169.254`); see [`MachineConfig::network`].
 pub const LINK_LOCAL_NETWORK: &str = "169.254.0.0/16";
 
+/// The program QEMU runs per guest connection of a [`MachineConfig::guest_relays`] entry.
+const RELAY: &str = "socat";
+
+/// `name` found in a directory of `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 /// How to run a machine.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -201,6 +211,15 @@ impl Machine {
     /// Creates the overlay and starts QEMU.
     pub fn spawn(cfg: &MachineConfig) -> Result<Machine, VmError> {
         crate::extra_disk::check_serials(&cfg.extra_disks)?;
+        // QEMU starts the relays itself, per guest connection: a missing socat would only show
+        // as refused connections inside the guest.
+        if !cfg.guest_relays.is_empty() && on_path(RELAY).is_none() {
+            return Err(VmError::Missing {
+                what: "socat (relays guest connections to host services)",
+                path: RELAY.into(),
+                hint: "apt-get install socat",
+            });
+        }
         let image = io(cfg.image.canonicalize(), "opening image", &cfg.image)?;
         let (dir, temp) = match &cfg.state_dir {
             Some(d) => {
@@ -333,7 +352,7 @@ impl Machine {
         }
         for (guest, host_port) in &cfg.guest_relays {
             netdev.push_str(&format!(
-                ",guestfwd=tcp:{guest}-cmd:socat STDIO TCP:127.0.0.1:{host_port}"
+                ",guestfwd=tcp:{guest}-cmd:{RELAY} STDIO TCP:127.0.0.1:{host_port}"
             ));
         }
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
@@ -643,6 +662,20 @@ mod tests {
         let cfg = MachineConfig::new("/nonexistent/wellcar.qcow2", Accel::Tcg);
         let err = Machine::spawn(&cfg).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/wellcar.qcow2"), "{err}");
+    }
+
+    #[test]
+    fn relays_need_socat_on_path() {
+        assert!(on_path("sh").is_some(), "sh is on every PATH");
+        assert!(on_path("wellcar-no-such-relay").is_none());
+        if on_path(RELAY).is_some() {
+            return;
+        }
+        // Without socat the machine is refused before anything is created.
+        let mut cfg = MachineConfig::new("/nonexistent/wellcar.qcow2", Accel::Tcg);
+        cfg.guest_relays = vec![("10.0.2.100:80".into(), 8080)];
+        let err = Machine::spawn(&cfg).unwrap_err().to_string();
+        assert!(err.contains("socat"), "{err}");
     }
 
     #[test]
