@@ -100,6 +100,19 @@ pub struct BuildManifest {
     /// create --delta-from` into the build directory), one per source version.
     #[serde(default)]
     pub deltas: Vec<DeltaArtifact>,
+    /// The live system's kernel for PXE (and the ISO), relative to the build directory.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pxe_kernel: Option<String>,
+    /// The live system's initramfs, which carries `/usr` (see [`crate::live`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pxe_initramfs: Option<String>,
+    /// Its size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pxe_initramfs_size: Option<u64>,
+    /// The kernel command line that boots the live system (`wellcar.live verity.usrhash=…`;
+    /// console and platform arguments are the user's).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub live_kernel_args: Option<String>,
 }
 
 /// One delta payload of a build: it updates a machine running `source_version` to the build's

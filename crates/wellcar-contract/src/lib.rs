@@ -27,6 +27,7 @@ pub mod error_report;
 pub mod esp;
 pub mod fleetlock;
 pub mod image_manifest;
+pub mod live;
 pub mod module_list;
 pub mod release_file;
 pub mod root_hash;

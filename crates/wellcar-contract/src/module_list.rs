@@ -54,6 +54,8 @@ pub const WANTED: &[&str] = &[
     "virtio_net",
     // First boot on OpenStack: an iso9660 config drive (a FAT one needs only vfat).
     "isofs",
+    // The live system's /usr image (ISO, PXE), see `LIVE_ONLY`.
+    "loop",
 ];
 
 /// Modules `/init` loads only on first boot (vfat for the ESP's first-boot flag and FAT config
@@ -70,6 +72,11 @@ pub const FIRST_BOOT_ONLY: &[&str] = &[
     "qemu_fw_cfg",
     "isofs",
 ];
+
+/// Modules `/init` loads only for the live system (`wellcar.live`, see [`crate::live`]): the
+/// loop device its `/usr` image is read through. A live boot also loads [`FIRST_BOOT_ONLY`]:
+/// it provisions on every boot.
+pub const LIVE_ONLY: &[&str] = &["loop"];
 
 /// Modules for SCSI disks (virtio-scsi, SATA through libata), loaded only when the boot disk
 /// does not show up without them.

@@ -9,10 +9,11 @@
 //! 5. `grub`: BIOS core.img and UEFI BOOTX64.EFI ([`grub`]);
 //! 6. `partitions`: ESP, OEM and ROOT filesystem images ([`boot_files`]);
 //! 7. `disk`: the GPT image and its qcow2 twin ([`disk`]);
-//! 8. the manifest ([`BuildManifest`], whose schema is `wellcar_contract`'s).
+//! 8. `live`: the live system's PXE kernel and initramfs, which carries `/usr` ([`live`]);
+//! 9. the manifest ([`BuildManifest`], whose schema is `wellcar_contract`'s).
 //!
 //! Outputs in the output directory: `wellcar.img`, `wellcar.qcow2`, `usr.img`, `vmlinuz`,
-//! `initramfs.img`, `manifest.json`. Intermediate files stay in `<output>/.work`.
+//! `initramfs.img`, `wellcar_pxe.vmlinuz`, `wellcar_pxe_image.cpio`, `manifest.json`. Intermediate files stay in `<output>/.work`.
 
 pub mod boot_files;
 pub mod definition;
@@ -20,6 +21,7 @@ pub mod disk;
 pub mod error;
 pub mod fixed_groups;
 pub mod grub;
+pub mod live;
 pub mod platform;
 pub mod reshape;
 pub mod rootfs;
@@ -401,6 +403,21 @@ pub fn build_with_progress(
         |_| vec![raw.clone(), qcow2.clone()],
     )?;
 
+    let pxe = phases.run(
+        "live",
+        || {
+            live::build_pxe(
+                &kernel_path,
+                &initramfs_path,
+                &usr.path,
+                usr.fs_size,
+                &out,
+                u32::try_from(sde).unwrap_or(u32::MAX),
+            )
+        },
+        |p| vec![p.kernel.clone(), p.initramfs.clone()],
+    )?;
+
     let manifest = BuildManifest {
         version,
         board: def.os.board.clone(),
@@ -428,6 +445,10 @@ pub fn build_with_progress(
         rootfs_cache_key: cached.key.clone(),
         phases: phases.done.clone(),
         deltas: Vec::new(),
+        pxe_kernel: Some(live::PXE_KERNEL.into()),
+        pxe_initramfs: Some(live::PXE_INITRAMFS.into()),
+        pxe_initramfs_size: Some(pxe.initramfs_size),
+        live_kernel_args: Some(live::live_kernel_args(&usr.root_hash)),
     };
     // The payload reads the manifest it describes, so the manifest goes first, then is
     // rewritten with the payload's phase time.

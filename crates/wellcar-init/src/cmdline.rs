@@ -81,6 +81,15 @@ pub enum UsrSource {
     },
     /// Mounted directly (development images without verity).
     Plain(DeviceSpec),
+    /// The live system (`wellcar.live`): the image in the initramfs
+    /// ([`wellcar_contract::live`]), through dm-verity with `root_hash`, mapped as
+    /// `/dev/mapper/<name>`; the root is a tmpfs.
+    Live {
+        /// The expected root hash (`verity.usrhash=`).
+        root_hash: wellcar_contract::RootHash,
+        /// Name of the mapping.
+        name: String,
+    },
 }
 
 /// What the first-boot flag on the command line says.
@@ -194,6 +203,15 @@ fn canonical_key(key: &str) -> String {
     key.to_string()
 }
 
+/// `verity.usrhash=`'s value.
+fn parse_usr_hash(text: &str) -> Result<wellcar_contract::RootHash, CmdlineError> {
+    wellcar_verity::parse_root_hash(text).map_err(|_| CmdlineError::Invalid {
+        param: "verity.usrhash",
+        value: text.to_string(),
+        why: "expected 64 hexadecimal characters".into(),
+    })
+}
+
 fn seconds(param: &'static str, value: &str) -> Result<Duration, CmdlineError> {
     value
         .parse::<u64>()
@@ -262,20 +280,25 @@ impl BootParams {
 
         let mount_usr = value("mount.usr").or(value("usr"));
         let verity_usr = value("verity.usr");
+        let live = get(wellcar_contract::live::LIVE_PARAM).is_some();
         let usr = match (mount_usr, verity_usr) {
+            (None, None) if live => {
+                let hash_text = value("verity.usrhash").ok_or(CmdlineError::Missing {
+                    param: "verity.usrhash",
+                    when: "for the live system (wellcar.live)",
+                })?;
+                UsrSource::Live {
+                    root_hash: parse_usr_hash(hash_text)?,
+                    name: "usr".into(),
+                }
+            }
             (mount, Some(verity)) => {
                 let device = DeviceSpec::parse("verity.usr", verity)?;
                 let hash_text = value("verity.usrhash").ok_or(CmdlineError::Missing {
                     param: "verity.usrhash",
                     when: "when verity.usr is given",
                 })?;
-                let root_hash = wellcar_verity::parse_root_hash(hash_text).map_err(|_| {
-                    CmdlineError::Invalid {
-                        param: "verity.usrhash",
-                        value: hash_text.to_string(),
-                        why: "expected 64 hexadecimal characters".into(),
-                    }
-                })?;
+                let root_hash = parse_usr_hash(hash_text)?;
                 let mount = mount.unwrap_or("/dev/mapper/usr");
                 let name = mount
                     .strip_prefix("/dev/mapper/")
@@ -411,6 +434,27 @@ mod tests {
     fn quotes_group_words() {
         assert_eq!(split(" a=\"b c\" d  \"e=f g\"\n"), ["a=b c", "d", "e=f g"]);
         assert_eq!(split(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_live_line_takes_usr_from_the_initramfs() {
+        let p = BootParams::parse(&format!(
+            "BOOT_IMAGE=/wellcar/vmlinuz wellcar.live verity.usrhash={HASH} console=ttyS0"
+        ))
+        .unwrap();
+        let UsrSource::Live { root_hash, name } = &p.usr else {
+            panic!("expected live: {:?}", p.usr)
+        };
+        assert_eq!(root_hash.as_bytes()[0], 0x01);
+        assert_eq!(name, "usr");
+        let err = BootParams::parse("wellcar.live console=ttyS0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kernel parameter verity.usrhash is required for the live system (wellcar.live)"
+        );
+        // A disk's own verity.usr wins over the flag.
+        let p = BootParams::parse(&grub_line("wellcar.live")).unwrap();
+        assert!(matches!(p.usr, UsrSource::Verity { .. }), "{:?}", p.usr);
     }
 
     #[test]

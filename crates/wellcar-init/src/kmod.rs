@@ -13,20 +13,25 @@
 //! [`Pass::Boot`] loads everything but [`FIRST_BOOT_ONLY`] (vfat for the ESP flag, fw_cfg for
 //! the Ignition config) and [`SCSI_FALLBACK`] (the SCSI stack, needed only when the boot disk
 //! is not a virtio-blk or NVMe disk); [`Pass::FirstBoot`] and [`Pass::Scsi`] load those. Both
-//! lists are `wellcar_contract::module_list`'s, next to the builder's list of wanted modules.
+//! [`Pass::Live`] (the live system, `wellcar.live`) loads [`LIVE_ONLY`] and
+//! [`FIRST_BOOT_ONLY`]. The lists are `wellcar_contract::module_list`'s, next to the builder's list of wanted modules.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use wellcar_contract::module_list::{ListedModule as Listed, FIRST_BOOT_ONLY, SCSI_FALLBACK};
+use wellcar_contract::module_list::{
+    ListedModule as Listed, FIRST_BOOT_ONLY, LIVE_ONLY, SCSI_FALLBACK,
+};
 
 /// Which modules a [`load_all`] call loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
-    /// Every boot: all but [`FIRST_BOOT_ONLY`] and [`SCSI_FALLBACK`].
+    /// Every boot: all but [`FIRST_BOOT_ONLY`], [`LIVE_ONLY`] and [`SCSI_FALLBACK`].
     Boot,
+    /// The live system: [`LIVE_ONLY`] and [`FIRST_BOOT_ONLY`].
+    Live,
     /// First boot: only [`FIRST_BOOT_ONLY`].
     FirstBoot,
     /// Boot disk not found: only [`SCSI_FALLBACK`].
@@ -37,8 +42,10 @@ impl Pass {
     fn includes(self, name: &str) -> bool {
         let first_boot = FIRST_BOOT_ONLY.contains(&name);
         let scsi = SCSI_FALLBACK.contains(&name);
+        let live = LIVE_ONLY.contains(&name);
         match self {
-            Pass::Boot => !first_boot && !scsi,
+            Pass::Boot => !first_boot && !scsi && !live,
+            Pass::Live => first_boot || live,
             Pass::FirstBoot => first_boot,
             Pass::Scsi => scsi,
         }
@@ -227,6 +234,7 @@ mod tests {
                         /m/fat.ko\n\
                         /m/vfat.ko fat\n\
                         /m/qemu_fw_cfg.ko\n\
+                        /m/loop.ko\n\
                         /m/scsi_mod.ko\n\
                         /m/sd_mod.ko scsi_mod\n";
 
@@ -275,6 +283,20 @@ mod tests {
         let report = load_parallel(&modules, 2, |p| recording_loader(&modules, &log, p)).unwrap();
         assert_eq!(report.loaded, 2);
         assert_eq!(report.no_device, ["/m/qemu_fw_cfg.ko"]);
+    }
+
+    #[test]
+    fn live_pass_loads_the_loop_driver_and_the_first_boot_modules() {
+        let names: Vec<String> = parse_list(LIST, Pass::Live)
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["fat", "vfat", "qemu_fw_cfg", "loop"]);
+        let boot: Vec<String> = parse_list(LIST, Pass::Boot)
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert!(!boot.contains(&"loop".to_string()), "{boot:?}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod emergency;
 mod firstboot;
 mod grow;
 mod kmod;
+mod live;
 mod log;
 mod provision;
 mod storage_stage;
@@ -222,61 +223,40 @@ fn boot_steps(
         Ok::<_, kmod::ModuleError>(())
     })?;
 
-    let usr_spec = match &params.usr {
-        UsrSource::Verity { device, .. } => device.clone(),
-        UsrSource::Plain(device) => device.clone(),
-    };
-    let (usr_found, root_found) = log.step("find-disk", |log| {
-        let specs = [&usr_spec, &params.root];
-        let class_block = Path::new(CLASS_BLOCK);
-        let dev = Path::new("/dev");
-        // virtio-blk disks appear while their module loads (NVMe is built in and probes on
-        // its own); only if the disk is not there yet is the SCSI stack worth loading.
-        let found = match disk::wait_for(&specs, class_block, dev, Duration::ZERO, Duration::ZERO) {
-            Ok(found) => found,
-            Err(_) => {
-                let report = kmod::load_all(
-                    Path::new(module_list::LOAD_LIST),
-                    kmod::Pass::Scsi,
-                    params.module_workers,
-                )?;
-                log.info(&format!(
-                    "disk not found yet, loaded {} SCSI modules",
-                    report.loaded
-                ));
-                disk::wait_for(
-                    &specs,
-                    class_block,
-                    dev,
-                    params.disk_timeout,
-                    Duration::from_millis(10),
-                )?
-            }
-        };
-        let [usr, root]: [Found; 2] = found.try_into().expect("two specs give two results");
-        log.info(&format!(
-            "usr {} is {}, root {} is {}",
-            usr_spec,
-            usr.device().display(),
-            params.root,
-            root.device().display()
-        ));
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((usr, root))
-    })?;
-
     let sysroot = Path::new(SYSROOT);
-    log.step("mount-root", |_| {
-        let (flags, data) = sysroot::split_flags(&params.root_flags);
-        sysroot::mount(
-            &root_found.device().display().to_string(),
-            sysroot,
-            &params.root_fstype,
-            flags,
-            &data,
-        )
+    // The live system (ISO, PXE) has no disk: /usr comes from the initramfs, root is a tmpfs.
+    let disk = match &params.usr {
+        UsrSource::Live { .. } => {
+            log.step("load-live-modules", |_| {
+                kmod::load_all(
+                    Path::new(module_list::LOAD_LIST),
+                    kmod::Pass::Live,
+                    params.module_workers,
+                )
+            })?;
+            None
+        }
+        UsrSource::Verity { device, .. } | UsrSource::Plain(device) => {
+            Some(log.step("find-disk", |log| find_disk(log, &params, device))?)
+        }
+    };
+
+    log.step("mount-root", |_| match &disk {
+        Some((_, root_found)) => {
+            let (flags, data) = sysroot::split_flags(&params.root_flags);
+            sysroot::mount(
+                &root_found.device().display().to_string(),
+                sysroot,
+                &params.root_fstype,
+                flags,
+                &data,
+            )
+            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        }
+        None => live::mount_root(sysroot).map_err(Into::into),
     })?;
 
-    if params.first_boot.is_some() {
+    if params.first_boot.is_some() && disk.is_some() {
         // flatcar-reset's selective OS reset: before anything on ROOT is created or used.
         log.step("os-reset", |log| {
             if let Some(done) = wellcar_init::os_reset::reset(sysroot)? {
@@ -299,14 +279,29 @@ fn boot_steps(
     })?;
 
     let usr_device = log.step("open-usr", |log| {
-        let device = match &params.usr {
-            UsrSource::Verity {
-                root_hash, name, ..
-            } => verity::open_verity(usr_found.device(), name, root_hash, Path::new("/dev"))?,
-            UsrSource::Plain(_) => usr_found.device().to_path_buf(),
+        let dev = Path::new("/dev");
+        let device = match (&params.usr, &disk) {
+            (
+                UsrSource::Verity {
+                    root_hash, name, ..
+                },
+                Some((usr_found, _)),
+            ) => verity::open_verity(usr_found.device(), name, root_hash, dev)?,
+            (UsrSource::Live { root_hash, name }, _) => {
+                let slot = live::assemble_slot(Path::new("/"))?;
+                let device = live::attach_read_only(&slot, dev)?;
+                log.info(&format!(
+                    "live /usr: {} on {}",
+                    slot.display(),
+                    device.display()
+                ));
+                verity::open_verity(&device, name, root_hash, dev)?
+            }
+            (_, Some((usr_found, _))) => usr_found.device().to_path_buf(),
+            (_, None) => unreachable!("only the live system has no disk"),
         };
         log.info(&format!("/usr from {}", device.display()));
-        Ok::<_, verity::OpenUsrError>(device)
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(device)
     })?;
 
     log.step("mount-usr", |_| {
@@ -327,8 +322,19 @@ fn boot_steps(
         sysroot::ensure_machine_id(sysroot)
     })?;
 
-    if let Some(first_boot) = params.first_boot {
-        first_boot_steps(log, &params, first_boot, &root_found)?;
+    match (&disk, params.first_boot) {
+        (Some((_, root_found)), Some(first_boot)) => {
+            first_boot_steps(log, &params, first_boot, root_found)?;
+        }
+        // The live system keeps nothing: it provisions on every boot, from the platform's
+        // sources (no OEM partition).
+        (None, _) => {
+            let network = log.step("ignition", |log| provision::provision(log, None))?;
+            if let Some(network) = network {
+                log.step("network-down", |_| network.teardown())?;
+            }
+        }
+        (Some(_), None) => {}
     }
 
     let init = log.step("pick-init", |_| {
@@ -345,6 +351,49 @@ fn boot_steps(
         step: "switch-root",
         source: Box::new(switchroot::switch_root(sysroot, &init)),
     })
+}
+
+/// Waits for the USR partition (`usr_spec`) and ROOT; returns them in that order.
+fn find_disk(
+    log: &mut Log,
+    params: &BootParams,
+    usr_spec: &cmdline::DeviceSpec,
+) -> Result<(Found, Found), Box<dyn std::error::Error + Send + Sync>> {
+    let specs = [usr_spec, &params.root];
+    let class_block = Path::new(CLASS_BLOCK);
+    let dev = Path::new("/dev");
+    // virtio-blk disks appear while their module loads (NVMe is built in and probes on
+    // its own); only if the disk is not there yet is the SCSI stack worth loading.
+    let found = match disk::wait_for(&specs, class_block, dev, Duration::ZERO, Duration::ZERO) {
+        Ok(found) => found,
+        Err(_) => {
+            let report = kmod::load_all(
+                Path::new(module_list::LOAD_LIST),
+                kmod::Pass::Scsi,
+                params.module_workers,
+            )?;
+            log.info(&format!(
+                "disk not found yet, loaded {} SCSI modules",
+                report.loaded
+            ));
+            disk::wait_for(
+                &specs,
+                class_block,
+                dev,
+                params.disk_timeout,
+                Duration::from_millis(10),
+            )?
+        }
+    };
+    let [usr, root]: [Found; 2] = found.try_into().expect("two specs give two results");
+    log.info(&format!(
+        "usr {} is {}, root {} is {}",
+        usr_spec,
+        usr.device().display(),
+        params.root,
+        root.device().display()
+    ));
+    Ok((usr, root))
 }
 
 /// A partition of the boot disk found by GPT label.

@@ -1,5 +1,6 @@
 //! The few ioctls `/init` needs that neither `std` nor `rustix` wrap: device-mapper
-//! (create, load table, resume), `BLKPG` partition resize and ext4 online resize.
+//! (create, load table, resume), `BLKPG` partition resize, ext4 online resize, and the loop
+//! device's `LOOP_CTL_GET_FREE` and `LOOP_CONFIGURE` (the live system's `/usr` image).
 //!
 //! Contract: every function takes an open file descriptor and plain values, builds the kernel
 //! structure in a buffer owned by the function, issues one ioctl and returns the kernel's
@@ -28,6 +29,16 @@ const BLKPG: u32 = 0x1269;
 const BLKPG_RESIZE_PARTITION: i32 = 3;
 /// `_IOW('f', 16, __u64)`.
 const EXT4_IOC_RESIZE_FS: u32 = 0x4008_6610;
+
+/// `LOOP_CTL_GET_FREE` on `/dev/loop-control`: the number of a free loop device.
+const LOOP_CTL_GET_FREE: u32 = 0x4C82;
+/// `LOOP_CONFIGURE` (Linux 5.8): backing file, flags and block size in one call.
+const LOOP_CONFIGURE: u32 = 0x4C0A;
+/// `struct loop_config`: fd, block_size, `struct loop_info64` (232 bytes), 8 reserved u64.
+const LOOP_CONFIG_SIZE: usize = 304;
+/// `lo_flags` inside `loop_config` (offset 8 of `loop_info64`'s 52).
+const LOOP_CONFIG_FLAGS_AT: usize = 8 + 52;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 
 fn ioctl(fd: BorrowedFd<'_>, request: u32, arg: *mut libc::c_void) -> io::Result<libc::c_int> {
     // SAFETY: `fd` is a live descriptor for the duration of the call, and every caller passes
@@ -137,6 +148,34 @@ pub fn dm_load_table(
 pub fn dm_resume(control: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let mut buffer = DmBuffer::new(name, 0, 0, &[])?;
     buffer.call(control, DM_DEV_SUSPEND)
+}
+
+/// A free loop device's number, from `/dev/loop-control` (made on demand by the kernel).
+pub fn loop_get_free(control: BorrowedFd<'_>) -> io::Result<u32> {
+    let number = ioctl(control, LOOP_CTL_GET_FREE, std::ptr::null_mut())?;
+    Ok(number as u32)
+}
+
+/// Backs the loop device open as `device` with `backing`, read-only. It stays attached (no
+/// `LO_FLAGS_AUTOCLEAR`: the caller closes its descriptor before device-mapper opens the
+/// device, which would detach it).
+pub fn loop_configure_read_only(device: BorrowedFd<'_>, backing: BorrowedFd<'_>) -> io::Result<()> {
+    let mut config = [0u64; LOOP_CONFIG_SIZE / 8];
+    {
+        // SAFETY: the array owns LOOP_CONFIG_SIZE initialised bytes, u8 has no alignment
+        // needs, and this borrow ends before the array is used again.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(config.as_mut_ptr().cast::<u8>(), LOOP_CONFIG_SIZE)
+        };
+        let fd = u32::try_from(backing.as_raw_fd())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "negative descriptor"))?;
+        bytes[0..4].copy_from_slice(&fd.to_ne_bytes());
+        // block_size 0: the kernel's default (512, or the backing device's).
+        bytes[LOOP_CONFIG_FLAGS_AT..LOOP_CONFIG_FLAGS_AT + 4]
+            .copy_from_slice(&LO_FLAGS_READ_ONLY.to_ne_bytes());
+    }
+    ioctl(device, LOOP_CONFIGURE, config.as_mut_ptr().cast())?;
+    Ok(())
 }
 
 #[repr(C)]

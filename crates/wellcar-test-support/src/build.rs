@@ -146,6 +146,10 @@ impl Build {
             rootfs_cache_key: String::new(),
             phases: Vec::new(),
             deltas: Vec::new(),
+            pxe_kernel: None,
+            pxe_initramfs: None,
+            pxe_initramfs_size: None,
+            live_kernel_args: None,
         };
         manifest.write(dir).unwrap();
         Build {

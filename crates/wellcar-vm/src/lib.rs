@@ -22,4 +22,4 @@ pub mod machine;
 pub use accel::{choose_accel, Accel};
 pub use extra_disk::ExtraDisk;
 pub use login::{authorized_keys, cache_dir, core_login_config, core_ssh, login_key, LoginKey};
-pub use machine::{Firmware, Machine, MachineConfig, VmError, LINK_LOCAL_NETWORK};
+pub use machine::{Firmware, Machine, MachineConfig, NetworkBoot, VmError, LINK_LOCAL_NETWORK};

@@ -102,6 +102,17 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Booting from the network (PXE) before the disk: QEMU's own TFTP server serves `tftp_dir`
+/// and its DHCP offers `bootfile`, which the NIC's iPXE ROM (Debian `ipxe-qemu`) loads; the
+/// firmware tries the network once, later boots (reboots) go to the disk.
+#[derive(Debug, Clone)]
+pub struct NetworkBoot {
+    /// The TFTP root.
+    pub tftp_dir: PathBuf,
+    /// The file DHCP names (an iPXE script or a kernel), relative to `tftp_dir`.
+    pub bootfile: String,
+}
+
 /// How to run a machine.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -143,6 +154,8 @@ pub struct MachineConfig {
     /// Arguments for the guest's `/init`, passed over fw_cfg as `opt/org.wellcar/kernel-args`
     /// (the kernel command line itself comes from GRUB on the image).
     pub kernel_args: Vec<String>,
+    /// Boot from the network first (BIOS only).
+    pub network_boot: Option<NetworkBoot>,
     /// Blank disks attached after the boot disk (and any config drive), in order (`/dev/vdb`,
     /// `/dev/vdc`, … when the boot disk is the only other one).
     pub extra_disks: Vec<ExtraDisk>,
@@ -168,6 +181,7 @@ impl MachineConfig {
             state_dir: None,
             config_drive: None,
             kernel_args: Vec::new(),
+            network_boot: None,
             extra_disks: Vec::new(),
         }
     }
@@ -354,6 +368,16 @@ impl Machine {
             netdev.push_str(&format!(
                 ",guestfwd=tcp:{guest}-cmd:{RELAY} STDIO TCP:127.0.0.1:{host_port}"
             ));
+        }
+        if let Some(boot) = &cfg.network_boot {
+            let tftp = io(boot.tftp_dir.canonicalize(), "opening", &boot.tftp_dir)?;
+            netdev.push_str(&format!(
+                ",tftp={},bootfile={}",
+                tftp.display(),
+                boot.bootfile
+            ));
+            // SeaBIOS: the NIC's option ROM once, then the disk.
+            cmd.args(["-boot", "order=c,once=n"]);
         }
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
 
