@@ -20,7 +20,7 @@ commands=(
   mkfs.ext4:e2fsprogs
   mkfs.vfat:dosfstools
   mcopy:mtools mmd:mtools
-  grub-mkimage:grub-common
+  grub-mkimage:grub-common grub-mkrescue:grub-common xorriso:xorriso
   qemu-img:qemu-utils
   dpkg-query:dpkg
   systemctl:systemd
@@ -63,6 +63,8 @@ commands=(
 # Files rather than commands.
 files=(
   /usr/lib/grub/i386-pc/boot.img:grub-pc-bin
+  # PXE boots in the VM tests: virtio-net's option ROM
+  /usr/lib/ipxe/qemu/efi-virtio.rom:ipxe-qemu
   /usr/lib/grub/x86_64-efi/linux.mod:grub-efi-amd64-bin
   /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf
   /usr/share/OVMF/OVMF_VARS_4M.fd:ovmf

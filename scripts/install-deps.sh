@@ -19,6 +19,8 @@ packages=(
   # image build
   mmdebstrap erofs-utils e2fsprogs dosfstools mtools grub-common grub-pc-bin grub-efi-amd64-bin
   qemu-utils zstd cpio
+  # the live ISO (grub-mkrescue drives xorriso); PXE boots through the NIC's iPXE ROM
+  xorriso ipxe-qemu
   # offline `systemctl --root` in the image build; losetup (mount), runuser/blkid/wipefs
   # (util-linux) and kill (procps) in the tests
   systemd mount util-linux procps

@@ -1,7 +1,7 @@
-//! Issue 14: the live system boots over PXE (QEMU's own TFTP server and the NIC's iPXE ROM) from
-//! the build's `wellcar_pxe.vmlinuz` and `wellcar_pxe_image.cpio`, runs from RAM with the
-//! release's verified `/usr` (same dm-verity root hash as the disk image) and applies an
-//! Ignition config from fw_cfg.
+//! Issue 14: the live system boots over PXE (QEMU's own TFTP server and the NIC's iPXE ROM)
+//! from the build's `wellcar_pxe.vmlinuz` and `wellcar_pxe_image.cpio`, and from the hybrid
+//! ISO under BIOS and UEFI. Each time it runs from RAM with the release's verified `/usr` (the
+//! same dm-verity root hash as the disk image) and applies an Ignition config from fw_cfg.
 
 use std::process::Command;
 
@@ -18,38 +18,34 @@ fn ok(vm: &mut Machine, command: &str) -> String {
     }
 }
 
-#[test]
-fn pxe_boots_the_live_system_with_the_verified_usr() {
-    let b = image_v1();
-    let kernel = b.manifest.pxe_kernel.clone().expect("manifest pxe_kernel");
-    let initramfs = b
-        .manifest
-        .pxe_initramfs
-        .clone()
-        .expect("manifest pxe_initramfs");
-    let live_args = b
-        .manifest
-        .live_kernel_args
-        .clone()
-        .expect("manifest live_kernel_args");
+/// How the live system is started.
+#[derive(Debug, Clone, Copy)]
+enum Media {
+    /// PXE: QEMU's TFTP server, the NIC's iPXE ROM, an iPXE script.
+    Pxe,
+    /// The hybrid ISO in a CD-ROM drive.
+    Iso,
+}
 
-    let dir = test_dir().join("live");
-    let _ = std::fs::remove_dir_all(&dir);
-    let tftp = dir.join("tftp");
-    std::fs::create_dir_all(&tftp).expect("tftp dir");
-    for name in [&kernel, &initramfs] {
-        std::fs::hard_link(b.path(name), tftp.join(name))
-            .or_else(|_| std::fs::copy(b.path(name), tftp.join(name)).map(|_| ()))
-            .expect("serving a PXE file");
+#[test]
+fn the_live_system_boots_over_pxe_and_from_the_iso_under_bios_and_uefi() {
+    let b = image_v1();
+    for (media, firmware) in [
+        (Media::Pxe, Firmware::Bios),
+        (Media::Iso, Firmware::Bios),
+        (Media::Iso, Firmware::Uefi),
+    ] {
+        boot_live(&b, media, firmware);
     }
-    std::fs::write(
-        tftp.join("boot.ipxe"),
-        format!(
-            "#!ipxe\nkernel {kernel} {live_args} console=ttyS0,115200n8 loglevel=6 \
-             ignition.platform.id=qemu wellcar.autologin\ninitrd {initramfs}\nboot\n"
-        ),
-    )
-    .expect("iPXE script");
+}
+
+/// Boots the live system from `media` under `firmware` with a blank disk and an Ignition
+/// config over fw_cfg; checks the tmpfs root, the verified /usr and the applied config.
+fn boot_live(b: &wellcar_vmtests::Built, media: Media, firmware: Firmware) {
+    let name = format!("{media:?}-{firmware:?}").to_lowercase();
+    let dir = test_dir().join("live").join(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test dir");
     let config = json!({
         "ignition": {"version": "3.4.0"},
         "storage": {"files": [{
@@ -68,33 +64,77 @@ fn pxe_boots_the_live_system_with_the_verified_usr() {
             .arg(&blank)
             .arg("4G"),
     );
-
-    let _slot = vm_slot();
-    let mut cfg = machine(&b, Firmware::Bios);
+    let mut cfg = machine(b, firmware);
     cfg.image = blank;
     cfg.memory_mib = 2048;
     cfg.ignition = Some(ign);
+    cfg.kernel_args = vec!["ignition.platform.id=qemu".into()];
     cfg.state_dir = Some(dir.join("run"));
-    cfg.network_boot = Some(wellcar_vm::NetworkBoot {
-        tftp_dir: tftp,
-        bootfile: "boot.ipxe".into(),
-    });
+    match media {
+        Media::Pxe => cfg.network_boot = Some(pxe_tree(b, &dir)),
+        Media::Iso => {
+            let iso = b.manifest.iso_image.clone().expect("manifest iso_image");
+            cfg.cdrom = Some(b.path(&iso));
+        }
+    }
+
+    let _slot = vm_slot();
+    let started = std::time::Instant::now();
     let mut vm = Machine::spawn(&cfg).expect("starting the machine");
     let live = vm
         .wait_for("wellcar-init: live /usr", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), tail(&vm)));
+        .unwrap_or_else(|e| panic!("{name}: {}\n{}", chain(&e), tail(&vm)));
     let done = vm
         .wait_for_from(live, "wellcar-init: ignition done", BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{}\n{}", chain(&e), tail(&vm)));
+        .unwrap_or_else(|e| panic!("{name}: {}\n{}", chain(&e), tail(&vm)));
     logged_in(&mut vm, done);
+    eprintln!(
+        "{name}: logged in {:.1} s after start",
+        started.elapsed().as_secs_f64()
+    );
     let root = ok(&mut vm, "findmnt -no FSTYPE /; findmnt -no SOURCE /usr");
-    assert!(root.contains("tmpfs"), "{root}");
-    assert!(root.contains("/dev/mapper/usr"), "{root}");
+    assert!(root.contains("tmpfs"), "{name}: {root}");
+    assert!(root.contains("/dev/mapper/usr"), "{name}: {root}");
     let table = ok(&mut vm, "dmsetup table usr");
     assert!(
         table.contains(&b.manifest.verity_root_hash.to_string()),
-        "the live /usr is not checked against the release's root hash:\n{table}"
+        "{name}: the live /usr is not checked against the release's root hash:\n{table}"
     );
     let file = ok(&mut vm, "cat /etc/wellcar-live-test");
-    assert!(file.contains("provisioned live"), "{file}");
+    assert!(file.contains("provisioned live"), "{name}: {file}");
+    vm.kill();
+}
+
+/// The TFTP root for a PXE boot of `b`: its PXE kernel and initramfs and an iPXE script.
+fn pxe_tree(b: &wellcar_vmtests::Built, dir: &std::path::Path) -> wellcar_vm::NetworkBoot {
+    let kernel = b.manifest.pxe_kernel.clone().expect("manifest pxe_kernel");
+    let initramfs = b
+        .manifest
+        .pxe_initramfs
+        .clone()
+        .expect("manifest pxe_initramfs");
+    let live_args = b
+        .manifest
+        .live_kernel_args
+        .clone()
+        .expect("manifest live_kernel_args");
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp).expect("tftp dir");
+    for name in [&kernel, &initramfs] {
+        std::fs::hard_link(b.path(name), tftp.join(name))
+            .or_else(|_| std::fs::copy(b.path(name), tftp.join(name)).map(|_| ()))
+            .expect("serving a PXE file");
+    }
+    std::fs::write(
+        tftp.join("boot.ipxe"),
+        format!(
+            "#!ipxe\nkernel {kernel} {live_args} console=ttyS0,115200n8 loglevel=6 \
+             wellcar.autologin\ninitrd {initramfs}\nboot\n"
+        ),
+    )
+    .expect("iPXE script");
+    wellcar_vm::NetworkBoot {
+        tftp_dir: tftp,
+        bootfile: "boot.ipxe".into(),
+    }
 }

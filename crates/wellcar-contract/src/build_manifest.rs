@@ -113,6 +113,9 @@ pub struct BuildManifest {
     /// console and platform arguments are the user's).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub live_kernel_args: Option<String>,
+    /// The live system's hybrid ISO (BIOS and UEFI, CD or USB stick).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub iso_image: Option<String>,
 }
 
 /// One delta payload of a build: it updates a machine running `source_version` to the build's

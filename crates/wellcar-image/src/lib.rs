@@ -9,11 +9,12 @@
 //! 5. `grub`: BIOS core.img and UEFI BOOTX64.EFI ([`grub`]);
 //! 6. `partitions`: ESP, OEM and ROOT filesystem images ([`boot_files`]);
 //! 7. `disk`: the GPT image and its qcow2 twin ([`disk`]);
-//! 8. `live`: the live system's PXE kernel and initramfs, which carries `/usr` ([`live`]);
+//! 8. `live`, `iso`: the live system's PXE kernel and initramfs, which carries `/usr`, and the
+//!    hybrid ISO that boots them ([`live`]);
 //! 9. the manifest ([`BuildManifest`], whose schema is `wellcar_contract`'s).
 //!
 //! Outputs in the output directory: `wellcar.img`, `wellcar.qcow2`, `usr.img`, `vmlinuz`,
-//! `initramfs.img`, `wellcar_pxe.vmlinuz`, `wellcar_pxe_image.cpio`, `manifest.json`. Intermediate files stay in `<output>/.work`.
+//! `initramfs.img`, `wellcar_pxe.vmlinuz`, `wellcar_pxe_image.cpio`, `wellcar_iso_image.iso`, `manifest.json`. Intermediate files stay in `<output>/.work`.
 
 pub mod boot_files;
 pub mod definition;
@@ -417,6 +418,12 @@ pub fn build_with_progress(
         },
         |p| vec![p.kernel.clone(), p.initramfs.clone()],
     )?;
+    let live_args = live::live_kernel_args(&usr.root_hash);
+    let iso = phases.run(
+        "iso",
+        || live::build_iso(&pxe, &live_args, &work, &out),
+        |iso| vec![iso.clone()],
+    )?;
 
     let manifest = BuildManifest {
         version,
@@ -448,7 +455,8 @@ pub fn build_with_progress(
         pxe_kernel: Some(live::PXE_KERNEL.into()),
         pxe_initramfs: Some(live::PXE_INITRAMFS.into()),
         pxe_initramfs_size: Some(pxe.initramfs_size),
-        live_kernel_args: Some(live::live_kernel_args(&usr.root_hash)),
+        live_kernel_args: Some(live_args.clone()),
+        iso_image: iso.file_name().map(|n| n.to_string_lossy().into_owned()),
     };
     // The payload reads the manifest it describes, so the manifest goes first, then is
     // rewritten with the payload's phase time.

@@ -56,7 +56,18 @@ pub const GRUB_MKIMAGE: Tool = Tool {
     name: "grub-mkimage",
     package: "grub-common",
 };
-/// Raw to qcow2.
+/// GRUB's rescue-image maker: a hybrid BIOS (El Torito) and UEFI (appended ESP) ISO through
+/// xorriso, without root.
+pub const GRUB_MKRESCUE: Tool = Tool {
+    name: "grub-mkrescue",
+    package: "grub-common",
+};
+/// The ISO writer grub-mkrescue drives.
+pub const XORRISO: Tool = Tool {
+    name: "xorriso",
+    package: "xorriso",
+};
+/// qcow2 conversion.
 pub const QEMU_IMG: Tool = Tool {
     name: "qemu-img",
     package: "qemu-utils",

@@ -150,6 +150,7 @@ impl Build {
             pxe_initramfs: None,
             pxe_initramfs_size: None,
             live_kernel_args: None,
+            iso_image: None,
         };
         manifest.write(dir).unwrap();
         Build {

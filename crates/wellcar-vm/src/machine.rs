@@ -156,6 +156,9 @@ pub struct MachineConfig {
     pub kernel_args: Vec<String>,
     /// Boot from the network first (BIOS only).
     pub network_boot: Option<NetworkBoot>,
+    /// An ISO image in a CD-ROM drive (AHCI), read-only; the firmware boots it when the disk
+    /// is not bootable.
+    pub cdrom: Option<PathBuf>,
     /// Blank disks attached after the boot disk (and any config drive), in order (`/dev/vdb`,
     /// `/dev/vdc`, … when the boot disk is the only other one).
     pub extra_disks: Vec<ExtraDisk>,
@@ -182,6 +185,7 @@ impl MachineConfig {
             config_drive: None,
             kernel_args: Vec::new(),
             network_boot: None,
+            cdrom: None,
             extra_disks: Vec::new(),
         }
     }
@@ -323,6 +327,13 @@ impl Machine {
             cmd.arg("-fw_cfg").arg(format!(
                 "name=opt/org.flatcar-linux/config,file={}",
                 ign.display()
+            ));
+        }
+        if let Some(iso) = &cfg.cdrom {
+            let iso = io(iso.canonicalize(), "opening ISO image", iso)?;
+            cmd.arg("-drive").arg(format!(
+                "file={},media=cdrom,readonly=on,format=raw",
+                iso.display()
             ));
         }
         if let Some(tree) = &cfg.config_drive {
