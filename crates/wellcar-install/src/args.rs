@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use crate::{IgnitionSource, ImageSource, InstallError, InstallRequest, OemSettings};
+use crate::{source, IgnitionSource, ImageSource, InstallError, InstallRequest, OemSettings};
 
 /// `wellcar install` / `wellcar-install` options.
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("image_source").required(true).args(["image", "build"])))]
+#[command(group(clap::ArgGroup::new("image_source").required(true).args(["image", "build", "image_url", "server"])))]
 pub struct Args {
     /// The device or file to write (a missing file is created with the image's size).
     #[arg(short = 'd', long = "device", value_name = "DEVICE_OR_FILE")]
@@ -24,6 +24,20 @@ pub struct Args {
     /// A `wellcar build` output directory.
     #[arg(long, value_name = "DIR")]
     pub build: Option<PathBuf>,
+    /// The raw disk image (optionally .zst or .gz) at an http(s) URL, next to its
+    /// image-manifest.json(.sig).
+    #[arg(long, value_name = "URL")]
+    pub image_url: Option<String>,
+    /// A release server (Flatcar's layout): the image is fetched from
+    /// URL/CHANNEL/VERSION/ (the image as .zst, .gz or raw, with its image-manifest.json(.sig)).
+    #[arg(long, value_name = "URL", requires = "channel")]
+    pub server: Option<String>,
+    /// The release server's channel (with --server).
+    #[arg(short = 'C', long, value_name = "CHANNEL", requires = "server")]
+    pub channel: Option<String>,
+    /// The release to install from the channel (with --server).
+    #[arg(short = 'V', long = "release-version", value_name = "VERSION", requires = "server", default_value = source::CURRENT_VERSION)]
+    pub release_version: String,
     /// OEM (platform) id written into the OEM grub.cfg (`wellcar.oem.id=` at boot).
     #[arg(long = "oem", value_name = "ID")]
     pub oem_id: Option<String>,
@@ -43,10 +57,18 @@ pub struct Args {
 impl Args {
     /// The request these options describe (reads the keys and the Ignition config).
     pub fn request(&self) -> Result<InstallRequest, InstallError> {
-        let image = match (&self.image, &self.build) {
-            (Some(file), _) => ImageSource::File(file.clone()),
-            (None, Some(dir)) => ImageSource::Build(dir.clone()),
-            (None, None) => unreachable!("clap requires --image or --build"),
+        let image = match (&self.image, &self.build, &self.image_url, &self.server) {
+            (Some(file), ..) => ImageSource::File(file.clone()),
+            (None, Some(dir), ..) => ImageSource::Build(dir.clone()),
+            (None, None, Some(url), _) => ImageSource::Url(url.clone()),
+            (None, None, None, Some(server)) => ImageSource::Release {
+                server: server.clone(),
+                channel: self.channel.clone().unwrap_or_default(),
+                version: self.release_version.clone(),
+            },
+            (None, None, None, None) => {
+                unreachable!("clap requires --image, --build, --image-url or --server")
+            }
         };
         let key_paths = if self.trust_keys.is_empty() {
             vec![PathBuf::from(wellcar_payload::SYSTEM_TRUSTED_KEYS_DIR)]
@@ -77,5 +99,3 @@ impl Args {
         })
     }
 }
-
-use crate::source;

@@ -146,6 +146,28 @@ pub enum InstallError {
         /// Why.
         reason: &'static str,
     },
+    /// A file or URL install needs does not exist (no such file, HTTP 404).
+    #[error("{what} is missing: {} (no such file, or HTTP 404)", path.display())]
+    NotFound {
+        /// What it is.
+        what: &'static str,
+        /// The file or URL.
+        path: PathBuf,
+    },
+    /// No candidate of the image exists.
+    #[error("the image is missing: none of {tried} exists (no such file, or HTTP 404)")]
+    ImageMissing {
+        /// The files or URLs tried, in order.
+        tried: String,
+    },
+    /// A small file (manifest, signature, Ignition config) is larger than its bound.
+    #[error("{} is larger than {limit} bytes", path.display())]
+    TooLarge {
+        /// The file or URL.
+        path: PathBuf,
+        /// The bound.
+        limit: u64,
+    },
     /// The Ignition config is not JSON.
     #[error("Ignition config from {source_name} is not JSON")]
     IgnitionNotJson {

@@ -387,3 +387,116 @@ fn bad_images_keys_and_targets_are_refused_and_leave_nothing_bootable() {
     ));
     assert!(sgdisk(&["-v"], &unsigned_target).status.success());
 }
+
+#[test]
+fn a_release_server_and_an_image_url_install_over_http_and_missing_or_tampered_ones_are_named() {
+    let fixture = Fixture::new();
+    // Flatcar's release layout on a plain web server: CHANNEL/VERSION/, here with the image
+    // compressed (tried first) and the raw one absent.
+    let www = fixture.root.join("www");
+    let release = www.join("stable").join("current");
+    std::fs::create_dir_all(&release).unwrap();
+    for file in [
+        wellcar_contract::IMAGE_MANIFEST_FILE,
+        wellcar_contract::IMAGE_SIGNATURES_FILE,
+    ] {
+        std::fs::copy(fixture.build.path(file), release.join(file)).unwrap();
+    }
+    let disk_image = fixture.build.manifest.disk_image.clone();
+    tools::run(
+        Command::new(tools::require("zstd"))
+            .args(["-q", "-1", "-o"])
+            .arg(release.join(format!("{disk_image}.zst")))
+            .arg(fixture.image()),
+    );
+    let server = wellcar_test_support::file_server::FileServer::start(&www);
+    let target = fixture.root.join("from-server.raw");
+    let source = ImageSource::Release {
+        server: format!("{}/", server.url()),
+        channel: "stable".into(),
+        version: source::CURRENT_VERSION.into(),
+    };
+    let recorder = Recorder::default();
+    let report = install(&fixture.request(&target, source), &|e| recorder.event(e)).unwrap();
+    assert_eq!(report.version, "1.2.3");
+    let image_path = format!("/stable/current/{disk_image}.zst");
+    assert_eq!(server.statuses_for(&image_path), vec![200]);
+    let events = recorder.events();
+    assert!(
+        matches!(&events[0], InstallEvent::Verified { compression: Compression::Zstd, image, .. } if image.to_string_lossy().ends_with(&image_path)),
+        "{events:?}"
+    );
+    assert!(sgdisk(&["-v"], &target).status.success());
+
+    // The same image by URL.
+    let by_url = fixture.root.join("from-url.raw");
+    let url = format!("{}{image_path}", server.url());
+    install(&fixture.request(&by_url, ImageSource::Url(url)), &|_| {}).unwrap();
+    assert!(sgdisk(&["-v"], &by_url).status.success());
+
+    // A channel the server does not have: the manifest URL is named, nothing is created.
+    let missing = fixture.root.join("missing.raw");
+    let err = install(
+        &fixture.request(
+            &missing,
+            ImageSource::Release {
+                server: server.url(),
+                channel: "beta".into(),
+                version: "9.9.9".into(),
+            },
+        ),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("/beta/9.9.9/image-manifest.json (no such file, or HTTP 404)"),
+        "{err}"
+    );
+    assert!(!missing.exists());
+
+    // An unreachable server: the URL is named.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = install(
+        &fixture.request(
+            &missing,
+            ImageSource::Url(format!("http://127.0.0.1:{port}/x/{disk_image}")),
+        ),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "fetching http://127.0.0.1:{port}/x/image-manifest.json"
+        )),
+        "{err}"
+    );
+
+    // A tampered download: refused after streaming, the target keeps no partition table.
+    let mut bytes = std::fs::read(release.join(format!("{disk_image}.zst"))).unwrap();
+    let raw = zstd::decode_all(&bytes[..]).unwrap();
+    let mut altered = raw.clone();
+    let middle = altered.len() / 2;
+    altered[middle] ^= 0xff;
+    bytes = zstd::encode_all(&altered[..], 1).unwrap();
+    std::fs::write(release.join(format!("{disk_image}.zst")), bytes).unwrap();
+    let tampered = fixture.root.join("tampered-download.raw");
+    let err = install(
+        &fixture.request(
+            &tampered,
+            ImageSource::Release {
+                server: server.url(),
+                channel: "stable".into(),
+                version: source::CURRENT_VERSION.into(),
+            },
+        ),
+        &|_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, InstallError::Tampered { .. }), "{err}");
+    assert_not_bootable(&tampered);
+}

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 pub use error::InstallError;
 pub use oem::OemSettings;
 pub use signature::{sign_build, verify_manifest, CheckedManifest};
-pub use source::{Compression, IgnitionSource, ImageSource};
+pub use source::{Compression, IgnitionSource, ImageSource, Location};
 use wellcar_payload::TrustedKeys;
 
 /// What to install where.
@@ -132,13 +132,14 @@ pub fn install(
 ) -> Result<InstallReport, InstallError> {
     request.oem.validate()?;
     let checked = verify_manifest(
-        &request.image.manifest_dir(),
+        &request.image.manifest_location(),
         &request.trusted_keys,
         request.insecure,
     )?;
     let manifest = &checked.manifest;
-    let image_path = request.image.image_path(&manifest.disk_image)?;
-    let (mut stream, compression) = source::open_image(&image_path)?;
+    let candidates = request.image.image_candidates(&manifest.disk_image)?;
+    let (mut stream, compression, image) = source::open_image(&candidates)?;
+    let image_path = image.name();
     let mut target = target::open_target(&request.target, manifest.disk_image_size)?;
     progress(InstallEvent::Verified {
         version: manifest.version.clone(),

@@ -8,7 +8,7 @@
 //! the trusted keys and only then parses the manifest.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer as _, Verifier as _, VerifyingKey};
 use sha2::{Digest as _, Sha256};
@@ -21,14 +21,15 @@ use wellcar_payload::format::key_fingerprint;
 use wellcar_payload::{SigningKey, TrustedKeys};
 
 use crate::error::InstallError;
+use crate::source::Location;
 
 /// A manifest whose signature verified (or that `--insecure` accepted).
 #[derive(Debug, Clone)]
 pub struct CheckedManifest {
     /// The manifest.
     pub manifest: ImageManifest,
-    /// The directory it was read from (the image is named relative to it).
-    pub dir: PathBuf,
+    /// The directory (path or URL) it was read from (the image is named relative to it).
+    pub dir: Location,
     /// Which trusted key verified it (`name (fingerprint)`), or `None` when unchecked.
     pub signed_by: Option<String>,
 }
@@ -117,20 +118,24 @@ pub fn write_signed(
     Ok(())
 }
 
-/// Reads the image manifest in `dir` and checks its signatures against `trusted`; with
-/// `insecure`, a missing or unverifiable signature is accepted (the manifest's hashes are still
-/// checked while writing).
+/// Largest manifest or signature file read (both are a few hundred bytes).
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Reads the image manifest in directory `dir` (a path or a URL) and checks its signatures
+/// against `trusted`; with `insecure`, a missing or unverifiable signature is accepted (the
+/// manifest's hashes are still checked while writing).
 pub fn verify_manifest(
-    dir: &Path,
+    dir: &Location,
     trusted: &TrustedKeys,
     insecure: bool,
 ) -> Result<CheckedManifest, InstallError> {
-    let manifest_path = dir.join(IMAGE_MANIFEST_FILE);
-    let bytes = std::fs::read(&manifest_path).map_err(|source| InstallError::Io {
-        action: "reading the image manifest",
-        path: manifest_path.clone(),
-        source,
-    })?;
+    let manifest_at = dir.join(IMAGE_MANIFEST_FILE);
+    let bytes = manifest_at
+        .read_small("reading the image manifest", MAX_MANIFEST_BYTES)?
+        .ok_or_else(|| InstallError::NotFound {
+            what: "the image manifest",
+            path: manifest_at.name(),
+        })?;
     let signed_by = match check_signatures(dir, &bytes, trusted) {
         Ok(by) => Some(by),
         Err(err) if insecure => {
@@ -141,34 +146,25 @@ pub fn verify_manifest(
     };
     let manifest =
         ImageManifest::from_bytes(&bytes).map_err(|source| InstallError::ManifestParse {
-            path: manifest_path,
+            path: manifest_at.name(),
             source,
         })?;
     Ok(CheckedManifest {
         manifest,
-        dir: dir.into(),
+        dir: dir.clone(),
         signed_by,
     })
 }
 
 fn check_signatures(
-    dir: &Path,
+    dir: &Location,
     manifest_bytes: &[u8],
     trusted: &TrustedKeys,
 ) -> Result<String, InstallError> {
-    let sig_path = dir.join(IMAGE_SIGNATURES_FILE);
-    let text = match std::fs::read(&sig_path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(InstallError::Unsigned { path: sig_path })
-        }
-        Err(source) => {
-            return Err(InstallError::Io {
-                action: "reading",
-                path: sig_path,
-                source,
-            })
-        }
+    let sig_at = dir.join(IMAGE_SIGNATURES_FILE);
+    let sig_path = sig_at.name();
+    let Some(text) = sig_at.read_small("reading", MAX_MANIFEST_BYTES)? else {
+        return Err(InstallError::Unsigned { path: sig_path });
     };
     let signatures: Vec<ImageSignature> =
         serde_json::from_slice(&text).map_err(|source| InstallError::ManifestParse {

@@ -7,6 +7,7 @@
 //!   payloads made from it (the payload and agent tests);
 //! - [`dbus`]: a private `dbus-daemon` (a permissive bus, or one with a given policy) for
 //!   the D-Bus API tests;
+//! - [`file_server`]: a static HTTP file server on loopback (release images, Ignition configs);
 //! - [`etcd`]: a private, throw-away etcd with the v2 keys API (optionally TLS with client
 //!   certificates), for locksmith's etcd-lock;
 //! - [`pg_cluster`]: a private, throw-away PostgreSQL cluster (the server's tests and
@@ -22,6 +23,7 @@
 pub mod build;
 pub mod dbus;
 pub mod etcd;
+pub mod file_server;
 pub mod pg_cluster;
 pub mod pki;
 pub mod tools;
