@@ -1,14 +1,41 @@
-//! Issue 14: the live system boots over PXE (QEMU's own TFTP server and the NIC's iPXE ROM)
-//! from the build's `wellcar_pxe.vmlinuz` and `wellcar_pxe_image.cpio`, and from the hybrid
-//! ISO under BIOS and UEFI. Each time it runs from RAM with the release's verified `/usr` (the
-//! same dm-verity root hash as the disk image) and applies an Ignition config from fw_cfg.
+//! Issue 14: the live system and the unattended install, one VM per way of starting it:
+//! - PXE (BIOS): QEMU's own TFTP server and the NIC's iPXE ROM load `wellcar_pxe.vmlinuz` and
+//!   `wellcar_pxe_image.cpio` with the `wellcar.inst.*` arguments on the iPXE kernel line
+//!   (and `wellcar.inst.skip_reboot`): the live system runs from RAM with the release's
+//!   verified `/usr` (its dm-verity root hash, on a loop device) and applies the Ignition config
+//!   of `ignition.config.url=`; the test checks it there, then reboots it by hand;
+//! - the hybrid ISO under BIOS and under UEFI, with the `wellcar.inst.*` arguments passed as
+//!   QEMU fw_cfg kernel arguments; the live system reboots by itself after the install.
+//!
+//! Each live system installs the signed image from a plain web server on the host (the
+//! release's `image-manifest.json`, its `.sig` and `wellcar.img.zst`, reached through a
+//! `guestfwd` relay at 10.0.2.100:8080) onto the machine's blank virtio disk, then the
+//! firmware boots that disk (disk first, the CD or the network second): the installed
+//! system's first boot applies the config from `wellcar.inst.ignition_url=` (OEM `config.ign`,
+//! platform `metal`) and gives the disk its own GUID, so the three disks written from one image
+//! end with three different GUIDs.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use serde_json::json;
+use wellcar_contract::live::{
+    INSTALL_DEV_PARAM, INSTALL_IGNITION_URL_PARAM, INSTALL_IMAGE_URL_PARAM,
+    INSTALL_SKIP_REBOOT_PARAM,
+};
+use wellcar_test_support::file_server::FileServer;
 use wellcar_test_support::tools;
 use wellcar_test_support::vm::{logged_in, shell_status, tail, BOOT_TIMEOUT};
-use wellcar_vmtests::{chain, image_v1, machine, test_dir, vm_slot, Firmware, Machine};
+use wellcar_vmtests::{chain, image_v1, machine, test_dir, vm_slot, Built, Firmware, Machine};
+
+/// Where the guest reaches the host's web server.
+const WEB: &str = "10.0.2.100:8080";
+/// The disk the live system installs onto (the machine's only virtio disk).
+const INSTALL_DEV: &str = "/dev/vda";
+/// The disk GUID every image is built with.
+const BUILD_DISK_GUID: &str = "00000000-0000-0000-0000-000000000001";
 
 fn ok(vm: &mut Machine, command: &str) -> String {
     match shell_status(vm, command) {
@@ -28,35 +55,97 @@ enum Media {
 }
 
 #[test]
-fn the_live_system_boots_over_pxe_and_from_the_iso_under_bios_and_uefi() {
+fn the_live_system_installs_unattended_from_pxe_and_the_iso_under_bios_and_uefi() {
     let b = image_v1();
+    let web = release_web(&b);
+    let mut guids = Vec::new();
     for (media, firmware) in [
         (Media::Pxe, Firmware::Bios),
         (Media::Iso, Firmware::Bios),
         (Media::Iso, Firmware::Uefi),
     ] {
-        boot_live(&b, media, firmware);
+        guids.push(live_install(&b, &web, media, firmware));
+    }
+    let mut distinct = guids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        guids.len(),
+        "disks written from one image share a GUID: {guids:?}"
+    );
+}
+
+/// The release on a web server: the v1 build's raw image signed with the key the image trusts
+/// (`wellcar build`'s development key, as `wellcar build` without `--signing-key` signs it),
+/// compressed, plus the Ignition configs of the live and the installed system.
+struct ReleaseWeb {
+    server: FileServer,
+    /// Path of the compressed image on the server.
+    image_path: String,
+}
+
+fn release_web(b: &Built) -> ReleaseWeb {
+    static PREPARED: OnceLock<PathBuf> = OnceLock::new();
+    let www = PREPARED.get_or_init(|| {
+        let www = test_dir().join("live").join("www");
+        let _ = std::fs::remove_dir_all(&www);
+        std::fs::create_dir_all(&www).expect("web root");
+        let image = &b.manifest.disk_image;
+        for name in [image.as_str(), wellcar_contract::BUILD_MANIFEST_FILE] {
+            std::fs::hard_link(b.path(name), www.join(name)).expect("linking the build");
+        }
+        let key = wellcar_payload::dev_signing_key()
+            .expect("the development signing key")
+            .0;
+        wellcar_install::sign_build(&www, &[&key]).expect("signing the image");
+        tools::run(
+            Command::new(tools::require("zstd"))
+                .args(["-q", "-T0", "-3", "--rm"])
+                .arg(www.join(image)),
+        );
+        for (name, path, text) in [
+            ("live.ign", "/etc/wellcar-live-test", "provisioned live"),
+            (
+                "installed.ign",
+                "/etc/wellcar-installed-test",
+                "provisioned by the installer",
+            ),
+        ] {
+            let config = json!({
+                "ignition": {"version": "3.4.0"},
+                "storage": {"files": [{
+                    "path": path,
+                    "mode": 0o644,
+                    "contents": {"source": format!("data:,{}%0A", text.replace(' ', "%20"))}
+                }]}
+            });
+            std::fs::write(www.join(name), config.to_string()).expect("config");
+        }
+        www
+    });
+    ReleaseWeb {
+        server: FileServer::start(www),
+        image_path: format!("/{}.zst", b.manifest.disk_image),
     }
 }
 
-/// Boots the live system from `media` under `firmware` with a blank disk and an Ignition
-/// config over fw_cfg; checks the tmpfs root, the verified /usr and the applied config.
-fn boot_live(b: &wellcar_vmtests::Built, media: Media, firmware: Firmware) {
+/// The unattended-install arguments.
+fn install_args(web: &ReleaseWeb) -> Vec<String> {
+    vec![
+        format!("{INSTALL_DEV_PARAM}={INSTALL_DEV}"),
+        format!("{INSTALL_IMAGE_URL_PARAM}=http://{WEB}{}", web.image_path),
+        format!("{INSTALL_IGNITION_URL_PARAM}=http://{WEB}/installed.ign"),
+    ]
+}
+
+/// Boots the live system from `media` under `firmware` on a blank disk, lets it install onto
+/// that disk, boots the installed disk and checks it; returns the installed disk's GUID.
+fn live_install(b: &Built, web: &ReleaseWeb, media: Media, firmware: Firmware) -> String {
     let name = format!("{media:?}-{firmware:?}").to_lowercase();
     let dir = test_dir().join("live").join(&name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("test dir");
-    let config = json!({
-        "ignition": {"version": "3.4.0"},
-        "storage": {"files": [{
-            "path": "/etc/wellcar-live-test",
-            "mode": 0o644,
-            "contents": {"source": "data:,provisioned%20live%0A"}
-        }]}
-    });
-    let ign = dir.join("config.ign");
-    std::fs::write(&ign, config.to_string()).expect("config");
-    // A blank disk: the live system must not need one.
     let blank = dir.join("blank.qcow2");
     tools::run(
         Command::new("qemu-img")
@@ -67,53 +156,103 @@ fn boot_live(b: &wellcar_vmtests::Built, media: Media, firmware: Firmware) {
     let mut cfg = machine(b, firmware);
     cfg.image = blank;
     cfg.memory_mib = 2048;
-    cfg.ignition = Some(ign);
-    cfg.kernel_args = vec!["ignition.platform.id=qemu".into()];
     cfg.state_dir = Some(dir.join("run"));
+    cfg.guest_relays = vec![(WEB.into(), web.server.port())];
     match media {
-        Media::Pxe => cfg.network_boot = Some(pxe_tree(b, &dir)),
+        Media::Pxe => cfg.network_boot = Some(pxe_tree(b, web, &dir)),
         Media::Iso => {
             let iso = b.manifest.iso_image.clone().expect("manifest iso_image");
             cfg.cdrom = Some(b.path(&iso));
+            cfg.kernel_args = install_args(web);
         }
     }
 
     let _slot = vm_slot();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mut vm = Machine::spawn(&cfg).expect("starting the machine");
     let live = vm
         .wait_for("wellcar-init: live /usr", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{name}: {}\n{}", chain(&e), tail(&vm)));
+    let live_at = started.elapsed();
+    let fetched_before = web.server.statuses_for(&web.image_path).len();
+    if let Media::Pxe = media {
+        let done = vm
+            .wait_for_from(live, "wellcar-init: ignition done", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{name}: {}\n{}", chain(&e), tail(&vm)));
+        logged_in(&mut vm, done);
+        check_live_system(&mut vm, b, &name);
+    }
+    let installed = vm
+        .wait_for_from(live, "installed Wellcar 1.0.0 onto /dev/vda", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name}: {}\n{}", chain(&e), tail(&vm)));
+    let installed_at = started.elapsed();
+    let fetched = web.server.statuses_for(&web.image_path);
+    assert_eq!(
+        fetched[fetched_before..],
+        [200],
+        "{name}: the image was not fetched once"
+    );
+    if let Media::Pxe = media {
+        // wellcar.inst.skip_reboot: the live system stays; reboot it as a user would.
+        vm.send("sudo systemctl reboot\n")
+            .expect("typing on the console");
+    }
+    // The installed disk's first boot: Ignition from the OEM config.ign, then the login.
     let done = vm
-        .wait_for_from(live, "wellcar-init: ignition done", BOOT_TIMEOUT)
+        .wait_for_from(installed, "wellcar-init: ignition done", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{name}: {}\n{}", chain(&e), tail(&vm)));
     logged_in(&mut vm, done);
+    let provisioned_at = started.elapsed();
     eprintln!(
-        "{name}: logged in {:.1} s after start",
-        started.elapsed().as_secs_f64()
+        "{name}: live /usr at {:.1} s, installed at {:.1} s, installed system logged in at {:.1} s",
+        live_at.as_secs_f64(),
+        installed_at.as_secs_f64(),
+        provisioned_at.as_secs_f64()
     );
-    let root = ok(&mut vm, "findmnt -no FSTYPE /; findmnt -no SOURCE /usr");
+    let root = ok(&mut vm, "findmnt -no FSTYPE,SOURCE /; cat /proc/cmdline");
+    assert!(
+        !root.contains("tmpfs") && root.contains("ext4") && !root.contains("wellcar.live"),
+        "{name}: not the installed system: {root}"
+    );
+    assert!(root.contains("wellcar.oem.id=metal"), "{name}: {root}");
+    let file = ok(&mut vm, "cat /etc/wellcar-installed-test");
+    assert!(
+        file.contains("provisioned by the installer"),
+        "{name}: {file}"
+    );
+    let guid = ok(&mut vm, &format!("lsblk -dno PTUUID {INSTALL_DEV}"))
+        .trim()
+        .to_owned();
+    assert!(
+        guid.len() == 36 && guid != BUILD_DISK_GUID,
+        "{name}: disk GUID {guid:?}"
+    );
+    vm.kill();
+    guid
+}
+
+/// The live system as booted over PXE: tmpfs root, /usr verified by the release's root hash on
+/// a loop device, the `ignition.config.url=` config applied.
+fn check_live_system(vm: &mut Machine, b: &Built, name: &str) {
+    let root = ok(vm, "findmnt -no FSTYPE /; findmnt -no SOURCE /usr");
     assert!(root.contains("tmpfs"), "{name}: {root}");
     assert!(root.contains("/dev/mapper/usr"), "{name}: {root}");
     // /init maps /usr only when the slot's superblock carries the command line's root hash;
     // the mapping sits on the loop device over the image from the initramfs.
-    let verity = ok(
-        &mut vm,
-        "cat /proc/cmdline; lsblk -sno NAME /dev/mapper/usr",
-    );
+    let verity = ok(vm, "cat /proc/cmdline; lsblk -sno NAME /dev/mapper/usr");
     for expected in [b.manifest.verity_root_hash.to_string(), "loop0".to_owned()] {
         assert!(
             verity.contains(&expected),
             "{name}: no {expected:?} in\n{verity}"
         );
     }
-    let file = ok(&mut vm, "cat /etc/wellcar-live-test");
+    let file = ok(vm, "cat /etc/wellcar-live-test");
     assert!(file.contains("provisioned live"), "{name}: {file}");
-    vm.kill();
 }
 
-/// The TFTP root for a PXE boot of `b`: its PXE kernel and initramfs and an iPXE script.
-fn pxe_tree(b: &wellcar_vmtests::Built, dir: &std::path::Path) -> wellcar_vm::NetworkBoot {
+/// The TFTP root for a PXE boot of `b`: its PXE kernel and initramfs and an iPXE script that
+/// boots the live system with the unattended-install arguments.
+fn pxe_tree(b: &Built, web: &ReleaseWeb, dir: &Path) -> wellcar_vm::NetworkBoot {
     let kernel = b.manifest.pxe_kernel.clone().expect("manifest pxe_kernel");
     let initramfs = b
         .manifest
@@ -136,7 +275,9 @@ fn pxe_tree(b: &wellcar_vmtests::Built, dir: &std::path::Path) -> wellcar_vm::Ne
         tftp.join("boot.ipxe"),
         format!(
             "#!ipxe\nkernel {kernel} {live_args} console=ttyS0,115200n8 loglevel=6 \
-             wellcar.autologin\ninitrd {initramfs}\nboot\n"
+             wellcar.autologin ignition.config.url=http://{WEB}/live.ign {} \
+             {INSTALL_SKIP_REBOOT_PARAM}\ninitrd {initramfs}\nboot\n",
+            install_args(web).join(" ")
         ),
     )
     .expect("iPXE script");

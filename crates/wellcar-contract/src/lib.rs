@@ -48,3 +48,6 @@ pub use version::{OsVersion, VersionError, MAX_VERSION_LEN};
 /// fw_cfg entry (`wellcar run --platform/--kernel-arg`) whose text `/init` appends to the
 /// kernel command line it reads for provisioning (platform id, `ignition.config.url`, ...).
 pub const FW_CFG_KERNEL_ARGS: &str = "opt/org.wellcar/kernel-args";
+/// Where Linux shows QEMU's fw_cfg entries by name (module `qemu_fw_cfg`); an entry's bytes are
+/// in `NAME/raw`.
+pub const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";

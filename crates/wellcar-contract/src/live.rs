@@ -18,3 +18,17 @@ pub const LIVE_PARAM: &str = "wellcar.live";
 pub const LIVE_USR_FS: &str = "wellcar/usr.erofs";
 /// The `/usr` dm-verity hash area inside the live initramfs.
 pub const LIVE_USR_HASH: &str = "wellcar/usr.verity";
+
+/// Unattended install from the live system (Fedora CoreOS's `coreos.inst.*`): the target
+/// device. Without it the live system installs nothing.
+pub const INSTALL_DEV_PARAM: &str = "wellcar.inst.install_dev";
+/// Unattended install: the image URL (required with [`INSTALL_DEV_PARAM`]).
+pub const INSTALL_IMAGE_URL_PARAM: &str = "wellcar.inst.image_url";
+/// Unattended install: the installed system's Ignition config URL.
+pub const INSTALL_IGNITION_URL_PARAM: &str = "wellcar.inst.ignition_url";
+/// Unattended install: the installed system's platform (OEM) id; `metal` when absent.
+pub const INSTALL_PLATFORM_ID_PARAM: &str = "wellcar.inst.platform_id";
+/// Unattended install flag: accept an unsigned image.
+pub const INSTALL_INSECURE_PARAM: &str = "wellcar.inst.insecure";
+/// Unattended install flag: stay in the live system afterwards instead of rebooting.
+pub const INSTALL_SKIP_REBOOT_PARAM: &str = "wellcar.inst.skip_reboot";

@@ -50,7 +50,7 @@ const SYSROOT: &str = "/sysroot";
 /// sysfs block class.
 const CLASS_BLOCK: &str = "/sys/class/block";
 /// fw_cfg entries by name.
-const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+use wellcar_contract::FW_CFG_BY_NAME;
 
 /// A failed boot step: `step` names it, `source` says what and where.
 #[derive(Debug)]

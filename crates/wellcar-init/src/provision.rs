@@ -176,19 +176,15 @@ fn provision_with(
     oem: Option<&Path>,
     network_slot: &mut Option<Network>,
 ) -> Result<(), ProvisionError> {
-    let mut cmdline = std::fs::read_to_string("/proc/cmdline")
-        .map_err(|e| ProvisionError::new(Phase::Platform, Some("/proc/cmdline".to_string()), e))?;
     let extra = Path::new(FW_CFG_BY_NAME)
         .join(wellcar_contract::FW_CFG_KERNEL_ARGS)
         .join("raw");
-    if let Ok(args) = std::fs::read_to_string(&extra) {
-        log.info(&format!(
-            "arguments from {}: {}",
-            extra.display(),
-            args.trim()
-        ));
-        cmdline.push(' ');
-        cmdline.push_str(args.trim());
+    let (cmdline, extra_args) =
+        wellcar_platform::id::read_cmdline(Path::new("/proc/cmdline"), &extra).map_err(|e| {
+            ProvisionError::new(Phase::Platform, Some("/proc/cmdline".to_string()), e)
+        })?;
+    if let Some(args) = extra_args {
+        log.info(&format!("arguments from {}: {args}", extra.display()));
     }
     let grub_cfg = match (
         wellcar_platform::id::cmdline_value(&cmdline, "ignition.platform.id"),

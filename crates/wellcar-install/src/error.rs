@@ -168,6 +168,14 @@ pub enum InstallError {
         /// The bound.
         limit: u64,
     },
+    /// A kernel argument an unattended install needs is missing.
+    #[error("{argument}= is missing: {because}= asks for an install")]
+    MissingArgument {
+        /// The missing argument.
+        argument: &'static str,
+        /// The argument that needs it.
+        because: &'static str,
+    },
     /// The Ignition config is not JSON.
     #[error("Ignition config from {source_name} is not JSON")]
     IgnitionNotJson {

@@ -21,6 +21,7 @@ pub mod oem;
 pub mod signature;
 pub mod source;
 pub mod target;
+pub mod unattended;
 pub mod write;
 
 use std::path::{Path, PathBuf};

@@ -1,18 +1,39 @@
 //! `wellcar-install`: the installer shipped in the image (for the live system), the same
-//! options as `wellcar install`, progress as plain lines on stderr.
+//! options as `wellcar install`, progress as plain lines on stderr. `wellcar-install unattended` installs as
+//! the kernel command line's `wellcar.inst.*` arguments say and reboots
+//! (`wellcar-install-unattended.service` on the live system).
 
-use std::process::ExitCode;
+use std::path::Path;
+use std::process::{Command, ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use wellcar_install::{args::Args, install};
+use wellcar_install::{args::Args, install, unattended};
 
 /// Install Wellcar onto a disk or a file from a signed image.
 #[derive(Debug, clap::Parser)]
-#[command(name = "wellcar-install", version)]
+#[command(
+    name = "wellcar-install",
+    version,
+    disable_version_flag = true,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Print version (`-V` is the release to install, as in flatcar-install).
+    #[arg(long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+    #[command(subcommand)]
+    unattended: Option<Unattended>,
     #[command(flatten)]
-    args: Args,
+    args: Option<Args>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Unattended {
+    /// Install as the kernel command line's wellcar.inst.* arguments say (nothing without
+    /// wellcar.inst.install_dev=), then reboot unless wellcar.inst.skip_reboot.
+    Unattended,
 }
 
 fn main() -> ExitCode {
@@ -24,7 +45,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match run(&cli.args) {
+    let result = match (cli.unattended, &cli.args) {
+        (Some(Unattended::Unattended), _) => run_unattended(),
+        (None, Some(args)) => run(args),
+        (None, None) => unreachable!("clap requires the options without a command"),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
@@ -47,4 +73,34 @@ fn run(args: &Args) -> anyhow::Result<()> {
         report.target_size
     );
     Ok(())
+}
+
+fn run_unattended() -> anyhow::Result<()> {
+    let extra = Path::new(wellcar_contract::FW_CFG_BY_NAME)
+        .join(wellcar_contract::FW_CFG_KERNEL_ARGS)
+        .join("raw");
+    let (cmdline, _) = wellcar_platform::id::read_cmdline(Path::new("/proc/cmdline"), &extra)
+        .context("reading /proc/cmdline")?;
+    let Some(job) = unattended::from_cmdline(&cmdline).context("reading wellcar.inst.*")? else {
+        println!("no wellcar.inst.install_dev= on the kernel command line: nothing to install");
+        return Ok(());
+    };
+    run(&job.args)?;
+    if job.reboot {
+        println!("rebooting into the installed system");
+        let status = Command::new("systemctl")
+            .arg("reboot")
+            .status()
+            .context("running systemctl reboot")?;
+        anyhow::ensure!(status.success(), "systemctl reboot: {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

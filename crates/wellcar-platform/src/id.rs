@@ -163,6 +163,35 @@ pub fn cmdline_value(cmdline: &str, name: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix(name)?.strip_prefix('=').map(str::to_string))
 }
 
+/// Whether the command line carries `name` as a flag (alone, or as `name=...`).
+pub fn cmdline_has(cmdline: &str, name: &str) -> bool {
+    split_words(cmdline).iter().any(|w| {
+        w == name
+            || w.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('='))
+    })
+}
+
+/// The command line Wellcar reads on a machine: `proc_cmdline`'s text followed by the text of
+/// `extra_args` when that file exists (QEMU's fw_cfg `opt/org.wellcar/kernel-args`, which
+/// `wellcar run --kernel-arg` passes), so that the extra arguments win in [`cmdline_value`].
+/// Returns the line and the extra arguments, if any.
+pub fn read_cmdline(
+    proc_cmdline: &std::path::Path,
+    extra_args: &std::path::Path,
+) -> std::io::Result<(String, Option<String>)> {
+    let mut cmdline = std::fs::read_to_string(proc_cmdline)?;
+    let extra = std::fs::read_to_string(extra_args)
+        .ok()
+        .map(|args| args.trim().to_owned())
+        .filter(|args| !args.is_empty());
+    if let Some(args) = &extra {
+        cmdline.push(' ');
+        cmdline.push_str(args);
+    }
+    Ok((cmdline, extra))
+}
+
 /// `ignition.config.url=` from the command line.
 pub fn config_url(cmdline: &str) -> Option<String> {
     cmdline_value(cmdline, "ignition.config.url").filter(|u| !u.is_empty())

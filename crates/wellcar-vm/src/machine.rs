@@ -290,12 +290,23 @@ impl Machine {
             &cfg.cpus.to_string(),
         ])
         .args(["-display", "none", "-vga", "none"])
-        .arg("-drive")
-        .arg(format!(
-            "if=virtio,file={},format=qcow2,cache=unsafe",
-            overlay.display()
-        ))
         .args(["-device", "virtio-rng-pci"]);
+        if cfg.cdrom.is_some() {
+            // The disk first, the CD second (SeaBIOS and OVMF follow bootindex): a blank disk
+            // is skipped, so the live ISO boots; once it installed onto the disk, the reboot
+            // boots the disk, as a machine with the USB stick left in does.
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=none,id=disk0,file={},format=qcow2,cache=unsafe",
+                    overlay.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"]);
+        } else {
+            cmd.arg("-drive").arg(format!(
+                "if=virtio,file={},format=qcow2,cache=unsafe",
+                overlay.display()
+            ));
+        }
         if cfg.accel == Accel::Kvm {
             cmd.args(["-cpu", "host"]);
         } else {
@@ -331,10 +342,12 @@ impl Machine {
         }
         if let Some(iso) = &cfg.cdrom {
             let iso = io(iso.canonicalize(), "opening ISO image", iso)?;
-            cmd.arg("-drive").arg(format!(
-                "file={},media=cdrom,readonly=on,format=raw",
-                iso.display()
-            ));
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=none,id=cd0,file={},media=cdrom,readonly=on,format=raw",
+                    iso.display()
+                ))
+                .args(["-device", "ide-cd,drive=cd0,bootindex=2"]);
         }
         if let Some(tree) = &cfg.config_drive {
             let drive = dir.join("config-drive.img");
