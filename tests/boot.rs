@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use wellcar_disk::{find_partition, PartitionKey, Slot, USR_VERITY_HASH_OFFSET};
 use wellcar_test_support::tools::{self, run};
-use wellcar_test_support::vm::{logged_in, BOOT_TIMEOUT};
+use wellcar_test_support::vm::{assert_healthy_system, logged_in, BOOT_TIMEOUT};
 use wellcar_vmtests::*;
 
 mod flatcar_day;
@@ -75,51 +75,6 @@ fn flip_byte(disk: &mut File, offset: u64) {
     disk.read_exact(&mut byte).unwrap();
     disk.seek(SeekFrom::Start(offset)).unwrap();
     disk.write_all(&[byte[0] ^ 0xff]).unwrap();
-}
-
-/// The checks every healthy boot must pass.
-fn assert_healthy_system(vm: &mut Machine) {
-    let usr = ok(vm, "findmnt -no SOURCE,OPTIONS /usr");
-    assert!(usr.contains("/dev/mapper/usr"), "{usr}");
-    assert!(
-        usr.contains("ro,") || usr.contains(" ro"),
-        "/usr not read-only: {usr}"
-    );
-    let table = ok(vm, "sudo dmsetup table usr");
-    assert!(table.contains(" verity 1 "), "{table}");
-    assert!(table.contains("panic_on_corruption"), "{table}");
-    let running = vm
-        .shell("systemctl is-system-running --wait", BOOT_TIMEOUT)
-        .unwrap();
-    assert!(
-        // Kernel messages can interleave on the serial console: look for the line itself.
-        running.lines().any(|l| l.trim() == "running"),
-        "system is not running:\n{running}\n{}",
-        ok(vm, "systemctl --failed --no-pager")
-    );
-    let absent = ok(
-        vm,
-        "for p in apt apt-get dpkg; do command -v $p; done; true",
-    );
-    assert!(
-        !absent.contains("/bin/"),
-        "package managers present: {absent}"
-    );
-    // The initramfs logged its timing.
-    let timing = ok(vm, "sudo dmesg | grep 'wellcar-init: switching root'");
-    assert!(timing.contains("/init ran"), "{timing}");
-}
-
-#[test]
-fn uefi_boot_reaches_multi_user_with_verified_usr() {
-    let b = image_v1();
-    let _slot = vm_slot();
-    let mut vm = Machine::spawn(&machine(&b, Firmware::Uefi)).unwrap();
-    logged_in(&mut vm, 0);
-    assert_healthy_system(&mut vm);
-    // The verity mapping sits on USR-A.
-    let deps = ok(&mut vm, "lsblk -no PARTLABEL -s /dev/mapper/usr | tail -1");
-    assert!(deps.contains("USR-A"), "{deps}");
 }
 
 #[test]

@@ -13,7 +13,8 @@
 //! firmware boots that disk (disk first, the CD or the network second): the installed
 //! system's first boot applies the config from `wellcar.inst.ignition_url=` (OEM `config.ign`,
 //! platform `metal`) and gives the disk its own GUID, so the three disks written from one image
-//! end with three different GUIDs.
+//! end with three different GUIDs. The UEFI one also gets the healthy-system checks of a plain
+//! UEFI boot (verified read-only `/usr` from USR-A, the system running).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +28,7 @@ use wellcar_contract::live::{
 };
 use wellcar_test_support::file_server::FileServer;
 use wellcar_test_support::tools;
-use wellcar_test_support::vm::{logged_in, shell_status, tail, BOOT_TIMEOUT};
+use wellcar_test_support::vm::{assert_healthy_system, logged_in, ok, tail, BOOT_TIMEOUT};
 use wellcar_vmtests::{chain, image_v1, machine, test_dir, vm_slot, Built, Firmware, Machine};
 
 /// Where the guest reaches the host's web server.
@@ -36,14 +37,6 @@ const WEB: &str = "10.0.2.100:8080";
 const INSTALL_DEV: &str = "/dev/vda";
 /// The disk GUID every image is built with.
 const BUILD_DISK_GUID: &str = "00000000-0000-0000-0000-000000000001";
-
-fn ok(vm: &mut Machine, command: &str) -> String {
-    match shell_status(vm, command) {
-        Ok((out, 0)) => out,
-        Ok((out, rc)) => panic!("{command}: exit {rc}\n{out}\n{}", tail(vm)),
-        Err(e) => panic!("{e}\n{}", tail(vm)),
-    }
-}
 
 /// How the live system is started.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +220,13 @@ fn live_install(b: &Built, web: &ReleaseWeb, media: Media, firmware: Firmware) -
         guid.len() == 36 && guid != BUILD_DISK_GUID,
         "{name}: disk GUID {guid:?}"
     );
+    if let Firmware::Uefi = firmware {
+        // The plain UEFI boot of a disk (this one written by the installer): verified /usr from
+        // USR-A, the system running.
+        assert_healthy_system(&mut vm);
+        let deps = ok(&mut vm, "lsblk -no PARTLABEL -s /dev/mapper/usr | tail -1");
+        assert!(deps.contains("USR-A"), "{name}: {deps}");
+    }
     vm.kill();
     guid
 }

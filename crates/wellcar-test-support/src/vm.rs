@@ -65,6 +65,51 @@ pub fn shell_status(vm: &mut Machine, command: &str) -> Result<(String, i32), St
     Ok((out[..at].to_string(), code))
 }
 
+/// Runs `command` on the (logged-in) console and returns its output; fails the test with the
+/// console's tail unless it exits 0.
+pub fn ok(vm: &mut Machine, command: &str) -> String {
+    match shell_status(vm, command) {
+        Ok((out, 0)) => out,
+        Ok((out, rc)) => panic!("{command}: exit {rc}\n{out}\n{}", tail(vm)),
+        Err(e) => panic!("{e}\n{}", tail(vm)),
+    }
+}
+
+/// A booted, logged-in Wellcar as it should be: `/usr` read-only from dm-verity (with
+/// `panic_on_corruption`), the system `running` with no failed unit, no package manager, and
+/// `/init`'s timing in the kernel log.
+pub fn assert_healthy_system(vm: &mut Machine) {
+    let usr = ok(vm, "findmnt -no SOURCE,OPTIONS /usr");
+    assert!(usr.contains("/dev/mapper/usr"), "{usr}");
+    assert!(
+        usr.contains("ro,") || usr.contains(" ro"),
+        "/usr not read-only: {usr}"
+    );
+    let table = ok(vm, "sudo dmsetup table usr");
+    assert!(table.contains(" verity 1 "), "{table}");
+    assert!(table.contains("panic_on_corruption"), "{table}");
+    let running = vm
+        .shell("systemctl is-system-running --wait", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("systemctl is-system-running: {}\n{}", chain(&e), tail(vm)));
+    assert!(
+        // Kernel messages can interleave on the serial console: look for the line itself.
+        running.lines().any(|l| l.trim() == "running"),
+        "system is not running:\n{running}\n{}",
+        ok(vm, "systemctl --failed --no-pager")
+    );
+    let absent = ok(
+        vm,
+        "for p in apt apt-get dpkg; do command -v $p; done; true",
+    );
+    assert!(
+        !absent.contains("/bin/"),
+        "package managers present: {absent}"
+    );
+    // The initramfs logged its timing.
+    let timing = ok(vm, "sudo dmesg | grep 'wellcar-init: switching root'");
+    assert!(timing.contains("/init ran"), "{timing}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,6 +100,11 @@ pub struct Opts {
     /// labelled CONFIG-2, read by `--platform openstack`.
     #[arg(long, value_name = "DIR")]
     pub config_drive: Option<PathBuf>,
+    /// Put this ISO (e.g. `out/wellcar_iso_image.iso`, the live system) in a CD drive. The
+    /// disk boots first when it is bootable, so give a blank disk (`qemu-img create -f qcow2
+    /// blank.qcow2 4G`) to install onto, e.g. with `--kernel-arg wellcar.inst.install_dev=vda`.
+    #[arg(long, value_name = "FILE")]
+    pub iso: Option<PathBuf>,
 }
 
 /// Checks a platform id against the ones the guest knows.
@@ -184,6 +189,7 @@ pub fn run(opts: Opts) -> anyhow::Result<ExitCode> {
         .chain(opts.kernel_args)
         .collect();
     cfg.config_drive = opts.config_drive;
+    cfg.cdrom = opts.iso;
     cfg.interactive = true;
     let mut vm =
         Machine::spawn(&cfg).with_context(|| format!("booting {}", opts.image.display()))?;
