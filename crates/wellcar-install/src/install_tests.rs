@@ -500,3 +500,70 @@ fn a_release_server_and_an_image_url_install_over_http_and_missing_or_tampered_o
     assert!(matches!(err, InstallError::Tampered { .. }), "{err}");
     assert_not_bootable(&tampered);
 }
+
+/// A block device that fails mid-write, as a USB stick that is pulled: a loop device over a
+/// sparse file of the full size on a 96 MiB tmpfs, so the device's writes fail (ENOSPC in the
+/// loop driver, EIO to the writer) once 96 MiB are written. The install stops with an I/O error
+/// naming the device (at a write, or at the fsync after the stream: writes to a block device go
+/// through the page cache), and the device has no partition table. Needs root (mount, losetup).
+#[test]
+fn a_device_that_fails_mid_write_is_named_and_left_without_a_partition_table() {
+    let fixture = Fixture::new();
+    let size = wellcar_disk::gpt::minimum_disk_size();
+    let small = fixture.root.join("small");
+    std::fs::create_dir(&small).unwrap();
+    tools::run(
+        Command::new(tools::require("mount"))
+            .args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"])
+            .arg(&small),
+    );
+    struct Cleanup(PathBuf, Option<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(device) = &self.1 {
+                let _ = Command::new("losetup").args(["-d", device]).status();
+            }
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let mut cleanup = Cleanup(small.clone(), None);
+    let backing = small.join("stick.img");
+    std::fs::File::create_new(&backing)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let device = String::from_utf8(
+        tools::run(
+            Command::new(tools::require("losetup"))
+                .args(["-f", "--show"])
+                .arg(&backing),
+        )
+        .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    cleanup.1 = Some(device.clone());
+    let device = PathBuf::from(device);
+
+    let build = ImageSource::Build(fixture.build.dir.clone());
+    let err = install(&fixture.request(&device, build), &|_| {}).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, InstallError::Io { path, .. } if path == &device)
+            && (text.starts_with("writing to") || text.starts_with("syncing"))
+            && text.contains(&device.display().to_string()),
+        "{text}"
+    );
+    // No partition table at either end of what the device holds.
+    let f = std::fs::File::open(&backing).unwrap();
+    let mut head = vec![0u8; 34 * 512];
+    f.read_exact_at(&mut head, 0).unwrap();
+    let mut tail = vec![0u8; 33 * 512];
+    f.read_exact_at(&mut tail, size - 33 * 512).unwrap();
+    assert!(
+        head.iter().chain(&tail).all(|&b| b == 0),
+        "a partition table is left on {}",
+        device.display()
+    );
+}

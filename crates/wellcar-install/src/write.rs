@@ -28,6 +28,8 @@ pub const TAIL_LEN: u64 = 33 * 512;
 /// Bytes the GPT occupies at the start of a disk (protective MBR, header, 32 sectors).
 const GPT_HEAD_LEN: u64 = 34 * 512;
 const CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the hashing thread.
+const HASH_QUEUE: usize = 8;
 /// A progress event at least every this many bytes.
 const PROGRESS_EVERY: u64 = 64 << 20;
 
@@ -60,6 +62,10 @@ pub fn wipe_partition_table(target: &mut Target) -> Result<(), InstallError> {
 
 /// Streams `image` (its decompressed bytes) onto `target` as the module docs say, and returns
 /// the kept-back head once size and sha256 matched the signed ones.
+///
+/// The sha256 runs on its own thread, fed the chunks this thread has read (decompressed) and
+/// written, so hashing overlaps reading and writing (it is the slowest of the three; chunk
+/// buffers go back to this thread for reuse).
 pub fn stream_image(
     image: &mut dyn Read,
     image_path: &Path,
@@ -68,88 +74,121 @@ pub fn stream_image(
     expected_sha256: &str,
     progress: &dyn Fn(InstallEvent),
 ) -> Result<Vec<u8>, InstallError> {
-    let target_path = target.path.clone();
-    let mut hasher = Sha256::new();
-    let mut head = Vec::with_capacity(HEAD_LEN as usize);
-    let tail_start = expected_size.saturating_sub(TAIL_LEN);
-    let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    let mut next_report = 0u64;
-    loop {
-        let n = read_full(image, &mut buf).map_err(|source| InstallError::Io {
-            action: "reading the image",
-            path: image_path.into(),
-            source,
-        })?;
-        if n == 0 {
-            break;
-        }
-        let chunk = &buf[..n];
-        if offset + n as u64 > expected_size {
-            return Err(InstallError::TooLong {
+    std::thread::scope(|scope| {
+        let (to_hash, hash_queue) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
+        let hasher = scope.spawn(move || {
+            let mut hasher = Sha256::new();
+            for chunk in hash_queue {
+                hasher.update(&chunk);
+                // The streaming side may be gone (an error): then the buffer is just freed.
+                let _ = recycle.send(chunk);
+            }
+            hex::encode(hasher.finalize())
+        });
+        let mut stream = || -> Result<(Vec<u8>, u64), InstallError> {
+            let mut head = Vec::with_capacity(HEAD_LEN as usize);
+            let mut offset = 0u64;
+            let mut next_report = 0u64;
+            loop {
+                let mut buf = recycled.try_recv().unwrap_or_default();
+                buf.resize(CHUNK, 0);
+                let n = read_full(image, &mut buf).map_err(|source| InstallError::Io {
+                    action: "reading the image",
+                    path: image_path.into(),
+                    source,
+                })?;
+                if n == 0 {
+                    return Ok((head, offset));
+                }
+                buf.truncate(n);
+                if offset + n as u64 > expected_size {
+                    return Err(InstallError::TooLong {
+                        path: image_path.into(),
+                        expected: expected_size,
+                    });
+                }
+                write_chunk(target, &buf, offset, expected_size, &mut head)?;
+                offset += n as u64;
+                // The hasher only stops when this side hangs up.
+                to_hash
+                    .send(buf)
+                    .expect("the hashing thread runs until the stream ends");
+                if offset >= next_report {
+                    progress(InstallEvent::Writing {
+                        written: offset,
+                        total: expected_size,
+                    });
+                    next_report = offset + PROGRESS_EVERY;
+                }
+            }
+        };
+        let streamed = stream();
+        drop(to_hash);
+        let actual = hasher.join().expect("the hashing thread does not panic");
+        let (head, offset) = streamed?;
+        if offset < expected_size {
+            return Err(InstallError::Truncated {
                 path: image_path.into(),
+                read: offset,
                 expected: expected_size,
             });
         }
-        hasher.update(chunk);
-        // Split the chunk into kept-back head, written middle, zeroed tail.
-        let end = offset + n as u64;
-        let head_end = end.min(HEAD_LEN);
-        if offset < head_end {
-            head.extend_from_slice(&chunk[..(head_end - offset) as usize]);
+        if actual != expected_sha256 {
+            return Err(InstallError::Tampered {
+                path: image_path.into(),
+                actual,
+                expected: expected_sha256.into(),
+            });
         }
-        let mid_start = offset.max(HEAD_LEN);
-        let mid_end = end.min(tail_start);
-        if mid_start < mid_end {
-            let part = &chunk[(mid_start - offset) as usize..(mid_end - offset) as usize];
-            if !(target.is_file && part.iter().all(|&b| b == 0)) {
-                target
-                    .file
-                    .write_all_at(part, mid_start)
-                    .map_err(target_io("writing to", &target_path))?;
-            }
-        }
-        let tail_from = offset.max(tail_start).max(HEAD_LEN);
-        if tail_from < end && !target.is_file {
-            let zeros = vec![0u8; (end - tail_from) as usize];
+        target
+            .file
+            .sync_all()
+            .map_err(target_io("syncing", &target.path))?;
+        progress(InstallEvent::Written {
+            bytes: offset,
+            sha256: actual,
+        });
+        Ok(head)
+    })
+}
+
+/// Writes the image bytes `chunk` found at `offset`: the part inside the kept-back head goes to
+/// `head`, the middle to the target (all-zero parts skipped on a sparse file), the part inside
+/// the image's backup GPT is written as zeros (a block device) or skipped (a file).
+fn write_chunk(
+    target: &mut Target,
+    chunk: &[u8],
+    offset: u64,
+    image_size: u64,
+    head: &mut Vec<u8>,
+) -> Result<(), InstallError> {
+    let tail_start = image_size.saturating_sub(TAIL_LEN);
+    let end = offset + chunk.len() as u64;
+    let head_end = end.min(HEAD_LEN);
+    if offset < head_end {
+        head.extend_from_slice(&chunk[..(head_end - offset) as usize]);
+    }
+    let mid_start = offset.max(HEAD_LEN);
+    let mid_end = end.min(tail_start);
+    if mid_start < mid_end {
+        let part = &chunk[(mid_start - offset) as usize..(mid_end - offset) as usize];
+        if !(target.is_file && part.iter().all(|&b| b == 0)) {
             target
                 .file
-                .write_all_at(&zeros, tail_from)
-                .map_err(target_io("writing to", &target_path))?;
-        }
-        offset = end;
-        if offset >= next_report {
-            progress(InstallEvent::Writing {
-                written: offset,
-                total: expected_size,
-            });
-            next_report = offset + PROGRESS_EVERY;
+                .write_all_at(part, mid_start)
+                .map_err(target_io("writing to", &target.path))?;
         }
     }
-    if offset < expected_size {
-        return Err(InstallError::Truncated {
-            path: image_path.into(),
-            read: offset,
-            expected: expected_size,
-        });
+    let tail_from = offset.max(tail_start).max(HEAD_LEN);
+    if tail_from < end && !target.is_file {
+        let zeros = vec![0u8; (end - tail_from) as usize];
+        target
+            .file
+            .write_all_at(&zeros, tail_from)
+            .map_err(target_io("writing to", &target.path))?;
     }
-    let actual = hex::encode(hasher.finalize());
-    if actual != expected_sha256 {
-        return Err(InstallError::Tampered {
-            path: image_path.into(),
-            actual,
-            expected: expected_sha256.into(),
-        });
-    }
-    target
-        .file
-        .sync_all()
-        .map_err(target_io("syncing", &target_path))?;
-    progress(InstallEvent::Written {
-        bytes: offset,
-        sha256: actual,
-    });
-    Ok(head)
+    Ok(())
 }
 
 /// Fills `buf` unless the stream ends first; returns how much was read.
