@@ -16,9 +16,8 @@
 //! end with three different GUIDs. The UEFI one also gets the healthy-system checks of a plain
 //! UEFI boot (verified read-only `/usr` from USR-A, the system running).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use serde_json::json;
@@ -79,46 +78,42 @@ struct ReleaseWeb {
 }
 
 fn release_web(b: &Built) -> ReleaseWeb {
-    static PREPARED: OnceLock<PathBuf> = OnceLock::new();
-    let www = PREPARED.get_or_init(|| {
-        let www = test_dir().join("live").join("www");
-        let _ = std::fs::remove_dir_all(&www);
-        std::fs::create_dir_all(&www).expect("web root");
-        let image = &b.manifest.disk_image;
-        for name in [image.as_str(), wellcar_contract::BUILD_MANIFEST_FILE] {
-            std::fs::hard_link(b.path(name), www.join(name)).expect("linking the build");
-        }
-        let key = wellcar_payload::dev_signing_key()
-            .expect("the development signing key")
-            .0;
-        wellcar_install::sign_build(&www, &[&key]).expect("signing the image");
-        tools::run(
-            Command::new(tools::require("zstd"))
-                .args(["-q", "-T0", "-3", "--rm"])
-                .arg(www.join(image)),
-        );
-        for (name, path, text) in [
-            ("live.ign", "/etc/wellcar-live-test", "provisioned live"),
-            (
-                "installed.ign",
-                "/etc/wellcar-installed-test",
-                "provisioned by the installer",
-            ),
-        ] {
-            let config = json!({
-                "ignition": {"version": "3.4.0"},
-                "storage": {"files": [{
-                    "path": path,
-                    "mode": 0o644,
-                    "contents": {"source": format!("data:,{}%0A", text.replace(' ', "%20"))}
-                }]}
-            });
-            std::fs::write(www.join(name), config.to_string()).expect("config");
-        }
-        www
-    });
+    let www = test_dir().join("live").join("www");
+    let _ = std::fs::remove_dir_all(&www);
+    std::fs::create_dir_all(&www).expect("web root");
+    let image = &b.manifest.disk_image;
+    for name in [image.as_str(), wellcar_contract::BUILD_MANIFEST_FILE] {
+        std::fs::hard_link(b.path(name), www.join(name)).expect("linking the build");
+    }
+    let key = wellcar_payload::dev_signing_key()
+        .expect("the development signing key")
+        .0;
+    wellcar_install::sign_build(&www, &[&key]).expect("signing the image");
+    tools::run(
+        Command::new(tools::require("zstd"))
+            .args(["-q", "-T0", "-3", "--rm"])
+            .arg(www.join(image)),
+    );
+    for (name, path, text) in [
+        ("live.ign", "/etc/wellcar-live-test", "provisioned live"),
+        (
+            "installed.ign",
+            "/etc/wellcar-installed-test",
+            "provisioned by the installer",
+        ),
+    ] {
+        let config = json!({
+            "ignition": {"version": "3.4.0"},
+            "storage": {"files": [{
+                "path": path,
+                "mode": 0o644,
+                "contents": {"source": format!("data:,{}%0A", text.replace(' ', "%20"))}
+            }]}
+        });
+        std::fs::write(www.join(name), config.to_string()).expect("config");
+    }
     ReleaseWeb {
-        server: FileServer::start(www),
+        server: FileServer::start(&www),
         image_path: format!("/{}.zst", b.manifest.disk_image),
     }
 }

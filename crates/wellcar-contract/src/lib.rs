@@ -51,3 +51,11 @@ pub const FW_CFG_KERNEL_ARGS: &str = "opt/org.wellcar/kernel-args";
 /// Where Linux shows QEMU's fw_cfg entries by name (module `qemu_fw_cfg`); an entry's bytes are
 /// in `NAME/raw`.
 pub const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+
+/// The file a booted machine reads [`FW_CFG_KERNEL_ARGS`] from (`/init` and the live system's
+/// unattended install).
+pub fn fw_cfg_kernel_args_file() -> std::path::PathBuf {
+    std::path::Path::new(FW_CFG_BY_NAME)
+        .join(FW_CFG_KERNEL_ARGS)
+        .join("raw")
+}

@@ -38,7 +38,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustix::mount::MountFlags;
-use wellcar_contract::module_list;
+use wellcar_contract::{module_list, FW_CFG_BY_NAME};
 
 use disk::Found;
 use log::Log;
@@ -49,8 +49,6 @@ use wellcar_init::failure;
 const SYSROOT: &str = "/sysroot";
 /// sysfs block class.
 const CLASS_BLOCK: &str = "/sys/class/block";
-/// fw_cfg entries by name.
-use wellcar_contract::FW_CFG_BY_NAME;
 
 /// A failed boot step: `step` names it, `source` says what and where.
 #[derive(Debug)]

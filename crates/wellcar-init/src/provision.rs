@@ -176,9 +176,7 @@ fn provision_with(
     oem: Option<&Path>,
     network_slot: &mut Option<Network>,
 ) -> Result<(), ProvisionError> {
-    let extra = Path::new(FW_CFG_BY_NAME)
-        .join(wellcar_contract::FW_CFG_KERNEL_ARGS)
-        .join("raw");
+    let extra = wellcar_contract::fw_cfg_kernel_args_file();
     let (cmdline, extra_args) =
         wellcar_platform::id::read_cmdline(Path::new("/proc/cmdline"), &extra).map_err(|e| {
             ProvisionError::new(Phase::Platform, Some("/proc/cmdline".to_string()), e)

@@ -76,9 +76,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn run_unattended() -> anyhow::Result<()> {
-    let extra = Path::new(wellcar_contract::FW_CFG_BY_NAME)
-        .join(wellcar_contract::FW_CFG_KERNEL_ARGS)
-        .join("raw");
+    let extra = wellcar_contract::fw_cfg_kernel_args_file();
     let (cmdline, _) = wellcar_platform::id::read_cmdline(Path::new("/proc/cmdline"), &extra)
         .context("reading /proc/cmdline")?;
     let Some(job) = unattended::from_cmdline(&cmdline).context("reading wellcar.inst.*")? else {

@@ -298,10 +298,17 @@ const MAX_IGNITION_BYTES: u64 = 16 << 20;
 
 /// GET `url`: the response when 2xx, `None` when 404, an error naming the URL otherwise.
 fn http_get(url: &str) -> Result<Option<ureq::http::Response<ureq::Body>>, InstallError> {
-    let mut options =
-        wellcar_http::ClientOptions::new(concat!("wellcar-install/", env!("CARGO_PKG_VERSION")));
-    options.connect_timeout = std::time::Duration::from_secs(10);
-    let agent = wellcar_http::system_client(&options);
+    // One client for the manifest, the signature, the image and the config: building one
+    // reads the system's CA store.
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    let agent = AGENT.get_or_init(|| {
+        let mut options = wellcar_http::ClientOptions::new(concat!(
+            "wellcar-install/",
+            env!("CARGO_PKG_VERSION")
+        ));
+        options.connect_timeout = std::time::Duration::from_secs(10);
+        wellcar_http::system_client(&options)
+    });
     let fail = |source: ureq::Error| InstallError::Fetch {
         url: url.into(),
         source: Box::new(source),

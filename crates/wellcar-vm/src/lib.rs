@@ -18,6 +18,7 @@ pub mod config_drive;
 pub mod extra_disk;
 pub mod login;
 pub mod machine;
+pub mod network;
 
 pub use accel::{choose_accel, Accel};
 pub use extra_disk::ExtraDisk;

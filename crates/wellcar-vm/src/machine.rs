@@ -16,6 +16,7 @@ use wellcar_contract::CommandError;
 
 use crate::accel::Accel;
 pub use crate::extra_disk::ExtraDisk;
+pub use crate::network::{NetworkBoot, LINK_LOCAL_NETWORK};
 
 /// Failures starting or driving a VM; each names the file, pattern or process concerned.
 #[derive(Debug, thiserror::Error)]
@@ -87,31 +88,6 @@ pub enum Firmware {
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF variable store template.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
-/// The user network for a guest that must reach a cloud metadata service at its link-local
-/// address (`169.254.169.254`); see [`MachineConfig::network`].
-pub const LINK_LOCAL_NETWORK: &str = "169.254.0.0/16";
-
-/// The program QEMU runs per guest connection of a [`MachineConfig::guest_relays`] entry.
-const RELAY: &str = "socat";
-
-/// `name` found in a directory of `PATH`.
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Booting from the network (PXE) before the disk: QEMU's own TFTP server serves `tftp_dir`
-/// and its DHCP offers `bootfile`, which the NIC's iPXE ROM (Debian `ipxe-qemu`) loads; the
-/// firmware tries the network once, later boots (reboots) go to the disk.
-#[derive(Debug, Clone)]
-pub struct NetworkBoot {
-    /// The TFTP root.
-    pub tftp_dir: PathBuf,
-    /// The file DHCP names (an iPXE script or a kernel), relative to `tftp_dir`.
-    pub bootfile: String,
-}
 
 /// How to run a machine.
 #[derive(Debug, Clone)]
@@ -210,7 +186,11 @@ pub struct Machine {
     _temp: Option<tempfile::TempDir>,
 }
 
-fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T, VmError> {
+pub(crate) fn io<T>(
+    r: std::io::Result<T>,
+    action: &'static str,
+    path: &Path,
+) -> Result<T, VmError> {
     Ok(r.at_path(action, path)?)
 }
 
@@ -229,15 +209,7 @@ impl Machine {
     /// Creates the overlay and starts QEMU.
     pub fn spawn(cfg: &MachineConfig) -> Result<Machine, VmError> {
         crate::extra_disk::check_serials(&cfg.extra_disks)?;
-        // QEMU starts the relays itself, per guest connection: a missing socat would only show
-        // as refused connections inside the guest.
-        if !cfg.guest_relays.is_empty() && on_path(RELAY).is_none() {
-            return Err(VmError::Missing {
-                what: "socat (relays guest connections to host services)",
-                path: RELAY.into(),
-                hint: "apt-get install socat",
-            });
-        }
+        crate::network::check_relays(&cfg.guest_relays)?;
         let image = io(cfg.image.canonicalize(), "opening image", &cfg.image)?;
         let (dir, temp) = match &cfg.state_dir {
             Some(d) => {
@@ -375,31 +347,8 @@ impl Machine {
             Some(0) => Some(io(free_port(), "picking a port", Path::new("127.0.0.1"))?),
             p => p,
         };
-        let mut netdev = String::from("user,id=net0,restrict=on");
-        if let Some(net) = &cfg.network {
-            netdev.push_str(&format!(",net={net}"));
-        }
-        if let Some(p) = ssh_port {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{p}-:22"));
-        }
-        for (host_port, guest_port) in &cfg.host_forwards {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"));
-        }
-        for (guest, host_port) in &cfg.guest_forwards {
-            netdev.push_str(&format!(",guestfwd=tcp:{guest}-tcp:127.0.0.1:{host_port}"));
-        }
-        for (guest, host_port) in &cfg.guest_relays {
-            netdev.push_str(&format!(
-                ",guestfwd=tcp:{guest}-cmd:{RELAY} STDIO TCP:127.0.0.1:{host_port}"
-            ));
-        }
-        if let Some(boot) = &cfg.network_boot {
-            let tftp = io(boot.tftp_dir.canonicalize(), "opening", &boot.tftp_dir)?;
-            netdev.push_str(&format!(
-                ",tftp={},bootfile={}",
-                tftp.display(),
-                boot.bootfile
-            ));
+        let netdev = crate::network::netdev(cfg, ssh_port)?;
+        if cfg.network_boot.is_some() {
             // SeaBIOS: the NIC's option ROM once, then the disk.
             cmd.args(["-boot", "order=c,once=n"]);
         }
@@ -710,20 +659,6 @@ mod tests {
         let cfg = MachineConfig::new("/nonexistent/wellcar.qcow2", Accel::Tcg);
         let err = Machine::spawn(&cfg).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/wellcar.qcow2"), "{err}");
-    }
-
-    #[test]
-    fn relays_need_socat_on_path() {
-        assert!(on_path("sh").is_some(), "sh is on every PATH");
-        assert!(on_path("wellcar-no-such-relay").is_none());
-        if on_path(RELAY).is_some() {
-            return;
-        }
-        // Without socat the machine is refused before anything is created.
-        let mut cfg = MachineConfig::new("/nonexistent/wellcar.qcow2", Accel::Tcg);
-        cfg.guest_relays = vec![("10.0.2.100:80".into(), 8080)];
-        let err = Machine::spawn(&cfg).unwrap_err().to_string();
-        assert!(err.contains("socat"), "{err}");
     }
 
     #[test]
